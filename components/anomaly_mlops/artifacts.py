@@ -1,0 +1,139 @@
+"""The model directory contract.
+
+    model.joblib      sklearn Pipeline(StandardScaler, IsolationForest); the forest's
+                      offset_ is set so that ``predict`` flags exactly the rows whose
+                      anomaly score exceeds the chosen threshold (the upstream KServe
+                      sklearn runtime then agrees with our predictor)
+    metadata.json     feature schema, library versions, data sha256, params, threshold
+    MANIFEST.sha256   ``<sha256>  <file>`` per file, sorted; written last
+
+A directory without MANIFEST.sha256 is incomplete. Nothing is unpickled before every file
+listed matches its digest and no unlisted file is present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArtifactError
+from .schema import FeatureSchema
+
+MODEL_FILE = "model.joblib"
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "MANIFEST.sha256"
+ARTIFACT_FORMAT = 1
+_MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9_.-]+)$")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(model_dir: Path) -> str:
+    """Hash every file but the manifest; return the manifest's own sha256."""
+    entries = sorted(
+        (p.name, sha256_file(p)) for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE
+    )
+    text = "".join(f"{digest}  {name}\n" for name, digest in entries)
+    tmp = model_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(model_dir / MANIFEST_FILE)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_manifest(text: str, where: str = "manifest") -> dict[str, str]:
+    entries: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _MANIFEST_LINE.match(line)
+        if not match:
+            raise ArtifactError(f"{where} line {number} is malformed: {line[:80]!r}")
+        entries[match.group(2)] = match.group(1)
+    for required in (MODEL_FILE, METADATA_FILE):
+        if required not in entries:
+            raise ArtifactError(f"{where} does not list {required}")
+    return entries
+
+
+def verify_model_dir(model_dir: str | Path) -> dict[str, str]:
+    """Check every file against the manifest; raise ArtifactError naming the culprit."""
+    model_dir = Path(model_dir)
+    manifest = model_dir / MANIFEST_FILE
+    if not model_dir.is_dir():
+        raise ArtifactError(f"model directory not found: {model_dir}")
+    if not manifest.is_file():
+        raise ArtifactError(f"{model_dir} has no {MANIFEST_FILE}: the model is incomplete and is not loaded")
+    entries = parse_manifest(manifest.read_text(), str(manifest))
+    present = {p.name for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE}
+    extra = present - set(entries)
+    if extra:
+        raise ArtifactError(f"{model_dir} holds files not in its manifest: {sorted(extra)}")
+    for name, expected in entries.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{model_dir} is missing {name}, listed in its manifest")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ArtifactError(
+                f"checksum mismatch for {path}: manifest says {expected[:12]}…, file is {actual[:12]}…; "
+                "refusing to load a file that was changed after training"
+            )
+    return entries
+
+
+@dataclass
+class LoadedModel:
+    pipeline: object
+    metadata: dict
+    schema: FeatureSchema
+    threshold: float
+    model_dir: Path
+
+    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
+        """Higher is more anomalous: the negated sklearn ``score_samples``, in (0, 1]."""
+        return -self.pipeline.score_samples(X)
+
+    def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pass through the forest: (0/1 predictions, anomaly scores)."""
+        scores = self.anomaly_scores(X)
+        return (scores > self.threshold).astype(np.int8), scores
+
+
+def load_model_dir(model_dir: str | Path) -> LoadedModel:
+    """Verify, then unpickle. Refuses artifacts from another scikit-learn version."""
+    import joblib
+    import sklearn
+
+    model_dir = Path(model_dir)
+    verify_model_dir(model_dir)
+    try:
+        metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{model_dir / METADATA_FILE} is not valid JSON: {exc}") from exc
+    if metadata.get("artifact_format") != ARTIFACT_FORMAT:
+        raise ArtifactError(
+            f"{model_dir} has artifact_format {metadata.get('artifact_format')!r}; this code reads {ARTIFACT_FORMAT}"
+        )
+    trained_with = metadata.get("library_versions", {}).get("scikit-learn")
+    if trained_with != sklearn.__version__:
+        raise ArtifactError(
+            f"{model_dir} was trained with scikit-learn {trained_with}, this process has {sklearn.__version__}; "
+            "serve with the image built from the same requirements.lock"
+        )
+    pipeline = joblib.load(model_dir / MODEL_FILE)
+    return LoadedModel(
+        pipeline=pipeline,
+        metadata=metadata,
+        schema=FeatureSchema.from_dict(metadata["schema"]),
+        threshold=float(metadata["threshold"]),
+        model_dir=model_dir,
+    )

@@ -1,0 +1,261 @@
+"""``anomaly-mlops STEP ...``: what containers, Tekton tasks and people run.
+
+Each subcommand parses flags and calls the step function; no step logic lives here.
+Errors of the steps print as one line on stderr with a step-specific exit code
+(2 bad input or config, 3 release gate failed, 4 verification failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import AnomalyMLOpsError
+
+log = logging.getLogger("anomaly_mlops")
+
+
+def _gates_from(args):
+    from .validate import Gates
+
+    off = lambda v: None if v is not None and v < 0 else v  # noqa: E731 - a negative switches a gate off
+    return Gates(
+        min_roc_auc=off(args.min_roc_auc),
+        min_pr_auc=off(args.min_pr_auc),
+        min_f1=off(args.min_f1),
+        max_single_row_p99_ms=off(args.max_single_row_p99_ms),
+    )
+
+
+def _add_gate_flags(parser: argparse.ArgumentParser) -> None:
+    from .validate import Gates
+
+    defaults = Gates()
+    group = parser.add_argument_group("release gates (a negative value switches a gate off)")
+    group.add_argument("--min-roc-auc", type=float, default=defaults.min_roc_auc)
+    group.add_argument("--min-pr-auc", type=float, default=defaults.min_pr_auc)
+    group.add_argument("--min-f1", type=float, default=defaults.min_f1)
+    group.add_argument("--max-single-row-p99-ms", type=float, default=defaults.max_single_row_p99_ms)
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from .train import TrainParams
+
+    d = TrainParams()
+    parser.add_argument("--n-estimators", type=int, default=d.n_estimators)
+    parser.add_argument("--max-samples", default=d.max_samples, help="'auto' or a row count per tree")
+    parser.add_argument("--contamination", type=float, default=d.contamination,
+                        help="expected anomalous share; sets the threshold from training scores")
+    parser.add_argument("--seed", type=int, default=d.seed)
+
+
+def _train_params(args):
+    from .train import TrainParams
+
+    max_samples = args.max_samples if args.max_samples == "auto" else int(args.max_samples)
+    return TrainParams(n_estimators=args.n_estimators, max_samples=max_samples,
+                       contamination=args.contamination, seed=args.seed)
+
+
+def _read_token(path: str | None) -> str | None:
+    if not path:
+        return None
+    token = Path(path).read_text().strip()
+    if not token:
+        raise AnomalyMLOpsError(f"token file {path} is empty")
+    return token
+
+
+def cmd_data(args) -> dict:
+    from .data import prepare_data
+    from .schema import FeatureSchema
+
+    result = prepare_data(
+        args.out, source=args.source, schema=FeatureSchema.parse(args.features),
+        holdout_fraction=args.holdout_fraction, rows=args.rows, seed=args.seed,
+        anomaly_rate=args.anomaly_rate, max_rows=args.max_rows, max_bytes=args.max_bytes,
+    )
+    return {"train": str(result.train_path), "holdout": str(result.holdout_path),
+            "train_rows": result.train_rows, "holdout_rows": result.holdout_rows,
+            "holdout_anomalies": result.holdout_anomalies}
+
+
+def cmd_train(args) -> dict:
+    from .schema import FeatureSchema
+    from .train import train
+
+    result = train(args.data, args.out, _train_params(args), FeatureSchema.parse(args.features))
+    return {"model_dir": str(result.model_dir), "threshold": result.threshold,
+            "train_rows": result.train_rows, "fit_seconds": round(result.fit_seconds, 3)}
+
+
+def cmd_validate(args) -> dict:
+    from .errors import GateFailedError
+    from .validate import LatencyPlan, validate
+
+    plan = LatencyPlan(single_row_repeats=args.latency_repeats)
+    result = validate(args.model, args.holdout, args.out, _gates_from(args), plan)
+    summary = {"gate_passed": result.passed, "report": str(result.report_path), "metrics": str(result.metrics_path),
+               **{k: result.metrics[k] for k in ("roc_auc", "pr_auc", "f1")}}
+    if not result.passed and args.fail_on_gate:
+        print(json.dumps(summary))
+        raise GateFailedError("release gate failed: " + "; ".join(
+            f"{g['gate']} {g['value']} {g['op']} {g['threshold']}" for g in result.gates if not g["passed"]))
+    return summary
+
+
+def cmd_publish(args) -> dict:
+    from .publish import publish
+
+    result = publish(args.model, args.model_name, args.version, root_prefix=args.root_prefix)
+    return {"uri": result.uri, "version": result.version, "status": result.status,
+            "key_prefix": result.prefix, "manifest_sha256": result.manifest_sha256}
+
+
+def cmd_download(args) -> dict:
+    from .publish import download_model
+
+    return {"model_dir": str(download_model(args.uri, args.out))}
+
+
+def cmd_serve(args) -> None:
+    from .predictor import serve
+
+    serve(args.model_name, args.model_dir, http_port=args.http_port, grpc_port=args.grpc_port,
+          workers=args.workers, max_instances=args.max_instances)
+
+
+def cmd_verify(args) -> dict:
+    from .artifacts import load_model_dir
+    from .data import load_dataset
+    from .predictor import resolve_model_dir
+    from .verify import VerifyPlan, raise_on_failure, verify
+
+    reference = load_model_dir(resolve_model_dir(args.reference)) if args.reference else None
+    schema = reference.schema if reference else None
+    rows = load_dataset(args.rows, schema).X
+    plan = VerifyPlan(requests=args.requests, slo_p99_ms=args.slo_p99_ms, max_error_rate=args.max_error_rate,
+                      readiness_timeout_s=args.readiness_timeout)
+    result = verify(args.url, args.model_name, rows, reference, token=_read_token(args.token_file),
+                    ca_bundle=args.ca_bundle, plan=plan, out_dir=args.out)
+    raise_on_failure(result)
+    return {"passed": result.passed, "latency_ms": result.latency_ms,
+            "report": str(result.report_path) if result.report_path else None}
+
+
+def cmd_run(args) -> dict:
+    from .local_run import LocalRunConfig, run_local
+
+    if not args.local:
+        raise AnomalyMLOpsError("only --local runs are done by this command; on a cluster submit the KFP pipeline")
+    config = LocalRunConfig(workdir=Path(args.workdir), rows=args.rows, seed=args.seed, gates=_gates_from(args))
+    return run_local(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
+    from .predictor import DEFAULT_MAX_INSTANCES
+    from .verify import VerifyPlan
+
+    parser = argparse.ArgumentParser(prog="anomaly-mlops", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    p = sub.add_parser("data", help="read or generate metrics, check the schema, split into train/holdout Parquet")
+    p.add_argument("--source", default="synthetic", help="'synthetic', a .csv/.csv.gz/.parquet path, or s3://bucket/key")
+    p.add_argument("--out", required=True, help="output directory (train.parquet, holdout.parquet, schema.json)")
+    p.add_argument("--features", help="comma-separated feature names or a schema .json (default: node metrics)")
+    p.add_argument("--holdout-fraction", type=float, default=0.3)
+    p.add_argument("--rows", type=int, default=20_160, help="synthetic rows (one a minute)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--anomaly-rate", type=float, default=0.03)
+    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="fit StandardScaler + IsolationForest and write a model directory")
+    p.add_argument("--data", required=True, help="training .csv/.parquet, local or s3://")
+    p.add_argument("--out", required=True, help="model directory to create (must not exist or be empty)")
+    p.add_argument("--features", help="comma-separated feature names or a schema .json")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="accuracy, latency and release gates; metrics.json and report.html")
+    p.add_argument("--model", required=True)
+    p.add_argument("--holdout", required=True, help="labelled holdout (is_anomaly column)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--latency-repeats", type=int, default=300)
+    p.add_argument("--no-fail-on-gate", dest="fail_on_gate", action="store_false",
+                   help="exit 0 even when a gate fails (the result is in metrics.json)")
+    _add_gate_flags(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("publish", help="upload a model directory to an immutable S3 version (AWS_* env)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--version", help="default: v<training time>-<manifest digest>")
+    p.add_argument("--root-prefix", default="", help="key prefix before <model>/<version>/")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("download", help="download a released version and verify its checksums")
+    p.add_argument("--uri", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("serve", help="serve a model with the KServe model server (V1 and V2)")
+    p.add_argument("--model-name", default="anomaly-detector")
+    p.add_argument("--model-dir", default="/mnt/models", help="local directory or s3:// version prefix")
+    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES)
+    p.set_defaults(func=cmd_serve)
+
+    d = VerifyPlan()
+    p = sub.add_parser("verify", help="post-deployment checks against a served model")
+    p.add_argument("--url", required=True, help="base URL of the predictor, e.g. https://<isvc host>")
+    p.add_argument("--model-name", default="anomaly-detector")
+    p.add_argument("--rows", required=True, help=".csv/.parquet with feature columns to send")
+    p.add_argument("--reference", help="model directory or s3:// version for parity with offline scores")
+    p.add_argument("--token-file", help="file holding a bearer token (never logged)")
+    p.add_argument("--ca-bundle", help="CA bundle for TLS verification")
+    p.add_argument("--requests", type=int, default=d.requests)
+    p.add_argument("--slo-p99-ms", type=float, default=d.slo_p99_ms)
+    p.add_argument("--max-error-rate", type=float, default=d.max_error_rate)
+    p.add_argument("--readiness-timeout", type=float, default=d.readiness_timeout_s)
+    p.add_argument("--out", help="directory for verify.json")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("run", help="the whole retraining flow")
+    p.add_argument("--local", action="store_true", help="on embedded S3 and a local model server")
+    p.add_argument("--workdir", default="runs/local")
+    p.add_argument("--rows", type=int, default=20_160)
+    p.add_argument("--seed", type=int, default=42)
+    _add_gate_flags(p)
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        result = args.func(args)
+    except AnomalyMLOpsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

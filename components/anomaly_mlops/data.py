@@ -1,0 +1,358 @@
+"""The data step: read or generate operational metrics, check them against the feature
+schema, split them in time into train and holdout, and write both as Parquet.
+
+Sources: a CSV/Parquet file (local path or s3://) or the synthetic generator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .schema import DEFAULT_FEATURES, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_MAX_ROWS = 20_000_000
+ANOMALY_KINDS = ("spike", "dip", "level_shift", "slow_leak", "stuck", "contention")
+
+
+@dataclass
+class Dataset:
+    """Validated feature matrix in schema order, optional 0/1 labels."""
+
+    X: np.ndarray
+    y: np.ndarray | None
+    schema: FeatureSchema
+    sha256: str
+    source: str
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def generate_synthetic(
+    rows: int = 20_160,
+    seed: int = 42,
+    anomaly_rate: float = 0.03,
+    start: str = "2026-01-05T00:00:00Z",
+) -> pd.DataFrame:
+    """Node metrics at one row a minute with daily seasonality and labelled anomalies.
+
+    Anomalies are events of several minutes of one of ANOMALY_KINDS, placed without
+    overlap until about ``anomaly_rate`` of the rows are labelled. Same seed, same frame.
+    """
+    if rows < 60:
+        raise DataError(f"synthetic data needs at least 60 rows, got {rows}")
+    if not 0.0 <= anomaly_rate < 0.5:
+        raise DataError(f"anomaly_rate must be in [0, 0.5), got {anomaly_rate}")
+    rng = np.random.default_rng(seed)
+    minutes = np.arange(rows)
+    day = 2 * np.pi * (minutes % 1440) / 1440.0
+    # Busy in the afternoon, quiet at night; weekends a little quieter.
+    daily = 0.5 * (1 - np.cos(day - np.pi / 6))
+    weekly = np.where(((minutes // 1440) % 7) >= 5, 0.7, 1.0)
+    load = daily * weekly
+
+    cpu = 20 + 45 * load + rng.normal(0, 3.0, rows)
+    memory = 50 + 12 * load + np.cumsum(rng.normal(0, 0.05, rows)).clip(-5, 5) + rng.normal(0, 1.0, rows)
+    disk = 15 + 25 * load + rng.gamma(2.0, 2.0, rows)
+    rx = 40 + 80 * load + 0.5 * (cpu - 40) + rng.normal(0, 5.0, rows)
+    tx = 0.6 * rx + rng.normal(0, 3.0, rows)
+    restarts = rng.poisson(0.005, rows).astype(float)
+    frame = {
+        "cpu_usage_pct": cpu,
+        "memory_usage_pct": memory,
+        "disk_io_mbps": disk,
+        "network_rx_mbps": rx,
+        "network_tx_mbps": tx,
+        "restart_count": restarts,
+    }
+    labels = np.zeros(rows, dtype=np.int8)
+    kinds = np.full(rows, "", dtype=object)
+
+    target = int(anomaly_rate * rows)
+    attempts = 0
+    while labels.sum() < target and attempts < 10_000:
+        attempts += 1
+        kind = ANOMALY_KINDS[rng.integers(len(ANOMALY_KINDS))]
+        length = {
+            "spike": rng.integers(1, 6),
+            "dip": rng.integers(5, 16),
+            "level_shift": rng.integers(30, 91),
+            "slow_leak": rng.integers(60, 181),
+            "stuck": rng.integers(30, 61),
+            "contention": rng.integers(10, 31),
+        }[kind]
+        length = int(min(length, max(1, target - labels.sum()) + 5, rows // 10))
+        begin = int(rng.integers(0, rows - length))
+        window = slice(begin, begin + length)
+        # Keep one normal minute on each side so events stay distinct.
+        if labels[max(0, begin - 1) : begin + length + 1].any():
+            continue
+        _inject(frame, kind, window, length, rng)
+        labels[window] = 1
+        kinds[window] = kind
+
+    for name in ("cpu_usage_pct", "memory_usage_pct"):
+        frame[name] = np.clip(frame[name], 0, 100)
+    for name in ("disk_io_mbps", "network_rx_mbps", "network_tx_mbps", "restart_count"):
+        frame[name] = np.clip(frame[name], 0, None)
+
+    df = pd.DataFrame(frame)
+    df.insert(0, TIMESTAMP_COLUMN, pd.date_range(start=start, periods=rows, freq="min"))
+    df[LABEL_COLUMN] = labels
+    df["anomaly_kind"] = kinds.astype(str)
+    return df
+
+
+def _inject(frame: dict, kind: str, window: slice, length: int, rng: np.random.Generator) -> None:
+    if kind == "spike":
+        name = ("cpu_usage_pct", "disk_io_mbps", "network_rx_mbps")[rng.integers(3)]
+        frame[name][window] += rng.uniform(3, 6) * frame[name].std()
+    elif kind == "dip":
+        frame["network_rx_mbps"][window] *= rng.uniform(0.0, 0.1)
+        frame["network_tx_mbps"][window] *= rng.uniform(0.0, 0.1)
+        frame["cpu_usage_pct"][window] *= 0.3
+    elif kind == "level_shift":
+        frame["memory_usage_pct"][window] += rng.uniform(15, 30)
+    elif kind == "slow_leak":
+        frame["memory_usage_pct"][window] += np.linspace(0, rng.uniform(25, 40), length)
+    elif kind == "stuck":
+        name = ("cpu_usage_pct", "network_rx_mbps")[rng.integers(2)]
+        frame[name][window] = frame[name][window.start]
+        # A stuck exporter also reports zero traffic on its twin metric.
+        frame["network_tx_mbps"][window] = 0.0
+    elif kind == "contention":
+        frame["cpu_usage_pct"][window] += rng.uniform(30, 50)
+        frame["disk_io_mbps"][window] += rng.uniform(40, 80)
+        frame["network_rx_mbps"][window] *= 0.5
+        frame["restart_count"][window] += rng.poisson(1.0, length)
+    else:  # pragma: no cover - ANOMALY_KINDS is closed
+        raise ValueError(kind)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_table(
+    source: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    s3_env: dict | None = None,
+) -> tuple[pd.DataFrame, str]:
+    """Read a CSV (optionally .gz) or Parquet file, local or s3://; return the frame and
+    the sha256 of the file bytes."""
+    if source.startswith("s3://"):
+        raw = _read_s3_bytes(source, max_bytes, s3_env)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"data file not found: {source}")
+        size = path.stat().st_size
+        if size == 0:
+            raise DataError(f"data file is empty (0 bytes): {source}")
+        if size > max_bytes:
+            raise DataError(
+                f"data file {source} is {size} bytes, over the limit of {max_bytes} bytes; "
+                "split it or raise --max-bytes"
+            )
+        raw = path.read_bytes()
+    if not raw:
+        raise DataError(f"data file is empty (0 bytes): {source}")
+    digest = hashlib.sha256(raw).hexdigest()
+    name = source.lower()
+    try:
+        if name.endswith(".parquet") or name.endswith(".pq"):
+            frame = pd.read_parquet(io.BytesIO(raw))
+        elif name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".txt"):
+            frame = pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None)
+        else:
+            raise DataError(f"unknown data format for {source}: use .csv, .csv.gz or .parquet")
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"data file has no columns or rows: {source}") from exc
+    except Exception as exc:  # pandas/pyarrow raise many types for corrupt input
+        raise DataError(f"could not parse {source}: {type(exc).__name__}: {exc}") from exc
+    return frame, digest
+
+
+def _read_s3_bytes(uri: str, max_bytes: int, s3_env: dict | None) -> bytes:
+    from .storage import S3Settings, describe_client_error, parse_s3_uri
+
+    bucket, key = parse_s3_uri(uri)
+    settings = S3Settings.from_env(s3_env, need_bucket=False)
+    client = settings.client()
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] > max_bytes:
+            raise DataError(f"{uri} is {head['ContentLength']} bytes, over the limit of {max_bytes}")
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except DataError:
+        raise
+    except Exception as exc:
+        from botocore.exceptions import ClientError
+
+        if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            raise DataError(f"data object not found: {uri}") from exc
+        raise describe_client_error(exc, f"read {uri}", settings) from exc
+
+
+def frame_to_dataset(
+    frame: pd.DataFrame,
+    schema: FeatureSchema,
+    *,
+    source: str,
+    sha256: str | None = None,
+    require_labels: bool = False,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> Dataset:
+    """Check a frame against the schema and return the float64 matrix in schema order."""
+    if len(frame) == 0:
+        raise DataError(f"{source} has a header but no rows")
+    if len(frame) > max_rows:
+        raise DataError(f"{source} has {len(frame)} rows, over the limit of {max_rows}; raise --max-rows")
+    missing = [f for f in schema.features if f not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{source} is missing feature columns {missing}; it has {list(map(str, frame.columns))}; "
+            f"the schema expects {list(schema.features)}"
+        )
+    columns = []
+    for name in schema.features:
+        column = frame[name]
+        numeric = pd.to_numeric(column, errors="coerce")
+        bad = numeric.isna() & column.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source}: column {name!r} has non-numeric values, first at row {row + 1}: {column.iloc[row]!r}"
+            )
+        columns.append(numeric.to_numpy(dtype=np.float64))
+    X = np.column_stack(columns)
+    finite = np.isfinite(X)
+    if not finite.all():
+        problems = []
+        for j, name in enumerate(schema.features):
+            bad_rows = np.flatnonzero(~finite[:, j])
+            if bad_rows.size:
+                kinds = "NaN/missing" if np.isnan(X[bad_rows, j]).all() else "NaN or inf"
+                problems.append(f"{name}: {bad_rows.size} {kinds} (first at row {bad_rows[0] + 1})")
+        raise DataError(f"{source} has non-finite values: " + "; ".join(problems))
+
+    y = None
+    if LABEL_COLUMN in frame.columns:
+        labels = pd.to_numeric(frame[LABEL_COLUMN], errors="coerce").to_numpy()
+        if not np.isin(labels, (0, 1)).all():
+            raise DataError(f"{source}: column {LABEL_COLUMN!r} must hold only 0 and 1")
+        y = labels.astype(np.int8)
+    elif require_labels:
+        raise DataError(f"{source} has no {LABEL_COLUMN!r} column; validation needs labelled data")
+    if sha256 is None:
+        sha256 = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()
+    return Dataset(X=X, y=y, schema=schema, sha256=sha256, source=source)
+
+
+def load_dataset(
+    source: str,
+    schema: FeatureSchema | None = None,
+    *,
+    require_labels: bool = False,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Dataset:
+    schema = schema or FeatureSchema()
+    frame, digest = read_table(source, max_bytes=max_bytes)
+    return frame_to_dataset(
+        frame, schema, source=source, sha256=digest, require_labels=require_labels, max_rows=max_rows
+    )
+
+
+# --------------------------------------------------------------------------- the step
+
+
+@dataclass
+class PreparedData:
+    train_path: Path
+    holdout_path: Path
+    schema: FeatureSchema
+    train_rows: int
+    holdout_rows: int
+    holdout_anomalies: int
+
+
+def prepare_data(
+    out_dir: str | os.PathLike,
+    *,
+    source: str = "synthetic",
+    schema: FeatureSchema | None = None,
+    holdout_fraction: float = 0.3,
+    rows: int = 20_160,
+    seed: int = 42,
+    anomaly_rate: float = 0.03,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> PreparedData:
+    """Write ``train.parquet``, ``holdout.parquet`` and ``schema.json`` into ``out_dir``.
+
+    The split is in time (the holdout is the latest part), as the model will meet the
+    future, not a shuffled past.
+    """
+    if not 0.0 < holdout_fraction < 1.0:
+        raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    schema = schema or FeatureSchema()
+    if source == "synthetic":
+        if schema.features != DEFAULT_FEATURES:
+            raise DataError("the synthetic generator produces the default schema only")
+        frame = generate_synthetic(rows=rows, seed=seed, anomaly_rate=anomaly_rate)
+        log.info("generated %d synthetic rows (seed %d, anomaly rate %.3f)", len(frame), seed, anomaly_rate)
+    else:
+        frame, _ = read_table(source, max_bytes=max_bytes)
+        log.info("read %d rows from %s", len(frame), source)
+    # Validates the whole frame before anything is written.
+    frame_to_dataset(frame, schema, source=source, max_rows=max_rows)
+    if TIMESTAMP_COLUMN in frame.columns:
+        frame = frame.sort_values(TIMESTAMP_COLUMN, kind="stable").reset_index(drop=True)
+    cut = int(round(len(frame) * (1 - holdout_fraction)))
+    if cut < 10 or len(frame) - cut < 10:
+        raise DataError(
+            f"{len(frame)} rows are too few to split {holdout_fraction:.0%} into a holdout; need 10+ on each side"
+        )
+    keep = [c for c in (TIMESTAMP_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind") if c in frame.columns]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_path, holdout_path = out / "train.parquet", out / "holdout.parquet"
+    _atomic_parquet(frame.iloc[:cut][keep], train_path)
+    _atomic_parquet(frame.iloc[cut:][keep], holdout_path)
+    (out / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
+    holdout_anomalies = int(frame.iloc[cut:][LABEL_COLUMN].sum()) if LABEL_COLUMN in frame.columns else 0
+    log.info("wrote %s (%d rows) and %s (%d rows, %d labelled anomalous)",
+             train_path, cut, holdout_path, len(frame) - cut, holdout_anomalies)
+    return PreparedData(train_path, holdout_path, schema, cut, len(frame) - cut, holdout_anomalies)
+
+
+def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,97 @@
+"""The main job, locally: data -> train -> validate -> gate -> publish (embedded S3) ->
+serve (KServe model server on loopback, loading from S3) -> verify."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .artifacts import load_model_dir
+from .data import prepare_data
+from .errors import GateFailedError
+from .local_services import embedded_s3, model_server
+from .publish import publish
+from .storage import S3Settings
+from .train import TrainParams, train
+from .validate import Gates, LatencyPlan, validate
+from .verify import VerifyPlan, raise_on_failure, verify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalRunConfig:
+    workdir: Path = Path("runs/local")
+    model_name: str = "anomaly-detector"
+    rows: int = 20_160
+    seed: int = 42
+    anomaly_rate: float = 0.03
+    train_params: TrainParams = field(default_factory=TrainParams)
+    gates: Gates = field(default_factory=Gates)
+    latency: LatencyPlan = field(default_factory=LatencyPlan)
+    verify_plan: VerifyPlan = field(default_factory=VerifyPlan)
+
+
+def run_local(config: LocalRunConfig | None = None) -> dict:
+    config = config or LocalRunConfig()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    root = Path(config.workdir) / run_id
+    root.mkdir(parents=True, exist_ok=False)
+    timings: dict[str, float] = {}
+    step_names = ("data", "train", "validate", "publish", "serve+verify")
+
+    def step(number: int, name: str):
+        log.info("==> [%d/%d] %s", number, len(step_names), name)
+        return time.perf_counter()
+
+    started = step(1, "data: synthetic node metrics")
+    prepared = prepare_data(root / "data", rows=config.rows, seed=config.seed, anomaly_rate=config.anomaly_rate)
+    timings["data"] = time.perf_counter() - started
+
+    started = step(2, "train: StandardScaler + IsolationForest")
+    trained = train(str(prepared.train_path), root / "model", config.train_params)
+    timings["train"] = time.perf_counter() - started
+
+    started = step(3, "validate: accuracy, latency, gates")
+    validation = validate(trained.model_dir, str(prepared.holdout_path), root / "validation", config.gates, config.latency)
+    timings["validate"] = time.perf_counter() - started
+    summary = {
+        "run_dir": str(root),
+        "model_dir": str(trained.model_dir),
+        "report": str(validation.report_path),
+        "metrics": {k: validation.metrics[k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1")},
+        "gate_passed": validation.passed,
+    }
+    if not validation.passed:
+        _write_summary(root, summary, timings)
+        failed = [f"{g['gate']} {g['value']} {g['op']} {g['threshold']}" for g in validation.gates if not g["passed"]]
+        raise GateFailedError(f"release gate failed ({'; '.join(failed)}); nothing published. Report: {validation.report_path}")
+
+    with embedded_s3() as s3_env:
+        started = step(4, "publish: immutable version on the embedded S3 server")
+        published = publish(trained.model_dir, config.model_name, settings=S3Settings.from_env(s3_env))
+        timings["publish"] = time.perf_counter() - started
+        summary["published_uri"] = published.uri
+
+        started = step(5, "serve from S3 with the KServe model server, then verify")
+        rows = pd.read_parquet(prepared.holdout_path)[list(load_model_dir(trained.model_dir).schema.features)].to_numpy()
+        with model_server(config.model_name, published.uri, env=s3_env, log_path=root / "model-server.log") as url:
+            result = verify(url, config.model_name, rows, reference=load_model_dir(trained.model_dir),
+                            plan=config.verify_plan, out_dir=root / "verify")
+        timings["serve+verify"] = time.perf_counter() - started
+        summary["verify"] = {"passed": result.passed, "latency_ms": result.latency_ms, "report": str(result.report_path)}
+    _write_summary(root, summary, timings)
+    raise_on_failure(result)
+    return summary
+
+
+def _write_summary(root: Path, summary: dict, timings: dict) -> None:
+    summary["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("summary: %s", os.fspath(root / "summary.json"))

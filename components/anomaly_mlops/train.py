@@ -1,0 +1,148 @@
+"""The train step: StandardScaler + IsolationForest, threshold from the training scores."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifacts import ARTIFACT_FORMAT, MANIFEST_FILE, METADATA_FILE, MODEL_FILE, write_manifest
+from .data import Dataset, load_dataset
+from .errors import ConfigError, DataError
+from .schema import FeatureSchema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainParams:
+    n_estimators: int = 100
+    max_samples: int | str = "auto"
+    max_features: float = 1.0
+    # Expected share of anomalous rows; the threshold is the (1 - contamination)
+    # quantile of the training scores, so no test label ever sets it.
+    contamination: float = 0.02
+    seed: int = 42
+    n_jobs: int | None = None
+
+    def check(self) -> None:
+        if self.n_estimators < 1:
+            raise ConfigError(f"n_estimators must be >= 1, got {self.n_estimators}")
+        if not 0.0 < self.contamination < 0.5:
+            raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
+        if not 0.0 < self.max_features <= 1.0:
+            raise ConfigError(f"max_features must be in (0, 1], got {self.max_features}")
+        if isinstance(self.max_samples, str) and self.max_samples != "auto":
+            raise ConfigError(f"max_samples must be 'auto' or an integer, got {self.max_samples!r}")
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    threshold: float
+    train_rows: int
+    fit_seconds: float
+    manifest_sha256: str
+    metadata: dict = field(repr=False)
+
+
+def library_versions() -> dict[str, str]:
+    import joblib
+    import numpy
+    import sklearn
+
+    return {
+        "anomaly-mlops": __version__,
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "numpy": numpy.__version__,
+        "joblib": joblib.__version__,
+    }
+
+
+def train(
+    data: Dataset | str,
+    out_dir: str | os.PathLike,
+    params: TrainParams | None = None,
+    schema: FeatureSchema | None = None,
+) -> TrainResult:
+    """Fit and write a complete model directory (manifest last) at ``out_dir``."""
+    import joblib
+    from sklearn.ensemble import IsolationForest
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    params = params or TrainParams()
+    params.check()
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, schema)
+    if dataset.n_rows < 16:
+        raise DataError(f"training needs at least 16 rows, {dataset.source} has {dataset.n_rows}")
+    constant = [n for n, s in zip(dataset.schema.features, dataset.X.std(axis=0)) if s == 0]
+    if constant:
+        log.warning("features constant in training data (they carry no signal): %s", constant)
+
+    pipeline = Pipeline(
+        [
+            ("scaler", StandardScaler()),
+            (
+                "iforest",
+                IsolationForest(
+                    n_estimators=params.n_estimators,
+                    max_samples=params.max_samples,
+                    max_features=params.max_features,
+                    contamination="auto",
+                    random_state=params.seed,
+                    n_jobs=params.n_jobs,
+                ),
+            ),
+        ]
+    )
+    log.info("fitting %d trees on %d rows x %d features", params.n_estimators, dataset.n_rows, len(dataset.schema))
+    started = time.perf_counter()
+    pipeline.fit(dataset.X)
+    fit_seconds = time.perf_counter() - started
+    train_scores = -pipeline.score_samples(dataset.X)
+    threshold = float(np.quantile(train_scores, 1.0 - params.contamination))
+    # predict() flags score_samples < offset_, i.e. anomaly score > -offset_.
+    pipeline.named_steps["iforest"].offset_ = -threshold
+    log.info("fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
+             fit_seconds, threshold, 100 * float((train_scores > threshold).mean()))
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"model output directory {out} is not empty; choose a new one")
+    # Write into a sibling temp dir and rename, so a crash never leaves a half model at out.
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    joblib.dump(pipeline, staging / MODEL_FILE)
+    metadata = {
+        "artifact_format": ARTIFACT_FORMAT,
+        "model_type": "StandardScaler+IsolationForest",
+        "schema": dataset.schema.to_dict(),
+        "threshold": threshold,
+        "score_definition": "anomaly_score = -pipeline.score_samples(x); anomalous when anomaly_score > threshold",
+        "params": asdict(params),
+        "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
+        "library_versions": library_versions(),
+        "train_score_quantiles": {
+            q: float(np.quantile(train_scores, float(q))) for q in ("0.5", "0.9", "0.99")
+        },
+        "fit_seconds": round(fit_seconds, 3),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    manifest_sha = write_manifest(staging)
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)
+    log.info("model written to %s (%s %s…)", out, MANIFEST_FILE, manifest_sha[:12])
+    return TrainResult(out, threshold, dataset.n_rows, fit_seconds, manifest_sha, metadata)

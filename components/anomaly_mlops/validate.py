@@ -1,0 +1,326 @@
+"""The validate step: accuracy on a labelled holdout, scoring latency, release gates, and
+an HTML report with the ROC curve and the score and latency histograms.
+
+The decision threshold comes from the model's metadata (set from training scores), so the
+holdout labels only measure, they never tune.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import LoadedModel, load_model_dir
+from .data import Dataset, load_dataset
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gates:
+    """Release thresholds; None switches a gate off."""
+
+    min_roc_auc: float | None = 0.80
+    min_pr_auc: float | None = 0.30
+    min_f1: float | None = None
+    max_single_row_p99_ms: float | None = 100.0
+    max_batch_row_p99_us: float | None = None  # p99 batch latency divided by batch size
+
+
+@dataclass
+class LatencyPlan:
+    single_row_repeats: int = 300
+    batch_sizes: tuple[int, ...] = (100, 1000)
+    batch_repeats: int = 20
+    warmup: int = 10
+
+
+@dataclass
+class ValidationResult:
+    metrics: dict
+    gates: list[dict]
+    passed: bool
+    out_dir: Path
+    report_path: Path
+    metrics_path: Path
+    roc_points: dict = field(repr=False, default_factory=dict)
+    confusion: list = field(repr=False, default_factory=list)
+    single_row_ms: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
+
+
+def describe_device() -> dict:
+    """What the latency was measured on; says plainly when no GPU was seen."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus: list[str] = []
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+            gpus = [l.strip() for l in out.stdout.splitlines() if l.strip().startswith("GPU")]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "scoring_device": "cpu",
+        "gpus": gpus,
+        "gpu_note": (
+            f"{len(gpus)} GPU(s) seen; scikit-learn scores on the CPU" if gpus else "no GPU was seen on this node"
+        ),
+    }
+
+
+def measure_latency(model: LoadedModel, X: np.ndarray, plan: LatencyPlan) -> tuple[dict, np.ndarray]:
+    rng = np.random.default_rng(0)
+    rows = X[rng.integers(0, len(X), size=plan.single_row_repeats + plan.warmup)]
+    for i in range(plan.warmup):
+        model.score(rows[i : i + 1])
+    single = np.empty(plan.single_row_repeats)
+    for i in range(plan.single_row_repeats):
+        row = rows[plan.warmup + i : plan.warmup + i + 1]
+        t0 = time.perf_counter()
+        model.score(row)
+        single[i] = (time.perf_counter() - t0) * 1000.0
+    result = {"single_row_ms": _percentiles(single), "batches": {}}
+    for size in plan.batch_sizes:
+        batch = X[rng.integers(0, len(X), size=size)]
+        model.score(batch)
+        timings = np.empty(plan.batch_repeats)
+        for i in range(plan.batch_repeats):
+            t0 = time.perf_counter()
+            model.score(batch)
+            timings[i] = (time.perf_counter() - t0) * 1000.0
+        stats = _percentiles(timings)
+        stats["rows_per_second"] = round(size / (np.median(timings) / 1000.0), 1)
+        stats["p99_us_per_row"] = round(stats["p99"] * 1000.0 / size, 3)
+        result["batches"][str(size)] = stats
+        log.info("latency batch %d: p50 %.2f ms, p99 %.2f ms", size, stats["p50"], stats["p99"])
+    log.info("latency single row over %d calls: p50 %.3f ms, p95 %.3f ms, p99 %.3f ms",
+             plan.single_row_repeats, *(result["single_row_ms"][k] for k in ("p50", "p95", "p99")))
+    return result, single
+
+
+def _percentiles(samples_ms: np.ndarray) -> dict:
+    return {
+        "n": int(samples_ms.size),
+        "p50": round(float(np.percentile(samples_ms, 50)), 4),
+        "p95": round(float(np.percentile(samples_ms, 95)), 4),
+        "p99": round(float(np.percentile(samples_ms, 99)), 4),
+        "max": round(float(samples_ms.max()), 4),
+    }
+
+
+def accuracy_metrics(y: np.ndarray, scores: np.ndarray, predictions: np.ndarray) -> tuple[dict, dict, list]:
+    from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
+
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        raise DataError(
+            f"the holdout has {positives} anomalous rows out of {len(y)}: "
+            "accuracy needs both normal and anomalous labelled rows"
+        )
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predictions, labels=[0, 1]).ravel())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    fpr, tpr, thresholds = roc_curve(y, scores)
+    # KFP's ClassificationMetrics wants a modest number of points.
+    keep = np.unique(np.linspace(0, len(fpr) - 1, num=min(len(fpr), 200)).astype(int))
+    roc = {
+        "fpr": fpr[keep].tolist(),
+        "tpr": tpr[keep].tolist(),
+        "thresholds": np.nan_to_num(thresholds[keep], posinf=1.0).tolist(),
+    }
+    metrics = {
+        "roc_auc": round(float(roc_auc_score(y, scores)), 5),
+        "pr_auc": round(float(average_precision_score(y, scores)), 5),
+        "precision": round(precision, 5),
+        "recall": round(recall, 5),
+        "f1": round(f1, 5),
+        "holdout_rows": int(len(y)),
+        "holdout_anomalies": positives,
+        "flagged_rows": int(predictions.sum()),
+    }
+    return metrics, roc, [[tn, fp], [fn, tp]]
+
+
+def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
+    checks = [
+        ("roc_auc", metrics["roc_auc"], ">=", gates.min_roc_auc),
+        ("pr_auc", metrics["pr_auc"], ">=", gates.min_pr_auc),
+        ("f1", metrics["f1"], ">=", gates.min_f1),
+        ("single_row_p99_ms", metrics["latency"]["single_row_ms"]["p99"], "<=", gates.max_single_row_p99_ms),
+    ]
+    if gates.max_batch_row_p99_us is not None:
+        worst = max(b["p99_us_per_row"] for b in metrics["latency"]["batches"].values())
+        checks.append(("batch_row_p99_us", worst, "<=", gates.max_batch_row_p99_us))
+    results = []
+    for name, value, op, limit in checks:
+        if limit is None:
+            continue
+        passed = value >= limit if op == ">=" else value <= limit
+        results.append({"gate": name, "value": value, "op": op, "threshold": limit, "passed": bool(passed)})
+    return results
+
+
+def validate(
+    model_dir: str | os.PathLike,
+    holdout: Dataset | str,
+    out_dir: str | os.PathLike,
+    gates: Gates | None = None,
+    latency: LatencyPlan | None = None,
+) -> ValidationResult:
+    """Measure, gate and report. Writes metrics.json, report.html and the PNG figures."""
+    gates = gates or Gates()
+    latency = latency or LatencyPlan()
+    model = load_model_dir(model_dir)
+    dataset = holdout if isinstance(holdout, Dataset) else load_dataset(holdout, model.schema, require_labels=True)
+    if dataset.y is None:
+        raise DataError(f"{dataset.source} has no labels; validation needs labelled data")
+    if dataset.schema.features != model.schema.features:
+        raise DataError(
+            f"holdout columns {list(dataset.schema.features)} differ from the model's schema {list(model.schema.features)}"
+        )
+    log.info("scoring %d holdout rows", dataset.n_rows)
+    predictions, scores = model.score(dataset.X)
+    metrics, roc, confusion = accuracy_metrics(dataset.y, scores, predictions)
+    metrics["threshold"] = model.threshold
+    metrics["device"] = describe_device()
+    metrics["latency"], single = measure_latency(model, dataset.X, latency)
+    gate_results = evaluate_gates(metrics, gates)
+    passed = all(g["passed"] for g in gate_results)
+    log.info("ROC-AUC %.4f, PR-AUC %.4f, F1 %.4f at threshold %.4f; gates %s",
+             metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], model.threshold, "PASSED" if passed else "FAILED")
+    for g in gate_results:
+        if not g["passed"]:
+            log.warning("gate %s failed: %s %s %s", g["gate"], g["value"], g["op"], g["threshold"])
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _figures(dataset.y, scores, model.threshold, roc, metrics, single, out)
+    document = {
+        "model_dir": str(model_dir),
+        "holdout": {"source": dataset.source, "sha256": dataset.sha256},
+        "metrics": metrics,
+        "gates": gate_results,
+        "gate_passed": passed,
+        "gate_config": asdict(gates),
+        "roc_curve": roc,
+        "confusion_matrix": {"labels": ["normal", "anomaly"], "matrix": confusion},
+    }
+    metrics_path = out / "metrics.json"
+    metrics_path.write_text(json.dumps(document, indent=2) + "\n")
+    report_path = out / "report.html"
+    report_path.write_text(render_report(document, model.metadata, figures))
+    return ValidationResult(metrics, gate_results, passed, out, report_path, metrics_path, roc, confusion, single)
+
+
+def _figures(y, scores, threshold, roc, metrics, single_ms, out: Path) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: dict[str, bytes] = {}
+
+    def save(fig, name: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        figures[name] = buffer.getvalue()
+        (out / name).write_bytes(figures[name])
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot(roc["fpr"], roc["tpr"], lw=2, label=f"ROC-AUC {metrics['roc_auc']:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve (holdout)")
+    ax.legend(loc="lower right")
+    save(fig, "roc.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(scores.min(), scores.max(), 60)
+    ax.hist(scores[y == 0], bins=bins, alpha=0.6, label="normal", density=True)
+    ax.hist(scores[y == 1], bins=bins, alpha=0.6, label="anomalous (label)", density=True)
+    ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="anomaly score", ylabel="density", title="Score distribution (holdout)")
+    ax.legend()
+    save(fig, "scores.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(single_ms, bins=50, color="tab:purple")
+    for q, style in (("p50", ":"), ("p99", "--")):
+        ax.axvline(metrics["latency"]["single_row_ms"][q], color="black", ls=style, label=q)
+    ax.set(xlabel="milliseconds", ylabel="calls", title="Single-row scoring latency")
+    ax.legend()
+    save(fig, "latency.png")
+    return figures
+
+
+def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes]) -> str:
+    m = document["metrics"]
+    e = html.escape
+    rows = "".join(
+        f"<tr class='{'ok' if g['passed'] else 'bad'}'><td>{e(g['gate'])}</td><td>{g['value']}</td>"
+        f"<td>{e(g['op'])} {g['threshold']}</td><td>{'pass' if g['passed'] else 'FAIL'}</td></tr>"
+        for g in document["gates"]
+    )
+    lat = m["latency"]
+    batch_rows = "".join(
+        f"<tr><td>{size}</td><td>{b['p50']}</td><td>{b['p95']}</td><td>{b['p99']}</td><td>{b['rows_per_second']}</td></tr>"
+        for size, b in lat["batches"].items()
+    )
+    images = "".join(
+        f"<figure><img alt='{e(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'/></figure>"
+        for name, data in figures.items()
+    )
+    (tn, fp), (fn, tp) = document["confusion_matrix"]["matrix"]
+    verdict = "PASSED" if document["gate_passed"] else "FAILED"
+    device = m["device"]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Anomaly detector validation: {verdict}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} th{{background:#f4f4f4}}
+tr.bad td{{background:#fde2e2}} tr.ok td{{background:#e6f4ea}} figure{{display:inline-block;margin:0 1em 1em 0}}
+.verdict{{font-size:1.4em;font-weight:bold;color:{'#137333' if document['gate_passed'] else '#b3261e'}}}
+</style></head><body>
+<h1>Anomaly detector validation</h1>
+<p class="verdict">Release gate {verdict}</p>
+<p>Model {e(str(document['model_dir']))}, trained {e(str(model_metadata.get('created_at')))} on
+{model_metadata.get('data', {}).get('rows')} rows; holdout {e(document['holdout']['source'])}
+({m['holdout_rows']} rows, {m['holdout_anomalies']} labelled anomalous).
+Threshold {m['threshold']:.5f} was fixed from training scores, not from holdout labels.</p>
+<h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>{rows}</table>
+<h2>Accuracy</h2><table>
+<tr><th>ROC-AUC</th><th>PR-AUC</th><th>precision</th><th>recall</th><th>F1</th><th>flagged rows</th></tr>
+<tr><td>{m['roc_auc']}</td><td>{m['pr_auc']}</td><td>{m['precision']}</td><td>{m['recall']}</td><td>{m['f1']}</td><td>{m['flagged_rows']}</td></tr></table>
+<table><tr><th></th><th>predicted normal</th><th>predicted anomaly</th></tr>
+<tr><th>normal</th><td>{tn}</td><td>{fp}</td></tr><tr><th>anomaly</th><td>{fn}</td><td>{tp}</td></tr></table>
+<h2>Latency</h2>
+<p>Device: {e(device['cpu'])} ({device['cpu_count']} CPUs), scoring on {e(device['scoring_device'])}; {e(device['gpu_note'])}.</p>
+<table><tr><th>single row (ms)</th><th>p50</th><th>p95</th><th>p99</th><th>max</th></tr>
+<tr><td>{lat['single_row_ms']['n']} calls</td><td>{lat['single_row_ms']['p50']}</td><td>{lat['single_row_ms']['p95']}</td>
+<td>{lat['single_row_ms']['p99']}</td><td>{lat['single_row_ms']['max']}</td></tr></table>
+<table><tr><th>batch rows</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>rows/s</th></tr>{batch_rows}</table>
+<h2>Figures</h2>{images}
+</body></html>
+"""
