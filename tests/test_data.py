@@ -1,0 +1,156 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_mlops.data import (
+    ANOMALY_KINDS,
+    frame_to_dataset,
+    generate_synthetic,
+    load_dataset,
+    prepare_data,
+)
+from anomaly_mlops.errors import DataError
+from anomaly_mlops.schema import DEFAULT_FEATURES, FeatureSchema
+
+
+def test_synthetic_is_deterministic_by_seed():
+    a = generate_synthetic(rows=3000, seed=1)
+    b = generate_synthetic(rows=3000, seed=1)
+    c = generate_synthetic(rows=3000, seed=2)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["cpu_usage_pct"], c["cpu_usage_pct"])
+
+
+def test_synthetic_has_every_anomaly_kind_and_the_asked_rate():
+    frame = generate_synthetic(rows=20_160, seed=3, anomaly_rate=0.05)
+    kinds = set(frame.loc[frame.is_anomaly == 1, "anomaly_kind"])
+    assert kinds == set(ANOMALY_KINDS)
+    assert 0.045 <= frame.is_anomaly.mean() <= 0.06
+    assert (frame.loc[frame.is_anomaly == 0, "anomaly_kind"] == "").all()
+    assert frame[list(DEFAULT_FEATURES)].notna().all().all()
+    assert frame.cpu_usage_pct.between(0, 100).all()
+
+
+def test_synthetic_has_daily_seasonality():
+    frame = generate_synthetic(rows=1440 * 7, seed=4, anomaly_rate=0.0)
+    hourly = frame.groupby(frame.timestamp.dt.hour)["cpu_usage_pct"].mean()
+    # Afternoon load clearly above the night's.
+    assert hourly.loc[13:17].mean() > hourly.loc[0:4].mean() + 20
+
+
+def test_prepare_splits_in_time_and_writes_schema(tmp_path):
+    result = prepare_data(tmp_path, rows=2000, seed=5, holdout_fraction=0.25)
+    train = pd.read_parquet(result.train_path)
+    holdout = pd.read_parquet(result.holdout_path)
+    assert (len(train), len(holdout)) == (1500, 500)
+    assert train.timestamp.max() < holdout.timestamp.min()
+    assert (tmp_path / "schema.json").exists()
+
+
+def _frame(rows=50):
+    return generate_synthetic(rows=max(rows, 60), seed=0).head(rows)
+
+
+def test_missing_columns_are_named():
+    frame = _frame().drop(columns=["disk_io_mbps", "restart_count"])
+    with pytest.raises(DataError, match=r"missing feature columns \['disk_io_mbps', 'restart_count'\]"):
+        frame_to_dataset(frame, FeatureSchema(), source="x.csv")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_located(bad):
+    frame = _frame()
+    frame.loc[7, "memory_usage_pct"] = bad
+    with pytest.raises(DataError, match=r"memory_usage_pct: 1 .* \(first at row 8\)"):
+        frame_to_dataset(frame, FeatureSchema(), source="x.csv")
+
+
+def test_non_numeric_values_are_located():
+    frame = _frame().astype({"cpu_usage_pct": object})
+    frame.loc[3, "cpu_usage_pct"] = "high"
+    with pytest.raises(DataError, match=r"'cpu_usage_pct' has non-numeric values, first at row 4: 'high'"):
+        frame_to_dataset(frame, FeatureSchema(), source="x.csv")
+
+
+def test_labels_must_be_binary():
+    frame = _frame()
+    frame.loc[0, "is_anomaly"] = 2
+    with pytest.raises(DataError, match="must hold only 0 and 1"):
+        frame_to_dataset(frame, FeatureSchema(), source="x.csv")
+
+
+def test_empty_file_header_only_and_unknown_format(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty \(0 bytes\)"):
+        load_dataset(str(empty))
+    header = tmp_path / "header.csv"
+    header.write_text(",".join(DEFAULT_FEATURES) + "\n")
+    with pytest.raises(DataError, match="header but no rows"):
+        load_dataset(str(header))
+    other = tmp_path / "data.xlsx"
+    other.write_bytes(b"PK")
+    with pytest.raises(DataError, match="unknown data format"):
+        load_dataset(str(other))
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(str(tmp_path / "nope.csv"))
+
+
+def test_corrupt_parquet_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match="could not parse"):
+        load_dataset(str(path))
+
+
+def test_size_and_row_limits(tmp_path):
+    path = tmp_path / "m.csv"
+    _frame(100).to_csv(path, index=False)
+    with pytest.raises(DataError, match="over the limit of 100 bytes"):
+        load_dataset(str(path), max_bytes=100)
+    with pytest.raises(DataError, match="100 rows, over the limit of 99"):
+        load_dataset(str(path), max_rows=99)
+
+
+def test_csv_gz_and_parquet_load_identically(tmp_path):
+    frame = _frame(200)
+    frame.to_csv(tmp_path / "m.csv.gz", index=False)
+    frame.to_parquet(tmp_path / "m.parquet", index=False)
+    a = load_dataset(str(tmp_path / "m.csv.gz"))
+    b = load_dataset(str(tmp_path / "m.parquet"))
+    np.testing.assert_allclose(a.X, b.X)
+    assert a.X.shape == (200, len(DEFAULT_FEATURES))
+    assert len(a.sha256) == 64 and a.sha256 != b.sha256  # digest of the file bytes
+
+
+def test_custom_schema_orders_columns(tmp_path):
+    frame = pd.DataFrame({"b": [1.0, 2.0], "a": [3.0, 4.0], "extra": ["x", "y"]})
+    ds = frame_to_dataset(frame, FeatureSchema(("a", "b")), source="mem")
+    np.testing.assert_array_equal(ds.X, [[3.0, 1.0], [4.0, 2.0]])
+
+
+def test_schema_rejects_duplicates_and_bad_names():
+    with pytest.raises(DataError, match="duplicate"):
+        FeatureSchema(("a", "a"))
+    with pytest.raises(DataError, match="invalid feature names"):
+        FeatureSchema(("ok", "bad name"))
+    assert FeatureSchema.parse("x, y").features == ("x", "y")
+
+
+def test_load_from_s3(s3_env, tmp_path):
+    import boto3
+
+    frame = _frame(120)
+    frame.to_parquet(tmp_path / "m.parquet", index=False)
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+                          aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    client.upload_file(str(tmp_path / "m.parquet"), s3_env["AWS_S3_BUCKET"], "data/m.parquet")
+    import os
+    from unittest import mock
+
+    with mock.patch.dict(os.environ, s3_env):
+        ds = load_dataset(f"s3://{s3_env['AWS_S3_BUCKET']}/data/m.parquet")
+        assert ds.n_rows == 120
+        with pytest.raises(DataError, match="data object not found"):
+            load_dataset(f"s3://{s3_env['AWS_S3_BUCKET']}/data/absent.parquet")

@@ -1,0 +1,151 @@
+"""Our predictor inside the real KServe model server, over HTTP (V1 and Open Inference V2)."""
+
+import json
+
+import numpy as np
+import pytest
+import requests
+
+from anomaly_mlops.artifacts import load_model_dir
+from anomaly_mlops.data import load_dataset
+from anomaly_mlops.errors import AnomalyMLOpsError
+from anomaly_mlops.local_services import model_server
+from anomaly_mlops.publish import publish
+from anomaly_mlops.schema import DEFAULT_FEATURES
+from anomaly_mlops.storage import S3Settings
+
+
+@pytest.fixture(scope="module")
+def holdout(prepared):
+    return load_dataset(str(prepared.holdout_path))
+
+
+@pytest.fixture(scope="module")
+def offline(model_dir):
+    return load_model_dir(model_dir)
+
+
+def v1(served, body, raw=False):
+    url, name = served
+    response = requests.post(f"{url}/v1/models/{name}:predict", data=body if raw else json.dumps(body),
+                             headers={"content-type": "application/json"}, timeout=10)
+    return response
+
+
+def v2(served, body):
+    url, name = served
+    return requests.post(f"{url}/v2/models/{name}/infer", json=body, timeout=10)
+
+
+def test_v1_rows_return_labels_and_scores_matching_offline(served, holdout, offline):
+    rows = holdout.X[:200]
+    response = v1(served, {"instances": rows.tolist()})
+    assert response.status_code == 200
+    body = response.json()
+    labels, scores = offline.score(rows)
+    assert body["predictions"] == labels.tolist()
+    np.testing.assert_allclose(body["anomaly_scores"], scores, rtol=0, atol=1e-12)
+    assert 0 < sum(body["predictions"]) < 200 or labels.sum() in (0, 200)
+
+
+def test_v1_objects_keyed_by_feature_name(served, holdout, offline):
+    rows = holdout.X[:3]
+    instances = [dict(zip(DEFAULT_FEATURES, map(float, row)), timestamp="ignored") for row in rows]
+    body = v1(served, {"instances": instances}).json()
+    np.testing.assert_allclose(body["anomaly_scores"], offline.score(rows)[1], atol=1e-12)
+
+
+def test_v2_matrix_and_per_feature_inputs(served, holdout, offline):
+    rows = holdout.X[:5]
+    _, scores = offline.score(rows)
+    matrix = {"id": "req-1", "inputs": [{"name": "x", "shape": [5, 6], "datatype": "FP32",
+                                         "data": rows.astype(np.float32).ravel().tolist()}]}
+    response = v2(served, matrix)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["id"] == "req-1" and answer["model_name"] == served[1]
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    assert outputs["predictions"]["datatype"] == "INT64" and outputs["predictions"]["shape"] == [5]
+    # FP32 input: float32 rounding moves scores slightly, never labels near the middle.
+    np.testing.assert_allclose(outputs["anomaly_scores"]["data"], scores, atol=1e-3)
+
+    columns = {"inputs": [{"name": f, "shape": [5], "datatype": "FP64", "data": rows[:, j].tolist()}
+                          for j, f in enumerate(DEFAULT_FEATURES)]}
+    answer = v2(served, columns).json()
+    outputs = {o["name"]: o for o in answer["outputs"]}
+    np.testing.assert_allclose(outputs["anomaly_scores"]["data"], scores, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"rows": []}, "no 'instances'"),
+        ({"instances": []}, "no instances"),
+        ({"instances": "1,2,3"}, "be a list"),
+        ({"instances": [[1, 2, 3]]}, "has 3 values; the model expects 6"),
+        ({"instances": [[1, 2, 3, 4, 5, "x"]]}, "expected a number, got 'x'"),
+        ({"instances": [[1, 2, 3, 4, 5, None]]}, "expected a number, got None"),
+        ({"instances": [[1, 2, 3, 4, 5, True]]}, "expected a number, got True"),
+        ({"instances": [{"cpu_usage_pct": 1}]}, "lacks features"),
+        # json.dumps writes Infinity, which KServe's JSON parser refuses before our code runs.
+        ({"instances": [[1, 2, 3, 4, 5, 1e309]]}, "Unrecognized request format"),
+        ({"instances": [[0] * 6] * 10_001}, "limit is 10000"),
+    ],
+)
+def test_v1_malformed_input_is_400_with_a_message(served, body, message):
+    response = v1(served, body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+def test_v1_nan_literal_and_invalid_json_are_rejected(served):
+    response = v1(served, '{"instances": [[1, 2, 3, 4, 5, NaN]]}', raw=True)
+    assert response.status_code == 400
+    response = v1(served, '{"instances": [[1, 2', raw=True)
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "tensor, message",
+    [
+        ({"name": "x", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6]}, "expected [n, 6]"),
+        ({"name": "x", "shape": [1, 6], "datatype": "BYTES", "data": ["a"] * 6}, "datatype BYTES"),
+        ({"name": "x", "shape": [2, 6], "datatype": "FP64", "data": [1.0] * 5}, "could not be read"),
+        ({"name": "x", "shape": [0, 6], "datatype": "FP64", "data": []}, "no instances"),
+        # 1e39 overflows float32 to inf.
+        ({"name": "x", "shape": [1, 6], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 1e39]}, "must be finite"),
+    ],
+)
+def test_v2_malformed_input_is_400(served, tensor, message):
+    response = v2(served, {"inputs": [tensor]})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+def test_server_stays_ready_and_exports_metrics(served, holdout):
+    url, name = served
+    v1(served, {"instances": "junk"})
+    assert requests.get(f"{url}/v1/models/{name}", timeout=5).json()["ready"] is True
+    assert requests.get(f"{url}/v2/models/{name}/ready", timeout=5).status_code == 200
+    v1(served, {"instances": holdout.X[:10].tolist()})
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    scored = [l for l in metrics.splitlines() if l.startswith("anomaly_detector_rows_scored_total")]
+    assert scored and float(scored[0].split()[-1]) >= 10
+    assert "request_predict_seconds" in metrics
+
+
+def test_serves_a_released_version_from_s3(model_dir, s3_env, holdout, offline, tmp_path):
+    result = publish(model_dir, "served-from-s3", "v1", S3Settings.from_env(s3_env))
+    with model_server("s3model", result.uri, env=s3_env, log_path=tmp_path / "log") as url:
+        body = requests.post(f"{url}/v1/models/s3model:predict", json={"instances": holdout.X[:4].tolist()}, timeout=10).json()
+    np.testing.assert_allclose(body["anomaly_scores"], offline.score(holdout.X[:4])[1], atol=1e-12)
+
+
+def test_tampered_artifacts_stop_the_server_from_starting(copy_model, tmp_path):
+    model = copy_model()
+    with open(model / "model.joblib", "ab") as handle:
+        handle.write(b"\x00")
+    with pytest.raises(AnomalyMLOpsError, match="exited with code") as info:
+        with model_server("bad", str(model), log_path=tmp_path / "log", startup_timeout_s=60):
+            pass
+    assert "checksum mismatch" in str(info.value)

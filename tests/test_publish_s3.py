@@ -1,0 +1,173 @@
+"""Publish and download against a real S3-protocol server (moto server mode on loopback)."""
+
+import logging
+import uuid
+
+import boto3
+import pytest
+
+from anomaly_mlops.artifacts import MANIFEST_FILE, load_model_dir, write_manifest
+from anomaly_mlops.errors import ArtifactError, ConfigError, StorageError, VersionConflictError
+from anomaly_mlops.local_services import free_port
+from anomaly_mlops.publish import download_model, publish
+from anomaly_mlops.storage import S3Settings
+
+
+@pytest.fixture
+def settings(s3_env):
+    return S3Settings.from_env(s3_env)
+
+
+@pytest.fixture
+def raw(s3_env):
+    return boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
+                        aws_secret_access_key="y", region_name="us-east-1")
+
+
+def keys(raw, bucket, prefix):
+    return sorted(o["Key"] for o in raw.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+
+def unique_name():
+    return f"m-{uuid.uuid4().hex[:8]}"
+
+
+def test_publish_then_download_round_trip(model_dir, settings, raw, tmp_path):
+    name = unique_name()
+    result = publish(model_dir, name, "v1", settings)
+    assert result.status == "published"
+    assert result.uri == f"s3://{settings.bucket}/{name}/v1/"
+    assert keys(raw, settings.bucket, name) == [f"{name}/v1/{MANIFEST_FILE}", f"{name}/v1/metadata.json", f"{name}/v1/model.joblib"]
+    local = download_model(result.uri, tmp_path / "dl", settings)
+    assert load_model_dir(local).threshold == load_model_dir(model_dir).threshold
+
+
+def test_default_version_is_time_and_digest(model_dir, settings):
+    result = publish(model_dir, unique_name(), settings=settings)
+    assert result.version.startswith("v") and result.version[-8:] == result.manifest_sha256[:8]
+
+
+def test_republishing_identical_content_is_a_no_op(model_dir, settings, raw):
+    name = unique_name()
+    publish(model_dir, name, "v1", settings)
+    before = raw.head_object(Bucket=settings.bucket, Key=f"{name}/v1/model.joblib")["LastModified"]
+    again = publish(model_dir, name, "v1", settings)
+    assert again.status == "unchanged"
+    assert raw.head_object(Bucket=settings.bucket, Key=f"{name}/v1/model.joblib")["LastModified"] == before
+
+
+def test_released_version_is_never_overwritten(model_dir, copy_model, settings, raw):
+    name = unique_name()
+    publish(model_dir, name, "v1", settings)
+    original = raw.get_object(Bucket=settings.bucket, Key=f"{name}/v1/{MANIFEST_FILE}")["Body"].read()
+    other = copy_model()
+    (other / "metadata.json").write_text((other / "metadata.json").read_text().replace('"threshold"', '"note": 1, "threshold"'))
+    write_manifest(other)
+    with pytest.raises(VersionConflictError, match="already released with different content"):
+        publish(other, name, "v1", settings)
+    assert raw.get_object(Bucket=settings.bucket, Key=f"{name}/v1/{MANIFEST_FILE}")["Body"].read() == original
+    assert publish(other, name, "v2", settings).status == "published"
+
+
+def _failing_client(settings, monkeypatch, should_fail):
+    """Clients whose requests fail where should_fail(operation, params) says so, as a dropped
+    connection would; everything else reaches the real server."""
+    real_client = S3Settings.client
+
+    def client(self):
+        c = real_client(self)
+
+        def hook(params, model, **_):
+            if should_fail(model.name, params):
+                raise ConnectionResetError("simulated connection drop")
+
+        c.meta.events.register("before-call.s3", hook)
+        return c
+
+    monkeypatch.setattr(S3Settings, "client", client)
+
+
+def test_interrupted_upload_leaves_no_released_version(model_dir, settings, raw, monkeypatch, tmp_path):
+    name = unique_name()
+    fail = {"on": True}
+    _failing_client(settings, monkeypatch,
+                    lambda op, p: fail["on"] and op in ("PutObject", "CreateMultipartUpload")
+                    and str(p.get("url_path", "")).endswith("model.joblib"))
+    with pytest.raises(Exception):
+        publish(model_dir, name, "v1", settings)
+    assert f"{name}/v1/{MANIFEST_FILE}" not in keys(raw, settings.bucket, name)
+    with pytest.raises(ArtifactError, match="not released"):
+        download_model(f"s3://{settings.bucket}/{name}/v1/", tmp_path / "dl", settings)
+    fail["on"] = False
+    assert publish(model_dir, name, "v1", settings).status == "published"
+
+
+def test_racing_publisher_cannot_overwrite_the_manifest(model_dir, settings, raw, monkeypatch):
+    """Another publisher releases between our existence check and our manifest write."""
+    name = unique_name()
+    key = f"{name}/v1/{MANIFEST_FILE}"
+    real_client = S3Settings.client
+
+    def client(self):
+        c = real_client(self)
+
+        def sneak_in(params, model, **_):
+            if model.name == "PutObject" and str(params.get("url_path", "")).endswith(MANIFEST_FILE):
+                raw.put_object(Bucket=settings.bucket, Key=key, Body=b"0" * 64 + b"  model.joblib\n")
+
+        c.meta.events.register("before-call.s3", sneak_in)
+        return c
+
+    monkeypatch.setattr(S3Settings, "client", client)
+    with pytest.raises(VersionConflictError):
+        publish(model_dir, name, "v1", settings)
+    assert raw.get_object(Bucket=settings.bucket, Key=key)["Body"].read().startswith(b"0" * 64)
+
+
+def test_tampered_object_on_s3_is_refused_on_download(model_dir, settings, raw, tmp_path):
+    name = unique_name()
+    result = publish(model_dir, name, "v1", settings)
+    raw.put_object(Bucket=settings.bucket, Key=f"{name}/v1/model.joblib", Body=b"not the model")
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        download_model(result.uri, tmp_path / "dl", settings)
+    assert not (tmp_path / "dl").exists() and not (tmp_path / "dl.download").exists()
+
+
+def test_unreachable_s3_is_a_clear_error(model_dir, s3_env):
+    env = {**s3_env, "AWS_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    settings = S3Settings.from_env(env)
+    settings = S3Settings(**{**settings.__dict__, "max_attempts": 2, "connect_timeout_s": 1.0})
+    with pytest.raises(StorageError, match="cannot reach S3 .*endpoint=http://127.0.0.1"):
+        publish(model_dir, unique_name(), "v1", settings)
+
+
+def test_missing_bucket_is_named(model_dir, s3_env):
+    settings = S3Settings.from_env({**s3_env, "AWS_S3_BUCKET": "no-such-bucket"})
+    with pytest.raises(StorageError, match="NoSuchBucket|404"):
+        publish(model_dir, unique_name(), "v1", settings)
+
+
+def test_missing_secret_keys_are_listed_and_values_never_shown(caplog):
+    with pytest.raises(ConfigError, match="missing AWS_SECRET_ACCESS_KEY, AWS_S3_BUCKET"):
+        S3Settings.from_env({"AWS_ACCESS_KEY_ID": "AKIA-SECRET-VALUE"})
+    caplog.set_level(logging.DEBUG)
+    settings = S3Settings.from_env({"AWS_ACCESS_KEY_ID": "AKIA-SECRET-VALUE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-VALUE",
+                                    "AWS_S3_BUCKET": "b", "AWS_S3_ENDPOINT": "http://127.0.0.1:9"})
+    text = repr(settings) + settings.describe()
+    assert "s3cr3t-VALUE" not in text and "AKIA-SECRET-VALUE" not in text
+    with pytest.raises(ConfigError, match="must start with http"):
+        S3Settings.from_env({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_S3_BUCKET": "c",
+                             "AWS_S3_ENDPOINT": "minio:9000"})
+
+
+@pytest.mark.parametrize("version", ["V1", "a/b", "-x", "..", "x" * 70])
+def test_bad_version_names_are_refused(model_dir, settings, version):
+    with pytest.raises(ConfigError, match="not allowed"):
+        publish(model_dir, "m", version, settings)
+
+
+def test_incomplete_local_model_is_not_published(copy_model, settings):
+    model = copy_model()
+    (model / MANIFEST_FILE).unlink()
+    with pytest.raises(ArtifactError, match="incomplete"):
+        publish(model, unique_name(), "v1", settings)

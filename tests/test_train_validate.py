@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import sklearn
+
+from anomaly_mlops.artifacts import MANIFEST_FILE, load_model_dir, verify_model_dir, write_manifest
+from anomaly_mlops.data import load_dataset
+from anomaly_mlops.errors import ArtifactError, ConfigError, DataError
+from anomaly_mlops.train import TrainParams, train
+from anomaly_mlops.validate import Gates, LatencyPlan, evaluate_gates, validate
+
+FAST_LATENCY = LatencyPlan(single_row_repeats=30, batch_sizes=(100,), batch_repeats=3, warmup=2)
+
+
+def test_model_dir_contract(model_dir, prepared):
+    assert sorted(p.name for p in model_dir.iterdir()) == ["MANIFEST.sha256", "metadata.json", "model.joblib"]
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["schema"]["features"][0] == "cpu_usage_pct"
+    assert meta["library_versions"]["scikit-learn"] == sklearn.__version__
+    assert meta["data"]["sha256"] == load_dataset(str(prepared.train_path)).sha256
+    assert meta["params"]["n_estimators"] == 50 and meta["params"]["seed"] == 7
+    assert 0 < meta["threshold"] < 1
+    assert set(verify_model_dir(model_dir)) == {"metadata.json", "model.joblib"}
+
+
+def test_threshold_comes_from_training_scores(model_dir, prepared):
+    model = load_model_dir(model_dir)
+    train = load_dataset(str(prepared.train_path))
+    flagged = (model.anomaly_scores(train.X) > model.threshold).mean()
+    assert flagged == pytest.approx(0.02, abs=0.002)  # contamination default
+
+
+def test_pipeline_predict_agrees_with_threshold(model_dir, prepared):
+    """The upstream KServe sklearn runtime calls predict(); it must flag the same rows."""
+    model = load_model_dir(model_dir)
+    X = load_dataset(str(prepared.holdout_path)).X
+    labels, _ = model.score(X)
+    assert np.array_equal(model.pipeline.predict(X) == -1, labels == 1)
+
+
+def test_training_is_reproducible(prepared, tmp_path):
+    a = train(str(prepared.train_path), tmp_path / "a", TrainParams(n_estimators=20, seed=3))
+    b = train(str(prepared.train_path), tmp_path / "b", TrainParams(n_estimators=20, seed=3))
+    X = load_dataset(str(prepared.holdout_path)).X
+    assert a.threshold == b.threshold
+    np.testing.assert_array_equal(load_model_dir(a.model_dir).anomaly_scores(X), load_model_dir(b.model_dir).anomaly_scores(X))
+
+
+def test_train_refuses_non_empty_output_and_bad_params(prepared, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="not empty"):
+        train(str(prepared.train_path), tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
+    with pytest.raises(ConfigError, match="contamination"):
+        train(str(prepared.train_path), tmp_path / "x", TrainParams(contamination=0.7))
+
+
+def test_tampered_model_is_refused_before_unpickling(copy_model):
+    model = copy_model()
+    (model / "model.joblib").write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(ArtifactError, match="checksum mismatch for .*model.joblib"):
+        load_model_dir(model)
+
+
+def test_missing_or_extra_files_are_refused(copy_model):
+    incomplete = copy_model("incomplete")
+    (incomplete / MANIFEST_FILE).unlink()
+    with pytest.raises(ArtifactError, match="incomplete"):
+        load_model_dir(incomplete)
+    extra = copy_model("extra")
+    (extra / "evil.py").write_text("print(1)")
+    with pytest.raises(ArtifactError, match=r"not in its manifest: \['evil.py'\]"):
+        load_model_dir(extra)
+
+
+def test_model_from_another_sklearn_is_refused(copy_model):
+    model = copy_model()
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["library_versions"]["scikit-learn"] = "0.24.2"
+    (model / "metadata.json").write_text(json.dumps(meta))
+    write_manifest(model)  # consistent checksums: the version check itself must refuse
+    with pytest.raises(ArtifactError, match="trained with scikit-learn 0.24.2"):
+        load_model_dir(model)
+
+
+def test_validate_measures_gates_and_reports(model_dir, prepared, tmp_path):
+    result = validate(model_dir, str(prepared.holdout_path), tmp_path, Gates(), FAST_LATENCY)
+    m = result.metrics
+    assert m["roc_auc"] > 0.85 and m["pr_auc"] > 0.3
+    assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    assert m["holdout_anomalies"] > 0
+    lat = m["latency"]["single_row_ms"]
+    assert lat["n"] == 30 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert m["latency"]["batches"]["100"]["rows_per_second"] > 0
+    assert m["device"]["scoring_device"] == "cpu" and m["device"]["gpu_note"]
+    assert result.passed
+    doc = json.loads(result.metrics_path.read_text())
+    assert doc["gate_passed"] is True and len(doc["roc_curve"]["fpr"]) <= 200
+    (tn, fp), (fn, tp) = doc["confusion_matrix"]["matrix"]
+    assert tn + fp + fn + tp == m["holdout_rows"] and tp + fp == m["flagged_rows"]
+    report = result.report_path.read_text()
+    assert "Release gate PASSED" in report and report.count("data:image/png;base64,") == 3
+    for picture in ("roc.png", "scores.png", "latency.png"):
+        assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gate_failure_is_reported(model_dir, prepared, tmp_path):
+    result = validate(model_dir, str(prepared.holdout_path), tmp_path,
+                      Gates(min_roc_auc=0.999, max_single_row_p99_ms=None), FAST_LATENCY)
+    assert not result.passed
+    failed = [g["gate"] for g in result.gates if not g["passed"]]
+    assert failed == ["roc_auc"]
+    assert "Release gate FAILED" in result.report_path.read_text()
+
+
+def test_gates_switch_off_with_none():
+    metrics = {"roc_auc": 0.5, "pr_auc": 0.1, "f1": 0.0, "latency": {"single_row_ms": {"p99": 500.0}, "batches": {}}}
+    assert evaluate_gates(metrics, Gates(None, None, None, None)) == []
+    names = [g["gate"] for g in evaluate_gates(metrics, Gates())]
+    assert names == ["roc_auc", "pr_auc", "single_row_p99_ms"]
+
+
+def test_validate_needs_labels_of_both_classes(model_dir, prepared, tmp_path):
+    import pandas as pd
+
+    frame = pd.read_parquet(prepared.holdout_path)
+    frame.drop(columns=["is_anomaly"]).to_parquet(tmp_path / "unlabelled.parquet")
+    with pytest.raises(DataError, match="no 'is_anomaly' column"):
+        validate(model_dir, str(tmp_path / "unlabelled.parquet"), tmp_path / "out", latency=FAST_LATENCY)
+    frame.assign(is_anomaly=0).to_parquet(tmp_path / "normal.parquet")
+    with pytest.raises(DataError, match="0 anomalous rows"):
+        validate(model_dir, str(tmp_path / "normal.parquet"), tmp_path / "out", latency=FAST_LATENCY)

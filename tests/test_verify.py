@@ -1,0 +1,84 @@
+"""Post-deployment verification against the real KServe server, and against servers
+that misbehave."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from anomaly_mlops.artifacts import load_model_dir
+from anomaly_mlops.data import load_dataset
+from anomaly_mlops.errors import VerificationError
+from anomaly_mlops.local_services import free_port
+from anomaly_mlops.train import TrainParams, train
+from anomaly_mlops.verify import VerifyPlan, raise_on_failure, verify
+
+QUICK = VerifyPlan(requests=40, readiness_timeout_s=5)
+
+
+@pytest.fixture(scope="module")
+def rows(prepared):
+    return load_dataset(str(prepared.holdout_path)).X
+
+
+def test_verify_passes_against_the_served_model(served, rows, model_dir, tmp_path):
+    url, name = served
+    result = verify(url, name, rows, load_model_dir(model_dir), plan=QUICK, out_dir=tmp_path)
+    assert result.passed, result.checks
+    assert [c["check"] for c in result.checks] == [
+        "readiness", "v1_predict", "v2_infer", "v1_v2_agree", "parity", "bad_input", "latency_slo", "error_rate"]
+    assert result.latency_ms["n"] == 40 and 0 < result.latency_ms["p50"] <= result.latency_ms["p99"]
+    report = json.loads((tmp_path / "verify.json").read_text())
+    assert report["passed"] is True
+    raise_on_failure(result)  # no exception
+
+
+def test_parity_catches_a_different_model(served, rows, prepared, tmp_path):
+    other = train(str(prepared.train_path), tmp_path / "other", TrainParams(n_estimators=50, seed=99))
+    url, name = served
+    result = verify(url, name, rows, load_model_dir(other.model_dir), plan=QUICK)
+    failed = {c["check"] for c in result.checks if not c["passed"]}
+    assert failed == {"parity"}
+    with pytest.raises(VerificationError, match="parity: max \\|served - offline\\|"):
+        raise_on_failure(result)
+
+
+def test_slo_failure_is_reported(served, rows):
+    url, name = served
+    result = verify(url, name, rows, plan=VerifyPlan(requests=10, slo_p99_ms=0.001, readiness_timeout_s=5))
+    assert {c["check"] for c in result.checks if not c["passed"]} == {"latency_slo"}
+
+
+def test_unreachable_server_fails_readiness_quickly(rows):
+    result = verify(f"http://127.0.0.1:{free_port()}", "m", rows, plan=VerifyPlan(readiness_timeout_s=1.5))
+    assert not result.passed
+    assert result.checks[0]["check"] == "readiness" and "not ready after" in result.checks[0]["detail"]
+
+
+class _AuthServer(ThreadingHTTPServer):
+    seen_auth: list
+
+
+def test_bearer_token_is_sent_and_never_written(rows, tmp_path):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.server.seen_auth.append(self.headers.get("Authorization"))
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = _AuthServer(("127.0.0.1", 0), Handler)
+    server.seen_auth = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        token = "sha256~very-secret-token"
+        result = verify(f"http://127.0.0.1:{server.server_port}", "m", rows, token=token,
+                        plan=VerifyPlan(readiness_timeout_s=3), out_dir=tmp_path)
+    finally:
+        server.shutdown()
+    assert server.seen_auth[0] == f"Bearer {token}"
+    assert not result.passed and "refused our credentials" in result.checks[0]["detail"]
+    assert token not in (tmp_path / "verify.json").read_text()
