@@ -2,7 +2,7 @@
 
 Each subcommand parses flags and calls the step function; no step logic lives here.
 Errors of the steps print as one line on stderr with a step-specific exit code
-(2 bad input or config, 3 release gate failed, 4 verification failed).
+(2 bad input or config, 3 release gate failed, 4 verification failed, 5 deployment failed).
 """
 
 from __future__ import annotations
@@ -146,6 +146,49 @@ def cmd_verify(args) -> dict:
             "report": str(result.report_path) if result.report_path else None}
 
 
+def _namespace(args) -> str:
+    from .errors import ConfigError
+
+    if args.namespace:
+        return args.namespace
+    in_pod = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    if in_pod.exists():
+        return in_pod.read_text().strip()
+    raise ConfigError("--namespace is required outside a pod")
+
+
+def _isvc_client(args):
+    from .deploy import InferenceServiceClient, load_custom_objects_api
+
+    return InferenceServiceClient(load_custom_objects_api(args.kubeconfig, args.context))
+
+
+def cmd_deploy(args) -> dict:
+    from dataclasses import asdict
+
+    from .deploy import DeploySpec, deploy
+
+    spec = DeploySpec(
+        name=args.name, namespace=_namespace(args), runtime=args.runtime, serving_runtime=args.serving_runtime,
+        storage_key=args.storage_key, storage_path=args.storage_path, storage_uri=args.storage_uri,
+        model_version=args.model_version, deployment_mode=args.mode,
+        canary_traffic_percent=None if args.canary_percent < 0 else args.canary_percent,
+        min_replicas=args.min_replicas, max_replicas=args.max_replicas, scale_target=args.scale_target,
+        scale_metric=args.scale_metric, cpu_request=args.cpu_request, memory_request=args.memory_request,
+        cpu_limit=args.cpu_limit, memory_limit=args.memory_limit, logger_url=args.logger_url,
+    )
+    return asdict(deploy(spec, _isvc_client(args), timeout_s=args.timeout))
+
+
+def cmd_promote(args) -> dict:
+    _isvc_client(args).promote(args.name, _namespace(args))
+    return {"promoted": args.name}
+
+
+def cmd_rollback(args) -> dict:
+    return {"rolled_back": args.name, "action": _isvc_client(args).rollback(args.name, _namespace(args))}
+
+
 def cmd_run(args) -> dict:
     from .local_run import LocalRunConfig, run_local
 
@@ -228,6 +271,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readiness-timeout", type=float, default=d.readiness_timeout_s)
     p.add_argument("--out", help="directory for verify.json")
     p.set_defaults(func=cmd_verify)
+
+    def kube_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--name", default="anomaly-detector", help="InferenceService name (at most 36 characters)")
+        p.add_argument("--namespace", help="default: the pod's namespace")
+        p.add_argument("--kubeconfig", help="default: in-cluster config, else $KUBECONFIG or ~/.kube/config")
+        p.add_argument("--context")
+
+    from .deploy import CUSTOM_RUNTIME, DeploySpec
+
+    d = DeploySpec(name="x", namespace="x")
+    p = sub.add_parser("deploy", help="create or update the KServe InferenceService and wait until Ready")
+    kube_flags(p)
+    p.add_argument("--runtime", choices=["custom", "sklearn"], default=d.runtime)
+    p.add_argument("--serving-runtime", default=CUSTOM_RUNTIME, help="ServingRuntime name for --runtime custom")
+    p.add_argument("--storage-key", help="data connection secret name, e.g. aws-connection-models")
+    p.add_argument("--storage-path", help="key prefix in that bucket, e.g. anomaly-detector/v1/")
+    p.add_argument("--storage-uri", help="alternative to --storage-key/--storage-path: s3://bucket/prefix/")
+    p.add_argument("--model-version")
+    p.add_argument("--mode", choices=["Serverless", "RawDeployment"], default=d.deployment_mode)
+    p.add_argument("--canary-percent", type=int, default=d.canary_traffic_percent,
+                   help="traffic share of a new model on a live Serverless service; negative: all at once")
+    p.add_argument("--min-replicas", type=int, default=d.min_replicas)
+    p.add_argument("--max-replicas", type=int, default=d.max_replicas)
+    p.add_argument("--scale-target", type=int)
+    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"])
+    p.add_argument("--cpu-request", default=d.cpu_request)
+    p.add_argument("--memory-request", default=d.memory_request)
+    p.add_argument("--cpu-limit", default=d.cpu_limit)
+    p.add_argument("--memory-limit", default=d.memory_limit)
+    p.add_argument("--logger-url", help="send request/response events to this URL (KServe logger)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("promote", help="send all traffic to the latest revision (after verify passed)")
+    kube_flags(p)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="Serverless: pin the previous revision; RawDeployment: restore the previous path")
+    kube_flags(p)
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("run", help="the whole retraining flow")
     p.add_argument("--local", action="store_true", help="on embedded S3 and a local model server")

@@ -1,0 +1,397 @@
+"""The deploy step: create or update the KServe ``serving.kserve.io/v1beta1``
+InferenceService, wait until it is Ready, and promote or roll back a rollout.
+
+- Update is get, then create or JSON-merge-patch carrying the resourceVersion read, so a
+  concurrent writer yields 409 and we read and try again (bounded).
+- Serverless: a new model on a live service goes out as a canary
+  (``canaryTrafficPercent``); promote removes the field (100% to the latest revision),
+  rollback pins traffic to the previous revision (``canaryTrafficPercent: 0``).
+- RawDeployment has no revisions: the storage path being replaced is kept in the
+  annotation ``anomaly-mlops.io/previous-storage-path``; rollback restores it.
+- Ready means condition Ready=True with ``status.observedGeneration >= metadata.generation``;
+  terminal reasons fail at once instead of waiting out the timeout.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from .errors import AnomalyMLOpsError, ConfigError
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+PREVIOUS_STORAGE_ANNOTATION = "anomaly-mlops.io/previous-storage-path"
+MODEL_VERSION_ANNOTATION = "anomaly-mlops.io/model-version"
+TERMINAL_REASONS = frozenset(
+    {"ServingRuntimeNotFound", "NoSupportedRuntime", "InvalidStorageSpec", "RuntimeNotRecognized", "UnsupportedProtocol"}
+)
+MAX_NAME_LENGTH = 36  # OpenShift AI limit on InferenceService names
+CUSTOM_RUNTIME = "anomaly-detector-runtime"
+CUSTOM_MODEL_FORMAT = "anomaly-isolation-forest"
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class DeployError(AnomalyMLOpsError):
+    exit_code = 5
+
+
+@dataclass
+class DeploySpec:
+    name: str
+    namespace: str
+    runtime: str = "custom"  # "custom" (labels + scores) or "sklearn" (upstream runtime, labels only)
+    serving_runtime: str = CUSTOM_RUNTIME
+    storage_key: str | None = None  # data connection secret, e.g. aws-connection-models
+    storage_path: str | None = None  # key prefix in that bucket, e.g. anomaly-detector/v1/
+    storage_uri: str | None = None  # alternative: s3://bucket/prefix
+    model_version: str | None = None
+    deployment_mode: str = "Serverless"  # or "RawDeployment"
+    canary_traffic_percent: int | None = 10
+    min_replicas: int = 1
+    max_replicas: int = 3
+    scale_target: int | None = None
+    scale_metric: str | None = None  # "concurrency", "rps", "cpu", "memory"
+    cpu_request: str = "500m"
+    memory_request: str = "512Mi"
+    cpu_limit: str = "2"
+    memory_limit: str = "1Gi"
+    prometheus: bool = True
+    logger_url: str | None = None
+    service_account: str | None = None
+    labels: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if len(self.name) > MAX_NAME_LENGTH or not _DNS1035.match(self.name):
+            raise ConfigError(
+                f"InferenceService name {self.name!r} must be a DNS-1035 label of at most {MAX_NAME_LENGTH} "
+                "characters (lowercase letters, digits, '-', starting with a letter): OpenShift AI's limit"
+            )
+        if self.runtime not in ("custom", "sklearn"):
+            raise ConfigError(f"runtime must be 'custom' or 'sklearn', got {self.runtime!r}")
+        if self.deployment_mode not in ("Serverless", "RawDeployment"):
+            raise ConfigError(f"deployment_mode must be Serverless or RawDeployment, got {self.deployment_mode!r}")
+        if bool(self.storage_uri) == bool(self.storage_key and self.storage_path):
+            raise ConfigError("give either storage_key and storage_path (OpenShift AI data connection) or storage_uri")
+        if self.canary_traffic_percent is not None and not 0 <= self.canary_traffic_percent <= 100:
+            raise ConfigError(f"canary_traffic_percent must be 0-100, got {self.canary_traffic_percent}")
+        if not 0 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}")
+
+    @property
+    def storage_location(self) -> str:
+        return self.storage_uri or f"{self.storage_key}:{self.storage_path}"
+
+
+def build_inference_service(spec: DeploySpec) -> dict:
+    """The InferenceService object for ``spec`` (no canary: that is decided at update)."""
+    spec.check()
+    model: dict = {
+        "modelFormat": {"name": "sklearn"} if spec.runtime == "sklearn" else {"name": CUSTOM_MODEL_FORMAT, "version": "1"},
+        "resources": {
+            "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
+            "limits": {"cpu": spec.cpu_limit, "memory": spec.memory_limit},
+        },
+    }
+    if spec.runtime == "custom":
+        model["runtime"] = spec.serving_runtime
+    if spec.storage_uri:
+        model["storageUri"] = spec.storage_uri
+    else:
+        model["storage"] = {"key": spec.storage_key, "path": spec.storage_path}
+    predictor: dict = {"minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas, "model": model}
+    if spec.scale_target is not None:
+        predictor["scaleTarget"] = spec.scale_target
+    if spec.scale_metric:
+        predictor["scaleMetric"] = spec.scale_metric
+    if spec.logger_url:
+        predictor["logger"] = {"mode": "all", "url": spec.logger_url}
+    if spec.service_account:
+        predictor["serviceAccountName"] = spec.service_account
+    annotations = {MODE_ANNOTATION: spec.deployment_mode}
+    if spec.prometheus:
+        annotations["serving.kserve.io/enable-prometheus-scraping"] = "true"
+    if spec.model_version:
+        annotations[MODEL_VERSION_ANNOTATION] = spec.model_version
+    labels = {"app.kubernetes.io/part-of": "anomaly-mlops", "opendatahub.io/dashboard": "true", **spec.labels}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels, "annotations": annotations},
+        "spec": {"predictor": predictor},
+    }
+
+
+def storage_of(isvc: dict) -> str | None:
+    model = isvc.get("spec", {}).get("predictor", {}).get("model", {})
+    if model.get("storageUri"):
+        return model["storageUri"]
+    storage = model.get("storage") or {}
+    return f"{storage.get('key')}:{storage.get('path')}" if storage else None
+
+
+def _storage_fields(location: str) -> dict:
+    """Inverse of storage_of, as a merge patch for spec.predictor.model."""
+    if "://" in location:
+        return {"storageUri": location, "storage": None}
+    key, _, path = location.partition(":")
+    return {"storage": {"key": key, "path": path}, "storageUri": None}
+
+
+def _is_ready(isvc: dict) -> bool:
+    status = isvc.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = conditions.get("Ready", {}).get("status") == "True"
+    generation = isvc.get("metadata", {}).get("generation", 0)
+    return ready and status.get("observedGeneration", -1) >= generation
+
+
+@dataclass
+class DeployResult:
+    name: str
+    namespace: str
+    action: str  # created, updated, unchanged
+    canary: bool
+    url: str | None = None
+    revision: str | None = None
+    previous_storage: str | None = None
+
+
+def _api_error(exc, action: str, name: str, namespace: str) -> AnomalyMLOpsError:
+    from kubernetes.client.exceptions import ApiException
+
+    if not isinstance(exc, ApiException):
+        return DeployError(f"cannot reach the Kubernetes API server to {action} {namespace}/{name}: {exc}")
+    hint = {
+        401: "the token is missing or expired (in a pod: the service account token; locally: oc login)",
+        403: f"the service account may not {action} inferenceservices in {namespace}; apply manifests/rbac",
+        404: "not found: is KServe installed (the InferenceService CRD) and does the namespace exist?",
+    }.get(exc.status, (exc.body or "")[:300] if isinstance(exc.body, str) else "")
+    return DeployError(f"Kubernetes API refused to {action} InferenceService {namespace}/{name}: {exc.status} {exc.reason}: {hint}")
+
+
+class InferenceServiceClient:
+    """Thin wrapper over CustomObjectsApi with the semantics above."""
+
+    def __init__(self, api=None, max_conflict_retries: int = 5):
+        self.api = api or load_custom_objects_api()
+        self.max_conflict_retries = max_conflict_retries
+
+    def get(self, name: str, namespace: str) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404 and _is_object_not_found(exc):
+                return None
+            raise _api_error(exc, "get", name, namespace) from exc
+        except Exception as exc:
+            raise _api_error(exc, "get", name, namespace) from exc
+
+    def _patch(self, name: str, namespace: str, body: dict) -> dict:
+        return self.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
+
+    def apply(self, spec: DeploySpec) -> DeployResult:
+        """Create, or patch with canary/rollback bookkeeping; retries on 409."""
+        from kubernetes.client.exceptions import ApiException
+
+        desired = build_inference_service(spec)
+        for attempt in range(1, self.max_conflict_retries + 1):
+            current = self.get(spec.name, spec.namespace)
+            try:
+                if current is None:
+                    self.api.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, desired)
+                    log.info("created InferenceService %s/%s (%s, %s)", spec.namespace, spec.name,
+                             spec.deployment_mode, spec.storage_location)
+                    return DeployResult(spec.name, spec.namespace, "created", canary=False)
+                return self._update(spec, desired, current)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise _api_error(exc, "create or patch", spec.name, spec.namespace) from exc
+                log.warning("conflict writing %s/%s (attempt %d/%d); reading it again",
+                            spec.namespace, spec.name, attempt, self.max_conflict_retries)
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+            except AnomalyMLOpsError:
+                raise
+            except Exception as exc:
+                raise _api_error(exc, "create or patch", spec.name, spec.namespace) from exc
+        raise DeployError(f"gave up on {spec.namespace}/{spec.name} after {self.max_conflict_retries} conflicting writes")
+
+    def _update(self, spec: DeploySpec, desired: dict, current: dict) -> DeployResult:
+        previous = storage_of(current)
+        changed_model = previous != spec.storage_location
+        live = _is_ready(current)
+        patch = copy.deepcopy(desired)
+        patch["metadata"].pop("name")
+        patch["metadata"].pop("namespace")
+        patch["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        # Drop fields our spec no longer sets (merge patch deletes with null).
+        model_patch = patch["spec"]["predictor"]["model"]
+        model_patch.update({k: None for k in ("storage", "storageUri") if k not in model_patch})
+        canary = False
+        if changed_model:
+            patch["metadata"]["annotations"][PREVIOUS_STORAGE_ANNOTATION] = previous
+        else:
+            patch["metadata"]["annotations"][PREVIOUS_STORAGE_ANNOTATION] = (
+                current["metadata"].get("annotations", {}).get(PREVIOUS_STORAGE_ANNOTATION))
+        if (spec.deployment_mode == "Serverless" and changed_model and live
+                and spec.canary_traffic_percent is not None and spec.canary_traffic_percent < 100):
+            patch["spec"]["predictor"]["canaryTrafficPercent"] = spec.canary_traffic_percent
+            canary = True
+        else:
+            patch["spec"]["predictor"]["canaryTrafficPercent"] = None
+        if _same(current, desired, canary):
+            log.info("InferenceService %s/%s already serves %s; nothing to change", spec.namespace, spec.name, previous)
+            return DeployResult(spec.name, spec.namespace, "unchanged", canary=False, previous_storage=previous)
+        self._patch(spec.name, spec.namespace, patch)
+        log.info("updated InferenceService %s/%s: %s -> %s%s", spec.namespace, spec.name, previous,
+                 spec.storage_location, f" as a {spec.canary_traffic_percent}% canary" if canary else "")
+        return DeployResult(spec.name, spec.namespace, "updated", canary=canary, previous_storage=previous)
+
+    def wait_ready(self, name: str, namespace: str, timeout_s: float = 600, poll_s: float = 2.0) -> DeployResult:
+        deadline = time.monotonic() + timeout_s
+        last = "no status yet"
+        while True:
+            isvc = self.get(name, namespace)
+            if isvc is None:
+                raise DeployError(f"InferenceService {namespace}/{name} disappeared while waiting for it")
+            terminal = _terminal_failure(isvc)
+            if terminal:
+                raise DeployError(f"InferenceService {namespace}/{name} cannot become ready: {terminal}")
+            if _is_ready(isvc):
+                status = isvc.get("status", {})
+                predictor = status.get("components", {}).get("predictor", {})
+                result = DeployResult(name, namespace, "ready", canary=False, url=status.get("url"),
+                                      revision=predictor.get("latestReadyRevision") or predictor.get("latestCreatedRevision"))
+                log.info("InferenceService %s/%s is ready at %s (revision %s)", namespace, name, result.url, result.revision)
+                return result
+            last = _describe_status(isvc)
+            if time.monotonic() >= deadline:
+                raise DeployError(f"InferenceService {namespace}/{name} not ready after {timeout_s:.0f}s: {last}")
+            log.info("waiting for %s/%s: %s", namespace, name, last)
+            time.sleep(poll_s)
+
+    def promote(self, name: str, namespace: str) -> None:
+        """All traffic to the latest revision (Serverless); a no-op for RawDeployment."""
+        self._patch_with_retry(name, namespace, lambda isvc: {"spec": {"predictor": {"canaryTrafficPercent": None}}},
+                               "promote")
+        log.info("promoted %s/%s: 100%% of traffic to the latest revision", namespace, name)
+
+    def rollback(self, name: str, namespace: str) -> str:
+        """Serverless: pin traffic to the previous revision. RawDeployment: restore the
+        previous storage path. Returns what was done."""
+
+        def body(isvc: dict) -> dict:
+            annotations = isvc["metadata"].get("annotations", {})
+            if annotations.get(MODE_ANNOTATION, "Serverless") == "RawDeployment":
+                previous = annotations.get(PREVIOUS_STORAGE_ANNOTATION)
+                if not previous:
+                    raise DeployError(f"{namespace}/{name} has no {PREVIOUS_STORAGE_ANNOTATION}: nothing to roll back to")
+                return {"metadata": {"annotations": {PREVIOUS_STORAGE_ANNOTATION: None}},
+                        "spec": {"predictor": {"model": _storage_fields(previous)}}}
+            return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+
+        patch = self._patch_with_retry(name, namespace, body, "roll back")
+        model = patch["spec"]["predictor"].get("model")
+        done = f"restored storage {storage_of({'spec': patch['spec']})}" if model else "pinned traffic to the previous revision"
+        log.warning("rolled back %s/%s: %s", namespace, name, done)
+        return done
+
+    def _patch_with_retry(self, name: str, namespace: str, make_body, action: str) -> dict:
+        from kubernetes.client.exceptions import ApiException
+
+        for attempt in range(1, self.max_conflict_retries + 1):
+            isvc = self.get(name, namespace)
+            if isvc is None:
+                raise DeployError(f"cannot {action} {namespace}/{name}: it does not exist")
+            body = make_body(isvc)
+            body.setdefault("metadata", {})["resourceVersion"] = isvc["metadata"]["resourceVersion"]
+            try:
+                self._patch(name, namespace, body)
+                return body
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise _api_error(exc, action, name, namespace) from exc
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise DeployError(f"gave up trying to {action} {namespace}/{name} after {self.max_conflict_retries} conflicts")
+
+
+def _same(current: dict, desired: dict, canary: bool) -> bool:
+    cur_meta = current.get("metadata", {})
+    want_meta = desired["metadata"]
+    annotations_ok = all(cur_meta.get("annotations", {}).get(k) == v for k, v in want_meta["annotations"].items())
+    labels_ok = all(cur_meta.get("labels", {}).get(k) == v for k, v in want_meta["labels"].items())
+    cur_predictor = dict(current.get("spec", {}).get("predictor", {}))
+    has_canary = cur_predictor.pop("canaryTrafficPercent", None) is not None
+    return annotations_ok and labels_ok and not canary and not has_canary and cur_predictor == desired["spec"]["predictor"]
+
+
+def _is_object_not_found(exc) -> bool:
+    import json
+
+    try:
+        body = json.loads(exc.body)
+    except (TypeError, ValueError):
+        return False
+    return body.get("reason") == "NotFound" and body.get("details", {}).get("kind") == PLURAL
+
+
+def _terminal_failure(isvc: dict) -> str | None:
+    status = isvc.get("status") or {}
+    generation = isvc.get("metadata", {}).get("generation", 0)
+    if status.get("observedGeneration", -1) < generation:
+        return None  # status describes an older spec
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("reason") in TERMINAL_REASONS:
+            return f"{condition['type']}: {condition['reason']}: {condition.get('message', '')}".strip()
+    failure = (status.get("modelStatus") or {}).get("lastFailureInfo") or {}
+    if failure.get("reason") in TERMINAL_REASONS:
+        return f"{failure['reason']}: {failure.get('message', '')}".strip()
+    return None
+
+
+def _describe_status(isvc: dict) -> str:
+    status = isvc.get("status") or {}
+    generation = isvc.get("metadata", {}).get("generation")
+    if status.get("observedGeneration", -1) < (generation or 0):
+        return f"controller has not seen generation {generation} yet"
+    parts = [f"{c.get('type')}={c.get('status')}" + (f" ({c['reason']})" if c.get("reason") else "")
+             for c in status.get("conditions") or []]
+    return ", ".join(parts) or "no conditions yet"
+
+
+def load_custom_objects_api(kubeconfig: str | None = None, context: str | None = None):
+    """In-cluster config inside a pod, else kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=kubeconfig, context=context)
+        except Exception as exc:
+            raise ConfigError(
+                f"no Kubernetes credentials: not in a pod and no usable kubeconfig ({exc}); run 'oc login' or set KUBECONFIG"
+            ) from exc
+    return client.CustomObjectsApi()
+
+
+def deploy(spec: DeploySpec, client: InferenceServiceClient | None = None, timeout_s: float = 600,
+           poll_s: float = 2.0) -> DeployResult:
+    """Apply, wait for Ready; on a failed rollout of a live service, roll back and raise."""
+    client = client or InferenceServiceClient()
+    applied = client.apply(spec)
+    try:
+        ready = client.wait_ready(spec.name, spec.namespace, timeout_s, poll_s)
+    except DeployError:
+        if applied.action == "updated":
+            client.rollback(spec.name, spec.namespace)
+        raise
+    ready.action, ready.canary, ready.previous_storage = applied.action, applied.canary, applied.previous_storage
+    return ready

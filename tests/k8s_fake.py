@@ -1,0 +1,223 @@
+"""A small HTTP fake of the Kubernetes API server for InferenceServices.
+
+It keeps the semantics our deploy logic relies on: resourceVersion on every write (status
+writes included) and 409 Conflict when a write carries a stale one, 409 AlreadyExists,
+generation bumped only by spec changes, JSON merge patch (RFC 7386), 404 with the API
+server's Status bodies (object vs. missing CRD), 401 without the bearer token, 403 for
+namespaces the caller may not write. A scripted controller writes status when the object
+is read, the way a KServe controller would reconcile between polls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?/?(?:\?.*)?$")
+
+
+def merge_patch(target, patch):
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def ready_controller(reads_until_ready: int = 1):
+    """Marks the current generation Ready after N reads; revisions count generations."""
+
+    def reconcile(obj: dict, reads: int) -> dict | None:
+        if reads < reads_until_ready:
+            return None
+        name, generation = obj["metadata"]["name"], obj["metadata"]["generation"]
+        return {
+            "observedGeneration": generation,
+            "url": f"https://{name}-{obj['metadata']['namespace']}.apps.example.test",
+            "conditions": [{"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}],
+            "components": {"predictor": {"latestCreatedRevision": f"{name}-predictor-{generation:05d}",
+                                         "latestReadyRevision": f"{name}-predictor-{generation:05d}"}},
+        }
+
+    return reconcile
+
+
+def failing_controller(reason: str):
+    def reconcile(obj: dict, reads: int) -> dict:
+        return {
+            "observedGeneration": obj["metadata"]["generation"],
+            "conditions": [{"type": "PredictorReady", "status": "False", "reason": reason, "message": "scripted"},
+                           {"type": "Ready", "status": "False", "reason": reason}],
+            "modelStatus": {"transitionStatus": "InvalidSpec", "lastFailureInfo": {"reason": reason}},
+        }
+
+    return reconcile
+
+
+class FakeKubeAPI:
+    def __init__(self, token: str = "test-token"):
+        self.token = token
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.reads: dict[tuple[str, str], int] = {}
+        self.forbidden_namespaces: set[str] = set()
+        self.crd_installed = True
+        self.controller = ready_controller()
+        self.inject_conflicts = 0  # the next N writes meet a concurrent writer
+        self.requests: list[tuple[str, str, dict | None]] = []
+        self._rv = 1000
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def api(self):
+        from kubernetes import client
+
+        configuration = client.Configuration(host=self.url, api_key={"authorization": self.token},
+                                             api_key_prefix={"authorization": "Bearer"})
+        return client.CustomObjectsApi(client.ApiClient(configuration))
+
+    def _next_rv(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    # ------------------------------------------------------------------ request handling
+
+    def handle(self, method: str, path: str, headers, body: dict | None) -> tuple[int, dict]:
+        self.requests.append((method, path, body))
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, status(401, "Unauthorized", "Unauthorized")
+        match = PATH.match(path)
+        if not self.crd_installed or not match:
+            return 404, status(404, "NotFound", "the server could not find the requested resource")
+        namespace, name = match.group(1), match.group(2)
+        if namespace in self.forbidden_namespaces:
+            verb = {"GET": "get", "POST": "create", "PATCH": "patch"}[method]
+            return 403, status(403, "Forbidden",
+                               f'inferenceservices.serving.kserve.io "{name or ""}" is forbidden: User '
+                               f'"system:serviceaccount:{namespace}:pipeline-runner-dspa" cannot {verb} resource '
+                               f'"inferenceservices" in API group "serving.kserve.io" in the namespace "{namespace}"')
+        with self._lock:
+            if method == "GET" and name:
+                return self._get(namespace, name)
+            if method == "POST" and not name:
+                return self._create(namespace, body)
+            if method == "PATCH" and name:
+                return self._patch(namespace, name, body, headers.get("Content-Type", ""))
+        return 405, status(405, "MethodNotAllowed", f"{method} not supported by the fake")
+
+    def _get(self, namespace, name):
+        key = (namespace, name)
+        if key not in self.objects:
+            return 404, not_found(name)
+        self.reads[key] = self.reads.get(key, 0) + 1
+        obj = self.objects[key]
+        new_status = self.controller(obj, self.reads[key]) if self.controller else None
+        if new_status is not None and new_status != obj.get("status"):
+            obj["status"] = new_status
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+        return 200, copy.deepcopy(obj)
+
+    def _create(self, namespace, body):
+        name = body["metadata"]["name"]
+        key = (namespace, name)
+        if key in self.objects:
+            return 409, status(409, "AlreadyExists", f'inferenceservices.serving.kserve.io "{name}" already exists')
+        if self.inject_conflicts:
+            # Someone else creates it first.
+            self.inject_conflicts -= 1
+            self.objects[key] = self._new(namespace, body)
+            return 409, status(409, "AlreadyExists", f'inferenceservices.serving.kserve.io "{name}" already exists')
+        obj = self._new(namespace, body)
+        self.objects[key] = obj
+        return 201, copy.deepcopy(obj)
+
+    def _new(self, namespace, body):
+        obj = copy.deepcopy(body)
+        obj.pop("status", None)
+        meta = obj["metadata"]
+        meta.update(namespace=namespace, generation=1, resourceVersion=self._next_rv(), uid=f"uid-{self._rv}")
+        self.reads[(namespace, meta["name"])] = 0
+        return obj
+
+    def _patch(self, namespace, name, body, content_type):
+        if "merge-patch" not in content_type:
+            return 415, status(415, "UnsupportedMediaType", f"fake supports merge patch only, got {content_type}")
+        key = (namespace, name)
+        if key not in self.objects:
+            return 404, not_found(name)
+        current = self.objects[key]
+        if self.inject_conflicts:
+            self.inject_conflicts -= 1
+            current["metadata"]["resourceVersion"] = self._next_rv()  # a concurrent writer got there first
+        wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted_rv is not None and wanted_rv != current["metadata"]["resourceVersion"]:
+            return 409, status(409, "Conflict",
+                               f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": '
+                               "the object has been modified; please apply your changes to the latest version and try again")
+        patched = merge_patch(current, body)
+        patched["metadata"]["resourceVersion"] = self._next_rv()
+        if patched.get("spec") != current.get("spec"):
+            patched["metadata"]["generation"] = current["metadata"]["generation"] + 1
+            self.reads[key] = 0
+        patched["status"] = current.get("status", {})
+        self.objects[key] = patched
+        return 200, copy.deepcopy(patched)
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, method):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                code, payload = fake.handle(method, self.path, self.headers, body)
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_PATCH(self):
+                self._serve("PATCH")
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+def status(code: int, reason: str, message: str) -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code, "details": {}}
+
+
+def not_found(name: str) -> dict:
+    body = status(404, "NotFound", f'inferenceservices.serving.kserve.io "{name}" not found')
+    body["details"] = {"name": name, "group": "serving.kserve.io", "kind": "inferenceservices"}
+    return body

@@ -1,0 +1,248 @@
+"""InferenceService create/update, canary, rollback and readiness with the real kubernetes
+client against an HTTP fake of the API server (tests/k8s_fake.py)."""
+
+import time
+
+import pytest
+
+from anomaly_mlops.deploy import (
+    PREVIOUS_STORAGE_ANNOTATION,
+    DeployError,
+    DeploySpec,
+    InferenceServiceClient,
+    build_inference_service,
+    deploy,
+)
+from anomaly_mlops.errors import ConfigError
+from k8s_fake import FakeKubeAPI, failing_controller, ready_controller
+
+NS = "anomaly"
+
+
+@pytest.fixture
+def fake():
+    server = FakeKubeAPI().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def isvc_client(fake):
+    return InferenceServiceClient(fake.api())
+
+
+def spec(version="v1", **overrides):
+    values = dict(name="anomaly-detector", namespace=NS, storage_key="aws-connection-models",
+                  storage_path=f"anomaly-detector/{version}/", model_version=version)
+    values.update(overrides)
+    return DeploySpec(**values)
+
+
+def stored(fake, name="anomaly-detector"):
+    return fake.objects[(NS, name)]
+
+
+def test_built_object_for_custom_and_sklearn_runtimes():
+    custom = build_inference_service(spec(scale_target=5, scale_metric="concurrency", logger_url="http://log"))
+    assert custom["apiVersion"] == "serving.kserve.io/v1beta1" and custom["kind"] == "InferenceService"
+    predictor = custom["spec"]["predictor"]
+    assert predictor["model"]["modelFormat"] == {"name": "anomaly-isolation-forest", "version": "1"}
+    assert predictor["model"]["runtime"] == "anomaly-detector-runtime"
+    assert predictor["model"]["storage"] == {"key": "aws-connection-models", "path": "anomaly-detector/v1/"}
+    assert (predictor["scaleTarget"], predictor["scaleMetric"]) == (5, "concurrency")
+    assert predictor["logger"] == {"mode": "all", "url": "http://log"}
+    annotations = custom["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
+
+    sk = build_inference_service(spec(runtime="sklearn", storage_key=None, storage_path=None,
+                                      storage_uri="s3://models/anomaly-detector/v1/", deployment_mode="RawDeployment"))
+    model = sk["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "sklearn"} and "runtime" not in model
+    assert model["storageUri"] == "s3://models/anomaly-detector/v1/" and "storage" not in model
+    assert sk["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(name="a" * 37), "at most 36"),
+    (dict(name="Anomaly"), "DNS-1035"),
+    (dict(storage_uri="s3://x/y"), "either storage_key"),
+    (dict(deployment_mode="Knative"), "Serverless or RawDeployment"),
+    (dict(canary_traffic_percent=120), "0-100"),
+])
+def test_bad_specs_are_refused(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        build_inference_service(spec(**bad))
+
+
+def test_create_then_ready_reports_url_and_revision(fake, isvc_client):
+    result = deploy(spec(), isvc_client, timeout_s=5, poll_s=0.01)
+    assert result.action == "created" and not result.canary
+    assert result.url == "https://anomaly-detector-anomaly.apps.example.test"
+    assert result.revision == "anomaly-detector-predictor-00001"
+    assert stored(fake)["metadata"]["generation"] == 1
+
+
+def test_serverless_update_goes_out_as_canary_then_promotes(fake, isvc_client):
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    result = deploy(spec("v2", canary_traffic_percent=20), isvc_client, timeout_s=5, poll_s=0.01)
+    obj = stored(fake)
+    assert result.action == "updated" and result.canary
+    assert obj["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert obj["spec"]["predictor"]["model"]["storage"]["path"] == "anomaly-detector/v2/"
+    assert obj["metadata"]["annotations"][PREVIOUS_STORAGE_ANNOTATION] == "aws-connection-models:anomaly-detector/v1/"
+    assert obj["metadata"]["generation"] == 2 and result.revision.endswith("00002")
+    isvc_client.promote("anomaly-detector", NS)
+    assert "canaryTrafficPercent" not in stored(fake)["spec"]["predictor"]
+
+
+def test_serverless_rollback_pins_the_previous_revision(fake, isvc_client):
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    deploy(spec("v2"), isvc_client, timeout_s=5, poll_s=0.01)
+    done = isvc_client.rollback("anomaly-detector", NS)
+    assert "previous revision" in done
+    assert stored(fake)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+def test_raw_deployment_keeps_previous_path_and_rolls_back_to_it(fake, isvc_client):
+    raw = dict(deployment_mode="RawDeployment")
+    deploy(spec("v1", **raw), isvc_client, timeout_s=5, poll_s=0.01)
+    result = deploy(spec("v2", **raw), isvc_client, timeout_s=5, poll_s=0.01)
+    obj = stored(fake)
+    assert not result.canary and "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert obj["metadata"]["annotations"][PREVIOUS_STORAGE_ANNOTATION] == "aws-connection-models:anomaly-detector/v1/"
+    isvc_client.rollback("anomaly-detector", NS)
+    obj = stored(fake)
+    assert obj["spec"]["predictor"]["model"]["storage"]["path"] == "anomaly-detector/v1/"
+    assert PREVIOUS_STORAGE_ANNOTATION not in obj["metadata"]["annotations"]
+    with pytest.raises(DeployError, match="nothing to roll back to"):
+        isvc_client.rollback("anomaly-detector", NS)
+
+
+def test_switching_storage_kind_removes_the_old_field(fake, isvc_client):
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    deploy(spec("v2", storage_key=None, storage_path=None, storage_uri="s3://models/anomaly-detector/v2/"),
+           isvc_client, timeout_s=5, poll_s=0.01)
+    model = stored(fake)["spec"]["predictor"]["model"]
+    assert model["storageUri"] == "s3://models/anomaly-detector/v2/" and "storage" not in model
+
+
+def test_reapplying_the_same_spec_writes_nothing(fake, isvc_client):
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    rv = stored(fake)["metadata"]["resourceVersion"]
+    patches_before = sum(1 for m, _, _ in fake.requests if m == "PATCH")
+    result = deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    assert result.action == "unchanged"
+    assert sum(1 for m, _, _ in fake.requests if m == "PATCH") == patches_before
+    assert stored(fake)["metadata"]["resourceVersion"] == rv
+
+
+def test_conflicts_are_retried_with_a_fresh_read(fake, isvc_client):
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    fake.inject_conflicts = 3
+    result = deploy(spec("v2"), isvc_client, timeout_s=5, poll_s=0.01)
+    assert result.action == "updated"
+    assert stored(fake)["spec"]["predictor"]["model"]["storage"]["path"] == "anomaly-detector/v2/"
+    assert fake.inject_conflicts == 0
+
+
+def test_create_race_turns_into_an_update(fake, isvc_client):
+    fake.inject_conflicts = 1  # someone creates it between our GET 404 and our POST
+    result = isvc_client.apply(spec("v1"))
+    assert result.action in ("updated", "unchanged")
+    assert (NS, "anomaly-detector") in fake.objects
+
+
+def test_a_conflict_storm_gives_up_with_a_clear_error(fake):
+    client = InferenceServiceClient(fake.api(), max_conflict_retries=3)
+    deploy(spec("v1"), client, timeout_s=5, poll_s=0.01)
+    fake.inject_conflicts = 100
+    with pytest.raises(DeployError, match="after 3 conflicting writes"):
+        client.apply(spec("v2"))
+
+
+def test_forbidden_namespace_names_rbac(fake, isvc_client):
+    fake.forbidden_namespaces.add(NS)
+    with pytest.raises(DeployError, match="403 .*apply manifests/rbac"):
+        deploy(spec(), isvc_client, timeout_s=1)
+
+
+def test_missing_crd_and_bad_token(fake):
+    fake.crd_installed = False
+    with pytest.raises(DeployError, match="404 .*is KServe installed"):
+        InferenceServiceClient(fake.api()).apply(spec())
+    fake.crd_installed = True
+    stale = InferenceServiceClient(fake.api())
+    fake.token = "rotated"
+    with pytest.raises(DeployError, match="401 .*token is missing or expired"):
+        stale.apply(spec())
+
+
+def test_unreachable_api_server():
+    from anomaly_mlops.local_services import free_port
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{free_port()}")))
+    api.api_client.configuration.retries = 0
+    with pytest.raises(DeployError, match="cannot reach the Kubernetes API server"):
+        InferenceServiceClient(api).apply(spec())
+
+
+@pytest.mark.parametrize("reason", ["ServingRuntimeNotFound", "NoSupportedRuntime", "InvalidStorageSpec",
+                                    "RuntimeNotRecognized", "UnsupportedProtocol"])
+def test_terminal_reasons_fail_fast(fake, isvc_client, reason):
+    fake.controller = failing_controller(reason)
+    started = time.monotonic()
+    with pytest.raises(DeployError, match=f"cannot become ready: .*{reason}"):
+        deploy(spec(), isvc_client, timeout_s=30, poll_s=0.01)
+    assert time.monotonic() - started < 5
+
+
+def test_failed_update_rolls_back(fake, isvc_client):
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    fake.controller = failing_controller("InvalidStorageSpec")
+    with pytest.raises(DeployError, match="InvalidStorageSpec"):
+        deploy(spec("v2"), isvc_client, timeout_s=5, poll_s=0.01)
+    assert stored(fake)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+def test_stale_ready_status_is_not_trusted(fake, isvc_client):
+    """Ready=True for generation 1 says nothing about generation 2."""
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    fake.controller = None  # controller stalls: status still describes generation 1
+    with pytest.raises(DeployError, match="not ready after .*has not seen generation 2"):
+        deploy(spec("v2"), isvc_client, timeout_s=0.3, poll_s=0.05)
+
+
+def test_waits_for_the_controller(fake, isvc_client):
+    fake.controller = ready_controller(reads_until_ready=4)
+    result = deploy(spec(), isvc_client, timeout_s=5, poll_s=0.01)
+    assert result.url and fake.reads[(NS, "anomaly-detector")] >= 4
+
+
+def test_cli_deploys_with_a_kubeconfig(fake, tmp_path):
+    import json
+
+    import yaml
+
+    from test_cli import run
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+        "users": [{"name": "sa", "user": {"token": fake.token}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa"}}],
+    }))
+    common = ["--namespace", NS, "--kubeconfig", str(kubeconfig)]
+    out = json.loads(run("deploy", *common, "--storage-key", "aws-connection-models",
+                         "--storage-path", "anomaly-detector/v1/", "--timeout", "10").stdout)
+    assert out["action"] == "created" and out["revision"] == "anomaly-detector-predictor-00001"
+    run("deploy", *common, "--storage-key", "aws-connection-models", "--storage-path", "anomaly-detector/v2/",
+        "--canary-percent", "25", "--timeout", "10")
+    assert stored(fake)["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    run("promote", *common)
+    assert "canaryTrafficPercent" not in stored(fake)["spec"]["predictor"]
+    fake.forbidden_namespaces.add(NS)
+    denied = run("rollback", *common, check=False)
+    assert denied.returncode == 5 and "403" in denied.stderr and "Traceback" not in denied.stderr
