@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile check-compiled lock clean
+.PHONY: setup run test compile lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
+
+## Recompile the KFP pipelines and component specs (commit the result; tests fail when stale).
+compile: $(STAMP)
+	$(BIN)/anomaly-mlops compile

@@ -123,6 +123,11 @@ def test_csv_gz_and_parquet_load_identically(tmp_path):
     assert len(a.sha256) == 64 and a.sha256 != b.sha256  # digest of the file bytes
 
 
+def test_format_is_sniffed_without_an_extension(tmp_path):
+    _frame(30).to_parquet(tmp_path / "artifact", index=False)
+    assert load_dataset(str(tmp_path / "artifact")).n_rows == 30
+
+
 def test_custom_schema_orders_columns(tmp_path):
     frame = pd.DataFrame({"b": [1.0, 2.0], "a": [3.0, 4.0], "extra": ["x", "y"]})
     ds = frame_to_dataset(frame, FeatureSchema(("a", "b")), source="mem")

@@ -189,6 +189,70 @@ def cmd_rollback(args) -> dict:
     return {"rolled_back": args.name, "action": _isvc_client(args).rollback(args.name, _namespace(args))}
 
 
+def _pipeline_options(args):
+    from pipelines.definitions import PipelineOptions
+
+    selector = None
+    if args.gpu_node_selector:
+        key, _, value = args.gpu_node_selector.partition("=")
+        selector = (key, value)
+    return PipelineOptions(image=args.image, gpu=not args.no_gpu, gpu_node_selector=selector,
+                           gpu_toleration_key=args.gpu_toleration_key or None)
+
+
+def cmd_compile(args) -> dict:
+    from pipelines.compile import compile_all, stale_files
+
+    options = _pipeline_options(args)
+    if args.check:
+        problems = stale_files(options)
+        if problems:
+            raise AnomalyMLOpsError("compiled files are stale; run 'anomaly-mlops compile':\n" + "\n".join(problems))
+        return {"stale": []}
+    return {"written": [str(p) for p in compile_all(options)]}
+
+
+def _dsp_client(args):
+    from .submit import make_client
+
+    return make_client(args.host, _read_token(args.token_file), args.namespace, args.ca_bundle)
+
+
+def _dsp_call(args, call):
+    """kfp.Client prints links on stdout; keep stdout for our JSON result."""
+    import contextlib
+
+    from .submit import api_error
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return call(_dsp_client(args))
+    except AnomalyMLOpsError:
+        raise
+    except Exception as exc:
+        raise api_error(exc, args.host) from exc
+
+
+def cmd_submit(args) -> dict:
+    from .submit import parse_params, submit_run
+
+    params = parse_params(args.param)
+    run_id = _dsp_call(args, lambda client: submit_run(client, args.package, params, args.run_name,
+                                                        args.experiment, args.namespace))
+    return {"run_id": run_id}
+
+
+def cmd_schedule(args) -> dict:
+    from dataclasses import asdict
+
+    from .submit import parse_params, schedule
+
+    params = parse_params(args.param)
+    return asdict(_dsp_call(args, lambda client: schedule(
+        client, args.package, args.name, args.cron, params, args.experiment, args.namespace,
+        args.max_concurrency, not args.disabled)))
+
+
 def cmd_run(args) -> dict:
     from .local_run import LocalRunConfig, run_local
 
@@ -311,6 +375,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="Serverless: pin the previous revision; RawDeployment: restore the previous path")
     kube_flags(p)
     p.set_defaults(func=cmd_rollback)
+
+    from .kfp_components import DEFAULT_IMAGE
+
+    p = sub.add_parser("compile", help="compile the KFP pipelines and component specs (committed YAML)")
+    p.add_argument("--image", default=DEFAULT_IMAGE, help="image every component runs")
+    p.add_argument("--no-gpu", action="store_true", help="validate without GPU request, node selector, toleration")
+    p.add_argument("--gpu-node-selector", default="nvidia.com/gpu.present=true", help="KEY=VALUE, or '' for none")
+    p.add_argument("--gpu-toleration-key", default="nvidia.com/gpu", help="taint key to tolerate, or '' for none")
+    p.add_argument("--check", action="store_true", help="fail if the committed files differ from a fresh compile")
+    p.set_defaults(func=cmd_compile)
+
+    def dsp_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", required=True, help="Data Science Pipelines API route, https://ds-pipeline-...")
+        p.add_argument("--token-file", help="file holding a bearer token (oc whoami -t); never logged")
+        p.add_argument("--namespace", help="the data science project")
+        p.add_argument("--ca-bundle", help="CA bundle for the route's certificate")
+        p.add_argument("--package", default="pipelines/compiled/training.yaml", help="compiled pipeline YAML")
+        p.add_argument("--experiment", default="anomaly-detector")
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+
+    p = sub.add_parser("submit", help="start a pipeline run on OpenShift AI Data Science Pipelines")
+    dsp_flags(p)
+    p.add_argument("--run-name", default="anomaly-detector-training")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("schedule", help="create or update a recurring run (idempotent)")
+    dsp_flags(p)
+    p.add_argument("--name", default="anomaly-detector-retraining", help="recurring run name (the identity)")
+    p.add_argument("--cron", default="0 0 3 * * *", help="6 fields, seconds first (default: 03:00 daily)")
+    p.add_argument("--max-concurrency", type=int, default=1)
+    p.add_argument("--disabled", action="store_true", help="create it paused")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("run", help="the whole retraining flow")
     p.add_argument("--local", action="store_true", help="on embedded S3 and a local model server")

@@ -182,6 +182,10 @@ def read_table(
             frame = pd.read_parquet(io.BytesIO(raw))
         elif name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".txt"):
             frame = pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None)
+        elif raw[:4] == b"PAR1":  # extension-less paths, e.g. KFP artifacts
+            frame = pd.read_parquet(io.BytesIO(raw))
+        elif raw[:2] == b"\x1f\x8b":
+            frame = pd.read_csv(io.BytesIO(raw), compression="gzip")
         else:
             raise DataError(f"unknown data format for {source}: use .csv, .csv.gz or .parquet")
     except DataError:

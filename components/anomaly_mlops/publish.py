@@ -58,6 +58,14 @@ def _check_segment(kind: str, value: str) -> None:
         )
 
 
+def version_prefix(model_name: str, version: str, root_prefix: str = "") -> str:
+    """``[<root>/]<model>/<version>/``: the immutable key prefix of one released version."""
+    _check_segment("model name", model_name)
+    _check_segment("version", version)
+    root = root_prefix.strip("/")
+    return f"{root}/{model_name}/{version}/" if root else f"{model_name}/{version}/"
+
+
 def _is_missing(exc: Exception) -> bool:
     from botocore.exceptions import ClientError
 
@@ -81,10 +89,7 @@ def publish(
     if not settings.bucket:
         raise ConfigError("no bucket: set AWS_S3_BUCKET (the data connection's bucket)")
     version = version or default_version(model_dir)
-    _check_segment("model name", model_name)
-    _check_segment("version", version)
-    root = root_prefix.strip("/")
-    prefix = f"{root}/{model_name}/{version}/" if root else f"{model_name}/{version}/"
+    prefix = version_prefix(model_name, version, root_prefix)
     uri = f"s3://{settings.bucket}/{prefix}"
     manifest_bytes = (model_dir / MANIFEST_FILE).read_bytes()
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()

@@ -1,0 +1,236 @@
+"""KFP v2 component adapters: lightweight components on our image
+(``install_kfp_package=False``: kfp and this package are already in it), each body a
+few lines that call the step function. KFP copies only the function source into the
+container, so every body imports what it uses.
+
+Components are built by ``make_components(image)`` so the image is a compile option.
+No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+DEFAULT_IMAGE = "image-registry.openshift-image-registry.svc:5000/anomaly-mlops/anomaly-mlops:0.1.0"
+
+
+def prepare_data(
+    train_data: Output[Dataset],
+    holdout_data: Output[Dataset],
+    source: str = "synthetic",
+    features: str = "",
+    rows: int = 20160,
+    seed: int = 42,
+    anomaly_rate: float = 0.03,
+    holdout_fraction: float = 0.3,
+):
+    """Read or generate metrics, check the schema, split in time into train and holdout."""
+    import shutil
+    import tempfile
+
+    from anomaly_mlops.data import prepare_data as step
+    from anomaly_mlops.schema import FeatureSchema
+
+    out = tempfile.mkdtemp()
+    result = step(out, source=source, schema=FeatureSchema.parse(features), holdout_fraction=holdout_fraction,
+                  rows=rows, seed=seed, anomaly_rate=anomaly_rate)
+    shutil.copyfile(result.train_path, train_data.path)
+    shutil.copyfile(result.holdout_path, holdout_data.path)
+    train_data.metadata.update({"rows": result.train_rows, "features": list(result.schema.features)})
+    holdout_data.metadata.update({"rows": result.holdout_rows, "anomalies": result.holdout_anomalies})
+
+
+def train_model(
+    train_data: Input[Dataset],
+    model: Output[Model],
+    features: str = "",
+    n_estimators: int = 100,
+    max_samples: str = "auto",
+    contamination: float = 0.02,
+    seed: int = 42,
+):
+    """Fit StandardScaler + IsolationForest; the model artifact is the model directory."""
+    from anomaly_mlops.schema import FeatureSchema
+    from anomaly_mlops.train import TrainParams, train
+
+    params = TrainParams(n_estimators=n_estimators, contamination=contamination, seed=seed,
+                         max_samples=max_samples if max_samples == "auto" else int(max_samples))
+    result = train(train_data.path, model.path, params, FeatureSchema.parse(features))
+    model.metadata.update({"framework": "scikit-learn", "threshold": result.threshold,
+                           "manifest_sha256": result.manifest_sha256, "train_rows": result.train_rows})
+
+
+def validate_model(
+    model: Input[Model],
+    holdout_data: Input[Dataset],
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+    report: Output[HTML],
+    min_roc_auc: float = 0.80,
+    min_pr_auc: float = 0.30,
+    max_single_row_p99_ms: float = 100.0,
+    latency_repeats: int = 300,
+) -> bool:
+    """Accuracy, latency, gates (a negative threshold switches a gate off), HTML report.
+    Returns whether every gate passed (a single ``Output``: kfp.local resolves conditions
+    on task outputs by that name only)."""
+    import shutil
+    import tempfile
+
+    from anomaly_mlops.validate import Gates, LatencyPlan, validate
+
+    off = lambda v: None if v < 0 else v  # noqa: E731
+    out = tempfile.mkdtemp()
+    result = validate(model.path, holdout_data.path, out,
+                      Gates(min_roc_auc=off(min_roc_auc), min_pr_auc=off(min_pr_auc),
+                            max_single_row_p99_ms=off(max_single_row_p99_ms)),
+                      LatencyPlan(single_row_repeats=latency_repeats))
+    m = result.metrics
+    for name in ("roc_auc", "pr_auc", "precision", "recall", "f1", "threshold"):
+        metrics.log_metric(name, m[name])
+    for q in ("p50", "p95", "p99"):
+        metrics.log_metric(f"single_row_latency_{q}_ms", m["latency"]["single_row_ms"][q])
+    metrics.log_metric("gate_passed", float(result.passed))
+    classification.log_roc_curve(result.roc_points["fpr"], result.roc_points["tpr"], result.roc_points["thresholds"])
+    classification.log_confusion_matrix(["normal", "anomaly"], result.confusion)
+    shutil.copyfile(result.report_path, report.path)
+    report.metadata.update({"gates": result.gates, "device": m["device"]["gpu_note"]})
+    return result.passed
+
+
+def publish_model(
+    model: Input[Model],
+    model_name: str = "anomaly-detector",
+    version: str = "",
+    root_prefix: str = "",
+) -> NamedTuple("PublishOutputs", [("uri", str), ("version", str), ("storage_path", str), ("status", str)]):
+    """Upload to the immutable S3 version prefix; credentials from the data connection env."""
+    from collections import namedtuple
+
+    from anomaly_mlops.publish import publish
+
+    result = publish(model.path, model_name, version or None, root_prefix=root_prefix)
+    return namedtuple("PublishOutputs", ["uri", "version", "storage_path", "status"])(
+        result.uri, result.version, result.prefix, result.status)
+
+
+def fetch_model(
+    model: Output[Model],
+    model_name: str = "anomaly-detector",
+    version: str = "",
+    root_prefix: str = "",
+) -> NamedTuple("FetchOutputs", [("uri", str), ("storage_path", str)]):
+    """Download a released version from the data connection's bucket, checksums verified."""
+    from collections import namedtuple
+
+    from anomaly_mlops.publish import download_model, version_prefix
+    from anomaly_mlops.storage import S3Settings
+
+    settings = S3Settings.from_env()
+    prefix = version_prefix(model_name, version, root_prefix)
+    uri = f"s3://{settings.bucket}/{prefix}"
+    download_model(uri, model.path, settings)
+    model.metadata.update({"source_uri": uri, "version": version})
+    return namedtuple("FetchOutputs", ["uri", "storage_path"])(uri, prefix)
+
+
+def deploy_model(
+    storage_path: str,
+    model_version: str,
+    isvc_name: str = "anomaly-detector",
+    namespace: str = "",
+    storage_key: str = "aws-connection-models",
+    runtime: str = "custom",
+    deployment_mode: str = "Serverless",
+    canary_traffic_percent: int = 10,
+    min_replicas: int = 1,
+    max_replicas: int = 3,
+    timeout_s: float = 600.0,
+) -> NamedTuple("DeployOutputs", [("url", str), ("revision", str), ("canary", bool), ("action", str)]):
+    """Create or update the InferenceService and wait for Ready (in-cluster credentials)."""
+    from collections import namedtuple
+    from pathlib import Path
+
+    from anomaly_mlops.deploy import DeploySpec, deploy
+
+    namespace = namespace or Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
+    spec = DeploySpec(name=isvc_name, namespace=namespace, runtime=runtime, storage_key=storage_key,
+                      storage_path=storage_path, model_version=model_version, deployment_mode=deployment_mode,
+                      canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
+                      min_replicas=min_replicas, max_replicas=max_replicas)
+    result = deploy(spec, timeout_s=timeout_s)
+    return namedtuple("DeployOutputs", ["url", "revision", "canary", "action"])(
+        result.url or "", result.revision or "", result.canary, result.action)
+
+
+def verify_deployment(
+    model: Input[Model],
+    probe_data: Input[Dataset],
+    verification: Output[Artifact],
+    url: str,
+    isvc_name: str = "anomaly-detector",
+    namespace: str = "",
+    model_name: str = "",
+    requests: int = 200,
+    slo_p99_ms: float = 100.0,
+    max_error_rate: float = 0.0,
+    use_service_account_token: bool = False,
+    canary: bool = False,
+    rollback_on_failure: bool = True,
+):
+    """Post-deployment checks; on failure roll back, on success promote a canary."""
+    from pathlib import Path
+
+    from anomaly_mlops.artifacts import load_model_dir
+    from anomaly_mlops.data import load_dataset
+    from anomaly_mlops.deploy import InferenceServiceClient
+    from anomaly_mlops.verify import VerifyPlan, raise_on_failure, verify
+
+    sa = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+    namespace = namespace or (sa / "namespace").read_text().strip()
+    token = (sa / "token").read_text().strip() if use_service_account_token else None
+    reference = load_model_dir(model.path)
+    rows = load_dataset(probe_data.path, reference.schema).X
+    result = verify(url, model_name or isvc_name, rows, reference, token=token,
+                    plan=VerifyPlan(requests=requests, slo_p99_ms=slo_p99_ms, max_error_rate=max_error_rate),
+                    out_dir=verification.path)
+    client = InferenceServiceClient()
+    if not result.passed and rollback_on_failure:
+        client.rollback(isvc_name, namespace)
+    elif result.passed and canary:
+        client.promote(isvc_name, namespace)
+    raise_on_failure(result)
+
+
+def rollback_deployment(isvc_name: str = "anomaly-detector", namespace: str = "") -> str:
+    """Serverless: pin the previous revision; RawDeployment: restore the previous path."""
+    from pathlib import Path
+
+    from anomaly_mlops.deploy import InferenceServiceClient
+
+    namespace = namespace or Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
+    return InferenceServiceClient().rollback(isvc_name, namespace)
+
+
+def pipeline_summary(status: dsl.PipelineTaskFinalStatus, model_name: str = "anomaly-detector") -> str:
+    """Exit handler: one line saying how the run ended, whatever happened."""
+    import json
+
+    summary = {"model": model_name, "state": status.state, "run": status.pipeline_job_resource_name,
+               "failed_task": getattr(status, "error_message", "") or ""}
+    print(json.dumps(summary))
+    return json.dumps(summary)
+
+
+STEP_FUNCTIONS = (prepare_data, train_model, validate_model, publish_model, fetch_model, deploy_model,
+                  verify_deployment, rollback_deployment, pipeline_summary)
+
+
+def make_components(image: str = DEFAULT_IMAGE) -> dict:
+    """name -> KFP component, every one on ``image``."""
+    return {
+        func.__name__: dsl.component(func, base_image=image, install_kfp_package=False)
+        for func in STEP_FUNCTIONS
+    }

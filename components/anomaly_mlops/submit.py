@@ -1,0 +1,117 @@
+"""Submit compiled pipelines to OpenShift AI Data Science Pipelines (a KFP v2 API server)
+and keep one recurring run per name in the state asked for.
+
+DSP routes sit behind the OpenShift OAuth proxy: pass a bearer token (``oc whoami -t``,
+or a service account token) as ``existing_token``. Recurring runs cannot be edited in
+place through the KFP API, so ``schedule`` compares a fingerprint of what was asked
+(pipeline package, parameters, cron, concurrency) and replaces the recurring run only
+when it differs; asking twice for the same thing changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import AnomalyMLOpsError, ConfigError
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_PREFIX = "anomaly-mlops fingerprint: "
+
+
+def check_cron(expression: str) -> str:
+    """KFP uses robfig/cron with a seconds field: 6 fields, e.g. '0 0 3 * * *' for 03:00 daily."""
+    fields = expression.split()
+    if len(fields) != 6:
+        hint = f" (did you mean '0 {expression}'?)" if len(fields) == 5 else ""
+        raise ConfigError(f"KFP cron expressions have 6 fields, seconds first; got {len(fields)}: {expression!r}{hint}")
+    return " ".join(fields)
+
+
+def make_client(host: str, token: str | None = None, namespace: str | None = None, ssl_ca_cert: str | None = None):
+    import kfp
+
+    if not host:
+        raise ConfigError("no Data Science Pipelines host: pass --host https://<ds-pipeline route>")
+    return kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow", ssl_ca_cert=ssl_ca_cert)
+
+
+def _package(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline package not found: {path} (run 'anomaly-mlops compile')")
+    return path
+
+
+def submit_run(client, package: str | Path, arguments: dict, run_name: str, experiment: str,
+               namespace: str | None = None) -> str:
+    result = client.create_run_from_pipeline_package(
+        pipeline_file=str(_package(package)), arguments=arguments, run_name=run_name,
+        experiment_name=experiment, namespace=namespace)
+    log.info("submitted run %s (%s) in experiment %s", result.run_id, run_name, experiment)
+    return result.run_id
+
+
+@dataclass
+class ScheduleResult:
+    action: str  # created, replaced, unchanged
+    recurring_run_id: str
+    experiment_id: str
+
+
+def fingerprint(package: Path, arguments: dict, cron: str, max_concurrency: int, enabled: bool) -> str:
+    digest = hashlib.sha256(package.read_bytes())
+    digest.update(json.dumps({"args": arguments, "cron": cron, "max": max_concurrency, "on": enabled},
+                             sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def schedule(client, package: str | Path, name: str, cron: str, arguments: dict, experiment: str,
+             namespace: str | None = None, max_concurrency: int = 1, enabled: bool = True) -> ScheduleResult:
+    package = _package(package)
+    cron = check_cron(cron)
+    wanted = fingerprint(package, arguments, cron, max_concurrency, enabled)
+    exp = client.create_experiment(name=experiment, namespace=namespace)  # returns the existing one if present
+    name_filter = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]})
+    existing = client.list_recurring_runs(experiment_id=exp.experiment_id, filter=name_filter, page_size=100)
+    matches = [r for r in (existing.recurring_runs or []) if r.display_name == name]
+    for run in matches:
+        if (run.description or "").endswith(FINGERPRINT_PREFIX + wanted) and len(matches) == 1:
+            log.info("recurring run %s already matches (%s); nothing to do", name, run.recurring_run_id)
+            return ScheduleResult("unchanged", run.recurring_run_id, exp.experiment_id)
+    for run in matches:
+        client.delete_recurring_run(run.recurring_run_id)
+        log.info("deleted outdated recurring run %s (%s)", name, run.recurring_run_id)
+    created = client.create_recurring_run(
+        experiment_id=exp.experiment_id, job_name=name, cron_expression=cron, max_concurrency=max_concurrency,
+        no_catchup=True, params=arguments, pipeline_package_path=str(package), enabled=enabled,
+        description=f"Scheduled retraining of the anomaly detector. {FINGERPRINT_PREFIX}{wanted}")
+    action = "replaced" if matches else "created"
+    log.info("%s recurring run %s (%s) with cron %r", action, name, created.recurring_run_id, cron)
+    return ScheduleResult(action, created.recurring_run_id, exp.experiment_id)
+
+
+def parse_params(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values are JSON when they parse (numbers, booleans), else strings."""
+    params = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"parameters are key=value, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def api_error(exc: Exception, host: str) -> AnomalyMLOpsError:
+    status = getattr(exc, "status", None)
+    if status in (401, 403):
+        return AnomalyMLOpsError(f"Data Science Pipelines at {host} refused the token ({status}): pass a valid "
+                                 "--token-file (oc whoami -t) with access to the project")
+    return AnomalyMLOpsError(f"Data Science Pipelines at {host} failed: {type(exc).__name__}: {str(exc)[:300]}")

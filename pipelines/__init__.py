@@ -1,0 +1,1 @@
+"""KFP pipeline definitions; compiled IR lives in pipelines/compiled/ (``anomaly-mlops compile``)."""

@@ -1,0 +1,208 @@
+"""The KFP v2 pipelines.
+
+- ``training``: data -> train -> validate (GPU node) -> If(gate passed) -> publish ->
+  If(deploy) -> deploy -> verify (promote the canary, or roll back); an exit handler
+  prints a summary whatever happened.
+- ``deploy-only``: an already released version: fetch (verified) -> deploy -> verify.
+- ``rollback``: pin the previous revision / restore the previous storage path.
+
+Node placement and the image are compile options (``PipelineOptions``); everything a run
+may change is a pipeline parameter. (No postponed annotations: KFP reads parameter types.)
+"""
+
+
+from dataclasses import dataclass
+
+from kfp import dsl, kubernetes
+
+from anomaly_mlops.kfp_components import DEFAULT_IMAGE, make_components
+from anomaly_mlops.storage import ENV_KEYS
+
+DATA_CONNECTION = "aws-connection-models"
+NETWORK_RETRY = dict(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    image: str = DEFAULT_IMAGE
+    gpu: bool = True
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_count: int = 1
+    gpu_node_selector: tuple[str, str] | None = ("nvidia.com/gpu.present", "true")
+    gpu_toleration_key: str | None = "nvidia.com/gpu"
+
+
+def _resources(task, cpu: str, memory: str, cpu_limit: str, memory_limit: str):
+    return task.set_cpu_request(cpu).set_memory_request(memory).set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
+
+
+def _s3_env(task, secret_name, optional: bool = False):
+    kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env={k: k for k in ENV_KEYS},
+                                 optional=optional)
+    return task
+
+
+def _on_gpu(task, options: PipelineOptions):
+    if not options.gpu:
+        return task
+    task.set_accelerator_type(options.gpu_resource).set_accelerator_limit(options.gpu_count)
+    if options.gpu_node_selector:
+        kubernetes.add_node_selector(task, label_key=options.gpu_node_selector[0], label_value=options.gpu_node_selector[1])
+    if options.gpu_toleration_key:
+        kubernetes.add_toleration(task, key=options.gpu_toleration_key, operator="Exists", effect="NoSchedule")
+    return task
+
+
+def _deploy_and_verify(c, *, model, probe_data, storage_path, model_version, isvc_name, namespace, data_connection,
+                       runtime, deployment_mode, canary_traffic_percent, verify_requests, slo_p99_ms,
+                       use_service_account_token):
+    deployed = c["deploy_model"](
+        storage_path=storage_path, model_version=model_version, isvc_name=isvc_name, namespace=namespace,
+        storage_key=data_connection, runtime=runtime, deployment_mode=deployment_mode,
+        canary_traffic_percent=canary_traffic_percent,
+    ).set_display_name("deploy InferenceService")
+    deployed.set_caching_options(False).set_retry(**NETWORK_RETRY)
+    _resources(deployed, "100m", "256Mi", "500m", "512Mi")
+    verified = c["verify_deployment"](
+        model=model, probe_data=probe_data, url=deployed.outputs["url"], isvc_name=isvc_name, namespace=namespace,
+        requests=verify_requests, slo_p99_ms=slo_p99_ms, canary=deployed.outputs["canary"],
+        use_service_account_token=use_service_account_token,
+    ).set_display_name("verify served model")
+    verified.set_caching_options(False)
+    _resources(verified, "250m", "512Mi", "1", "1Gi")
+    return deployed, verified
+
+
+def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
+    c = make_components(options.image)
+
+    @dsl.pipeline(
+        name="anomaly-detector-training",
+        description="Train, validate (GPU node), gate, publish to S3, deploy to KServe and verify the "
+                    "isolation-forest anomaly detector.",
+    )
+    def training(
+        source: str = "synthetic",
+        features: str = "",
+        rows: int = 20160,
+        seed: int = 42,
+        anomaly_rate: float = 0.03,
+        holdout_fraction: float = 0.3,
+        n_estimators: int = 100,
+        max_samples: str = "auto",
+        contamination: float = 0.02,
+        min_roc_auc: float = 0.80,
+        min_pr_auc: float = 0.30,
+        max_single_row_p99_ms: float = 100.0,
+        model_name: str = "anomaly-detector",
+        version: str = "",
+        root_prefix: str = "",
+        data_connection: str = DATA_CONNECTION,
+        deploy: bool = True,
+        isvc_name: str = "anomaly-detector",
+        namespace: str = "",
+        runtime: str = "custom",
+        deployment_mode: str = "Serverless",
+        canary_traffic_percent: int = 10,
+        verify_requests: int = 200,
+        slo_p99_ms: float = 100.0,
+        use_service_account_token: bool = False,
+    ):
+        summary = c["pipeline_summary"](model_name=model_name).set_display_name("summary")
+        summary.set_caching_options(False)
+        _resources(summary, "100m", "128Mi", "250m", "256Mi")
+        with dsl.ExitHandler(summary, name="retraining"):
+            data = c["prepare_data"](source=source, features=features, rows=rows, seed=seed,
+                                     anomaly_rate=anomaly_rate, holdout_fraction=holdout_fraction)
+            data.set_display_name("data")
+            # The same source URI can hold new data on the next scheduled run: never cache.
+            data.set_caching_options(False).set_retry(**NETWORK_RETRY)
+            _s3_env(data, data_connection, optional=True)
+            _resources(data, "500m", "1Gi", "2", "4Gi")
+
+            trained = c["train_model"](train_data=data.outputs["train_data"], features=features,
+                                       n_estimators=n_estimators, max_samples=max_samples,
+                                       contamination=contamination, seed=seed).set_display_name("train")
+            _resources(trained, "1", "2Gi", "2", "8Gi")
+
+            validated = c["validate_model"](
+                model=trained.outputs["model"], holdout_data=data.outputs["holdout_data"],
+                min_roc_auc=min_roc_auc, min_pr_auc=min_pr_auc, max_single_row_p99_ms=max_single_row_p99_ms,
+            ).set_display_name("validate")
+            _resources(validated, "1", "2Gi", "2", "8Gi")
+            _on_gpu(validated, options)
+
+            with dsl.If(validated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+                published = c["publish_model"](model=trained.outputs["model"], model_name=model_name,
+                                               version=version, root_prefix=root_prefix)
+                published.set_display_name("publish to S3").set_caching_options(False).set_retry(**NETWORK_RETRY)
+                _s3_env(published, data_connection)
+                _resources(published, "250m", "512Mi", "1", "1Gi")
+                with dsl.If(deploy == True, name="deploy-enabled"):  # noqa: E712
+                    _deploy_and_verify(
+                        c, model=trained.outputs["model"], probe_data=data.outputs["holdout_data"],
+                        storage_path=published.outputs["storage_path"], model_version=published.outputs["version"],
+                        isvc_name=isvc_name, namespace=namespace, data_connection=data_connection, runtime=runtime,
+                        deployment_mode=deployment_mode, canary_traffic_percent=canary_traffic_percent,
+                        verify_requests=verify_requests, slo_p99_ms=slo_p99_ms,
+                        use_service_account_token=use_service_account_token)
+
+    return training
+
+
+def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
+    c = make_components(options.image)
+
+    @dsl.pipeline(name="anomaly-detector-deploy",
+                  description="Deploy an already released model version to KServe, verify it, then promote "
+                              "the canary or roll back.")
+    def deploy_only(
+        version: str,
+        model_name: str = "anomaly-detector",
+        root_prefix: str = "",
+        data_connection: str = DATA_CONNECTION,
+        probe_rows: int = 2000,
+        isvc_name: str = "anomaly-detector",
+        namespace: str = "",
+        runtime: str = "custom",
+        deployment_mode: str = "Serverless",
+        canary_traffic_percent: int = 10,
+        verify_requests: int = 200,
+        slo_p99_ms: float = 100.0,
+        use_service_account_token: bool = False,
+    ):
+        fetched = c["fetch_model"](model_name=model_name, version=version, root_prefix=root_prefix)
+        fetched.set_display_name("fetch released version").set_caching_options(False).set_retry(**NETWORK_RETRY)
+        _s3_env(fetched, data_connection)
+        _resources(fetched, "250m", "512Mi", "1", "1Gi")
+        probe = c["prepare_data"](source="synthetic", rows=probe_rows).set_display_name("probe rows")
+        _resources(probe, "250m", "512Mi", "1", "1Gi")
+        _deploy_and_verify(
+            c, model=fetched.outputs["model"], probe_data=probe.outputs["holdout_data"],
+            storage_path=fetched.outputs["storage_path"], model_version=version, isvc_name=isvc_name,
+            namespace=namespace, data_connection=data_connection, runtime=runtime, deployment_mode=deployment_mode,
+            canary_traffic_percent=canary_traffic_percent, verify_requests=verify_requests, slo_p99_ms=slo_p99_ms,
+            use_service_account_token=use_service_account_token)
+
+    return deploy_only
+
+
+def build_rollback_pipeline(options: PipelineOptions = PipelineOptions()):
+    c = make_components(options.image)
+
+    @dsl.pipeline(name="anomaly-detector-rollback",
+                  description="Serverless: pin traffic to the previous revision. RawDeployment: restore the "
+                              "previous storage path.")
+    def rollback(isvc_name: str = "anomaly-detector", namespace: str = ""):
+        task = c["rollback_deployment"](isvc_name=isvc_name, namespace=namespace).set_display_name("roll back")
+        task.set_caching_options(False).set_retry(**NETWORK_RETRY)
+        _resources(task, "100m", "256Mi", "500m", "512Mi")
+
+    return rollback
+
+
+PIPELINES = {
+    "training": build_training_pipeline,
+    "deploy-only": build_deploy_pipeline,
+    "rollback": build_rollback_pipeline,
+}

@@ -1,0 +1,106 @@
+"""A recording fake of the KFP v2beta1 REST API (what Data Science Pipelines serves):
+experiments, runs and recurring runs, with display-name filters and bearer-token checks.
+Tests read ``requests`` to see exactly what kfp.Client sent."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+
+class FakeKFP:
+    def __init__(self, token: str = "dsp-token"):
+        self.token = token
+        self.experiments: dict[str, dict] = {}
+        self.runs: dict[str, dict] = {}
+        self.recurring: dict[str, dict] = {}
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def calls(self, method: str, path_start: str) -> list[dict]:
+        return [r for r in self.requests if r["method"] == method and r["path"].startswith(path_start)]
+
+    def handle(self, method: str, url: str, headers, body):
+        parsed = urlparse(url)
+        query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+        path = parsed.path.rstrip("/")
+        self.requests.append({"method": method, "path": path, "query": query, "body": body,
+                              "authorization": headers.get("Authorization")})
+        if headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, {"error": "Unauthorized", "code": 16}
+        with self._lock:
+            if path == "/apis/v2beta1/healthz":
+                return 200, {"multi_user": False}
+            if path == "/apis/v2beta1/experiments":
+                if method == "GET":
+                    return 200, {"experiments": self._filter(self.experiments.values(), query)}
+                experiment = {**body, "experiment_id": str(uuid.uuid4())}
+                self.experiments[experiment["experiment_id"]] = experiment
+                return 200, experiment
+            if path == "/apis/v2beta1/runs" and method == "POST":
+                run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
+                self.runs[run["run_id"]] = run
+                return 200, run
+            if path == "/apis/v2beta1/recurringruns":
+                if method == "GET":
+                    items = [r for r in self.recurring.values()
+                             if not query.get("experiment_id") or r.get("experiment_id") == query["experiment_id"]]
+                    return 200, {"recurringRuns": self._filter(items, query), "total_size": len(items)}
+                run = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
+                self.recurring[run["recurring_run_id"]] = run
+                return 200, run
+            if path.startswith("/apis/v2beta1/recurringruns/") and method == "DELETE":
+                self.recurring.pop(path.rsplit("/", 1)[1], None)
+                return 200, {}
+        return 404, {"error": f"fake has no {method} {path}"}
+
+    @staticmethod
+    def _filter(items, query):
+        items = list(items)
+        if "filter" in query:
+            for predicate in json.loads(query["filter"]).get("predicates", []):
+                value = predicate.get("string_value", predicate.get("stringValue"))
+                items = [i for i in items if i.get(predicate["key"]) == value]
+        return items
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, method):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                code, payload = fake.handle(method, self.path, self.headers, body)
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._serve("GET")
+
+            def do_POST(self):
+                self._serve("POST")
+
+            def do_DELETE(self):
+                self._serve("DELETE")
+
+            def log_message(self, *args):
+                pass
+
+        return Handler

@@ -1,0 +1,233 @@
+"""KFP: committed compiled YAML is fresh, the IR carries what kfp.local ignores (GPU,
+tolerations, node selector, secret env, caching, retries), the training pipeline runs
+with kfp.local, and submit/schedule send what DSP expects."""
+
+import json
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from anomaly_mlops.errors import ConfigError
+from anomaly_mlops.storage import ENV_KEYS
+from anomaly_mlops.submit import check_cron, make_client, schedule, submit_run
+from kfp_fake import FakeKFP
+from pipelines.compile import COMPONENTS_OUT, PIPELINES_OUT, stale_files
+from pipelines.definitions import PIPELINES, PipelineOptions, build_training_pipeline
+
+TRAINING = PIPELINES_OUT / "training.yaml"
+
+
+def load(path: Path) -> list[dict]:
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+def executors(ir: dict) -> dict:
+    return ir["deploymentSpec"]["executors"]
+
+
+def k8s(platform: dict, name: str) -> dict:
+    return platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(name, {})
+
+
+def all_tasks(ir: dict) -> dict:
+    tasks = dict(ir["root"]["dag"]["tasks"])
+    for component in ir["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_committed_yaml_is_fresh():
+    problems = stale_files()
+    assert not problems, "\n".join(problems)
+    assert {p.stem for p in PIPELINES_OUT.glob("*.yaml")} == set(PIPELINES)
+    assert (COMPONENTS_OUT / "validate_model.yaml").exists()
+
+
+def test_validate_runs_on_a_gpu_node():
+    ir, platform = load(TRAINING)
+    resources = executors(ir)["exec-validate-model"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu" and resources["accelerator"]["resourceCount"] == "1"
+    placement = k8s(platform, "exec-validate-model")
+    assert placement["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+    assert placement["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    # Only validate asks for a GPU.
+    others = [n for n, e in executors(ir).items() if "accelerator" in e["container"].get("resources", {})]
+    assert others == ["exec-validate-model"]
+
+
+def test_gpu_placement_is_configurable(tmp_path):
+    from kfp import compiler
+
+    path = tmp_path / "p.yaml"
+    options = PipelineOptions(gpu_node_selector=("node-role.kubernetes.io/gpu", ""), gpu_toleration_key=None)
+    compiler.Compiler().compile(build_training_pipeline(options), str(path))
+    ir, platform = load(path)
+    assert k8s(platform, "exec-validate-model") == {"nodeSelector": {"labels": {"node-role.kubernetes.io/gpu": ""}}}
+    compiler.Compiler().compile(build_training_pipeline(PipelineOptions(gpu=False)), str(path))
+    ir, platform = load(path)
+    assert "accelerator" not in executors(ir)["exec-validate-model"]["container"]["resources"]
+    assert k8s(platform, "exec-validate-model") == {}
+
+
+def test_s3_credentials_come_from_the_data_connection_secret():
+    ir, platform = load(TRAINING)
+    for executor, optional in (("exec-publish-model", False), ("exec-prepare-data", True)):
+        (secret,) = k8s(platform, executor)["secretAsEnv"]
+        assert secret["secretNameParameter"] == {"componentInputParameter": "pipelinechannel--data_connection"}
+        assert {e["envVar"] for e in secret["keyToEnv"]} == set(ENV_KEYS)
+        assert secret["optional"] is optional
+    default = ir["root"]["inputDefinitions"]["parameters"]["data_connection"]["defaultValue"]
+    assert default == "aws-connection-models"
+
+
+def test_caching_retries_and_resources():
+    ir, _ = load(TRAINING)
+    tasks = all_tasks(ir)
+    for side_effect in ("prepare-data", "publish-model", "deploy-model", "verify-deployment", "pipeline-summary"):
+        assert tasks[side_effect]["cachingOptions"] == {}, side_effect  # enableCache absent = off
+    for cached in ("train-model", "validate-model"):
+        assert tasks[cached]["cachingOptions"] == {"enableCache": True}
+    for network in ("prepare-data", "publish-model", "deploy-model"):
+        policy = tasks[network]["retryPolicy"]
+        assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "30s"
+    for name, executor in executors(ir).items():
+        resources = executor["container"]["resources"]
+        assert resources.get("cpuRequest") and resources.get("memoryRequest"), name
+
+
+def test_gate_exit_handler_and_image():
+    ir, _ = load(TRAINING)
+    tasks = all_tasks(ir)
+    conditions = [t["triggerPolicy"]["condition"] for t in tasks.values() if "triggerPolicy" in t and
+                  "condition" in t["triggerPolicy"]]
+    assert "inputs.parameter_values['pipelinechannel--validate-model-Output'] == true" in conditions
+    assert "inputs.parameter_values['pipelinechannel--deploy'] == true" in conditions
+    assert tasks["pipeline-summary"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    images = {e["container"]["image"] for e in executors(ir).values()}
+    assert images == {PipelineOptions().image}
+    for executor in executors(ir).values():  # install_kfp_package=False: no pip install in the command
+        assert "pip install" not in " ".join(executor["container"]["command"])
+
+
+def test_no_secret_values_in_compiled_files():
+    text = "".join(p.read_text() for p in [*PIPELINES_OUT.glob("*.yaml"), *COMPONENTS_OUT.glob("*.yaml")])
+    for marker in ("local-embedded-secret", "AKIA", "aws_secret_access_key:", "BEGIN PRIVATE KEY"):
+        assert marker not in text
+
+
+def test_component_specs_load_for_other_pipeline_authors():
+    from kfp import components
+
+    validate = components.load_component_from_file(str(COMPONENTS_OUT / "validate_model.yaml"))
+    assert {"model", "holdout_data", "min_roc_auc"} <= set(validate.component_spec.inputs)
+    assert {"metrics", "classification", "report", "Output"} <= set(validate.component_spec.outputs)
+
+
+@pytest.mark.slow
+def test_training_pipeline_runs_locally_and_publishes(s3_env, tmp_path, monkeypatch):
+    """kfp.local SubprocessRunner runs the same components in this venv; deploy is off
+    (no cluster here), so the run ends after publish."""
+    from kfp import local
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
+    pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
+    pipeline(rows=4000, n_estimators=30, deploy=False, version="kfp-local", model_name="kfp-model")
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
+                          aws_secret_access_key="y", region_name="us-east-1")
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
+    assert keys == {f"kfp-model/kfp-local/{f}" for f in ("MANIFEST.sha256", "metadata.json", "model.joblib")}
+    (report,) = tmp_path.glob("*/validate-model/report")
+    assert "Release gate PASSED" in report.read_text()
+    (metrics_meta,) = tmp_path.glob("*/validate-model/executor_output.json")
+    assert json.loads(metrics_meta.read_text())["parameterValues"]["Output"] is True
+
+
+@pytest.mark.slow
+def test_failed_gate_publishes_nothing(s3_env, tmp_path, monkeypatch):
+    from kfp import local
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
+    pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
+    pipeline(rows=4000, n_estimators=20, deploy=False, version="never", model_name="gated-model",
+             max_single_row_p99_ms=0.001)
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
+                          aws_secret_access_key="y", region_name="us-east-1")
+    assert "Contents" not in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="gated-model/")
+    assert not list(tmp_path.glob("*/publish-model"))
+    assert list(tmp_path.glob("*/pipeline-summary"))
+
+
+@pytest.fixture
+def dsp():
+    fake = FakeKFP()
+    yield fake
+    fake.stop()
+
+
+def test_submit_sends_the_compiled_spec_with_the_bearer_token(dsp):
+    client = make_client(dsp.url, token=dsp.token, namespace="anomaly")
+    run_id = submit_run(client, TRAINING, {"rows": 5000, "deploy": False}, "nightly", "anomaly-detector", "anomaly")
+    (post,) = dsp.calls("POST", "/apis/v2beta1/runs")
+    assert post["authorization"] == "Bearer dsp-token"
+    body = post["body"]
+    assert body["display_name"] == "nightly"
+    assert body["runtime_config"]["parameters"] == {"rows": 5000, "deploy": False}
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "anomaly-detector-training"
+    # The kfp-kubernetes platform spec (secret env, GPU placement) travels with it.
+    platform = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "secretAsEnv" in platform["exec-publish-model"] and "tolerations" in platform["exec-validate-model"]
+    assert body["experiment_id"] in dsp.experiments and run_id in dsp.runs
+    # A second submission reuses the experiment.
+    submit_run(client, TRAINING, {}, "again", "anomaly-detector", "anomaly")
+    assert len(dsp.experiments) == 1 and len(dsp.runs) == 2
+
+
+def test_schedule_is_idempotent_and_replaces_on_change(dsp):
+    client = make_client(dsp.url, token=dsp.token, namespace="anomaly")
+    first = schedule(client, TRAINING, "retrain", "0 0 3 * * *", {"rows": 20160}, "anomaly-detector", "anomaly")
+    assert first.action == "created"
+    (created,) = dsp.calls("POST", "/apis/v2beta1/recurringruns")
+    body = created["body"]
+    assert body["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+    assert body["max_concurrency"] == "1" or body["max_concurrency"] == 1
+    assert body["no_catchup"] is True and body["mode"] == "ENABLE"
+    assert body["runtime_config"]["parameters"] == {"rows": 20160}
+
+    again = schedule(client, TRAINING, "retrain", "0 0 3 * * *", {"rows": 20160}, "anomaly-detector", "anomaly")
+    assert again.action == "unchanged" and again.recurring_run_id == first.recurring_run_id
+    assert len(dsp.calls("POST", "/apis/v2beta1/recurringruns")) == 1
+
+    changed = schedule(client, TRAINING, "retrain", "0 30 2 * * *", {"rows": 20160}, "anomaly-detector", "anomaly")
+    assert changed.action == "replaced"
+    assert list(dsp.recurring) == [changed.recurring_run_id]
+    assert dsp.calls("DELETE", f"/apis/v2beta1/recurringruns/{first.recurring_run_id}")
+
+
+def test_cron_needs_six_fields():
+    assert check_cron(" 0 0 3 * * * ") == "0 0 3 * * *"
+    with pytest.raises(ConfigError, match="6 fields, seconds first; got 5.*did you mean '0 0 3 \\* \\* \\*'"):
+        check_cron("0 3 * * *")
+
+
+def test_cli_submit_with_a_bad_token_is_a_clear_error(dsp, tmp_path):
+    from test_cli import run
+
+    token = tmp_path / "token"
+    token.write_text("wrong-token\n")
+    result = run("submit", "--host", dsp.url, "--token-file", str(token), "--namespace", "anomaly",
+                 "--package", str(TRAINING), check=False)
+    assert result.returncode == 2 and "refused the token (401)" in result.stderr
+    assert "wrong-token" not in result.stderr
+    token.write_text(dsp.token)
+    ok = run("schedule", "--host", dsp.url, "--token-file", str(token), "--namespace", "anomaly",
+             "--package", str(TRAINING), "--param", "rows=5000", "--param", "deploy=false")
+    assert json.loads(ok.stdout)["action"] == "created"
+    (created,) = dsp.calls("POST", "/apis/v2beta1/recurringruns")
+    assert created["body"]["runtime_config"]["parameters"] == {"rows": 5000, "deploy": False}
