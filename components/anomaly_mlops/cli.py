@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="anomaly-mlops", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--result", action="append", default=[], metavar="KEY=PATH",
+                        help="also write field KEY of the step's JSON result to PATH (Tekton results)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
 
     p = sub.add_parser("data", help="read or generate metrics, check the schema, split into train/holdout Parquet")
@@ -433,7 +435,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if result is not None:
         print(json.dumps(result, indent=2))
+        try:
+            _write_results(result, args.result)
+        except AnomalyMLOpsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
     return 0
+
+
+def _write_results(result: dict, requests: list[str]) -> None:
+    for request in requests:
+        key, sep, path = request.partition("=")
+        if not sep or key not in result:
+            raise AnomalyMLOpsError(f"--result {request!r}: the result has no field {key!r} (fields: {sorted(result)})")
+        value = result[key]
+        text = value if isinstance(value, str) else json.dumps(value)
+        Path(path).write_text(text)
 
 
 if __name__ == "__main__":

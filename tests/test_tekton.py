@@ -1,0 +1,252 @@
+"""Tekton: every reference resolves (params, results, workspaces, tasks, triggers), and each
+task's script runs here with its params substituted, against the embedded S3 server, a
+local KServe server, the Kubernetes API fake and the KFP API fake: the YAML cannot drift
+from the CLI without a test failing."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anomaly_mlops.local_services import model_server
+from anomaly_mlops.storage import ENV_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+TEKTON = ROOT / "manifests" / "tekton"
+REF = re.compile(r"\$\(([^)]+)\)")
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+ALL = {p: docs(p) for p in sorted(TEKTON.rglob("*.yaml")) if p.name != "kustomization.yaml"}
+ALL[ROOT / ".tekton" / "push.yaml"] = docs(ROOT / ".tekton" / "push.yaml")
+OBJECTS = [d for ds in ALL.values() for d in ds]
+TASKS = {d["metadata"]["name"]: d for d in OBJECTS if d["kind"] == "Task"}
+PIPELINES = {d["metadata"]["name"]: d for d in OBJECTS if d["kind"] == "Pipeline"}
+
+
+def refs(obj, prefix: str) -> set[str]:
+    found = set()
+    for match in REF.findall(json.dumps(obj)):
+        if match.startswith(prefix):
+            found.add(match[len(prefix):])
+    return found
+
+
+def test_api_versions():
+    for obj in OBJECTS:
+        group = {"Task": "tekton.dev/v1", "Pipeline": "tekton.dev/v1", "PipelineRun": "tekton.dev/v1",
+                 "TriggerBinding": "triggers.tekton.dev/v1beta1", "TriggerTemplate": "triggers.tekton.dev/v1beta1",
+                 "EventListener": "triggers.tekton.dev/v1beta1"}.get(obj["kind"])
+        if group:
+            assert obj["apiVersion"] == group, obj["metadata"]["name"]
+    assert set(TASKS) == {"anomaly-git-clone", "anomaly-data", "anomaly-train", "anomaly-validate", "anomaly-publish",
+                          "anomaly-deploy", "anomaly-verify", "anomaly-submit-kfp"}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_task_references_are_declared(name):
+    spec = TASKS[name]["spec"]
+    params = {p["name"] for p in spec.get("params", [])}
+    results = {r["name"] for r in spec.get("results", [])}
+    workspaces = {w["name"] for w in spec.get("workspaces", [])}
+    steps = spec["steps"]
+    assert refs(steps, "params.") <= params
+    assert {r.removesuffix(".path") for r in refs(steps, "results.")} <= results
+    assert {w.removesuffix(".path") for w in refs(steps, "workspaces.")} <= workspaces
+    # Every declared result is written by the script.
+    assert results <= {r.removesuffix(".path") for r in refs(steps, "results.")}
+    for step in steps:
+        assert step["image"] == "$(params.image)"
+        assert step["securityContext"]["runAsNonRoot"] is True
+        assert "anomaly-mlops" in step["script"] or name == "anomaly-git-clone"
+
+
+def check_pipeline_run(run: dict, where: str):
+    pipeline = PIPELINES[run["spec"]["pipelineRef"]["name"]]["spec"]
+    declared = {p["name"] for p in pipeline["params"]}
+    given = {p["name"] for p in run["spec"].get("params", [])}
+    required = {p["name"] for p in pipeline["params"] if "default" not in p}
+    assert given <= declared and required <= given, where
+    tasks = {t["name"] for t in pipeline["tasks"]}
+    for spec in run["spec"].get("taskRunSpecs", []):
+        assert spec["pipelineTaskName"] in tasks, where
+    assert {w["name"] for w in run["spec"]["workspaces"]} == {w["name"] for w in pipeline["workspaces"]}, where
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_references_resolve(name):
+    spec = PIPELINES[name]["spec"]
+    params = {p["name"] for p in spec["params"]}
+    by_name = {t["name"]: t for t in spec["tasks"]}
+    assert refs(spec["tasks"], "params.") <= params
+    for task in spec["tasks"]:
+        target = TASKS[task["taskRef"]["name"]]["spec"]
+        declared = {p["name"]: p for p in target.get("params", [])}
+        passed = {p["name"] for p in task.get("params", [])}
+        assert passed <= set(declared), task["name"]
+        assert {n for n, p in declared.items() if "default" not in p} <= passed, task["name"]
+        assert {w["name"] for w in task.get("workspaces", [])} == {w["name"] for w in target.get("workspaces", [])}
+        assert {w["workspace"] for w in task.get("workspaces", [])} <= {w["name"] for w in spec["workspaces"]}
+        for after in task.get("runAfter", []):
+            assert after in by_name
+        for ref in refs(task, "tasks."):
+            producer, _, result = ref.partition(".results.")
+            assert result in {r["name"] for r in TASKS[by_name[producer]["taskRef"]["name"]]["spec"]["results"]}, ref
+
+
+def test_triggers_resolve():
+    kinds = {}
+    for obj in OBJECTS:
+        kinds.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
+    (template,) = kinds["TriggerTemplate"].values()
+    tt_params = {p["name"] for p in template["spec"]["params"]}
+    for resource in template["spec"]["resourcetemplates"]:
+        assert refs(resource, "tt.params.") <= tt_params
+        check_pipeline_run(resource, "TriggerTemplate")
+        validate = resource["spec"]["taskRunSpecs"][0]
+        assert validate["pipelineTaskName"] == "validate"
+        assert validate["podTemplate"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert validate["podTemplate"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    for binding in kinds["TriggerBinding"].values():
+        assert {p["name"] for p in binding["spec"]["params"]} == tt_params
+    (listener,) = kinds["EventListener"].values()
+    for trigger in listener["spec"]["triggers"]:
+        assert trigger["template"]["ref"] in kinds["TriggerTemplate"]
+        assert all(b["ref"] in kinds["TriggerBinding"] for b in trigger["bindings"])
+        provider, cel = trigger["interceptors"]
+        assert provider["ref"]["name"] in ("github", "gitlab")
+        secret = {p["name"]: p["value"] for p in provider["params"]}["secretRef"]
+        assert secret == {"secretName": "anomaly-mlops-webhook", "secretKey": "token"}  # webhook secret required
+        cel_filter = cel["params"][0]["value"]
+        assert "refs/heads/main" in cel_filter and "components/" in cel_filter
+
+
+def test_pipelines_as_code_run_resolves():
+    (run,) = ALL[ROOT / ".tekton" / "push.yaml"]
+    check_pipeline_run(run, ".tekton/push.yaml")
+    assert run["metadata"]["annotations"]["pipelinesascode.tekton.dev/on-target-branch"] == "[main]"
+
+
+def test_kustomize_builds_everything():
+    from test_manifests import kustomize
+
+    built = kustomize("tekton")
+    assert {d["metadata"].get("namespace") for d in built if d["kind"] != "ClusterRoleBinding"} == {"anomaly-mlops"}
+    (crb,) = [d for d in built if d["kind"] == "ClusterRoleBinding"]
+    assert crb["subjects"][0]["namespace"] == "anomaly-mlops"
+    assert len([d for d in built if d["kind"] == "Task"]) == len(TASKS)
+
+
+# --------------------------------------------------------------------------- running the scripts
+
+
+def run_task(name: str, params: dict, workdir: Path, env: dict, expect_rc: int = 0) -> dict:
+    """Substitute like Tekton does and run each step's script; return the results."""
+    spec = TASKS[name]["spec"]
+    values = {p["name"]: p.get("default") for p in spec.get("params", [])}
+    values.update(params)
+    missing = [k for k, v in values.items() if v is None]
+    assert not missing, f"{name}: no value for {missing}"
+    results_dir = workdir / "results" / name
+    results_dir.mkdir(parents=True, exist_ok=True)
+
+    def substitute(text: str) -> str:
+        def one(match):
+            ref = match.group(1)
+            if ref.startswith("params."):
+                return str(values[ref[7:]])
+            if ref.startswith("workspaces.") and ref.endswith(".path"):
+                return str(workdir)
+            if ref.startswith("results.") and ref.endswith(".path"):
+                return str(results_dir / ref[8:-5])
+            raise AssertionError(f"{name}: unexpected reference $({ref})")
+
+        return REF.sub(one, text)
+
+    for step in spec["steps"]:
+        step_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        for var in step.get("env", []):
+            secret = var["valueFrom"]["secretKeyRef"]
+            assert secret["key"] in ENV_KEYS and substitute(secret["name"]) == values["data-connection"]
+            step_env[var["name"]] = env.get(secret["key"], "")
+        out = subprocess.run(["bash", "-c", substitute(step["script"])], env=step_env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == expect_rc, f"{name}/{step['name']} exit {out.returncode}\n{out.stderr[-3000:]}"
+    return {p.name: p.read_text() for p in results_dir.iterdir()}
+
+
+@pytest.mark.slow
+def test_task_scripts_run_end_to_end(tmp_path, s3_env):
+    from k8s_fake import FakeKubeAPI
+    from kfp_fake import FakeKFP
+
+    work = tmp_path / "work"
+    work.mkdir()
+    cloned = run_task("anomaly-git-clone", {"repo-url": str(ROOT), "revision": "HEAD"}, work, {})
+    assert re.fullmatch(r"[0-9a-f]{40}", cloned["commit"])
+    assert (work / "src" / "pipelines" / "compiled" / "training.yaml").exists()
+
+    data = run_task("anomaly-data", {"rows": "5000"}, work, s3_env)
+    assert int(data["holdout-anomalies"]) > 0
+    trained = run_task("anomaly-train", {"n-estimators": "40"}, work, {})
+    assert 0 < float(trained["threshold"]) < 1
+    validated = run_task("anomaly-validate", {}, work, {})
+    assert validated["gate-passed"] == "true" and float(validated["roc-auc"]) > 0.8
+    published = run_task("anomaly-publish", {"version": "tekton-v1"}, work, s3_env)
+    assert published == {"uri": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/tekton-v1/", "version": "tekton-v1",
+                         "storage-path": "anomaly-detector/tekton-v1/"}
+
+    kube = FakeKubeAPI().start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+        "users": [{"name": "sa", "user": {"token": kube.token}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa", "namespace": "ns"}}]}))
+    kube_env = {"KUBECONFIG": str(kubeconfig)}
+    try:
+        first = run_task("anomaly-deploy", {"namespace": "ns", "storage-path": published["storage-path"],
+                                            "model-version": published["version"]}, work, kube_env)
+        assert first["canary"] == "false" and first["url"].startswith("https://")
+        second = run_task("anomaly-deploy", {"namespace": "ns", "storage-path": "anomaly-detector/tekton-v2/",
+                                             "model-version": "tekton-v2"}, work, kube_env)
+        assert second["canary"] == "true"
+        # The ISVC URL exists only in the fake; verify talks to a real local model server.
+        with model_server("anomaly-detector", str(work / "model"), log_path=tmp_path / "server.log") as url:
+            run_task("anomaly-verify", {"url": url, "namespace": "ns", "canary": second["canary"], "requests": "30"},
+                     work, kube_env)
+            isvc = kube.objects[("ns", "anomaly-detector")]
+            assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # promoted
+            # A failing check rolls back and fails the task.
+            run_task("anomaly-verify", {"url": url, "namespace": "ns", "canary": "true", "requests": "5",
+                                        "slo-p99-ms": "0.001"}, work, kube_env, expect_rc=4)
+            assert kube.objects[("ns", "anomaly-detector")]["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    finally:
+        kube.stop()
+
+    dsp = FakeKFP()
+    token = tmp_path / "token"
+    token.write_text(dsp.token)
+    try:
+        submitted = run_task("anomaly-submit-kfp", {"dsp-host": dsp.url, "namespace": "ns", "token-file": str(token)},
+                             work, {})
+        assert submitted["run-id"] in dsp.runs
+    finally:
+        dsp.stop()
+
+
+@pytest.mark.slow
+def test_failing_gate_fails_the_validate_task(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    run_task("anomaly-data", {"rows": "5000"}, work, {})
+    run_task("anomaly-train", {"n-estimators": "20"}, work, {})
+    run_task("anomaly-validate", {"max-single-row-p99-ms": "0.001"}, work, {}, expect_rc=3)
