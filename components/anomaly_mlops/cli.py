@@ -125,7 +125,7 @@ def cmd_serve(args) -> None:
     from .predictor import serve
 
     serve(args.model_name, args.model_dir, http_port=args.http_port, grpc_port=args.grpc_port,
-          workers=args.workers, max_instances=args.max_instances)
+          workers=args.workers, max_instances=args.max_instances, scoring=args.scoring)
 
 
 def cmd_verify(args) -> dict:
@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES)
+    p.add_argument("--scoring", choices=["fast", "sklearn"], default="fast",
+                   help="fast: flattened forest for small batches (exact); sklearn: always scikit-learn")
     p.set_defaults(func=cmd_serve)
 
     d = VerifyPlan()

@@ -146,16 +146,20 @@ def build_model_class():
     rows_flagged = Counter("anomaly_detector_rows_flagged", "Rows the anomaly detector flagged anomalous", ["model"])
 
     class AnomalyDetectorModel(kserve.Model):
-        def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES, cache_dir: str | None = None):
+        def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES,
+                     cache_dir: str | None = None, scoring: str = "fast"):
             super().__init__(name)
             self.model_uri = model_uri
             self.max_instances = max_instances
             self.cache_dir = cache_dir
+            self.scoring = scoring
             self.detector: LoadedModel | None = None
 
         def load(self) -> bool:
             local = resolve_model_dir(self.model_uri, self.cache_dir)
             self.detector = load_model_dir(local)
+            if self.scoring == "sklearn":
+                self.detector.fast = None
             meta = self.detector.metadata
             log.info("loaded model %s from %s: %d features, threshold %.5f, trained %s",
                      self.name, self.model_uri, len(self.detector.schema), self.detector.threshold, meta.get("created_at"))
@@ -190,6 +194,7 @@ def serve(
     grpc_port: int | None = None,
     workers: int = 1,
     max_instances: int = DEFAULT_MAX_INSTANCES,
+    scoring: str = "fast",
 ) -> None:
     """Load, verify and serve until SIGTERM. Blocks."""
     # kserve parses sys.argv at import time; keep our CLI flags away from it.
@@ -200,7 +205,7 @@ def serve(
         model_class = build_model_class()
     finally:
         sys.argv = saved_argv
-    model = model_class(model_name, model_uri, max_instances=max_instances)
+    model = model_class(model_name, model_uri, max_instances=max_instances, scoring=scoring)
     model.load()
     server = kserve.ModelServer(
         http_port=http_port,

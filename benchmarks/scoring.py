@@ -1,0 +1,76 @@
+"""Model compute (no HTTP): one row and batches, scikit-learn vs the flattened forest, plus
+onnxruntime (skl2onnx) and treelite when they are installed, with parity against
+scikit-learn. Usage: .venv/bin/python benchmarks/scoring.py"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import percentiles, train_default_model  # noqa: E402
+
+from anomaly_mlops.artifacts import load_model_dir  # noqa: E402
+
+
+def time_calls(fn, rows, repeats):
+    for i in range(20):
+        fn(rows[i % len(rows)])
+    out = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        fn(rows[i % len(rows)])
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def main():
+    model_dir, prepared = train_default_model()
+    model = load_model_dir(model_dir)
+    X = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
+    reference = -model.pipeline.score_samples(X)
+    scorers = {"scikit-learn": lambda r: -model.pipeline.score_samples(r), "flattened forest": model.fast.anomaly_scores}
+    try:
+        import onnxruntime as ort
+        from skl2onnx import to_onnx
+
+        onx = to_onnx(model.pipeline, X[:1].astype(np.float32), target_opset={"": 17, "ai.onnx.ml": 3})
+        session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+        offset = model.pipeline.named_steps["iforest"].offset_
+        name = session.get_inputs()[0].name
+        scorers["onnxruntime"] = lambda r: -(session.run(None, {name: r.astype(np.float32)})[1].ravel() + offset)
+    except ImportError:
+        print("onnxruntime/skl2onnx not installed: skipped (pip install onnxruntime skl2onnx to compare)")
+    try:
+        import treelite
+        import treelite.sklearn
+
+        tl = treelite.sklearn.import_model(model.pipeline.named_steps["iforest"])
+        scaler = model.pipeline.named_steps["scaler"]
+        scorers["treelite gtil"] = lambda r: np.asarray(
+            treelite.gtil.predict(tl, scaler.transform(r).astype(np.float32))).ravel().astype(np.float64)
+    except ImportError:
+        print("treelite not installed: skipped (pip install treelite to compare)")
+
+    print(f"model: 100 trees, {len(model.schema)} features; {len(X)} holdout rows\n")
+    print(f"{'scorer':18s} {'max |score - sklearn|':>22s}   single row")
+    for label, fn in scorers.items():
+        gap = np.abs(fn(X) - reference).max()
+        single = time_calls(fn, [X[i : i + 1] for i in range(1000)], 2000)
+        print(f"{label:18s} {gap:22.3g}   {percentiles(single)}")
+    print()
+    for size in (10, 100, 512, 1000, 5000):
+        batches = [X[i : i + size] for i in range(0, len(X) - size, size)][:20]
+        line = f"batch {size:5d}: "
+        for label in ("scikit-learn", "flattened forest"):
+            t = time_calls(scorers[label], batches, 20)
+            line += f"{label} p50 {np.percentile(t, 50):7.2f} ms   "
+        print(line)
+    single = time_calls(model.anomaly_scores, [X[i : i + 1] for i in range(1000)], 2000)
+    print(f"\nLoadedModel.anomaly_scores (what validate and the predictor call), one row: {percentiles(single)}")
+
+
+if __name__ == "__main__":
+    main()

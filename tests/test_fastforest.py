@@ -1,0 +1,68 @@
+"""The flattened forest against scikit-learn, the parity reference."""
+
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from anomaly_mlops.artifacts import FAST_SCORING_MAX_ROWS, load_model_dir
+from anomaly_mlops.fastforest import CHUNK_ROWS, CompiledForest, compile_forest
+
+
+def fitted(X, **params):
+    return Pipeline([("scaler", StandardScaler()), ("iforest", IsolationForest(random_state=0, **params))]).fit(X)
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"n_estimators": 1},
+    {"max_features": 0.5},
+    {"max_samples": 64, "n_estimators": 37},
+    {"max_samples": 1.0, "bootstrap": True},
+])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scores_equal_sklearn(params, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(3000, 7)) * rng.uniform(0.1, 50, 7) + rng.uniform(-100, 100, 7)
+    X[:, 3] = rng.integers(0, 3, 3000)  # a discrete metric, like restarts: many ties at thresholds
+    pipeline = fitted(X, **params)
+    probe = np.vstack([X[:500], rng.normal(size=(500, 7)) * 1e3, X[:50] + 1e-7])
+    np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(probe), -pipeline.score_samples(probe),
+                               rtol=0, atol=1e-12)
+
+
+def test_extreme_but_finite_inputs_behave_like_sklearn():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 4))
+    pipeline = fitted(X)
+    probe = np.array([[1e300, -1e300, 0, 0], [3e38, 5e-324, -0.0, 1.0], [0, 0, 0, 0]])  # float32 overflow too
+    np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(probe), -pipeline.score_samples(probe), atol=1e-12)
+
+
+def test_constant_feature_and_chunking():
+    rng = np.random.default_rng(4)
+    X = np.column_stack([rng.normal(size=CHUNK_ROWS * 2 + 17), np.full(CHUNK_ROWS * 2 + 17, 5.0)])
+    pipeline = fitted(X, n_estimators=10)
+    np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(X), -pipeline.score_samples(X), atol=1e-12)
+
+
+def test_unknown_pipelines_fall_back_to_sklearn(caplog):
+    assert compile_forest(object()) is None
+    assert "using scikit-learn" in caplog.text
+
+
+def test_loaded_model_uses_the_fast_path_for_small_batches(model_dir, prepared):
+    import pandas as pd
+
+    model = load_model_dir(model_dir)
+    assert model.fast is not None
+    X = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
+    small, large = X[:FAST_SCORING_MAX_ROWS], X[: FAST_SCORING_MAX_ROWS + 1]
+    np.testing.assert_allclose(model.anomaly_scores(small), -model.pipeline.score_samples(small), atol=1e-12)
+    np.testing.assert_allclose(model.anomaly_scores(large), -model.pipeline.score_samples(large), atol=1e-12)
+    calls = []
+    model.fast.anomaly_scores = lambda rows: calls.append(len(rows)) or -model.pipeline.score_samples(rows)
+    model.anomaly_scores(small)
+    model.anomaly_scores(large)
+    assert calls == [FAST_SCORING_MAX_ROWS]
