@@ -66,3 +66,31 @@ def test_loaded_model_uses_the_fast_path_for_small_batches(model_dir, prepared):
     model.anomaly_scores(small)
     model.anomaly_scores(large)
     assert calls == [FAST_SCORING_MAX_ROWS]
+
+
+def test_gpu_path_code_matches_on_torch_cpu(model_dir, prepared):
+    """No GPU here: the torch path runs on torch's CPU device, same code as on CUDA."""
+    import pandas as pd
+
+    pytest.importorskip("torch", reason="torch is part of the dev extra; install with make setup")
+    from anomaly_mlops.gpu_scoring import TorchForest, measure_gpu_path
+
+    model = load_model_dir(model_dir)
+    X = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
+    reference = -model.pipeline.score_samples(X)
+    np.testing.assert_allclose(TorchForest(model.fast, "cpu").anomaly_scores(X), reference, atol=1e-12)
+    measured = measure_gpu_path(model.fast, X, reference, batch_sizes=(1, 100), repeats=3, device="cpu")
+    assert measured["measured"] and measured["max_abs_diff_vs_cpu"] < 1e-12
+    assert set(measured["batches"]) == {"1", "100"} and measured["batches"]["100"]["rows_per_second"] > 0
+
+
+def test_gpu_path_says_why_it_was_not_measured(model_dir):
+    from anomaly_mlops.gpu_scoring import measure_gpu_path
+
+    model = load_model_dir(model_dir)
+    X = np.zeros((10, len(model.schema)))
+    result = measure_gpu_path(model.fast, X, np.zeros(10))
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        assert result == {"measured": False, "reason": "no CUDA device visible to torch"}
+    assert measure_gpu_path(None, X, np.zeros(10), device="cpu")["measured"] is False

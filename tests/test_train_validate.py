@@ -95,6 +95,9 @@ def test_validate_measures_gates_and_reports(model_dir, prepared, tmp_path):
     assert lat["n"] == 30 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert m["latency"]["batches"]["100"]["rows_per_second"] > 0
     assert m["device"]["scoring_device"] == "cpu" and m["device"]["gpu_note"]
+    gpu = m["latency"]["gpu"]
+    assert gpu["measured"] or gpu["reason"] in ("no CUDA device visible to torch",
+                                                "torch is not installed (pip install 'anomaly-mlops[gpu]')")
     assert result.passed
     doc = json.loads(result.metrics_path.read_text())
     assert doc["gate_passed"] is True and len(doc["roc_curve"]["fpr"]) <= 200
@@ -102,6 +105,7 @@ def test_validate_measures_gates_and_reports(model_dir, prepared, tmp_path):
     assert tn + fp + fn + tp == m["holdout_rows"] and tp + fp == m["flagged_rows"]
     report = result.report_path.read_text()
     assert "Release gate PASSED" in report and report.count("data:image/png;base64,") == 3
+    assert "GPU scoring path" in report and ("Not measured: " in report) != gpu["measured"]
     for picture in ("roc.png", "scores.png", "latency.png"):
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -206,6 +206,13 @@ def validate(
     metrics["threshold"] = model.threshold
     metrics["device"] = describe_device()
     metrics["latency"], single = measure_latency(model, dataset.X, latency)
+    from .gpu_scoring import measure_gpu_path
+
+    metrics["latency"]["gpu"] = measure_gpu_path(model.fast, dataset.X, scores)
+    if metrics["latency"]["gpu"]["measured"]:
+        log.info("GPU path on %s: %s", metrics["latency"]["gpu"]["device_name"], metrics["latency"]["gpu"]["batches"])
+    else:
+        log.info("GPU path not measured: %s", metrics["latency"]["gpu"]["reason"])
     gate_results = evaluate_gates(metrics, gates)
     passed = all(g["passed"] for g in gate_results)
     log.info("ROC-AUC %.4f, PR-AUC %.4f, F1 %.4f at threshold %.4f; gates %s",
@@ -321,6 +328,19 @@ Threshold {m['threshold']:.5f} was fixed from training scores, not from holdout 
 <tr><td>{lat['single_row_ms']['n']} calls</td><td>{lat['single_row_ms']['p50']}</td><td>{lat['single_row_ms']['p95']}</td>
 <td>{lat['single_row_ms']['p99']}</td><td>{lat['single_row_ms']['max']}</td></tr></table>
 <table><tr><th>batch rows</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>rows/s</th></tr>{batch_rows}</table>
+<h3>GPU scoring path</h3>{_gpu_section(lat.get("gpu") or {{"measured": False, "reason": "not run"}})}
 <h2>Figures</h2>{images}
 </body></html>
 """
+
+
+def _gpu_section(gpu: dict) -> str:
+    if not gpu.get("measured"):
+        return f"<p>Not measured: {html.escape(gpu.get('reason', ''))}.</p>"
+    rows = "".join(
+        f"<tr><td>{size}</td><td>{b['p50']}</td><td>{b['p99']}</td><td>{b['rows_per_second']}</td></tr>"
+        for size, b in gpu["batches"].items()
+    )
+    return (f"<p>Flattened forest in torch on {html.escape(gpu['device_name'])}; max |score - CPU| = "
+            f"{gpu['max_abs_diff_vs_cpu']:.3g}. Times include host-device copies.</p>"
+            f"<table><tr><th>batch rows</th><th>p50 ms</th><th>p99 ms</th><th>rows/s</th></tr>{rows}</table>")
