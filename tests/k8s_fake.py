@@ -71,6 +71,7 @@ class FakeKubeAPI:
         self.controller = ready_controller()
         self.inject_conflicts = 0  # the next N writes meet a concurrent writer
         self.requests: list[tuple[str, str, dict | None]] = []
+        self.delay_s = 0.0  # answer this late (a hung API server)
         self._rv = 1000
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -103,6 +104,10 @@ class FakeKubeAPI:
 
     def handle(self, method: str, path: str, headers, body: dict | None) -> tuple[int, dict]:
         self.requests.append((method, path, body))
+        if self.delay_s:
+            import time
+
+            time.sleep(self.delay_s)
         if headers.get("Authorization") != f"Bearer {self.token}":
             return 401, status(401, "Unauthorized", "Unauthorized")
         match = PATH.match(path)

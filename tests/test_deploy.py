@@ -246,3 +246,12 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path):
     fake.forbidden_namespaces.add(NS)
     denied = run("rollback", *common, check=False)
     assert denied.returncode == 5 and "403" in denied.stderr and "Traceback" not in denied.stderr
+
+
+def test_a_hung_api_server_times_out_with_a_clear_error(fake):
+    fake.delay_s = 3
+    client = InferenceServiceClient(fake.api(), request_timeout_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(DeployError, match="cannot reach the Kubernetes API server .*timed out|Read timed out"):
+        client.apply(spec())
+    assert time.monotonic() - started < 2.5

@@ -178,15 +178,18 @@ def _api_error(exc, action: str, name: str, namespace: str) -> AnomalyMLOpsError
 class InferenceServiceClient:
     """Thin wrapper over CustomObjectsApi with the semantics above."""
 
-    def __init__(self, api=None, max_conflict_retries: int = 5):
+    def __init__(self, api=None, max_conflict_retries: int = 5, request_timeout_s: float = 30.0):
         self.api = api or load_custom_objects_api()
         self.max_conflict_retries = max_conflict_retries
+        # (connect, read): a hung API server becomes an error instead of a stuck step.
+        self.timeout = (min(10.0, request_timeout_s), request_timeout_s)
 
     def get(self, name: str, namespace: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                         _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404 and _is_object_not_found(exc):
                 return None
@@ -195,7 +198,8 @@ class InferenceServiceClient:
             raise _api_error(exc, "get", name, namespace) from exc
 
     def _patch(self, name: str, namespace: str, body: dict) -> dict:
-        return self.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
+        return self.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body,
+                                                       _request_timeout=self.timeout)
 
     def apply(self, spec: DeploySpec) -> DeployResult:
         """Create, or patch with canary/rollback bookkeeping; retries on 409."""
@@ -206,7 +210,8 @@ class InferenceServiceClient:
             current = self.get(spec.name, spec.namespace)
             try:
                 if current is None:
-                    self.api.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, desired)
+                    self.api.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, desired,
+                                                             _request_timeout=self.timeout)
                     log.info("created InferenceService %s/%s (%s, %s)", spec.namespace, spec.name,
                              spec.deployment_mode, spec.storage_location)
                     return DeployResult(spec.name, spec.namespace, "created", canary=False)

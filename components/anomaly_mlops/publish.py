@@ -28,6 +28,8 @@ from .storage import S3Settings, describe_client_error, parse_s3_uri
 log = logging.getLogger(__name__)
 
 _SEGMENT = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+# Files above this go up in parts; a failed part aborts the whole multipart upload.
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
 
 
 @dataclass
@@ -114,6 +116,7 @@ def publish(
                 bucket,
                 prefix + name,
                 ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"},
+                Config=_transfer_config(),
             )
             head = client.head_object(Bucket=bucket, Key=prefix + name)
         except Exception as exc:
@@ -145,6 +148,13 @@ def publish(
         raise describe_client_error(exc, f"write the manifest of {uri}", settings) from exc
     log.info("released %s (manifest %s…)", uri, manifest_sha[:12])
     return PublishResult(uri, bucket, prefix, version, "published", manifest_sha)
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
+                          use_threads=False)
 
 
 def _read_released_manifest(client, bucket: str, prefix: str, settings: S3Settings) -> bytes | None:

@@ -66,7 +66,7 @@ class S3Settings:
         config = Config(
             connect_timeout=self.connect_timeout_s,
             read_timeout=self.read_timeout_s,
-            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": self.max_attempts, "mode": "standard"},  # first try included
             # Path-style works with MinIO, Ceph RGW and ODF, which OpenShift AI users run.
             s3={"addressing_style": "path"},
         )
