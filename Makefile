@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean
+.PHONY: setup run test compile lock clean prometheus
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ run: $(STAMP)
 	$(BIN)/anomaly-mlops run --local --workdir runs/local
 
 ## The test suite (what .ci/run calls).
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(BIN)/python -m pytest -q tests
+
+## A real Prometheus server for the data-source tests (Debian package; needs root/apt).
+## Without it those tests are skipped, saying so.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+	    || echo "warning: could not install prometheus; tests/test_prometheus.py will be skipped"; }
 
 ## Regenerate requirements.lock from a fresh resolve of pyproject.toml.
 lock:

@@ -73,10 +73,21 @@ def cmd_data(args) -> dict:
     from .data import prepare_data
     from .schema import FeatureSchema
 
+    frame, source, schema = None, args.source, FeatureSchema.parse(args.features)
+    if args.source == "prometheus":
+        from .prometheus import fetch_range, load_queries, parse_duration
+
+        if not (args.prometheus_url and args.queries):
+            raise AnomalyMLOpsError("--source prometheus needs --prometheus-url and --queries")
+        queries = load_queries(args.queries)
+        frame = fetch_range(args.prometheus_url, queries, lookback_s=parse_duration(args.lookback),
+                            step_s=parse_duration(args.step), end=args.end, max_gap_steps=args.max_gap_steps,
+                            token=_read_token(args.token_file))
+        source, schema = f"prometheus {args.prometheus_url}", FeatureSchema(tuple(queries))
     result = prepare_data(
-        args.out, source=args.source, schema=FeatureSchema.parse(args.features),
-        holdout_fraction=args.holdout_fraction, rows=args.rows, seed=args.seed,
-        anomaly_rate=args.anomaly_rate, max_rows=args.max_rows, max_bytes=args.max_bytes,
+        args.out, source=source, schema=schema, holdout_fraction=args.holdout_fraction, rows=args.rows,
+        seed=args.seed, anomaly_rate=args.anomaly_rate, max_rows=args.max_rows, max_bytes=args.max_bytes,
+        frame=frame, holdout_source=args.holdout_source,
     )
     return {"train": str(result.train_path), "holdout": str(result.holdout_path),
             "train_rows": result.train_rows, "holdout_rows": result.holdout_rows,
@@ -283,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomaly-rate", type=float, default=0.03)
     p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    p.add_argument("--holdout-source", help="labelled holdout file; then all of --source trains")
+    g = p.add_argument_group("--source prometheus")
+    g.add_argument("--prometheus-url", help="e.g. https://thanos-querier.openshift-monitoring.svc:9091")
+    g.add_argument("--queries", help="YAML/JSON file: feature name -> PromQL (one series each)")
+    g.add_argument("--lookback", default="7d", help="window ending now (or at --end), e.g. 6h, 7d")
+    g.add_argument("--step", default="60s", help="resolution, e.g. 60s")
+    g.add_argument("--end", type=float, help="window end as a Unix time (default: now)")
+    g.add_argument("--max-gap-steps", type=int, default=0, help="fill gaps up to this many steps, refuse longer")
+    g.add_argument("--token-file", help="bearer token for Prometheus/Thanos (never logged)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="fit StandardScaler + IsolationForest and write a model directory")

@@ -312,16 +312,21 @@ def prepare_data(
     anomaly_rate: float = 0.03,
     max_rows: int = DEFAULT_MAX_ROWS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    frame: pd.DataFrame | None = None,
+    holdout_source: str | None = None,
 ) -> PreparedData:
     """Write ``train.parquet``, ``holdout.parquet`` and ``schema.json`` into ``out_dir``.
 
     The split is in time (the holdout is the latest part), as the model will meet the
-    future, not a shuffled past.
+    future, not a shuffled past. ``frame`` is data already fetched (e.g. from Prometheus);
+    with ``holdout_source`` all of it trains and the labelled holdout is read from there.
     """
     if not 0.0 < holdout_fraction < 1.0:
         raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     schema = schema or FeatureSchema()
-    if source == "synthetic":
+    if frame is not None:
+        log.info("using %d rows from %s", len(frame), source)
+    elif source == "synthetic":
         if schema.features != DEFAULT_FEATURES:
             raise DataError("the synthetic generator produces the default schema only")
         frame = generate_synthetic(rows=rows, seed=seed, anomaly_rate=anomaly_rate)
@@ -333,22 +338,31 @@ def prepare_data(
     frame_to_dataset(frame, schema, source=source, max_rows=max_rows)
     if TIMESTAMP_COLUMN in frame.columns:
         frame = frame.sort_values(TIMESTAMP_COLUMN, kind="stable").reset_index(drop=True)
-    cut = int(round(len(frame) * (1 - holdout_fraction)))
-    if cut < 10 or len(frame) - cut < 10:
-        raise DataError(
-            f"{len(frame)} rows are too few to split {holdout_fraction:.0%} into a holdout; need 10+ on each side"
-        )
-    keep = [c for c in (TIMESTAMP_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind") if c in frame.columns]
+    if holdout_source:
+        holdout, _ = read_table(holdout_source, max_bytes=max_bytes)
+        frame_to_dataset(holdout, schema, source=holdout_source, require_labels=True, max_rows=max_rows)
+        train_part = frame
+    else:
+        cut = int(round(len(frame) * (1 - holdout_fraction)))
+        if cut < 10 or len(frame) - cut < 10:
+            raise DataError(
+                f"{len(frame)} rows are too few to split {holdout_fraction:.0%} into a holdout; need 10+ on each side"
+            )
+        train_part, holdout = frame.iloc[:cut], frame.iloc[cut:]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_path, holdout_path = out / "train.parquet", out / "holdout.parquet"
-    _atomic_parquet(frame.iloc[:cut][keep], train_path)
-    _atomic_parquet(frame.iloc[cut:][keep], holdout_path)
+    _atomic_parquet(train_part[_kept_columns(train_part, schema)], train_path)
+    _atomic_parquet(holdout[_kept_columns(holdout, schema)], holdout_path)
     (out / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
-    holdout_anomalies = int(frame.iloc[cut:][LABEL_COLUMN].sum()) if LABEL_COLUMN in frame.columns else 0
+    holdout_anomalies = int(holdout[LABEL_COLUMN].sum()) if LABEL_COLUMN in holdout.columns else 0
     log.info("wrote %s (%d rows) and %s (%d rows, %d labelled anomalous)",
-             train_path, cut, holdout_path, len(frame) - cut, holdout_anomalies)
-    return PreparedData(train_path, holdout_path, schema, cut, len(frame) - cut, holdout_anomalies)
+             train_path, len(train_part), holdout_path, len(holdout), holdout_anomalies)
+    return PreparedData(train_path, holdout_path, schema, len(train_part), len(holdout), holdout_anomalies)
+
+
+def _kept_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[str]:
+    return [c for c in (TIMESTAMP_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind") if c in frame.columns]
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:

@@ -1,0 +1,78 @@
+"""The Prometheus data source against a real Prometheus server (Debian package, started
+on loopback by the `prometheus` fixture with back-filled history)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from anomaly_mlops.data import generate_synthetic
+from anomaly_mlops.errors import ConfigError, DataError
+from anomaly_mlops.local_services import free_port
+from anomaly_mlops.prometheus import fetch_range, load_queries, parse_duration
+from anomaly_mlops.schema import DEFAULT_FEATURES
+
+QUERIES = {f: f'mlops_{f}{{instance="node-1"}}' for f in DEFAULT_FEATURES}
+
+
+def test_query_range_is_aligned_into_the_schema(prometheus):
+    url, end, expected = prometheus
+    frame = fetch_range(url, QUERIES, lookback_s=6 * 3600, step_s=60, end=end)
+    assert list(frame.columns) == ["timestamp", *DEFAULT_FEATURES] and len(frame) == 361
+    assert frame.timestamp.iloc[-1].timestamp() == end
+    np.testing.assert_allclose(frame[list(DEFAULT_FEATURES)].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-9)
+    # A coarser step samples the same history.
+    coarse = fetch_range(url, QUERIES, lookback_s=5 * 3600, step_s=300, end=end)
+    stamps = [int(t.timestamp()) for t in coarse.timestamp]
+    assert len(coarse) == 61 and all(t % 300 == 0 for t in stamps)
+    np.testing.assert_allclose(coarse.cpu_usage_pct.to_numpy(), expected.cpu_usage_pct.loc[stamps].to_numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("query, message", [
+    ('mlops_cpu_usage_pct', "returned 2 series"),
+    ('mlops_absent_metric', "returned no data"),
+    ('mlops_nan{instance="node-1"}', "1 NaN/Inf samples"),
+    ('mlops_gappy{instance="node-1"}', r"missing steps of 361 \(longest gap \d+ steps"),
+    ('rate(mlops_cpu_usage_pct[5m', "refused the query .*bad_data"),
+])
+def test_bad_series_are_clear_errors(prometheus, query, message):
+    url, end, _ = prometheus
+    with pytest.raises(DataError, match=message):
+        fetch_range(url, {**QUERIES, "cpu_usage_pct": query}, lookback_s=6 * 3600, step_s=60, end=end)
+
+
+def test_short_gaps_can_be_filled(prometheus):
+    url, end, _ = prometheus
+    frame = fetch_range(url, {"gappy": 'mlops_gappy{instance="node-1"}'}, lookback_s=6 * 3600, step_s=60, end=end,
+                        max_gap_steps=60)
+    assert frame.gappy.notna().all() and (frame.gappy == 1).all()
+
+
+def test_unreachable_prometheus_and_bad_settings():
+    with pytest.raises(DataError, match="cannot reach Prometheus"):
+        fetch_range(f"http://127.0.0.1:{free_port()}", QUERIES, lookback_s=3600, timeout_s=2)
+    with pytest.raises(ConfigError, match="exceed Prometheus' limit"):
+        fetch_range("http://x", QUERIES, lookback_s=30 * 86400, step_s=60)
+    with pytest.raises(ConfigError, match="durations look like"):
+        parse_duration("7 days")
+    assert parse_duration("7d") == 604800
+
+
+def test_data_step_from_prometheus_with_a_labelled_holdout(prometheus, tmp_path):
+    url, end, expected = prometheus
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump({"queries": QUERIES}))
+    assert load_queries(tmp_path / "q.yaml") == QUERIES
+    generate_synthetic(rows=2000, seed=5).to_parquet(tmp_path / "labelled.parquet")
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly_mlops.cli", "data", "--source", "prometheus", "--prometheus-url", url,
+         "--queries", str(tmp_path / "q.yaml"), "--lookback", "6h", "--step", "60s", "--end", str(end),
+         "--holdout-source", str(tmp_path / "labelled.parquet"), "--out", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["train_rows"] == 361 and summary["holdout_rows"] == 2000 and summary["holdout_anomalies"] > 0
+    train = __import__("pandas").read_parquet(tmp_path / "data/train.parquet")
+    np.testing.assert_allclose(train.memory_usage_pct.to_numpy(), expected.memory_usage_pct.to_numpy(), atol=1e-9)
