@@ -200,6 +200,18 @@ def cmd_rollback(args) -> dict:
     return {"rolled_back": args.name, "action": _isvc_client(args).rollback(args.name, _namespace(args))}
 
 
+def cmd_evaluate(args) -> dict:
+    from .evaluate import evaluate
+    from .train import TrainParams
+
+    result = evaluate(args.data_dir, tuple(args.dataset), args.features,
+                      TrainParams(n_estimators=args.n_estimators, contamination=args.contamination, seed=args.seed),
+                      args.window)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return {"features": result["features"], "window": result["window"], "mean": result["mean"]}
+
+
 def _pipeline_options(args):
     from pipelines.definitions import PipelineOptions
 
@@ -399,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="Serverless: pin the previous revision; RawDeployment: restore the previous path")
     kube_flags(p)
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("evaluate", help="detection quality on labelled real metrics (SMD, NAB)")
+    p.add_argument("--data-dir", default="../shared/data", help="folder holding smd/ and nab/")
+    p.add_argument("--dataset", nargs="+", choices=["smd", "nab"], default=["smd", "nab"])
+    p.add_argument("--features", choices=["raw", "ts"], default="raw", help="ts: causal time-series features")
+    p.add_argument("--window", type=int, default=30, help="rolling window (rows) of the ts features")
+    _add_train_flags(p)
+    p.add_argument("--out", help="write per-series results as JSON here")
+    p.set_defaults(func=cmd_evaluate)
 
     from .kfp_components import DEFAULT_IMAGE
 

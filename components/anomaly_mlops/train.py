@@ -68,26 +68,12 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def train(
-    data: Dataset | str,
-    out_dir: str | os.PathLike,
-    params: TrainParams | None = None,
-    schema: FeatureSchema | None = None,
-) -> TrainResult:
-    """Fit and write a complete model directory (manifest last) at ``out_dir``."""
-    import joblib
+def fit_detector(X: np.ndarray, params: TrainParams):
+    """Fit the pipeline and fix the threshold from the training scores alone.
+    Returns (pipeline, threshold, training anomaly scores)."""
     from sklearn.ensemble import IsolationForest
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
-
-    params = params or TrainParams()
-    params.check()
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, schema)
-    if dataset.n_rows < 16:
-        raise DataError(f"training needs at least 16 rows, {dataset.source} has {dataset.n_rows}")
-    constant = [n for n, s in zip(dataset.schema.features, dataset.X.std(axis=0)) if s == 0]
-    if constant:
-        log.warning("features constant in training data (they carry no signal): %s", constant)
 
     pipeline = Pipeline(
         [
@@ -105,14 +91,36 @@ def train(
             ),
         ]
     )
-    log.info("fitting %d trees on %d rows x %d features", params.n_estimators, dataset.n_rows, len(dataset.schema))
-    started = time.perf_counter()
-    pipeline.fit(dataset.X)
-    fit_seconds = time.perf_counter() - started
-    train_scores = -pipeline.score_samples(dataset.X)
+    pipeline.fit(X)
+    train_scores = -pipeline.score_samples(X)
     threshold = float(np.quantile(train_scores, 1.0 - params.contamination))
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_.
     pipeline.named_steps["iforest"].offset_ = -threshold
+    return pipeline, threshold, train_scores
+
+
+def train(
+    data: Dataset | str,
+    out_dir: str | os.PathLike,
+    params: TrainParams | None = None,
+    schema: FeatureSchema | None = None,
+) -> TrainResult:
+    """Fit and write a complete model directory (manifest last) at ``out_dir``."""
+    import joblib
+
+    params = params or TrainParams()
+    params.check()
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, schema)
+    if dataset.n_rows < 16:
+        raise DataError(f"training needs at least 16 rows, {dataset.source} has {dataset.n_rows}")
+    constant = [n for n, s in zip(dataset.schema.features, dataset.X.std(axis=0)) if s == 0]
+    if constant:
+        log.warning("features constant in training data (they carry no signal): %s", constant)
+
+    log.info("fitting %d trees on %d rows x %d features", params.n_estimators, dataset.n_rows, len(dataset.schema))
+    started = time.perf_counter()
+    pipeline, threshold, train_scores = fit_detector(dataset.X, params)
+    fit_seconds = time.perf_counter() - started
     log.info("fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
              fit_seconds, threshold, 100 * float((train_scores > threshold).mean()))
 
