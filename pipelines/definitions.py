@@ -91,6 +91,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         n_estimators: int = 100,
         max_samples: str = "auto",
         contamination: float = 0.02,
+        feature_window: int = 0,
         min_roc_auc: float = 0.80,
         min_pr_auc: float = 0.30,
         max_single_row_p99_ms: float = 100.0,
@@ -122,7 +123,8 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
 
             trained = c["train_model"](train_data=data.outputs["train_data"], features=features,
                                        n_estimators=n_estimators, max_samples=max_samples,
-                                       contamination=contamination, seed=seed).set_display_name("train")
+                                       contamination=contamination, seed=seed,
+                                       feature_window=feature_window).set_display_name("train")
             _resources(trained, "1", "2Gi", "2", "8Gi")
 
             validated = c["validate_model"](

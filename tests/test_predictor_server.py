@@ -149,3 +149,18 @@ def test_tampered_artifacts_stop_the_server_from_starting(copy_model, tmp_path):
         with model_server("bad", str(model), log_path=tmp_path / "log", startup_timeout_s=60):
             pass
     assert "checksum mismatch" in str(info.value)
+
+
+def test_time_series_model_is_served_with_the_same_features(prepared, holdout, tmp_path):
+    """Rows in a request are a time sequence, oldest first: the predictor computes the
+    same causal features as training, so served scores equal offline scores."""
+    from anomaly_mlops.train import TrainParams, train
+
+    trained = train(str(prepared.train_path), tmp_path / "ts", TrainParams(n_estimators=40, feature_window=30))
+    offline = load_model_dir(trained.model_dir)
+    rows = holdout.X[:64]
+    with model_server("ts", str(trained.model_dir), log_path=tmp_path / "log") as url:
+        body = requests.post(f"{url}/v1/models/ts:predict", json={"instances": rows.tolist()}, timeout=10).json()
+        single = requests.post(f"{url}/v1/models/ts:predict", json={"instances": rows[:1].tolist()}, timeout=10)
+    np.testing.assert_allclose(body["anomaly_scores"], offline.score(rows)[1], atol=1e-12)
+    assert single.status_code == 200 and len(single.json()["anomaly_scores"]) == 1

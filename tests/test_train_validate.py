@@ -136,3 +136,21 @@ def test_validate_needs_labels_of_both_classes(model_dir, prepared, tmp_path):
     frame.assign(is_anomaly=0).to_parquet(tmp_path / "normal.parquet")
     with pytest.raises(DataError, match="0 anomalous rows"):
         validate(model_dir, str(tmp_path / "normal.parquet"), tmp_path / "out", latency=FAST_LATENCY)
+
+
+def test_time_series_feature_model_end_to_end(prepared, tmp_path):
+    """feature_window: trained on causal features, recorded in metadata, applied on load."""
+    from anomaly_mlops.features import FeatureTransform
+
+    result = train(str(prepared.train_path), tmp_path / "ts", TrainParams(n_estimators=50, seed=7, feature_window=30))
+    meta = json.loads((result.model_dir / "metadata.json").read_text())
+    assert meta["feature_transform"] == {"kind": "causal-rolling", "window": 30}
+    model = load_model_dir(result.model_dir)
+    X = load_dataset(str(prepared.holdout_path)).X
+    expected = -model.pipeline.score_samples(FeatureTransform(30).apply(X))
+    np.testing.assert_allclose(model.anomaly_scores(X), expected, atol=1e-12)
+    np.testing.assert_allclose(model.anomaly_scores(X[:300]), expected[:300], atol=1e-12)  # fast path, causal
+    validation = validate(result.model_dir, str(prepared.holdout_path), tmp_path / "val", Gates(), FAST_LATENCY)
+    assert validation.metrics["feature_window"] == 30 and validation.metrics["roc_auc"] > 0.85
+    with pytest.raises(ConfigError, match="feature_window"):
+        train(str(prepared.train_path), tmp_path / "bad", TrainParams(feature_window=1))

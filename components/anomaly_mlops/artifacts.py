@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtifactError
+from .features import FeatureTransform
 from .schema import FeatureSchema
 
 MODEL_FILE = "model.joblib"
@@ -103,9 +104,12 @@ class LoadedModel:
     threshold: float
     model_dir: Path
     fast: object | None = None  # fastforest.CompiledForest
+    transform: FeatureTransform = FeatureTransform()
 
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
-        """Higher is more anomalous: the negated sklearn ``score_samples``, in (0, 1]."""
+        """Higher is more anomalous: the negated sklearn ``score_samples``, in (0, 1].
+        Rows are metrics in schema order, oldest first (time-series features need it)."""
+        X = self.transform.apply(X)
         if self.fast is not None and len(X) <= FAST_SCORING_MAX_ROWS:
             return self.fast.anomaly_scores(X)
         return -self.pipeline.score_samples(X)
@@ -147,4 +151,5 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
         threshold=float(metadata["threshold"]),
         model_dir=model_dir,
         fast=compile_forest(pipeline),
+        transform=FeatureTransform.from_dict(metadata.get("feature_transform")),
     )

@@ -50,6 +50,9 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contamination", type=float, default=d.contamination,
                         help="expected anomalous share; sets the threshold from training scores")
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--feature-window", type=int, default=d.feature_window,
+                        help="0: raw metrics; w>=2: causal time-series features over w rows (requests then "
+                             "carry the preceding rows, oldest first)")
 
 
 def _train_params(args):
@@ -57,7 +60,7 @@ def _train_params(args):
 
     max_samples = args.max_samples if args.max_samples == "auto" else int(args.max_samples)
     return TrainParams(n_estimators=args.n_estimators, max_samples=max_samples,
-                       contamination=args.contamination, seed=args.seed)
+                       contamination=args.contamination, seed=args.seed, feature_window=args.feature_window)
 
 
 def _read_token(path: str | None) -> str | None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .features import FeatureTransform
 from .train import TrainParams, fit_detector
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,8 @@ def load_nab(root: Path):
 
 
 def time_features(X: np.ndarray, window: int = 30) -> np.ndarray:
-    """Causal per-metric features (see module doc); row t uses rows <= t only."""
-    frame = pd.DataFrame(X)
-    rolling = frame.rolling(window, min_periods=1)
-    mean, std = rolling.mean(), rolling.std().fillna(0.0)
-    delta = frame.diff().fillna(0.0)
-    return np.hstack([X, delta.to_numpy(), (frame - mean).to_numpy(), std.to_numpy()])
+    """Causal per-metric features (features.py: the code train and the predictor use)."""
+    return FeatureTransform(window).apply(X)
 
 
 def evaluate_series(train: np.ndarray, test: np.ndarray, labels: np.ndarray, features: str,

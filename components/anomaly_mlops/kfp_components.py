@@ -50,13 +50,15 @@ def train_model(
     max_samples: str = "auto",
     contamination: float = 0.02,
     seed: int = 42,
+    feature_window: int = 0,
 ):
     """Fit StandardScaler + IsolationForest; the model artifact is the model directory."""
     from anomaly_mlops.schema import FeatureSchema
     from anomaly_mlops.train import TrainParams, train
 
     params = TrainParams(n_estimators=n_estimators, contamination=contamination, seed=seed,
-                         max_samples=max_samples if max_samples == "auto" else int(max_samples))
+                         max_samples=max_samples if max_samples == "auto" else int(max_samples),
+                         feature_window=feature_window)
     result = train(train_data.path, model.path, params, FeatureSchema.parse(features))
     model.metadata.update({"framework": "scikit-learn", "threshold": result.threshold,
                            "manifest_sha256": result.manifest_sha256, "train_rows": result.train_rows})

@@ -17,6 +17,7 @@ from . import __version__
 from .artifacts import ARTIFACT_FORMAT, MANIFEST_FILE, METADATA_FILE, MODEL_FILE, write_manifest
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError
+from .features import FeatureTransform
 from .schema import FeatureSchema
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ class TrainParams:
     contamination: float = 0.02
     seed: int = 42
     n_jobs: int | None = None
+    # 0: raw metrics. w >= 2: causal time-series features over the last w rows (features.py);
+    # requests must then carry the preceding rows, oldest first.
+    feature_window: int = 0
 
     def check(self) -> None:
         if self.n_estimators < 1:
@@ -40,6 +44,8 @@ class TrainParams:
             raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
         if not 0.0 < self.max_features <= 1.0:
             raise ConfigError(f"max_features must be in (0, 1], got {self.max_features}")
+        if self.feature_window < 0 or self.feature_window == 1:
+            raise ConfigError(f"feature_window must be 0 (raw metrics) or at least 2, got {self.feature_window}")
         if isinstance(self.max_samples, str) and self.max_samples != "auto":
             raise ConfigError(f"max_samples must be 'auto' or an integer, got {self.max_samples!r}")
 
@@ -119,7 +125,8 @@ def train(
 
     log.info("fitting %d trees on %d rows x %d features", params.n_estimators, dataset.n_rows, len(dataset.schema))
     started = time.perf_counter()
-    pipeline, threshold, train_scores = fit_detector(dataset.X, params)
+    transform = FeatureTransform(params.feature_window)
+    pipeline, threshold, train_scores = fit_detector(transform.apply(dataset.X), params)
     fit_seconds = time.perf_counter() - started
     log.info("fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
              fit_seconds, threshold, 100 * float((train_scores > threshold).mean()))
@@ -137,6 +144,7 @@ def train(
         "model_type": "StandardScaler+IsolationForest",
         "schema": dataset.schema.to_dict(),
         "threshold": threshold,
+        "feature_transform": transform.to_dict(),
         "score_definition": "anomaly_score = -pipeline.score_samples(x); anomalous when anomaly_score > threshold",
         "params": asdict(params),
         "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},

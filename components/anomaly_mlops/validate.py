@@ -204,11 +204,12 @@ def validate(
     predictions, scores = model.score(dataset.X)
     metrics, roc, confusion = accuracy_metrics(dataset.y, scores, predictions)
     metrics["threshold"] = model.threshold
+    metrics["feature_window"] = model.transform.window
     metrics["device"] = describe_device()
     metrics["latency"], single = measure_latency(model, dataset.X, latency)
     from .gpu_scoring import measure_gpu_path
 
-    metrics["latency"]["gpu"] = measure_gpu_path(model.fast, dataset.X, scores)
+    metrics["latency"]["gpu"] = measure_gpu_path(model.fast, model.transform.apply(dataset.X), scores)
     if metrics["latency"]["gpu"]["measured"]:
         log.info("GPU path on %s: %s", metrics["latency"]["gpu"]["device_name"], metrics["latency"]["gpu"]["batches"])
     else:
