@@ -11,10 +11,10 @@ is read, the way a KServe controller would reconcile between polls.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fake_http import JsonFakeServer
 
 PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?/?(?:\?.*)?$")
 
@@ -61,7 +61,7 @@ def failing_controller(reason: str):
     return reconcile
 
 
-class FakeKubeAPI:
+class FakeKubeAPI(JsonFakeServer):
     def __init__(self, token: str = "test-token"):
         self.token = token
         self.objects: dict[tuple[str, str], dict] = {}
@@ -74,20 +74,7 @@ class FakeKubeAPI:
         self.delay_s = 0.0  # answer this late (a hung API server)
         self._rv = 1000
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def api(self):
         from kubernetes import client
@@ -186,35 +173,6 @@ class FakeKubeAPI:
         patched["status"] = current.get("status", {})
         self.objects[key] = patched
         return 200, copy.deepcopy(patched)
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                code, payload = fake.handle(method, self.path, self.headers, body)
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def do_PATCH(self):
-                self._serve("PATCH")
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
 
 
 def status(code: int, reason: str, message: str) -> dict:

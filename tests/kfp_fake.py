@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from fake_http import JsonFakeServer
 
-class FakeKFP:
+
+class FakeKFP(JsonFakeServer):
     def __init__(self, token: str = "dsp-token"):
         self.token = token
         self.experiments: dict[str, dict] = {}
@@ -19,16 +20,7 @@ class FakeKFP:
         self.recurring: dict[str, dict] = {}
         self.requests: list[dict] = []
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def calls(self, method: str, path_start: str) -> list[dict]:
         return [r for r in self.requests if r["method"] == method and r["path"].startswith(path_start)]
@@ -75,32 +67,3 @@ class FakeKFP:
                 value = predicate.get("string_value", predicate.get("stringValue"))
                 items = [i for i in items if i.get(predicate["key"]) == value]
         return items
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                code, payload = fake.handle(method, self.path, self.headers, body)
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def do_DELETE(self):
-                self._serve("DELETE")
-
-            def log_message(self, *args):
-                pass
-
-        return Handler

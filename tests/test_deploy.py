@@ -21,7 +21,7 @@ NS = "anomaly"
 
 @pytest.fixture
 def fake():
-    server = FakeKubeAPI().start()
+    server = FakeKubeAPI()
     yield server
     server.stop()
 

@@ -100,7 +100,7 @@ def test_deploy_needs_only_what_the_role_grants():
 
     role = by_kind(kustomize("rbac"), "Role")
     granted = set(role["rules"][0]["verbs"])
-    fake = FakeKubeAPI().start()
+    fake = FakeKubeAPI()
     try:
         client = InferenceServiceClient(fake.api())
         spec = DeploySpec(name="anomaly-detector", namespace="ns", storage_key="aws-connection-models", storage_path="m/v1/")

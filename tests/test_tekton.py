@@ -204,7 +204,7 @@ def test_task_scripts_run_end_to_end(tmp_path, s3_env):
     assert published == {"uri": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/tekton-v1/", "version": "tekton-v1",
                          "storage-path": "anomaly-detector/tekton-v1/"}
 
-    kube = FakeKubeAPI().start()
+    kube = FakeKubeAPI()
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",

@@ -161,14 +161,9 @@ def cmd_verify(args) -> dict:
 
 
 def _namespace(args) -> str:
-    from .errors import ConfigError
+    from .deploy import current_namespace
 
-    if args.namespace:
-        return args.namespace
-    in_pod = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    if in_pod.exists():
-        return in_pod.read_text().strip()
-    raise ConfigError("--namespace is required outside a pod")
+    return current_namespace(args.namespace)
 
 
 def _isvc_client(args):

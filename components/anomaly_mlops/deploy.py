@@ -371,6 +371,20 @@ def _describe_status(isvc: dict) -> str:
     return ", ".join(parts) or "no conditions yet"
 
 
+POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def current_namespace(explicit: str | None = None) -> str:
+    """The given namespace, else the pod's own (KFP and Tekton steps run in the project)."""
+    if explicit:
+        return explicit
+    try:
+        with open(POD_NAMESPACE_FILE) as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise ConfigError("no namespace given and not running in a pod: pass --namespace") from exc
+
+
 def load_custom_objects_api(kubeconfig: str | None = None, context: str | None = None):
     """In-cluster config inside a pod, else kubeconfig ($KUBECONFIG or ~/.kube/config)."""
     from kubernetes import client, config

@@ -153,12 +153,10 @@ def deploy_model(
 ) -> NamedTuple("DeployOutputs", [("url", str), ("revision", str), ("canary", bool), ("action", str)]):
     """Create or update the InferenceService and wait for Ready (in-cluster credentials)."""
     from collections import namedtuple
-    from pathlib import Path
 
-    from anomaly_mlops.deploy import DeploySpec, deploy
+    from anomaly_mlops.deploy import DeploySpec, current_namespace, deploy
 
-    namespace = namespace or Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
-    spec = DeploySpec(name=isvc_name, namespace=namespace, runtime=runtime, storage_key=storage_key,
+    spec = DeploySpec(name=isvc_name, namespace=current_namespace(namespace), runtime=runtime, storage_key=storage_key,
                       storage_path=storage_path, model_version=model_version, deployment_mode=deployment_mode,
                       canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
                       min_replicas=min_replicas, max_replicas=max_replicas)
@@ -187,12 +185,12 @@ def verify_deployment(
 
     from anomaly_mlops.artifacts import load_model_dir
     from anomaly_mlops.data import load_dataset
-    from anomaly_mlops.deploy import InferenceServiceClient
+    from anomaly_mlops.deploy import InferenceServiceClient, current_namespace
     from anomaly_mlops.verify import VerifyPlan, raise_on_failure, verify
 
-    sa = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-    namespace = namespace or (sa / "namespace").read_text().strip()
-    token = (sa / "token").read_text().strip() if use_service_account_token else None
+    namespace = current_namespace(namespace)
+    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    token = token_file.read_text().strip() if use_service_account_token else None
     reference = load_model_dir(model.path)
     rows = load_dataset(probe_data.path, reference.schema).X
     result = verify(url, model_name or isvc_name, rows, reference, token=token,
@@ -208,12 +206,9 @@ def verify_deployment(
 
 def rollback_deployment(isvc_name: str = "anomaly-detector", namespace: str = "") -> str:
     """Serverless: pin the previous revision; RawDeployment: restore the previous path."""
-    from pathlib import Path
+    from anomaly_mlops.deploy import InferenceServiceClient, current_namespace
 
-    from anomaly_mlops.deploy import InferenceServiceClient
-
-    namespace = namespace or Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
-    return InferenceServiceClient().rollback(isvc_name, namespace)
+    return InferenceServiceClient().rollback(isvc_name, current_namespace(namespace))
 
 
 def pipeline_summary(status: dsl.PipelineTaskFinalStatus, model_name: str = "anomaly-detector") -> str:
