@@ -8,8 +8,10 @@ import http.client
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlparse
+
+from fake_http import JsonFakeServer
 
 
 @dataclass
@@ -25,23 +27,16 @@ class Fault:
         return method == self.method and re.search(self.path_pattern, target) is not None
 
 
-class FaultProxy:
+class FaultProxy(JsonFakeServer):
+    """Same server lifecycle as the API fakes, with a forwarding handler of its own."""
+
     def __init__(self, upstream: str):
         parsed = urlparse(upstream)
         self.upstream = (parsed.hostname, parsed.port)
         self.faults: list[Fault] = []
         self.log: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def count(self, method: str, pattern: str) -> int:
         return sum(1 for m, t, _ in self.log if m == method and re.search(pattern, t))
