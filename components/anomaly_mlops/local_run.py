@@ -10,10 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from .artifacts import load_model_dir
-from .data import prepare_data
+from .data import load_dataset, prepare_data
 from .errors import GateFailedError
 from .local_services import embedded_s3, model_server
 from .publish import publish
@@ -80,9 +78,10 @@ def run_local(config: LocalRunConfig | None = None) -> dict:
         summary["published_uri"] = published.uri
 
         started = step(5, "serve from S3 with the KServe model server, then verify")
-        rows = pd.read_parquet(prepared.holdout_path)[list(load_model_dir(trained.model_dir).schema.features)].to_numpy()
+        reference = load_model_dir(trained.model_dir)
+        rows = load_dataset(str(prepared.holdout_path), reference.schema).X
         with model_server(config.model_name, published.uri, env=s3_env, log_path=root / "model-server.log") as url:
-            result = verify(url, config.model_name, rows, reference=load_model_dir(trained.model_dir),
+            result = verify(url, config.model_name, rows, reference=reference,
                             plan=config.verify_plan, out_dir=root / "verify")
         timings["serve+verify"] = time.perf_counter() - started
         summary["verify"] = {"passed": result.passed, "latency_ms": result.latency_ms, "report": str(result.report_path)}

@@ -44,8 +44,10 @@ class TrainParams:
             raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
         if not 0.0 < self.max_features <= 1.0:
             raise ConfigError(f"max_features must be in (0, 1], got {self.max_features}")
-        if self.feature_window < 0 or self.feature_window == 1:
-            raise ConfigError(f"feature_window must be 0 (raw metrics) or at least 2, got {self.feature_window}")
+        try:
+            FeatureTransform(self.feature_window)  # the one place that knows valid windows
+        except ValueError as exc:
+            raise ConfigError(f"feature_window: {exc}") from exc
         if isinstance(self.max_samples, str) and self.max_samples != "auto":
             raise ConfigError(f"max_samples must be 'auto' or an integer, got {self.max_samples!r}")
 
@@ -145,7 +147,8 @@ def train(
         "schema": dataset.schema.to_dict(),
         "threshold": threshold,
         "feature_transform": transform.to_dict(),
-        "score_definition": "anomaly_score = -pipeline.score_samples(x); anomalous when anomaly_score > threshold",
+        "score_definition": "anomaly_score = -pipeline.score_samples(feature_transform(x)); "
+                            "anomalous when anomaly_score > threshold",
         "params": asdict(params),
         "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
         "library_versions": library_versions(),
