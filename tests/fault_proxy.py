@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlparse
@@ -18,10 +19,11 @@ from fake_http import JsonFakeServer
 class Fault:
     method: str
     path_pattern: str  # regex on path+query
-    status: int  # 0 = drop the connection
+    status: int  # 0 = drop the connection; -1 = forward after delay_s
     code: str = "InternalError"
     times: int = 10**9  # how many matching requests fail
     seen: int = 0
+    delay_s: float = 0.0
 
     def matches(self, method: str, target: str) -> bool:
         return method == self.method and re.search(self.path_pattern, target) is not None
@@ -59,6 +61,9 @@ class FaultProxy(JsonFakeServer):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 fault = proxy._fault_for(self.command, self.path)
+                if fault is not None and fault.status < 0:
+                    time.sleep(fault.delay_s)
+                    fault = None
                 if fault is not None:
                     proxy.log.append((self.command, self.path, fault.status))
                     if fault.status == 0:

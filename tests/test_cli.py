@@ -34,7 +34,7 @@ def test_steps_chain_through_the_cli(tmp_path, s3_env):
                            "--version", "v1", env=s3_env).stdout)
     assert again["status"] == "unchanged"
     downloaded = json.loads(run("download", "--uri", published["uri"], "--out", str(tmp_path / "dl"), env=s3_env).stdout)
-    assert sorted(os.listdir(downloaded["model_dir"])) == ["MANIFEST.sha256", "metadata.json", "model.joblib"]
+    assert sorted(os.listdir(downloaded["model_dir"])) == ["MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops"]
 
 
 def test_gate_failure_exits_3(tmp_path, model_dir, prepared):

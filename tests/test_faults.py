@@ -63,10 +63,9 @@ def test_transient_s3_errors_are_retried(model_dir, through_proxy, proxy, raw, s
 def test_persistent_s3_errors_stop_after_bounded_retries(model_dir, through_proxy, proxy, raw, tmp_path):
     name = f"p-{uuid.uuid4().hex[:8]}"
     proxy.faults.append(Fault("PUT", r"model\.joblib", 503, "SlowDown"))
-    started = time.monotonic()
     with pytest.raises(StorageError, match=r"S3 (refused|failed) to upload model\.joblib"):
         publish(model_dir, name, "v1", through_proxy)
-    assert proxy.count("PUT", r"model\.joblib") == 3 and time.monotonic() - started < 30
+    assert proxy.count("PUT", r"model\.joblib") == 3
     assert not released(raw, through_proxy.bucket, name)
     with pytest.raises(ArtifactError, match="not released"):
         download_model(f"s3://{through_proxy.bucket}/{name}/v1/", tmp_path / "dl", through_proxy)
@@ -106,17 +105,17 @@ def test_download_retries_and_verifies(model_dir, through_proxy, proxy, tmp_path
 # --------------------------------------------------------------------------- predictor under load
 
 
-async def _mixed_load(url, name, good_rows, seconds=4.0, concurrency=16):
+async def _mixed_load(url, name, good_rows, requests_per_client=100, concurrency=16):
+    """Bounded by request count, never by the clock: a loaded machine only makes it slower."""
     import aiohttp
 
     bad_bodies = [{"instances": [[1, 2]]}, {"instances": []}, {"instances": [["x"] * 6]}, {"nope": 1},
                   {"instances": [[0.0] * 6] * 10_001}]
     outcomes = {"good": {}, "bad": {}}
-    deadline = time.perf_counter() + seconds
 
     async def client(index, session):
         i = index
-        while time.perf_counter() < deadline:
+        for _ in range(requests_per_client):
             kind = "bad" if i % 4 == 0 else "good"
             body = bad_bodies[i % len(bad_bodies)] if kind == "bad" else {"instances": [good_rows[i % len(good_rows)]]}
             async with session.post(f"{url}/v1/models/{name}:predict", json=body) as response:
@@ -135,8 +134,8 @@ def test_predictor_under_concurrent_mixed_load(served, prepared):
     url, name = served
     rows = pd.read_parquet(prepared.holdout_path).iloc[:200, 1:7].to_numpy().tolist()
     outcomes = asyncio.run(_mixed_load(url, name, rows))
-    assert set(outcomes["good"]) == {200} and outcomes["good"][200] > 200
-    assert set(outcomes["bad"]) == {400} and outcomes["bad"][400] > 50
+    # 16 clients x 100 requests, every fourth malformed.
+    assert outcomes["good"] == {200: 1200} and outcomes["bad"] == {400: 400}
     assert requests.get(f"{url}/v1/models/{name}", timeout=5).json()["ready"] is True
 
 

@@ -140,7 +140,8 @@ def test_training_pipeline_runs_locally_and_publishes(s3_env, tmp_path, monkeypa
     client = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
                           aws_secret_access_key="y", region_name="us-east-1")
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
-    assert keys == {f"kfp-model/kfp-local/{f}" for f in ("MANIFEST.sha256", "metadata.json", "model.joblib")}
+    assert keys == {f"kfp-model/kfp-local/{f}" for f in ("MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops")} | {
+        "kfp-model/.claims/kfp-local.json"}
     (report,) = tmp_path.glob("*/validate-model/report")
     assert "Release gate PASSED" in report.read_text()
     (metrics_meta,) = tmp_path.glob("*/validate-model/executor_output.json")

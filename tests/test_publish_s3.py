@@ -37,7 +37,10 @@ def test_publish_then_download_round_trip(model_dir, settings, raw, tmp_path):
     result = publish(model_dir, name, "v1", settings)
     assert result.status == "published"
     assert result.uri == f"s3://{settings.bucket}/{name}/v1/"
-    assert keys(raw, settings.bucket, name) == [f"{name}/v1/{MANIFEST_FILE}", f"{name}/v1/metadata.json", f"{name}/v1/model.joblib"]
+    assert keys(raw, settings.bucket, f"{name}/v1/") == [f"{name}/v1/{MANIFEST_FILE}", f"{name}/v1/metadata.json",
+                                                         f"{name}/v1/model.joblib", f"{name}/v1/model.skops"]
+    # The claim lies beside the version, outside the prefix the storage initializer downloads.
+    assert keys(raw, settings.bucket, f"{name}/.claims/") == [f"{name}/.claims/v1.json"]
     local = download_model(result.uri, tmp_path / "dl", settings)
     assert load_model_dir(local).threshold == load_model_dir(model_dir).threshold
 

@@ -14,14 +14,14 @@ FAST_LATENCY = LatencyPlan(single_row_repeats=30, batch_sizes=(100,), batch_repe
 
 
 def test_model_dir_contract(model_dir, prepared):
-    assert sorted(p.name for p in model_dir.iterdir()) == ["MANIFEST.sha256", "metadata.json", "model.joblib"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops"]
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["schema"]["features"][0] == "cpu_usage_pct"
     assert meta["library_versions"]["scikit-learn"] == sklearn.__version__
     assert meta["data"]["sha256"] == load_dataset(str(prepared.train_path)).sha256
     assert meta["params"]["n_estimators"] == 50 and meta["params"]["seed"] == 7
     assert 0 < meta["threshold"] < 1
-    assert set(verify_model_dir(model_dir)) == {"metadata.json", "model.joblib"}
+    assert set(verify_model_dir(model_dir)) == {"metadata.json", "model.joblib", "model.skops"}
 
 
 def test_threshold_comes_from_training_scores(model_dir, prepared):

@@ -1,14 +1,18 @@
 """The model directory contract.
 
-    model.joblib      sklearn Pipeline(StandardScaler, IsolationForest); the forest's
-                      offset_ is set so that ``predict`` flags exactly the rows whose
-                      anomaly score exceeds the chosen threshold (the upstream KServe
-                      sklearn runtime then agrees with our predictor)
+    model.skops       sklearn Pipeline(StandardScaler, IsolationForest) in skops format:
+                      what this project loads, with an explicit list of trusted types,
+                      so loading never runs code from the file
+    model.joblib      the same pipeline pickled, only for the upstream KServe sklearn
+                      runtime (which loads exactly one .joblib); never unpickled here.
+                      The forest's offset_ is set so that ``predict`` flags exactly the
+                      rows whose anomaly score exceeds the chosen threshold
     metadata.json     feature schema, library versions, data sha256, params, threshold
     MANIFEST.sha256   ``<sha256>  <file>`` per file, sorted; written last
 
-A directory without MANIFEST.sha256 is incomplete. Nothing is unpickled before every file
-listed matches its digest and no unlisted file is present.
+A directory without MANIFEST.sha256 is incomplete. Nothing is loaded before every file
+listed matches its digest and no unlisted file is present, and a loaded model is not
+returned before it has scored probe rows (fast scorer and scikit-learn agreeing).
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ from .features import FeatureTransform
 from .schema import FeatureSchema
 
 MODEL_FILE = "model.joblib"
+SAFE_MODEL_FILE = "model.skops"
+# The one type in a fitted StandardScaler + IsolationForest that skops does not trust by
+# default; everything else it loads is a plain scikit-learn/numpy type.
+SKOPS_TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "MANIFEST.sha256"
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2  # 2: model.skops added; format 1 (pickle only) is not loaded
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9_.-]+)$")
 
 
@@ -59,7 +67,7 @@ def parse_manifest(text: str, where: str = "manifest") -> dict[str, str]:
         if not match:
             raise ArtifactError(f"{where} line {number} is malformed: {line[:80]!r}")
         entries[match.group(2)] = match.group(1)
-    for required in (MODEL_FILE, METADATA_FILE):
+    for required in (SAFE_MODEL_FILE, MODEL_FILE, METADATA_FILE):
         if required not in entries:
             raise ArtifactError(f"{where} does not list {required}")
     return entries
@@ -121,8 +129,11 @@ class LoadedModel:
 
 
 def load_model_dir(model_dir: str | Path) -> LoadedModel:
-    """Verify, then unpickle. Refuses artifacts from another scikit-learn version."""
-    import joblib
+    """Verify, load without unpickling, and check that the model can score.
+
+    Refuses artifacts from another scikit-learn version, objects of another type, a
+    feature count that disagrees with the schema, and a fast scorer that disagrees with
+    scikit-learn on probe rows: each with one ArtifactError naming the problem."""
     import sklearn
 
     model_dir = Path(model_dir)
@@ -131,9 +142,12 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
         metadata = json.loads((model_dir / METADATA_FILE).read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{model_dir / METADATA_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ArtifactError(f"{model_dir / METADATA_FILE} must hold a JSON object")
     if metadata.get("artifact_format") != ARTIFACT_FORMAT:
         raise ArtifactError(
-            f"{model_dir} has artifact_format {metadata.get('artifact_format')!r}; this code reads {ARTIFACT_FORMAT}"
+            f"{model_dir} has artifact_format {metadata.get('artifact_format')!r}; this code reads {ARTIFACT_FORMAT} "
+            "(format 1 models have no model.skops: retrain)"
         )
     trained_with = metadata.get("library_versions", {}).get("scikit-learn")
     if trained_with != sklearn.__version__:
@@ -141,15 +155,65 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
             f"{model_dir} was trained with scikit-learn {trained_with}, this process has {sklearn.__version__}; "
             "serve with the image built from the same requirements.lock"
         )
-    pipeline = joblib.load(model_dir / MODEL_FILE)
+    try:
+        schema = FeatureSchema.from_dict(metadata["schema"])
+        transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
+        threshold = float(metadata["threshold"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform or threshold: {exc}") from exc
+    pipeline = _load_skops(model_dir / SAFE_MODEL_FILE)
+    _check_pipeline(pipeline, len(transform.names(schema.features)), model_dir)
     from .fastforest import compile_forest
 
-    return LoadedModel(
-        pipeline=pipeline,
-        metadata=metadata,
-        schema=FeatureSchema.from_dict(metadata["schema"]),
-        threshold=float(metadata["threshold"]),
-        model_dir=model_dir,
-        fast=compile_forest(pipeline),
-        transform=FeatureTransform.from_dict(metadata.get("feature_transform")),
-    )
+    model = LoadedModel(pipeline=pipeline, metadata=metadata, schema=schema, threshold=threshold,
+                        model_dir=model_dir, fast=compile_forest(pipeline), transform=transform)
+    _check_scores(model)
+    return model
+
+
+def _load_skops(path: Path):
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # skops raises assorted errors for a file that is not its format
+        raise ArtifactError(f"{path} is not a readable skops file: {type(exc).__name__}: {exc}") from exc
+    unexpected = sorted(set(untrusted) - set(SKOPS_TRUSTED_TYPES))
+    if unexpected:
+        raise ArtifactError(f"{path} holds types this project does not load: {unexpected}")
+    try:
+        return sio.load(path, trusted=list(SKOPS_TRUSTED_TYPES))
+    except Exception as exc:
+        raise ArtifactError(f"{path} could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_pipeline(pipeline, n_inputs: int, model_dir: Path) -> None:
+    from sklearn.ensemble import IsolationForest
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = getattr(pipeline, "named_steps", {})
+    if not (isinstance(pipeline, Pipeline) and isinstance(steps.get("scaler"), StandardScaler)
+            and isinstance(steps.get("iforest"), IsolationForest)):
+        raise ArtifactError(f"{model_dir / SAFE_MODEL_FILE} holds a {type(pipeline).__name__}, not the expected "
+                            "Pipeline(scaler=StandardScaler, iforest=IsolationForest)")
+    fitted = getattr(pipeline, "n_features_in_", None)
+    if fitted != n_inputs:
+        raise ArtifactError(f"{model_dir} was fitted on {fitted} inputs but its metadata (schema and feature "
+                            f"transform) describes {n_inputs}; the artifacts do not belong together")
+
+
+def _check_scores(model: LoadedModel) -> None:
+    """Score probe rows around the training mean with both scorers; they must agree."""
+    n_metrics = len(model.schema)
+    scaler = model.pipeline.named_steps["scaler"]
+    center, spread = scaler.mean_[:n_metrics], scaler.scale_[:n_metrics]
+    probe = center + np.outer(np.linspace(-3, 3, 7), spread)
+    try:
+        exact = -model.pipeline.score_samples(model.transform.apply(probe))
+        fast = model.fast.anomaly_scores(model.transform.apply(probe)) if model.fast is not None else exact
+    except Exception as exc:
+        raise ArtifactError(f"{model.model_dir} cannot score a probe row: {type(exc).__name__}: {exc}") from exc
+    if not (np.all(np.isfinite(exact)) and np.allclose(fast, exact, rtol=0, atol=1e-9)):
+        raise ArtifactError(f"{model.model_dir}: the fast scorer disagrees with scikit-learn on probe rows "
+                            f"(max difference {np.max(np.abs(fast - exact)):.3g}); refusing to serve")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import AnomalyMLOpsError
+from .redact import redact
 
 log = logging.getLogger("anomaly_mlops")
 
@@ -46,7 +47,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
     d = TrainParams()
     parser.add_argument("--n-estimators", type=int, default=d.n_estimators)
-    parser.add_argument("--max-samples", default=d.max_samples, help="'auto' or a row count per tree")
+    parser.add_argument("--max-samples", type=_max_samples, default=d.max_samples,
+                        help="'auto' or a positive row count per tree")
     parser.add_argument("--contamination", type=float, default=d.contamination,
                         help="expected anomalous share; sets the threshold from training scores")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -55,18 +57,28 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
                              "carry the preceding rows, oldest first)")
 
 
+def _max_samples(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {text!r}")
+    return int(text)
+
+
 def _train_params(args):
     from .train import TrainParams
 
-    max_samples = args.max_samples if args.max_samples == "auto" else int(args.max_samples)
-    return TrainParams(n_estimators=args.n_estimators, max_samples=max_samples,
+    return TrainParams(n_estimators=args.n_estimators, max_samples=args.max_samples,
                        contamination=args.contamination, seed=args.seed, feature_window=args.feature_window)
 
 
 def _read_token(path: str | None) -> str | None:
     if not path:
         return None
-    token = Path(path).read_text().strip()
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise AnomalyMLOpsError(f"cannot read the token file {path}: {exc.strerror}") from exc
     if not token:
         raise AnomalyMLOpsError(f"token file {path} is empty")
     return token
@@ -139,7 +151,8 @@ def cmd_serve(args) -> None:
     from .predictor import serve
 
     serve(args.model_name, args.model_dir, http_port=args.http_port, grpc_port=args.grpc_port,
-          workers=args.workers, max_instances=args.max_instances, scoring=args.scoring)
+          workers=args.workers, max_instances=args.max_instances, scoring=args.scoring, host=args.host,
+          max_body_bytes=args.max_body_bytes)
 
 
 def cmd_verify(args) -> dict:
@@ -148,7 +161,10 @@ def cmd_verify(args) -> dict:
     from .predictor import resolve_model_dir
     from .verify import VerifyPlan, raise_on_failure, verify
 
-    reference = load_model_dir(resolve_model_dir(args.reference)) if args.reference else None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="anomaly-reference-") as cache:
+        reference = load_model_dir(resolve_model_dir(args.reference, cache)) if args.reference else None
     schema = reference.schema if reference else None
     rows = load_dataset(args.rows, schema).X
     plan = VerifyPlan(requests=args.requests, slo_p99_ms=args.slo_p99_ms, max_error_rate=args.max_error_rate,
@@ -347,10 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a model with the KServe model server (V1 and V2)")
     p.add_argument("--model-name", default="anomaly-detector")
     p.add_argument("--model-dir", default="/mnt/models", help="local directory or s3:// version prefix")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind; 127.0.0.1 for this machine only")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES)
+    p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, help="rows per request")
+    p.add_argument("--max-body-bytes", type=int,
+                   help="refuse larger request bodies with 413 before parsing (default: room for --max-instances rows)")
     p.add_argument("--scoring", choices=["fast", "sklearn"], default="fast",
                    help="fast: flattened forest for small batches (exact); sklearn: always scikit-learn")
     p.set_defaults(func=cmd_serve)
@@ -468,10 +487,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        _check_result_paths(args.result)
         result = args.func(args)
     except AnomalyMLOpsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a path the user named: unreadable, read-only, a file where a folder goes
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     if result is not None:
@@ -484,6 +508,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_result_paths(requests: list[str]) -> None:
+    """Before the step runs: each --result is KEY=PATH with an existing, writable folder."""
+    import os
+
+    for request in requests:
+        key, sep, path = request.partition("=")
+        if not (sep and key and path):
+            raise AnomalyMLOpsError(f"--result {request!r}: expected KEY=PATH")
+        folder = Path(path).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise AnomalyMLOpsError(f"--result {request!r}: the folder {folder} does not exist or is not writable")
+
+
 def _write_results(result: dict, requests: list[str]) -> None:
     for request in requests:
         key, sep, path = request.partition("=")
@@ -491,7 +528,10 @@ def _write_results(result: dict, requests: list[str]) -> None:
             raise AnomalyMLOpsError(f"--result {request!r}: the result has no field {key!r} (fields: {sorted(result)})")
         value = result[key]
         text = value if isinstance(value, str) else json.dumps(value)
-        Path(path).write_text(text)
+        try:
+            Path(path).write_text(text)
+        except OSError as exc:
+            raise AnomalyMLOpsError(f"--result {request!r}: cannot write {path}: {exc.strerror}") from exc
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Sources: a CSV/Parquet file (local path or s3://) or the synthetic generator.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -157,47 +156,59 @@ def read_table(
     s3_env: dict | None = None,
 ) -> tuple[pd.DataFrame, str]:
     """Read a CSV (optionally .gz) or Parquet file, local or s3://; return the frame and
-    the sha256 of the file bytes."""
+    the sha256 of the file bytes. The file is parsed from disk (an S3 object is spooled to
+    a temporary file first), never held whole in memory beside the frame."""
     if source.startswith("s3://"):
-        raw = _read_s3_bytes(source, max_bytes, s3_env)
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"data file not found: {source}")
-        size = path.stat().st_size
-        if size == 0:
-            raise DataError(f"data file is empty (0 bytes): {source}")
-        if size > max_bytes:
-            raise DataError(
-                f"data file {source} is {size} bytes, over the limit of {max_bytes} bytes; "
-                "split it or raise --max-bytes"
-            )
-        raw = path.read_bytes()
-    if not raw:
+        with tempfile.TemporaryDirectory(prefix="anomaly-data-") as tmp:
+            local = Path(tmp) / Path(source).name
+            _download_s3(source, local, max_bytes, s3_env)
+            return _parse_file(local, source), _sha256_of(local, source)
+    path = Path(source)
+    if not path.is_file():
+        raise DataError(f"data file not found: {source}" + (" (it is a directory)" if path.is_dir() else ""))
+    size = path.stat().st_size
+    if size == 0:
         raise DataError(f"data file is empty (0 bytes): {source}")
-    digest = hashlib.sha256(raw).hexdigest()
+    if size > max_bytes:
+        raise DataError(
+            f"data file {source} is {size} bytes, over the limit of {max_bytes} bytes; split it or raise --max-bytes"
+        )
+    return _parse_file(path, source), _sha256_of(path, source)
+
+
+def _sha256_of(path: Path, source: str) -> str:
+    from .artifacts import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise DataError(f"cannot read {source}: {exc.strerror}") from exc
+
+
+def _parse_file(path: Path, source: str) -> pd.DataFrame:
     name = source.lower()
     try:
-        if name.endswith(".parquet") or name.endswith(".pq"):
-            frame = pd.read_parquet(io.BytesIO(raw))
-        elif name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".txt"):
-            frame = pd.read_csv(io.BytesIO(raw), compression="gzip" if name.endswith(".gz") else None)
-        elif raw[:4] == b"PAR1":  # extension-less paths, e.g. KFP artifacts
-            frame = pd.read_parquet(io.BytesIO(raw))
-        elif raw[:2] == b"\x1f\x8b":
-            frame = pd.read_csv(io.BytesIO(raw), compression="gzip")
-        else:
-            raise DataError(f"unknown data format for {source}: use .csv, .csv.gz or .parquet")
-    except DataError:
-        raise
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read {source}: {exc.strerror}") from exc
+    try:
+        if name.endswith((".parquet", ".pq")) or magic == b"PAR1":  # extension-less: e.g. KFP artifacts
+            return pd.read_parquet(path)
+        if name.endswith((".csv", ".txt")):
+            return pd.read_csv(path, compression=None)
+        if name.endswith(".csv.gz") or magic[:2] == b"\x1f\x8b":
+            return pd.read_csv(path, compression="gzip")
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"data file has no columns or rows: {source}") from exc
+    except MemoryError as exc:
+        raise DataError(f"{source} does not fit in memory; lower --max-bytes or split the file") from exc
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt input
-        raise DataError(f"could not parse {source}: {type(exc).__name__}: {exc}") from exc
-    return frame, digest
+        raise DataError(f"could not parse {source}: {type(exc).__name__}: {exc}"[:500]) from exc
+    raise DataError(f"unknown data format for {source}: use .csv, .csv.gz or .parquet")
 
 
-def _read_s3_bytes(uri: str, max_bytes: int, s3_env: dict | None) -> bytes:
+def _download_s3(uri: str, local: Path, max_bytes: int, s3_env: dict | None) -> None:
     from .storage import S3Settings, describe_client_error, parse_s3_uri
 
     bucket, key = parse_s3_uri(uri)
@@ -205,9 +216,11 @@ def _read_s3_bytes(uri: str, max_bytes: int, s3_env: dict | None) -> bytes:
     client = settings.client()
     try:
         head = client.head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] == 0:
+            raise DataError(f"data file is empty (0 bytes): {uri}")
         if head["ContentLength"] > max_bytes:
             raise DataError(f"{uri} is {head['ContentLength']} bytes, over the limit of {max_bytes}")
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        client.download_file(bucket, key, str(local))
     except DataError:
         raise
     except Exception as exc:
@@ -241,6 +254,9 @@ def frame_to_dataset(
     columns = []
     for name in schema.features:
         column = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column):
+            raise DataError(f"{source}: column {name!r} holds {column.dtype} values, not a metric; "
+                            "timestamps and durations cannot be features")
         numeric = pd.to_numeric(column, errors="coerce")
         bad = numeric.isna() & column.notna()
         if bad.any():

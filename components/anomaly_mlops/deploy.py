@@ -15,6 +15,7 @@ InferenceService, wait until it is Ready, and promote or roll back a rollout.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import time
@@ -171,8 +172,22 @@ def _api_error(exc, action: str, name: str, namespace: str) -> AnomalyMLOpsError
         401: "the token is missing or expired (in a pod: the service account token; locally: oc login)",
         403: f"the service account may not {action} inferenceservices in {namespace}; apply manifests/rbac",
         404: "not found: is KServe installed (the InferenceService CRD) and does the namespace exist?",
-    }.get(exc.status, (exc.body or "")[:300] if isinstance(exc.body, str) else "")
+    }.get(exc.status) or _status_message(exc.body)
     return DeployError(f"Kubernetes API refused to {action} InferenceService {namespace}/{name}: {exc.status} {exc.reason}: {hint}")
+
+
+def _status_message(body) -> str:
+    """The API server's own message from a Kubernetes Status body, redacted. Any other body
+    (a proxy's page, an echo of our request headers) is not shown: it may hold the token."""
+    from .redact import redact
+
+    try:
+        status = json.loads(body)
+    except (TypeError, ValueError):
+        return "(the response was not a Kubernetes Status; body not shown)"
+    if not isinstance(status, dict) or status.get("kind") != "Status":
+        return "(the response was not a Kubernetes Status; body not shown)"
+    return redact(str(status.get("message", "")))[:300]
 
 
 class InferenceServiceClient:

@@ -80,7 +80,7 @@ def model_server(
 
     port = port or free_port()
     command = [sys.executable, "-m", "anomaly_mlops.cli", "serve", "--model-name", model_name,
-               "--model-dir", model_uri, "--http-port", str(port), *extra_args]
+               "--model-dir", model_uri, "--http-port", str(port), "--host", "127.0.0.1", *extra_args]
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     log_file = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(command, env=child_env, stdout=log_file, stderr=subprocess.STDOUT)

@@ -12,13 +12,19 @@ Accepted inputs
 Outputs
   V1  {"predictions": [0|1, ...], "anomaly_scores": [float, ...]}
   V2  outputs "predictions" (INT64 [n]) and "anomaly_scores" (FP64 [n])
-Malformed input is answered with HTTP 400 and a message naming the problem.
+Malformed input is answered with HTTP 400 and a message naming the problem; a body over
+the size cap with 413 before it is parsed. Requests of more than SMALL_BATCH_ROWS rows are
+parsed and scored on a worker thread, so a large batch does not stall small requests or the
+readiness probe.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import json
 import logging
-import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -32,20 +38,32 @@ from .artifacts import LoadedModel, load_model_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_INSTANCES = 10_000
-_NUMERIC_V2 = {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+_INTEGER_V2 = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+_NUMERIC_V2 = {"FP16", "FP32", "FP64", *_INTEGER_V2}
+# Up to this many rows a request is parsed and scored on the event loop (well under a
+# millisecond); above, on a worker thread.
+SMALL_BATCH_ROWS = 512
+# JSON bytes allowed per value when deriving the default body cap: "-1.2345678901234567e+300, "
+# is 26; the rest is headroom for whitespace and per-feature names.
+BODY_BYTES_PER_VALUE = 32
+
+
+def default_max_body_bytes(max_instances: int, n_features: int) -> int:
+    """The largest legal request (max_instances rows) with room to spare, and no more."""
+    return max_instances * n_features * BODY_BYTES_PER_VALUE + 64 * 1024
 
 
 class InputProblem(ValueError):
     """Raised by parse_instances; the server turns it into kserve's InvalidInput (400)."""
 
 
-def resolve_model_dir(model_uri: str, cache_dir: str | None = None) -> Path:
-    """A local directory as is; an s3:// prefix downloaded and verified into the cache."""
+def resolve_model_dir(model_uri: str, cache_dir: str | Path) -> Path:
+    """A local directory as is; an s3:// prefix downloaded and verified into ``cache_dir``
+    (the caller owns and removes it)."""
     if model_uri.startswith("s3://"):
         from .publish import download_model
 
-        cache = Path(cache_dir or tempfile.mkdtemp(prefix="anomaly-model-"))
-        return download_model(model_uri, cache / "model")
+        return download_model(model_uri, Path(cache_dir) / "model")
     return Path(model_uri)
 
 
@@ -83,9 +101,12 @@ def parse_v2(request, features: tuple[str, ...], max_instances: int) -> np.ndarr
     inputs = list(request.inputs or [])
     if not inputs:
         raise InputProblem("the V2 request has no inputs")
+    names = [t.name for t in inputs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise InputProblem(f"input names must be unique; repeated: {duplicated}")
     for tensor in inputs:
-        if tensor.datatype not in _NUMERIC_V2:
-            raise InputProblem(f"input {tensor.name!r} has datatype {tensor.datatype}; send FP32 or FP64")
+        _check_tensor(tensor)
     if len(inputs) == 1:
         tensor = inputs[0]
         shape = list(tensor.shape)
@@ -113,6 +134,33 @@ def parse_v2(request, features: tuple[str, ...], max_instances: int) -> np.ndarr
     return _finite(X.astype(np.float64, copy=False), features)
 
 
+def _check_tensor(tensor) -> None:
+    """What kserve would otherwise cast silently: fractions in INT data, strings and booleans
+    in numeric data, negative dimensions."""
+    if tensor.datatype not in _NUMERIC_V2:
+        raise InputProblem(f"input {tensor.name!r} has datatype {tensor.datatype}; send FP32 or FP64")
+    shape = list(tensor.shape or [])
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise InputProblem(f"input {tensor.name!r} has shape {shape}; dimensions must be non-negative integers")
+    data = tensor.data
+    if not isinstance(data, list):
+        return  # binary tensor data: typed by its bytes
+    integral = tensor.datatype in _INTEGER_V2
+    stack, index = [data], 0
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+            continue
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            raise InputProblem(f"input {tensor.name!r} element {index}: expected a number for {tensor.datatype}, "
+                               f"got {item!r}"[:300])
+        if integral and isinstance(item, float) and not item.is_integer():
+            raise InputProblem(f"input {tensor.name!r} element {index} is {item}, not an integer as "
+                               f"{tensor.datatype} requires; send fractional values as FP32 or FP64")
+        index += 1
+
+
 def _as_numpy(tensor) -> np.ndarray:
     try:
         return np.asarray(tensor.as_numpy())
@@ -135,6 +183,75 @@ def _finite(X: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
     return X
 
 
+def _request_rows(payload) -> int:
+    """Rows a request claims, cheaply, to choose where it is parsed; 0 when unknown."""
+    try:
+        if isinstance(payload, dict):
+            rows = payload.get("instances", payload.get("inputs"))
+            return len(rows) if isinstance(rows, list) else 0
+        shape = payload.inputs[0].shape
+        return int(shape[0]) if shape else 0
+    except Exception:  # malformed requests are refused by the parser, on the loop
+        return 0
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a request body over ``max_bytes``, before anything parses it.
+
+    A declared Content-Length is checked up front; a chunked body is read up to the cap
+    and replayed to the app."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                return await self._refuse(send, f"{int(declared)} bytes")
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(send, f"more than {self.max_bytes} bytes")
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, send, size: str) -> None:
+        body = json.dumps({"error": f"the request body is {size}; the limit is {self.max_bytes} bytes "
+                                    "(--max-body-bytes); send fewer rows per request"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _invalid_json_handler(request, exc):
+    """FastAPI answers an unparsable V2 body with 422; the protocol's error for bad input is 400."""
+    from fastapi.responses import JSONResponse
+
+    problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:5])
+    return JSONResponse(status_code=400, content={"error": f"invalid request: {problems}"[:1000]})
+
+
 def build_model_class():
     """Defined lazily so importing this module needs no kserve (and parses no argv)."""
     import kserve
@@ -147,16 +264,18 @@ def build_model_class():
 
     class AnomalyDetectorModel(kserve.Model):
         def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES,
-                     cache_dir: str | None = None, scoring: str = "fast"):
+                     cache_dir: str | Path | None = None, scoring: str = "fast"):
             super().__init__(name)
             self.model_uri = model_uri
             self.max_instances = max_instances
             self.cache_dir = cache_dir
             self.scoring = scoring
             self.detector: LoadedModel | None = None
+            # One thread: large batches queue behind each other instead of taking every core.
+            self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
 
         def load(self) -> bool:
-            local = resolve_model_dir(self.model_uri, self.cache_dir)
+            local = resolve_model_dir(self.model_uri, self.cache_dir or tempfile.mkdtemp(prefix="anomaly-model-"))
             self.detector = load_model_dir(local)
             if self.scoring == "sklearn":
                 self.detector.fast = None
@@ -166,7 +285,12 @@ def build_model_class():
             self.ready = True
             return self.ready
 
-        def predict(self, payload, headers=None, response_headers=None):
+        async def predict(self, payload, headers=None, response_headers=None):
+            if _request_rows(payload) > SMALL_BATCH_ROWS:
+                return await asyncio.get_running_loop().run_in_executor(self.batch_pool, self.score_request, payload)
+            return self.score_request(payload)
+
+        def score_request(self, payload):
             features = self.detector.schema.features
             is_v2 = isinstance(payload, InferRequest)
             try:
@@ -195,23 +319,48 @@ def serve(
     workers: int = 1,
     max_instances: int = DEFAULT_MAX_INSTANCES,
     scoring: str = "fast",
+    host: str = "0.0.0.0",
+    max_body_bytes: int | None = None,
 ) -> None:
-    """Load, verify and serve until SIGTERM. Blocks."""
+    """Load, verify and serve until SIGTERM. Blocks. A model fetched from S3 lives in a
+    temporary directory removed when the server stops."""
     # kserve parses sys.argv at import time; keep our CLI flags away from it.
     saved_argv, sys.argv = sys.argv, sys.argv[:1]
     try:
         import kserve
+        import kserve.model_server as kserve_server
+        from fastapi.exceptions import RequestValidationError
 
         model_class = build_model_class()
     finally:
         sys.argv = saved_argv
-    model = model_class(model_name, model_uri, max_instances=max_instances, scoring=scoring)
-    model.load()
-    server = kserve.ModelServer(
-        http_port=http_port,
-        grpc_port=grpc_port or 8081,
-        enable_grpc=grpc_port is not None,
-        workers=workers,
-    )
-    server.start([model])
+    cache = tempfile.mkdtemp(prefix="anomaly-model-")
+    try:
+        model = model_class(model_name, model_uri, max_instances=max_instances, scoring=scoring, cache_dir=cache)
+        model.load()
+        limit = max_body_bytes or default_max_body_bytes(max_instances, len(model.detector.schema))
+        kserve_server.app.add_middleware(BodySizeLimit, max_bytes=limit)
+        kserve_server.app.add_exception_handler(RequestValidationError, _invalid_json_handler)
+        _bind_host(kserve_server, host)
+        log.info("serving %s on %s:%d (request bodies up to %d bytes)", model_name, host, http_port, limit)
+        server = kserve.ModelServer(
+            http_port=http_port,
+            grpc_port=grpc_port or 8081,
+            enable_grpc=grpc_port is not None,
+            workers=workers,
+        )
+        server.start([model])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
+
+def _bind_host(kserve_server, host: str) -> None:
+    """kserve 0.21 binds its REST server to 0.0.0.0 unconditionally; set the address it binds."""
+    base = kserve_server.RESTServer
+
+    class HostBoundRESTServer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.config.host = host
+
+    kserve_server.RESTServer = HostBoundRESTServer

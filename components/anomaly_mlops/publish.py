@@ -1,23 +1,33 @@
 """The publish step: put a verified model directory under an immutable S3 prefix
 ``<model>/<version>/``, and the matching download-and-verify used by the predictor.
 
-Rules:
-- every object is uploaded with a SHA-256 checksum S3 verifies on receipt, then checked
-  again by HEAD before the manifest goes up;
-- the manifest is written last and only if absent (``If-None-Match: *``), so a version
-  without a manifest is incomplete and never served, and two racing publishers cannot
-  both release;
-- re-publishing identical content is a no-op; different content under a released version
-  is refused (VersionConflictError).
+Protocol (every publisher follows it, so a released version is always consistent):
+1. If the version's manifest exists, the version is released: identical content is a
+   no-op after auditing every object (a damaged object is re-uploaded from our identical
+   bytes: "repaired"); different content is refused (VersionConflictError).
+2. Otherwise take the version's claim, ``<model>/.claims/<version>.json``, written only if
+   absent (``If-None-Match: *``). The claim names the manifest digest; only publishers of
+   that exact content write under the version prefix, so a publisher of other content
+   writes nothing there and fails with VersionConflictError. The claims folder cannot be a
+   version name (versions never start with '.'), and it lies outside every version prefix,
+   so the KServe storage initializer never downloads it.
+3. Abort multipart uploads left under the prefix by a killed publisher, upload every file
+   with a SHA-256 checksum S3 verifies on receipt, write the manifest last and only if
+   absent, then audit every listed object (server-side SHA-256, size) before reporting.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
+import os
 import re
 import shutil
+import socket
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +40,8 @@ log = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 # Files above this go up in parts; a failed part aborts the whole multipart upload.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+CLAIMS_FOLDER = ".claims"
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
 @dataclass
@@ -38,14 +50,12 @@ class PublishResult:
     bucket: str
     prefix: str
     version: str
-    status: str  # "published" or "unchanged"
+    status: str  # "published", "unchanged" or "repaired"
     manifest_sha256: str
 
 
 def default_version(model_dir: Path) -> str:
     """``<UTC time of training>-<first 8 hex of the manifest digest>``: sortable and tied to content."""
-    import json
-
     created = json.loads((model_dir / METADATA_FILE).read_text()).get("created_at", "")
     stamp = re.sub(r"[^0-9T]", "", created).replace("T", "t") or "untimed"
     digest = hashlib.sha256((model_dir / MANIFEST_FILE).read_bytes()).hexdigest()
@@ -68,14 +78,43 @@ def version_prefix(model_name: str, version: str, root_prefix: str = "") -> str:
     return f"{root}/{model_name}/{version}/" if root else f"{model_name}/{version}/"
 
 
-def _is_missing(exc: Exception) -> bool:
+def claim_key(prefix: str) -> str:
+    """``[<root>/]<model>/.claims/<version>.json`` for the version prefix ``[<root>/]<model>/<version>/``."""
+    model_part, version = prefix.rstrip("/").rsplit("/", 1)
+    return f"{model_part}/{CLAIMS_FOLDER}/{version}.json"
+
+
+def _error_code(exc: Exception) -> str | None:
     from botocore.exceptions import ClientError
 
-    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+    return exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+
+
+def _is_missing(exc: Exception) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NotFound")
 
 
 def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+@dataclass
+class _Target:
+    """Where one publish writes: client, bucket, version prefix, and the local model."""
+
+    client: object
+    settings: S3Settings
+    bucket: str
+    prefix: str
+    model_dir: Path
+    entries: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def fail(self, exc: Exception, action: str) -> StorageError:
+        return describe_client_error(exc, action, self.settings)
 
 
 def publish(
@@ -92,62 +131,67 @@ def publish(
         raise ConfigError("no bucket: set AWS_S3_BUCKET (the data connection's bucket)")
     version = version or default_version(model_dir)
     prefix = version_prefix(model_name, version, root_prefix)
-    uri = f"s3://{settings.bucket}/{prefix}"
     manifest_bytes = (model_dir / MANIFEST_FILE).read_bytes()
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
-    client = settings.client()
-    bucket = settings.bucket
+    target = _Target(settings.client(), settings, settings.bucket, prefix, model_dir, entries)
+    result = lambda status: PublishResult(target.uri, target.bucket, prefix, version, status, manifest_sha)  # noqa: E731
 
     try:
-        client.head_bucket(Bucket=bucket)
+        target.client.head_bucket(Bucket=target.bucket)
     except Exception as exc:
-        raise describe_client_error(exc, f"open bucket {bucket}", settings) from exc
+        raise target.fail(exc, f"open bucket {target.bucket}") from exc
 
-    released = _read_released_manifest(client, bucket, prefix, settings)
+    released = _read_manifest(target)
     if released is not None:
-        return _compare_released(released, manifest_bytes, uri, bucket, prefix, version, manifest_sha)
+        return result(_settle_released(target, released, manifest_bytes))
+    _claim(target, manifest_sha)
+    # A publisher of other content may have released between our manifest read and our claim
+    # only without a claim (an older client); check again before writing anything.
+    released = _read_manifest(target)
+    if released is not None:
+        return result(_settle_released(target, released, manifest_bytes))
 
-    log.info("publishing %s to %s (%d files)", model_dir, uri, len(entries))
-    for number, (name, digest) in enumerate(sorted(entries.items()), 1):
-        path = model_dir / name
-        try:
-            client.upload_file(
-                str(path),
-                bucket,
-                prefix + name,
-                ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"},
-                Config=_transfer_config(),
-            )
-            head = client.head_object(Bucket=bucket, Key=prefix + name)
-        except Exception as exc:
-            raise describe_client_error(exc, f"upload {name} to {uri}", settings) from exc
-        if head.get("Metadata", {}).get("sha256") != digest or head["ContentLength"] != path.stat().st_size:
-            raise StorageError(f"{uri}{name} does not match the local file after upload; the version stays unreleased")
-        log.info("  [%d/%d] %s (%d bytes)", number, len(entries), name, head["ContentLength"])
+    _abort_leftover_uploads(target)
+    log.info("publishing %s to %s (%d files)", model_dir, target.uri, len(entries))
+    for number, name in enumerate(sorted(entries), 1):
+        size = _upload(target, name)
+        log.info("  [%d/%d] %s (%d bytes)", number, len(entries), name, size)
 
     try:
-        client.put_object(
-            Bucket=bucket,
-            Key=prefix + MANIFEST_FILE,
-            Body=manifest_bytes,
-            ChecksumSHA256=_b64(manifest_sha),
-            IfNoneMatch="*",
-            Metadata={"sha256": manifest_sha},
+        target.client.put_object(
+            Bucket=target.bucket, Key=prefix + MANIFEST_FILE, Body=manifest_bytes,
+            ChecksumSHA256=_b64(manifest_sha), IfNoneMatch="*", Metadata={"sha256": manifest_sha},
         )
     except Exception as exc:
-        from botocore.exceptions import ClientError
-
-        if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
-            "PreconditionFailed",
-            "ConditionalRequestConflict",
-        ):
-            # Someone released this version between our check and our write.
-            released = _read_released_manifest(client, bucket, prefix, settings)
+        if _error_code(exc) in _CONDITION_FAILED:
+            released = _read_manifest(target)
             if released is not None:
-                return _compare_released(released, manifest_bytes, uri, bucket, prefix, version, manifest_sha)
-        raise describe_client_error(exc, f"write the manifest of {uri}", settings) from exc
-    log.info("released %s (manifest %s…)", uri, manifest_sha[:12])
-    return PublishResult(uri, bucket, prefix, version, "published", manifest_sha)
+                return result(_settle_released(target, released, manifest_bytes))
+        raise target.fail(exc, f"write the manifest of {target.uri}") from exc
+    damaged = _audit(target)
+    if damaged:
+        # Only publishers of this very content write here; a co-publisher's late part can
+        # still land after our check, so mend from our identical bytes and check again.
+        _repair(target, damaged)
+    log.info("released %s (manifest %s…)", target.uri, manifest_sha[:12])
+    return result("published")
+
+
+def _upload(target: _Target, name: str) -> int:
+    """Upload one file with its digest; check it by HEAD; return its size."""
+    path, digest = target.model_dir / name, target.entries[name]
+    try:
+        target.client.upload_file(
+            str(path), target.bucket, target.prefix + name,
+            ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"},
+            Config=_transfer_config(),
+        )
+    except Exception as exc:
+        raise target.fail(exc, f"upload {name} to {target.uri}") from exc
+    problem = _object_problem(target, name)
+    if problem:
+        raise StorageError(f"{target.uri}{name} {problem} after upload; the version stays unreleased")
+    return path.stat().st_size
 
 
 def _transfer_config():
@@ -157,33 +201,142 @@ def _transfer_config():
                           use_threads=False)
 
 
-def _read_released_manifest(client, bucket: str, prefix: str, settings: S3Settings) -> bytes | None:
+def _part_size(size: int) -> int:
+    """The part size s3transfer really uses for our chunk size (it raises it to S3's 5 MiB minimum)."""
+    from s3transfer.utils import ChunksizeAdjuster
+
+    return ChunksizeAdjuster().adjust_chunksize(MULTIPART_THRESHOLD, size)
+
+
+def _composite_sha256(path: Path) -> tuple[str, int]:
+    """S3's checksum of our multipart upload of ``path`` (sha256 over the parts' sha256) and the part count."""
+    part_size, parts, count = _part_size(path.stat().st_size), hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while block := handle.read(part_size):
+            parts.update(hashlib.sha256(block).digest())
+            count += 1
+    return base64.b64encode(parts.digest()).decode(), count
+
+
+def _object_problem(target: _Target, name: str) -> str | None:
+    """None when the stored object holds our bytes, else what is wrong with it.
+
+    The server's own SHA-256 (computed on receipt) is compared where the store keeps one;
+    a store that keeps no checksums at all is checked by size and our sha256 metadata."""
+    path, digest = target.model_dir / name, target.entries[name]
     try:
-        return client.get_object(Bucket=bucket, Key=prefix + MANIFEST_FILE)["Body"].read()
+        head = target.client.head_object(Bucket=target.bucket, Key=target.prefix + name, ChecksumMode="ENABLED")
+    except Exception as exc:
+        if _is_missing(exc):
+            return "is missing"
+        raise target.fail(exc, f"check {target.uri}{name}") from exc
+    if head["ContentLength"] != path.stat().st_size:
+        return f"has {head['ContentLength']} bytes, not {path.stat().st_size}"
+    server_sha = head.get("ChecksumSHA256")
+    if server_sha:
+        expected = {_b64(digest)}
+        if path.stat().st_size >= MULTIPART_THRESHOLD:
+            composite, parts = _composite_sha256(path)
+            expected |= {composite, f"{composite}-{parts}"}
+        return None if server_sha in expected else "does not match its manifest digest (server SHA-256)"
+    if any(key.startswith("Checksum") and key != "ChecksumType" for key in head):
+        return "was not written by a publisher of this content (no SHA-256 checksum)"
+    if head.get("Metadata", {}).get("sha256") != digest:
+        return "does not match its manifest digest"
+    return None
+
+
+def _audit(target: _Target) -> dict[str, str]:
+    """Every listed object that does not hold our bytes, with the reason."""
+    problems = {name: _object_problem(target, name) for name in sorted(target.entries)}
+    return {name: problem for name, problem in problems.items() if problem}
+
+
+def _repair(target: _Target, damaged: dict[str, str]) -> None:
+    for name, problem in damaged.items():
+        log.warning("%s%s %s: uploading it again from identical local content", target.uri, name, problem)
+        _upload(target, name)
+    still = _audit(target)
+    if still:
+        raise StorageError(f"{target.uri} is damaged and could not be mended: "
+                           + "; ".join(f"{n} {p}" for n, p in still.items()))
+
+
+def _read_manifest(target: _Target) -> bytes | None:
+    try:
+        return target.client.get_object(Bucket=target.bucket, Key=target.prefix + MANIFEST_FILE)["Body"].read()
     except Exception as exc:
         if _is_missing(exc):
             return None
-        raise describe_client_error(exc, f"read s3://{bucket}/{prefix}{MANIFEST_FILE}", settings) from exc
+        raise target.fail(exc, f"read {target.uri}{MANIFEST_FILE}") from exc
 
 
-def _compare_released(released: bytes, local: bytes, uri, bucket, prefix, version, manifest_sha) -> PublishResult:
-    if released == local:
-        log.info("%s is already released with identical content; nothing to do", uri)
-        return PublishResult(uri, bucket, prefix, version, "unchanged", manifest_sha)
+def _settle_released(target: _Target, released: bytes, local: bytes) -> str:
+    """The version is released: "unchanged" or "repaired" for our content, else a conflict."""
+    if released != local:
+        raise VersionConflictError(
+            f"{target.uri} is already released with different content (manifest "
+            f"{hashlib.sha256(released).hexdigest()[:12]}… vs local {hashlib.sha256(local).hexdigest()[:12]}…); "
+            "released versions are immutable: publish under a new version"
+        )
+    damaged = _audit(target)
+    if not damaged:
+        log.info("%s is already released with identical content; nothing to do", target.uri)
+        return "unchanged"
+    _repair(target, damaged)
+    return "repaired"
+
+
+def _claim(target: _Target, manifest_sha: str) -> None:
+    """Own the version for this content, or raise VersionConflictError naming the holder."""
+    key = claim_key(target.prefix)
+    claim = {"manifest_sha256": manifest_sha, "publisher": f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
+             "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        target.client.put_object(Bucket=target.bucket, Key=key, Body=json.dumps(claim).encode(), IfNoneMatch="*",
+                                 ContentType="application/json")
+        return
+    except Exception as exc:
+        if _error_code(exc) not in _CONDITION_FAILED:
+            raise target.fail(exc, f"claim {target.uri} (s3://{target.bucket}/{key})") from exc
+    try:
+        held = json.loads(target.client.get_object(Bucket=target.bucket, Key=key)["Body"].read())
+    except Exception as exc:
+        raise target.fail(exc, f"read the claim s3://{target.bucket}/{key}") from exc
+    if held.get("manifest_sha256") == manifest_sha:
+        log.info("%s is claimed for this same content by %s; completing it", target.uri, held.get("publisher"))
+        return
     raise VersionConflictError(
-        f"{uri} is already released with different content (manifest "
-        f"{hashlib.sha256(released).hexdigest()[:12]}… vs local {manifest_sha[:12]}…); "
-        "released versions are immutable: publish under a new version"
+        f"{target.uri} is being published with different content (claimed by {held.get('publisher')} at "
+        f"{held.get('claimed_at')}, manifest {str(held.get('manifest_sha256'))[:12]}…); publish under a new version. "
+        f"If that publisher died before releasing, delete s3://{target.bucket}/{key} and the unreleased objects "
+        f"under {target.uri}"
     )
+
+
+def _abort_leftover_uploads(target: _Target) -> None:
+    """Multipart uploads under the prefix are a killed publisher's: only claim holders write here."""
+    try:
+        uploads = target.client.list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix).get("Uploads", [])
+        for upload in uploads:
+            target.client.abort_multipart_upload(Bucket=target.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            log.info("aborted an unfinished multipart upload of %s (started %s)", upload["Key"], upload.get("Initiated"))
+    except Exception as exc:
+        raise target.fail(exc, f"clean unfinished uploads under {target.uri}") from exc
 
 
 def download_model(uri: str, dest: str | Path, settings: S3Settings | None = None) -> Path:
     """Fetch a released version and verify every file before returning its directory.
 
-    Files go into a staging directory that replaces ``dest`` only after verification.
+    ``dest`` must not exist or be an empty directory (never overwritten). Files go into a
+    staging directory beside it that becomes ``dest`` only after verification.
     """
     bucket, key = parse_s3_uri(uri)
     prefix = key.rstrip("/") + "/"
+    dest = Path(dest)
+    if dest.is_symlink() or dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        kind = "directory is not empty" if dest.is_dir() else "path exists and is not a directory"
+        raise ConfigError(f"download target {dest}: the {kind}; name a new or empty directory")
     settings = settings or S3Settings.from_env(need_bucket=False)
     client = settings.client()
     try:
@@ -195,10 +348,11 @@ def download_model(uri: str, dest: str | Path, settings: S3Settings | None = Non
             ) from exc
         raise describe_client_error(exc, f"read the manifest of s3://{bucket}/{prefix}", settings) from exc
     entries = parse_manifest(manifest.decode("utf-8", "replace"), f"s3://{bucket}/{prefix}{MANIFEST_FILE}")
-    dest = Path(dest)
-    staging = dest.with_name(dest.name + ".download")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = dest.with_name(f".{dest.name}.download-{uuid.uuid4().hex[:8]}")
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create a download directory beside {dest}: {exc.strerror}") from exc
     try:
         for name in entries:
             try:
@@ -207,11 +361,11 @@ def download_model(uri: str, dest: str | Path, settings: S3Settings | None = Non
                 raise describe_client_error(exc, f"download s3://{bucket}/{prefix}{name}", settings) from exc
         (staging / MANIFEST_FILE).write_bytes(manifest)
         verify_model_dir(staging)
+        if dest.is_dir():
+            dest.rmdir()  # empty, checked above; fails rather than delete anything that appeared since
+        staging.rename(dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if dest.exists():
-        shutil.rmtree(dest)
-    staging.rename(dest)
     log.info("downloaded and verified s3://%s/%s into %s", bucket, prefix, dest)
     return dest

@@ -52,7 +52,10 @@ class FeatureSchema:
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSchema":
         try:
-            return cls(tuple(data["features"]))
+            features = data["features"]
+            if not isinstance(features, list):
+                raise TypeError
+            return cls(tuple(features))
         except (KeyError, TypeError) as exc:
             raise DataError(f"a feature schema needs a 'features' list, got {data!r}") from exc
 
@@ -62,6 +65,14 @@ class FeatureSchema:
         if not text:
             return cls()
         path = Path(text)
-        if path.suffix == ".json" and path.exists():
-            return cls.from_dict(json.loads(path.read_text()))
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text())
+            except OSError as exc:
+                raise DataError(f"cannot read the schema file {text}: {exc.strerror}") from exc
+            except json.JSONDecodeError as exc:
+                raise DataError(f"the schema file {text} is not valid JSON: {exc}") from exc
+            if not isinstance(data, dict):
+                raise DataError(f"the schema file {text} must hold an object with a 'features' list")
+            return cls.from_dict(data)
         return cls(tuple(name.strip() for name in text.split(",") if name.strip()))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from .errors import ConfigError, StorageError
+from .redact import redact
 
 ENV_KEYS = (
     "AWS_ACCESS_KEY_ID",
@@ -49,7 +50,7 @@ class S3Settings:
         endpoint = env.get("AWS_S3_ENDPOINT") or None
         if endpoint and urlparse(endpoint).scheme not in ("http", "https"):
             raise ConfigError(
-                f"AWS_S3_ENDPOINT must start with http:// or https://, got {endpoint!r}"
+                f"AWS_S3_ENDPOINT must start with http:// or https://, got {redact(endpoint)!r}"
             )
         return cls(
             access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -81,7 +82,7 @@ class S3Settings:
 
     def describe(self) -> str:
         """Where, never who: safe for logs."""
-        return f"endpoint={self.endpoint or 'AWS default'} bucket={self.bucket}"
+        return f"endpoint={redact(self.endpoint) if self.endpoint else 'AWS default'} bucket={self.bucket}"
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -96,7 +97,7 @@ def describe_client_error(exc: Exception, action: str, settings: S3Settings) -> 
     from botocore.exceptions import ClientError, EndpointConnectionError, ConnectTimeoutError
 
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
-        return StorageError(f"cannot reach S3 while trying to {action} ({settings.describe()}): {exc}")
+        return StorageError(f"cannot reach S3 while trying to {action} ({settings.describe()}): {redact(str(exc))}")
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = err.get("Code", "?")
@@ -107,4 +108,4 @@ def describe_client_error(exc: Exception, action: str, settings: S3Settings) -> 
             "AccessDenied": "the credentials may not do this",
         }.get(code, err.get("Message", ""))
         return StorageError(f"S3 refused to {action} ({settings.describe()}): {code}: {hint}")
-    return StorageError(f"S3 failed to {action} ({settings.describe()}): {exc}")
+    return StorageError(f"S3 failed to {action} ({settings.describe()}): {redact(str(exc))}")

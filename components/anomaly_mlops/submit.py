@@ -114,4 +114,7 @@ def api_error(exc: Exception, host: str) -> AnomalyMLOpsError:
     if status in (401, 403):
         return AnomalyMLOpsError(f"Data Science Pipelines at {host} refused the token ({status}): pass a valid "
                                  "--token-file (oc whoami -t) with access to the project")
-    return AnomalyMLOpsError(f"Data Science Pipelines at {host} failed: {type(exc).__name__}: {str(exc)[:300]}")
+    from .redact import redact
+
+    return AnomalyMLOpsError(f"Data Science Pipelines at {redact(host)} failed: {type(exc).__name__}: "
+                             f"{redact(str(exc))[:300]}")

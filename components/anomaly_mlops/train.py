@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifacts import ARTIFACT_FORMAT, MANIFEST_FILE, METADATA_FILE, MODEL_FILE, write_manifest
+from .artifacts import ARTIFACT_FORMAT, MANIFEST_FILE, METADATA_FILE, MODEL_FILE, SAFE_MODEL_FILE, write_manifest
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError
 from .features import FeatureTransform
@@ -50,6 +50,8 @@ class TrainParams:
             raise ConfigError(f"feature_window: {exc}") from exc
         if isinstance(self.max_samples, str) and self.max_samples != "auto":
             raise ConfigError(f"max_samples must be 'auto' or an integer, got {self.max_samples!r}")
+        if isinstance(self.max_samples, bool) or (not isinstance(self.max_samples, str) and self.max_samples < 1):
+            raise ConfigError(f"max_samples must be 'auto' or a positive row count, got {self.max_samples!r}")
 
 
 @dataclass
@@ -65,6 +67,7 @@ class TrainResult:
 def library_versions() -> dict[str, str]:
     import joblib
     import numpy
+    import skops
     import sklearn
 
     return {
@@ -73,6 +76,7 @@ def library_versions() -> dict[str, str]:
         "scikit-learn": sklearn.__version__,
         "numpy": numpy.__version__,
         "joblib": joblib.__version__,
+        "skops": skops.__version__,
     }
 
 
@@ -107,6 +111,21 @@ def fit_detector(X: np.ndarray, params: TrainParams):
     return pipeline, threshold, train_scores
 
 
+def _prepare_output(out: Path) -> Path:
+    """Refuse a used or unwritable output before any work; return the staging directory
+    beside it (a crash never leaves a half model at ``out``)."""
+    if out.is_symlink() or out.exists() and (not out.is_dir() or any(out.iterdir())):
+        kind = "is not empty" if out.is_dir() else "exists and is not a directory"
+        raise ConfigError(f"model output {out} {kind}; choose a new directory")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the model output beside {out}: {exc.strerror}") from exc
+    return staging
+
+
 def train(
     data: Dataset | str,
     out_dir: str | os.PathLike,
@@ -115,51 +134,52 @@ def train(
 ) -> TrainResult:
     """Fit and write a complete model directory (manifest last) at ``out_dir``."""
     import joblib
+    import skops.io as skops_io
 
     params = params or TrainParams()
     params.check()
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, schema)
-    if dataset.n_rows < 16:
-        raise DataError(f"training needs at least 16 rows, {dataset.source} has {dataset.n_rows}")
-    constant = [n for n, s in zip(dataset.schema.features, dataset.X.std(axis=0)) if s == 0]
-    if constant:
-        log.warning("features constant in training data (they carry no signal): %s", constant)
-
-    log.info("fitting %d trees on %d rows x %d features", params.n_estimators, dataset.n_rows, len(dataset.schema))
-    started = time.perf_counter()
-    transform = FeatureTransform(params.feature_window)
-    pipeline, threshold, train_scores = fit_detector(transform.apply(dataset.X), params)
-    fit_seconds = time.perf_counter() - started
-    log.info("fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
-             fit_seconds, threshold, 100 * float((train_scores > threshold).mean()))
-
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"model output directory {out} is not empty; choose a new one")
-    # Write into a sibling temp dir and rename, so a crash never leaves a half model at out.
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    joblib.dump(pipeline, staging / MODEL_FILE)
-    metadata = {
-        "artifact_format": ARTIFACT_FORMAT,
-        "model_type": "StandardScaler+IsolationForest",
-        "schema": dataset.schema.to_dict(),
-        "threshold": threshold,
-        "feature_transform": transform.to_dict(),
-        "score_definition": "anomaly_score = -pipeline.score_samples(feature_transform(x)); "
-                            "anomalous when anomaly_score > threshold",
-        "params": asdict(params),
-        "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
-        "library_versions": library_versions(),
-        "train_score_quantiles": {
-            q: float(np.quantile(train_scores, float(q))) for q in ("0.5", "0.9", "0.99")
-        },
-        "fit_seconds": round(fit_seconds, 3),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    manifest_sha = write_manifest(staging)
+    staging = _prepare_output(out)
+    try:
+        dataset = data if isinstance(data, Dataset) else load_dataset(data, schema)
+        if dataset.n_rows < 16:
+            raise DataError(f"training needs at least 16 rows, {dataset.source} has {dataset.n_rows}")
+        constant = [n for n, s in zip(dataset.schema.features, dataset.X.std(axis=0)) if s == 0]
+        if constant:
+            log.warning("features constant in training data (they carry no signal): %s", constant)
+
+        log.info("fitting %d trees on %d rows x %d features", params.n_estimators, dataset.n_rows, len(dataset.schema))
+        started = time.perf_counter()
+        transform = FeatureTransform(params.feature_window)
+        pipeline, threshold, train_scores = fit_detector(transform.apply(dataset.X), params)
+        fit_seconds = time.perf_counter() - started
+        log.info("fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
+                 fit_seconds, threshold, 100 * float((train_scores > threshold).mean()))
+
+        joblib.dump(pipeline, staging / MODEL_FILE)
+        skops_io.dump(pipeline, staging / SAFE_MODEL_FILE)
+        metadata = {
+            "artifact_format": ARTIFACT_FORMAT,
+            "model_type": "StandardScaler+IsolationForest",
+            "schema": dataset.schema.to_dict(),
+            "threshold": threshold,
+            "feature_transform": transform.to_dict(),
+            "score_definition": "anomaly_score = -pipeline.score_samples(feature_transform(x)); "
+                                "anomalous when anomaly_score > threshold",
+            "params": asdict(params),
+            "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
+            "library_versions": library_versions(),
+            "train_score_quantiles": {
+                q: float(np.quantile(train_scores, float(q))) for q in ("0.5", "0.9", "0.99")
+            },
+            "fit_seconds": round(fit_seconds, 3),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        manifest_sha = write_manifest(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out.exists():
         out.rmdir()
     staging.rename(out)
