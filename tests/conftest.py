@@ -3,6 +3,8 @@ server (moto server mode) and a real KServe model server, both on loopback."""
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,47 +52,25 @@ def copy_model(model_dir, tmp_path):
     return make
 
 
-@pytest.fixture(scope="session")
-def prometheus(tmp_path_factory):
-    """A real Prometheus on loopback with 6 hours of back-filled history (promtool), ending
-    3 hours ago: node metrics from the synthetic generator, plus series made to fail (two
-    instances, a 30-minute gap, NaN samples). Yields (url, end, expected frame)."""
-    import math
-    import shutil
+@contextmanager
+def running_prometheus(root: Path, openmetrics_lines: list[str]):
+    """A real Prometheus on loopback whose history is back-filled from OpenMetrics lines
+    (promtool); evaluation interval 1m, so a subquery's resolution is one minute."""
     import subprocess
     import time
 
     import requests
 
-    from anomaly_mlops.data import generate_synthetic
     from anomaly_mlops.local_services import free_port
-    from anomaly_mlops.schema import DEFAULT_FEATURES
 
     if not (shutil.which("prometheus") and shutil.which("promtool")):
         pytest.skip("Prometheus is not installed: run `make prometheus` (Debian package prometheus)")
-    root = tmp_path_factory.mktemp("prometheus")
-    end = math.floor(time.time() / 60) * 60 - 3 * 3600
-    points = 361
-    stamps = end - 60 * (points - 1) + 60 * __import__("numpy").arange(points)
-    frame = generate_synthetic(rows=points, seed=11).round(6)
-    lines = []
-    for feature in DEFAULT_FEATURES:
-        lines.append(f"# TYPE mlops_{feature} gauge")
-        for stamp, value in zip(stamps, frame[feature]):
-            lines.append(f'mlops_{feature}{{instance="node-1"}} {value} {stamp}')
-            if feature == "cpu_usage_pct":
-                lines.append(f'mlops_{feature}{{instance="node-2"}} {value + 1} {stamp}')
-    lines.append("# TYPE mlops_gappy gauge")
-    lines += [f'mlops_gappy{{instance="node-1"}} 1 {s}' for i, s in enumerate(stamps) if not 100 <= i < 130]
-    lines.append("# TYPE mlops_nan gauge")
-    lines += [f'mlops_nan{{instance="node-1"}} {"NaN" if i == 50 else 1} {s}' for i, s in enumerate(stamps)]
-    lines.append("# EOF")
     source = root / "history.om"
-    source.write_text("\n".join(lines) + "\n")
+    source.write_text("\n".join([*openmetrics_lines, "# EOF"]) + "\n")
     data = root / "tsdb"
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
                    check=True, capture_output=True, timeout=120)
-    (root / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\nscrape_configs: []\n")
+    (root / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n  evaluation_interval: 1m\nscrape_configs: []\n")
     port = free_port()
     process = subprocess.Popen(["prometheus", f"--config.file={root / 'prometheus.yml'}",
                                 f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{port}",
@@ -107,9 +87,41 @@ def prometheus(tmp_path_factory):
             time.sleep(0.2)
         else:
             pytest.fail("Prometheus did not become ready:\n" + (root / "prometheus.log").read_text()[-2000:])
-        expected = frame[list(DEFAULT_FEATURES)].copy()
-        expected.index = stamps
-        yield url, end, expected
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory):
+    """A real Prometheus with 6 hours of back-filled history ending 3 hours ago: node
+    metrics from the synthetic generator, plus series made to fail (two instances, a
+    30-minute gap, NaN samples). Yields (url, end, expected frame)."""
+    import math
+    import time
+
+    import numpy as np
+
+    from anomaly_mlops.data import generate_synthetic
+    from anomaly_mlops.schema import DEFAULT_FEATURES
+
+    end = math.floor(time.time() / 60) * 60 - 3 * 3600
+    points = 361
+    stamps = end - 60 * (points - 1) + 60 * np.arange(points)
+    frame = generate_synthetic(rows=points, seed=11).round(6)
+    lines = []
+    for feature in DEFAULT_FEATURES:
+        lines.append(f"# TYPE mlops_{feature} gauge")
+        for stamp, value in zip(stamps, frame[feature]):
+            lines.append(f'mlops_{feature}{{instance="node-1"}} {value} {stamp}')
+            if feature == "cpu_usage_pct":
+                lines.append(f'mlops_{feature}{{instance="node-2"}} {value + 1} {stamp}')
+    lines.append("# TYPE mlops_gappy gauge")
+    lines += [f'mlops_gappy{{instance="node-1"}} 1 {s}' for i, s in enumerate(stamps) if not 100 <= i < 130]
+    lines.append("# TYPE mlops_nan gauge")
+    lines += [f'mlops_nan{{instance="node-1"}} {"NaN" if i == 50 else 1} {s}' for i, s in enumerate(stamps)]
+    with running_prometheus(tmp_path_factory.mktemp("prometheus"), lines) as url:
+        expected = frame[list(DEFAULT_FEATURES)].copy()
+        expected.index = stamps
+        yield url, end, expected

@@ -138,6 +138,9 @@ class FakeKubeAPI(JsonFakeServer):
             self.inject_conflicts -= 1
             self.objects[key] = self._new(namespace, body)
             return 409, status(409, "AlreadyExists", f'inferenceservices.serving.kserve.io "{name}" already exists')
+        refused = webhook_refusal(body)
+        if refused:
+            return refused
         obj = self._new(namespace, body)
         self.objects[key] = obj
         return 201, copy.deepcopy(obj)
@@ -166,6 +169,9 @@ class FakeKubeAPI(JsonFakeServer):
                                f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": '
                                "the object has been modified; please apply your changes to the latest version and try again")
         patched = merge_patch(current, body)
+        refused = webhook_refusal(patched)
+        if refused:
+            return refused
         patched["metadata"]["resourceVersion"] = self._next_rv()
         if patched.get("spec") != current.get("spec"):
             patched["metadata"]["generation"] = current["metadata"]["generation"] + 1
@@ -173,6 +179,16 @@ class FakeKubeAPI(JsonFakeServer):
         patched["status"] = current.get("status", {})
         self.objects[key] = patched
         return 200, copy.deepcopy(patched)
+
+
+def webhook_refusal(obj: dict) -> tuple[int, dict] | None:
+    """KServe's validating webhook: a predictor is either a model or custom containers."""
+    predictor = (obj.get("spec") or {}).get("predictor") or {}
+    if predictor.get("model") and predictor.get("containers"):
+        return 400, status(400, "BadRequest", 'admission webhook "inferenceservice.kserve-webhook-server.validator" '
+                                              "denied the request: exactly one of [model, containers] may be set in "
+                                              "the predictor")
+    return None
 
 
 def status(code: int, reason: str, message: str) -> dict:

@@ -99,6 +99,10 @@ def verify_model_dir(model_dir: str | Path) -> dict[str, str]:
     return entries
 
 
+# Labels as scikit-learn's IsolationForest.predict and the upstream KServe sklearn runtime
+# return them, and as the Self-Healing Platform's coordination engine reads them.
+ANOMALY, NORMAL = -1, 1
+
 # Up to this many rows the flattened forest is faster; above, scikit-learn's C tree walk is
 # (benchmarks/scoring.py measures both).
 FAST_SCORING_MAX_ROWS = 512
@@ -123,9 +127,10 @@ class LoadedModel:
         return -self.pipeline.score_samples(X)
 
     def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One pass through the forest: (0/1 predictions, anomaly scores)."""
+        """One pass through the forest: (predictions, anomaly scores); predictions are
+        ANOMALY (-1) where the score exceeds the threshold, else NORMAL (1)."""
         scores = self.anomaly_scores(X)
-        return (scores > self.threshold).astype(np.int8), scores
+        return np.where(scores > self.threshold, ANOMALY, NORMAL).astype(np.int8), scores
 
 
 def load_model_dir(model_dir: str | Path) -> LoadedModel:

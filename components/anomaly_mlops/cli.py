@@ -90,15 +90,26 @@ def cmd_data(args) -> dict:
 
     frame, source, schema = None, args.source, FeatureSchema.parse(args.features)
     if args.source == "prometheus":
-        from .prometheus import fetch_range, load_queries, parse_duration
+        from .prometheus import PrometheusClient, fetch_range, load_queries, parse_duration, time_grid
 
-        if not (args.prometheus_url and args.queries):
-            raise AnomalyMLOpsError("--source prometheus needs --prometheus-url and --queries")
-        queries = load_queries(args.queries)
-        frame = fetch_range(args.prometheus_url, queries, lookback_s=parse_duration(args.lookback),
-                            step_s=parse_duration(args.step), end=args.end, max_gap_steps=args.max_gap_steps,
-                            token=_read_token(args.token_file))
-        source, schema = f"prometheus {args.prometheus_url}", FeatureSchema(tuple(queries))
+        lookback_s, step_s = parse_duration(args.lookback), parse_duration(args.step)
+        if not args.prometheus_url:
+            raise AnomalyMLOpsError("--source prometheus needs --prometheus-url")
+        if schema.name == "self-healing-platform" and not args.queries:
+            from .self_healing import fetch_platform_frame
+
+            grid = time_grid(lookback_s, step_s, args.end)
+            client = PrometheusClient(args.prometheus_url, _read_token(args.token_file))
+            frame = fetch_platform_frame(client, grid=grid, step_s=step_s, max_gap_steps=args.max_gap_steps)
+        elif not args.queries:
+            raise AnomalyMLOpsError("--source prometheus needs --queries, or --schema self-healing-platform "
+                                    "(the platform engine's own PromQL)")
+        else:
+            queries = load_queries(args.queries)
+            frame = fetch_range(args.prometheus_url, queries, lookback_s=lookback_s, step_s=step_s, end=args.end,
+                                max_gap_steps=args.max_gap_steps, token=_read_token(args.token_file))
+            schema = FeatureSchema(tuple(queries))
+        source = f"prometheus {redact(args.prometheus_url)}"
     result = prepare_data(
         args.out, source=source, schema=schema, holdout_fraction=args.holdout_fraction, rows=args.rows,
         seed=args.seed, anomaly_rate=args.anomaly_rate, max_rows=args.max_rows, max_bytes=args.max_bytes,
@@ -134,9 +145,12 @@ def cmd_validate(args) -> dict:
 
 
 def cmd_publish(args) -> dict:
-    from .publish import publish
+    from .publish import publish, publish_to_directory
 
-    result = publish(args.model, args.model_name, args.version, root_prefix=args.root_prefix)
+    if args.to_dir:
+        result = publish_to_directory(args.model, args.to_dir, args.model_name, args.version, args.pvc_claim)
+    else:
+        result = publish(args.model, args.model_name, args.version, root_prefix=args.root_prefix)
     return {"uri": result.uri, "version": result.version, "status": result.status,
             "key_prefix": result.prefix, "manifest_sha256": result.manifest_sha256}
 
@@ -191,12 +205,16 @@ def _isvc_client(args):
 def cmd_deploy(args) -> dict:
     from dataclasses import asdict
 
-    from .deploy import DeploySpec, deploy
+    from .deploy import PROFILES, DeploySpec, deploy
 
+    profile = PROFILES[args.profile] if args.profile else {}
     spec = DeploySpec(
-        name=args.name, namespace=_namespace(args), runtime=args.runtime, serving_runtime=args.serving_runtime,
+        name=args.name or profile.get("name", "anomaly-detector"),
+        namespace=args.namespace or profile.get("namespace") or _namespace(args),
+        runtime=args.runtime or profile.get("runtime", "custom"), serving_runtime=args.serving_runtime,
         storage_key=args.storage_key, storage_path=args.storage_path, storage_uri=args.storage_uri,
-        model_version=args.model_version, deployment_mode=args.mode,
+        model_version=args.model_version, deployment_mode=args.mode or profile.get("deployment_mode", "Serverless"),
+        take_over=args.take_over,
         canary_traffic_percent=None if args.canary_percent < 0 else args.canary_percent,
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, scale_target=args.scale_target,
         scale_metric=args.scale_metric, cpu_request=args.cpu_request, memory_request=args.memory_request,
@@ -313,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="read or generate metrics, check the schema, split into train/holdout Parquet")
     p.add_argument("--source", default="synthetic", help="'synthetic', a .csv/.csv.gz/.parquet path, or s3://bucket/key")
     p.add_argument("--out", required=True, help="output directory (train.parquet, holdout.parquet, schema.json)")
-    p.add_argument("--features", help="comma-separated feature names or a schema .json (default: node metrics)")
+    p.add_argument("--features", "--schema", dest="features", metavar="SCHEMA",
+                   help="a named schema (default, self-healing-platform), comma-separated feature names, "
+                        "or a schema .json (default: node metrics)")
     p.add_argument("--holdout-fraction", type=float, default=0.3)
     p.add_argument("--rows", type=int, default=20_160, help="synthetic rows (one a minute)")
     p.add_argument("--seed", type=int, default=42)
@@ -323,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-source", help="labelled holdout file; then all of --source trains")
     g = p.add_argument_group("--source prometheus")
     g.add_argument("--prometheus-url", help="e.g. https://thanos-querier.openshift-monitoring.svc:9091")
-    g.add_argument("--queries", help="YAML/JSON file: feature name -> PromQL (one series each)")
+    g.add_argument("--queries", help="YAML/JSON file: feature name -> PromQL (one series each); not needed for "
+                                     "--schema self-healing-platform (the engine's own PromQL, one entity per pod)")
     g.add_argument("--lookback", default="7d", help="window ending now (or at --end), e.g. 6h, 7d")
     g.add_argument("--step", default="60s", help="resolution, e.g. 60s")
     g.add_argument("--end", type=float, help="window end as a Unix time (default: now)")
@@ -334,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit StandardScaler + IsolationForest and write a model directory")
     p.add_argument("--data", required=True, help="training .csv/.parquet, local or s3://")
     p.add_argument("--out", required=True, help="model directory to create (must not exist or be empty)")
-    p.add_argument("--features", help="comma-separated feature names or a schema .json")
+    p.add_argument("--features", "--schema", dest="features", metavar="SCHEMA",
+                   help="a named schema (default, self-healing-platform), comma-separated names or a schema .json")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -353,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", required=True)
     p.add_argument("--version", help="default: v<training time>-<manifest digest>")
     p.add_argument("--root-prefix", default="", help="key prefix before <model>/<version>/")
+    p.add_argument("--to-dir", help="publish into this mounted volume (a PVC) instead of S3: <dir>/<model>/<version>/")
+    p.add_argument("--pvc-claim", help="with --to-dir: the claim mounted there; the result's uri is then "
+                                       "pvc://<claim>/<model>/<version>/ for deploy --storage-uri")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("download", help="download a released version and verify its checksums")
@@ -395,18 +420,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--kubeconfig", help="default: in-cluster config, else $KUBECONFIG or ~/.kube/config")
         p.add_argument("--context")
 
-    from .deploy import CUSTOM_RUNTIME, DeploySpec
+    from .deploy import CUSTOM_RUNTIME, PROFILES, DeploySpec
 
     d = DeploySpec(name="x", namespace="x")
     p = sub.add_parser("deploy", help="create or update the KServe InferenceService and wait until Ready")
     kube_flags(p)
-    p.add_argument("--runtime", choices=["custom", "sklearn"], default=d.runtime)
+    p.add_argument("--profile", choices=sorted(PROFILES),
+                   help="where a known platform serves the model: self-healing-platform = RawDeployment "
+                        "'anomaly-detector' in 'self-healing-platform' (flags given explicitly win)")
+    p.add_argument("--take-over", action="store_true",
+                   help="update an InferenceService that ArgoCD/Helm manages, removing its tracking marks "
+                        "(take it out of that tool first, or it reverts us)")
+    p.add_argument("--runtime", choices=["custom", "sklearn"], help="default: custom")
     p.add_argument("--serving-runtime", default=CUSTOM_RUNTIME, help="ServingRuntime name for --runtime custom")
     p.add_argument("--storage-key", help="data connection secret name, e.g. aws-connection-models")
     p.add_argument("--storage-path", help="key prefix in that bucket, e.g. anomaly-detector/v1/")
-    p.add_argument("--storage-uri", help="alternative to --storage-key/--storage-path: s3://bucket/prefix/")
+    p.add_argument("--storage-uri", help="alternative to --storage-key/--storage-path: s3://bucket/prefix/ or "
+                                         "pvc://<claim>/<path>/")
     p.add_argument("--model-version")
-    p.add_argument("--mode", choices=["Serverless", "RawDeployment"], default=d.deployment_mode)
+    p.add_argument("--mode", choices=["Serverless", "RawDeployment"], help="default: Serverless (or the profile's)")
     p.add_argument("--canary-percent", type=int, default=d.canary_traffic_percent,
                    help="traffic share of a new model on a live Serverless service; negative: all at once")
     p.add_argument("--min-replicas", type=int, default=d.min_replicas)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .schema import DEFAULT_FEATURES, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+from .schema import DEFAULT_FEATURES, ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +342,14 @@ def prepare_data(
     schema = schema or FeatureSchema()
     if frame is not None:
         log.info("using %d rows from %s", len(frame), source)
+    elif source == "synthetic" and schema.name == "self-healing-platform":
+        from .self_healing import generate_platform_synthetic
+
+        frame = generate_platform_synthetic(rows=rows, seed=seed, anomaly_rate=anomaly_rate)
+        log.info("generated %d synthetic rows of the %s schema (seed %d)", len(frame), schema.name, seed)
     elif source == "synthetic":
         if schema.features != DEFAULT_FEATURES:
-            raise DataError("the synthetic generator produces the default schema only")
+            raise DataError("the synthetic generator produces the default schema and the self-healing-platform schema")
         frame = generate_synthetic(rows=rows, seed=seed, anomaly_rate=anomaly_rate)
         log.info("generated %d synthetic rows (seed %d, anomaly rate %.3f)", len(frame), seed, anomaly_rate)
     else:
@@ -378,7 +383,8 @@ def prepare_data(
 
 
 def _kept_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[str]:
-    return [c for c in (TIMESTAMP_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind") if c in frame.columns]
+    return [c for c in (TIMESTAMP_COLUMN, ENTITY_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind")
+            if c in frame.columns]
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:

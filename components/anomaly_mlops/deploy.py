@@ -6,8 +6,14 @@ InferenceService, wait until it is Ready, and promote or roll back a rollout.
 - Serverless: a new model on a live service goes out as a canary
   (``canaryTrafficPercent``); promote removes the field (100% to the latest revision),
   rollback pins traffic to the previous revision (``canaryTrafficPercent: 0``).
-- RawDeployment has no revisions: the storage path being replaced is kept in the
-  annotation ``anomaly-mlops.io/previous-storage-path``; rollback restores it.
+- RawDeployment has no revisions: the predictor being replaced is kept whole in the
+  annotation ``anomaly-mlops.io/previous-predictor`` (its storage path and model version
+  beside it, for people); rollback restores that predictor and version exactly, a custom
+  ``containers:`` predictor included.
+- An InferenceService another tool owns (ArgoCD, Helm) is refused unless ``take_over``:
+  that tool would revert us. Taking over removes its tracking marks.
+- Converting a ``containers:`` predictor (the Self-Healing Platform's today) to a ``model:``
+  one clears ``containers`` and ``volumes``: KServe refuses a predictor with both forms.
 - Ready means condition Ready=True with ``status.observedGeneration >= metadata.generation``;
   terminal reasons fail at once instead of waiting out the timeout.
 """
@@ -29,6 +35,19 @@ GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 PREVIOUS_STORAGE_ANNOTATION = "anomaly-mlops.io/previous-storage-path"
 MODEL_VERSION_ANNOTATION = "anomaly-mlops.io/model-version"
+PREVIOUS_PREDICTOR_ANNOTATION = "anomaly-mlops.io/previous-predictor"
+PREVIOUS_VERSION_ANNOTATION = "anomaly-mlops.io/previous-model-version"
+TAKEN_OVER_ANNOTATION = "anomaly-mlops.io/taken-over-from"
+# Marks by which ArgoCD (and Helm) track an object they own.
+OWNER_MARKS = (("annotation", "argocd.argoproj.io/tracking-id", "ArgoCD"),
+               ("label", "argocd.argoproj.io/instance", "ArgoCD"),
+               ("label", "app.kubernetes.io/instance", "ArgoCD or Helm"),
+               ("label", "app.kubernetes.io/managed-by", "Helm"))
+# Deploy profiles: where a known platform serves the model.
+PROFILES = {
+    "self-healing-platform": {"name": "anomaly-detector", "namespace": "self-healing-platform",
+                              "deployment_mode": "RawDeployment", "runtime": "custom"},
+}
 TERMINAL_REASONS = frozenset(
     {"ServingRuntimeNotFound", "NoSupportedRuntime", "InvalidStorageSpec", "RuntimeNotRecognized", "UnsupportedProtocol"}
 )
@@ -66,6 +85,7 @@ class DeploySpec:
     logger_url: str | None = None
     service_account: str | None = None
     labels: dict = field(default_factory=dict)
+    take_over: bool = False  # take an InferenceService over from ArgoCD/Helm
 
     def check(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH or not _DNS1035.match(self.name):
@@ -79,6 +99,8 @@ class DeploySpec:
             raise ConfigError(f"deployment_mode must be Serverless or RawDeployment, got {self.deployment_mode!r}")
         if bool(self.storage_uri) == bool(self.storage_key and self.storage_path):
             raise ConfigError("give either storage_key and storage_path (OpenShift AI data connection) or storage_uri")
+        if self.storage_uri and not re.match(r"^(s3|pvc)://[^/]+/.+", self.storage_uri):
+            raise ConfigError(f"storage_uri must be s3://<bucket>/<path> or pvc://<claim>/<path>, got {self.storage_uri!r}")
         if self.canary_traffic_percent is not None and not 0 <= self.canary_traffic_percent <= 100:
             raise ConfigError(f"canary_traffic_percent must be 0-100, got {self.canary_traffic_percent}")
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -230,6 +252,7 @@ class InferenceServiceClient:
                     log.info("created InferenceService %s/%s (%s, %s)", spec.namespace, spec.name,
                              spec.deployment_mode, spec.storage_location)
                     return DeployResult(spec.name, spec.namespace, "created", canary=False)
+                _check_owner_and_mode(spec, current)
                 return self._update(spec, desired, current)
             except ApiException as exc:
                 if exc.status != 409:
@@ -245,33 +268,53 @@ class InferenceServiceClient:
 
     def _update(self, spec: DeploySpec, desired: dict, current: dict) -> DeployResult:
         previous = storage_of(current)
-        changed_model = previous != spec.storage_location
+        current_predictor = current.get("spec", {}).get("predictor", {})
+        changed_model = previous != spec.storage_location or "containers" in current_predictor
         live = _is_ready(current)
         patch = copy.deepcopy(desired)
         patch["metadata"].pop("name")
         patch["metadata"].pop("namespace")
         patch["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        # Drop fields our spec no longer sets (merge patch deletes with null).
-        model_patch = patch["spec"]["predictor"]["model"]
+        annotations = patch["metadata"]["annotations"]
+        current_annotations = current["metadata"].get("annotations", {})
+        # Drop fields our spec no longer sets (merge patch deletes with null): a custom
+        # predictor's containers and volumes included.
+        predictor_patch = patch["spec"]["predictor"]
+        predictor_patch.update({k: None for k in current_predictor
+                                if k not in predictor_patch and k != "canaryTrafficPercent"})
+        model_patch = predictor_patch["model"]
         model_patch.update({k: None for k in ("storage", "storageUri") if k not in model_patch})
         canary = False
         if changed_model:
-            patch["metadata"]["annotations"][PREVIOUS_STORAGE_ANNOTATION] = previous
+            kept = {k: v for k, v in current_predictor.items() if k != "canaryTrafficPercent"}
+            annotations[PREVIOUS_STORAGE_ANNOTATION] = previous
+            annotations[PREVIOUS_PREDICTOR_ANNOTATION] = json.dumps(kept, sort_keys=True, separators=(",", ":"))
+            annotations[PREVIOUS_VERSION_ANNOTATION] = current_annotations.get(MODEL_VERSION_ANNOTATION)
         else:
-            patch["metadata"]["annotations"][PREVIOUS_STORAGE_ANNOTATION] = (
-                current["metadata"].get("annotations", {}).get(PREVIOUS_STORAGE_ANNOTATION))
+            for key in (PREVIOUS_STORAGE_ANNOTATION, PREVIOUS_PREDICTOR_ANNOTATION, PREVIOUS_VERSION_ANNOTATION):
+                annotations[key] = current_annotations.get(key)
+        if spec.take_over:
+            evidence = _foreign_owner(current)
+            if evidence:
+                annotations[TAKEN_OVER_ANNOTATION] = evidence
+                for kind, key, _ in OWNER_MARKS:
+                    if kind == "annotation" and key in current_annotations:
+                        annotations[key] = None
+                    elif kind == "label" and key in current["metadata"].get("labels", {}):
+                        patch["metadata"]["labels"][key] = None
         if (spec.deployment_mode == "Serverless" and changed_model and live
                 and spec.canary_traffic_percent is not None and spec.canary_traffic_percent < 100):
-            patch["spec"]["predictor"]["canaryTrafficPercent"] = spec.canary_traffic_percent
+            predictor_patch["canaryTrafficPercent"] = spec.canary_traffic_percent
             canary = True
         else:
-            patch["spec"]["predictor"]["canaryTrafficPercent"] = None
+            predictor_patch["canaryTrafficPercent"] = None
         if _same(current, desired, canary):
             log.info("InferenceService %s/%s already serves %s; nothing to change", spec.namespace, spec.name, previous)
             return DeployResult(spec.name, spec.namespace, "unchanged", canary=False, previous_storage=previous)
         self._patch(spec.name, spec.namespace, patch)
-        log.info("updated InferenceService %s/%s: %s -> %s%s", spec.namespace, spec.name, previous,
-                 spec.storage_location, f" as a {spec.canary_traffic_percent}% canary" if canary else "")
+        log.info("updated InferenceService %s/%s: %s -> %s%s", spec.namespace, spec.name,
+                 previous or "a custom container predictor", spec.storage_location,
+                 f" as a {spec.canary_traffic_percent}% canary" if canary else "")
         return DeployResult(spec.name, spec.namespace, "updated", canary=canary, previous_storage=previous)
 
     def wait_ready(self, name: str, namespace: str, timeout_s: float = 600, poll_s: float = 2.0) -> DeployResult:
@@ -309,17 +352,30 @@ class InferenceServiceClient:
 
         def body(isvc: dict) -> dict:
             annotations = isvc["metadata"].get("annotations", {})
-            if annotations.get(MODE_ANNOTATION, "Serverless") == "RawDeployment":
-                previous = annotations.get(PREVIOUS_STORAGE_ANNOTATION)
-                if not previous:
-                    raise DeployError(f"{namespace}/{name} has no {PREVIOUS_STORAGE_ANNOTATION}: nothing to roll back to")
-                return {"metadata": {"annotations": {PREVIOUS_STORAGE_ANNOTATION: None}},
-                        "spec": {"predictor": {"model": _storage_fields(previous)}}}
-            return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+            if annotations.get(MODE_ANNOTATION, "Serverless") != "RawDeployment":
+                return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+            kept = annotations.get(PREVIOUS_PREDICTOR_ANNOTATION)
+            previous = annotations.get(PREVIOUS_STORAGE_ANNOTATION)
+            if not kept and not previous:
+                raise DeployError(f"{namespace}/{name} has no {PREVIOUS_PREDICTOR_ANNOTATION}: nothing to roll back to")
+            forget = {PREVIOUS_STORAGE_ANNOTATION: None, PREVIOUS_PREDICTOR_ANNOTATION: None,
+                      PREVIOUS_VERSION_ANNOTATION: None,
+                      MODEL_VERSION_ANNOTATION: annotations.get(PREVIOUS_VERSION_ANNOTATION)}
+            if not kept:  # written by an older version of this step: the storage path only
+                return {"metadata": {"annotations": forget}, "spec": {"predictor": {"model": _storage_fields(previous)}}}
+            restored = json.loads(kept)
+            current = isvc.get("spec", {}).get("predictor", {})
+            predictor = {**{k: None for k in current if k not in restored}, **restored}
+            return {"metadata": {"annotations": forget}, "spec": {"predictor": predictor}}
 
         patch = self._patch_with_retry(name, namespace, body, "roll back")
-        model = patch["spec"]["predictor"].get("model")
-        done = f"restored storage {storage_of({'spec': patch['spec']})}" if model else "pinned traffic to the previous revision"
+        predictor = patch["spec"]["predictor"]
+        if "canaryTrafficPercent" in predictor and len(predictor) == 1:
+            done = "pinned traffic to the previous revision"
+        elif predictor.get("model"):
+            done = f"restored the previous predictor (storage {storage_of({'spec': patch['spec']})})"
+        else:
+            done = "restored the previous predictor (custom containers)"
         log.warning("rolled back %s/%s: %s", namespace, name, done)
         return done
 
@@ -340,6 +396,34 @@ class InferenceServiceClient:
                     raise _api_error(exc, action, name, namespace) from exc
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         raise DeployError(f"gave up trying to {action} {namespace}/{name} after {self.max_conflict_retries} conflicts")
+
+
+def _foreign_owner(isvc: dict) -> str | None:
+    """Which other tool tracks this object, as evidence for a message; None when none does."""
+    metadata = isvc.get("metadata", {})
+    found = []
+    for kind, key, tool in OWNER_MARKS:
+        value = metadata.get("annotations" if kind == "annotation" else "labels", {}).get(key)
+        if value and not (key == "app.kubernetes.io/managed-by" and value != "Helm"):
+            found.append(f"{tool}: {kind} {key}={value}")
+    return "; ".join(found) or None
+
+
+def _check_owner_and_mode(spec: DeploySpec, current: dict) -> None:
+    """Refusals before any write: another owner (unless take_over), a mode change."""
+    where = f"{spec.namespace}/{spec.name}"
+    evidence = _foreign_owner(current)
+    if evidence and not spec.take_over:
+        raise DeployError(f"InferenceService {where} is managed by another tool ({evidence}), which would revert "
+                          "our changes; take it out of that tool (see README, Running on the Self-Healing Platform) "
+                          "and pass --take-over")
+    # Without the annotation the cluster's default mode applies; status names it once reconciled.
+    mode = (current.get("metadata", {}).get("annotations", {}).get(MODE_ANNOTATION)
+            or (current.get("status") or {}).get("deploymentMode"))
+    if mode and mode != spec.deployment_mode:
+        raise DeployError(f"InferenceService {where} runs as {mode}; KServe cannot change deploymentMode on an existing "
+                          f"InferenceService (asked for {spec.deployment_mode}): deploy with --mode {mode}, or delete "
+                          "it and deploy again")
 
 
 def _same(current: dict, desired: dict, canary: bool) -> bool:

@@ -10,8 +10,10 @@ Accepted inputs
   V2  one tensor of shape [n, d] (FP32/FP64/INT*), or one [n] tensor per feature, named
       after the features
 Outputs
-  V1  {"predictions": [0|1, ...], "anomaly_scores": [float, ...]}
+  V1  {"predictions": [-1|1, ...], "anomaly_scores": [float, ...]}
   V2  outputs "predictions" (INT64 [n]) and "anomaly_scores" (FP64 [n])
+  predictions follow scikit-learn and the upstream sklearn runtime: -1 anomaly, 1 normal;
+  anomaly_scores: higher is more anomalous
 Malformed input is answered with HTTP 400 and a message naming the problem; a body over
 the size cap with 413 before it is parsed. Requests of more than SMALL_BATCH_ROWS rows are
 parsed and scored on a worker thread, so a large batch does not stall small requests or the
@@ -33,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import LoadedModel, load_model_dir
+from .artifacts import ANOMALY, LoadedModel, load_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def resolve_model_dir(model_uri: str, cache_dir: str | Path) -> Path:
     return Path(model_uri)
 
 
-def parse_v1(payload: Any, features: tuple[str, ...], max_instances: int) -> np.ndarray:
+def parse_v1(payload: Any, features: tuple[str, ...], max_instances: int, expected: str | None = None) -> np.ndarray:
     if not isinstance(payload, dict):
         raise InputProblem("the request body must be a JSON object with an 'instances' list")
     key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
@@ -89,7 +91,8 @@ def parse_v1(payload: Any, features: tuple[str, ...], max_instances: int) -> np.
         if not isinstance(row, list):
             raise InputProblem(f"instance {i} must be a list of {len(features)} numbers or an object keyed by feature name")
         if len(row) != len(features):
-            raise InputProblem(f"instance {i} has {len(row)} values; the model expects {len(features)}: {list(features)}")
+            raise InputProblem(f"instance {i} has {len(row)} values; the model expects "
+                               f"{expected or f'{len(features)}: {list(features)}'}")
         for j, value in enumerate(row):
             # bool is an int subclass; a true/false metric is almost surely a client bug.
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -294,12 +297,13 @@ def build_model_class():
             features = self.detector.schema.features
             is_v2 = isinstance(payload, InferRequest)
             try:
-                X = parse_v2(payload, features, self.max_instances) if is_v2 else parse_v1(payload, features, self.max_instances)
+                X = (parse_v2(payload, features, self.max_instances) if is_v2 else
+                     parse_v1(payload, features, self.max_instances, self.detector.schema.describe()))
             except InputProblem as exc:
                 raise InvalidInput(str(exc)) from None
             predictions, scores = self.detector.score(X)
             rows_scored.labels(self.name).inc(len(X))
-            rows_flagged.labels(self.name).inc(int(predictions.sum()))
+            rows_flagged.labels(self.name).inc(int((predictions == ANOMALY).sum()))
             if not is_v2:
                 return {"predictions": predictions.tolist(), "anomaly_scores": scores.tolist()}
             labels = InferOutput(name="predictions", shape=[len(X)], datatype="INT64")

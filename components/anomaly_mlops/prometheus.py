@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
+from .redact import redact
 from .schema import TIMESTAMP_COLUMN, FeatureSchema
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,51 @@ def load_queries(path: str | Path) -> dict[str, str]:
     return {str(k): v for k, v in queries.items()}
 
 
+class PrometheusClient:
+    """``query_range`` with a bearer token and one-line errors."""
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0):
+        import requests
+
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def range(self, promql: str, start: int, end: int, step_s: int, what: str) -> list[dict]:
+        """Every series the query returns (``metric`` labels and ``values``)."""
+        import requests
+
+        try:
+            response = self.session.get(f"{self.url}/api/v1/query_range", timeout=self.timeout_s,
+                                        params={"query": promql, "start": start, "end": end, "step": step_s})
+        except requests.RequestException as exc:
+            raise DataError(f"cannot reach Prometheus at {redact(self.url)}: {redact(str(exc))}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code != 200 or body.get("status") != "success":
+            raise DataError(f"Prometheus refused the query for {what} ({response.status_code} "
+                            f"{body.get('errorType', '')}: {body.get('error', response.text[:200])}): {promql}")
+        series = body["data"]["result"]
+        if not series:
+            raise DataError(f"the query for {what} returned no data between {_iso(start)} and {_iso(end)}: {promql}")
+        return series
+
+
+def time_grid(lookback_s: int, step_s: int, end: float | None) -> np.ndarray:
+    """Step-aligned Unix times ending at ``end`` (default now), checked against Prometheus' limits."""
+    if step_s <= 0 or lookback_s < step_s:
+        raise ConfigError(f"need step > 0 and lookback >= step, got step {step_s}s and lookback {lookback_s}s")
+    points = lookback_s // step_s + 1
+    if points > MAX_POINTS:
+        raise ConfigError(f"{points} points per series exceed Prometheus' limit of {MAX_POINTS}; raise the step")
+    end = math.floor((end if end is not None else time.time()) / step_s) * step_s
+    return end - step_s * np.arange(points - 1, -1, -1, dtype=np.int64)
+
+
 def fetch_range(
     url: str,
     queries: dict[str, str],
@@ -60,43 +106,18 @@ def fetch_range(
     timeout_s: float = 60.0,
 ) -> pd.DataFrame:
     """A frame with ``timestamp`` and one column per feature, one row per step."""
-    import requests
-
     FeatureSchema(tuple(queries))  # validates the names
-    if step_s <= 0 or lookback_s < step_s:
-        raise ConfigError(f"need step > 0 and lookback >= step, got step {step_s}s and lookback {lookback_s}s")
-    points = lookback_s // step_s + 1
-    if points > MAX_POINTS:
-        raise ConfigError(f"{points} points per series exceed Prometheus' limit of {MAX_POINTS}; raise the step")
-    end = math.floor((end if end is not None else time.time()) / step_s) * step_s
-    start = end - (points - 1) * step_s
-    grid = start + step_s * np.arange(points, dtype=np.int64)
-    session = requests.Session()
-    if token:
-        session.headers["Authorization"] = f"Bearer {token}"
+    grid = time_grid(lookback_s, step_s, end)
+    client = PrometheusClient(url, token, timeout_s)
     columns = {}
     for feature, promql in queries.items():
-        try:
-            response = session.get(f"{url.rstrip('/')}/api/v1/query_range", timeout=timeout_s,
-                                   params={"query": promql, "start": start, "end": end, "step": step_s})
-        except requests.RequestException as exc:
-            raise DataError(f"cannot reach Prometheus at {url}: {exc}") from exc
-        try:
-            body = response.json()
-        except ValueError:
-            body = {}
-        if response.status_code != 200 or body.get("status") != "success":
-            raise DataError(f"Prometheus refused the query for {feature!r} ({response.status_code} "
-                            f"{body.get('errorType', '')}: {body.get('error', response.text[:200])}): {promql}")
-        series = body["data"]["result"]
-        if not series:
-            raise DataError(f"the query for {feature!r} returned no data between {_iso(start)} and {_iso(end)}: {promql}")
+        series = client.range(promql, int(grid[0]), int(grid[-1]), step_s, repr(feature))
         if len(series) > 1:
             labels = [s.get("metric", {}) for s in series[:3]]
             raise DataError(f"the query for {feature!r} returned {len(series)} series (e.g. {labels}); "
                             f"aggregate it to one, e.g. avg(...) or sum(...): {promql}")
         columns[feature] = _align(feature, promql, series[0]["values"], grid, step_s, max_gap_steps)
-        log.info("prometheus: %s: %d points", feature, points)
+        log.info("prometheus: %s: %d points", feature, len(grid))
     frame = pd.DataFrame(columns)
     frame.insert(0, TIMESTAMP_COLUMN, pd.to_datetime(grid, unit="s", utc=True))
     return frame

@@ -369,3 +369,117 @@ def download_model(uri: str, dest: str | Path, settings: S3Settings | None = Non
         raise
     log.info("downloaded and verified s3://%s/%s into %s", bucket, prefix, dest)
     return dest
+
+
+# --------------------------------------------------------------------------- a mounted volume (PVC)
+
+
+def publish_to_directory(
+    model_dir: str | Path,
+    root: str | Path,
+    model_name: str,
+    version: str | None = None,
+    claim_name: str | None = None,
+) -> PublishResult:
+    """Publish into ``<root>/<model>/<version>/`` on a mounted volume, with the S3 rules:
+    a claim (``<root>/<model>/.claims/<version>.json``, created exclusively) for one
+    content, files copied, fsynced and verified in a staging folder beside the version with
+    the manifest last, then renamed into place in one step, so a version folder is complete
+    or absent. Identical content is a no-op after verification (a damaged file is replaced
+    from the identical local bytes: "repaired"); other content is refused.
+
+    With ``claim_name`` the result's uri is ``pvc://<claim>/<model>/<version>/``, what
+    KServe's ``storageUri`` takes when the volume is that PersistentVolumeClaim."""
+    model_dir, root = Path(model_dir), Path(root)
+    entries = verify_model_dir(model_dir)
+    version = version or default_version(model_dir)
+    relative = version_prefix(model_name, version)
+    if not root.is_dir():
+        raise ConfigError(f"publish target {root} is not a mounted directory")
+    target = root / relative
+    manifest_bytes = (model_dir / MANIFEST_FILE).read_bytes()
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    uri = f"pvc://{claim_name}/{relative}" if claim_name else str(target) + "/"
+    result = lambda status: PublishResult(uri, claim_name or str(root), relative, version, status, manifest_sha)  # noqa: E731
+    try:
+        if (target / MANIFEST_FILE).is_file():
+            return result(_settle_directory(target, model_dir, manifest_bytes, uri))
+        _claim_file(root / claim_key(relative), manifest_sha, uri)
+        staging = target.with_name(f".staging-{version}-{uuid.uuid4().hex[:8]}")
+        staging.mkdir(parents=True)
+        try:
+            for name in sorted(entries):
+                _copy_synced(model_dir / name, staging / name)
+            _copy_synced(model_dir / MANIFEST_FILE, staging / MANIFEST_FILE)
+            verify_model_dir(staging)
+            _fsync_dir(staging)
+            try:
+                staging.rename(target)  # atomic; fails if the version appeared meanwhile
+            except OSError:
+                if (target / MANIFEST_FILE).is_file():
+                    return result(_settle_directory(target, model_dir, manifest_bytes, uri))
+                raise
+            _fsync_dir(target.parent)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise StorageError(f"cannot publish into {target}: {exc.strerror or exc}") from exc
+    verify_model_dir(target)
+    log.info("released %s (manifest %s…)", uri, manifest_sha[:12])
+    return result("published")
+
+
+def _settle_directory(target: Path, model_dir: Path, local: bytes, uri: str) -> str:
+    released = (target / MANIFEST_FILE).read_bytes()
+    if released != local:
+        raise VersionConflictError(
+            f"{uri} is already released with different content (manifest {hashlib.sha256(released).hexdigest()[:12]}… "
+            f"vs local {hashlib.sha256(local).hexdigest()[:12]}…); released versions are immutable: publish under a "
+            "new version")
+    try:
+        verify_model_dir(target)
+        log.info("%s is already released with identical content; nothing to do", uri)
+        return "unchanged"
+    except ArtifactError as exc:
+        log.warning("%s is damaged (%s); replacing its files from identical local content", uri, exc)
+    for name in parse_manifest(local.decode(), uri):
+        replacement = target / f".{name}.{uuid.uuid4().hex[:8]}"
+        _copy_synced(model_dir / name, replacement)
+        replacement.replace(target / name)
+    for stray in set(p.name for p in target.iterdir()) - set(parse_manifest(local.decode(), uri)) - {MANIFEST_FILE}:
+        (target / stray).unlink()
+    verify_model_dir(target)
+    return "repaired"
+
+
+def _claim_file(path: Path, manifest_sha: str, uri: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    claim = {"manifest_sha256": manifest_sha, "publisher": f"{socket.gethostname()}/{os.getpid()}",
+             "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        with open(path, "x") as handle:
+            json.dump(claim, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return
+    except FileExistsError:
+        held = json.loads(path.read_text() or "{}")
+    if held.get("manifest_sha256") != manifest_sha:
+        raise VersionConflictError(
+            f"{uri} is being published with different content (claimed by {held.get('publisher')} at "
+            f"{held.get('claimed_at')}); publish under a new version. If that publisher died, delete {path}")
+
+
+def _copy_synced(source: Path, dest: Path) -> None:
+    with open(source, "rb") as reader, open(dest, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

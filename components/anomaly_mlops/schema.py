@@ -22,8 +22,11 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "network_tx_mbps",
     "restart_count",
 )
+# Named schemas, usable wherever a schema is accepted (--features/--schema, KFP, Tekton).
+NAMED_SCHEMAS = ("default", "self-healing-platform")
 LABEL_COLUMN = "is_anomaly"
 TIMESTAMP_COLUMN = "timestamp"
+ENTITY_COLUMN = "entity"  # which series a row belongs to (a pod, a node); rows of one entity are in time order
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 
@@ -31,6 +34,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")
 @dataclass(frozen=True)
 class FeatureSchema:
     features: tuple[str, ...] = DEFAULT_FEATURES
+    name: str | None = None  # set for a named schema, e.g. "self-healing-platform"
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -47,7 +51,12 @@ class FeatureSchema:
         return len(self.features)
 
     def to_dict(self) -> dict:
-        return {"features": list(self.features)}
+        return {"features": list(self.features), **({"name": self.name} if self.name else {})}
+
+    def describe(self) -> str:
+        """How an error names what the model expects."""
+        listed = ", ".join(self.features) if len(self) <= 12 else ", ".join(self.features[:6]) + ", ..."
+        return f"{len(self)} features ({f'schema {self.name}: ' if self.name else ''}{listed})"
 
     @classmethod
     def from_dict(cls, data: dict) -> "FeatureSchema":
@@ -55,15 +64,27 @@ class FeatureSchema:
             features = data["features"]
             if not isinstance(features, list):
                 raise TypeError
-            return cls(tuple(features))
+            return cls(tuple(features), data.get("name"))
         except (KeyError, TypeError) as exc:
             raise DataError(f"a feature schema needs a 'features' list, got {data!r}") from exc
 
     @classmethod
+    def named(cls, name: str) -> "FeatureSchema":
+        if name == "default":
+            return cls()
+        if name == "self-healing-platform":
+            from .self_healing import FEATURES, SCHEMA_NAME
+
+            return cls(FEATURES, SCHEMA_NAME)
+        raise DataError(f"unknown schema name {name!r}; named schemas: {', '.join(NAMED_SCHEMAS)}")
+
+    @classmethod
     def parse(cls, text: str | None) -> "FeatureSchema":
-        """From a comma-separated list, a JSON file path, or None for the default."""
+        """From a schema name, a comma-separated list, a JSON file path, or None for the default."""
         if not text:
             return cls()
+        if text in NAMED_SCHEMAS:
+            return cls.named(text)
         path = Path(text)
         if path.suffix == ".json":
             try:

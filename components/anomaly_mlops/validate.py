@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import LoadedModel, load_model_dir
+from .artifacts import ANOMALY, LoadedModel, load_model_dir
 from .data import Dataset, load_dataset
 from .errors import DataError
 
@@ -138,7 +138,8 @@ def accuracy_metrics(y: np.ndarray, scores: np.ndarray, predictions: np.ndarray)
             f"the holdout has {positives} anomalous rows out of {len(y)}: "
             "accuracy needs both normal and anomalous labelled rows"
         )
-    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predictions, labels=[0, 1]).ravel())
+    flagged = (predictions == ANOMALY).astype(np.int8)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, flagged, labels=[0, 1]).ravel())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -158,7 +159,7 @@ def accuracy_metrics(y: np.ndarray, scores: np.ndarray, predictions: np.ndarray)
         "f1": round(f1, 5),
         "holdout_rows": int(len(y)),
         "holdout_anomalies": positives,
-        "flagged_rows": int(predictions.sum()),
+        "flagged_rows": int(flagged.sum()),
     }
     return metrics, roc, [[tn, fp], [fn, tp]]
 

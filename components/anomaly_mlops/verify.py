@@ -115,7 +115,7 @@ def verify(
     latency: dict = {}
     if check("readiness", ready, detail):
         sample = rows[: plan.parity_rows]
-        v1_scores = _v1_round_trip(client, model_name, sample, check)
+        v1_scores, v1_labels = _v1_round_trip(client, model_name, sample, check)
         v2_scores = _v2_round_trip(client, model_name, sample, check)
         if v1_scores is not None and v2_scores is not None:
             gap = float(np.max(np.abs(v1_scores - v2_scores)))
@@ -123,10 +123,15 @@ def verify(
         if reference is None:
             check("parity", True, "skipped: no reference model given")
         elif v1_scores is not None:
-            _, offline = reference.score(sample)
+            offline_labels, offline = reference.score(sample)
             gap = float(np.max(np.abs(offline - v1_scores)))
             check("parity", gap <= plan.parity_tolerance,
                   f"max |served - offline| = {gap:.3g} over {len(sample)} rows (tolerance {plan.parity_tolerance})")
+            # Labels of rows whose score sits within the tolerance of the threshold may differ.
+            clear = np.abs(offline - reference.threshold) > plan.parity_tolerance
+            wrong = int(np.sum((v1_labels != offline_labels) & clear))
+            check("labels", wrong == 0, f"{wrong} of {int(clear.sum())} rows labelled unlike the reference "
+                                        "(-1 anomaly, 1 normal)")
         try:
             bad = client.post(f"/v1/models/{model_name}:predict", {"instances": [["not-a-number"] * rows.shape[1]]})
             check("bad_input", bad.status_code == 400, f"malformed request answered {bad.status_code}")
@@ -148,7 +153,7 @@ def verify(
     return result
 
 
-def _v1_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> np.ndarray | None:
+def _v1_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> tuple[np.ndarray | None, np.ndarray | None]:
     import requests
 
     try:
@@ -156,17 +161,21 @@ def _v1_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> np
         body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
     except (requests.RequestException, ValueError) as exc:
         check("v1_predict", False, f"{type(exc).__name__}: {exc}")
-        return None
+        return None, None
     scores = body.get("anomaly_scores")
     predictions = body.get("predictions")
     ok = (
         response.status_code == 200
         and isinstance(scores, list) and len(scores) == len(sample)
-        and isinstance(predictions, list) and set(predictions) <= {0, 1}
+        # -1 anomaly, 1 normal, JSON integers: what the platform's engine decodes
+        and isinstance(predictions, list) and len(predictions) == len(sample)
+        and all(type(p) is int and p in (-1, 1) for p in predictions)
     )
     check("v1_predict", ok, f"HTTP {response.status_code}, {len(scores or [])} scores for {len(sample)} rows"
           + ("" if ok else f": {str(body)[:200]}"))
-    return np.asarray(scores, dtype=np.float64) if ok else None
+    if not ok:
+        return None, None
+    return np.asarray(scores, dtype=np.float64), np.asarray(predictions)
 
 
 def _v2_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> np.ndarray | None:
