@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean prometheus
+.PHONY: setup run test compile lock clean prometheus kfp-protos
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/anomaly-mlops run --local --workdir runs/local
 
 ## The test suite (what .ci/run calls).
-test: $(STAMP) prometheus
+test: $(STAMP) prometheus kfp-protos
 	$(BIN)/python -m pytest -q tests
 
 ## A real Prometheus server for the data-source tests (Debian package; needs root/apt).
@@ -28,6 +28,22 @@ prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
 	    || echo "warning: could not install prometheus; tests/test_prometheus.py will be skipped"; }
+
+## The kubernetes platform protos of the oldest supported KFP backends, each in its own venv,
+## for tests/test_kfp_backends.py: kfp-kubernetes 1.0.0 (what KFP 2.0.5, DSP 2.0-2.6, parses)
+## and 1.2.0 (the first with tolerations, as KFP 2.2.0, DSP 2.7-2.10, parses).
+KFP_PROTOS := .venv-kfp-protos
+kfp-protos: $(KFP_PROTOS)/1.0.0/.installed $(KFP_PROTOS)/1.2.0/.installed
+
+$(KFP_PROTOS)/1.0.0/.installed:
+	rm -rf $(KFP_PROTOS)/1.0.0 && $(PYTHON) -m venv $(KFP_PROTOS)/1.0.0
+	$(KFP_PROTOS)/1.0.0/bin/python -m pip install --quiet --no-deps kfp-kubernetes==1.0.0 protobuf==3.20.3
+	touch $@
+
+$(KFP_PROTOS)/1.2.0/.installed:
+	rm -rf $(KFP_PROTOS)/1.2.0 && $(PYTHON) -m venv $(KFP_PROTOS)/1.2.0
+	$(KFP_PROTOS)/1.2.0/bin/python -m pip install --quiet --no-deps kfp-kubernetes==1.2.0 protobuf==4.25.8
+	touch $@
 
 ## Regenerate requirements.lock from a fresh resolve of pyproject.toml.
 lock:
@@ -38,7 +54,7 @@ lock:
 	  /tmp/anomaly-mlops-lock/bin/pip freeze --exclude anomaly-mlops ) > requirements.lock
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(KFP_PROTOS) runs build *.egg-info
 
 ## Recompile the KFP pipelines and component specs (commit the result; tests fail when stale).
 compile: $(STAMP)

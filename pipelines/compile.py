@@ -1,6 +1,13 @@
 """Compile every pipeline to pipelines/compiled/<name>.yaml and every component to
 components/specs/<name>.yaml (loadable with kfp.components.load_component_from_file, and by
-Elyra). ``check=True`` compiles to a temporary directory and reports stale files instead."""
+Elyra). ``check=True`` compiles to a temporary directory and reports stale files instead.
+
+The kfp-kubernetes SDK writes ``secretAsEnv[].optional`` and ``secretNameParameter`` even
+for a constant secret name; the KFP 2.0.5 and 2.2.0 drivers (Data Science Pipelines 2.0-2.10)
+refuse both fields. ``portable_platform_config`` removes them where that changes nothing:
+``optional: false`` is the default, and a driver without ``secretNameParameter`` reads
+``secretName`` (KFP's driver: "SecretNameParameter != nil ... else if SecretName != ''").
+Anything it cannot remove that way fails the compile."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import difflib
 import tempfile
 from pathlib import Path
 
+import yaml
 from kfp import compiler
 
 from anomaly_mlops.kfp_components import make_components
@@ -26,12 +34,42 @@ def compile_all(options: PipelineOptions = PipelineOptions(), pipelines_out: Pat
     for name, build in PIPELINES.items():
         path = pipelines_out / f"{name}.yaml"
         compiler.Compiler().compile(build(options), str(path))
+        portable_platform_config(path)
         written.append(path)
     for name, component in make_components(options.image).items():
         path = components_out / f"{name}.yaml"
         compiler.Compiler().compile(component, str(path))
         written.append(path)
     return written
+
+
+def portable_platform_config(path: Path) -> None:
+    """Rewrite the kubernetes platform config of a compiled pipeline so that every
+    supported backend reads it, and reads it the same way."""
+    documents = list(yaml.safe_load_all(path.read_text()))
+    for document in documents:
+        executors = (((document or {}).get("platforms") or {}).get("kubernetes") or {}).get(
+            "deploymentSpec", {}).get("executors", {})
+        for executor, config in executors.items():
+            for secret in config.get("secretAsEnv", []):
+                if secret.pop("optional", False):
+                    raise ValueError(f"{executor}: an optional secret cannot be expressed for KFP 2.0.5/2.2.0")
+                parameter = secret.pop("secretNameParameter", None)
+                constant = ((parameter or {}).get("runtimeValue") or {}).get("constant")
+                if parameter is not None and constant != secret.get("secretName"):
+                    raise ValueError(f"{executor}: a secret named by a run parameter cannot be expressed for "
+                                     "KFP 2.0.5/2.2.0; make it a compile option")
+    path.write_text(header(path.read_text()) + yaml.safe_dump_all(documents, sort_keys=False))
+
+
+def header(text: str) -> str:
+    """The compiler's leading comment lines, kept."""
+    lines = []
+    for line in text.splitlines(True):
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "".join(lines)
 
 
 def stale_files(options: PipelineOptions = PipelineOptions()) -> list[str]:

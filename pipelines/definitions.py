@@ -6,8 +6,16 @@
 - ``deploy-only``: an already released version: fetch (verified) -> deploy -> verify.
 - ``rollback``: pin the previous revision / restore the previous storage path.
 
-Node placement and the image are compile options (``PipelineOptions``); everything a run
-may change is a pipeline parameter. (No postponed annotations: KFP reads parameter types.)
+Node placement, the image and the data connection are compile options (``PipelineOptions``);
+everything else a run may change is a pipeline parameter. (No postponed annotations: KFP
+reads parameter types.)
+
+What the IR may hold is bounded by the oldest Data Science Pipelines backend we support
+(KFP 2.0.5, whose driver parses the kubernetes platform config strictly): secrets are
+named by a constant (``secretName``; no ``secretNameParameter``, no ``optional``), so the
+data connection is a compile option and every step that mounts it needs it to exist.
+Tolerations exist from KFP 2.2.0; for 2.0.5 compile with ``--gpu-toleration-key ''``.
+``retryPolicy`` is honoured from KFP 2.5.0 and ignored before.
 """
 
 
@@ -30,15 +38,18 @@ class PipelineOptions:
     gpu_count: int = 1
     gpu_node_selector: tuple[str, str] | None = ("nvidia.com/gpu.present", "true")
     gpu_toleration_key: str | None = "nvidia.com/gpu"
+    data_connection: str = DATA_CONNECTION  # the OpenShift AI data connection secret every S3 step mounts
 
 
 def _resources(task, cpu: str, memory: str, cpu_limit: str, memory_limit: str):
     return task.set_cpu_request(cpu).set_memory_request(memory).set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
 
 
-def _s3_env(task, secret_name, optional: bool = False):
-    kubernetes.use_secret_as_env(task, secret_name=secret_name, secret_key_to_env={k: k for k in ENV_KEYS},
-                                 optional=optional)
+def _s3_env(task, options: PipelineOptions):
+    # optional=False is the only form every backend reads the same way: KFP 2.0.5/2.2.0
+    # refuse the field, 2.4.0/2.5.0 drop it (the secret is then required anyway).
+    kubernetes.use_secret_as_env(task, secret_name=options.data_connection,
+                                 secret_key_to_env={k: k for k in ENV_KEYS})
     return task
 
 
@@ -53,7 +64,7 @@ def _on_gpu(task, options: PipelineOptions):
     return task
 
 
-def _deploy_and_verify(c, *, model, probe_data, storage_path, model_version, isvc_name, namespace, data_connection,
+def _deploy_and_verify(c, *, model, probe_data, storage_path, model_version, isvc_name, namespace, data_connection: str,
                        runtime, deployment_mode, canary_traffic_percent, verify_requests, slo_p99_ms,
                        use_service_account_token):
     deployed = c["deploy_model"](
@@ -98,7 +109,6 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         model_name: str = "anomaly-detector",
         version: str = "",
         root_prefix: str = "",
-        data_connection: str = DATA_CONNECTION,
         deploy: bool = True,
         isvc_name: str = "anomaly-detector",
         namespace: str = "",
@@ -118,13 +128,13 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
             data.set_display_name("data")
             # The same source URI can hold new data on the next scheduled run: never cache.
             data.set_caching_options(False).set_retry(**NETWORK_RETRY)
-            _s3_env(data, data_connection, optional=True)
+            _s3_env(data, options)
             _resources(data, "500m", "1Gi", "2", "4Gi")
 
             trained = c["train_model"](train_data=data.outputs["train_data"], features=features,
                                        n_estimators=n_estimators, max_samples=max_samples,
-                                       contamination=contamination, seed=seed,
-                                       feature_window=feature_window).set_display_name("train")
+                                       contamination=contamination, seed=seed, feature_window=feature_window,
+                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("train")
             _resources(trained, "1", "2Gi", "2", "8Gi")
 
             validated = c["validate_model"](
@@ -138,13 +148,14 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 published = c["publish_model"](model=trained.outputs["model"], model_name=model_name,
                                                version=version, root_prefix=root_prefix)
                 published.set_display_name("publish to S3").set_caching_options(False).set_retry(**NETWORK_RETRY)
-                _s3_env(published, data_connection)
+                _s3_env(published, options)
                 _resources(published, "250m", "512Mi", "1", "1Gi")
                 with dsl.If(deploy == True, name="deploy-enabled"):  # noqa: E712
                     _deploy_and_verify(
                         c, model=trained.outputs["model"], probe_data=data.outputs["holdout_data"],
                         storage_path=published.outputs["storage_path"], model_version=published.outputs["version"],
-                        isvc_name=isvc_name, namespace=namespace, data_connection=data_connection, runtime=runtime,
+                        isvc_name=isvc_name, namespace=namespace, data_connection=options.data_connection,
+                        runtime=runtime,
                         deployment_mode=deployment_mode, canary_traffic_percent=canary_traffic_percent,
                         verify_requests=verify_requests, slo_p99_ms=slo_p99_ms,
                         use_service_account_token=use_service_account_token)
@@ -162,7 +173,6 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
         version: str,
         model_name: str = "anomaly-detector",
         root_prefix: str = "",
-        data_connection: str = DATA_CONNECTION,
         probe_rows: int = 2000,
         isvc_name: str = "anomaly-detector",
         namespace: str = "",
@@ -175,14 +185,15 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
     ):
         fetched = c["fetch_model"](model_name=model_name, version=version, root_prefix=root_prefix)
         fetched.set_display_name("fetch released version").set_caching_options(False).set_retry(**NETWORK_RETRY)
-        _s3_env(fetched, data_connection)
+        _s3_env(fetched, options)
         _resources(fetched, "250m", "512Mi", "1", "1Gi")
         probe = c["prepare_data"](source="synthetic", rows=probe_rows).set_display_name("probe rows")
         _resources(probe, "250m", "512Mi", "1", "1Gi")
         _deploy_and_verify(
             c, model=fetched.outputs["model"], probe_data=probe.outputs["holdout_data"],
             storage_path=fetched.outputs["storage_path"], model_version=version, isvc_name=isvc_name,
-            namespace=namespace, data_connection=data_connection, runtime=runtime, deployment_mode=deployment_mode,
+            namespace=namespace, data_connection=options.data_connection, runtime=runtime,
+            deployment_mode=deployment_mode,
             canary_traffic_percent=canary_traffic_percent, verify_requests=verify_requests, slo_p99_ms=slo_p99_ms,
             use_service_account_token=use_service_account_token)
 

@@ -74,13 +74,12 @@ def test_gpu_placement_is_configurable(tmp_path):
 
 def test_s3_credentials_come_from_the_data_connection_secret():
     ir, platform = load(TRAINING)
-    for executor, optional in (("exec-publish-model", False), ("exec-prepare-data", True)):
+    for executor in ("exec-publish-model", "exec-prepare-data"):
         (secret,) = k8s(platform, executor)["secretAsEnv"]
-        assert secret["secretNameParameter"] == {"componentInputParameter": "pipelinechannel--data_connection"}
+        # A constant name, required: the one form every supported backend reads (test_kfp_backends.py).
+        assert secret == {"keyToEnv": secret["keyToEnv"], "secretName": "aws-connection-models"}
         assert {e["envVar"] for e in secret["keyToEnv"]} == set(ENV_KEYS)
-        assert secret["optional"] is optional
-    default = ir["root"]["inputDefinitions"]["parameters"]["data_connection"]["defaultValue"]
-    assert default == "aws-connection-models"
+    assert "data_connection" not in ir["root"]["inputDefinitions"]["parameters"]
 
 
 def test_caching_retries_and_resources():

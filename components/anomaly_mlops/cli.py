@@ -122,9 +122,10 @@ def cmd_data(args) -> dict:
 
 def cmd_train(args) -> dict:
     from .schema import FeatureSchema
-    from .train import train
+    from .train import provenance, train
 
-    result = train(args.data, args.out, _train_params(args), FeatureSchema.parse(args.features))
+    result = train(args.data, args.out, _train_params(args), FeatureSchema.parse(args.features),
+                   provenance(args.git_commit, args.run_id))
     return {"model_dir": str(result.model_dir), "threshold": result.threshold,
             "train_rows": result.train_rows, "fit_seconds": round(result.fit_seconds, 3)}
 
@@ -252,7 +253,7 @@ def _pipeline_options(args):
         key, _, value = args.gpu_node_selector.partition("=")
         selector = (key, value)
     return PipelineOptions(image=args.image, gpu=not args.no_gpu, gpu_node_selector=selector,
-                           gpu_toleration_key=args.gpu_toleration_key or None)
+                           gpu_toleration_key=args.gpu_toleration_key or None, data_connection=args.data_connection)
 
 
 def cmd_compile(args) -> dict:
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory to create (must not exist or be empty)")
     p.add_argument("--features", "--schema", dest="features", metavar="SCHEMA",
                    help="a named schema (default, self-healing-platform), comma-separated names or a schema .json")
+    p.add_argument("--git-commit", help="commit the code came from (default: $ANOMALY_MLOPS_GIT_COMMIT, set in "
+                                        "images built from a commit); recorded in metadata.json")
+    p.add_argument("--run-id", help="pipeline run id (default: $ANOMALY_MLOPS_RUN_ID); recorded in metadata.json")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -476,7 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=DEFAULT_IMAGE, help="image every component runs")
     p.add_argument("--no-gpu", action="store_true", help="validate without GPU request, node selector, toleration")
     p.add_argument("--gpu-node-selector", default="nvidia.com/gpu.present=true", help="KEY=VALUE, or '' for none")
-    p.add_argument("--gpu-toleration-key", default="nvidia.com/gpu", help="taint key to tolerate, or '' for none")
+    p.add_argument("--gpu-toleration-key", default="nvidia.com/gpu",
+                   help="taint key to tolerate, or '' for none (KFP 2.0.5 backends, DSP 2.0-2.6, know no tolerations)")
+    p.add_argument("--data-connection", default="aws-connection-models",
+                   help="the data connection secret the S3 steps mount (a constant in the IR: the oldest "
+                        "supported backends cannot take a secret name from a run parameter)")
     p.add_argument("--check", action="store_true", help="fail if the committed files differ from a fresh compile")
     p.set_defaults(func=cmd_compile)
 

@@ -51,15 +51,20 @@ def train_model(
     contamination: float = 0.02,
     seed: int = 42,
     feature_window: int = 0,
+    run_id: str = "",
 ):
-    """Fit StandardScaler + IsolationForest; the model artifact is the model directory."""
+    """Fit StandardScaler + IsolationForest; the model artifact is the model directory.
+
+    Args:
+        run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
+    """
     from anomaly_mlops.schema import FeatureSchema
-    from anomaly_mlops.train import TrainParams, train
+    from anomaly_mlops.train import TrainParams, provenance, train
 
     params = TrainParams(n_estimators=n_estimators, contamination=contamination, seed=seed,
                          max_samples=max_samples if max_samples == "auto" else int(max_samples),
                          feature_window=feature_window)
-    result = train(train_data.path, model.path, params, FeatureSchema.parse(features))
+    result = train(train_data.path, model.path, params, FeatureSchema.parse(features), provenance(run_id=run_id))
     model.metadata.update({"framework": "scikit-learn", "threshold": result.threshold,
                            "manifest_sha256": result.manifest_sha256, "train_rows": result.train_rows})
 

@@ -160,7 +160,8 @@ def publish(
     try:
         target.client.put_object(
             Bucket=target.bucket, Key=prefix + MANIFEST_FILE, Body=manifest_bytes,
-            ChecksumSHA256=_b64(manifest_sha), IfNoneMatch="*", Metadata={"sha256": manifest_sha},
+            ChecksumSHA256=_b64(manifest_sha), IfNoneMatch="*",
+            Metadata={"sha256": manifest_sha, **_provenance_metadata(model_dir)},
         )
     except Exception as exc:
         if _error_code(exc) in _CONDITION_FAILED:
@@ -175,6 +176,13 @@ def publish(
         _repair(target, damaged)
     log.info("released %s (manifest %s…)", target.uri, manifest_sha[:12])
     return result("published")
+
+
+def _provenance_metadata(model_dir: Path) -> dict[str, str]:
+    """The commit and run that made the model, as object metadata of the released manifest."""
+    origin = json.loads((model_dir / METADATA_FILE).read_text()).get("provenance") or {}
+    keys = {"git_commit": "git-commit", "run_id": "run-id"}
+    return {keys[k]: str(v)[:200] for k, v in origin.items() if k in keys and v}
 
 
 def _upload(target: _Target, name: str) -> int:

@@ -126,13 +126,22 @@ def _prepare_output(out: Path) -> Path:
     return staging
 
 
+def provenance(git_commit: str | None = None, run_id: str | None = None) -> dict:
+    """Which code and which run made a model: the commit (given, or the image's
+    ANOMALY_MLOPS_GIT_COMMIT, set when the image is built from a commit) and the run id."""
+    return {"git_commit": git_commit or os.environ.get("ANOMALY_MLOPS_GIT_COMMIT") or None,
+            "run_id": run_id or os.environ.get("ANOMALY_MLOPS_RUN_ID") or None}
+
+
 def train(
     data: Dataset | str,
     out_dir: str | os.PathLike,
     params: TrainParams | None = None,
     schema: FeatureSchema | None = None,
+    origin: dict | None = None,
 ) -> TrainResult:
-    """Fit and write a complete model directory (manifest last) at ``out_dir``."""
+    """Fit and write a complete model directory (manifest last) at ``out_dir``.
+    ``origin`` (see ``provenance``) is recorded in metadata.json."""
     import joblib
     import skops.io as skops_io
 
@@ -173,6 +182,7 @@ def train(
                 q: float(np.quantile(train_scores, float(q))) for q in ("0.5", "0.9", "0.99")
             },
             "fit_seconds": round(fit_seconds, 3),
+            "provenance": origin or provenance(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
