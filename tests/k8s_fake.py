@@ -2,10 +2,15 @@
 
 It keeps the semantics our deploy logic relies on: resourceVersion on every write (status
 writes included) and 409 Conflict when a write carries a stale one, 409 AlreadyExists,
-generation bumped only by spec changes, JSON merge patch (RFC 7386), 404 with the API
-server's Status bodies (object vs. missing CRD), 401 without the bearer token, 403 for
-namespaces the caller may not write. A scripted controller writes status when the object
-is read, the way a KServe controller would reconcile between polls.
+generation bumped only by spec changes, JSON merge patch (RFC 7386) and 415 for the
+strategic merge patch custom resources do not support, 404 with the API server's Status
+bodies (object vs. missing CRD), 401 without the bearer token, 403 for namespaces the
+caller may not write. Every write is validated as the cluster would: 422 with field paths
+against the real InferenceService CRD schema (crd_schema.py), then KServe's validating
+webhook rules (400): a predictor is a model or containers, not both; scale metrics by
+deployment mode; deploymentMode never changes. A scripted controller writes status
+(deploymentMode included) when the object is read, the way a KServe controller would
+reconcile between polls.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import copy
 import re
 import threading
 
+import crd_schema
 from fake_http import JsonFakeServer
 
 PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?/?(?:\?.*)?$")
@@ -38,8 +44,10 @@ def ready_controller(reads_until_ready: int = 1):
         if reads < reads_until_ready:
             return None
         name, generation = obj["metadata"]["name"], obj["metadata"]["generation"]
+        mode = (obj["metadata"].get("annotations") or {}).get("serving.kserve.io/deploymentMode", "Serverless")
         return {
             "observedGeneration": generation,
+            "deploymentMode": mode,
             "url": f"https://{name}-{obj['metadata']['namespace']}.apps.example.test",
             "conditions": [{"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}],
             "components": {"predictor": {"latestCreatedRevision": f"{name}-predictor-{generation:05d}",
@@ -138,7 +146,7 @@ class FakeKubeAPI(JsonFakeServer):
             self.inject_conflicts -= 1
             self.objects[key] = self._new(namespace, body)
             return 409, status(409, "AlreadyExists", f'inferenceservices.serving.kserve.io "{name}" already exists')
-        refused = webhook_refusal(body)
+        refused = admission(body)
         if refused:
             return refused
         obj = self._new(namespace, body)
@@ -154,8 +162,10 @@ class FakeKubeAPI(JsonFakeServer):
         return obj
 
     def _patch(self, namespace, name, body, content_type):
-        if "merge-patch" not in content_type:
-            return 415, status(415, "UnsupportedMediaType", f"fake supports merge patch only, got {content_type}")
+        if content_type.split(";")[0].strip() != "application/merge-patch+json":
+            return 415, status(415, "UnsupportedMediaType",
+                               "the body of the request was in an unknown format - accepted media types include: "
+                               "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
         key = (namespace, name)
         if key not in self.objects:
             return 404, not_found(name)
@@ -169,7 +179,7 @@ class FakeKubeAPI(JsonFakeServer):
                                f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": '
                                "the object has been modified; please apply your changes to the latest version and try again")
         patched = merge_patch(current, body)
-        refused = webhook_refusal(patched)
+        refused = admission(patched, current)
         if refused:
             return refused
         patched["metadata"]["resourceVersion"] = self._next_rv()
@@ -181,13 +191,46 @@ class FakeKubeAPI(JsonFakeServer):
         return 200, copy.deepcopy(patched)
 
 
-def webhook_refusal(obj: dict) -> tuple[int, dict] | None:
-    """KServe's validating webhook: a predictor is either a model or custom containers."""
+def admission(obj: dict, old: dict | None = None) -> tuple[int, dict] | None:
+    """What the API server and KServe's validating webhook refuse, in that order."""
+    if crd_schema.available():
+        problems = crd_schema.errors(obj)
+        if problems:
+            name = obj.get("metadata", {}).get("name", "")
+            body = status(422, "Invalid", f'InferenceService.serving.kserve.io "{name}" is invalid: '
+                                          + "; ".join(problems[:5]))
+            body["details"] = {"name": name, "group": "serving.kserve.io", "kind": "InferenceService",
+                               "causes": [{"field": p.split(":", 1)[0], "message": p} for p in problems[:5]]}
+            return 422, body
+    reason = webhook_reason(obj, old)
+    if reason:
+        return 400, status(400, "BadRequest",
+                           f'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: '
+                           f"{reason}")
+    return None
+
+
+def webhook_reason(obj: dict, old: dict | None) -> str | None:
+    """KServe's validation (pkg/apis/serving/v1beta1/inference_service_validation.go)."""
     predictor = (obj.get("spec") or {}).get("predictor") or {}
     if predictor.get("model") and predictor.get("containers"):
-        return 400, status(400, "BadRequest", 'admission webhook "inferenceservice.kserve-webhook-server.validator" '
-                                              "denied the request: exactly one of [model, containers] may be set in "
-                                              "the predictor")
+        return "exactly one of [model, containers] may be set in the predictor"
+    mode = (obj.get("metadata", {}).get("annotations") or {}).get("serving.kserve.io/deploymentMode")
+    recorded = ((old or {}).get("status") or {}).get("deploymentMode")
+    if recorded and mode and mode != recorded:
+        return f"update rejected: deploymentMode cannot be changed from '{recorded}' to '{mode}'"
+    raw = mode == "RawDeployment"
+    metric = predictor.get("scaleMetric") or ("cpu" if raw else "concurrency")
+    if metric not in (("cpu", "memory") if raw else ("concurrency", "rps")):
+        return f"[{metric}] is not a supported metric"
+    target = predictor.get("scaleTarget")
+    if target is not None:
+        if raw and metric == "cpu" and not 1 <= target <= 100:
+            return "the target utilization percentage should be a [1-100] integer"
+        if raw and metric == "memory" and target < 1:
+            return "the target memory should be greater than 1 MiB"
+        if not raw and metric == "rps" and target < 1:
+            return "the target for rps should be greater than 1"
     return None
 
 

@@ -1,6 +1,7 @@
 """InferenceService create/update, canary, rollback and readiness with the real kubernetes
 client against an HTTP fake of the API server (tests/k8s_fake.py)."""
 
+import json
 import time
 
 import pytest
@@ -69,6 +70,14 @@ def test_built_object_for_custom_and_sklearn_runtimes():
     (dict(storage_uri="s3://x/y"), "either storage_key"),
     (dict(deployment_mode="Knative"), "Serverless or RawDeployment"),
     (dict(canary_traffic_percent=120), "0-100"),
+    (dict(cpu_request="lots"), "cpu-request 'lots' is not a Kubernetes quantity"),
+    # KServe's webhook: HPA metrics for RawDeployment, Knative's for Serverless, in its words.
+    (dict(deployment_mode="RawDeployment", scale_metric="concurrency"), r"\[concurrency\] is not a supported metric"),
+    (dict(deployment_mode="RawDeployment", scale_metric="rps"), r"\[rps\] is not a supported metric"),
+    (dict(scale_metric="cpu"), r"\[cpu\] is not a supported metric.*Knative"),
+    (dict(scale_metric="memory"), r"\[memory\] is not a supported metric"),
+    (dict(deployment_mode="RawDeployment", scale_target=150), r"should be a \[1-100\] integer"),
+    (dict(scale_metric="rps", scale_target=0), "the target for rps should be greater than 1"),
 ])
 def test_bad_specs_are_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -255,3 +264,36 @@ def test_a_hung_api_server_times_out_with_a_clear_error(fake):
     with pytest.raises(DeployError, match="cannot reach the Kubernetes API server .*timed out|Read timed out"):
         client.apply(spec())
     assert time.monotonic() - started < 2.5
+
+
+def test_the_fake_refuses_what_the_cluster_refuses(fake, isvc_client):
+    """422 with field paths from the real CRD schema, 400 from KServe's webhook rules, 415
+    for strategic merge patch: checks our own validation cannot hide."""
+    from kubernetes.client.exceptions import ApiException
+
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    api = fake.api()
+    for patch, status_code, message in [
+        ({"spec": {"predictor": {"model": {"resources": {"requests": {"cpu": "lots"}}}}}}, 422,
+         "spec.predictor.model.resources.requests.cpu: Invalid value: \"lots\""),
+        ({"spec": {"predictor": {"replicas": 3}}}, 422, "spec.predictor.replicas: unknown field"),
+        ({"spec": {"predictor": {"scaleMetric": "cpu"}}}, 400, "[cpu] is not a supported metric"),
+        ({"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"}}}, 400,
+         "deploymentMode cannot be changed from 'Serverless' to 'RawDeployment'"),
+    ]:
+        with pytest.raises(ApiException) as info:
+            api.patch_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices",
+                                               "anomaly-detector", patch)
+        assert info.value.status == status_code and message in json.loads(info.value.body)["message"], info.value.body
+    with pytest.raises(ApiException) as info:
+        api.api_client.call_api(f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices/anomaly-detector",
+                                "PATCH", header_params={"Content-Type": "application/strategic-merge-patch+json"},
+                                body={"spec": {}}, auth_settings=["BearerToken"], _return_http_data_only=True)
+    assert info.value.status == 415
+
+
+def test_a_schema_refusal_reaches_the_user_as_one_line(fake, isvc_client, monkeypatch):
+    """Were our own check skipped, the cluster's 422 names the field."""
+    monkeypatch.setattr(DeploySpec, "check", lambda self: None)
+    with pytest.raises(DeployError, match=r"422 .*spec.predictor.model.resources.requests.cpu: Invalid value"):
+        isvc_client.apply(spec("v1", cpu_request="lots"))

@@ -304,7 +304,7 @@ def test_take_over_converts_the_custom_container_and_rollback_restores_it(platfo
 def test_the_deployment_mode_of_an_existing_service_is_not_changed(platform_api):
     from anomaly_mlops.deploy import DeployError, InferenceServiceClient
 
-    with pytest.raises(DeployError, match="runs as RawDeployment; KServe cannot change deploymentMode"):
+    with pytest.raises(DeployError, match="runs as RawDeployment; KServe refuses the change .*cannot be changed from 'RawDeployment' to 'Serverless'"):
         InferenceServiceClient(platform_api.api()).apply(
             _platform_spec("v1", take_over=True, deployment_mode="Serverless"))
 

@@ -49,12 +49,18 @@ PROFILES = {
                               "deployment_mode": "RawDeployment", "runtime": "custom"},
 }
 TERMINAL_REASONS = frozenset(
-    {"ServingRuntimeNotFound", "NoSupportedRuntime", "InvalidStorageSpec", "RuntimeNotRecognized", "UnsupportedProtocol"}
+    {"ServingRuntimeNotFound", "NoSupportedRuntime", "InvalidStorageSpec", "RuntimeNotRecognized", "UnsupportedProtocol",
+     # modelStatus.lastFailureInfo.reason values in the CRD that no retry mends
+     "NoSupportingRuntime", "InvalidPredictorSpec", "RuntimeDisabled", "ModelLoadFailed"}
 )
 MAX_NAME_LENGTH = 36  # OpenShift AI limit on InferenceService names
 CUSTOM_RUNTIME = "anomaly-detector-runtime"
 CUSTOM_MODEL_FORMAT = "anomaly-isolation-forest"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# The CRD's pattern for resource quantities (requests and limits).
+_QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+# KServe's validating webhook: RawDeployment scales with an HPA, Serverless with Knative's KPA.
+SCALE_METRICS = {"RawDeployment": ("cpu", "memory"), "Serverless": ("concurrency", "rps")}
 
 
 class DeployError(AnomalyMLOpsError):
@@ -105,6 +111,34 @@ class DeploySpec:
             raise ConfigError(f"canary_traffic_percent must be 0-100, got {self.canary_traffic_percent}")
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}")
+        for field_name in ("cpu_request", "memory_request", "cpu_limit", "memory_limit"):
+            value = getattr(self, field_name)
+            if not _QUANTITY.match(str(value)):
+                raise ConfigError(f"{field_name.replace('_', '-')} {value!r} is not a Kubernetes quantity "
+                                  "(e.g. 500m, 2, 512Mi, 1Gi)")
+        self._check_scaling()
+
+    def _check_scaling(self) -> None:
+        """The refusals of KServe's webhook, with its words, before anything is sent."""
+        allowed = SCALE_METRICS[self.deployment_mode]
+        scaler = "an HPA" if self.deployment_mode == "RawDeployment" else "Knative (KPA)"
+        metric = self.scale_metric or allowed[0]
+        if metric not in allowed:
+            raise ConfigError(f"KServe refuses scale metric {metric!r} for {self.deployment_mode} "
+                              f"(\"[{metric}] is not a supported metric\"): {self.deployment_mode} scales with "
+                              f"{scaler}, on {' or '.join(allowed)}")
+        target = self.scale_target
+        if target is None:
+            return
+        if metric == "cpu" and not 1 <= target <= 100:
+            raise ConfigError(f"KServe refuses scale target {target} for cpu: \"the target utilization percentage "
+                              "should be a [1-100] integer\"")
+        if metric == "memory" and target < 1:
+            raise ConfigError(f"KServe refuses scale target {target} for memory: \"the target memory should be "
+                              "greater than 1 MiB\"")
+        if metric == "rps" and target < 1:
+            raise ConfigError(f"KServe refuses scale target {target} for rps: \"the target for rps should be "
+                              "greater than 1\"")
 
     @property
     def storage_location(self) -> str:
@@ -421,9 +455,9 @@ def _check_owner_and_mode(spec: DeploySpec, current: dict) -> None:
     mode = (current.get("metadata", {}).get("annotations", {}).get(MODE_ANNOTATION)
             or (current.get("status") or {}).get("deploymentMode"))
     if mode and mode != spec.deployment_mode:
-        raise DeployError(f"InferenceService {where} runs as {mode}; KServe cannot change deploymentMode on an existing "
-                          f"InferenceService (asked for {spec.deployment_mode}): deploy with --mode {mode}, or delete "
-                          "it and deploy again")
+        raise DeployError(f"InferenceService {where} runs as {mode}; KServe refuses the change (\"update rejected: "
+                          f"deploymentMode cannot be changed from '{mode}' to '{spec.deployment_mode}'\"): deploy with "
+                          f"--mode {mode}, or delete it and deploy again")
 
 
 def _same(current: dict, desired: dict, canary: bool) -> bool:
