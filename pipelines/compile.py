@@ -24,6 +24,10 @@ from pipelines.definitions import PIPELINES, PipelineOptions
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES_OUT = ROOT / "pipelines" / "compiled"
 COMPONENTS_OUT = ROOT / "components" / "specs"
+TEKTON_SOURCE = ROOT / "manifests" / "tekton"
+# Pipelines-as-Code resolves pipelineRef/taskRef only from the repository's .tekton/ folder.
+PAC_OUT = ROOT / ".tekton" / "retraining"
+PAC_PIPELINE = "pipeline-retraining.yaml"
 
 
 def compile_all(options: PipelineOptions = PipelineOptions(), pipelines_out: Path = PIPELINES_OUT,
@@ -40,6 +44,36 @@ def compile_all(options: PipelineOptions = PipelineOptions(), pipelines_out: Pat
         path = components_out / f"{name}.yaml"
         compiler.Compiler().compile(component, str(path))
         written.append(path)
+    return written
+
+
+def pac_copies() -> dict[str, str]:
+    """The retraining Pipeline and every Task it references, as the files .tekton/retraining/
+    holds: each a verbatim copy of its manifests/tekton source under a header."""
+    source = TEKTON_SOURCE / PAC_PIPELINE
+    pipeline = yaml.safe_load(source.read_text())
+    wanted = {t["taskRef"]["name"] for t in pipeline["spec"]["tasks"] + pipeline["spec"].get("finally", [])}
+    tasks = {yaml.safe_load(f.read_text())["metadata"]["name"]: f for f in sorted((TEKTON_SOURCE / "tasks").glob("*.yaml"))}
+    missing = wanted - set(tasks)
+    if missing:
+        raise ValueError(f"{source.relative_to(ROOT)} references Tasks not in manifests/tekton/tasks: {sorted(missing)}")
+    copies = {}
+    for path in [source, *(tasks[name] for name in sorted(wanted))]:
+        note = (f"# Generated from {path.relative_to(ROOT)} by `anomaly-mlops compile` for Pipelines-as-Code; "
+                "edit that file, not this one.\n")
+        copies[path.name] = note + path.read_text()
+    return copies
+
+
+def write_pac_copies(out: Path = PAC_OUT) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    copies = pac_copies()
+    for stale in set(p.name for p in out.glob("*.yaml")) - set(copies):
+        (out / stale).unlink()
+    written = []
+    for name, text in copies.items():
+        (out / name).write_text(text)
+        written.append(out / name)
     return written
 
 
@@ -75,6 +109,12 @@ def header(text: str) -> str:
 def stale_files(options: PipelineOptions = PipelineOptions()) -> list[str]:
     """Committed files that differ from a fresh compile, with a short diff each."""
     problems = []
+    copies = pac_copies()
+    committed_pac = {p.name for p in PAC_OUT.glob("*.yaml")} if PAC_OUT.is_dir() else set()
+    for name in sorted(committed_pac | set(copies)):
+        old = (PAC_OUT / name).read_text() if name in committed_pac else ""
+        if copies.get(name, "") != old:
+            problems.append(f"{(PAC_OUT / name).relative_to(ROOT)} is stale (generated from manifests/tekton)")
     with tempfile.TemporaryDirectory() as tmp:
         fresh = compile_all(options, Path(tmp) / "p", Path(tmp) / "c")
         for path in fresh:

@@ -84,16 +84,13 @@ def test_rbac_is_least_privilege():
     docs = kustomize("rbac")
     role, binding = by_kind(docs, "Role"), by_kind(docs, "RoleBinding")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
-    assert rules == {
-        (("serving.kserve.io",), ("inferenceservices",)): {"get", "list", "watch", "create", "patch"},
-        (("serving.kserve.io",), ("servingruntimes",)): {"get", "list"},
-    }
+    assert rules == {(("serving.kserve.io",), ("inferenceservices",)): {"get", "create", "patch"}}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner-dspa"}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
-def test_deploy_needs_only_what_the_role_grants():
-    """The verbs our client uses (tests/k8s_fake.py records them) are all granted."""
+def test_the_role_grants_exactly_what_deploy_uses():
+    """The verbs our client sends (tests/k8s_fake.py records them) equal the verbs granted."""
     from k8s_fake import FakeKubeAPI
 
     from anomaly_mlops.deploy import InferenceServiceClient, deploy
@@ -111,7 +108,8 @@ def test_deploy_needs_only_what_the_role_grants():
     finally:
         fake.stop()
     used = {{"GET": "get", "POST": "create", "PATCH": "patch"}[m] for m, _, _ in fake.requests}
-    assert used <= granted
+    assert used == granted
+    assert {path.split("?")[0].split("/")[6] for _, path, _ in fake.requests} == {"inferenceservices"}
 
 
 def test_secret_template_holds_placeholders_only():

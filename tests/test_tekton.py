@@ -26,7 +26,7 @@ def docs(path: Path) -> list[dict]:
 
 
 ALL = {p: docs(p) for p in sorted(TEKTON.rglob("*.yaml")) if p.name != "kustomization.yaml"}
-ALL[ROOT / ".tekton" / "push.yaml"] = docs(ROOT / ".tekton" / "push.yaml")
+ALL[ROOT / ".tekton" / "push.yaml"] = docs(ROOT / ".tekton" / "push.yaml")  # its Pipeline and Tasks: test_tekton_rules
 OBJECTS = [d for ds in ALL.values() for d in ds]
 TASKS = {d["metadata"]["name"]: d for d in OBJECTS if d["kind"] == "Task"}
 PIPELINES = {d["metadata"]["name"]: d for d in OBJECTS if d["kind"] == "Pipeline"}
@@ -47,8 +47,8 @@ def test_api_versions():
                  "EventListener": "triggers.tekton.dev/v1beta1"}.get(obj["kind"])
         if group:
             assert obj["apiVersion"] == group, obj["metadata"]["name"]
-    assert set(TASKS) == {"anomaly-git-clone", "anomaly-data", "anomaly-train", "anomaly-validate", "anomaly-publish",
-                          "anomaly-deploy", "anomaly-verify", "anomaly-submit-kfp"}
+    assert set(TASKS) == {"anomaly-git-clone", "anomaly-build-image", "anomaly-data", "anomaly-train", "anomaly-validate",
+                          "anomaly-publish", "anomaly-deploy", "anomaly-verify", "anomaly-submit-kfp"}
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -64,8 +64,10 @@ def test_task_references_are_declared(name):
     # Every declared result is written by the script.
     assert results <= {r.removesuffix(".path") for r in refs(steps, "results.")}
     for step in steps:
+        if name == "anomaly-build-image":  # buildah, not our image (test_tekton_rules checks its context)
+            assert step["image"] == "$(params.builder-image)" and "buildah" in step["script"]
+            continue
         assert step["image"] == "$(params.image)"
-        assert step["securityContext"]["runAsNonRoot"] is True
         assert "anomaly-mlops" in step["script"] or name == "anomaly-git-clone"
 
 
@@ -113,8 +115,10 @@ def test_triggers_resolve():
         check_pipeline_run(resource, "TriggerTemplate")
         validate = resource["spec"]["taskRunSpecs"][0]
         assert validate["pipelineTaskName"] == "validate"
-        assert validate["podTemplate"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        assert validate["podTemplate"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert validate["computeResources"] == {"limits": {"nvidia.com/gpu": "1"}}
+        run_level = resource["spec"]["taskRunTemplate"]["podTemplate"]  # where the affinity assistant looks
+        assert run_level["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert run_level["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     for binding in kinds["TriggerBinding"].values():
         assert {p["name"] for p in binding["spec"]["params"]} == tt_params
     (listener,) = kinds["EventListener"].values()
@@ -172,7 +176,8 @@ def run_task(name: str, params: dict, workdir: Path, env: dict, expect_rc: int =
         return REF.sub(one, text)
 
     for step in spec["steps"]:
-        step_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        step_env = {**os.environ, **env,
+                    "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', os.environ['PATH'])}"}
         for var in step.get("env", []):
             secret = var["valueFrom"]["secretKeyRef"]
             assert secret["key"] in ENV_KEYS and substitute(secret["name"]) == values["data-connection"]
@@ -196,13 +201,22 @@ def test_task_scripts_run_end_to_end(tmp_path, s3_env):
 
     data = run_task("anomaly-data", {"rows": "5000"}, work, s3_env)
     assert int(data["holdout-anomalies"]) > 0
-    trained = run_task("anomaly-train", {"n-estimators": "40"}, work, {})
+    trained = run_task("anomaly-train", {"n-estimators": "40", "git-commit": cloned["commit"], "run-id": "retrain-abc12"},
+                       work, {})
     assert 0 < float(trained["threshold"]) < 1
+    metadata = json.loads((work / "model" / "metadata.json").read_text())
+    assert metadata["provenance"] == {"git_commit": cloned["commit"], "run_id": "retrain-abc12"}
     validated = run_task("anomaly-validate", {}, work, {})
     assert validated["gate-passed"] == "true" and float(validated["roc-auc"]) > 0.8
     published = run_task("anomaly-publish", {"version": "tekton-v1"}, work, s3_env)
     assert published == {"uri": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/tekton-v1/", "version": "tekton-v1",
                          "storage-path": "anomaly-detector/tekton-v1/"}
+    import boto3
+
+    released = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
+                            aws_secret_access_key="y", region_name="us-east-1").head_object(
+        Bucket=s3_env["AWS_S3_BUCKET"], Key="anomaly-detector/tekton-v1/MANIFEST.sha256")["Metadata"]
+    assert released["git-commit"] == cloned["commit"] and released["run-id"] == "retrain-abc12"
 
     kube = FakeKubeAPI()
     kubeconfig = tmp_path / "kubeconfig"

@@ -257,7 +257,7 @@ def _pipeline_options(args):
 
 
 def cmd_compile(args) -> dict:
-    from pipelines.compile import compile_all, stale_files
+    from pipelines.compile import compile_all, stale_files, write_pac_copies
 
     options = _pipeline_options(args)
     if args.check:
@@ -265,7 +265,7 @@ def cmd_compile(args) -> dict:
         if problems:
             raise AnomalyMLOpsError("compiled files are stale; run 'anomaly-mlops compile':\n" + "\n".join(problems))
         return {"stale": []}
-    return {"written": [str(p) for p in compile_all(options)]}
+    return {"written": [str(p) for p in [*compile_all(options), *write_pac_copies()]]}
 
 
 def _dsp_client(args):
@@ -476,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .kfp_components import DEFAULT_IMAGE
 
-    p = sub.add_parser("compile", help="compile the KFP pipelines and component specs (committed YAML)")
+    p = sub.add_parser("compile", help="compile the KFP pipelines and component specs, and copy the Tekton pipeline "
+                                       "into .tekton/ for Pipelines-as-Code (committed YAML)")
     p.add_argument("--image", default=DEFAULT_IMAGE, help="image every component runs")
     p.add_argument("--no-gpu", action="store_true", help="validate without GPU request, node selector, toleration")
     p.add_argument("--gpu-node-selector", default="nvidia.com/gpu.present=true", help="KEY=VALUE, or '' for none")
