@@ -1,10 +1,13 @@
 """A recording fake of the KFP v2beta1 REST API (what Data Science Pipelines serves):
-experiments, runs and recurring runs, with display-name filters and bearer-token checks.
-Tests read ``requests`` to see exactly what kfp.Client sent."""
+experiments, runs and recurring runs, with display-name filters and bearer-token checks,
+and the API's refusals: a run parameter the pipeline spec does not declare, and a cron
+schedule robfig/cron cannot parse (400, gRPC code 3 InvalidArgument, as the API server
+answers). Tests read ``requests`` to see exactly what kfp.Client sent."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from urllib.parse import parse_qs, urlparse
@@ -42,6 +45,10 @@ class FakeKFP(JsonFakeServer):
                 experiment = {**body, "experiment_id": str(uuid.uuid4())}
                 self.experiments[experiment["experiment_id"]] = experiment
                 return 200, experiment
+            if method == "POST" and path in ("/apis/v2beta1/runs", "/apis/v2beta1/recurringruns"):
+                refused = refusal(body)
+                if refused:
+                    return 400, {"error": refused, "message": refused, "code": 3}
             if path == "/apis/v2beta1/runs" and method == "POST":
                 run = {**body, "run_id": str(uuid.uuid4()), "state": "PENDING"}
                 self.runs[run["run_id"]] = run
@@ -67,3 +74,46 @@ class FakeKFP(JsonFakeServer):
                 value = predicate.get("string_value", predicate.get("stringValue"))
                 items = [i for i in items if i.get(predicate["key"]) == value]
         return items
+
+
+# robfig/cron with seconds: per field (low, high); names for months and weekdays.
+_RANGES = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
+_NAMES = {4: "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), 5: "SUN MON TUE WED THU FRI SAT".split()}
+_ATOM = re.compile(r"^(\*|\?|[A-Za-z0-9]+(-[A-Za-z0-9]+)?)(/[0-9]+)?$")
+
+
+def _cron_ok(cron: str) -> bool:
+    fields = cron.split()
+    if len(fields) != 6:
+        return False
+    for index, field in enumerate(fields):
+        low, high = _RANGES[index]
+        for atom in field.split(","):
+            match = _ATOM.match(atom)
+            if not match:
+                return False
+            for token in re.split(r"[-/]", atom.split("/")[0]):
+                if token in ("*", "?"):
+                    continue
+                names = _NAMES.get(index, [])
+                number = names.index(token.upper()) + low if token.upper() in names else (
+                    int(token) if token.isdigit() else None)
+                if number is None or not low <= number <= high:
+                    return False
+    return True
+
+
+def refusal(body: dict) -> str | None:
+    """What the KFP API server refuses when a run or recurring run is created."""
+    cron = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron")
+    if cron is not None and not _cron_ok(cron):
+        return ("Invalid input error: Schedule cron is not a supported format(https://godoc.org/github.com/robfig/cron). "
+                f"Error: failed to parse {cron!r}")
+    spec = body.get("pipeline_spec") or {}
+    spec = spec.get("pipeline_spec", spec)  # with a platform spec, kfp.Client nests the two
+    declared = set(((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters", {}) or {})
+    given = set(((body.get("runtime_config") or {}).get("parameters") or {}))
+    unknown = sorted(given - declared)
+    if spec and unknown:
+        return f"Invalid input error: unrecognized input parameter(s) {unknown} for the pipeline"
+    return None

@@ -119,3 +119,21 @@ def test_secret_template_holds_placeholders_only():
         assert secret["stringData"][key] == "REPLACE_ME"
     assert secret["metadata"]["name"].startswith("aws-connection-")
     assert secret["metadata"]["annotations"]["opendatahub.io/connection-type"] == "s3"
+
+
+@pytest.mark.skipif(not __import__("crd_schema").available(), reason="../shared/schemas not found beside the checkout")
+@pytest.mark.parametrize("overlay", ["serverless", "raw"])
+def test_kserve_objects_validate_against_the_crd_schemas_openshift_ai_ships(overlay):
+    """ServingRuntime and InferenceService of each overlay against odh-v2.25's CRDs, and
+    the webhook rules the fake applies (scale metric per mode)."""
+    import crd_schema
+    from k8s_fake import webhook_reason
+
+    built = kustomize(f"kserve/overlays/{overlay}")
+    kinds = {d["kind"] for d in built}
+    assert {"ServingRuntime", "InferenceService"} <= kinds
+    for doc in built:
+        if doc["kind"] in ("ServingRuntime", "InferenceService"):
+            assert crd_schema.errors(doc) == [], doc["kind"]
+        if doc["kind"] == "InferenceService":
+            assert webhook_reason(doc, None) is None

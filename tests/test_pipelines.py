@@ -3,6 +3,7 @@ tolerations, node selector, secret env, caching, retries), the training pipeline
 with kfp.local, and submit/schedule send what DSP expects."""
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -231,3 +232,52 @@ def test_cli_submit_with_a_bad_token_is_a_clear_error(dsp, tmp_path):
     assert json.loads(ok.stdout)["action"] == "created"
     (created,) = dsp.calls("POST", "/apis/v2beta1/recurringruns")
     assert created["body"]["runtime_config"]["parameters"] == {"rows": 5000, "deploy": False}
+
+
+def test_the_kfp_fake_refuses_what_the_api_refuses(dsp):
+    """Unknown run parameters and unparsable cron schedules: 400 from the API, whatever our
+    own checks say (they are bypassed here to reach it)."""
+    from unittest import mock
+
+    from kfp_server_api.exceptions import ApiException
+
+    client = make_client(dsp.url, dsp.token, "anomaly")
+    with mock.patch("anomaly_mlops.submit.check_arguments"):
+        with pytest.raises(ApiException) as info:
+            submit_run(client, TRAINING, {"data_connection": "x"}, "r", "anomaly-detector", "anomaly")
+    assert info.value.status == 400 and "unrecognized input parameter(s) ['data_connection']" in info.value.body
+    with mock.patch("anomaly_mlops.submit.check_cron", side_effect=lambda c: c):
+        with pytest.raises(ApiException) as info:
+            schedule(client, TRAINING, "bad", "0 61 3 * * *", {}, "anomaly-detector", "anomaly")
+    assert info.value.status == 400 and "not a supported format" in info.value.body
+
+
+@pytest.mark.parametrize("cron, message", [
+    ("0 3 * * *", "6 fields"),
+    ("0 61 3 * * *", "minute '61' is not in 0-59"),
+    ("0 0 24 * * *", "hour '24' is not in 0-23"),
+    ("0 0 3 0 * *", "day of month '0' is not in 1-31"),
+    ("0 0 3 * FOO *", "month 'FOO'"),
+    ("0 0 3 * * 7", "day of week '7' is not in 0-6"),
+    ("0 */0 * * * *", "step '0'"),
+    ("0 30-10 * * * *", "runs backwards"),
+    ("? 0 3 * * *", "'?' is allowed only"),
+])
+def test_bad_cron_is_refused_before_any_connection(cron, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_cron(cron)
+
+
+def test_good_cron_forms_pass():
+    for cron in ("0 0 3 * * *", "0 */15 * * * *", "30 0 2 ? * MON-FRI", "0 0 3 1,15 JAN-JUN *", "0 0 0 * * SUN"):
+        assert check_cron(cron) == cron
+
+
+def test_cli_schedule_checks_cron_and_parameters_before_contacting_the_server(tmp_path):
+    from anomaly_mlops import cli
+    from anomaly_mlops.local_services import free_port
+
+    host = f"http://127.0.0.1:{free_port()}"  # nothing listens: a contact would be a connection error
+    assert cli.main(["schedule", "--host", host, "--package", str(TRAINING), "--cron", "0 3 * * *"]) == 2
+    assert cli.main(["schedule", "--host", host, "--package", str(TRAINING), "--param", "nope=1"]) == 2
+    assert cli.main(["submit", "--host", host, "--package", str(TRAINING), "--param", "data_connection=x"]) == 2

@@ -290,9 +290,10 @@ def _dsp_call(args, call):
 
 
 def cmd_submit(args) -> dict:
-    from .submit import parse_params, submit_run
+    from .submit import check_arguments, parse_params, submit_run
 
     params = parse_params(args.param)
+    check_arguments(args.package, params)  # before any connection
     run_id = _dsp_call(args, lambda client: submit_run(client, args.package, params, args.run_name,
                                                         args.experiment, args.namespace))
     return {"run_id": run_id}
@@ -301,9 +302,11 @@ def cmd_submit(args) -> dict:
 def cmd_schedule(args) -> dict:
     from dataclasses import asdict
 
-    from .submit import parse_params, schedule
+    from .submit import check_arguments, check_cron, parse_params, schedule
 
     params = parse_params(args.param)
+    check_cron(args.cron)  # cheap checks first: nothing is contacted when these fail
+    check_arguments(args.package, params)
     return asdict(_dsp_call(args, lambda client: schedule(
         client, args.package, args.name, args.cron, params, args.experiment, args.namespace,
         args.max_concurrency, not args.disabled)))

@@ -23,13 +23,57 @@ log = logging.getLogger(__name__)
 FINGERPRINT_PREFIX = "anomaly-mlops fingerprint: "
 
 
+# robfig/cron's fields with a seconds field, as KFP parses them: (name, low, high, names).
+_CRON_FIELDS = (
+    ("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+    ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
+)
+
+
 def check_cron(expression: str) -> str:
-    """KFP uses robfig/cron with a seconds field: 6 fields, e.g. '0 0 3 * * *' for 03:00 daily."""
+    """KFP uses robfig/cron with a seconds field: 6 fields, e.g. '0 0 3 * * *' for 03:00 daily.
+    Every field is checked here, before any server is contacted."""
     fields = expression.split()
     if len(fields) != 6:
         hint = f" (did you mean '0 {expression}'?)" if len(fields) == 5 else ""
         raise ConfigError(f"KFP cron expressions have 6 fields, seconds first; got {len(fields)}: {expression!r}{hint}")
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS):
+        for part in text.split(","):
+            _check_cron_part(part, name, low, high, names, expression)
     return " ".join(fields)
+
+
+def _check_cron_part(part: str, name: str, low: int, high: int, names: tuple, expression: str) -> None:
+    def value(token: str) -> int:
+        if token.upper() in names:
+            return names.index(token.upper()) + low
+        if not token.isdigit() or not low <= int(token) <= high:
+            raise ConfigError(f"cron {expression!r}: {name} {token!r} is not in {low}-{high}")
+        return int(token)
+
+    span, _, step = part.partition("/")
+    if step and (not step.isdigit() or int(step) == 0):
+        raise ConfigError(f"cron {expression!r}: {name} step {step!r} must be a positive number")
+    if span in ("*", "?"):
+        if span == "?" and name not in ("day of month", "day of week"):
+            raise ConfigError(f"cron {expression!r}: '?' is allowed only for day of month or day of week")
+        return
+    first, dash, last = span.partition("-")
+    if value(first) > (value(last) if dash else high if step else value(first)):
+        raise ConfigError(f"cron {expression!r}: {name} range {span!r} runs backwards")
+
+
+def check_arguments(package: str | Path, arguments: dict) -> None:
+    """Refuse run parameters the pipeline does not declare, naming the ones it does."""
+    import yaml
+
+    spec = yaml.safe_load(Path(_package(package)).read_text().split("\n---\n")[0])
+    declared = set((spec.get("root", {}).get("inputDefinitions", {}) or {}).get("parameters", {}) or {})
+    unknown = sorted(set(arguments) - declared)
+    if unknown:
+        raise ConfigError(f"the pipeline in {package} has no parameter {', '.join(unknown)}; it takes: "
+                          f"{', '.join(sorted(declared))}")
 
 
 def make_client(host: str, token: str | None = None, namespace: str | None = None, ssl_ca_cert: str | None = None):
@@ -49,6 +93,7 @@ def _package(path: str | Path) -> Path:
 
 def submit_run(client, package: str | Path, arguments: dict, run_name: str, experiment: str,
                namespace: str | None = None) -> str:
+    check_arguments(package, arguments)
     result = client.create_run_from_pipeline_package(
         pipeline_file=str(_package(package)), arguments=arguments, run_name=run_name,
         experiment_name=experiment, namespace=namespace)
@@ -74,6 +119,7 @@ def schedule(client, package: str | Path, name: str, cron: str, arguments: dict,
              namespace: str | None = None, max_concurrency: int = 1, enabled: bool = True) -> ScheduleResult:
     package = _package(package)
     cron = check_cron(cron)
+    check_arguments(package, arguments)
     wanted = fingerprint(package, arguments, cron, max_concurrency, enabled)
     exp = client.create_experiment(name=experiment, namespace=namespace)  # returns the existing one if present
     name_filter = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]})
