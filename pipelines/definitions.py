@@ -1,6 +1,8 @@
 """The KFP v2 pipelines.
 
-- ``training``: data -> train -> validate (GPU node) -> If(gate passed) -> publish ->
+- ``training``: data (synthetic, a file, or live Prometheus metrics labelled by alert
+  history when ``prometheus_url`` is set) -> train -> validate (GPU node; against the
+  champion, ``latest`` released by default) -> If(gate passed) -> publish ->
   If(deploy) -> deploy -> verify (promote the canary, or roll back); an exit handler
   prints a summary whatever happened.
 - ``deploy-only``: an already released version: fetch (verified) -> deploy -> verify.
@@ -95,6 +97,11 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
     def training(
         source: str = "synthetic",
         features: str = "",
+        prometheus_url: str = "",
+        lookback: str = "7d",
+        step: str = "60s",
+        alerts: str = "",
+        incidents: str = "",
         rows: int = 20160,
         seed: int = 42,
         anomaly_rate: float = 0.03,
@@ -106,6 +113,10 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         min_roc_auc: float = 0.80,
         min_pr_auc: float = 0.30,
         max_single_row_p99_ms: float = 100.0,
+        champion: str = "latest",
+        max_auc_drop: float = 0.02,
+        max_score_psi: float = 0.25,
+        max_flagged_rate_ratio: float = 3.0,
         model_name: str = "anomaly-detector",
         version: str = "",
         root_prefix: str = "",
@@ -124,7 +135,9 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         _resources(summary, "100m", "128Mi", "250m", "256Mi")
         with dsl.ExitHandler(summary, name="retraining"):
             data = c["prepare_data"](source=source, features=features, rows=rows, seed=seed,
-                                     anomaly_rate=anomaly_rate, holdout_fraction=holdout_fraction)
+                                     anomaly_rate=anomaly_rate, holdout_fraction=holdout_fraction,
+                                     prometheus_url=prometheus_url, lookback=lookback, step=step, alerts=alerts,
+                                     incidents=incidents)
             data.set_display_name("data")
             # The same source URI can hold new data on the next scheduled run: never cache.
             data.set_caching_options(False).set_retry(**NETWORK_RETRY)
@@ -140,7 +153,10 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
             validated = c["validate_model"](
                 model=trained.outputs["model"], holdout_data=data.outputs["holdout_data"],
                 min_roc_auc=min_roc_auc, min_pr_auc=min_pr_auc, max_single_row_p99_ms=max_single_row_p99_ms,
+                champion=champion, model_name=model_name, root_prefix=root_prefix, max_auc_drop=max_auc_drop,
+                max_score_psi=max_score_psi, max_flagged_rate_ratio=max_flagged_rate_ratio,
             ).set_display_name("validate")
+            _s3_env(validated, options)  # the champion comes from the bucket
             _resources(validated, "1", "2Gi", "2", "8Gi")
             _on_gpu(validated, options)
 

@@ -33,6 +33,23 @@ def s3_env():
         yield env
 
 
+@pytest.fixture
+def settings(s3_env):
+    """S3Settings for the embedded S3-protocol server."""
+    from anomaly_mlops.storage import S3Settings
+
+    return S3Settings.from_env(s3_env)
+
+
+@pytest.fixture
+def raw(s3_env):
+    """A plain boto3 client on the embedded server, to look at (or damage) what was written."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
+                        aws_secret_access_key="y", region_name="us-east-1")
+
+
 @pytest.fixture(scope="session")
 def served(model_dir, tmp_path_factory):
     """(base_url, model_name) of a KServe server serving model_dir from disk."""

@@ -12,7 +12,6 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 import requests
 
@@ -37,12 +36,6 @@ def through_proxy(s3_env, proxy):
     settings = S3Settings.from_env({**s3_env, "AWS_S3_ENDPOINT": proxy.url})
     # Three attempts keep the backoff short in tests; the default is five.
     return S3Settings(**{**settings.__dict__, "max_attempts": 3})
-
-
-@pytest.fixture
-def raw(s3_env):
-    return boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                        aws_secret_access_key="y", region_name="us-east-1")
 
 
 def released(raw, bucket, name):

@@ -137,3 +137,15 @@ def test_kserve_objects_validate_against_the_crd_schemas_openshift_ai_ships(over
             assert crd_schema.errors(doc) == [], doc["kind"]
         if doc["kind"] == "InferenceService":
             assert webhook_reason(doc, None) is None
+
+
+def test_the_submit_task_may_get_the_dsp_route_and_nothing_more():
+    """The DSP OAuth proxy lets a caller through only with get on the DSPA's Route."""
+    built = kustomize("tekton")
+    roles = {d["metadata"]["name"]: d for d in built if d["kind"] == "Role"}
+    bindings = [d for d in built if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "anomaly-mlops-dsp-route-reader"]
+    assert roles["anomaly-mlops-dsp-route-reader"]["rules"] == [
+        {"apiGroups": ["route.openshift.io"], "resources": ["routes"], "resourceNames": ["ds-pipeline-dspa"],
+         "verbs": ["get"]}]
+    (binding,) = bindings
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "anomaly-mlops-pipeline", "namespace": "anomaly-mlops"}]

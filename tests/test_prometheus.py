@@ -21,7 +21,7 @@ QUERIES = {f: f'mlops_{f}{{instance="node-1"}}' for f in DEFAULT_FEATURES}
 def test_query_range_is_aligned_into_the_schema(prometheus):
     url, end, expected = prometheus
     frame = fetch_range(url, QUERIES, lookback_s=6 * 3600, step_s=60, end=end)
-    assert list(frame.columns) == ["timestamp", *DEFAULT_FEATURES] and len(frame) == 361
+    assert list(frame.columns) == ["timestamp", "entity", *DEFAULT_FEATURES] and len(frame) == 361
     assert frame.timestamp.iloc[-1].timestamp() == end
     np.testing.assert_allclose(frame[list(DEFAULT_FEATURES)].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-9)
     # A coarser step samples the same history.
@@ -32,8 +32,9 @@ def test_query_range_is_aligned_into_the_schema(prometheus):
 
 
 @pytest.mark.parametrize("query, message", [
-    ('mlops_cpu_usage_pct', "returned 2 series"),
     ('mlops_absent_metric', "returned no data"),
+    ('label_replace(mlops_cpu_usage_pct, "job", "a", "", "") or label_replace(mlops_cpu_usage_pct, "job", "b", "", "")',
+     "4 series that no single label tells apart"),
     ('mlops_nan{instance="node-1"}', "1 NaN/Inf samples"),
     ('mlops_gappy{instance="node-1"}', r"missing steps of 361 \(longest gap \d+ steps"),
     ('rate(mlops_cpu_usage_pct[5m', "refused the query .*bad_data"),
@@ -51,11 +52,39 @@ def test_short_gaps_can_be_filled(prometheus):
     assert frame.gappy.notna().all() and (frame.gappy == 1).all()
 
 
-def test_unreachable_prometheus_and_bad_settings():
+def test_several_series_become_entities(prometheus):
+    """node-1 and node-2 report cpu_usage_pct: one entity each; single-series queries
+    apply to both."""
+    url, end, expected = prometheus
+    frame = fetch_range(url, {**QUERIES, "cpu_usage_pct": "mlops_cpu_usage_pct"}, lookback_s=6 * 3600, step_s=60,
+                        end=end)
+    assert sorted(frame.entity.unique()) == ["node-1", "node-2"] and len(frame) == 2 * 361
+    by_entity = {e: rows.reset_index(drop=True) for e, rows in frame.groupby("entity")}
+    np.testing.assert_allclose(by_entity["node-2"].cpu_usage_pct - by_entity["node-1"].cpu_usage_pct, 1.0, atol=1e-9)
+    np.testing.assert_allclose(by_entity["node-2"].memory_usage_pct, expected.memory_usage_pct.to_numpy(), atol=1e-9)
+
+
+def test_long_windows_are_fetched_in_pieces(prometheus):
+    """6 hours at 1 s is 21,601 steps: more than one query_range may return (11,000)."""
+    from anomaly_mlops.prometheus import PrometheusClient
+
+    url, end, expected = prometheus
+    client = PrometheusClient(url)
+    calls = []
+    original = client._range_once
+    client._range_once = lambda *a, **k: calls.append(a[1:3]) or original(*a, **k)
+    (series,) = client.range('mlops_memory_usage_pct{instance="node-1"}', end - 6 * 3600, end, 1, "memory")
+    assert len(calls) == 2 and len(series["values"]) == 6 * 3600 + 1
+    values = {int(t): float(v) for t, v in series["values"]}
+    stamps = expected.index[::30]
+    np.testing.assert_allclose([values[int(t)] for t in stamps], expected.memory_usage_pct.loc[stamps], atol=1e-9)
+
+
+def test_unreachable_prometheus_and_bad_settings(tmp_path):
     with pytest.raises(DataError, match="cannot reach Prometheus"):
         fetch_range(f"http://127.0.0.1:{free_port()}", QUERIES, lookback_s=3600, timeout_s=2)
-    with pytest.raises(ConfigError, match="exceed Prometheus' limit"):
-        fetch_range("http://x", QUERIES, lookback_s=30 * 86400, step_s=60)
+    with pytest.raises(ConfigError, match="CA bundle not found"):
+        fetch_range("https://x", QUERIES, lookback_s=3600, ca_bundle=str(tmp_path / "none.crt"))
     with pytest.raises(ConfigError, match="durations look like"):
         parse_duration("7 days")
     assert parse_duration("7d") == 604800

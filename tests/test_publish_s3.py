@@ -3,7 +3,6 @@
 import logging
 import uuid
 
-import boto3
 import pytest
 
 from anomaly_mlops.artifacts import MANIFEST_FILE, load_model_dir, write_manifest
@@ -11,17 +10,6 @@ from anomaly_mlops.errors import ArtifactError, ConfigError, StorageError, Versi
 from anomaly_mlops.local_services import free_port
 from anomaly_mlops.publish import download_model, publish
 from anomaly_mlops.storage import S3Settings
-
-
-@pytest.fixture
-def settings(s3_env):
-    return S3Settings.from_env(s3_env)
-
-
-@pytest.fixture
-def raw(s3_env):
-    return boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                        aws_secret_access_key="y", region_name="us-east-1")
 
 
 def keys(raw, bucket, prefix):

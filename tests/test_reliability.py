@@ -13,7 +13,6 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import requests
@@ -25,17 +24,6 @@ from anomaly_mlops.local_services import model_server
 from anomaly_mlops.publish import claim_key, download_model, publish
 from anomaly_mlops.storage import S3Settings
 from fault_proxy import Fault, FaultProxy
-
-
-@pytest.fixture
-def settings(s3_env):
-    return S3Settings.from_env(s3_env)
-
-
-@pytest.fixture
-def raw(s3_env):
-    return boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                        aws_secret_access_key="y", region_name="us-east-1")
 
 
 @pytest.fixture
@@ -394,6 +382,9 @@ def test_bad_paths_and_flags_are_one_line_exit_2(capsys, tmp_path, prepared, mod
         (("--result", f"model_dir={tmp_path / 'missing' / 'out'}", "train", "--data", train, "--out", str(tmp_path / "m")),
          "does not exist or is not writable"),
         (("download", "--uri", "s3://models/x/v1/", "--out", str(regular)), "not a directory"),
+        # Refused even to root (CI runs as root, for whom permission bits refuse nothing):
+        (("data", "--out", "/sys/anomaly-mlops-test/d", "--rows", "200"), "Operation not permitted"),
+        (("train", "--data", str(tmp_path), "--out", str(tmp_path / "m")), "(it is a directory)"),
     ]
     if not as_root:
         cases += [

@@ -206,7 +206,7 @@ def test_task_scripts_run_end_to_end(tmp_path, s3_env):
     assert 0 < float(trained["threshold"]) < 1
     metadata = json.loads((work / "model" / "metadata.json").read_text())
     assert metadata["provenance"] == {"git_commit": cloned["commit"], "run_id": "retrain-abc12"}
-    validated = run_task("anomaly-validate", {}, work, {})
+    validated = run_task("anomaly-validate", {}, work, s3_env)  # champion: latest (none released yet)
     assert validated["gate-passed"] == "true" and float(validated["roc-auc"]) > 0.8
     published = run_task("anomaly-publish", {"version": "tekton-v1"}, work, s3_env)
     assert published == {"uri": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/tekton-v1/", "version": "tekton-v1",
@@ -263,4 +263,4 @@ def test_failing_gate_fails_the_validate_task(tmp_path):
     work.mkdir()
     run_task("anomaly-data", {"rows": "5000"}, work, {})
     run_task("anomaly-train", {"n-estimators": "20"}, work, {})
-    run_task("anomaly-validate", {"max-single-row-p99-ms": "0.001"}, work, {}, expect_rc=3)
+    run_task("anomaly-validate", {"max-single-row-p99-ms": "0.001", "champion": ""}, work, {}, expect_rc=3)

@@ -120,22 +120,35 @@ def test_gate_failure_is_reported(model_dir, prepared, tmp_path):
 
 
 def test_gates_switch_off_with_none():
-    metrics = {"roc_auc": 0.5, "pr_auc": 0.1, "f1": 0.0, "latency": {"single_row_ms": {"p99": 500.0}, "batches": {}}}
-    assert evaluate_gates(metrics, Gates(None, None, None, None)) == []
-    names = [g["gate"] for g in evaluate_gates(metrics, Gates())]
-    assert names == ["roc_auc", "pr_auc", "single_row_p99_ms"]
+    metrics = {"roc_auc": 0.5, "pr_auc": 0.1, "f1": 0.0, "flagged_rate": 0.3, "expected_contamination": 0.02,
+               "latency": {"single_row_ms": {"p99": 500.0}, "batches": {}}}
+    off = Gates(None, None, None, None, max_auc_drop=None, max_score_psi=None, max_flagged_rate_ratio=None)
+    assert evaluate_gates(metrics, off) == []
+    gates = {g["gate"]: g for g in evaluate_gates(metrics, Gates())}
+    assert [n for n, g in gates.items() if not g.get("skipped")] == ["roc_auc", "pr_auc", "single_row_p99_ms"]
+    # With labels the label-free gates are listed as skipped, and so is a comparison without a champion.
+    assert gates["flagged_rate"]["skipped"] == "labels measure accuracy directly"
+    assert gates["roc_auc_vs_champion"]["skipped"] == "no champion"
 
 
-def test_validate_needs_labels_of_both_classes(model_dir, prepared, tmp_path):
+def test_without_labels_validation_gates_on_what_it_can_measure(model_dir, prepared, tmp_path):
     import pandas as pd
 
     frame = pd.read_parquet(prepared.holdout_path)
     frame.drop(columns=["is_anomaly"]).to_parquet(tmp_path / "unlabelled.parquet")
-    with pytest.raises(DataError, match="no 'is_anomaly' column"):
-        validate(model_dir, str(tmp_path / "unlabelled.parquet"), tmp_path / "out", latency=FAST_LATENCY)
     frame.assign(is_anomaly=0).to_parquet(tmp_path / "normal.parquet")
-    with pytest.raises(DataError, match="0 anomalous rows"):
-        validate(model_dir, str(tmp_path / "normal.parquet"), tmp_path / "out", latency=FAST_LATENCY)
+    for name, why in (("unlabelled", "no labels"), ("normal", "labels of one class only (0 anomalous)")):
+        result = validate(model_dir, str(tmp_path / f"{name}.parquet"), tmp_path / name, latency=FAST_LATENCY)
+        gates = {g["gate"]: g for g in result.gates}
+        assert result.metrics["roc_auc"] is None and result.metrics["labels"] == why
+        assert gates["roc_auc"]["skipped"] == "no labels" and "skipped" not in gates["flagged_rate"]
+        assert gates["flagged_rate"]["threshold"] == 0.06 and result.passed  # 3 x contamination 0.02
+        report = result.report_path.read_text()
+        assert f"Not measured: the holdout has {why}" in report and not (tmp_path / name / "roc.png").exists()
+    # A model that flags far more than its contamination fails the label-free gate.
+    strict = validate(model_dir, str(tmp_path / "unlabelled.parquet"), tmp_path / "strict",
+                      Gates(max_flagged_rate_ratio=0.1), FAST_LATENCY)
+    assert not strict.passed and [g["gate"] for g in strict.gates if not g["passed"]] == ["flagged_rate"]
 
 
 def test_time_series_feature_model_end_to_end(prepared, tmp_path):

@@ -28,6 +28,9 @@ def _gates_from(args):
         min_pr_auc=off(args.min_pr_auc),
         min_f1=off(args.min_f1),
         max_single_row_p99_ms=off(args.max_single_row_p99_ms),
+        max_auc_drop=off(args.max_auc_drop),
+        max_score_psi=off(args.max_score_psi),
+        max_flagged_rate_ratio=off(args.max_flagged_rate_ratio),
     )
 
 
@@ -40,6 +43,12 @@ def _add_gate_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-pr-auc", type=float, default=defaults.min_pr_auc)
     group.add_argument("--min-f1", type=float, default=defaults.min_f1)
     group.add_argument("--max-single-row-p99-ms", type=float, default=defaults.max_single_row_p99_ms)
+    group.add_argument("--max-auc-drop", type=float, default=defaults.max_auc_drop,
+                       help="with labels: how much lower than the champion's ROC-AUC/PR-AUC is allowed")
+    group.add_argument("--max-score-psi", type=float, default=defaults.max_score_psi,
+                       help="without labels: largest score-distribution shift (PSI) from the champion")
+    group.add_argument("--max-flagged-rate-ratio", type=float, default=defaults.max_flagged_rate_ratio,
+                       help="without labels: flagged share of rows at most this multiple of the contamination")
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -88,36 +97,27 @@ def cmd_data(args) -> dict:
     from .data import prepare_data
     from .schema import FeatureSchema
 
-    frame, source, schema = None, args.source, FeatureSchema.parse(args.features)
-    if args.source == "prometheus":
-        from .prometheus import PrometheusClient, fetch_range, load_queries, parse_duration, time_grid
+    live = None
+    if args.source == "prometheus" or (args.source == "synthetic" and args.prometheus_url):
+        from .prometheus import PrometheusSource
 
-        lookback_s, step_s = parse_duration(args.lookback), parse_duration(args.step)
-        if not args.prometheus_url:
-            raise AnomalyMLOpsError("--source prometheus needs --prometheus-url")
-        if schema.name == "self-healing-platform" and not args.queries:
-            from .self_healing import fetch_platform_frame
-
-            grid = time_grid(lookback_s, step_s, args.end)
-            client = PrometheusClient(args.prometheus_url, _read_token(args.token_file))
-            frame = fetch_platform_frame(client, grid=grid, step_s=step_s, max_gap_steps=args.max_gap_steps)
-        elif not args.queries:
-            raise AnomalyMLOpsError("--source prometheus needs --queries, or --schema self-healing-platform "
-                                    "(the platform engine's own PromQL)")
-        else:
-            queries = load_queries(args.queries)
-            frame = fetch_range(args.prometheus_url, queries, lookback_s=lookback_s, step_s=step_s, end=args.end,
-                                max_gap_steps=args.max_gap_steps, token=_read_token(args.token_file))
-            schema = FeatureSchema(tuple(queries))
-        source = f"prometheus {redact(args.prometheus_url)}"
+        live = PrometheusSource(
+            url=args.prometheus_url, queries=args.queries, lookback=args.lookback, step=args.step, end=args.end,
+            max_gap_steps=args.max_gap_steps, token_file=args.token_file, ca_bundle=args.ca_bundle,
+            entity_label=args.entity_label, alerts=args.alerts, incidents=args.incidents)
     result = prepare_data(
-        args.out, source=source, schema=schema, holdout_fraction=args.holdout_fraction, rows=args.rows,
-        seed=args.seed, anomaly_rate=args.anomaly_rate, max_rows=args.max_rows, max_bytes=args.max_bytes,
-        frame=frame, holdout_source=args.holdout_source,
+        args.out, source=args.source, schema=FeatureSchema.parse(args.features), holdout_fraction=args.holdout_fraction,
+        rows=args.rows, seed=args.seed, anomaly_rate=args.anomaly_rate, max_rows=args.max_rows,
+        max_bytes=args.max_bytes, holdout_source=args.holdout_source, prometheus=live,
     )
-    return {"train": str(result.train_path), "holdout": str(result.holdout_path),
-            "train_rows": result.train_rows, "holdout_rows": result.holdout_rows,
-            "holdout_anomalies": result.holdout_anomalies}
+    summary = {"train": str(result.train_path), "holdout": str(result.holdout_path),
+               "train_rows": result.train_rows, "holdout_rows": result.holdout_rows,
+               "holdout_anomalies": result.holdout_anomalies, "labelled": result.labelled}
+    labels = Path(args.out) / "labels.json"
+    if labels.exists():  # what each label source labelled (live data)
+        summary["labels"] = [{k: v for k, v in s.items() if k in ("source", "intervals", "rows", "alerts_fired")}
+                             for s in json.loads(labels.read_text())["sources"]]
+    return summary
 
 
 def cmd_train(args) -> dict:
@@ -131,17 +131,24 @@ def cmd_train(args) -> dict:
 
 
 def cmd_validate(args) -> dict:
+    import tempfile
+
+    from .champion import resolve_champion
     from .errors import GateFailedError
-    from .validate import LatencyPlan, validate
+    from .validate import LatencyPlan, describe_gate_failure, validate
 
     plan = LatencyPlan(single_row_repeats=args.latency_repeats)
-    result = validate(args.model, args.holdout, args.out, _gates_from(args), plan)
+    with tempfile.TemporaryDirectory(prefix="anomaly-champion-") as cache:
+        champion = resolve_champion(args.champion, args.model_name, cache, args.root_prefix)
+        result = validate(args.model, args.holdout, args.out, _gates_from(args), plan, champion,
+                          None if args.champion else "no champion named (--champion)")
     summary = {"gate_passed": result.passed, "report": str(result.report_path), "metrics": str(result.metrics_path),
-               **{k: result.metrics[k] for k in ("roc_auc", "pr_auc", "f1")}}
+               **{k: result.metrics[k] for k in ("roc_auc", "pr_auc", "f1", "flagged_rate")},
+               "champion": result.metrics["champion"].get("compared", False)}
     if not result.passed and args.fail_on_gate:
         print(json.dumps(summary))
         raise GateFailedError("release gate failed: " + "; ".join(
-            f"{g['gate']} {g['value']} {g['op']} {g['threshold']}" for g in result.gates if not g["passed"]))
+            describe_gate_failure(g) for g in result.gates if not g["passed"]))
     return summary
 
 
@@ -345,15 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
     p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     p.add_argument("--holdout-source", help="labelled holdout file; then all of --source trains")
-    g = p.add_argument_group("--source prometheus")
+    g = p.add_argument_group("--source prometheus (the default source when --prometheus-url is given)")
     g.add_argument("--prometheus-url", help="e.g. https://thanos-querier.openshift-monitoring.svc:9091")
-    g.add_argument("--queries", help="YAML/JSON file: feature name -> PromQL (one series each); not needed for "
-                                     "--schema self-healing-platform (the engine's own PromQL, one entity per pod)")
+    g.add_argument("--queries", help="YAML/JSON file: feature name -> PromQL (default: the schema's built-in "
+                                     "queries; self-healing-platform: the engine's own PromQL, one entity per pod)")
     g.add_argument("--lookback", default="7d", help="window ending now (or at --end), e.g. 6h, 7d")
     g.add_argument("--step", default="60s", help="resolution, e.g. 60s")
     g.add_argument("--end", type=float, help="window end as a Unix time (default: now)")
     g.add_argument("--max-gap-steps", type=int, default=0, help="fill gaps up to this many steps, refuse longer")
-    g.add_argument("--token-file", help="bearer token for Prometheus/Thanos (never logged)")
+    g.add_argument("--token-file", help="bearer token for Prometheus/Thanos (never logged); in a pod: "
+                                        "/var/run/secrets/kubernetes.io/serviceaccount/token")
+    g.add_argument("--ca-bundle", help="CA bundle for HTTPS (in-cluster Thanos Querier: the service CA, "
+                                       "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt)")
+    g.add_argument("--entity-label", help="label that tells the series of one query apart (default: pod, instance "
+                                          "or node, whichever does)")
+    g.add_argument("--alerts", help="alertname regex: rows inside their firing intervals (ALERTS) are anomalous")
+    g.add_argument("--incidents", help="CSV/Parquet of incident windows (start, end[, entity]), local or s3://")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("train", help="fit StandardScaler + IsolationForest and write a model directory")
@@ -374,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-repeats", type=int, default=300)
     p.add_argument("--no-fail-on-gate", dest="fail_on_gate", action="store_false",
                    help="exit 0 even when a gate fails (the result is in metrics.json)")
+    p.add_argument("--champion", default="",
+                   help="compare with: 'latest' (newest released version in S3), 'serving:<ns>/<isvc>', an s3:// "
+                        "version or a model directory; empty: no comparison")
+    p.add_argument("--model-name", default="anomaly-detector", help="for --champion latest")
+    p.add_argument("--root-prefix", default="", help="for --champion latest")
     _add_gate_flags(p)
     p.set_defaults(func=cmd_validate)
 

@@ -45,6 +45,12 @@ class Dataset:
 # --------------------------------------------------------------------------- synthetic
 
 
+def daily_load(minutes: int) -> np.ndarray:
+    """0-1 load, one value a minute: busy in the afternoon, quiet at night; weekends quieter."""
+    t = np.arange(minutes)
+    return 0.5 * (1 - np.cos(2 * np.pi * (t % 1440) / 1440 - np.pi / 6)) * np.where((t // 1440) % 7 >= 5, 0.7, 1.0)
+
+
 def generate_synthetic(
     rows: int = 20_160,
     seed: int = 42,
@@ -61,12 +67,7 @@ def generate_synthetic(
     if not 0.0 <= anomaly_rate < 0.5:
         raise DataError(f"anomaly_rate must be in [0, 0.5), got {anomaly_rate}")
     rng = np.random.default_rng(seed)
-    minutes = np.arange(rows)
-    day = 2 * np.pi * (minutes % 1440) / 1440.0
-    # Busy in the afternoon, quiet at night; weekends a little quieter.
-    daily = 0.5 * (1 - np.cos(day - np.pi / 6))
-    weekly = np.where(((minutes // 1440) % 7) >= 5, 0.7, 1.0)
-    load = daily * weekly
+    load = daily_load(rows)
 
     cpu = 20 + 45 * load + rng.normal(0, 3.0, rows)
     memory = 50 + 12 * load + np.cumsum(rng.normal(0, 0.05, rows)).clip(-5, 5) + rng.normal(0, 1.0, rows)
@@ -304,6 +305,57 @@ def load_dataset(
     )
 
 
+# --------------------------------------------------------------------------- labels
+
+
+def apply_labels(frame: pd.DataFrame, firing: dict[str, np.ndarray] | None = None, grid: np.ndarray | None = None,
+                 incidents: pd.DataFrame | None = None, reports: list[dict] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Label rows anomalous inside alert firing intervals (``firing``: entity -> mask over
+    ``grid``; entity "" = every entity) and inside incident windows (columns start, end and
+    optionally entity; end exclusive). Returns the frame and a report of what each source
+    labelled. When no source labelled a single row there is no ``is_anomaly`` column: the
+    data is unlabelled, and says so, rather than all-normal."""
+    reports = [dict(r) for r in (reports or [])]
+    stamps = frame[TIMESTAMP_COLUMN].map(lambda t: int(pd.Timestamp(t).timestamp())).to_numpy()
+    entities = frame[ENTITY_COLUMN].astype(str).to_numpy() if ENTITY_COLUMN in frame.columns else np.full(len(frame), "")
+    labelled = np.zeros(len(frame), dtype=bool)
+    if firing is not None:
+        from_alerts = np.zeros(len(frame), dtype=bool)
+        for entity, mask in firing.items():
+            rows = np.isin(stamps, grid[mask]) & ((entities == entity) if entity else True)
+            from_alerts |= rows
+        reports[0]["rows"] = int(from_alerts.sum())
+        labelled |= from_alerts
+    if incidents is not None:
+        missing = [c for c in ("start", "end") if c not in incidents.columns]
+        if missing:
+            raise DataError(f"the incident windows lack columns {missing}; expected start, end and optionally entity")
+        starts = pd.to_datetime(incidents["start"], utc=True, errors="coerce")
+        ends = pd.to_datetime(incidents["end"], utc=True, errors="coerce")
+        if starts.isna().any() or ends.isna().any() or (ends <= starts).any():
+            raise DataError("the incident windows need parseable start < end times on every line")
+        from_incidents = np.zeros(len(frame), dtype=bool)
+        for i in range(len(incidents)):
+            window = (stamps >= starts.iloc[i].timestamp()) & (stamps < ends.iloc[i].timestamp())
+            entity = str(incidents["entity"].iloc[i]) if "entity" in incidents.columns and pd.notna(
+                incidents["entity"].iloc[i]) else ""
+            from_incidents |= window & ((entities == entity) if entity else True)
+        reports.append({"source": "incidents", "intervals": len(incidents), "rows": int(from_incidents.sum())})
+        labelled |= from_incidents
+    report = {"sources": reports, "rows": len(frame), "anomalous_rows": int(labelled.sum())}
+    if labelled.any():
+        frame = frame.assign(**{LABEL_COLUMN: labelled.astype(np.int8)})
+        report["labelled"] = True
+    else:
+        report["labelled"] = False
+        report["note"] = "no source labelled any row: the data is unlabelled (validation gates on what it can measure)"
+    for one in reports:
+        log.info("labels from %s: %s intervals, %s rows", one["source"], one.get("intervals"), one.get("rows"))
+    if not report["labelled"]:
+        log.warning(report["note"])
+    return frame, report
+
+
 # --------------------------------------------------------------------------- the step
 
 
@@ -315,6 +367,7 @@ class PreparedData:
     train_rows: int
     holdout_rows: int
     holdout_anomalies: int
+    labelled: bool = True
 
 
 def prepare_data(
@@ -330,8 +383,11 @@ def prepare_data(
     max_bytes: int = DEFAULT_MAX_BYTES,
     frame: pd.DataFrame | None = None,
     holdout_source: str | None = None,
+    labels_report: dict | None = None,
+    prometheus=None,
 ) -> PreparedData:
-    """Write ``train.parquet``, ``holdout.parquet`` and ``schema.json`` into ``out_dir``.
+    """Write ``train.parquet``, ``holdout.parquet``, ``schema.json`` (and ``labels.json``
+    for labelled live data) into ``out_dir``.
 
     The split is in time (the holdout is the latest part), as the model will meet the
     future, not a shuffled past. ``frame`` is data already fetched (e.g. from Prometheus);
@@ -340,6 +396,12 @@ def prepare_data(
     if not 0.0 < holdout_fraction < 1.0:
         raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     schema = schema or FeatureSchema()
+    if prometheus is not None:  # a prometheus.PrometheusSource: live metrics, labels from alert history
+        from .prometheus import fetch_prometheus
+        from .redact import redact
+
+        frame, schema, labels_report = fetch_prometheus(prometheus, schema)
+        source = f"prometheus {redact(prometheus.url)}"
     if frame is not None:
         log.info("using %d rows from %s", len(frame), source)
     elif source == "synthetic" and schema.name == "self-healing-platform":
@@ -376,10 +438,13 @@ def prepare_data(
     _atomic_parquet(train_part[_kept_columns(train_part, schema)], train_path)
     _atomic_parquet(holdout[_kept_columns(holdout, schema)], holdout_path)
     (out / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
+    if labels_report is not None:
+        (out / "labels.json").write_text(json.dumps(labels_report, indent=2) + "\n")
     holdout_anomalies = int(holdout[LABEL_COLUMN].sum()) if LABEL_COLUMN in holdout.columns else 0
     log.info("wrote %s (%d rows) and %s (%d rows, %d labelled anomalous)",
              train_path, len(train_part), holdout_path, len(holdout), holdout_anomalies)
-    return PreparedData(train_path, holdout_path, schema, len(train_part), len(holdout), holdout_anomalies)
+    return PreparedData(train_path, holdout_path, schema, len(train_part), len(holdout), holdout_anomalies,
+                        labelled=LABEL_COLUMN in holdout.columns)
 
 
 def _kept_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[str]:

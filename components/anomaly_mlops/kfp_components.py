@@ -25,21 +25,57 @@ def prepare_data(
     seed: int = 42,
     anomaly_rate: float = 0.03,
     holdout_fraction: float = 0.3,
+    prometheus_url: str = "",
+    queries_file: str = "",
+    lookback: str = "7d",
+    step: str = "60s",
+    max_gap_steps: int = 5,
+    alerts: str = "",
+    incidents: str = "",
+    token_file: str = "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ca_bundle: str = "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt",
 ):
-    """Read or generate metrics, check the schema, split in time into train and holdout."""
+    """Read or generate metrics, check the schema, split in time into train and holdout.
+
+    Args:
+        source: 'synthetic', a CSV/Parquet path or s3:// URI; with prometheus_url set, live metrics.
+        features: the feature schema: 'default', 'self-healing-platform' or comma-separated names.
+        prometheus_url: Prometheus or Thanos Querier (https://thanos-querier.openshift-monitoring.svc:9091).
+        queries_file: feature -> PromQL file in the image; empty: the schema's built-in queries.
+        lookback: the window ending now, e.g. 7d (fetched in pieces when long).
+        step: the resolution, e.g. 60s.
+        max_gap_steps: longest gap (in steps) filled forward; longer gaps fail the step.
+        alerts: alertname regex; rows inside their firing intervals (ALERTS) are labelled anomalous.
+        incidents: CSV/Parquet of incident windows (start, end, entity), s3:// or a path.
+        token_file: bearer token for Prometheus (the pod's service account token).
+        ca_bundle: CA bundle for HTTPS (the service CA); ignored when the file is absent.
+    """
+    import os
     import shutil
     import tempfile
 
-    from anomaly_mlops.data import prepare_data as step
+    from anomaly_mlops.data import prepare_data as prepare
+    from anomaly_mlops.prometheus import PrometheusSource
     from anomaly_mlops.schema import FeatureSchema
 
+    live = PrometheusSource(
+        url=prometheus_url, queries=queries_file or None, lookback=lookback, step=step, max_gap_steps=max_gap_steps,
+        token_file=token_file if os.path.isfile(token_file) else None,
+        ca_bundle=ca_bundle if os.path.isfile(ca_bundle) else None,
+        alerts=alerts or None, incidents=incidents or None) if prometheus_url else None
     out = tempfile.mkdtemp()
-    result = step(out, source=source, schema=FeatureSchema.parse(features), holdout_fraction=holdout_fraction,
-                  rows=rows, seed=seed, anomaly_rate=anomaly_rate)
+    result = prepare(out, source=source, schema=FeatureSchema.parse(features), holdout_fraction=holdout_fraction,
+                     rows=rows, seed=seed, anomaly_rate=anomaly_rate, prometheus=live)
     shutil.copyfile(result.train_path, train_data.path)
     shutil.copyfile(result.holdout_path, holdout_data.path)
     train_data.metadata.update({"rows": result.train_rows, "features": list(result.schema.features)})
-    holdout_data.metadata.update({"rows": result.holdout_rows, "anomalies": result.holdout_anomalies})
+    holdout_data.metadata.update({"rows": result.holdout_rows, "anomalies": result.holdout_anomalies,
+                                  "labelled": result.labelled})
+    labels = os.path.join(out, "labels.json")
+    if os.path.exists(labels):
+        import json
+
+        holdout_data.metadata["labels"] = json.load(open(labels))
 
 
 def train_model(
@@ -79,29 +115,57 @@ def validate_model(
     min_pr_auc: float = 0.30,
     max_single_row_p99_ms: float = 100.0,
     latency_repeats: int = 300,
+    champion: str = "",
+    model_name: str = "anomaly-detector",
+    root_prefix: str = "",
+    max_auc_drop: float = 0.02,
+    max_score_psi: float = 0.25,
+    max_flagged_rate_ratio: float = 3.0,
 ) -> bool:
     """Accuracy, latency, gates (a negative threshold switches a gate off), HTML report.
     Returns whether every gate passed (a single ``Output``: kfp.local resolves conditions
-    on task outputs by that name only)."""
+    on task outputs by that name only).
+
+    Args:
+        min_roc_auc: lowest ROC-AUC on the labelled holdout.
+        min_pr_auc: lowest PR-AUC on the labelled holdout.
+        max_single_row_p99_ms: highest single-row scoring p99 in milliseconds.
+        latency_repeats: single-row calls timed.
+        champion: compare with 'latest' (newest released in S3), 'serving:<ns>/<isvc>', or an s3:// version.
+        model_name: the model whose released versions 'latest' looks at.
+        root_prefix: key prefix before <model>/ in the bucket.
+        max_auc_drop: with labels, how much lower than the champion's ROC-AUC/PR-AUC is allowed.
+        max_score_psi: without labels, largest score shift (PSI) from the champion.
+        max_flagged_rate_ratio: without labels, flagged share at most this multiple of the contamination.
+    """
     import shutil
     import tempfile
 
+    from anomaly_mlops.champion import resolve_champion
     from anomaly_mlops.validate import Gates, LatencyPlan, validate
 
     off = lambda v: None if v < 0 else v  # noqa: E731
     out = tempfile.mkdtemp()
-    result = validate(model.path, holdout_data.path, out,
-                      Gates(min_roc_auc=off(min_roc_auc), min_pr_auc=off(min_pr_auc),
-                            max_single_row_p99_ms=off(max_single_row_p99_ms)),
-                      LatencyPlan(single_row_repeats=latency_repeats))
+    gates = Gates(min_roc_auc=off(min_roc_auc), min_pr_auc=off(min_pr_auc),
+                  max_single_row_p99_ms=off(max_single_row_p99_ms), max_auc_drop=off(max_auc_drop),
+                  max_score_psi=off(max_score_psi), max_flagged_rate_ratio=off(max_flagged_rate_ratio))
+    reference = resolve_champion(champion, model_name, tempfile.mkdtemp(), root_prefix)
+    result = validate(model.path, holdout_data.path, out, gates, LatencyPlan(single_row_repeats=latency_repeats),
+                      reference, None if champion else "no champion named")
     m = result.metrics
-    for name in ("roc_auc", "pr_auc", "precision", "recall", "f1", "threshold"):
-        metrics.log_metric(name, m[name])
+    for name in ("roc_auc", "pr_auc", "precision", "recall", "f1", "threshold", "flagged_rate"):
+        if m.get(name) is not None:
+            metrics.log_metric(name, m[name])
+    for name, value in (m.get("champion") or {}).items():
+        if name in ("roc_auc", "pr_auc", "f1", "flagged_rate", "score_psi"):
+            metrics.log_metric(f"champion_{name}", value)
     for q in ("p50", "p95", "p99"):
         metrics.log_metric(f"single_row_latency_{q}_ms", m["latency"]["single_row_ms"][q])
     metrics.log_metric("gate_passed", float(result.passed))
-    classification.log_roc_curve(result.roc_points["fpr"], result.roc_points["tpr"], result.roc_points["thresholds"])
-    classification.log_confusion_matrix(["normal", "anomaly"], result.confusion)
+    if m.get("roc_auc") is not None:
+        classification.log_roc_curve(result.roc_points["fpr"], result.roc_points["tpr"],
+                                     result.roc_points["thresholds"])
+        classification.log_confusion_matrix(["normal", "anomaly"], result.confusion)
     shutil.copyfile(result.report_path, report.path)
     report.metadata.update({"gates": result.gates, "device": m["device"]["gpu_note"]})
     return result.passed

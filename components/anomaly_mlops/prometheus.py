@@ -1,9 +1,15 @@
-"""Training data from Prometheus: one PromQL query per feature, ``query_range`` over a
-lookback window at a fixed step, aligned onto one time grid in schema order.
+"""Training data from Prometheus (or Thanos Querier): one PromQL query per feature,
+``query_range`` over a lookback window at a fixed step, aligned onto one time grid in
+schema order. Windows longer than one query allows (11,000 points) are fetched in pieces.
 
-Each query must yield exactly one series (aggregate with sum/avg/max ... by nothing). A
-query with no data, several series, NaN/Inf samples, or more missing steps than allowed is
-a DataError naming the feature, the query and the first bad timestamp.
+A query may return one series (it then applies to every entity) or one series per entity,
+told apart by a label (``instance``, ``pod``, ... : the ``entity`` column of the rows). A
+query with no data, NaN/Inf samples, or more missing steps than allowed is a DataError
+naming the feature, the query and the first bad timestamp.
+
+Labels come from the cluster's own alert history (``alert_labels``): the steps where
+``ALERTS{alertstate="firing", alertname=~"..."}`` has a sample are anomalous, for the
+entity the alert names (the same label) or, when it names none, for every entity.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +26,12 @@ import pandas as pd
 
 from .errors import ConfigError, DataError
 from .redact import redact
-from .schema import TIMESTAMP_COLUMN, FeatureSchema
+from .schema import ENTITY_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
 
 log = logging.getLogger(__name__)
 
 MAX_POINTS = 11_000  # Prometheus refuses more points per series in one query_range
+MAX_ROWS_PER_SERIES = 2_000_000  # ~3.8 years at 60 s: beyond this, a config mistake
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -50,46 +58,71 @@ def load_queries(path: str | Path) -> dict[str, str]:
 
 
 class PrometheusClient:
-    """``query_range`` with a bearer token and one-line errors."""
+    """``query_range`` with a bearer token, a CA bundle, pieces for long windows and
+    one-line errors."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0):
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0, ca_bundle: str | None = None):
         import requests
 
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        if ca_bundle:
+            if not Path(ca_bundle).is_file():
+                raise ConfigError(f"CA bundle not found: {ca_bundle}")
+            self.session.verify = ca_bundle
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def range(self, promql: str, start: int, end: int, step_s: int, what: str) -> list[dict]:
-        """Every series the query returns (``metric`` labels and ``values``)."""
+    def range(self, promql: str, start: int, end: int, step_s: int, what: str, allow_empty: bool = False) -> list[dict]:
+        """Every series the query returns (``metric`` labels and ``values``), fetched in
+        pieces of at most MAX_POINTS steps and joined per series."""
+        merged: dict[tuple, dict] = {}
+        span = (MAX_POINTS - 1) * step_s
+        piece_start = start
+        while piece_start <= end:
+            piece_end = min(end, piece_start + span)
+            for one in self._range_once(promql, piece_start, piece_end, step_s, what):
+                key = tuple(sorted(one.get("metric", {}).items()))
+                merged.setdefault(key, {"metric": one.get("metric", {}), "values": []})["values"] += one["values"]
+            piece_start = piece_end + step_s
+        if not merged and not allow_empty:
+            raise DataError(f"the query for {what} returned no data between {_iso(start)} and {_iso(end)}: {promql}")
+        return list(merged.values())
+
+    def _range_once(self, promql: str, start: int, end: int, step_s: int, what: str) -> list[dict]:
         import requests
 
         try:
             response = self.session.get(f"{self.url}/api/v1/query_range", timeout=self.timeout_s,
                                         params={"query": promql, "start": start, "end": end, "step": step_s})
+        except requests.exceptions.SSLError as exc:
+            raise DataError(f"TLS to Prometheus at {redact(self.url)} failed (pass the service CA with --ca-bundle): "
+                            f"{redact(str(exc))[:300]}") from exc
         except requests.RequestException as exc:
-            raise DataError(f"cannot reach Prometheus at {redact(self.url)}: {redact(str(exc))}") from exc
+            raise DataError(f"cannot reach Prometheus at {redact(self.url)}: {redact(str(exc))[:300]}") from exc
+        if response.status_code in (401, 403):
+            raise DataError(f"Prometheus at {redact(self.url)} refused the request ({response.status_code}): pass a "
+                            "token that may read metrics (--token-file; in a pod the service account token, with "
+                            "cluster-monitoring-view for Thanos Querier)")
         try:
             body = response.json()
         except ValueError:
             body = {}
         if response.status_code != 200 or body.get("status") != "success":
             raise DataError(f"Prometheus refused the query for {what} ({response.status_code} "
-                            f"{body.get('errorType', '')}: {body.get('error', response.text[:200])}): {promql}")
-        series = body["data"]["result"]
-        if not series:
-            raise DataError(f"the query for {what} returned no data between {_iso(start)} and {_iso(end)}: {promql}")
-        return series
+                            f"{body.get('errorType', '')}: {body.get('error', redact(response.text[:200]))}): {promql}")
+        return body["data"]["result"]
 
 
 def time_grid(lookback_s: int, step_s: int, end: float | None) -> np.ndarray:
-    """Step-aligned Unix times ending at ``end`` (default now), checked against Prometheus' limits."""
+    """Step-aligned Unix times ending at ``end`` (default now)."""
     if step_s <= 0 or lookback_s < step_s:
         raise ConfigError(f"need step > 0 and lookback >= step, got step {step_s}s and lookback {lookback_s}s")
     points = lookback_s // step_s + 1
-    if points > MAX_POINTS:
-        raise ConfigError(f"{points} points per series exceed Prometheus' limit of {MAX_POINTS}; raise the step")
+    if points > MAX_ROWS_PER_SERIES:
+        raise ConfigError(f"{points} steps per series is more than {MAX_ROWS_PER_SERIES}; raise the step or shorten "
+                          "the lookback")
     end = math.floor((end if end is not None else time.time()) / step_s) * step_s
     return end - step_s * np.arange(points - 1, -1, -1, dtype=np.int64)
 
@@ -104,23 +137,86 @@ def fetch_range(
     max_gap_steps: int = 0,
     token: str | None = None,
     timeout_s: float = 60.0,
+    ca_bundle: str | None = None,
+    entity_label: str | None = None,
 ) -> pd.DataFrame:
-    """A frame with ``timestamp`` and one column per feature, one row per step."""
+    """A frame with ``timestamp``, ``entity`` and one column per feature: one row per step
+    and entity. A query with one series applies to every entity; a query with several is
+    split by ``entity_label`` (default: the one label whose values tell its series apart)."""
     FeatureSchema(tuple(queries))  # validates the names
     grid = time_grid(lookback_s, step_s, end)
-    client = PrometheusClient(url, token, timeout_s)
-    columns = {}
+    client = PrometheusClient(url, token, timeout_s, ca_bundle)
+    shared: dict[str, np.ndarray] = {}
+    per_entity: dict[str, dict[str, np.ndarray]] = {}
     for feature, promql in queries.items():
         series = client.range(promql, int(grid[0]), int(grid[-1]), step_s, repr(feature))
-        if len(series) > 1:
-            labels = [s.get("metric", {}) for s in series[:3]]
-            raise DataError(f"the query for {feature!r} returned {len(series)} series (e.g. {labels}); "
-                            f"aggregate it to one, e.g. avg(...) or sum(...): {promql}")
-        columns[feature] = _align(feature, promql, series[0]["values"], grid, step_s, max_gap_steps)
-        log.info("prometheus: %s: %d points", feature, len(grid))
-    frame = pd.DataFrame(columns)
-    frame.insert(0, TIMESTAMP_COLUMN, pd.to_datetime(grid, unit="s", utc=True))
-    return frame
+        if len(series) == 1:
+            shared[feature] = _align(feature, promql, series[0]["values"], grid, step_s, max_gap_steps)
+        else:
+            label = entity_label or _distinguishing_label(series, feature, promql)
+            for one in series:
+                name = one.get("metric", {}).get(label)
+                if name is None:
+                    raise DataError(f"the query for {feature!r} returned a series without the entity label {label!r} "
+                                    f"({one.get('metric')}): {promql}")
+                if feature in per_entity.setdefault(name, {}):
+                    raise DataError(f"the query for {feature!r} returned two series for {label}={name!r}; "
+                                    f"aggregate it by {label}: {promql}")
+                per_entity[name][feature] = _align(feature, promql, one["values"], grid, step_s, max_gap_steps)
+        log.info("prometheus: %s: %d series x %d steps", feature, len(series), len(grid))
+    entities = sorted(per_entity) or [""]
+    frames = []
+    for entity in entities:
+        columns = per_entity.get(entity, {})
+        missing = [f for f in queries if f not in columns and f not in shared]
+        if missing:
+            raise DataError(f"entity {entity!r} has no series for {missing}; every query must return it or "
+                            "return one series for all")
+        frame = pd.DataFrame({f: columns.get(f, shared.get(f)) for f in queries})
+        frame.insert(0, ENTITY_COLUMN, entity or "all")
+        frame.insert(0, TIMESTAMP_COLUMN, pd.to_datetime(grid, unit="s", utc=True))
+        frames.append(frame)
+    result = pd.concat(frames).sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
+    if len(entities) > 1:
+        log.info("prometheus: %d entities (%s)", len(entities), ", ".join(entities[:10]))
+    return result
+
+
+def _distinguishing_label(series: list[dict], feature: str, promql: str) -> str:
+    labels = set.intersection(*(set(s.get("metric", {})) for s in series))
+    telling = sorted(l for l in labels if len({s["metric"][l] for s in series}) == len(series))
+    preferred = [l for l in ("pod", "instance", "node") if l in telling]
+    if preferred or telling:
+        return (preferred or telling)[0]
+    raise DataError(f"the query for {feature!r} returned {len(series)} series that no single label tells apart "
+                    f"(e.g. {[s.get('metric') for s in series[:3]]}); aggregate it by one label: {promql}")
+
+
+def alert_labels(client: PrometheusClient, alert_names: str, grid: np.ndarray, step_s: int,
+                 entity_label: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Per entity, the grid steps inside a firing interval of an alert matching the regex
+    ``alert_names`` (key "" = alerts that name no entity: every entity), and a report."""
+    # A step is firing when an ALERTS sample falls inside it: present_over_time over one
+    # step (less a second, so a sample on the step boundary counts once), not the 5-minute
+    # lookback a plain selector would answer from. Needs a step >= the rule evaluation interval.
+    selector = f'ALERTS{{alertstate="firing", alertname=~"{alert_names}"}}'
+    promql = f"present_over_time({selector}[{max(step_s - 1, 1)}s])"
+    series = client.range(promql, int(grid[0]), int(grid[-1]), step_s, "alert history", allow_empty=True)
+    firing: dict[str, np.ndarray] = {}
+    intervals = 0
+    seen: set[str] = set()
+    for one in series:
+        metric = one.get("metric", {})
+        seen.add(metric.get("alertname", "?"))
+        stamps = {int(round(float(t))) for t, _ in one["values"]}
+        mask = np.isin(grid, list(stamps))
+        intervals += int(np.sum(np.diff(np.concatenate([[0], mask.astype(int)])) == 1))
+        key = next((metric[l] for l in ([entity_label] if entity_label else ["pod", "instance", "node"])
+                    if l and l in metric), "")
+        firing[key] = firing.get(key, np.zeros(len(grid), dtype=bool)) | mask
+    report = {"source": "alerts", "query": promql, "alerts_fired": sorted(seen), "intervals": intervals,
+              "series": len(series)}
+    return firing, report
 
 
 def _align(feature, promql, values, grid, step_s, max_gap_steps) -> np.ndarray:
@@ -152,3 +248,64 @@ def _longest_run(mask: np.ndarray) -> int:
 
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(epoch)))
+
+
+BUILT_IN_QUERIES = Path(__file__).with_name("queries") / "default.yaml"
+
+
+@dataclass
+class PrometheusSource:
+    """Where and how to read training data (and labels) from Prometheus or Thanos Querier."""
+
+    url: str
+    queries: str | None = None  # a YAML/JSON file; None: the schema's built-in queries
+    lookback: str = "7d"
+    step: str = "60s"
+    end: float | None = None
+    max_gap_steps: int = 0
+    token_file: str | None = None  # in a pod: /var/run/secrets/kubernetes.io/serviceaccount/token
+    ca_bundle: str | None = None  # in-cluster Thanos Querier: the service CA
+    entity_label: str | None = None
+    alerts: str | None = None  # alertname regex: rows in their firing intervals are anomalous
+    incidents: str | None = None  # CSV/Parquet of incident windows (start, end, entity), local or s3://
+
+
+def fetch_prometheus(source: PrometheusSource, schema: FeatureSchema) -> tuple[pd.DataFrame, FeatureSchema, dict]:
+    """The labelled (or explicitly unlabelled) frame, its schema and the labels report."""
+    from .data import apply_labels, read_table
+
+    if not source.url:
+        raise ConfigError("the Prometheus source needs a URL (--prometheus-url)")
+    token = None
+    if source.token_file:
+        try:
+            token = Path(source.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {source.token_file}: {exc.strerror}") from exc
+    lookback_s, step_s = parse_duration(source.lookback), parse_duration(source.step)
+    grid = time_grid(lookback_s, step_s, source.end)
+    client = PrometheusClient(source.url, token, ca_bundle=source.ca_bundle)
+    if schema.name == "self-healing-platform" and not source.queries:
+        from .self_healing import fetch_platform_frame
+
+        frame = fetch_platform_frame(client, grid=grid, step_s=step_s, max_gap_steps=source.max_gap_steps)
+    else:
+        if source.queries is None and schema.features != FeatureSchema().features:
+            raise ConfigError("there are no built-in queries for this schema; pass --queries (built in: the default "
+                              "schema and self-healing-platform)")
+        queries = load_queries(source.queries or BUILT_IN_QUERIES)
+        frame = fetch_range(source.url, queries, lookback_s=lookback_s, step_s=step_s, end=source.end,
+                            max_gap_steps=source.max_gap_steps, token=token, ca_bundle=source.ca_bundle,
+                            entity_label=source.entity_label)
+        schema = FeatureSchema(tuple(queries), schema.name if source.queries is None else None)
+    firing, reports = None, []
+    if source.alerts:
+        firing, report = alert_labels(client, source.alerts, grid, step_s, source.entity_label)
+        if not report["alerts_fired"]:
+            report["note"] = (f"no alert matching {source.alerts!r} fired between {_iso(grid[0])} and "
+                              f"{_iso(grid[-1])}")
+            log.warning("labels: %s", report["note"])
+        reports.append(report)
+    incidents = read_table(source.incidents)[0] if source.incidents else None
+    frame, labels_report = apply_labels(frame, firing, grid, incidents, reports)
+    return frame, schema, labels_report

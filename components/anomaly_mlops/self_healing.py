@@ -118,9 +118,10 @@ def generate_platform_synthetic(rows: int = 20_160, seed: int = 42, anomaly_rate
         raise DataError(f"synthetic data needs at least 60 minutes per pod, got {minutes} ({rows} rows, {pods} pods)")
     if not 0.0 <= anomaly_rate < 0.5:
         raise DataError(f"anomaly_rate must be in [0, 0.5), got {anomaly_rate}")
+    from .data import daily_load
+
     rng = np.random.default_rng(seed)
-    t = np.arange(minutes)
-    load = 0.5 * (1 - np.cos(2 * np.pi * (t % 1440) / 1440 - np.pi / 6)) * np.where((t // 1440) % 7 >= 5, 0.7, 1.0)
+    load = daily_load(minutes)
     node_cpu = 0.15 + 0.45 * load + rng.normal(0, 0.02, minutes)
     node_memory = 0.45 + 0.15 * load + np.cumsum(rng.normal(0, 0.0005, minutes)).clip(-0.05, 0.05) + rng.normal(0, 0.01, minutes)
     node_labels = np.zeros(minutes, dtype=np.int8)

@@ -38,6 +38,11 @@ class Gates:
     min_f1: float | None = None
     max_single_row_p99_ms: float | None = 100.0
     max_batch_row_p99_us: float | None = None  # p99 batch latency divided by batch size
+    # Against the champion (the released version), on the same rows:
+    max_auc_drop: float | None = 0.02  # with labels: ROC-AUC and PR-AUC may be at most this much lower
+    max_score_psi: float | None = 0.25  # without labels: score distribution shift (PSI) from the champion's
+    # Without labels: the share of rows flagged may be at most this multiple of the contamination.
+    max_flagged_rate_ratio: float | None = 3.0
 
 
 @dataclass
@@ -165,22 +170,68 @@ def accuracy_metrics(y: np.ndarray, scores: np.ndarray, predictions: np.ndarray)
 
 
 def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
-    checks = [
-        ("roc_auc", metrics["roc_auc"], ">=", gates.min_roc_auc),
-        ("pr_auc", metrics["pr_auc"], ">=", gates.min_pr_auc),
-        ("f1", metrics["f1"], ">=", gates.min_f1),
-        ("single_row_p99_ms", metrics["latency"]["single_row_ms"]["p99"], "<=", gates.max_single_row_p99_ms),
+    """Every configured gate (None switches one off): passed, failed, or skipped with the
+    reason when it cannot be measured here. Accuracy gates need labels; the flagged-rate and
+    score-shift gates are for unlabelled data, where they are what there is to measure."""
+    labelled = metrics.get("roc_auc") is not None
+    champion = metrics.get("champion") or {}
+    no_labels = None if labelled else "no labels"
+    no_champion = None if champion.get("compared") else champion.get("note", "no champion")
+    for_unlabelled = "labels measure accuracy directly" if labelled else None
+    checks = [  # (gate, value, op, configured limit, limit in effect, why skipped)
+        ("roc_auc", metrics.get("roc_auc"), ">=", gates.min_roc_auc, gates.min_roc_auc, no_labels),
+        ("pr_auc", metrics.get("pr_auc"), ">=", gates.min_pr_auc, gates.min_pr_auc, no_labels),
+        ("f1", metrics.get("f1"), ">=", gates.min_f1, gates.min_f1, no_labels),
+        ("single_row_p99_ms", metrics["latency"]["single_row_ms"]["p99"], "<=", gates.max_single_row_p99_ms,
+         gates.max_single_row_p99_ms, None),
     ]
     if gates.max_batch_row_p99_us is not None:
         worst = max(b["p99_us_per_row"] for b in metrics["latency"]["batches"].values())
-        checks.append(("batch_row_p99_us", worst, "<=", gates.max_batch_row_p99_us))
+        checks.append(("batch_row_p99_us", worst, "<=", gates.max_batch_row_p99_us, gates.max_batch_row_p99_us, None))
+    for name in ("roc_auc", "pr_auc"):
+        limit = None if gates.max_auc_drop is None or champion.get(name) is None else round(
+            champion[name] - gates.max_auc_drop, 5)
+        checks.append((f"{name}_vs_champion", metrics.get(name), ">=", gates.max_auc_drop, limit,
+                       no_champion or no_labels))
+    contamination = metrics.get("expected_contamination", 0.0)
+    flagged_limit = None if gates.max_flagged_rate_ratio is None else round(gates.max_flagged_rate_ratio * contamination, 5)
+    checks.append(("flagged_rate", metrics.get("flagged_rate"), "<=", gates.max_flagged_rate_ratio, flagged_limit,
+                   for_unlabelled))
+    checks.append(("score_psi_vs_champion", champion.get("score_psi"), "<=", gates.max_score_psi, gates.max_score_psi,
+                   no_champion or for_unlabelled))
     results = []
-    for name, value, op, limit in checks:
-        if limit is None:
+    for name, value, op, configured, limit, skipped in checks:
+        if configured is None:
+            continue
+        if skipped:
+            results.append({"gate": name, "value": value, "op": op, "threshold": limit, "passed": True,
+                            "skipped": skipped})
             continue
         passed = value >= limit if op == ">=" else value <= limit
         results.append({"gate": name, "value": value, "op": op, "threshold": limit, "passed": bool(passed)})
     return results
+
+
+def champion_metrics(champion: LoadedModel | None, dataset: Dataset, challenger_scores: np.ndarray,
+                     labelled: bool, note: str | None = None) -> dict:
+    """The champion scored on the same rows: its accuracy (with labels), flagged rate and
+    the PSI of the challenger's scores against its scores."""
+    from .champion import psi
+
+    if champion is None:
+        return {"compared": False, "note": note or "no champion"}
+    if champion.schema.features != dataset.schema.features:
+        return {"compared": False, "note": f"the champion ({champion.metadata.get('created_at')}) has another "
+                                           "feature schema; nothing to compare"}
+    predictions, scores = champion.score(dataset.X)
+    result = {"compared": True, "created_at": champion.metadata.get("created_at"),
+              "provenance": champion.metadata.get("provenance"),
+              "flagged_rate": round(float(np.mean(predictions == ANOMALY)), 5),
+              "score_psi": round(psi(scores, challenger_scores), 5)}
+    if labelled:
+        accuracy, _, _ = accuracy_metrics(dataset.y, scores, predictions)
+        result.update({k: accuracy[k] for k in ("roc_auc", "pr_auc", "f1")})
+    return result
 
 
 def validate(
@@ -189,21 +240,35 @@ def validate(
     out_dir: str | os.PathLike,
     gates: Gates | None = None,
     latency: LatencyPlan | None = None,
+    champion: LoadedModel | None = None,
+    champion_note: str | None = None,
 ) -> ValidationResult:
-    """Measure, gate and report. Writes metrics.json, report.html and the PNG figures."""
+    """Measure, gate and report. Writes metrics.json, report.html and the PNG figures.
+
+    A holdout without labels (or with one class only) is validated on what can be
+    measured without them (flagged rate, score shift from the champion, latency), and the
+    report says so. ``champion`` (see champion.py) is scored on the same rows."""
     gates = gates or Gates()
     latency = latency or LatencyPlan()
     model = load_model_dir(model_dir)
-    dataset = holdout if isinstance(holdout, Dataset) else load_dataset(holdout, model.schema, require_labels=True)
-    if dataset.y is None:
-        raise DataError(f"{dataset.source} has no labels; validation needs labelled data")
+    dataset = holdout if isinstance(holdout, Dataset) else load_dataset(holdout, model.schema)
     if dataset.schema.features != model.schema.features:
         raise DataError(
             f"holdout columns {list(dataset.schema.features)} differ from the model's schema {list(model.schema.features)}"
         )
-    log.info("scoring %d holdout rows", dataset.n_rows)
+    labelled = dataset.y is not None and 0 < int(dataset.y.sum()) < dataset.n_rows
+    log.info("scoring %d holdout rows (%s)", dataset.n_rows, "labelled" if labelled else "no labels")
     predictions, scores = model.score(dataset.X)
-    metrics, roc, confusion = accuracy_metrics(dataset.y, scores, predictions)
+    if labelled:
+        metrics, roc, confusion = accuracy_metrics(dataset.y, scores, predictions)
+    else:
+        why = "no labels" if dataset.y is None else f"labels of one class only ({int(dataset.y.sum())} anomalous)"
+        log.warning("the holdout has %s: accuracy is not measured; gating on flagged rate, score shift and latency", why)
+        metrics, roc, confusion = {"roc_auc": None, "pr_auc": None, "precision": None, "recall": None, "f1": None,
+                                   "holdout_rows": dataset.n_rows, "labels": why}, {}, []
+    metrics["flagged_rate"] = round(float(np.mean(predictions == ANOMALY)), 5)
+    metrics["expected_contamination"] = float(model.metadata.get("params", {}).get("contamination", 0.02))
+    metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note)
     metrics["threshold"] = model.threshold
     metrics["feature_window"] = model.transform.window
     metrics["device"] = describe_device()
@@ -217,15 +282,19 @@ def validate(
         log.info("GPU path not measured: %s", metrics["latency"]["gpu"]["reason"])
     gate_results = evaluate_gates(metrics, gates)
     passed = all(g["passed"] for g in gate_results)
-    log.info("ROC-AUC %.4f, PR-AUC %.4f, F1 %.4f at threshold %.4f; gates %s",
-             metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], model.threshold, "PASSED" if passed else "FAILED")
+    if labelled:
+        log.info("ROC-AUC %.4f, PR-AUC %.4f, F1 %.4f at threshold %.4f; gates %s",
+                 metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], model.threshold, "PASSED" if passed else "FAILED")
+    else:
+        log.info("flagged %.2f%% of rows (contamination %.2f%%); gates %s", 100 * metrics["flagged_rate"],
+                 100 * metrics["expected_contamination"], "PASSED" if passed else "FAILED")
     for g in gate_results:
         if not g["passed"]:
-            log.warning("gate %s failed: %s %s %s", g["gate"], g["value"], g["op"], g["threshold"])
+            log.warning("gate %s failed: %s", g["gate"], describe_gate_failure(g))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures = _figures(dataset.y, scores, model.threshold, roc, metrics, single, out)
+    figures = _figures(dataset.y if labelled else None, scores, model.threshold, roc, metrics, single, out)
     document = {
         "model_dir": str(model_dir),
         "holdout": {"source": dataset.source, "sha256": dataset.sha256},
@@ -243,6 +312,12 @@ def validate(
     return ValidationResult(metrics, gate_results, passed, out, report_path, metrics_path, roc, confusion, single)
 
 
+def describe_gate_failure(gate: dict) -> str:
+    """'0.95541 < required 0.99': the value, how it misses, and the requirement."""
+    miss = "<" if gate["op"] == ">=" else ">"
+    return f"{gate['gate']} {gate['value']} {miss} required {gate['threshold']}"
+
+
 def _figures(y, scores, threshold, roc, metrics, single_ms, out: Path) -> dict[str, bytes]:
     import matplotlib
 
@@ -258,17 +333,21 @@ def _figures(y, scores, threshold, roc, metrics, single_ms, out: Path) -> dict[s
         figures[name] = buffer.getvalue()
         (out / name).write_bytes(figures[name])
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.plot(roc["fpr"], roc["tpr"], lw=2, label=f"ROC-AUC {metrics['roc_auc']:.3f}")
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve (holdout)")
-    ax.legend(loc="lower right")
-    save(fig, "roc.png")
+    if y is not None:
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        ax.plot(roc["fpr"], roc["tpr"], lw=2, label=f"ROC-AUC {metrics['roc_auc']:.3f}")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve (holdout)")
+        ax.legend(loc="lower right")
+        save(fig, "roc.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(scores.min(), scores.max(), 60)
-    ax.hist(scores[y == 0], bins=bins, alpha=0.6, label="normal", density=True)
-    ax.hist(scores[y == 1], bins=bins, alpha=0.6, label="anomalous (label)", density=True)
+    if y is None:
+        ax.hist(scores, bins=bins, alpha=0.7, label="all rows (no labels)", density=True)
+    else:
+        ax.hist(scores[y == 0], bins=bins, alpha=0.6, label="normal", density=True)
+        ax.hist(scores[y == 1], bins=bins, alpha=0.6, label="anomalous (label)", density=True)
     ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
     ax.set(xlabel="anomaly score", ylabel="density", title="Score distribution (holdout)")
     ax.legend()
@@ -288,10 +367,22 @@ def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes
     m = document["metrics"]
     e = html.escape
     rows = "".join(
-        f"<tr class='{'ok' if g['passed'] else 'bad'}'><td>{e(g['gate'])}</td><td>{g['value']}</td>"
-        f"<td>{e(g['op'])} {g['threshold']}</td><td>{'pass' if g['passed'] else 'FAIL'}</td></tr>"
+        f"<tr class='{'skip' if g.get('skipped') else 'ok' if g['passed'] else 'bad'}'><td>{e(g['gate'])}</td>"
+        f"<td>{g['value']}</td><td>{e(g['op'])} {g['threshold']}</td>"
+        f"<td>{e('skipped: ' + g['skipped']) if g.get('skipped') else 'pass' if g['passed'] else 'FAIL'}</td></tr>"
         for g in document["gates"]
     )
+    champion = m.get("champion") or {}
+    if champion.get("compared"):
+        def cell(key):
+            return f"<td>{m.get(key) if m.get(key) is not None else '-'}</td><td>{champion.get(key, '-')}</td>"
+
+        champion_html = (f"<table><tr><th></th><th>challenger (this model)</th><th>champion ({e(str(champion.get('created_at')))})</th></tr>"
+                         + "".join(f"<tr><th>{label}</th>{cell(key)}</tr>" for label, key in (
+                             ("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("F1", "f1"), ("flagged rate", "flagged_rate")))
+                         + f"<tr><th>score PSI vs champion</th><td colspan=2>{champion['score_psi']}</td></tr></table>")
+    else:
+        champion_html = f"<p>No comparison: {e(champion.get('note', 'no champion'))}.</p>"
     lat = m["latency"]
     batch_rows = "".join(
         f"<tr><td>{size}</td><td>{b['p50']}</td><td>{b['p95']}</td><td>{b['p99']}</td><td>{b['rows_per_second']}</td></tr>"
@@ -301,7 +392,21 @@ def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes
         f"<figure><img alt='{e(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'/></figure>"
         for name, data in figures.items()
     )
-    (tn, fp), (fn, tp) = document["confusion_matrix"]["matrix"]
+    labelled = m.get("roc_auc") is not None
+    if labelled:
+        (tn, fp), (fn, tp) = document["confusion_matrix"]["matrix"]
+        accuracy_html = f"""<table>
+<tr><th>ROC-AUC</th><th>PR-AUC</th><th>precision</th><th>recall</th><th>F1</th><th>flagged rows</th></tr>
+<tr><td>{m['roc_auc']}</td><td>{m['pr_auc']}</td><td>{m['precision']}</td><td>{m['recall']}</td><td>{m['f1']}</td><td>{m['flagged_rows']}</td></tr></table>
+<table><tr><th>actual \\ predicted</th><th>predicted normal</th><th>predicted anomaly</th></tr>
+<tr><th>actual normal</th><td>{tn}</td><td>{fp}</td></tr><tr><th>actual anomaly</th><td>{fn}</td><td>{tp}</td></tr></table>"""
+        holdout_note = f"{m['holdout_anomalies']} labelled anomalous"
+    else:
+        accuracy_html = (f"<p><b>Not measured: the holdout has {e(m.get('labels', 'no labels'))}.</b> The gates use "
+                         f"what can be measured without labels: {100 * m['flagged_rate']:.2f}% of rows flagged "
+                         f"(contamination {100 * m['expected_contamination']:.2f}%), the score shift from the "
+                         f"champion, and latency.</p>")
+        holdout_note = "no labels"
     verdict = "PASSED" if document["gate_passed"] else "FAILED"
     device = m["device"]
     return f"""<!doctype html>
@@ -309,21 +414,18 @@ def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes
 <style>
 body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} th{{background:#f4f4f4}}
-tr.bad td{{background:#fde2e2}} tr.ok td{{background:#e6f4ea}} figure{{display:inline-block;margin:0 1em 1em 0}}
+tr.bad td{{background:#fde2e2}} tr.ok td{{background:#e6f4ea}} tr.skip td{{background:#f1f1f1;color:#555}} figure{{display:inline-block;margin:0 1em 1em 0}}
 .verdict{{font-size:1.4em;font-weight:bold;color:{'#137333' if document['gate_passed'] else '#b3261e'}}}
 </style></head><body>
 <h1>Anomaly detector validation</h1>
 <p class="verdict">Release gate {verdict}</p>
 <p>Model {e(str(document['model_dir']))}, trained {e(str(model_metadata.get('created_at')))} on
 {model_metadata.get('data', {}).get('rows')} rows; holdout {e(document['holdout']['source'])}
-({m['holdout_rows']} rows, {m['holdout_anomalies']} labelled anomalous).
+({m['holdout_rows']} rows, {holdout_note}).
 Threshold {m['threshold']:.5f} was fixed from training scores, not from holdout labels.</p>
 <h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>{rows}</table>
-<h2>Accuracy</h2><table>
-<tr><th>ROC-AUC</th><th>PR-AUC</th><th>precision</th><th>recall</th><th>F1</th><th>flagged rows</th></tr>
-<tr><td>{m['roc_auc']}</td><td>{m['pr_auc']}</td><td>{m['precision']}</td><td>{m['recall']}</td><td>{m['f1']}</td><td>{m['flagged_rows']}</td></tr></table>
-<table><tr><th></th><th>predicted normal</th><th>predicted anomaly</th></tr>
-<tr><th>normal</th><td>{tn}</td><td>{fp}</td></tr><tr><th>anomaly</th><td>{fn}</td><td>{tp}</td></tr></table>
+<h2>Accuracy</h2>{accuracy_html}
+<h2>Challenger and champion</h2>{champion_html}
 <h2>Latency</h2>
 <p>Device: {e(device['cpu'])} ({device['cpu_count']} CPUs), scoring on {e(device['scoring_device'])}; {e(device['gpu_note'])}.</p>
 <table><tr><th>single row (ms)</th><th>p50</th><th>p95</th><th>p99</th><th>max</th></tr>
