@@ -168,3 +168,21 @@ def test_time_series_model_is_served_with_the_same_features(prepared, holdout, t
         single = requests.post(f"{url}/v1/models/ts:predict", json={"instances": rows[:1].tolist()}, timeout=10)
     np.testing.assert_allclose(body["anomaly_scores"], offline.score(rows)[1], atol=1e-12)
     assert single.status_code == 200 and len(single.json()["anomaly_scores"]) == 1
+
+
+def test_v2_metadata_lists_inputs_outputs_and_the_version(served, model_dir):
+    from anomaly_mlops.publish import default_version
+
+    url, name = served
+    metadata = requests.get(f"{url}/v2/models/{name}", timeout=5).json()
+    assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 6]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["predictions", "anomaly_scores"]
+    assert metadata["versions"] == [default_version(model_dir)]
+
+
+def test_a_body_not_sent_as_json_is_told_so(served):
+    url, name = served
+    response = requests.post(f"{url}/v1/models/{name}:predict", data=json.dumps({"instances": [[1] * 6]}),
+                             headers={"content-type": "text/plain"}, timeout=10)
+    assert response.status_code == 400
+    assert "Content-Type: application/json" in response.json()["error"]

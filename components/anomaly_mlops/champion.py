@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def latest_release(model_name: str, root_prefix: str = "", settings=None) -> str | None:
-    """s3:// URI of the newest released version of ``model_name``; None when none is."""
+    """s3:// URI of the newest released version of ``model_name``; None when none is.
+    Newest: the latest manifest write; S3 keeps that to the second, so a tie goes to the
+    greater version name (default names begin with the training time)."""
     from .artifacts import MANIFEST_FILE
     from .publish import version_prefix
     from .storage import S3Settings, describe_client_error
@@ -30,18 +32,17 @@ def latest_release(model_name: str, root_prefix: str = "", settings=None) -> str
     settings = settings or S3Settings.from_env()
     prefix = version_prefix(model_name, "x", root_prefix)[: -len("x/")]
     client = settings.client()
-    newest, newest_at = None, None
+    newest = None
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 version, _, name = item["Key"][len(prefix):].partition("/")
-                if name == MANIFEST_FILE and not version.startswith(".") and (
-                        newest_at is None or item["LastModified"] > newest_at):
-                    newest, newest_at = version, item["LastModified"]
+                if name == MANIFEST_FILE and not version.startswith("."):
+                    newest = max(newest or (item["LastModified"], version), (item["LastModified"], version))
     except Exception as exc:
         raise describe_client_error(exc, f"list the released versions under s3://{settings.bucket}/{prefix}",
                                     settings) from exc
-    return f"s3://{settings.bucket}/{prefix}{newest}/" if newest else None
+    return f"s3://{settings.bucket}/{prefix}{newest[1]}/" if newest else None
 
 
 def serving_release(reference: str, settings=None) -> str:

@@ -20,7 +20,7 @@ log = logging.getLogger("anomaly_mlops")
 
 
 def _gates_from(args):
-    from .validate import Gates
+    from .params import Gates
 
     off = lambda v: None if v is not None and v < 0 else v  # noqa: E731 - a negative switches a gate off
     return Gates(
@@ -35,14 +35,18 @@ def _gates_from(args):
 
 
 def _add_gate_flags(parser: argparse.ArgumentParser) -> None:
-    from .validate import Gates
+    from .params import Gates
 
     defaults = Gates()
     group = parser.add_argument_group("release gates (a negative value switches a gate off)")
-    group.add_argument("--min-roc-auc", type=float, default=defaults.min_roc_auc)
-    group.add_argument("--min-pr-auc", type=float, default=defaults.min_pr_auc)
-    group.add_argument("--min-f1", type=float, default=defaults.min_f1)
-    group.add_argument("--max-single-row-p99-ms", type=float, default=defaults.max_single_row_p99_ms)
+    group.add_argument("--min-roc-auc", type=float, default=defaults.min_roc_auc,
+                       help="lowest ROC-AUC on the labelled holdout")
+    group.add_argument("--min-pr-auc", type=float, default=defaults.min_pr_auc,
+                       help="lowest PR-AUC (average precision) on the labelled holdout")
+    group.add_argument("--min-f1", type=float, default=defaults.min_f1,
+                       help="lowest F1 at the model's own threshold (off unless given)")
+    group.add_argument("--max-single-row-p99-ms", type=float, default=defaults.max_single_row_p99_ms,
+                       help="highest single-row scoring p99, milliseconds")
     group.add_argument("--max-auc-drop", type=float, default=defaults.max_auc_drop,
                        help="with labels: how much lower than the champion's ROC-AUC/PR-AUC is allowed")
     group.add_argument("--max-score-psi", type=float, default=defaults.max_score_psi,
@@ -52,15 +56,15 @@ def _add_gate_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from .train import TrainParams
+    from .params import TrainParams
 
     d = TrainParams()
-    parser.add_argument("--n-estimators", type=int, default=d.n_estimators)
+    parser.add_argument("--n-estimators", type=int, default=d.n_estimators, help="trees in the forest")
     parser.add_argument("--max-samples", type=_max_samples, default=d.max_samples,
                         help="'auto' or a positive row count per tree")
     parser.add_argument("--contamination", type=float, default=d.contamination,
                         help="expected anomalous share; sets the threshold from training scores")
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed, help="random seed (training is reproducible)")
     parser.add_argument("--feature-window", type=int, default=d.feature_window,
                         help="0: raw metrics; w>=2: causal time-series features over w rows (requests then "
                              "carry the preceding rows, oldest first)")
@@ -75,7 +79,7 @@ def _max_samples(text: str) -> int | str:
 
 
 def _train_params(args):
-    from .train import TrainParams
+    from .params import TrainParams
 
     return TrainParams(n_estimators=args.n_estimators, max_samples=args.max_samples,
                        contamination=args.contamination, seed=args.seed, feature_window=args.feature_window)
@@ -242,7 +246,7 @@ def cmd_rollback(args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate
-    from .train import TrainParams
+    from .params import TrainParams
 
     result = evaluate(args.data_dir, tuple(args.dataset), args.features,
                       TrainParams(n_estimators=args.n_estimators, contamination=args.contamination, seed=args.seed),
@@ -328,16 +332,35 @@ def cmd_run(args) -> dict:
     return run_local(config)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
-    from .predictor import DEFAULT_MAX_INSTANCES
-    from .verify import VerifyPlan
+class _Help(argparse.HelpFormatter):
+    """Every flag's default in --help, with or without a help text."""
 
-    parser = argparse.ArgumentParser(prog="anomaly-mlops", description=__doc__.split("\n")[0])
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, argparse.SUPPRESS, False, [], "") and "%(default)" not in text \
+                and action.option_strings and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .params import DEFAULT_IMAGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_ROWS, VerifyPlan
+
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="anomaly-mlops", description=__doc__.split("\n")[0], formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--result", action="append", default=[], metavar="KEY=PATH",
                         help="also write field KEY of the step's JSON result to PATH (Tekton results)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    class _Sub:  # every step's parser shows its defaults
+        @staticmethod
+        def add_parser(name, **kwargs):
+            return subparsers.add_parser(name, formatter_class=_Help, **kwargs)
+
+    sub = _Sub()
 
     p = sub.add_parser("data", help="read or generate metrics, check the schema, split into train/holdout Parquet")
     p.add_argument("--source", default="synthetic", help="'synthetic', a .csv/.csv.gz/.parquet path, or s3://bucket/key")
@@ -345,12 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", "--schema", dest="features", metavar="SCHEMA",
                    help="a named schema (default, self-healing-platform), comma-separated feature names, "
                         "or a schema .json (default: node metrics)")
-    p.add_argument("--holdout-fraction", type=float, default=0.3)
+    p.add_argument("--holdout-fraction", type=float, default=0.3, help="latest share of the rows held out")
     p.add_argument("--rows", type=int, default=20_160, help="synthetic rows (one a minute)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--anomaly-rate", type=float, default=0.03)
-    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS)
-    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
+    p.add_argument("--seed", type=int, default=42, help="synthetic data seed")
+    p.add_argument("--anomaly-rate", type=float, default=0.03, help="share of synthetic rows made anomalous")
+    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="refuse larger data sets")
+    p.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="refuse larger data files")
     p.add_argument("--holdout-source", help="labelled holdout file; then all of --source trains")
     g = p.add_argument_group("--source prometheus (the default source when --prometheus-url is given)")
     g.add_argument("--prometheus-url", help="e.g. https://thanos-querier.openshift-monitoring.svc:9091")
@@ -385,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--holdout", required=True, help="labelled holdout (is_anomaly column)")
     p.add_argument("--out", required=True)
-    p.add_argument("--latency-repeats", type=int, default=300)
+    p.add_argument("--latency-repeats", type=int, default=300, help="single-row scoring calls timed")
     p.add_argument("--no-fail-on-gate", dest="fail_on_gate", action="store_false",
                    help="exit 0 even when a gate fails (the result is in metrics.json)")
     p.add_argument("--champion", default="",
@@ -415,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default="anomaly-detector")
     p.add_argument("--model-dir", default="/mnt/models", help="local directory or s3:// version prefix")
     p.add_argument("--host", default="0.0.0.0", help="address to bind; 127.0.0.1 for this machine only")
-    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--http-port", type=int, default=8080, help="REST port (V1 and V2)")
     p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="server processes")
     p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, help="rows per request")
     p.add_argument("--max-body-bytes", type=int,
                    help="refuse larger request bodies with 413 before parsing (default: room for --max-instances rows)")
@@ -433,10 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="model directory or s3:// version for parity with offline scores")
     p.add_argument("--token-file", help="file holding a bearer token (never logged)")
     p.add_argument("--ca-bundle", help="CA bundle for TLS verification")
-    p.add_argument("--requests", type=int, default=d.requests)
-    p.add_argument("--slo-p99-ms", type=float, default=d.slo_p99_ms)
-    p.add_argument("--max-error-rate", type=float, default=d.max_error_rate)
-    p.add_argument("--readiness-timeout", type=float, default=d.readiness_timeout_s)
+    p.add_argument("--requests", type=int, default=d.requests, help="single-row requests for the latency SLO")
+    p.add_argument("--slo-p99-ms", type=float, default=d.slo_p99_ms, help="highest served p99, milliseconds")
+    p.add_argument("--max-error-rate", type=float, default=d.max_error_rate, help="highest share of failed requests")
+    p.add_argument("--readiness-timeout", type=float, default=d.readiness_timeout_s,
+                   help="seconds to wait for the model to be ready")
     p.add_argument("--out", help="directory for verify.json")
     p.set_defaults(func=cmd_verify)
 
@@ -467,14 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["Serverless", "RawDeployment"], help="default: Serverless (or the profile's)")
     p.add_argument("--canary-percent", type=int, default=d.canary_traffic_percent,
                    help="traffic share of a new model on a live Serverless service; negative: all at once")
-    p.add_argument("--min-replicas", type=int, default=d.min_replicas)
-    p.add_argument("--max-replicas", type=int, default=d.max_replicas)
-    p.add_argument("--scale-target", type=int)
-    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"])
-    p.add_argument("--cpu-request", default=d.cpu_request)
-    p.add_argument("--memory-request", default=d.memory_request)
-    p.add_argument("--cpu-limit", default=d.cpu_limit)
-    p.add_argument("--memory-limit", default=d.memory_limit)
+    p.add_argument("--min-replicas", type=int, default=d.min_replicas, help="0 allows scale to zero (Serverless)")
+    p.add_argument("--max-replicas", type=int, default=d.max_replicas, help="autoscaling ceiling")
+    p.add_argument("--scale-target", type=int, help="autoscaling target of --scale-metric")
+    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"],
+                   help="Serverless: concurrency or rps; RawDeployment: cpu or memory (KServe's rule)")
+    p.add_argument("--cpu-request", default=d.cpu_request, help="predictor CPU request")
+    p.add_argument("--memory-request", default=d.memory_request, help="predictor memory request")
+    p.add_argument("--cpu-limit", default=d.cpu_limit, help="predictor CPU limit")
+    p.add_argument("--memory-limit", default=d.memory_limit, help="predictor memory limit")
     p.add_argument("--logger-url", help="send request/response events to this URL (KServe logger)")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready")
     p.set_defaults(func=cmd_deploy)
@@ -495,8 +520,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.add_argument("--out", help="write per-series results as JSON here")
     p.set_defaults(func=cmd_evaluate)
-
-    from .kfp_components import DEFAULT_IMAGE
 
     p = sub.add_parser("compile", help="compile the KFP pipelines and component specs, and copy the Tekton pipeline "
                                        "into .tekton/ for Pipelines-as-Code (committed YAML)")

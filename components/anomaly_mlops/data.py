@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
 from .schema import DEFAULT_FEATURES, ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 2 * 1024**3
-DEFAULT_MAX_ROWS = 20_000_000
 ANOMALY_KINDS = ("spike", "dip", "level_shift", "slow_leak", "stuck", "contention")
 
 

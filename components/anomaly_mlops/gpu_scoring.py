@@ -47,6 +47,9 @@ def measure_gpu_path(forest: CompiledForest | None, X: np.ndarray, reference: np
                      batch_sizes=(1, 1000, 10000), repeats: int = 20, device: str | None = None) -> dict:
     """Latency of the torch path on ``device`` (default: CUDA if present). Returns a dict
     that says why nothing was measured when it could not be."""
+    if device is None and not nvidia_device_visible():
+        # Asked before importing torch: importing it costs seconds on every node without a GPU.
+        return {"measured": False, "reason": "no GPU was seen on this node (no /dev/nvidia* device)"}
     try:
         import torch
     except ImportError:
@@ -79,6 +82,16 @@ def measure_gpu_path(forest: CompiledForest | None, X: np.ndarray, reference: np
             "rows_per_second": round(size / (np.median(timings) / 1000), 1),
         }
     return result
+
+
+def nvidia_device_visible() -> bool:
+    """A GPU this process may use: an NVIDIA device node, and CUDA_VISIBLE_DEVICES not empty."""
+    import glob
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def _device_name(torch, device: str) -> str:

@@ -13,7 +13,8 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-DEFAULT_IMAGE = "image-registry.openshift-image-registry.svc:5000/anomaly-mlops/anomaly-mlops:0.1.0"
+from anomaly_mlops.params import DEFAULT_IMAGE
+
 
 
 def prepare_data(
@@ -38,8 +39,14 @@ def prepare_data(
     """Read or generate metrics, check the schema, split in time into train and holdout.
 
     Args:
+        train_data: the training part (Parquet).
+        holdout_data: the latest part, held out (Parquet).
         source: 'synthetic', a CSV/Parquet path or s3:// URI; with prometheus_url set, live metrics.
         features: the feature schema: 'default', 'self-healing-platform' or comma-separated names.
+        rows: synthetic rows (one a minute).
+        seed: synthetic data seed.
+        anomaly_rate: share of synthetic rows made anomalous.
+        holdout_fraction: latest share of the rows held out.
         prometheus_url: Prometheus or Thanos Querier (https://thanos-querier.openshift-monitoring.svc:9091).
         queries_file: feature -> PromQL file in the image; empty: the schema's built-in queries.
         lookback: the window ending now, e.g. 7d (fetched in pieces when long).
@@ -92,6 +99,14 @@ def train_model(
     """Fit StandardScaler + IsolationForest; the model artifact is the model directory.
 
     Args:
+        train_data: training rows (Parquet) from prepare_data.
+        model: the model directory (model.skops, model.joblib, metadata.json, MANIFEST.sha256).
+        features: the feature schema: 'default', 'self-healing-platform' or comma-separated names.
+        n_estimators: trees in the forest.
+        max_samples: 'auto' or rows drawn per tree.
+        contamination: expected anomalous share; the threshold is that quantile of the training scores.
+        seed: random seed; training is reproducible.
+        feature_window: 0 for raw metrics; w >= 2 for causal time-series features over w rows.
         run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
     """
     from anomaly_mlops.schema import FeatureSchema
@@ -127,6 +142,11 @@ def validate_model(
     on task outputs by that name only).
 
     Args:
+        model: the model directory to validate.
+        holdout_data: the holdout (labelled or not).
+        metrics: scalar metrics (challenger and champion side by side).
+        classification: ROC curve and confusion matrix (with labels).
+        report: the HTML report.
         min_roc_auc: lowest ROC-AUC on the labelled holdout.
         min_pr_auc: lowest PR-AUC on the labelled holdout.
         max_single_row_p99_ms: highest single-row scoring p99 in milliseconds.
@@ -177,7 +197,14 @@ def publish_model(
     version: str = "",
     root_prefix: str = "",
 ) -> NamedTuple("PublishOutputs", [("uri", str), ("version", str), ("storage_path", str), ("status", str)]):
-    """Upload to the immutable S3 version prefix; credentials from the data connection env."""
+    """Upload to the immutable S3 version prefix; credentials from the data connection env.
+
+    Args:
+        model: the validated model directory.
+        model_name: the first key segment: <model>/<version>/.
+        version: the release name; empty: v<training time>-<manifest digest>.
+        root_prefix: key prefix before <model>/ in the bucket.
+    """
     from collections import namedtuple
 
     from anomaly_mlops.publish import publish
@@ -193,7 +220,14 @@ def fetch_model(
     version: str = "",
     root_prefix: str = "",
 ) -> NamedTuple("FetchOutputs", [("uri", str), ("storage_path", str)]):
-    """Download a released version from the data connection's bucket, checksums verified."""
+    """Download a released version from the data connection's bucket, checksums verified.
+
+    Args:
+        model: the downloaded model directory.
+        model_name: the released model's name.
+        version: the released version to fetch.
+        root_prefix: key prefix before <model>/ in the bucket.
+    """
     from collections import namedtuple
 
     from anomaly_mlops.publish import download_model, version_prefix
@@ -220,7 +254,21 @@ def deploy_model(
     max_replicas: int = 3,
     timeout_s: float = 600.0,
 ) -> NamedTuple("DeployOutputs", [("url", str), ("revision", str), ("canary", bool), ("action", str)]):
-    """Create or update the InferenceService and wait for Ready (in-cluster credentials)."""
+    """Create or update the InferenceService and wait for Ready (in-cluster credentials).
+
+    Args:
+        storage_path: key prefix of the released version in the data connection's bucket.
+        model_version: recorded in the anomaly-mlops.io/model-version annotation.
+        isvc_name: InferenceService name (at most 36 characters on OpenShift AI).
+        namespace: target namespace; empty: the pod's own.
+        storage_key: the data connection secret KServe's storage initializer reads.
+        runtime: 'custom' (labels and scores) or 'sklearn' (upstream runtime, labels only).
+        deployment_mode: 'Serverless' (canary, revisions) or 'RawDeployment'.
+        canary_traffic_percent: traffic share of a new model on a live Serverless service.
+        min_replicas: lowest replica count (0: scale to zero, Serverless).
+        max_replicas: autoscaling ceiling.
+        timeout_s: seconds to wait for Ready.
+    """
     from collections import namedtuple
 
     from anomaly_mlops.deploy import DeploySpec, current_namespace, deploy
@@ -249,7 +297,23 @@ def verify_deployment(
     canary: bool = False,
     rollback_on_failure: bool = True,
 ):
-    """Post-deployment checks; on failure roll back, on success promote a canary."""
+    """Post-deployment checks; on failure roll back, on success promote a canary.
+
+    Args:
+        model: the model directory whose offline scores the served ones must equal.
+        probe_data: rows sent to the served model.
+        verification: verify.json.
+        url: base URL of the InferenceService.
+        isvc_name: InferenceService to promote or roll back.
+        namespace: its namespace; empty: the pod's own.
+        model_name: the served model's name; empty: isvc_name.
+        requests: single-row requests for the latency SLO.
+        slo_p99_ms: highest served p99 in milliseconds.
+        max_error_rate: highest share of failed requests.
+        use_service_account_token: send the pod's token (OpenShift AI with auth on).
+        canary: the deployment went out as a canary (promote it when checks pass).
+        rollback_on_failure: roll back when a check fails.
+    """
     from pathlib import Path
 
     from anomaly_mlops.artifacts import load_model_dir
@@ -274,14 +338,24 @@ def verify_deployment(
 
 
 def rollback_deployment(isvc_name: str = "anomaly-detector", namespace: str = "") -> str:
-    """Serverless: pin the previous revision; RawDeployment: restore the previous path."""
+    """Serverless: pin the previous revision; RawDeployment: restore the previous predictor.
+
+    Args:
+        isvc_name: InferenceService to roll back.
+        namespace: its namespace; empty: the pod's own.
+    """
     from anomaly_mlops.deploy import InferenceServiceClient, current_namespace
 
     return InferenceServiceClient().rollback(isvc_name, current_namespace(namespace))
 
 
 def pipeline_summary(status: dsl.PipelineTaskFinalStatus, model_name: str = "anomaly-detector") -> str:
-    """Exit handler: one line saying how the run ended, whatever happened."""
+    """Exit handler: one line saying how the run ended, whatever happened.
+
+    Args:
+        status: the run's final status (filled in by KFP).
+        model_name: the model the run trained.
+    """
     import json
 
     summary = {"model": model_name, "state": status.state, "run": status.pipeline_job_resource_name,

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from .artifacts import ANOMALY, LoadedModel, load_model_dir
+from .params import DEFAULT_MAX_INSTANCES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_INSTANCES = 10_000
 _INTEGER_V2 = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 _NUMERIC_V2 = {"FP16", "FP32", "FP64", *_INTEGER_V2}
 # Up to this many rows a request is parsed and scored on the event loop (well under a
@@ -70,6 +70,9 @@ def resolve_model_dir(model_uri: str, cache_dir: str | Path) -> Path:
 
 
 def parse_v1(payload: Any, features: tuple[str, ...], max_instances: int, expected: str | None = None) -> np.ndarray:
+    if isinstance(payload, (bytes, bytearray, str)):
+        raise InputProblem("the request body was not read as JSON: send it with the header "
+                           "'Content-Type: application/json'")
     if not isinstance(payload, dict):
         raise InputProblem("the request body must be a JSON object with an 'instances' list")
     key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
@@ -280,6 +283,7 @@ def build_model_class():
         def load(self) -> bool:
             local = resolve_model_dir(self.model_uri, self.cache_dir or tempfile.mkdtemp(prefix="anomaly-model-"))
             self.detector = load_model_dir(local)
+            self.model_version = served_version(self.model_uri, local)
             if self.scoring == "sklearn":
                 self.detector.fast = None
             meta = self.detector.metadata
@@ -287,6 +291,14 @@ def build_model_class():
                      self.name, self.model_uri, len(self.detector.schema), self.detector.threshold, meta.get("created_at"))
             self.ready = True
             return self.ready
+
+        def get_input_types(self):
+            """V2 metadata: one [n, features] matrix (per-feature [n] tensors named after the features also work)."""
+            return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.detector.schema)]}]
+
+        def get_output_types(self):
+            return [{"name": "predictions", "datatype": "INT64", "shape": [-1]},
+                    {"name": "anomaly_scores", "datatype": "FP64", "shape": [-1]}]
 
         async def predict(self, payload, headers=None, response_headers=None):
             if _request_rows(payload) > SMALL_BATCH_ROWS:
@@ -346,6 +358,7 @@ def serve(
         kserve_server.app.add_middleware(BodySizeLimit, max_bytes=limit)
         kserve_server.app.add_exception_handler(RequestValidationError, _invalid_json_handler)
         _bind_host(kserve_server, host)
+        _add_versions_to_metadata()
         log.info("serving %s on %s:%d (request bodies up to %d bytes)", model_name, host, http_port, limit)
         server = kserve.ModelServer(
             http_port=http_port,
@@ -356,6 +369,32 @@ def serve(
         server.start([model])
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def served_version(model_uri: str, local: Path) -> str:
+    """The release name: the version segment of an s3:// URI, else what publish would name it."""
+    if model_uri.startswith("s3://"):
+        return model_uri.rstrip("/").rsplit("/", 1)[-1]
+    from .publish import default_version
+
+    return default_version(local)
+
+
+def _add_versions_to_metadata() -> None:
+    """kserve 0.21 answers GET /v2/models/<m> without versions; add the served version."""
+    from kserve.protocol.dataplane import DataPlane
+
+    original = DataPlane.model_metadata
+    if getattr(original, "adds_versions", False):
+        return
+
+    async def model_metadata(self, model_name: str):
+        metadata = await original(self, model_name)
+        version = getattr(self.get_model_from_registry(model_name), "model_version", None)
+        return {**metadata, "versions": [version]} if version else metadata
+
+    model_metadata.adds_versions = True
+    DataPlane.model_metadata = model_metadata
 
 
 def _bind_host(kserve_server, host: str) -> None:

@@ -18,40 +18,10 @@ from .artifacts import ARTIFACT_FORMAT, MANIFEST_FILE, METADATA_FILE, MODEL_FILE
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError
 from .features import FeatureTransform
+from .params import TrainParams
 from .schema import FeatureSchema
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainParams:
-    n_estimators: int = 100
-    max_samples: int | str = "auto"
-    max_features: float = 1.0
-    # Expected share of anomalous rows; the threshold is the (1 - contamination)
-    # quantile of the training scores, so no test label ever sets it.
-    contamination: float = 0.02
-    seed: int = 42
-    n_jobs: int | None = None
-    # 0: raw metrics. w >= 2: causal time-series features over the last w rows (features.py);
-    # requests must then carry the preceding rows, oldest first.
-    feature_window: int = 0
-
-    def check(self) -> None:
-        if self.n_estimators < 1:
-            raise ConfigError(f"n_estimators must be >= 1, got {self.n_estimators}")
-        if not 0.0 < self.contamination < 0.5:
-            raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
-        if not 0.0 < self.max_features <= 1.0:
-            raise ConfigError(f"max_features must be in (0, 1], got {self.max_features}")
-        try:
-            FeatureTransform(self.feature_window)  # the one place that knows valid windows
-        except ValueError as exc:
-            raise ConfigError(f"feature_window: {exc}") from exc
-        if isinstance(self.max_samples, str) and self.max_samples != "auto":
-            raise ConfigError(f"max_samples must be 'auto' or an integer, got {self.max_samples!r}")
-        if isinstance(self.max_samples, bool) or (not isinstance(self.max_samples, str) and self.max_samples < 1):
-            raise ConfigError(f"max_samples must be 'auto' or a positive row count, got {self.max_samples!r}")
 
 
 @dataclass

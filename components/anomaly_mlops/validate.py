@@ -8,6 +8,7 @@ holdout labels only measure, they never tune.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -25,32 +26,9 @@ import numpy as np
 from .artifacts import ANOMALY, LoadedModel, load_model_dir
 from .data import Dataset, load_dataset
 from .errors import DataError
+from .params import Gates, LatencyPlan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Gates:
-    """Release thresholds; None switches a gate off."""
-
-    min_roc_auc: float | None = 0.80
-    min_pr_auc: float | None = 0.30
-    min_f1: float | None = None
-    max_single_row_p99_ms: float | None = 100.0
-    max_batch_row_p99_us: float | None = None  # p99 batch latency divided by batch size
-    # Against the champion (the released version), on the same rows:
-    max_auc_drop: float | None = 0.02  # with labels: ROC-AUC and PR-AUC may be at most this much lower
-    max_score_psi: float | None = 0.25  # without labels: score distribution shift (PSI) from the champion's
-    # Without labels: the share of rows flagged may be at most this multiple of the contamination.
-    max_flagged_rate_ratio: float | None = 3.0
-
-
-@dataclass
-class LatencyPlan:
-    single_row_repeats: int = 300
-    batch_sizes: tuple[int, ...] = (100, 1000)
-    batch_repeats: int = 20
-    warmup: int = 10
 
 
 @dataclass
@@ -295,8 +273,14 @@ def validate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(dataset.y if labelled else None, scores, model.threshold, roc, metrics, single, out)
+    from .artifacts import MANIFEST_FILE
+    from .publish import default_version
+
+    manifest_sha = hashlib.sha256((Path(model_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
     document = {
         "model_dir": str(model_dir),
+        "model": {"version": default_version(Path(model_dir)), "manifest_sha256": manifest_sha,
+                  "provenance": model.metadata.get("provenance")},
         "holdout": {"source": dataset.source, "sha256": dataset.sha256},
         "metrics": metrics,
         "gates": gate_results,
@@ -354,7 +338,9 @@ def _figures(y, scores, threshold, roc, metrics, single_ms, out: Path) -> dict[s
     save(fig, "scores.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.hist(single_ms, bins=50, color="tab:purple")
+    low, high = max(float(single_ms.min()), 1e-4), max(float(single_ms.max()), 2e-4)
+    ax.hist(single_ms, bins=np.logspace(np.log10(low), np.log10(high * 1.01), 50), color="tab:purple")
+    ax.set_xscale("log")  # a long tail on a linear axis hides the body
     for q, style in (("p50", ":"), ("p99", "--")):
         ax.axvline(metrics["latency"]["single_row_ms"][q], color="black", ls=style, label=q)
     ax.set(xlabel="milliseconds", ylabel="calls", title="Single-row scoring latency")
@@ -419,7 +405,9 @@ tr.bad td{{background:#fde2e2}} tr.ok td{{background:#e6f4ea}} tr.skip td{{backg
 </style></head><body>
 <h1>Anomaly detector validation</h1>
 <p class="verdict">Release gate {verdict}</p>
-<p>Model {e(str(document['model_dir']))}, trained {e(str(model_metadata.get('created_at')))} on
+<p>Model {e(document['model']['version'])} (manifest sha256 {document['model']['manifest_sha256'][:16]}…{
+e(', commit ' + str((document['model'].get('provenance') or {}).get('git_commit'))[:12])
+if (document['model'].get('provenance') or {}).get('git_commit') else ''}), trained {e(str(model_metadata.get('created_at')))} on
 {model_metadata.get('data', {}).get('rows')} rows; holdout {e(document['holdout']['source'])}
 ({m['holdout_rows']} rows, {holdout_note}).
 Threshold {m['threshold']:.5f} was fixed from training scores, not from holdout labels.</p>

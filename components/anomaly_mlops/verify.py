@@ -18,19 +18,9 @@ import numpy as np
 
 from .artifacts import LoadedModel
 from .errors import VerificationError
+from .params import VerifyPlan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class VerifyPlan:
-    requests: int = 200
-    slo_p99_ms: float = 100.0
-    max_error_rate: float = 0.0
-    parity_tolerance: float = 1e-6
-    readiness_timeout_s: float = 120.0
-    request_timeout_s: float = 10.0
-    parity_rows: int = 64
 
 
 @dataclass
