@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean prometheus kfp-protos
+.PHONY: setup run test compile lock clean prometheus kfp-protos lint
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -59,3 +59,8 @@ clean:
 ## Recompile the KFP pipelines and component specs (commit the result; tests fail when stale).
 compile: $(STAMP)
 	$(BIN)/anomaly-mlops compile
+
+## Static checks (ruff's pyflakes and bugbear rules); not yet part of `make test`.
+lint: $(STAMP)
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check --select F,B --ignore B008,B017,B023,B905 components pipelines tests benchmarks

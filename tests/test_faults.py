@@ -3,12 +3,10 @@ real S3-protocol server, the predictor under concurrent mixed load, and secrets 
 never appear in what the project writes."""
 
 import asyncio
-import json
 import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 

@@ -4,7 +4,6 @@ with kfp.local, and submit/schedule send what DSP expects."""
 
 import json
 import re
-import os
 from pathlib import Path
 
 import boto3

@@ -19,7 +19,7 @@ import requests
 
 from anomaly_mlops import cli
 from anomaly_mlops.artifacts import METADATA_FILE, SAFE_MODEL_FILE, load_model_dir, write_manifest
-from anomaly_mlops.errors import AnomalyMLOpsError, ArtifactError, ConfigError, DataError, StorageError, VersionConflictError
+from anomaly_mlops.errors import AnomalyMLOpsError, ArtifactError, ConfigError, DataError, VersionConflictError
 from anomaly_mlops.local_services import model_server
 from anomaly_mlops.publish import claim_key, download_model, publish
 from anomaly_mlops.storage import S3Settings

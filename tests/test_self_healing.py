@@ -50,7 +50,7 @@ def test_synthetic_data_has_the_schema_units_and_the_engines_arithmetic(platform
     assert 0 < frame["is_anomaly"].mean() < 0.1
     for ratio in ("node_cpu_utilization_value", "node_memory_utilization_value"):
         assert frame[ratio].between(0, 1).all()
-    for entity, rows in frame.groupby("entity"):
+    for _, rows in frame.groupby("entity"):
         rows = rows.sort_values("timestamp")
         assert (rows["timestamp"].diff().dropna() == pd.Timedelta("1min")).all()  # a 1-minute grid
         restarts = rows["container_restart_count_value"].to_numpy()

@@ -6,7 +6,7 @@ import sklearn
 
 from anomaly_mlops.artifacts import MANIFEST_FILE, load_model_dir, verify_model_dir, write_manifest
 from anomaly_mlops.data import load_dataset
-from anomaly_mlops.errors import ArtifactError, ConfigError, DataError
+from anomaly_mlops.errors import ArtifactError, ConfigError
 from anomaly_mlops.train import TrainParams, train
 from anomaly_mlops.validate import Gates, LatencyPlan, evaluate_gates, validate
 
