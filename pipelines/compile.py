@@ -19,7 +19,7 @@ import yaml
 from kfp import compiler
 
 from anomaly_mlops.kfp_components import make_components
-from pipelines.definitions import PIPELINES, PipelineOptions
+from anomaly_mlops.pipelines.definitions import PIPELINES, PipelineOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES_OUT = ROOT / "pipelines" / "compiled"

@@ -63,7 +63,11 @@ def test_image_install_provides_working_entry_points(tmp_path):
     for args in (["--help"], ["serve", "--help"], ["deploy", "--help"], ["verify", "--help"], ["compile", "--help"]):
         result = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (args, result.stderr[-2000:])
-    check = ("import anomaly_mlops.predictor as p, pipelines.definitions as d, kserve, kfp, sklearn; "
+    check = ("import anomaly_mlops.predictor as p, anomaly_mlops.pipelines.definitions as d, kserve, kfp, sklearn; "
+             "import importlib.util, pathlib; assert importlib.util.find_spec('pipelines') is None, 'top-level pipelines'; "
+             "from anomaly_mlops.cli import build_parser; "
+             "a = build_parser().parse_args(['submit', '--host', 'h']); assert pathlib.Path(a.package).is_file(), a.package; "
+             "assert 'site-packages' in a.package, a.package; "
              "p.build_model_class(); print(sklearn.__version__)")
     result = subprocess.run([str(venv / "bin" / "python"), "-c", check], capture_output=True, text=True, timeout=120,
                             cwd=tmp_path)

@@ -44,8 +44,8 @@ def test_shipped_ir_parses_strictly_on_kfp_2_2_0_protos(name):
 
 
 def test_ir_without_tolerations_parses_strictly_on_kfp_2_0_5_protos(tmp_path):
-    from pipelines.compile import compile_all
-    from pipelines.definitions import PipelineOptions
+    from anomaly_mlops.pipelines.compile import compile_all
+    from anomaly_mlops.pipelines.definitions import PipelineOptions
 
     compile_all(PipelineOptions(gpu_toleration_key=None), tmp_path / "p", tmp_path / "c")
     for path in sorted((tmp_path / "p").glob("*.yaml")):
@@ -60,7 +60,7 @@ def test_the_sdk_output_is_what_the_old_drivers_refuse(tmp_path):
     can tell."""
     from kfp import compiler
 
-    from pipelines.definitions import PIPELINES, PipelineOptions
+    from anomaly_mlops.pipelines.definitions import PIPELINES, PipelineOptions
 
     raw = tmp_path / "raw.yaml"
     compiler.Compiler().compile(PIPELINES["training"](PipelineOptions()), str(raw))

@@ -242,7 +242,7 @@ def test_the_kfp_pipeline_retrains_on_live_metrics(live_prometheus, s3_env, tmp_
     import boto3
     from kfp import local
 
-    from pipelines.definitions import PipelineOptions, build_training_pipeline
+    from anomaly_mlops.pipelines.definitions import PipelineOptions, build_training_pipeline
 
     url, end, _, _ = live_prometheus
     for key, value in s3_env.items():

@@ -14,8 +14,8 @@ from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.storage import ENV_KEYS
 from anomaly_mlops.submit import check_cron, make_client, schedule, submit_run
 from kfp_fake import FakeKFP
-from pipelines.compile import COMPONENTS_OUT, PIPELINES_OUT, stale_files
-from pipelines.definitions import PIPELINES, PipelineOptions, build_training_pipeline
+from anomaly_mlops.pipelines.compile import COMPONENTS_OUT, PIPELINES_OUT, stale_files
+from anomaly_mlops.pipelines.definitions import PIPELINES, PipelineOptions, build_training_pipeline
 
 TRAINING = PIPELINES_OUT / "training.yaml"
 

@@ -69,7 +69,7 @@ def test_pipelines_as_code_resolves_everything_inside_tekton_folder():
 
 
 def test_tekton_folder_is_a_fresh_copy_of_the_manifests():
-    from pipelines.compile import PAC_OUT, pac_copies
+    from anomaly_mlops.pipelines.compile import PAC_OUT, pac_copies
 
     copies = pac_copies()
     assert {p.name for p in PAC_OUT.glob("*.yaml")} == set(copies)

@@ -257,7 +257,7 @@ def cmd_evaluate(args) -> dict:
 
 
 def _pipeline_options(args):
-    from pipelines.definitions import PipelineOptions
+    from anomaly_mlops.pipelines.definitions import PipelineOptions
 
     selector = None
     if args.gpu_node_selector:
@@ -268,7 +268,7 @@ def _pipeline_options(args):
 
 
 def cmd_compile(args) -> dict:
-    from pipelines.compile import compile_all, stale_files, write_pac_copies
+    from anomaly_mlops.pipelines.compile import compile_all, stale_files, write_pac_copies
 
     options = _pipeline_options(args)
     if args.check:
@@ -345,6 +345,12 @@ class _Help(argparse.HelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     from .params import DEFAULT_IMAGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_ROWS, VerifyPlan
+
+    import importlib.util
+
+    # Shipped as package data (an editable install maps the package to the repository's pipelines/).
+    spec = importlib.util.find_spec("anomaly_mlops.pipelines")  # finds, does not import (no kfp)
+    DEFAULT_PACKAGE = Path(spec.submodule_search_locations[0]) / "compiled" / "training.yaml"
 
     from . import __version__
 
@@ -539,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token-file", help="file holding a bearer token (oc whoami -t); never logged")
         p.add_argument("--namespace", help="the data science project")
         p.add_argument("--ca-bundle", help="CA bundle for the route's certificate")
-        p.add_argument("--package", default="pipelines/compiled/training.yaml", help="compiled pipeline YAML")
+        p.add_argument("--package", default=str(DEFAULT_PACKAGE),
+                       help="compiled pipeline YAML; the default is the training pipeline shipped in the package")
         p.add_argument("--experiment", default="anomaly-detector")
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
 
