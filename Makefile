@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean prometheus kfp-protos lint
+.PHONY: setup run test compile lock clean prometheus kfp-protos lint image
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/anomaly-mlops run --local --workdir runs/local
 
 ## The test suite (what .ci/run calls).
-test: $(STAMP) prometheus kfp-protos
+test: $(STAMP) prometheus kfp-protos lint
 	$(BIN)/python -m pytest -q tests
 
 ## A real Prometheus server for the data-source tests (Debian package; needs root/apt).
@@ -60,7 +60,16 @@ clean:
 compile: $(STAMP)
 	$(BIN)/anomaly-mlops compile
 
-## Static checks (ruff's pyflakes and bugbear rules); not yet part of `make test`.
+## Formatting and lint (ruff; rules in pyproject.toml). Part of `make test`.
 lint: $(STAMP)
-	$(BIN)/python -m pip install --quiet ruff
-	$(BIN)/ruff check --select F,B --ignore B008,B017,B023,B905 components pipelines tests benchmarks
+	$(BIN)/ruff format --check components pipelines tests benchmarks
+	$(BIN)/ruff check components pipelines tests benchmarks
+
+## Both images (steps, and the predictor the ServingRuntime runs), tagged with the version and
+## labelled with the commit. Needs podman (or CONTAINER=docker).
+CONTAINER ?= podman
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	$(CONTAINER) build --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t anomaly-mlops:$(VERSION) -f Containerfile .
+	$(CONTAINER) build --build-arg GIT_COMMIT=$$(git rev-parse HEAD) --target predictor \
+	  -t anomaly-mlops-predictor:$(VERSION) -f Containerfile .

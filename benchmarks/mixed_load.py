@@ -42,9 +42,14 @@ async def drive(url: str, model: str, singles: int, batches: int, clients: int =
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(batcher(session), batcher(session), *(singler(session) for _ in range(clients)))
     ms = np.array(latencies) * 1000
-    return {"single_rows": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2),
-            "batches": len(batch_seconds), "batch_p50_ms": round(float(np.median(batch_seconds)) * 1000, 1)}
+    return {
+        "single_rows": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+        "batches": len(batch_seconds),
+        "batch_p50_ms": round(float(np.median(batch_seconds)) * 1000, 1),
+    }
 
 
 def main() -> None:

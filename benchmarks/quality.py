@@ -24,8 +24,10 @@ def main():
     print("\nper series, raw -> ts w=30 (ROC-AUC / PR-AUC / F1):")
     raw, ts = results[("raw", 30)]["series"], results[("ts", 30)]["series"]
     for a, b in zip(raw, ts):
-        print(f"  {a['series'][:52]:52s} {a['roc_auc']:.3f}/{a['pr_auc']:.3f}/{a['f1']:.3f} -> "
-              f"{b['roc_auc']:.3f}/{b['pr_auc']:.3f}/{b['f1']:.3f}")
+        print(
+            f"  {a['series'][:52]:52s} {a['roc_auc']:.3f}/{a['pr_auc']:.3f}/{a['f1']:.3f} -> "
+            f"{b['roc_auc']:.3f}/{b['pr_auc']:.3f}/{b['f1']:.3f}"
+        )
 
 
 if __name__ == "__main__":

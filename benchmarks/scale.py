@@ -42,8 +42,9 @@ def sixteen_metrics(rows: int, seed: int):
 
 def run_step(args, log):
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "anomaly_mlops.cli", *args], stdout=subprocess.PIPE,
-                               stderr=log, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_mlops.cli", *args], stdout=subprocess.PIPE, stderr=log, text=True
+    )
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -61,15 +62,38 @@ def main():
     frame, features = sixteen_metrics(opts.rows, seed=1)
     source = root / "metrics.parquet"
     frame.to_parquet(source, index=False)
-    print(f"generated {opts.rows} rows x {len(features)} metrics in {time.perf_counter() - start:.1f}s "
-          f"({source.stat().st_size / 1e6:.0f} MB Parquet)")
+    print(
+        f"generated {opts.rows} rows x {len(features)} metrics in {time.perf_counter() - start:.1f}s "
+        f"({source.stat().st_size / 1e6:.0f} MB Parquet)"
+    )
     with open(root / "steps.log", "w") as log:
         steps = [
             ("data", ["data", "--source", str(source), "--out", str(root / "data"), "--features", ",".join(features)]),
-            ("train", ["train", "--data", str(root / "data/train.parquet"), "--out", str(root / "model"),
-                       "--features", ",".join(features)]),
-            ("validate", ["validate", "--model", str(root / "model"), "--holdout", str(root / "data/holdout.parquet"),
-                          "--out", str(root / "validation"), "--no-fail-on-gate"]),
+            (
+                "train",
+                [
+                    "train",
+                    "--data",
+                    str(root / "data/train.parquet"),
+                    "--out",
+                    str(root / "model"),
+                    "--features",
+                    ",".join(features),
+                ],
+            ),
+            (
+                "validate",
+                [
+                    "validate",
+                    "--model",
+                    str(root / "model"),
+                    "--holdout",
+                    str(root / "data/holdout.parquet"),
+                    "--out",
+                    str(root / "validation"),
+                    "--no-fail-on-gate",
+                ],
+            ),
         ]
         print(f"{'step':10s} {'wall s':>8s} {'peak RSS MiB':>13s}")
         for name, args in steps:
@@ -77,8 +101,10 @@ def main():
             print(f"{name:10s} {seconds:8.1f} {rss:13.0f}")
         print(f"\nvalidate: ROC-AUC {result['roc_auc']}, PR-AUC {result['pr_auc']}, F1 {result['f1']}")
     metrics = json.loads((root / "validation/metrics.json").read_text())["metrics"]
-    print(f"single-row p99 {metrics['latency']['single_row_ms']['p99']} ms; "
-          f"batch 1000 {metrics['latency']['batches']['1000']['rows_per_second']:.0f} rows/s")
+    print(
+        f"single-row p99 {metrics['latency']['single_row_ms']['p99']} ms; "
+        f"batch 1000 {metrics['latency']['batches']['1000']['rows_per_second']:.0f} rows/s"
+    )
     print(f"artifacts in {root}")
 
 

@@ -31,7 +31,10 @@ def main():
     model = load_model_dir(model_dir)
     X = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
     reference = -model.pipeline.score_samples(X)
-    scorers = {"scikit-learn": lambda r: -model.pipeline.score_samples(r), "flattened forest": model.fast.anomaly_scores}
+    scorers = {
+        "scikit-learn": lambda r: -model.pipeline.score_samples(r),
+        "flattened forest": model.fast.anomaly_scores,
+    }
     try:
         import onnxruntime as ort
         from skl2onnx import to_onnx
@@ -49,8 +52,9 @@ def main():
 
         tl = treelite.sklearn.import_model(model.pipeline.named_steps["iforest"])
         scaler = model.pipeline.named_steps["scaler"]
-        scorers["treelite gtil"] = lambda r: np.asarray(
-            treelite.gtil.predict(tl, scaler.transform(r).astype(np.float32))).ravel().astype(np.float64)
+        scorers["treelite gtil"] = lambda r: (
+            np.asarray(treelite.gtil.predict(tl, scaler.transform(r).astype(np.float32))).ravel().astype(np.float64)
+        )
     except ImportError:
         print("treelite not installed: skipped (pip install treelite to compare)")
 

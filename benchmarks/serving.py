@@ -26,9 +26,18 @@ from anomaly_mlops.local_services import free_port, model_server  # noqa: E402
 @contextmanager
 def reference_server(model_dir):
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "reference_predictor.py"),
-                                "--model-dir", str(model_dir), "--http-port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "reference_predictor.py"),
+            "--model-dir",
+            str(model_dir),
+            "--http-port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -104,11 +113,17 @@ def main():
     offline = -model.pipeline.score_samples(rows[:200])
     variants = [
         ("ours (flattened forest)", lambda: model_server("anomaly", str(model_dir)), "anomaly"),
-        ("ours, --scoring sklearn", lambda: model_server("anomaly", str(model_dir), extra_args=("--scoring", "sklearn")), "anomaly"),
+        (
+            "ours, --scoring sklearn",
+            lambda: model_server("anomaly", str(model_dir), extra_args=("--scoring", "sklearn")),
+            "anomaly",
+        ),
         ("reference (predict+decision_function)", lambda: reference_server(model_dir), "reference"),
     ]
-    print(f"single-row V1 requests on loopback; {opts.requests} sequential, then {opts.concurrency} concurrent "
-          f"clients for {opts.seconds:.0f}s (client and server share this machine's {__import__('os').cpu_count()} CPUs)\n")
+    print(
+        f"single-row V1 requests on loopback; {opts.requests} sequential, then {opts.concurrency} concurrent "
+        f"clients for {opts.seconds:.0f}s (client and server share this machine's {__import__('os').cpu_count()} CPUs)\n"
+    )
     for label, start, name in variants:
         with start() as url:
             gap = parity(url, name, rows[:200], offline)

@@ -30,8 +30,11 @@ PAC_OUT = ROOT / ".tekton" / "retraining"
 PAC_PIPELINE = "pipeline-retraining.yaml"
 
 
-def compile_all(options: PipelineOptions = PipelineOptions(), pipelines_out: Path = PIPELINES_OUT,
-                components_out: Path = COMPONENTS_OUT) -> list[Path]:
+def compile_all(
+    options: PipelineOptions = PipelineOptions(),
+    pipelines_out: Path = PIPELINES_OUT,
+    components_out: Path = COMPONENTS_OUT,
+) -> list[Path]:
     pipelines_out.mkdir(parents=True, exist_ok=True)
     components_out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -53,14 +56,20 @@ def pac_copies() -> dict[str, str]:
     source = TEKTON_SOURCE / PAC_PIPELINE
     pipeline = yaml.safe_load(source.read_text())
     wanted = {t["taskRef"]["name"] for t in pipeline["spec"]["tasks"] + pipeline["spec"].get("finally", [])}
-    tasks = {yaml.safe_load(f.read_text())["metadata"]["name"]: f for f in sorted((TEKTON_SOURCE / "tasks").glob("*.yaml"))}
+    tasks = {
+        yaml.safe_load(f.read_text())["metadata"]["name"]: f for f in sorted((TEKTON_SOURCE / "tasks").glob("*.yaml"))
+    }
     missing = wanted - set(tasks)
     if missing:
-        raise ValueError(f"{source.relative_to(ROOT)} references Tasks not in manifests/tekton/tasks: {sorted(missing)}")
+        raise ValueError(
+            f"{source.relative_to(ROOT)} references Tasks not in manifests/tekton/tasks: {sorted(missing)}"
+        )
     copies = {}
     for path in [source, *(tasks[name] for name in sorted(wanted))]:
-        note = (f"# Generated from {path.relative_to(ROOT)} by `anomaly-mlops compile` for Pipelines-as-Code; "
-                "edit that file, not this one.\n")
+        note = (
+            f"# Generated from {path.relative_to(ROOT)} by `anomaly-mlops compile` for Pipelines-as-Code; "
+            "edit that file, not this one.\n"
+        )
         copies[path.name] = note + path.read_text()
     return copies
 
@@ -82,8 +91,11 @@ def portable_platform_config(path: Path) -> None:
     supported backend reads it, and reads it the same way."""
     documents = list(yaml.safe_load_all(path.read_text()))
     for document in documents:
-        executors = (((document or {}).get("platforms") or {}).get("kubernetes") or {}).get(
-            "deploymentSpec", {}).get("executors", {})
+        executors = (
+            (((document or {}).get("platforms") or {}).get("kubernetes") or {})
+            .get("deploymentSpec", {})
+            .get("executors", {})
+        )
         for executor, config in executors.items():
             for secret in config.get("secretAsEnv", []):
                 if secret.pop("optional", False):
@@ -91,8 +103,10 @@ def portable_platform_config(path: Path) -> None:
                 parameter = secret.pop("secretNameParameter", None)
                 constant = ((parameter or {}).get("runtimeValue") or {}).get("constant")
                 if parameter is not None and constant != secret.get("secretName"):
-                    raise ValueError(f"{executor}: a secret named by a run parameter cannot be expressed for "
-                                     "KFP 2.0.5/2.2.0; make it a compile option")
+                    raise ValueError(
+                        f"{executor}: a secret named by a run parameter cannot be expressed for "
+                        "KFP 2.0.5/2.2.0; make it a compile option"
+                    )
     path.write_text(header(path.read_text()) + yaml.safe_dump_all(documents, sort_keys=False))
 
 
@@ -122,7 +136,12 @@ def stale_files(options: PipelineOptions = PipelineOptions()) -> list[str]:
             new = path.read_text()
             old = committed.read_text() if committed.exists() else ""
             if new != old:
-                diff = "".join(list(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
-                                                         str(committed), "fresh compile"))[:20])
+                diff = "".join(
+                    list(
+                        difflib.unified_diff(
+                            old.splitlines(True), new.splitlines(True), str(committed), "fresh compile"
+                        )
+                    )[:20]
+                )
                 problems.append(f"{committed.relative_to(ROOT)} is stale:\n{diff}")
     return problems

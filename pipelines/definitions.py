@@ -20,7 +20,6 @@ Tolerations exist from KFP 2.2.0; for 2.0.5 compile with ``--gpu-toleration-key 
 ``retryPolicy`` is honoured from KFP 2.5.0 and ignored before.
 """
 
-
 from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
@@ -50,8 +49,7 @@ def _resources(task, cpu: str, memory: str, cpu_limit: str, memory_limit: str):
 def _s3_env(task, options: PipelineOptions):
     # optional=False is the only form every backend reads the same way: KFP 2.0.5/2.2.0
     # refuse the field, 2.4.0/2.5.0 drop it (the secret is then required anyway).
-    kubernetes.use_secret_as_env(task, secret_name=options.data_connection,
-                                 secret_key_to_env={k: k for k in ENV_KEYS})
+    kubernetes.use_secret_as_env(task, secret_name=options.data_connection, secret_key_to_env={k: k for k in ENV_KEYS})
     return task
 
 
@@ -60,25 +58,52 @@ def _on_gpu(task, options: PipelineOptions):
         return task
     task.set_accelerator_type(options.gpu_resource).set_accelerator_limit(options.gpu_count)
     if options.gpu_node_selector:
-        kubernetes.add_node_selector(task, label_key=options.gpu_node_selector[0], label_value=options.gpu_node_selector[1])
+        kubernetes.add_node_selector(
+            task, label_key=options.gpu_node_selector[0], label_value=options.gpu_node_selector[1]
+        )
     if options.gpu_toleration_key:
         kubernetes.add_toleration(task, key=options.gpu_toleration_key, operator="Exists", effect="NoSchedule")
     return task
 
 
-def _deploy_and_verify(c, *, model, probe_data, storage_path, model_version, isvc_name, namespace, data_connection: str,
-                       runtime, deployment_mode, canary_traffic_percent, verify_requests, slo_p99_ms,
-                       use_service_account_token):
+def _deploy_and_verify(
+    c,
+    *,
+    model,
+    probe_data,
+    storage_path,
+    model_version,
+    isvc_name,
+    namespace,
+    data_connection: str,
+    runtime,
+    deployment_mode,
+    canary_traffic_percent,
+    verify_requests,
+    slo_p99_ms,
+    use_service_account_token,
+):
     deployed = c["deploy_model"](
-        storage_path=storage_path, model_version=model_version, isvc_name=isvc_name, namespace=namespace,
-        storage_key=data_connection, runtime=runtime, deployment_mode=deployment_mode,
+        storage_path=storage_path,
+        model_version=model_version,
+        isvc_name=isvc_name,
+        namespace=namespace,
+        storage_key=data_connection,
+        runtime=runtime,
+        deployment_mode=deployment_mode,
         canary_traffic_percent=canary_traffic_percent,
     ).set_display_name("deploy InferenceService")
     deployed.set_caching_options(False).set_retry(**NETWORK_RETRY)
     _resources(deployed, "100m", "256Mi", "500m", "512Mi")
     verified = c["verify_deployment"](
-        model=model, probe_data=probe_data, url=deployed.outputs["url"], isvc_name=isvc_name, namespace=namespace,
-        requests=verify_requests, slo_p99_ms=slo_p99_ms, canary=deployed.outputs["canary"],
+        model=model,
+        probe_data=probe_data,
+        url=deployed.outputs["url"],
+        isvc_name=isvc_name,
+        namespace=namespace,
+        requests=verify_requests,
+        slo_p99_ms=slo_p99_ms,
+        canary=deployed.outputs["canary"],
         use_service_account_token=use_service_account_token,
     ).set_display_name("verify served model")
     verified.set_caching_options(False)
@@ -92,7 +117,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
     @dsl.pipeline(
         name="anomaly-detector-training",
         description="Train, validate (GPU node), gate, publish to S3, deploy to KServe and verify the "
-                    "isolation-forest anomaly detector.",
+        "isolation-forest anomaly detector.",
     )
     def training(
         source: str = "synthetic",
@@ -134,47 +159,78 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         summary.set_caching_options(False)
         _resources(summary, "100m", "128Mi", "250m", "256Mi")
         with dsl.ExitHandler(summary, name="retraining"):
-            data = c["prepare_data"](source=source, features=features, rows=rows, seed=seed,
-                                     anomaly_rate=anomaly_rate, holdout_fraction=holdout_fraction,
-                                     prometheus_url=prometheus_url, lookback=lookback, step=step, alerts=alerts,
-                                     incidents=incidents)
+            data = c["prepare_data"](
+                source=source,
+                features=features,
+                rows=rows,
+                seed=seed,
+                anomaly_rate=anomaly_rate,
+                holdout_fraction=holdout_fraction,
+                prometheus_url=prometheus_url,
+                lookback=lookback,
+                step=step,
+                alerts=alerts,
+                incidents=incidents,
+            )
             data.set_display_name("data")
             # The same source URI can hold new data on the next scheduled run: never cache.
             data.set_caching_options(False).set_retry(**NETWORK_RETRY)
             _s3_env(data, options)
             _resources(data, "500m", "1Gi", "2", "4Gi")
 
-            trained = c["train_model"](train_data=data.outputs["train_data"], features=features,
-                                       n_estimators=n_estimators, max_samples=max_samples,
-                                       contamination=contamination, seed=seed, feature_window=feature_window,
-                                       run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("train")
+            trained = c["train_model"](
+                train_data=data.outputs["train_data"],
+                features=features,
+                n_estimators=n_estimators,
+                max_samples=max_samples,
+                contamination=contamination,
+                seed=seed,
+                feature_window=feature_window,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            ).set_display_name("train")
             _resources(trained, "1", "2Gi", "2", "8Gi")
 
             validated = c["validate_model"](
-                model=trained.outputs["model"], holdout_data=data.outputs["holdout_data"],
-                min_roc_auc=min_roc_auc, min_pr_auc=min_pr_auc, max_single_row_p99_ms=max_single_row_p99_ms,
-                champion=champion, model_name=model_name, root_prefix=root_prefix, max_auc_drop=max_auc_drop,
-                max_score_psi=max_score_psi, max_flagged_rate_ratio=max_flagged_rate_ratio,
+                model=trained.outputs["model"],
+                holdout_data=data.outputs["holdout_data"],
+                min_roc_auc=min_roc_auc,
+                min_pr_auc=min_pr_auc,
+                max_single_row_p99_ms=max_single_row_p99_ms,
+                champion=champion,
+                model_name=model_name,
+                root_prefix=root_prefix,
+                max_auc_drop=max_auc_drop,
+                max_score_psi=max_score_psi,
+                max_flagged_rate_ratio=max_flagged_rate_ratio,
             ).set_display_name("validate")
             _s3_env(validated, options)  # the champion comes from the bucket
             _resources(validated, "1", "2Gi", "2", "8Gi")
             _on_gpu(validated, options)
 
             with dsl.If(validated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-                published = c["publish_model"](model=trained.outputs["model"], model_name=model_name,
-                                               version=version, root_prefix=root_prefix)
+                published = c["publish_model"](
+                    model=trained.outputs["model"], model_name=model_name, version=version, root_prefix=root_prefix
+                )
                 published.set_display_name("publish to S3").set_caching_options(False).set_retry(**NETWORK_RETRY)
                 _s3_env(published, options)
                 _resources(published, "250m", "512Mi", "1", "1Gi")
                 with dsl.If(deploy == True, name="deploy-enabled"):  # noqa: E712
                     _deploy_and_verify(
-                        c, model=trained.outputs["model"], probe_data=data.outputs["holdout_data"],
-                        storage_path=published.outputs["storage_path"], model_version=published.outputs["version"],
-                        isvc_name=isvc_name, namespace=namespace, data_connection=options.data_connection,
+                        c,
+                        model=trained.outputs["model"],
+                        probe_data=data.outputs["holdout_data"],
+                        storage_path=published.outputs["storage_path"],
+                        model_version=published.outputs["version"],
+                        isvc_name=isvc_name,
+                        namespace=namespace,
+                        data_connection=options.data_connection,
                         runtime=runtime,
-                        deployment_mode=deployment_mode, canary_traffic_percent=canary_traffic_percent,
-                        verify_requests=verify_requests, slo_p99_ms=slo_p99_ms,
-                        use_service_account_token=use_service_account_token)
+                        deployment_mode=deployment_mode,
+                        canary_traffic_percent=canary_traffic_percent,
+                        verify_requests=verify_requests,
+                        slo_p99_ms=slo_p99_ms,
+                        use_service_account_token=use_service_account_token,
+                    )
 
     return training
 
@@ -182,9 +238,11 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
 def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
     c = make_components(options.image)
 
-    @dsl.pipeline(name="anomaly-detector-deploy",
-                  description="Deploy an already released model version to KServe, verify it, then promote "
-                              "the canary or roll back.")
+    @dsl.pipeline(
+        name="anomaly-detector-deploy",
+        description="Deploy an already released model version to KServe, verify it, then promote "
+        "the canary or roll back.",
+    )
     def deploy_only(
         version: str,
         model_name: str = "anomaly-detector",
@@ -206,12 +264,21 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
         probe = c["prepare_data"](source="synthetic", rows=probe_rows).set_display_name("probe rows")
         _resources(probe, "250m", "512Mi", "1", "1Gi")
         _deploy_and_verify(
-            c, model=fetched.outputs["model"], probe_data=probe.outputs["holdout_data"],
-            storage_path=fetched.outputs["storage_path"], model_version=version, isvc_name=isvc_name,
-            namespace=namespace, data_connection=options.data_connection, runtime=runtime,
+            c,
+            model=fetched.outputs["model"],
+            probe_data=probe.outputs["holdout_data"],
+            storage_path=fetched.outputs["storage_path"],
+            model_version=version,
+            isvc_name=isvc_name,
+            namespace=namespace,
+            data_connection=options.data_connection,
+            runtime=runtime,
             deployment_mode=deployment_mode,
-            canary_traffic_percent=canary_traffic_percent, verify_requests=verify_requests, slo_p99_ms=slo_p99_ms,
-            use_service_account_token=use_service_account_token)
+            canary_traffic_percent=canary_traffic_percent,
+            verify_requests=verify_requests,
+            slo_p99_ms=slo_p99_ms,
+            use_service_account_token=use_service_account_token,
+        )
 
     return deploy_only
 
@@ -219,9 +286,11 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
 def build_rollback_pipeline(options: PipelineOptions = PipelineOptions()):
     c = make_components(options.image)
 
-    @dsl.pipeline(name="anomaly-detector-rollback",
-                  description="Serverless: pin traffic to the previous revision. RawDeployment: restore the "
-                              "previous storage path.")
+    @dsl.pipeline(
+        name="anomaly-detector-rollback",
+        description="Serverless: pin traffic to the previous revision. RawDeployment: restore the "
+        "previous storage path.",
+    )
     def rollback(isvc_name: str = "anomaly-detector", namespace: str = ""):
         task = c["rollback_deployment"](isvc_name=isvc_name, namespace=namespace).set_display_name("roll back")
         task.set_caching_options(False).set_retry(**NETWORK_RETRY)

@@ -46,8 +46,13 @@ def raw(s3_env):
     """A plain boto3 client on the embedded server, to look at (or damage) what was written."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                        aws_secret_access_key="y", region_name="us-east-1")
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        region_name="us-east-1",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -85,14 +90,27 @@ def running_prometheus(root: Path, openmetrics_lines: list[str]):
     source = root / "history.om"
     source.write_text("\n".join([*openmetrics_lines, "# EOF"]) + "\n")
     data = root / "tsdb"
-    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
-                   check=True, capture_output=True, timeout=120)
-    (root / "prometheus.yml").write_text("global:\n  scrape_interval: 1m\n  evaluation_interval: 1m\nscrape_configs: []\n")
+    subprocess.run(
+        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(data)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (root / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1m\n  evaluation_interval: 1m\nscrape_configs: []\n"
+    )
     port = free_port()
-    process = subprocess.Popen(["prometheus", f"--config.file={root / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{port}",
-                                "--storage.tsdb.retention.time=30d"],
-                               stdout=open(root / "prometheus.log", "w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={root / 'prometheus.yml'}",
+            f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=30d",
+        ],
+        stdout=open(root / "prometheus.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(150):

@@ -25,7 +25,7 @@ def available() -> bool:
     return SCHEMAS.is_dir()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schema_for(api_version: str, kind: str) -> dict:
     group, _, version = api_version.rpartition("/")
     crd = yaml.safe_load((SCHEMAS / CRDS[(group, kind)]).read_text())
@@ -42,8 +42,12 @@ def errors(obj: dict) -> list[str]:
     # ObjectMeta is checked by the server itself; status only on writes to the status subresource.
     skipped = ("metadata", "status")
     body = {k: v for k, v in obj.items() if k not in skipped}
-    _check(body, {**schema, "properties": {k: v for k, v in schema.get("properties", {}).items() if k not in skipped}},
-           "", found)
+    _check(
+        body,
+        {**schema, "properties": {k: v for k, v in schema.get("properties", {}).items() if k not in skipped}},
+        "",
+        found,
+    )
     return found
 
 
@@ -121,7 +125,7 @@ def _pattern_holder(schema: dict) -> dict:
 
 def _match(value: str, pattern: str, where: str, found: list[str]) -> None:
     if not re.search(pattern, value):
-        found.append(f'{where}: Invalid value: "{value}": {where} in body should match \'{pattern}\'')
+        found.append(f"{where}: Invalid value: \"{value}\": {where} in body should match '{pattern}'")
 
 
 def _join(path: str, name: str) -> str:

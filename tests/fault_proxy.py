@@ -70,8 +70,10 @@ class FaultProxy(JsonFakeServer):
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
-                    payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
-                               f"<Message>injected fault</Message></Error>").encode()
+                    payload = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
+                        f"<Message>injected fault</Message></Error>"
+                    ).encode()
                     self.send_response(fault.status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))

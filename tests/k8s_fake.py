@@ -50,8 +50,12 @@ def ready_controller(reads_until_ready: int = 1):
             "deploymentMode": mode,
             "url": f"https://{name}-{obj['metadata']['namespace']}.apps.example.test",
             "conditions": [{"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}],
-            "components": {"predictor": {"latestCreatedRevision": f"{name}-predictor-{generation:05d}",
-                                         "latestReadyRevision": f"{name}-predictor-{generation:05d}"}},
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": f"{name}-predictor-{generation:05d}",
+                    "latestReadyRevision": f"{name}-predictor-{generation:05d}",
+                }
+            },
         }
 
     return reconcile
@@ -61,8 +65,10 @@ def failing_controller(reason: str):
     def reconcile(obj: dict, reads: int) -> dict:
         return {
             "observedGeneration": obj["metadata"]["generation"],
-            "conditions": [{"type": "PredictorReady", "status": "False", "reason": reason, "message": "scripted"},
-                           {"type": "Ready", "status": "False", "reason": reason}],
+            "conditions": [
+                {"type": "PredictorReady", "status": "False", "reason": reason, "message": "scripted"},
+                {"type": "Ready", "status": "False", "reason": reason},
+            ],
             "modelStatus": {"transitionStatus": "InvalidSpec", "lastFailureInfo": {"reason": reason}},
         }
 
@@ -87,8 +93,9 @@ class FakeKubeAPI(JsonFakeServer):
     def api(self):
         from kubernetes import client
 
-        configuration = client.Configuration(host=self.url, api_key={"authorization": self.token},
-                                             api_key_prefix={"authorization": "Bearer"})
+        configuration = client.Configuration(
+            host=self.url, api_key={"authorization": self.token}, api_key_prefix={"authorization": "Bearer"}
+        )
         return client.CustomObjectsApi(client.ApiClient(configuration))
 
     def _next_rv(self) -> str:
@@ -111,10 +118,13 @@ class FakeKubeAPI(JsonFakeServer):
         namespace, name = match.group(1), match.group(2)
         if namespace in self.forbidden_namespaces:
             verb = {"GET": "get", "POST": "create", "PATCH": "patch"}[method]
-            return 403, status(403, "Forbidden",
-                               f'inferenceservices.serving.kserve.io "{name or ""}" is forbidden: User '
-                               f'"system:serviceaccount:{namespace}:pipeline-runner-dspa" cannot {verb} resource '
-                               f'"inferenceservices" in API group "serving.kserve.io" in the namespace "{namespace}"')
+            return 403, status(
+                403,
+                "Forbidden",
+                f'inferenceservices.serving.kserve.io "{name or ""}" is forbidden: User '
+                f'"system:serviceaccount:{namespace}:pipeline-runner-dspa" cannot {verb} resource '
+                f'"inferenceservices" in API group "serving.kserve.io" in the namespace "{namespace}"',
+            )
         with self._lock:
             if method == "GET" and name:
                 return self._get(namespace, name)
@@ -163,9 +173,12 @@ class FakeKubeAPI(JsonFakeServer):
 
     def _patch(self, namespace, name, body, content_type):
         if content_type.split(";")[0].strip() != "application/merge-patch+json":
-            return 415, status(415, "UnsupportedMediaType",
-                               "the body of the request was in an unknown format - accepted media types include: "
-                               "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
+            return 415, status(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types include: "
+                "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+            )
         key = (namespace, name)
         if key not in self.objects:
             return 404, not_found(name)
@@ -175,9 +188,12 @@ class FakeKubeAPI(JsonFakeServer):
             current["metadata"]["resourceVersion"] = self._next_rv()  # a concurrent writer got there first
         wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
         if wanted_rv is not None and wanted_rv != current["metadata"]["resourceVersion"]:
-            return 409, status(409, "Conflict",
-                               f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": '
-                               "the object has been modified; please apply your changes to the latest version and try again")
+            return 409, status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": '
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         patched = merge_patch(current, body)
         refused = admission(patched, current)
         if refused:
@@ -197,16 +213,23 @@ def admission(obj: dict, old: dict | None = None) -> tuple[int, dict] | None:
         problems = crd_schema.errors(obj)
         if problems:
             name = obj.get("metadata", {}).get("name", "")
-            body = status(422, "Invalid", f'InferenceService.serving.kserve.io "{name}" is invalid: '
-                                          + "; ".join(problems[:5]))
-            body["details"] = {"name": name, "group": "serving.kserve.io", "kind": "InferenceService",
-                               "causes": [{"field": p.split(":", 1)[0], "message": p} for p in problems[:5]]}
+            body = status(
+                422, "Invalid", f'InferenceService.serving.kserve.io "{name}" is invalid: ' + "; ".join(problems[:5])
+            )
+            body["details"] = {
+                "name": name,
+                "group": "serving.kserve.io",
+                "kind": "InferenceService",
+                "causes": [{"field": p.split(":", 1)[0], "message": p} for p in problems[:5]],
+            }
             return 422, body
     reason = webhook_reason(obj, old)
     if reason:
-        return 400, status(400, "BadRequest",
-                           f'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: '
-                           f"{reason}")
+        return 400, status(
+            400,
+            "BadRequest",
+            f'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the request: {reason}',
+        )
     return None
 
 
@@ -235,8 +258,16 @@ def webhook_reason(obj: dict, old: dict | None) -> str | None:
 
 
 def status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code, "details": {}}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+        "details": {},
+    }
 
 
 def not_found(name: str) -> dict:

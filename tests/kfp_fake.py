@@ -32,8 +32,15 @@ class FakeKFP(JsonFakeServer):
         parsed = urlparse(url)
         query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
         path = parsed.path.rstrip("/")
-        self.requests.append({"method": method, "path": path, "query": query, "body": body,
-                              "authorization": headers.get("Authorization")})
+        self.requests.append(
+            {
+                "method": method,
+                "path": path,
+                "query": query,
+                "body": body,
+                "authorization": headers.get("Authorization"),
+            }
+        )
         if headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"error": "Unauthorized", "code": 16}
         with self._lock:
@@ -55,8 +62,11 @@ class FakeKFP(JsonFakeServer):
                 return 200, run
             if path == "/apis/v2beta1/recurringruns":
                 if method == "GET":
-                    items = [r for r in self.recurring.values()
-                             if not query.get("experiment_id") or r.get("experiment_id") == query["experiment_id"]]
+                    items = [
+                        r
+                        for r in self.recurring.values()
+                        if not query.get("experiment_id") or r.get("experiment_id") == query["experiment_id"]
+                    ]
                     return 200, {"recurringRuns": self._filter(items, query), "total_size": len(items)}
                 run = {**body, "recurring_run_id": str(uuid.uuid4()), "status": "ENABLED"}
                 self.recurring[run["recurring_run_id"]] = run
@@ -96,8 +106,11 @@ def _cron_ok(cron: str) -> bool:
                 if token in ("*", "?"):
                     continue
                 names = _NAMES.get(index, [])
-                number = names.index(token.upper()) + low if token.upper() in names else (
-                    int(token) if token.isdigit() else None)
+                number = (
+                    names.index(token.upper()) + low
+                    if token.upper() in names
+                    else (int(token) if token.isdigit() else None)
+                )
                 if number is None or not low <= number <= high:
                     return False
     return True
@@ -107,12 +120,14 @@ def refusal(body: dict) -> str | None:
     """What the KFP API server refuses when a run or recurring run is created."""
     cron = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron")
     if cron is not None and not _cron_ok(cron):
-        return ("Invalid input error: Schedule cron is not a supported format(https://godoc.org/github.com/robfig/cron). "
-                f"Error: failed to parse {cron!r}")
+        return (
+            "Invalid input error: Schedule cron is not a supported format(https://godoc.org/github.com/robfig/cron). "
+            f"Error: failed to parse {cron!r}"
+        )
     spec = body.get("pipeline_spec") or {}
     spec = spec.get("pipeline_spec", spec)  # with a platform spec, kfp.Client nests the two
     declared = set(((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters", {}) or {})
-    given = set(((body.get("runtime_config") or {}).get("parameters") or {}))
+    given = set((body.get("runtime_config") or {}).get("parameters") or {})
     unknown = sorted(given - declared)
     if spec and unknown:
         return f"Invalid input error: unrecognized input parameter(s) {unknown} for the pipeline"

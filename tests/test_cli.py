@@ -12,7 +12,9 @@ CLI = [sys.executable, "-m", "anomaly_mlops.cli"]
 
 
 def run(*args, env=None, check=True):
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=240)
+    result = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=240
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stderr[-3000:]}")
     return result
@@ -21,31 +23,81 @@ def run(*args, env=None, check=True):
 def test_steps_chain_through_the_cli(tmp_path, s3_env):
     data = json.loads(run("data", "--out", str(tmp_path / "data"), "--rows", "4000", "--seed", "3").stdout)
     assert data["train_rows"] == 2800 and data["holdout_anomalies"] > 0
-    trained = json.loads(run("train", "--data", data["train"], "--out", str(tmp_path / "model"),
-                             "--n-estimators", "30").stdout)
+    trained = json.loads(
+        run("train", "--data", data["train"], "--out", str(tmp_path / "model"), "--n-estimators", "30").stdout
+    )
     assert Path(trained["model_dir"], "MANIFEST.sha256").exists()
-    validated = json.loads(run("validate", "--model", trained["model_dir"], "--holdout", data["holdout"],
-                               "--out", str(tmp_path / "val"), "--latency-repeats", "20").stdout)
+    validated = json.loads(
+        run(
+            "validate",
+            "--model",
+            trained["model_dir"],
+            "--holdout",
+            data["holdout"],
+            "--out",
+            str(tmp_path / "val"),
+            "--latency-repeats",
+            "20",
+        ).stdout
+    )
     assert validated["gate_passed"] is True and Path(validated["report"]).exists()
-    published = json.loads(run("publish", "--model", trained["model_dir"], "--model-name", "cli-model",
-                               "--version", "v1", env=s3_env).stdout)
+    published = json.loads(
+        run(
+            "publish", "--model", trained["model_dir"], "--model-name", "cli-model", "--version", "v1", env=s3_env
+        ).stdout
+    )
     assert published == {**published, "status": "published", "uri": f"s3://{s3_env['AWS_S3_BUCKET']}/cli-model/v1/"}
-    again = json.loads(run("publish", "--model", trained["model_dir"], "--model-name", "cli-model",
-                           "--version", "v1", env=s3_env).stdout)
+    again = json.loads(
+        run(
+            "publish", "--model", trained["model_dir"], "--model-name", "cli-model", "--version", "v1", env=s3_env
+        ).stdout
+    )
     assert again["status"] == "unchanged"
-    downloaded = json.loads(run("download", "--uri", published["uri"], "--out", str(tmp_path / "dl"), env=s3_env).stdout)
-    assert sorted(os.listdir(downloaded["model_dir"])) == ["MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops"]
+    downloaded = json.loads(
+        run("download", "--uri", published["uri"], "--out", str(tmp_path / "dl"), env=s3_env).stdout
+    )
+    assert sorted(os.listdir(downloaded["model_dir"])) == [
+        "MANIFEST.sha256",
+        "metadata.json",
+        "model.joblib",
+        "model.skops",
+    ]
 
 
 def test_gate_failure_exits_3(tmp_path, model_dir, prepared):
-    result = run("validate", "--model", str(model_dir), "--holdout", str(prepared.holdout_path), "--out",
-                 str(tmp_path), "--latency-repeats", "10", "--min-roc-auc", "0.9999", check=False)
+    result = run(
+        "validate",
+        "--model",
+        str(model_dir),
+        "--holdout",
+        str(prepared.holdout_path),
+        "--out",
+        str(tmp_path),
+        "--latency-repeats",
+        "10",
+        "--min-roc-auc",
+        "0.9999",
+        check=False,
+    )
     assert result.returncode == 3
     assert "release gate failed: roc_auc" in result.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["gate_passed"] is False
     # A negative threshold switches the gate off.
-    ok = run("validate", "--model", str(model_dir), "--holdout", str(prepared.holdout_path), "--out",
-             str(tmp_path / "b"), "--latency-repeats", "10", "--min-roc-auc", "-1", "--min-pr-auc", "-1")
+    ok = run(
+        "validate",
+        "--model",
+        str(model_dir),
+        "--holdout",
+        str(prepared.holdout_path),
+        "--out",
+        str(tmp_path / "b"),
+        "--latency-repeats",
+        "10",
+        "--min-roc-auc",
+        "-1",
+        "--min-pr-auc",
+        "-1",
+    )
     assert json.loads(ok.stdout)["gate_passed"] is True
 
 
@@ -80,8 +132,14 @@ def test_run_local_end_to_end(tmp_path):
     assert summary["published_uri"].startswith("s3://models/anomaly-detector/v")
     assert summary["verify"]["passed"] is True
     run_dir = Path(summary["run_dir"])
-    for produced in ("data/train.parquet", "model/MANIFEST.sha256", "validation/report.html", "verify/verify.json",
-                     "summary.json", "model-server.log"):
+    for produced in (
+        "data/train.parquet",
+        "model/MANIFEST.sha256",
+        "validation/report.html",
+        "verify/verify.json",
+        "summary.json",
+        "model-server.log",
+    ):
         assert (run_dir / produced).exists(), produced
     for step in ("[1/5] data", "[3/5] validate", "[5/5] serve"):
         assert step in result.stderr

@@ -22,16 +22,16 @@ def stage_lines(stage: str) -> list[str]:
 def test_every_stage_runs_as_non_root():
     stages = re.findall(r"^FROM \S+ AS (\w+)", CONTAINERFILE, re.M)
     assert stages == ["steps", "predictor"]
-    steps_users = [l.split()[1] for l in stage_lines("steps") if l.startswith("USER ")]
+    steps_users = [line.split()[1] for line in stage_lines("steps") if line.startswith("USER ")]
     assert steps_users[-1] == "1001"
-    assert not [l for l in stage_lines("predictor") if l.startswith("USER ")]  # inherits 1001
+    assert not [line for line in stage_lines("predictor") if line.startswith("USER ")]  # inherits 1001
     assert re.search(r"^ARG BASE_IMAGE=registry\.access\.redhat\.com/ubi9/python-311", CONTAINERFILE, re.M)
 
 
 def test_predictor_command_is_a_valid_cli_call():
     from anomaly_mlops.cli import build_parser
 
-    (cmd,) = [l for l in stage_lines("predictor") if l.startswith("CMD ")]
+    (cmd,) = [line for line in stage_lines("predictor") if line.startswith("CMD ")]
     import json
 
     args = build_parser().parse_args(json.loads(cmd[4:]))
@@ -40,7 +40,7 @@ def test_predictor_command_is_a_valid_cli_call():
 
 @pytest.mark.slow
 def test_image_install_provides_working_entry_points(tmp_path):
-    copies = [l.split()[1:-1] for l in stage_lines("steps") if l.startswith("COPY ")]
+    copies = [line.split()[1:-1] for line in stage_lines("steps") if line.startswith("COPY ")]
     context = tmp_path / "context"
     context.mkdir()
     for sources in copies:
@@ -50,7 +50,7 @@ def test_image_install_provides_working_entry_points(tmp_path):
                 shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy(ROOT / source, target)
-    run_line = next(l for l in stage_lines("steps") if "pip install" in l)
+    run_line = next(line for line in stage_lines("steps") if "pip install" in line)
     install = run_line.removeprefix("RUN ").split("&&")[0].strip()
     # Same command; only the interpreter is the fresh venv's, and pip may use its cache here.
     venv = tmp_path / "venv"
@@ -63,18 +63,23 @@ def test_image_install_provides_working_entry_points(tmp_path):
     for args in (["--help"], ["serve", "--help"], ["deploy", "--help"], ["verify", "--help"], ["compile", "--help"]):
         result = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (args, result.stderr[-2000:])
-    check = ("import anomaly_mlops.predictor as p, anomaly_mlops.pipelines.definitions as d, kserve, kfp, sklearn; "
-             "import importlib.util, pathlib; assert importlib.util.find_spec('pipelines') is None, 'top-level pipelines'; "
-             "from anomaly_mlops.cli import build_parser; "
-             "a = build_parser().parse_args(['submit', '--host', 'h']); assert pathlib.Path(a.package).is_file(), a.package; "
-             "assert 'site-packages' in a.package, a.package; "
-             "p.build_model_class(); print(sklearn.__version__)")
-    result = subprocess.run([str(venv / "bin" / "python"), "-c", check], capture_output=True, text=True, timeout=120,
-                            cwd=tmp_path)
+    check = (
+        "import anomaly_mlops.predictor as p, anomaly_mlops.pipelines.definitions as d, kserve, kfp, sklearn; "
+        "import importlib.util, pathlib; assert importlib.util.find_spec('pipelines') is None, 'top-level pipelines'; "
+        "from anomaly_mlops.cli import build_parser; "
+        "a = build_parser().parse_args(['submit', '--host', 'h']); assert pathlib.Path(a.package).is_file(), a.package; "
+        "assert 'site-packages' in a.package, a.package; "
+        "p.build_model_class(); print(sklearn.__version__)"
+    )
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     import sklearn
 
     assert result.stdout.strip() == sklearn.__version__  # trained and served with the same version
     # Test-only tools stay out of the image.
-    pip_list = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list"], capture_output=True, text=True).stdout
+    pip_list = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list"], capture_output=True, text=True
+    ).stdout
     assert "pytest" not in pip_list and "moto" not in pip_list

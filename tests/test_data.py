@@ -147,9 +147,13 @@ def test_load_from_s3(s3_env, tmp_path):
 
     frame = _frame(120)
     frame.to_parquet(tmp_path / "m.parquet", index=False)
-    client = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"],
-                          aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
     client.upload_file(str(tmp_path / "m.parquet"), s3_env["AWS_S3_BUCKET"], "data/m.parquet")
     import os
     from unittest import mock

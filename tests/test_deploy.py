@@ -15,6 +15,7 @@ from anomaly_mlops.deploy import (
     deploy,
 )
 from anomaly_mlops.errors import ConfigError
+
 from k8s_fake import FakeKubeAPI, failing_controller, ready_controller
 
 NS = "anomaly"
@@ -33,8 +34,13 @@ def isvc_client(fake):
 
 
 def spec(version="v1", **overrides):
-    values = dict(name="anomaly-detector", namespace=NS, storage_key="aws-connection-models",
-                  storage_path=f"anomaly-detector/{version}/", model_version=version)
+    values = dict(
+        name="anomaly-detector",
+        namespace=NS,
+        storage_key="aws-connection-models",
+        storage_path=f"anomaly-detector/{version}/",
+        model_version=version,
+    )
     values.update(overrides)
     return DeploySpec(**values)
 
@@ -56,29 +62,42 @@ def test_built_object_for_custom_and_sklearn_runtimes():
     assert annotations["serving.kserve.io/deploymentMode"] == "Serverless"
     assert annotations["serving.kserve.io/enable-prometheus-scraping"] == "true"
 
-    sk = build_inference_service(spec(runtime="sklearn", storage_key=None, storage_path=None,
-                                      storage_uri="s3://models/anomaly-detector/v1/", deployment_mode="RawDeployment"))
+    sk = build_inference_service(
+        spec(
+            runtime="sklearn",
+            storage_key=None,
+            storage_path=None,
+            storage_uri="s3://models/anomaly-detector/v1/",
+            deployment_mode="RawDeployment",
+        )
+    )
     model = sk["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "sklearn"} and "runtime" not in model
     assert model["storageUri"] == "s3://models/anomaly-detector/v1/" and "storage" not in model
     assert sk["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(name="a" * 37), "at most 36"),
-    (dict(name="Anomaly"), "DNS-1035"),
-    (dict(storage_uri="s3://x/y"), "either storage_key"),
-    (dict(deployment_mode="Knative"), "Serverless or RawDeployment"),
-    (dict(canary_traffic_percent=120), "0-100"),
-    (dict(cpu_request="lots"), "cpu-request 'lots' is not a Kubernetes quantity"),
-    # KServe's webhook: HPA metrics for RawDeployment, Knative's for Serverless, in its words.
-    (dict(deployment_mode="RawDeployment", scale_metric="concurrency"), r"\[concurrency\] is not a supported metric"),
-    (dict(deployment_mode="RawDeployment", scale_metric="rps"), r"\[rps\] is not a supported metric"),
-    (dict(scale_metric="cpu"), r"\[cpu\] is not a supported metric.*Knative"),
-    (dict(scale_metric="memory"), r"\[memory\] is not a supported metric"),
-    (dict(deployment_mode="RawDeployment", scale_target=150), r"should be a \[1-100\] integer"),
-    (dict(scale_metric="rps", scale_target=0), "the target for rps should be greater than 1"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(name="a" * 37), "at most 36"),
+        (dict(name="Anomaly"), "DNS-1035"),
+        (dict(storage_uri="s3://x/y"), "either storage_key"),
+        (dict(deployment_mode="Knative"), "Serverless or RawDeployment"),
+        (dict(canary_traffic_percent=120), "0-100"),
+        (dict(cpu_request="lots"), "cpu-request 'lots' is not a Kubernetes quantity"),
+        # KServe's webhook: HPA metrics for RawDeployment, Knative's for Serverless, in its words.
+        (
+            dict(deployment_mode="RawDeployment", scale_metric="concurrency"),
+            r"\[concurrency\] is not a supported metric",
+        ),
+        (dict(deployment_mode="RawDeployment", scale_metric="rps"), r"\[rps\] is not a supported metric"),
+        (dict(scale_metric="cpu"), r"\[cpu\] is not a supported metric.*Knative"),
+        (dict(scale_metric="memory"), r"\[memory\] is not a supported metric"),
+        (dict(deployment_mode="RawDeployment", scale_target=150), r"should be a \[1-100\] integer"),
+        (dict(scale_metric="rps", scale_target=0), "the target for rps should be greater than 1"),
+    ],
+)
 def test_bad_specs_are_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
         build_inference_service(spec(**bad))
@@ -130,8 +149,12 @@ def test_raw_deployment_keeps_previous_path_and_rolls_back_to_it(fake, isvc_clie
 
 def test_switching_storage_kind_removes_the_old_field(fake, isvc_client):
     deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
-    deploy(spec("v2", storage_key=None, storage_path=None, storage_uri="s3://models/anomaly-detector/v2/"),
-           isvc_client, timeout_s=5, poll_s=0.01)
+    deploy(
+        spec("v2", storage_key=None, storage_path=None, storage_uri="s3://models/anomaly-detector/v2/"),
+        isvc_client,
+        timeout_s=5,
+        poll_s=0.01,
+    )
     model = stored(fake)["spec"]["predictor"]["model"]
     assert model["storageUri"] == "s3://models/anomaly-detector/v2/" and "storage" not in model
 
@@ -188,8 +211,9 @@ def test_missing_crd_and_bad_token(fake):
 
 
 def test_unreachable_api_server():
-    from anomaly_mlops.local_services import free_port
     from kubernetes import client
+
+    from anomaly_mlops.local_services import free_port
 
     api = client.CustomObjectsApi(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{free_port()}")))
     api.api_client.configuration.retries = 0
@@ -197,8 +221,16 @@ def test_unreachable_api_server():
         InferenceServiceClient(api).apply(spec())
 
 
-@pytest.mark.parametrize("reason", ["ServingRuntimeNotFound", "NoSupportedRuntime", "InvalidStorageSpec",
-                                    "RuntimeNotRecognized", "UnsupportedProtocol"])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "ServingRuntimeNotFound",
+        "NoSupportedRuntime",
+        "InvalidStorageSpec",
+        "RuntimeNotRecognized",
+        "UnsupportedProtocol",
+    ],
+)
 def test_terminal_reasons_fail_fast(fake, isvc_client, reason):
     fake.controller = failing_controller(reason)
     started = time.monotonic()
@@ -233,22 +265,47 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path):
     import json
 
     import yaml
-
     from test_cli import run
 
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-        "users": [{"name": "sa", "user": {"token": fake.token}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                "users": [{"name": "sa", "user": {"token": fake.token}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa"}}],
+            }
+        )
+    )
     common = ["--namespace", NS, "--kubeconfig", str(kubeconfig)]
-    out = json.loads(run("deploy", *common, "--storage-key", "aws-connection-models",
-                         "--storage-path", "anomaly-detector/v1/", "--timeout", "10").stdout)
+    out = json.loads(
+        run(
+            "deploy",
+            *common,
+            "--storage-key",
+            "aws-connection-models",
+            "--storage-path",
+            "anomaly-detector/v1/",
+            "--timeout",
+            "10",
+        ).stdout
+    )
     assert out["action"] == "created" and out["revision"] == "anomaly-detector-predictor-00001"
-    run("deploy", *common, "--storage-key", "aws-connection-models", "--storage-path", "anomaly-detector/v2/",
-        "--canary-percent", "25", "--timeout", "10")
+    run(
+        "deploy",
+        *common,
+        "--storage-key",
+        "aws-connection-models",
+        "--storage-path",
+        "anomaly-detector/v2/",
+        "--canary-percent",
+        "25",
+        "--timeout",
+        "10",
+    )
     assert stored(fake)["spec"]["predictor"]["canaryTrafficPercent"] == 25
     run("promote", *common)
     assert "canaryTrafficPercent" not in stored(fake)["spec"]["predictor"]
@@ -274,21 +331,33 @@ def test_the_fake_refuses_what_the_cluster_refuses(fake, isvc_client):
     deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
     api = fake.api()
     for patch, status_code, message in [
-        ({"spec": {"predictor": {"model": {"resources": {"requests": {"cpu": "lots"}}}}}}, 422,
-         "spec.predictor.model.resources.requests.cpu: Invalid value: \"lots\""),
+        (
+            {"spec": {"predictor": {"model": {"resources": {"requests": {"cpu": "lots"}}}}}},
+            422,
+            'spec.predictor.model.resources.requests.cpu: Invalid value: "lots"',
+        ),
         ({"spec": {"predictor": {"replicas": 3}}}, 422, "spec.predictor.replicas: unknown field"),
         ({"spec": {"predictor": {"scaleMetric": "cpu"}}}, 400, "[cpu] is not a supported metric"),
-        ({"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"}}}, 400,
-         "deploymentMode cannot be changed from 'Serverless' to 'RawDeployment'"),
+        (
+            {"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "RawDeployment"}}},
+            400,
+            "deploymentMode cannot be changed from 'Serverless' to 'RawDeployment'",
+        ),
     ]:
         with pytest.raises(ApiException) as info:
-            api.patch_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices",
-                                               "anomaly-detector", patch)
+            api.patch_namespaced_custom_object(
+                "serving.kserve.io", "v1beta1", NS, "inferenceservices", "anomaly-detector", patch
+            )
         assert info.value.status == status_code and message in json.loads(info.value.body)["message"], info.value.body
     with pytest.raises(ApiException) as info:
-        api.api_client.call_api(f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices/anomaly-detector",
-                                "PATCH", header_params={"Content-Type": "application/strategic-merge-patch+json"},
-                                body={"spec": {}}, auth_settings=["BearerToken"], _return_http_data_only=True)
+        api.api_client.call_api(
+            f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices/anomaly-detector",
+            "PATCH",
+            header_params={"Content-Type": "application/strategic-merge-patch+json"},
+            body={"spec": {}},
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+        )
     assert info.value.status == 415
 
 

@@ -7,10 +7,13 @@ import pytest
 
 from anomaly_mlops.errors import DataError
 from anomaly_mlops.evaluate import evaluate, time_features
+
 from conftest import SHARED_DATA
 
-needs_data = pytest.mark.skipif(not (SHARED_DATA / "smd").is_dir(),
-                                reason=f"labelled data not found at {SHARED_DATA} (../shared/data beside the checkout)")
+needs_data = pytest.mark.skipif(
+    not (SHARED_DATA / "smd").is_dir(),
+    reason=f"labelled data not found at {SHARED_DATA} (../shared/data beside the checkout)",
+)
 
 
 def test_time_features_are_causal():
@@ -45,8 +48,9 @@ def test_smd_quality_and_the_time_series_features(tmp_path):
 def test_cli_evaluates_nab(tmp_path):
     from test_cli import run
 
-    out = json.loads(run("evaluate", "--data-dir", str(SHARED_DATA), "--dataset", "nab", "--out",
-                         str(tmp_path / "nab.json")).stdout)
+    out = json.loads(
+        run("evaluate", "--data-dir", str(SHARED_DATA), "--dataset", "nab", "--out", str(tmp_path / "nab.json")).stdout
+    )
     assert out["mean"]["nab"]["series"] >= 20
     detail = json.loads((tmp_path / "nab.json").read_text())
     assert {s["dataset"] for s in detail["series"]} == {"nab"}

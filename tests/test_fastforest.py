@@ -14,13 +14,16 @@ def fitted(X, **params):
     return Pipeline([("scaler", StandardScaler()), ("iforest", IsolationForest(random_state=0, **params))]).fit(X)
 
 
-@pytest.mark.parametrize("params", [
-    {},
-    {"n_estimators": 1},
-    {"max_features": 0.5},
-    {"max_samples": 64, "n_estimators": 37},
-    {"max_samples": 1.0, "bootstrap": True},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"n_estimators": 1},
+        {"max_features": 0.5},
+        {"max_samples": 64, "n_estimators": 37},
+        {"max_samples": 1.0, "bootstrap": True},
+    ],
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_scores_equal_sklearn(params, seed):
     rng = np.random.default_rng(seed)
@@ -28,8 +31,9 @@ def test_scores_equal_sklearn(params, seed):
     X[:, 3] = rng.integers(0, 3, 3000)  # a discrete metric, like restarts: many ties at thresholds
     pipeline = fitted(X, **params)
     probe = np.vstack([X[:500], rng.normal(size=(500, 7)) * 1e3, X[:50] + 1e-7])
-    np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(probe), -pipeline.score_samples(probe),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        CompiledForest(pipeline).anomaly_scores(probe), -pipeline.score_samples(probe), rtol=0, atol=1e-12
+    )
 
 
 def test_extreme_but_finite_inputs_behave_like_sklearn():
@@ -37,7 +41,9 @@ def test_extreme_but_finite_inputs_behave_like_sklearn():
     X = rng.normal(size=(500, 4))
     pipeline = fitted(X)
     probe = np.array([[1e300, -1e300, 0, 0], [3e38, 5e-324, -0.0, 1.0], [0, 0, 0, 0]])  # float32 overflow too
-    np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(probe), -pipeline.score_samples(probe), atol=1e-12)
+    np.testing.assert_allclose(
+        CompiledForest(pipeline).anomaly_scores(probe), -pipeline.score_samples(probe), atol=1e-12
+    )
 
 
 def test_constant_feature_and_chunking():

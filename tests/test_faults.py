@@ -17,6 +17,7 @@ from anomaly_mlops import publish as publish_module
 from anomaly_mlops.errors import ArtifactError, StorageError
 from anomaly_mlops.publish import download_model, publish
 from anomaly_mlops.storage import S3Settings
+
 from fault_proxy import Fault, FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +101,13 @@ async def _mixed_load(url, name, good_rows, requests_per_client=100, concurrency
     """Bounded by request count, never by the clock: a loaded machine only makes it slower."""
     import aiohttp
 
-    bad_bodies = [{"instances": [[1, 2]]}, {"instances": []}, {"instances": [["x"] * 6]}, {"nope": 1},
-                  {"instances": [[0.0] * 6] * 10_001}]
+    bad_bodies = [
+        {"instances": [[1, 2]]},
+        {"instances": []},
+        {"instances": [["x"] * 6]},
+        {"nope": 1},
+        {"instances": [[0.0] * 6] * 10_001},
+    ]
     outcomes = {"good": {}, "bad": {}}
 
     async def client(index, session):
@@ -140,18 +146,51 @@ def test_no_secret_in_logs_outputs_compiled_pipelines_or_manifests(tmp_path, s3_
     """Publish at DEBUG log level with recognisable credentials (the embedded server accepts
     any), then grep everything the project writes."""
     env = {**s3_env, "AWS_ACCESS_KEY_ID": SECRET_ID, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    result = subprocess.run([sys.executable, "-m", "anomaly_mlops.cli", "--log-level", "DEBUG", "publish",
-                             "--model", str(model_dir), "--model-name", "secret-check"],
-                            env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anomaly_mlops.cli",
+            "--log-level",
+            "DEBUG",
+            "publish",
+            "--model",
+            str(model_dir),
+            "--model-name",
+            "secret-check",
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    bad = subprocess.run([sys.executable, "-m", "anomaly_mlops.cli", "publish", "--model", str(model_dir),
-                          "--model-name", "secret-check", "--version", "v1"],
-                         env={**os.environ, **env, "AWS_S3_BUCKET": "missing-bucket"},
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anomaly_mlops.cli",
+            "publish",
+            "--model",
+            str(model_dir),
+            "--model-name",
+            "secret-check",
+            "--version",
+            "v1",
+        ],
+        env={**os.environ, **env, "AWS_S3_BUCKET": "missing-bucket"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     texts = {"publish output": result.stdout + result.stderr, "error output": bad.stdout + bad.stderr}
-    for path in [*(ROOT / "pipelines/compiled").glob("*.yaml"), *(ROOT / "components/specs").glob("*.yaml"),
-                 *(ROOT / "manifests").rglob("*.yaml"), *(ROOT / ".tekton").glob("*.yaml")]:
+    for path in [
+        *(ROOT / "pipelines/compiled").glob("*.yaml"),
+        *(ROOT / "components/specs").glob("*.yaml"),
+        *(ROOT / "manifests").rglob("*.yaml"),
+        *(ROOT / ".tekton").glob("*.yaml"),
+    ]:
         texts[str(path.relative_to(ROOT))] = path.read_text()
     for label, text in texts.items():
         assert SECRET_ID not in text and SECRET_KEY not in text, label
@@ -166,10 +205,19 @@ def test_no_secret_in_reports(tmp_path, s3_env, monkeypatch):
     from anomaly_mlops.validate import LatencyPlan
     from anomaly_mlops.verify import VerifyPlan
 
-    summary = run_local(LocalRunConfig(workdir=tmp_path, rows=4000, latency=LatencyPlan(single_row_repeats=20),
-                                       verify_plan=VerifyPlan(requests=20)))
+    summary = run_local(
+        LocalRunConfig(
+            workdir=tmp_path, rows=4000, latency=LatencyPlan(single_row_repeats=20), verify_plan=VerifyPlan(requests=20)
+        )
+    )
     written = [p for p in Path(summary["run_dir"]).rglob("*") if p.is_file() and p.suffix != ".parquet"]
-    assert {p.name for p in written} >= {"report.html", "metrics.json", "verify.json", "summary.json", "model-server.log"}
+    assert {p.name for p in written} >= {
+        "report.html",
+        "metrics.json",
+        "verify.json",
+        "summary.json",
+        "model-server.log",
+    }
     for path in written:
         text = path.read_bytes().decode("utf-8", "replace")
         assert "local-embedded-secret" not in text, path

@@ -20,8 +20,11 @@ CHECKER = ROOT / "tests" / "tools" / "kfp_platform_check.py"
 def executors(path: Path) -> dict:
     found = {}
     for document in yaml.safe_load_all(path.read_text()):
-        found.update((((document or {}).get("platforms") or {}).get("kubernetes") or {})
-                     .get("deploymentSpec", {}).get("executors", {}))
+        found.update(
+            (((document or {}).get("platforms") or {}).get("kubernetes") or {})
+            .get("deploymentSpec", {})
+            .get("executors", {})
+        )
     return found
 
 
@@ -29,8 +32,9 @@ def strict_parse(release: str, configs: dict) -> dict:
     python = PROTOS / release / "bin" / "python"
     if not python.exists():
         pytest.skip(f"kfp-kubernetes {release} protos are not installed: run `make kfp-protos`")
-    done = subprocess.run([str(python), str(CHECKER)], input=json.dumps(configs), capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [str(python), str(CHECKER)], input=json.dumps(configs), capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -19,6 +19,7 @@ from anomaly_mlops.data import generate_synthetic
 from anomaly_mlops.errors import DataError
 from anomaly_mlops.prometheus import PrometheusSource, fetch_prometheus
 from anomaly_mlops.schema import FeatureSchema
+
 from conftest import running_prometheus
 
 NODES = {"node-a": 21, "node-b": 22}  # instance -> generator seed
@@ -31,10 +32,18 @@ def _exporter_lines(stamps: np.ndarray) -> tuple[list[str], dict[str, np.ndarray
     rates), plus ALERTS for each labelled minute. Returns the lines and, per node, the
     labels the alert history should reproduce."""
     lines, labels = [], {}
-    for header in ("node_cpu_seconds counter", "node_memory_MemAvailable_bytes gauge", "node_memory_MemTotal_bytes gauge",
-                   "node_disk_read_bytes counter", "node_disk_written_bytes counter",
-                   "node_network_receive_bytes counter", "node_network_transmit_bytes counter",
-                   "kube_pod_container_status_restarts gauge", "kube_pod_info gauge", "ALERTS gauge"):
+    for header in (
+        "node_cpu_seconds counter",
+        "node_memory_MemAvailable_bytes gauge",
+        "node_memory_MemTotal_bytes gauge",
+        "node_disk_read_bytes counter",
+        "node_disk_written_bytes counter",
+        "node_network_receive_bytes counter",
+        "node_network_transmit_bytes counter",
+        "kube_pod_container_status_restarts gauge",
+        "kube_pod_info gauge",
+        "ALERTS gauge",
+    ):
         lines.append(f"# TYPE {header}")
     body: dict[str, list[str]] = {}
     for node, seed in NODES.items():
@@ -48,25 +57,42 @@ def _exporter_lines(stamps: np.ndarray) -> tuple[list[str], dict[str, np.ndarray
         available = 16e9 * (1 - frame.memory_usage_pct.to_numpy() / 100)
         pod = f"app-{node}"
         for i, t in enumerate(stamps):
-            body.setdefault("node_cpu_seconds", []).append(f'node_cpu_seconds_total{{instance="{node}",cpu="0",mode="idle"}} {idle[i]:.3f} {t}')
-            body.setdefault("node_memory_MemAvailable_bytes", []).append(f'node_memory_MemAvailable_bytes{{instance="{node}"}} {available[i]:.0f} {t}')
-            body.setdefault("node_memory_MemTotal_bytes", []).append(f'node_memory_MemTotal_bytes{{instance="{node}"}} 16000000000 {t}')
-            body.setdefault("node_disk_read_bytes", []).append(f'node_disk_read_bytes_total{{instance="{node}",device="sda"}} 0 {t}')
-            body.setdefault("node_disk_written_bytes", []).append(f'node_disk_written_bytes_total{{instance="{node}",device="sda"}} {written[i]:.0f} {t}')
+            body.setdefault("node_cpu_seconds", []).append(
+                f'node_cpu_seconds_total{{instance="{node}",cpu="0",mode="idle"}} {idle[i]:.3f} {t}'
+            )
+            body.setdefault("node_memory_MemAvailable_bytes", []).append(
+                f'node_memory_MemAvailable_bytes{{instance="{node}"}} {available[i]:.0f} {t}'
+            )
+            body.setdefault("node_memory_MemTotal_bytes", []).append(
+                f'node_memory_MemTotal_bytes{{instance="{node}"}} 16000000000 {t}'
+            )
+            body.setdefault("node_disk_read_bytes", []).append(
+                f'node_disk_read_bytes_total{{instance="{node}",device="sda"}} 0 {t}'
+            )
+            body.setdefault("node_disk_written_bytes", []).append(
+                f'node_disk_written_bytes_total{{instance="{node}",device="sda"}} {written[i]:.0f} {t}'
+            )
             for device, counter in (("eth0", 1.0), ("lo", 0.0)):
                 body.setdefault("node_network_receive_bytes", []).append(
-                    f'node_network_receive_bytes_total{{instance="{node}",device="{device}"}} {received[i] * counter:.0f} {t}')
+                    f'node_network_receive_bytes_total{{instance="{node}",device="{device}"}} {received[i] * counter:.0f} {t}'
+                )
                 body.setdefault("node_network_transmit_bytes", []).append(
-                    f'node_network_transmit_bytes_total{{instance="{node}",device="{device}"}} {sent[i] * counter:.0f} {t}')
+                    f'node_network_transmit_bytes_total{{instance="{node}",device="{device}"}} {sent[i] * counter:.0f} {t}'
+                )
             body.setdefault("kube_pod_container_status_restarts", []).append(
-                f'kube_pod_container_status_restarts_total{{namespace="apps",pod="{pod}",container="c"}} {restarts[i]:.0f} {t}')
-            body.setdefault("kube_pod_info", []).append(f'kube_pod_info{{namespace="apps",pod="{pod}",node="{node}"}} 1 {t}')
+                f'kube_pod_container_status_restarts_total{{namespace="apps",pod="{pod}",container="c"}} {restarts[i]:.0f} {t}'
+            )
+            body.setdefault("kube_pod_info", []).append(
+                f'kube_pod_info{{namespace="apps",pod="{pod}",node="{node}"}} 1 {t}'
+            )
             if labels[node][i]:
                 body.setdefault("ALERTS", []).append(
-                    f'ALERTS{{alertname="NodeIncident",alertstate="firing",instance="{node}",severity="warning"}} 1 {t}')
+                    f'ALERTS{{alertname="NodeIncident",alertstate="firing",instance="{node}",severity="warning"}} 1 {t}'
+                )
             if i in CLUSTER_ALERT_MINUTES:
                 body.setdefault("ALERTS", []).append(
-                    f'ALERTS{{alertname="ClusterDegraded",alertstate="firing",severity="critical"}} 1 {t}')
+                    f'ALERTS{{alertname="ClusterDegraded",alertstate="firing",severity="critical"}} 1 {t}'
+                )
     ordered = []
     for header in lines:
         name = header.split()[2]
@@ -113,8 +139,21 @@ def test_built_in_queries_give_one_entity_per_node_and_alerts_label_the_incident
 def test_an_alert_that_never_fired_gives_unlabelled_data_and_says_so(live_prometheus, tmp_path, caplog):
     url, end, _, _ = live_prometheus
     with caplog.at_level("WARNING"):
-        code = cli.main(["data", "--prometheus-url", url, "--lookback", "2d", "--end", str(end), "--alerts",
-                         "NeverFiresAlert", "--out", str(tmp_path / "d")])
+        code = cli.main(
+            [
+                "data",
+                "--prometheus-url",
+                url,
+                "--lookback",
+                "2d",
+                "--end",
+                str(end),
+                "--alerts",
+                "NeverFiresAlert",
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
     assert code == 0
     report = json.loads((tmp_path / "d" / "labels.json").read_text())
     assert report["labelled"] is False and "no source labelled any row" in report["note"]
@@ -126,8 +165,9 @@ def test_an_alert_that_never_fired_gives_unlabelled_data_and_says_so(live_promet
 def test_incident_windows_label_rows(live_prometheus, tmp_path):
     url, end, stamps, _ = live_prometheus
     start = pd.Timestamp(int(stamps[-100]), unit="s", tz="UTC")  # inside the 2-day window
-    pd.DataFrame({"start": [start.isoformat()], "end": [(start + pd.Timedelta("10min")).isoformat()],
-                  "entity": ["node-b"]}).to_csv(tmp_path / "incidents.csv", index=False)
+    pd.DataFrame(
+        {"start": [start.isoformat()], "end": [(start + pd.Timedelta("10min")).isoformat()], "entity": ["node-b"]}
+    ).to_csv(tmp_path / "incidents.csv", index=False)
     frame, _, report = fetch_prometheus(source(url, end, incidents=str(tmp_path / "incidents.csv")), FeatureSchema())
     (incidents,) = report["sources"]
     assert incidents == {"source": "incidents", "intervals": 1, "rows": 10}
@@ -165,8 +205,24 @@ def test_gaps_longer_than_allowed_are_refused(live_prometheus):
 def live_data(live_prometheus, tmp_path_factory):
     url, end, _, _ = live_prometheus
     out = tmp_path_factory.mktemp("live-data")
-    assert cli.main(["data", "--prometheus-url", url, "--lookback", "2d", "--end", str(end), "--alerts",
-                     "NodeIncident", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "--prometheus-url",
+                url,
+                "--lookback",
+                "2d",
+                "--end",
+                str(end),
+                "--alerts",
+                "NodeIncident",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -185,16 +241,42 @@ def test_a_worse_challenger_is_refused_and_a_better_one_released(live_data, s3_e
     # Worse: a forest on one feature of a few rows, so it misses most incidents.
     weak_rows = pd.read_parquet(live_data / "train.parquet").iloc[:64]
     weak_rows.to_parquet(tmp_path / "weak.parquet")
-    weak = train(str(tmp_path / "weak.parquet"), tmp_path / "weak", TrainParams(n_estimators=2, max_samples=16,
-                                                                                 max_features=0.2, seed=5)).model_dir
+    weak = train(
+        str(tmp_path / "weak.parquet"),
+        tmp_path / "weak",
+        TrainParams(n_estimators=2, max_samples=16, max_features=0.2, seed=5),
+    ).model_dir
     assert latest_release(name) is None
     publish(weak, name, "v1", S3Settings.from_env())
     assert latest_release(name).endswith(f"/{name}/v1/")
 
     gates = Gates(min_roc_auc=None, min_pr_auc=None, max_single_row_p99_ms=None)
-    assert cli.main(["validate", "--model", str(good), "--holdout", str(live_data / "holdout.parquet"), "--out",
-                     str(tmp_path / "better"), "--champion", "latest", "--model-name", name, "--min-roc-auc", "-1",
-                     "--min-pr-auc", "-1", "--max-single-row-p99-ms", "-1", "--latency-repeats", "20"]) == 0
+    assert (
+        cli.main(
+            [
+                "validate",
+                "--model",
+                str(good),
+                "--holdout",
+                str(live_data / "holdout.parquet"),
+                "--out",
+                str(tmp_path / "better"),
+                "--champion",
+                "latest",
+                "--model-name",
+                name,
+                "--min-roc-auc",
+                "-1",
+                "--min-pr-auc",
+                "-1",
+                "--max-single-row-p99-ms",
+                "-1",
+                "--latency-repeats",
+                "20",
+            ]
+        )
+        == 0
+    )
     publish(good, name, "v2", S3Settings.from_env())  # often within the same second as v1: a tie on time
     assert latest_release(name).endswith(f"/{name}/v2/")
 
@@ -230,8 +312,9 @@ def test_without_labels_the_score_shift_from_the_champion_is_gated(live_data, tm
     ok = validate(same, str(tmp_path / "recent.parquet"), tmp_path / "ok", gates, fast, champion)
     bad = validate(drifted, str(tmp_path / "recent.parquet"), tmp_path / "bad", gates, fast, champion)
     assert ok.passed and ok.metrics["champion"]["score_psi"] < 0.25
-    assert not bad.passed and {"score_psi_vs_champion", "flagged_rate"} <= {g["gate"] for g in bad.gates
-                                                                            if not g["passed"]}
+    assert not bad.passed and {"score_psi_vs_champion", "flagged_rate"} <= {
+        g["gate"] for g in bad.gates if not g["passed"]
+    }
 
 
 # --------------------------------------------------------------------------- the pipelines
@@ -249,11 +332,27 @@ def test_the_kfp_pipeline_retrains_on_live_metrics(live_prometheus, s3_env, tmp_
         monkeypatch.setenv(key, value)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
     pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
-    pipeline(prometheus_url=url, lookback="2d", alerts="NodeIncident", n_estimators=40, deploy=False,
-             version="live-v1", model_name="live-model", min_pr_auc=0.0, min_roc_auc=0.5)
-    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                                           aws_secret_access_key="y", region_name="us-east-1").list_objects_v2(
-        Bucket=s3_env["AWS_S3_BUCKET"], Prefix="live-model/live-v1/")["Contents"]}
+    pipeline(
+        prometheus_url=url,
+        lookback="2d",
+        alerts="NodeIncident",
+        n_estimators=40,
+        deploy=False,
+        version="live-v1",
+        model_name="live-model",
+        min_pr_auc=0.0,
+        min_roc_auc=0.5,
+    )
+    keys = {
+        o["Key"]
+        for o in boto3.client(
+            "s3",
+            endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
+            region_name="us-east-1",
+        ).list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="live-model/live-v1/")["Contents"]
+    }
     assert "live-model/live-v1/MANIFEST.sha256" in keys
     (holdout_meta,) = tmp_path.glob("*/prepare-data/executor_output.json")
     outputs = json.loads(holdout_meta.read_text())["artifacts"]["holdout_data"]["artifacts"][0]["metadata"]

@@ -33,8 +33,9 @@ def by_kind(docs: list[dict], kind: str) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("overlay, mode, metric", [("serverless", "Serverless", "concurrency"),
-                                                   ("raw", "RawDeployment", "cpu")])
+@pytest.mark.parametrize(
+    "overlay, mode, metric", [("serverless", "Serverless", "concurrency"), ("raw", "RawDeployment", "cpu")]
+)
 def test_overlays_build_and_set_the_mode(overlay, mode, metric):
     docs = kustomize(f"kserve/overlays/{overlay}")
     assert sorted(d["kind"] for d in docs) == ["InferenceService", "ServingRuntime"]
@@ -45,16 +46,30 @@ def test_overlays_build_and_set_the_mode(overlay, mode, metric):
 
 def test_inference_service_manifest_matches_what_deploy_builds():
     (manifest,) = [d for d in yaml.safe_load_all((MANIFESTS / "kserve/base/inferenceservice.yaml").read_text())]
-    built = build_inference_service(DeploySpec(name="anomaly-detector", namespace="ns", storage_key="aws-connection-models",
-                                               storage_path="anomaly-detector/REPLACE-WITH-VERSION/"))
+    built = build_inference_service(
+        DeploySpec(
+            name="anomaly-detector",
+            namespace="ns",
+            storage_key="aws-connection-models",
+            storage_path="anomaly-detector/REPLACE-WITH-VERSION/",
+        )
+    )
     built["metadata"].pop("namespace")
     assert manifest == built
+
+
+def test_serving_runtime_runs_the_predictor_image():
+    runtime = by_kind(kustomize("kserve/base"), "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    assert container["image"].rsplit("/", 1)[1].startswith("anomaly-mlops-predictor:")
 
 
 def test_serving_runtime_serves_the_format_the_code_asks_for():
     runtime = by_kind(kustomize("kserve/base"), "ServingRuntime")
     assert runtime["metadata"]["name"] == CUSTOM_RUNTIME
-    assert runtime["spec"]["supportedModelFormats"] == [{"name": CUSTOM_MODEL_FORMAT, "version": "1", "autoSelect": True}]
+    assert runtime["spec"]["supportedModelFormats"] == [
+        {"name": CUSTOM_MODEL_FORMAT, "version": "1", "autoSelect": True}
+    ]
     assert set(runtime["spec"]["protocolVersions"]) == {"v1", "v2"}
     (container,) = runtime["spec"]["containers"]
     assert container["name"] == "kserve-container"
@@ -67,7 +82,9 @@ def test_serving_runtime_serves_the_format_the_code_asks_for():
 
 
 def test_core_kinds_validate_against_kubernetes_schemas():
-    docs = kustomize("rbac") + list(yaml.safe_load_all((MANIFESTS / "kserve/data-connection-secret.template.yaml").read_text()))
+    docs = kustomize("rbac") + list(
+        yaml.safe_load_all((MANIFESTS / "kserve/data-connection-secret.template.yaml").read_text())
+    )
     assert {d["kind"] for d in docs} == {"Role", "RoleBinding", "Secret"}
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -91,16 +108,18 @@ def test_rbac_is_least_privilege():
 
 def test_the_role_grants_exactly_what_deploy_uses():
     """The verbs our client sends (tests/k8s_fake.py records them) equal the verbs granted."""
-    from k8s_fake import FakeKubeAPI
-
     from anomaly_mlops.deploy import InferenceServiceClient, deploy
+
+    from k8s_fake import FakeKubeAPI
 
     role = by_kind(kustomize("rbac"), "Role")
     granted = set(role["rules"][0]["verbs"])
     fake = FakeKubeAPI()
     try:
         client = InferenceServiceClient(fake.api())
-        spec = DeploySpec(name="anomaly-detector", namespace="ns", storage_key="aws-connection-models", storage_path="m/v1/")
+        spec = DeploySpec(
+            name="anomaly-detector", namespace="ns", storage_key="aws-connection-models", storage_path="m/v1/"
+        )
         deploy(spec, client, timeout_s=5, poll_s=0.01)
         deploy(DeploySpec(**{**spec.__dict__, "storage_path": "m/v2/"}), client, timeout_s=5, poll_s=0.01)
         client.promote("anomaly-detector", "ns")
@@ -143,9 +162,18 @@ def test_the_submit_task_may_get_the_dsp_route_and_nothing_more():
     """The DSP OAuth proxy lets a caller through only with get on the DSPA's Route."""
     built = kustomize("tekton")
     roles = {d["metadata"]["name"]: d for d in built if d["kind"] == "Role"}
-    bindings = [d for d in built if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "anomaly-mlops-dsp-route-reader"]
+    bindings = [
+        d for d in built if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "anomaly-mlops-dsp-route-reader"
+    ]
     assert roles["anomaly-mlops-dsp-route-reader"]["rules"] == [
-        {"apiGroups": ["route.openshift.io"], "resources": ["routes"], "resourceNames": ["ds-pipeline-dspa"],
-         "verbs": ["get"]}]
+        {
+            "apiGroups": ["route.openshift.io"],
+            "resources": ["routes"],
+            "resourceNames": ["ds-pipeline-dspa"],
+            "verbs": ["get"],
+        }
+    ]
     (binding,) = bindings
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "anomaly-mlops-pipeline", "namespace": "anomaly-mlops"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "anomaly-mlops-pipeline", "namespace": "anomaly-mlops"}
+    ]

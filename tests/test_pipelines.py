@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from anomaly_mlops.errors import ConfigError
-from anomaly_mlops.storage import ENV_KEYS
-from anomaly_mlops.submit import check_cron, make_client, schedule, submit_run
-from kfp_fake import FakeKFP
 from anomaly_mlops.pipelines.compile import COMPONENTS_OUT, PIPELINES_OUT, stale_files
 from anomaly_mlops.pipelines.definitions import PIPELINES, PipelineOptions, build_training_pipeline
+from anomaly_mlops.storage import ENV_KEYS
+from anomaly_mlops.submit import check_cron, make_client, schedule, submit_run
+
+from kfp_fake import FakeKFP
 
 TRAINING = PIPELINES_OUT / "training.yaml"
 
@@ -49,7 +50,10 @@ def test_committed_yaml_is_fresh():
 def test_validate_runs_on_a_gpu_node():
     ir, platform = load(TRAINING)
     resources = executors(ir)["exec-validate-model"]["container"]["resources"]
-    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu" and resources["accelerator"]["resourceCount"] == "1"
+    assert (
+        resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        and resources["accelerator"]["resourceCount"] == "1"
+    )
     placement = k8s(platform, "exec-validate-model")
     assert placement["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
     assert placement["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
@@ -101,8 +105,11 @@ def test_caching_retries_and_resources():
 def test_gate_exit_handler_and_image():
     ir, _ = load(TRAINING)
     tasks = all_tasks(ir)
-    conditions = [t["triggerPolicy"]["condition"] for t in tasks.values() if "triggerPolicy" in t and
-                  "condition" in t["triggerPolicy"]]
+    conditions = [
+        t["triggerPolicy"]["condition"]
+        for t in tasks.values()
+        if "triggerPolicy" in t and "condition" in t["triggerPolicy"]
+    ]
     assert "inputs.parameter_values['pipelinechannel--validate-model-Output'] == true" in conditions
     assert "inputs.parameter_values['pipelinechannel--deploy'] == true" in conditions
     assert tasks["pipeline-summary"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -137,11 +144,17 @@ def test_training_pipeline_runs_locally_and_publishes(s3_env, tmp_path, monkeypa
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
     pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
     pipeline(rows=4000, n_estimators=30, deploy=False, version="kfp-local", model_name="kfp-model")
-    client = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                          aws_secret_access_key="y", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        region_name="us-east-1",
+    )
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
-    assert keys == {f"kfp-model/kfp-local/{f}" for f in ("MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops")} | {
-        "kfp-model/.claims/kfp-local.json"}
+    assert keys == {
+        f"kfp-model/kfp-local/{f}" for f in ("MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops")
+    } | {"kfp-model/.claims/kfp-local.json"}
     (report,) = tmp_path.glob("*/validate-model/report")
     assert "Release gate PASSED" in report.read_text()
     (metrics_meta,) = tmp_path.glob("*/validate-model/executor_output.json")
@@ -156,10 +169,16 @@ def test_failed_gate_publishes_nothing(s3_env, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
     pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
-    pipeline(rows=4000, n_estimators=20, deploy=False, version="never", model_name="gated-model",
-             max_single_row_p99_ms=0.001)
-    client = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                          aws_secret_access_key="y", region_name="us-east-1")
+    pipeline(
+        rows=4000, n_estimators=20, deploy=False, version="never", model_name="gated-model", max_single_row_p99_ms=0.001
+    )
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        region_name="us-east-1",
+    )
     assert "Contents" not in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="gated-model/")
     assert not list(tmp_path.glob("*/publish-model"))
     assert list(tmp_path.glob("*/pipeline-summary"))
@@ -222,13 +241,36 @@ def test_cli_submit_with_a_bad_token_is_a_clear_error(dsp, tmp_path):
 
     token = tmp_path / "token"
     token.write_text("wrong-token\n")
-    result = run("submit", "--host", dsp.url, "--token-file", str(token), "--namespace", "anomaly",
-                 "--package", str(TRAINING), check=False)
+    result = run(
+        "submit",
+        "--host",
+        dsp.url,
+        "--token-file",
+        str(token),
+        "--namespace",
+        "anomaly",
+        "--package",
+        str(TRAINING),
+        check=False,
+    )
     assert result.returncode == 2 and "refused the token (401)" in result.stderr
     assert "wrong-token" not in result.stderr
     token.write_text(dsp.token)
-    ok = run("schedule", "--host", dsp.url, "--token-file", str(token), "--namespace", "anomaly",
-             "--package", str(TRAINING), "--param", "rows=5000", "--param", "deploy=false")
+    ok = run(
+        "schedule",
+        "--host",
+        dsp.url,
+        "--token-file",
+        str(token),
+        "--namespace",
+        "anomaly",
+        "--package",
+        str(TRAINING),
+        "--param",
+        "rows=5000",
+        "--param",
+        "deploy=false",
+    )
     assert json.loads(ok.stdout)["action"] == "created"
     (created,) = dsp.calls("POST", "/apis/v2beta1/recurringruns")
     assert created["body"]["runtime_config"]["parameters"] == {"rows": 5000, "deploy": False}
@@ -252,17 +294,20 @@ def test_the_kfp_fake_refuses_what_the_api_refuses(dsp):
     assert info.value.status == 400 and "not a supported format" in info.value.body
 
 
-@pytest.mark.parametrize("cron, message", [
-    ("0 3 * * *", "6 fields"),
-    ("0 61 3 * * *", "minute '61' is not in 0-59"),
-    ("0 0 24 * * *", "hour '24' is not in 0-23"),
-    ("0 0 3 0 * *", "day of month '0' is not in 1-31"),
-    ("0 0 3 * FOO *", "month 'FOO'"),
-    ("0 0 3 * * 7", "day of week '7' is not in 0-6"),
-    ("0 */0 * * * *", "step '0'"),
-    ("0 30-10 * * * *", "runs backwards"),
-    ("? 0 3 * * *", "'?' is allowed only"),
-])
+@pytest.mark.parametrize(
+    "cron, message",
+    [
+        ("0 3 * * *", "6 fields"),
+        ("0 61 3 * * *", "minute '61' is not in 0-59"),
+        ("0 0 24 * * *", "hour '24' is not in 0-23"),
+        ("0 0 3 0 * *", "day of month '0' is not in 1-31"),
+        ("0 0 3 * FOO *", "month 'FOO'"),
+        ("0 0 3 * * 7", "day of week '7' is not in 0-6"),
+        ("0 */0 * * * *", "step '0'"),
+        ("0 30-10 * * * *", "runs backwards"),
+        ("? 0 3 * * *", "'?' is allowed only"),
+    ],
+)
 def test_bad_cron_is_refused_before_any_connection(cron, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_cron(cron)

@@ -27,8 +27,12 @@ def offline(model_dir):
 
 def v1(served, body, raw=False):
     url, name = served
-    response = requests.post(f"{url}/v1/models/{name}:predict", data=body if raw else json.dumps(body),
-                             headers={"content-type": "application/json"}, timeout=10)
+    response = requests.post(
+        f"{url}/v1/models/{name}:predict",
+        data=body if raw else json.dumps(body),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     return response
 
 
@@ -62,8 +66,12 @@ def test_v1_objects_keyed_by_feature_name(served, holdout, offline):
 def test_v2_matrix_and_per_feature_inputs(served, holdout, offline):
     rows = holdout.X[:5]
     _, scores = offline.score(rows)
-    matrix = {"id": "req-1", "inputs": [{"name": "x", "shape": [5, 6], "datatype": "FP32",
-                                         "data": rows.astype(np.float32).ravel().tolist()}]}
+    matrix = {
+        "id": "req-1",
+        "inputs": [
+            {"name": "x", "shape": [5, 6], "datatype": "FP32", "data": rows.astype(np.float32).ravel().tolist()}
+        ],
+    }
     response = v2(served, matrix)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -73,8 +81,12 @@ def test_v2_matrix_and_per_feature_inputs(served, holdout, offline):
     # FP32 input: float32 rounding moves scores slightly, never labels near the middle.
     np.testing.assert_allclose(outputs["anomaly_scores"]["data"], scores, atol=1e-3)
 
-    columns = {"inputs": [{"name": f, "shape": [5], "datatype": "FP64", "data": rows[:, j].tolist()}
-                          for j, f in enumerate(DEFAULT_FEATURES)]}
+    columns = {
+        "inputs": [
+            {"name": f, "shape": [5], "datatype": "FP64", "data": rows[:, j].tolist()}
+            for j, f in enumerate(DEFAULT_FEATURES)
+        ]
+    }
     answer = v2(served, columns).json()
     outputs = {o["name"]: o for o in answer["outputs"]}
     np.testing.assert_allclose(outputs["anomaly_scores"]["data"], scores, atol=1e-12)
@@ -133,7 +145,7 @@ def test_server_stays_ready_and_exports_metrics(served, holdout):
     assert requests.get(f"{url}/v2/models/{name}/ready", timeout=5).status_code == 200
     v1(served, {"instances": holdout.X[:10].tolist()})
     metrics = requests.get(f"{url}/metrics", timeout=5).text
-    scored = [l for l in metrics.splitlines() if l.startswith("anomaly_detector_rows_scored_total")]
+    scored = [line for line in metrics.splitlines() if line.startswith("anomaly_detector_rows_scored_total")]
     assert scored and float(scored[0].split()[-1]) >= 10
     assert "request_predict_seconds" in metrics
 
@@ -141,7 +153,9 @@ def test_server_stays_ready_and_exports_metrics(served, holdout):
 def test_serves_a_released_version_from_s3(model_dir, s3_env, holdout, offline, tmp_path):
     result = publish(model_dir, "served-from-s3", "v1", S3Settings.from_env(s3_env))
     with model_server("s3model", result.uri, env=s3_env, log_path=tmp_path / "log") as url:
-        body = requests.post(f"{url}/v1/models/s3model:predict", json={"instances": holdout.X[:4].tolist()}, timeout=10).json()
+        body = requests.post(
+            f"{url}/v1/models/s3model:predict", json={"instances": holdout.X[:4].tolist()}, timeout=10
+        ).json()
     np.testing.assert_allclose(body["anomaly_scores"], offline.score(holdout.X[:4])[1], atol=1e-12)
 
 
@@ -182,7 +196,11 @@ def test_v2_metadata_lists_inputs_outputs_and_the_version(served, model_dir):
 
 def test_a_body_not_sent_as_json_is_told_so(served):
     url, name = served
-    response = requests.post(f"{url}/v1/models/{name}:predict", data=json.dumps({"instances": [[1] * 6]}),
-                             headers={"content-type": "text/plain"}, timeout=10)
+    response = requests.post(
+        f"{url}/v1/models/{name}:predict",
+        data=json.dumps({"instances": [[1] * 6]}),
+        headers={"content-type": "text/plain"},
+        timeout=10,
+    )
     assert response.status_code == 400
     assert "Content-Type: application/json" in response.json()["error"]

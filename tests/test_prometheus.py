@@ -28,17 +28,24 @@ def test_query_range_is_aligned_into_the_schema(prometheus):
     coarse = fetch_range(url, QUERIES, lookback_s=5 * 3600, step_s=300, end=end)
     stamps = [int(t.timestamp()) for t in coarse.timestamp]
     assert len(coarse) == 61 and all(t % 300 == 0 for t in stamps)
-    np.testing.assert_allclose(coarse.cpu_usage_pct.to_numpy(), expected.cpu_usage_pct.loc[stamps].to_numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        coarse.cpu_usage_pct.to_numpy(), expected.cpu_usage_pct.loc[stamps].to_numpy(), atol=1e-9
+    )
 
 
-@pytest.mark.parametrize("query, message", [
-    ('mlops_absent_metric', "returned no data"),
-    ('label_replace(mlops_cpu_usage_pct, "job", "a", "", "") or label_replace(mlops_cpu_usage_pct, "job", "b", "", "")',
-     "4 series that no single label tells apart"),
-    ('mlops_nan{instance="node-1"}', "1 NaN/Inf samples"),
-    ('mlops_gappy{instance="node-1"}', r"missing steps of 361 \(longest gap \d+ steps"),
-    ('rate(mlops_cpu_usage_pct[5m', "refused the query .*bad_data"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("mlops_absent_metric", "returned no data"),
+        (
+            'label_replace(mlops_cpu_usage_pct, "job", "a", "", "") or label_replace(mlops_cpu_usage_pct, "job", "b", "", "")',
+            "4 series that no single label tells apart",
+        ),
+        ('mlops_nan{instance="node-1"}', "1 NaN/Inf samples"),
+        ('mlops_gappy{instance="node-1"}', r"missing steps of 361 \(longest gap \d+ steps"),
+        ("rate(mlops_cpu_usage_pct[5m", "refused the query .*bad_data"),
+    ],
+)
 def test_bad_series_are_clear_errors(prometheus, query, message):
     url, end, _ = prometheus
     with pytest.raises(DataError, match=message):
@@ -47,8 +54,9 @@ def test_bad_series_are_clear_errors(prometheus, query, message):
 
 def test_short_gaps_can_be_filled(prometheus):
     url, end, _ = prometheus
-    frame = fetch_range(url, {"gappy": 'mlops_gappy{instance="node-1"}'}, lookback_s=6 * 3600, step_s=60, end=end,
-                        max_gap_steps=60)
+    frame = fetch_range(
+        url, {"gappy": 'mlops_gappy{instance="node-1"}'}, lookback_s=6 * 3600, step_s=60, end=end, max_gap_steps=60
+    )
     assert frame.gappy.notna().all() and (frame.gappy == 1).all()
 
 
@@ -56,8 +64,9 @@ def test_several_series_become_entities(prometheus):
     """node-1 and node-2 report cpu_usage_pct: one entity each; single-series queries
     apply to both."""
     url, end, expected = prometheus
-    frame = fetch_range(url, {**QUERIES, "cpu_usage_pct": "mlops_cpu_usage_pct"}, lookback_s=6 * 3600, step_s=60,
-                        end=end)
+    frame = fetch_range(
+        url, {**QUERIES, "cpu_usage_pct": "mlops_cpu_usage_pct"}, lookback_s=6 * 3600, step_s=60, end=end
+    )
     assert sorted(frame.entity.unique()) == ["node-1", "node-2"] and len(frame) == 2 * 361
     by_entity = {e: rows.reset_index(drop=True) for e, rows in frame.groupby("entity")}
     np.testing.assert_allclose(by_entity["node-2"].cpu_usage_pct - by_entity["node-1"].cpu_usage_pct, 1.0, atol=1e-9)
@@ -96,10 +105,32 @@ def test_data_step_from_prometheus_with_a_labelled_holdout(prometheus, tmp_path)
     assert load_queries(tmp_path / "q.yaml") == QUERIES
     generate_synthetic(rows=2000, seed=5).to_parquet(tmp_path / "labelled.parquet")
     result = subprocess.run(
-        [sys.executable, "-m", "anomaly_mlops.cli", "data", "--source", "prometheus", "--prometheus-url", url,
-         "--queries", str(tmp_path / "q.yaml"), "--lookback", "6h", "--step", "60s", "--end", str(end),
-         "--holdout-source", str(tmp_path / "labelled.parquet"), "--out", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "anomaly_mlops.cli",
+            "data",
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            url,
+            "--queries",
+            str(tmp_path / "q.yaml"),
+            "--lookback",
+            "6h",
+            "--step",
+            "60s",
+            "--end",
+            str(end),
+            "--holdout-source",
+            str(tmp_path / "labelled.parquet"),
+            "--out",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads(result.stdout)
     assert summary["train_rows"] == 361 and summary["holdout_rows"] == 2000 and summary["holdout_anomalies"] > 0

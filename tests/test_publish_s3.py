@@ -25,8 +25,12 @@ def test_publish_then_download_round_trip(model_dir, settings, raw, tmp_path):
     result = publish(model_dir, name, "v1", settings)
     assert result.status == "published"
     assert result.uri == f"s3://{settings.bucket}/{name}/v1/"
-    assert keys(raw, settings.bucket, f"{name}/v1/") == [f"{name}/v1/{MANIFEST_FILE}", f"{name}/v1/metadata.json",
-                                                         f"{name}/v1/model.joblib", f"{name}/v1/model.skops"]
+    assert keys(raw, settings.bucket, f"{name}/v1/") == [
+        f"{name}/v1/{MANIFEST_FILE}",
+        f"{name}/v1/metadata.json",
+        f"{name}/v1/model.joblib",
+        f"{name}/v1/model.skops",
+    ]
     # The claim lies beside the version, outside the prefix the storage initializer downloads.
     assert keys(raw, settings.bucket, f"{name}/.claims/") == [f"{name}/.claims/v1.json"]
     local = download_model(result.uri, tmp_path / "dl", settings)
@@ -52,7 +56,9 @@ def test_released_version_is_never_overwritten(model_dir, copy_model, settings, 
     publish(model_dir, name, "v1", settings)
     original = raw.get_object(Bucket=settings.bucket, Key=f"{name}/v1/{MANIFEST_FILE}")["Body"].read()
     other = copy_model()
-    (other / "metadata.json").write_text((other / "metadata.json").read_text().replace('"threshold"', '"note": 1, "threshold"'))
+    (other / "metadata.json").write_text(
+        (other / "metadata.json").read_text().replace('"threshold"', '"note": 1, "threshold"')
+    )
     write_manifest(other)
     with pytest.raises(VersionConflictError, match="already released with different content"):
         publish(other, name, "v1", settings)
@@ -81,10 +87,16 @@ def _failing_client(settings, monkeypatch, should_fail):
 def test_interrupted_upload_leaves_no_released_version(model_dir, settings, raw, monkeypatch, tmp_path):
     name = unique_name()
     fail = {"on": True}
-    _failing_client(settings, monkeypatch,
-                    lambda op, p: fail["on"] and op in ("PutObject", "CreateMultipartUpload")
-                    and str(p.get("url_path", "")).endswith("model.joblib"))
-    with pytest.raises(Exception):
+    _failing_client(
+        settings,
+        monkeypatch,
+        lambda op, p: (
+            fail["on"]
+            and op in ("PutObject", "CreateMultipartUpload")
+            and str(p.get("url_path", "")).endswith("model.joblib")
+        ),
+    )
+    with pytest.raises(StorageError):
         publish(model_dir, name, "v1", settings)
     assert f"{name}/v1/{MANIFEST_FILE}" not in keys(raw, settings.bucket, name)
     with pytest.raises(ArtifactError, match="not released"):
@@ -142,13 +154,25 @@ def test_missing_secret_keys_are_listed_and_values_never_shown(caplog):
     with pytest.raises(ConfigError, match="missing AWS_SECRET_ACCESS_KEY, AWS_S3_BUCKET"):
         S3Settings.from_env({"AWS_ACCESS_KEY_ID": "AKIA-SECRET-VALUE"})
     caplog.set_level(logging.DEBUG)
-    settings = S3Settings.from_env({"AWS_ACCESS_KEY_ID": "AKIA-SECRET-VALUE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-VALUE",
-                                    "AWS_S3_BUCKET": "b", "AWS_S3_ENDPOINT": "http://127.0.0.1:9"})
+    settings = S3Settings.from_env(
+        {
+            "AWS_ACCESS_KEY_ID": "AKIA-SECRET-VALUE",
+            "AWS_SECRET_ACCESS_KEY": "s3cr3t-VALUE",
+            "AWS_S3_BUCKET": "b",
+            "AWS_S3_ENDPOINT": "http://127.0.0.1:9",
+        }
+    )
     text = repr(settings) + settings.describe()
     assert "s3cr3t-VALUE" not in text and "AKIA-SECRET-VALUE" not in text
     with pytest.raises(ConfigError, match="must start with http"):
-        S3Settings.from_env({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_S3_BUCKET": "c",
-                             "AWS_S3_ENDPOINT": "minio:9000"})
+        S3Settings.from_env(
+            {
+                "AWS_ACCESS_KEY_ID": "a",
+                "AWS_SECRET_ACCESS_KEY": "b",
+                "AWS_S3_BUCKET": "c",
+                "AWS_S3_ENDPOINT": "minio:9000",
+            }
+        )
 
 
 @pytest.mark.parametrize("version", ["V1", "a/b", "-x", "..", "x" * 70])

@@ -23,6 +23,7 @@ from anomaly_mlops.errors import AnomalyMLOpsError, ArtifactError, ConfigError, 
 from anomaly_mlops.local_services import model_server
 from anomaly_mlops.publish import claim_key, download_model, publish
 from anomaly_mlops.storage import S3Settings
+
 from fault_proxy import Fault, FaultProxy
 
 
@@ -49,7 +50,8 @@ def keys(raw, bucket, prefix):
 
 
 def test_a_slow_publisher_cannot_overwrite_the_data_of_a_version_another_released(
-        model_dir, other_model, settings, s3_env, raw, tmp_path):
+    model_dir, other_model, settings, s3_env, raw, tmp_path
+):
     """A's data upload is held in a proxy while B publishes the same version with other
     content. Before claims, B released and A's late upload then replaced B's model under
     B's manifest: a dead release. Now exactly one wins and the release downloads intact."""
@@ -89,14 +91,17 @@ def test_concurrent_publishers_of_one_version_leave_one_consistent_release(model
     for round_ in range(4):
         model, barrier, outcome = name(), threading.Barrier(2), {}
 
-        def run(label, directory):
+        def run(label, directory, barrier=barrier, outcome=outcome, model=model):
             barrier.wait()
             try:
                 outcome[label] = publish(directory, model, "v1", settings).status
             except VersionConflictError:
                 outcome[label] = "conflict"
 
-        threads = [threading.Thread(target=run, args=("a", model_dir)), threading.Thread(target=run, args=("b", other_model))]
+        threads = [
+            threading.Thread(target=run, args=("a", model_dir)),
+            threading.Thread(target=run, args=("b", other_model)),
+        ]
         [t.start() for t in threads]
         [t.join(60) for t in threads]
         assert sorted(outcome.values()) == ["conflict", "published"], outcome
@@ -122,8 +127,11 @@ def test_republish_detects_and_mends_a_damaged_version(model_dir, settings, raw,
 
 def test_a_claim_for_other_content_blocks_without_writing_under_the_version(model_dir, settings, raw):
     model = name()
-    raw.put_object(Bucket=settings.bucket, Key=claim_key(f"{model}/v1/"),
-                   Body=json.dumps({"manifest_sha256": "0" * 64, "publisher": "dead-run", "claimed_at": "then"}))
+    raw.put_object(
+        Bucket=settings.bucket,
+        Key=claim_key(f"{model}/v1/"),
+        Body=json.dumps({"manifest_sha256": "0" * 64, "publisher": "dead-run", "claimed_at": "then"}),
+    )
     with pytest.raises(VersionConflictError, match=r"claimed by dead-run .*delete s3://"):
         publish(model_dir, model, "v1", settings)
     assert keys(raw, settings.bucket, f"{model}/v1/") == []
@@ -132,8 +140,13 @@ def test_a_claim_for_other_content_blocks_without_writing_under_the_version(mode
 def test_multipart_uploads_of_a_killed_publisher_are_aborted(model_dir, settings, raw):
     model = name()
     leftover = raw.create_multipart_upload(Bucket=settings.bucket, Key=f"{model}/v1/model.joblib")
-    raw.upload_part(Bucket=settings.bucket, Key=f"{model}/v1/model.joblib", UploadId=leftover["UploadId"],
-                    PartNumber=1, Body=b"x" * 1024)
+    raw.upload_part(
+        Bucket=settings.bucket,
+        Key=f"{model}/v1/model.joblib",
+        UploadId=leftover["UploadId"],
+        PartNumber=1,
+        Body=b"x" * 1024,
+    )
     assert publish(model_dir, model, "v1", settings).status == "published"
     assert raw.list_multipart_uploads(Bucket=settings.bucket, Prefix=f"{model}/").get("Uploads", []) == []
 
@@ -178,10 +191,13 @@ def _fitted_on(n_features: int):
     return fit_detector(np.random.default_rng(0).normal(size=(256, n_features)), TrainParams(n_estimators=10))[0]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: {"not": "a model"}, "holds a dict, not the expected Pipeline"),
-    (lambda: _fitted_on(3), "fitted on 3 inputs but its metadata .* describes 6"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: {"not": "a model"}, "holds a dict, not the expected Pipeline"),
+        (lambda: _fitted_on(3), "fitted on 3 inputs but its metadata .* describes 6"),
+    ],
+)
 def test_a_model_that_cannot_score_never_becomes_ready(copy_model, tmp_path, make, message):
     model = _consistent_model(copy_model, make(), "unscorable")
     with pytest.raises(ArtifactError, match=message):
@@ -225,7 +241,9 @@ def test_loading_never_runs_code_from_the_pickle_or_skops_file(copy_model, model
     write_manifest(model)  # a consistent manifest over the hostile pickle
     loaded = load_model_dir(model)
     assert not marker.exists()
-    np.testing.assert_array_equal(loaded.anomaly_scores(np.ones((3, 6))), load_model_dir(model_dir).anomaly_scores(np.ones((3, 6))))
+    np.testing.assert_array_equal(
+        loaded.anomaly_scores(np.ones((3, 6))), load_model_dir(model_dir).anomaly_scores(np.ones((3, 6)))
+    )
 
     from fractions import Fraction
 
@@ -256,15 +274,36 @@ def v2(served, inputs):
     return requests.post(f"{url}/v2/models/{model}/infer", json={"inputs": inputs}, timeout=10)
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ([{"name": "x", "shape": [1, 6], "datatype": "INT64", "data": [50.7, 1, 2, 3, 4, 5]}], "is 50.7, not an integer"),
-    ([{"name": "x", "shape": [1, 6], "datatype": "FP32", "data": ["1", 1, 2, 3, 4, 5]}], "expected a number for FP32, got '1'"),
-    ([{"name": "x", "shape": [1, 6], "datatype": "FP32", "data": [True, 1, 2, 3, 4, 5]}], "got True"),
-    ([{"name": "x", "shape": [-1, 6], "datatype": "FP64", "data": [0.0] * 6}], "non-negative integers"),
-    ([{"name": n, "shape": [1], "datatype": "FP64", "data": [1.0]} for n in
-      ("cpu_usage_pct", "cpu_usage_pct", "memory_usage_pct", "disk_io_mbps", "network_rx_mbps", "network_tx_mbps",
-       "restart_count")], "repeated: ['cpu_usage_pct']"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (
+            [{"name": "x", "shape": [1, 6], "datatype": "INT64", "data": [50.7, 1, 2, 3, 4, 5]}],
+            "is 50.7, not an integer",
+        ),
+        (
+            [{"name": "x", "shape": [1, 6], "datatype": "FP32", "data": ["1", 1, 2, 3, 4, 5]}],
+            "expected a number for FP32, got '1'",
+        ),
+        ([{"name": "x", "shape": [1, 6], "datatype": "FP32", "data": [True, 1, 2, 3, 4, 5]}], "got True"),
+        ([{"name": "x", "shape": [-1, 6], "datatype": "FP64", "data": [0.0] * 6}], "non-negative integers"),
+        (
+            [
+                {"name": n, "shape": [1], "datatype": "FP64", "data": [1.0]}
+                for n in (
+                    "cpu_usage_pct",
+                    "cpu_usage_pct",
+                    "memory_usage_pct",
+                    "disk_io_mbps",
+                    "network_rx_mbps",
+                    "network_tx_mbps",
+                    "restart_count",
+                )
+            ],
+            "repeated: ['cpu_usage_pct']",
+        ),
+    ],
+)
 def test_v2_input_that_would_be_cast_silently_is_400(served, inputs, message):
     response = v2(served, inputs)
     assert response.status_code == 400, response.text
@@ -290,8 +329,9 @@ def test_integral_int64_data_is_still_scored(served, model_dir):
 def test_oversized_bodies_are_413_before_parsing(served):
     url, model = served
     big = b'{"instances": [' + b"[1,2,3,4,5,6]," * 400_000 + b"[1,2,3,4,5,6]]}"  # ~6 MB, over the cap
-    response = requests.post(f"{url}/v1/models/{model}:predict", data=big,
-                             headers={"content-type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{url}/v1/models/{model}:predict", data=big, headers={"content-type": "application/json"}, timeout=30
+    )
     assert response.status_code == 413 and "the limit is" in response.json()["error"]
 
     def chunks():  # no Content-Length: the cap applies while reading
@@ -300,8 +340,9 @@ def test_oversized_bodies_are_413_before_parsing(served):
             yield b"[1,2,3,4,5,6]," * 5_000
         yield b"[1,2,3,4,5,6]]}"
 
-    response = requests.post(f"{url}/v1/models/{model}:predict", data=chunks(),
-                             headers={"content-type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{url}/v1/models/{model}:predict", data=chunks(), headers={"content-type": "application/json"}, timeout=30
+    )
     assert response.status_code == 413
     assert requests.get(f"{url}/v1/models/{model}", timeout=5).json()["ready"] is True
 
@@ -312,8 +353,12 @@ def test_the_largest_legal_batch_is_accepted_in_json_and_chunked(served, model_d
     response = requests.post(f"{url}/v1/models/{model}:predict", json={"instances": rows}, timeout=60)
     assert response.status_code == 200 and len(response.json()["predictions"]) == 10_000
     body = json.dumps({"instances": rows[:100]}).encode()
-    response = requests.post(f"{url}/v1/models/{model}:predict", data=iter([body[:1000], body[1000:]]),
-                             headers={"content-type": "application/json"}, timeout=30)
+    response = requests.post(
+        f"{url}/v1/models/{model}:predict",
+        data=iter([body[:1000], body[1000:]]),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 200 and len(response.json()["predictions"]) == 100
 
 
@@ -331,9 +376,11 @@ async def _rows_and_batches(url, model, singles: int, batches: int):
                 statuses[kind].append(response.status)
 
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(send(session, "batch", batch, batches), send(session, "batch", batch, batches),
-                             *(send(session, "single", {"instances": [[50, 60, 20, 80, 50, 0]]}, singles // 8)
-                               for _ in range(8)))
+        await asyncio.gather(
+            send(session, "batch", batch, batches),
+            send(session, "batch", batch, batches),
+            *(send(session, "single", {"instances": [[50, 60, 20, 80, 50, 0]]}, singles // 8) for _ in range(8)),
+        )
     return statuses
 
 
@@ -377,10 +424,22 @@ def test_bad_paths_and_flags_are_one_line_exit_2(capsys, tmp_path, prepared, mod
         (("train", "--data", train, "--out", str(regular)), "exists and is not a directory"),
         (("train", "--data", train, "--out", str(tmp_path / "m"), "--features", str(empty_schema)), "not valid JSON"),
         (("train", "--data", train, "--out", str(tmp_path / "m"), "--features", str(bad_schema)), "not valid JSON"),
-        (("verify", "--url", "http://127.0.0.1:9", "--rows", train, "--token-file", str(tmp_path / "none")),
-         "cannot read the token file"),
-        (("--result", f"model_dir={tmp_path / 'missing' / 'out'}", "train", "--data", train, "--out", str(tmp_path / "m")),
-         "does not exist or is not writable"),
+        (
+            ("verify", "--url", "http://127.0.0.1:9", "--rows", train, "--token-file", str(tmp_path / "none")),
+            "cannot read the token file",
+        ),
+        (
+            (
+                "--result",
+                f"model_dir={tmp_path / 'missing' / 'out'}",
+                "train",
+                "--data",
+                train,
+                "--out",
+                str(tmp_path / "m"),
+            ),
+            "does not exist or is not writable",
+        ),
         (("download", "--uri", "s3://models/x/v1/", "--out", str(regular)), "not a directory"),
         # Refused even to root (CI runs as root, for whom permission bits refuse nothing):
         (("data", "--out", "/sys/anomaly-mlops-test/d", "--rows", "200"), "Operation not permitted"),
@@ -422,8 +481,13 @@ def test_datetime_and_timedelta_columns_are_not_features(tmp_path):
     from anomaly_mlops.data import frame_to_dataset
     from anomaly_mlops.schema import FeatureSchema
 
-    frame = pd.DataFrame({"a": [1.0, 2.0], "when": pd.to_datetime(["2026-01-01", "2026-01-02"]),
-                          "took": pd.to_timedelta([1, 2], unit="s")})
+    frame = pd.DataFrame(
+        {
+            "a": [1.0, 2.0],
+            "when": pd.to_datetime(["2026-01-01", "2026-01-02"]),
+            "took": pd.to_timedelta([1, 2], unit="s"),
+        }
+    )
     for column in ("when", "took"):
         with pytest.raises(DataError, match=f"column '{column}' holds .* not a metric"):
             frame_to_dataset(frame, FeatureSchema(("a", column)), source="t")
@@ -472,12 +536,14 @@ def test_deploy_errors_never_carry_the_bearer_token():
     token = "sha256~TOKENthatMustNeverBePrinted0123456789"
     proxy = _EchoingProxy()
     try:
-        configuration = client.Configuration(host=proxy.url, api_key={"authorization": token},
-                                             api_key_prefix={"authorization": "Bearer"})
+        configuration = client.Configuration(
+            host=proxy.url, api_key={"authorization": token}, api_key_prefix={"authorization": "Bearer"}
+        )
         api = client.CustomObjectsApi(client.ApiClient(configuration))
         with pytest.raises(AnomalyMLOpsError) as info:
-            InferenceServiceClient(api).apply(DeploySpec(name="anomaly-detector", namespace="ns",
-                                                         storage_uri="s3://models/anomaly-detector/v1/"))
+            InferenceServiceClient(api).apply(
+                DeploySpec(name="anomaly-detector", namespace="ns", storage_uri="s3://models/anomaly-detector/v1/")
+            )
     finally:
         proxy.stop()
     assert "500" in str(info.value) and "body not shown" in str(info.value)

@@ -19,10 +19,16 @@ from anomaly_mlops.local_services import model_server
 from anomaly_mlops.prometheus import PrometheusClient, time_grid
 from anomaly_mlops.schema import FeatureSchema
 from anomaly_mlops.self_healing import BASE_METRICS, FEATURES, engine_features, fetch_platform_frame
+
 from conftest import running_prometheus
 
-ENGINE_METRICS = ["node_cpu_utilization", "node_memory_utilization", "pod_cpu_usage", "pod_memory_usage",
-                  "container_restart_count"]
+ENGINE_METRICS = [
+    "node_cpu_utilization",
+    "node_memory_utilization",
+    "pod_cpu_usage",
+    "pod_memory_usage",
+    "container_restart_count",
+]
 ENGINE_STATS = ["value", "mean_5m", "std_5m", "min_5m", "max_5m", "lag_1", "lag_5", "diff", "pct_change"]
 
 
@@ -38,13 +44,19 @@ def test_the_named_schema_is_the_engines_45_features_in_its_order():
 @pytest.fixture(scope="module")
 def platform_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("platform-data")
-    assert cli.main(["data", "--source", "synthetic", "--schema", "self-healing-platform", "--rows", "9000",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["data", "--source", "synthetic", "--schema", "self-healing-platform", "--rows", "9000", "--out", str(out)]
+        )
+        == 0
+    )
     return out
 
 
 def test_synthetic_data_has_the_schema_units_and_the_engines_arithmetic(platform_data):
-    frame = pd.concat([pd.read_parquet(platform_data / "train.parquet"), pd.read_parquet(platform_data / "holdout.parquet")])
+    frame = pd.concat(
+        [pd.read_parquet(platform_data / "train.parquet"), pd.read_parquet(platform_data / "holdout.parquet")]
+    )
     assert [c for c in frame.columns if c in FEATURES] == list(FEATURES)
     assert {"timestamp", "entity", "is_anomaly"} <= set(frame.columns) and frame["entity"].nunique() == 3
     assert 0 < frame["is_anomaly"].mean() < 0.1
@@ -58,10 +70,15 @@ def test_synthetic_data_has_the_schema_units_and_the_engines_arithmetic(platform
         value, lag_1 = rows["pod_cpu_usage_value"].to_numpy(), rows["pod_cpu_usage_lag_1"].to_numpy()
         np.testing.assert_allclose(lag_1[1:], value[:-1])
         np.testing.assert_allclose(rows["pod_cpu_usage_lag_5"].to_numpy()[5:], value[:-5])
-        np.testing.assert_allclose(rows["pod_cpu_usage_mean_5m"].to_numpy()[5:],
-                                   pd.Series(value).rolling(6).mean().to_numpy()[5:], rtol=1e-9)
-        np.testing.assert_allclose(rows["pod_cpu_usage_std_5m"].to_numpy()[5:],
-                                   pd.Series(value).rolling(6).std(ddof=0).to_numpy()[5:], rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(
+            rows["pod_cpu_usage_mean_5m"].to_numpy()[5:], pd.Series(value).rolling(6).mean().to_numpy()[5:], rtol=1e-9
+        )
+        np.testing.assert_allclose(
+            rows["pod_cpu_usage_std_5m"].to_numpy()[5:],
+            pd.Series(value).rolling(6).std(ddof=0).to_numpy()[5:],
+            rtol=1e-7,
+            atol=1e-12,
+        )
         pct = rows["container_restart_count_pct_change"].to_numpy()
         lag = rows["container_restart_count_lag_1"].to_numpy()
         assert (pct[lag == 0] == 0).all()
@@ -89,35 +106,50 @@ def _raw_series(stamps: np.ndarray) -> list[str]:
     for cpu in ("0", "1"):
         counter = np.cumsum(idle * 60 * (1 if cpu == "0" else 0.9))
         lines += [f'node_cpu_seconds_total{{cpu="{cpu}",mode="idle"}} {c:.6f} {t}' for c, t in zip(counter, stamps)]
-        lines += [f'node_cpu_seconds_total{{cpu="{cpu}",mode="user"}} {c:.6f} {t}'
-                  for c, t in zip(np.cumsum(60 - idle * 60), stamps)]
+        lines += [
+            f'node_cpu_seconds_total{{cpu="{cpu}",mode="user"}} {c:.6f} {t}'
+            for c, t in zip(np.cumsum(60 - idle * 60), stamps)
+        ]
     available = 8e9 + 1e9 * np.sin(np.arange(n) / 50) + rng.normal(0, 5e7, n)
     lines.append("# TYPE node_memory_MemAvailable_bytes gauge")
     lines += [f"node_memory_MemAvailable_bytes {a:.0f} {t}" for a, t in zip(available, stamps)]
     lines.append("# TYPE node_memory_MemTotal_bytes gauge")
     lines += [f"node_memory_MemTotal_bytes 16000000000 {t}" for t in stamps]
-    cpu_lines, memory_lines, limit_lines, restart_lines = (["# TYPE container_cpu_usage_seconds counter"],
-                                                           ["# TYPE container_memory_working_set_bytes gauge"],
-                                                           ["# TYPE kube_pod_container_resource_limits gauge"],
-                                                           ["# TYPE kube_pod_container_status_restarts gauge"])
+    cpu_lines, memory_lines, limit_lines, restart_lines = (
+        ["# TYPE container_cpu_usage_seconds counter"],
+        ["# TYPE container_memory_working_set_bytes gauge"],
+        ["# TYPE kube_pod_container_resource_limits gauge"],
+        ["# TYPE kube_pod_container_status_restarts gauge"],
+    )
     for pod, first in (("p1", 0), ("p2", 0), ("p3", 0), ("p4", n // 2)):
         span = slice(first, n)
         usage = np.cumsum(np.clip(0.3 + rng.normal(0, 0.05, n), 0, None) * 60)[span]
         working = (3e8 + rng.normal(0, 1e7, n))[span]
         restarts = np.cumsum(rng.random(n) < 0.01)[span]
         for container in ("app", "sidecar"):
-            cpu_lines += [f'container_cpu_usage_seconds_total{{pod="{pod}",container="{container}"}} {u:.6f} {t}'
-                          for u, t in zip(usage, stamps[span])]
-            memory_lines += [f'container_memory_working_set_bytes{{pod="{pod}",container="{container}"}} {w:.0f} {t}'
-                             for w, t in zip(working, stamps[span])]
-            restart_lines += [f'kube_pod_container_status_restarts_total{{pod="{pod}",container="{container}"}} {r} {t}'
-                              for r, t in zip(restarts, stamps[span])]
+            cpu_lines += [
+                f'container_cpu_usage_seconds_total{{pod="{pod}",container="{container}"}} {u:.6f} {t}'
+                for u, t in zip(usage, stamps[span])
+            ]
+            memory_lines += [
+                f'container_memory_working_set_bytes{{pod="{pod}",container="{container}"}} {w:.0f} {t}'
+                for w, t in zip(working, stamps[span])
+            ]
+            restart_lines += [
+                f'kube_pod_container_status_restarts_total{{pod="{pod}",container="{container}"}} {r} {t}'
+                for r, t in zip(restarts, stamps[span])
+            ]
             if pod != "p3":
-                limit_lines += [f'kube_pod_container_resource_limits{{pod="{pod}",container="{container}",'
-                                f'resource="memory"}} 1000000000 {t}' for t in stamps[span]]
+                limit_lines += [
+                    f'kube_pod_container_resource_limits{{pod="{pod}",container="{container}",'
+                    f'resource="memory"}} 1000000000 {t}'
+                    for t in stamps[span]
+                ]
         # The pod-level cgroup series (container="") the engine's queries exclude.
-        cpu_lines += [f'container_cpu_usage_seconds_total{{pod="{pod}",container=""}} {u * 5:.6f} {t}'
-                      for u, t in zip(usage, stamps[span])]
+        cpu_lines += [
+            f'container_cpu_usage_seconds_total{{pod="{pod}",container=""}} {u * 5:.6f} {t}'
+            for u, t in zip(usage, stamps[span])
+        ]
     return lines + cpu_lines + memory_lines + limit_lines + restart_lines
 
 
@@ -152,8 +184,26 @@ def test_prometheus_gives_the_engines_45_columns_one_entity_per_pod(platform_pro
 
 def test_the_cli_reads_the_platform_schema_from_prometheus(platform_prometheus, tmp_path):
     url, end = platform_prometheus
-    assert cli.main(["data", "--source", "prometheus", "--schema", "self-healing-platform", "--prometheus-url", url,
-                     "--lookback", "2h", "--end", str(end), "--out", str(tmp_path / "d")]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "--source",
+                "prometheus",
+                "--schema",
+                "self-healing-platform",
+                "--prometheus-url",
+                url,
+                "--lookback",
+                "2h",
+                "--end",
+                str(end),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     train = pd.read_parquet(tmp_path / "d" / "train.parquet")
     assert list(train.columns) == ["timestamp", "entity", *FEATURES]
     assert json.loads((tmp_path / "d" / "schema.json").read_text())["name"] == "self-healing-platform"
@@ -167,17 +217,24 @@ def platform_model(platform_data, tmp_path_factory):
     from anomaly_mlops.train import TrainParams, train
 
     out = tmp_path_factory.mktemp("platform-model") / "model"
-    return train(str(platform_data / "train.parquet"), out, TrainParams(seed=3),
-                 FeatureSchema.parse("self-healing-platform")).model_dir
+    return train(
+        str(platform_data / "train.parquet"), out, TrainParams(seed=3), FeatureSchema.parse("self-healing-platform")
+    ).model_dir
 
 
 def _engine_row(rng, inject: str | None = None) -> list[float]:
     """The last row of 15 minutes of ordinary midday metrics, as the engine would build it,
     optionally with an incident in the final minutes."""
     minutes = 15
-    base = np.column_stack([
-        0.42 + rng.normal(0, 0.02, minutes), 0.53 + rng.normal(0, 0.01, minutes),
-        0.3 + rng.normal(0, 0.01, minutes), 0.45 + rng.normal(0, 0.01, minutes), np.full(minutes, 2.0)])
+    base = np.column_stack(
+        [
+            0.42 + rng.normal(0, 0.02, minutes),
+            0.53 + rng.normal(0, 0.01, minutes),
+            0.3 + rng.normal(0, 0.01, minutes),
+            0.45 + rng.normal(0, 0.01, minutes),
+            np.full(minutes, 2.0),
+        ]
+    )
     if inject == "cpu_runaway":  # a pod at ten times its usual cores
         base[-3:, 2] += 3.0
         base[-3:, 0] += 0.3
@@ -203,10 +260,14 @@ def test_the_engine_gets_minus_one_for_incidents_and_one_for_ordinary_rows(platf
         health = requests.get(f"{url}/v1/models/anomaly-detector", timeout=5)
         assert health.status_code == 200 and health.json()["ready"] is True
         ordinary = [_engine_predict(url, _engine_row(rng)) for _ in range(20)]
-        incidents = {kind: [_engine_predict(url, _engine_row(rng, kind)) for _ in range(5)]
-                     for kind in ("cpu_runaway", "node_memory_pressure")}
-        wrong_length = {n: requests.post(f"{url}/v1/models/anomaly-detector:predict",
-                                         json={"instances": [[0.5] * n]}, timeout=10) for n in (44, 46)}
+        incidents = {
+            kind: [_engine_predict(url, _engine_row(rng, kind)) for _ in range(5)]
+            for kind in ("cpu_runaway", "node_memory_pressure")
+        }
+        wrong_length = {
+            n: requests.post(f"{url}/v1/models/anomaly-detector:predict", json={"instances": [[0.5] * n]}, timeout=10)
+            for n in (44, 46)
+        }
     assert ordinary == [1] * 20
     assert incidents["cpu_runaway"] == [-1] * 5
     # Node memory pressure scores 0.560-0.582 against a threshold of 0.561 on this model: the
@@ -214,7 +275,9 @@ def test_the_engine_gets_minus_one_for_incidents_and_one_for_ordinary_rows(platf
     assert incidents["node_memory_pressure"].count(-1) >= 4
     for n, response in wrong_length.items():
         assert response.status_code == 400
-        assert f"has {n} values; the model expects 45 features (schema self-healing-platform" in response.json()["error"]
+        assert (
+            f"has {n} values; the model expects 45 features (schema self-healing-platform" in response.json()["error"]
+        )
 
 
 # --------------------------------------------------------------------------- placement and ownership
@@ -226,19 +289,37 @@ PLATFORM_NS = "self-healing-platform"
 def _platform_isvc() -> dict:
     """The InferenceService the platform's Helm chart deploys through ArgoCD today."""
     return {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": "anomaly-detector", "namespace": PLATFORM_NS, "generation": 1, "resourceVersion": "7",
-                     "labels": {"app.kubernetes.io/instance": "self-healing-platform"},
-                     "annotations": {"serving.kserve.io/deploymentMode": "RawDeployment",
-                                     "argocd.argoproj.io/tracking-id":
-                                         "self-healing-platform:serving.kserve.io/InferenceService:"
-                                         "self-healing-platform/anomaly-detector"}},
-        "spec": {"predictor": {
-            "containers": [{"name": "kserve-container", "image": "kserve/sklearnserver:v0.11.0",
-                            "args": ["--model_name=anomaly-detector", "--model_dir=/mnt/models/anomaly-detector",
-                                     "--http_port=8080"],
-                            "volumeMounts": [{"name": "model-storage", "mountPath": "/mnt/models"}]}],
-            "volumes": [{"name": "model-storage", "persistentVolumeClaim": {"claimName": "model-storage-pvc"}}]}},
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": "anomaly-detector",
+            "namespace": PLATFORM_NS,
+            "generation": 1,
+            "resourceVersion": "7",
+            "labels": {"app.kubernetes.io/instance": "self-healing-platform"},
+            "annotations": {
+                "serving.kserve.io/deploymentMode": "RawDeployment",
+                "argocd.argoproj.io/tracking-id": "self-healing-platform:serving.kserve.io/InferenceService:"
+                "self-healing-platform/anomaly-detector",
+            },
+        },
+        "spec": {
+            "predictor": {
+                "containers": [
+                    {
+                        "name": "kserve-container",
+                        "image": "kserve/sklearnserver:v0.11.0",
+                        "args": [
+                            "--model_name=anomaly-detector",
+                            "--model_dir=/mnt/models/anomaly-detector",
+                            "--http_port=8080",
+                        ],
+                        "volumeMounts": [{"name": "model-storage", "mountPath": "/mnt/models"}],
+                    }
+                ],
+                "volumes": [{"name": "model-storage", "persistentVolumeClaim": {"claimName": "model-storage-pvc"}}],
+            }
+        },
         "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]},
     }
 
@@ -256,22 +337,27 @@ def platform_api():
 def _platform_spec(version: str, **overrides):
     from anomaly_mlops.deploy import PROFILES, DeploySpec
 
-    values = {**PROFILES["self-healing-platform"], "model_version": version,
-              "storage_uri": f"pvc://model-storage-pvc/anomaly-detector/{version}/", **overrides}
+    values = {
+        **PROFILES["self-healing-platform"],
+        "model_version": version,
+        "storage_uri": f"pvc://model-storage-pvc/anomaly-detector/{version}/",
+        **overrides,
+    }
     return DeploySpec(**values)
 
 
 def test_an_argocd_owned_service_is_refused_without_take_over(platform_api):
     from anomaly_mlops.deploy import DeployError, InferenceServiceClient
 
-    with pytest.raises(DeployError, match=r"managed by another tool \(ArgoCD: annotation argocd.argoproj.io/tracking-id"):
+    with pytest.raises(
+        DeployError, match=r"managed by another tool \(ArgoCD: annotation argocd.argoproj.io/tracking-id"
+    ):
         InferenceServiceClient(platform_api.api()).apply(_platform_spec("v1"))
     assert [m for m, _, _ in platform_api.requests] == ["GET"]  # nothing written
 
 
 def test_take_over_converts_the_custom_container_and_rollback_restores_it(platform_api):
-    from anomaly_mlops.deploy import (MODEL_VERSION_ANNOTATION, TAKEN_OVER_ANNOTATION, InferenceServiceClient,
-                                      deploy)
+    from anomaly_mlops.deploy import MODEL_VERSION_ANNOTATION, TAKEN_OVER_ANNOTATION, InferenceServiceClient, deploy
 
     client = InferenceServiceClient(platform_api.api())
     before = _platform_isvc()["spec"]["predictor"]
@@ -304,9 +390,13 @@ def test_take_over_converts_the_custom_container_and_rollback_restores_it(platfo
 def test_the_deployment_mode_of_an_existing_service_is_not_changed(platform_api):
     from anomaly_mlops.deploy import DeployError, InferenceServiceClient
 
-    with pytest.raises(DeployError, match="runs as RawDeployment; KServe refuses the change .*cannot be changed from 'RawDeployment' to 'Serverless'"):
+    with pytest.raises(
+        DeployError,
+        match="runs as RawDeployment; KServe refuses the change .*cannot be changed from 'RawDeployment' to 'Serverless'",
+    ):
         InferenceServiceClient(platform_api.api()).apply(
-            _platform_spec("v1", take_over=True, deployment_mode="Serverless"))
+            _platform_spec("v1", take_over=True, deployment_mode="Serverless")
+        )
 
 
 # --------------------------------------------------------------------------- PVC storage
@@ -324,8 +414,12 @@ def test_publishing_into_a_mounted_volume_keeps_the_release_rules(model_dir, cop
     result = publish_to_directory(model_dir, volume, "anomaly-detector", "v1", claim_name="model-storage-pvc")
     assert result.status == "published" and result.uri == "pvc://model-storage-pvc/anomaly-detector/v1/"
     version = volume / "anomaly-detector" / "v1"
-    assert sorted(p.name for p in version.iterdir()) == ["MANIFEST.sha256", "metadata.json", "model.joblib",
-                                                         "model.skops"]
+    assert sorted(p.name for p in version.iterdir()) == [
+        "MANIFEST.sha256",
+        "metadata.json",
+        "model.joblib",
+        "model.skops",
+    ]
     assert len(list(version.glob("*.joblib"))) == 1  # the sklearn runtime loads exactly one
     assert not [p for p in (volume / "anomaly-detector").iterdir() if p.name.startswith(".staging")]
     load_model_dir(version)

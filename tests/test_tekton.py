@@ -36,19 +36,33 @@ def refs(obj, prefix: str) -> set[str]:
     found = set()
     for match in REF.findall(json.dumps(obj)):
         if match.startswith(prefix):
-            found.add(match[len(prefix):])
+            found.add(match[len(prefix) :])
     return found
 
 
 def test_api_versions():
     for obj in OBJECTS:
-        group = {"Task": "tekton.dev/v1", "Pipeline": "tekton.dev/v1", "PipelineRun": "tekton.dev/v1",
-                 "TriggerBinding": "triggers.tekton.dev/v1beta1", "TriggerTemplate": "triggers.tekton.dev/v1beta1",
-                 "EventListener": "triggers.tekton.dev/v1beta1"}.get(obj["kind"])
+        group = {
+            "Task": "tekton.dev/v1",
+            "Pipeline": "tekton.dev/v1",
+            "PipelineRun": "tekton.dev/v1",
+            "TriggerBinding": "triggers.tekton.dev/v1beta1",
+            "TriggerTemplate": "triggers.tekton.dev/v1beta1",
+            "EventListener": "triggers.tekton.dev/v1beta1",
+        }.get(obj["kind"])
         if group:
             assert obj["apiVersion"] == group, obj["metadata"]["name"]
-    assert set(TASKS) == {"anomaly-git-clone", "anomaly-build-image", "anomaly-data", "anomaly-train", "anomaly-validate",
-                          "anomaly-publish", "anomaly-deploy", "anomaly-verify", "anomaly-submit-kfp"}
+    assert set(TASKS) == {
+        "anomaly-git-clone",
+        "anomaly-build-image",
+        "anomaly-data",
+        "anomaly-train",
+        "anomaly-validate",
+        "anomaly-publish",
+        "anomaly-deploy",
+        "anomaly-verify",
+        "anomaly-submit-kfp",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -176,14 +190,14 @@ def run_task(name: str, params: dict, workdir: Path, env: dict, expect_rc: int =
         return REF.sub(one, text)
 
     for step in spec["steps"]:
-        step_env = {**os.environ, **env,
-                    "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', os.environ['PATH'])}"}
+        step_env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', os.environ['PATH'])}"}
         for var in step.get("env", []):
             secret = var["valueFrom"]["secretKeyRef"]
             assert secret["key"] in ENV_KEYS and substitute(secret["name"]) == values["data-connection"]
             step_env[var["name"]] = env.get(secret["key"], "")
-        out = subprocess.run(["bash", "-c", substitute(step["script"])], env=step_env, capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run(
+            ["bash", "-c", substitute(step["script"])], env=step_env, capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == expect_rc, f"{name}/{step['name']} exit {out.returncode}\n{out.stderr[-3000:]}"
     return {p.name: p.read_text() for p in results_dir.iterdir()}
 
@@ -201,47 +215,79 @@ def test_task_scripts_run_end_to_end(tmp_path, s3_env):
 
     data = run_task("anomaly-data", {"rows": "5000"}, work, s3_env)
     assert int(data["holdout-anomalies"]) > 0
-    trained = run_task("anomaly-train", {"n-estimators": "40", "git-commit": cloned["commit"], "run-id": "retrain-abc12"},
-                       work, {})
+    trained = run_task(
+        "anomaly-train", {"n-estimators": "40", "git-commit": cloned["commit"], "run-id": "retrain-abc12"}, work, {}
+    )
     assert 0 < float(trained["threshold"]) < 1
     metadata = json.loads((work / "model" / "metadata.json").read_text())
     assert metadata["provenance"] == {"git_commit": cloned["commit"], "run_id": "retrain-abc12"}
     validated = run_task("anomaly-validate", {}, work, s3_env)  # champion: latest (none released yet)
     assert validated["gate-passed"] == "true" and float(validated["roc-auc"]) > 0.8
     published = run_task("anomaly-publish", {"version": "tekton-v1"}, work, s3_env)
-    assert published == {"uri": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/tekton-v1/", "version": "tekton-v1",
-                         "storage-path": "anomaly-detector/tekton-v1/"}
+    assert published == {
+        "uri": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/tekton-v1/",
+        "version": "tekton-v1",
+        "storage-path": "anomaly-detector/tekton-v1/",
+    }
     import boto3
 
-    released = boto3.client("s3", endpoint_url=s3_env["AWS_S3_ENDPOINT"], aws_access_key_id="x",
-                            aws_secret_access_key="y", region_name="us-east-1").head_object(
-        Bucket=s3_env["AWS_S3_BUCKET"], Key="anomaly-detector/tekton-v1/MANIFEST.sha256")["Metadata"]
+    released = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        region_name="us-east-1",
+    ).head_object(Bucket=s3_env["AWS_S3_BUCKET"], Key="anomaly-detector/tekton-v1/MANIFEST.sha256")["Metadata"]
     assert released["git-commit"] == cloned["commit"] and released["run-id"] == "retrain-abc12"
 
     kube = FakeKubeAPI()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
-        "users": [{"name": "sa", "user": {"token": kube.token}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa", "namespace": "ns"}}]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+                "users": [{"name": "sa", "user": {"token": kube.token}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa", "namespace": "ns"}}],
+            }
+        )
+    )
     kube_env = {"KUBECONFIG": str(kubeconfig)}
     try:
-        first = run_task("anomaly-deploy", {"namespace": "ns", "storage-path": published["storage-path"],
-                                            "model-version": published["version"]}, work, kube_env)
+        first = run_task(
+            "anomaly-deploy",
+            {"namespace": "ns", "storage-path": published["storage-path"], "model-version": published["version"]},
+            work,
+            kube_env,
+        )
         assert first["canary"] == "false" and first["url"].startswith("https://")
-        second = run_task("anomaly-deploy", {"namespace": "ns", "storage-path": "anomaly-detector/tekton-v2/",
-                                             "model-version": "tekton-v2"}, work, kube_env)
+        second = run_task(
+            "anomaly-deploy",
+            {"namespace": "ns", "storage-path": "anomaly-detector/tekton-v2/", "model-version": "tekton-v2"},
+            work,
+            kube_env,
+        )
         assert second["canary"] == "true"
         # The ISVC URL exists only in the fake; verify talks to a real local model server.
         with model_server("anomaly-detector", str(work / "model"), log_path=tmp_path / "server.log") as url:
-            run_task("anomaly-verify", {"url": url, "namespace": "ns", "canary": second["canary"], "requests": "30"},
-                     work, kube_env)
+            run_task(
+                "anomaly-verify",
+                {"url": url, "namespace": "ns", "canary": second["canary"], "requests": "30"},
+                work,
+                kube_env,
+            )
             isvc = kube.objects[("ns", "anomaly-detector")]
             assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # promoted
             # A failing check rolls back and fails the task.
-            run_task("anomaly-verify", {"url": url, "namespace": "ns", "canary": "true", "requests": "5",
-                                        "slo-p99-ms": "0.001"}, work, kube_env, expect_rc=4)
+            run_task(
+                "anomaly-verify",
+                {"url": url, "namespace": "ns", "canary": "true", "requests": "5", "slo-p99-ms": "0.001"},
+                work,
+                kube_env,
+                expect_rc=4,
+            )
             assert kube.objects[("ns", "anomaly-detector")]["spec"]["predictor"]["canaryTrafficPercent"] == 0
     finally:
         kube.stop()
@@ -250,8 +296,9 @@ def test_task_scripts_run_end_to_end(tmp_path, s3_env):
     token = tmp_path / "token"
     token.write_text(dsp.token)
     try:
-        submitted = run_task("anomaly-submit-kfp", {"dsp-host": dsp.url, "namespace": "ns", "token-file": str(token)},
-                             work, {})
+        submitted = run_task(
+            "anomaly-submit-kfp", {"dsp-host": dsp.url, "namespace": "ns", "token-file": str(token)}, work, {}
+        )
         assert submitted["run-id"] in dsp.runs
     finally:
         dsp.stop()

@@ -40,8 +40,12 @@ def pipeline_runs() -> list[tuple[str, dict]]:
 
 @pytest.mark.skipif(not crd_schema.available(), reason="../shared/schemas not found beside the checkout")
 def test_every_tekton_object_matches_the_tekton_crd_schemas():
-    objects = [(str(p.relative_to(ROOT)), d) for folder in (ROOT / "manifests" / "tekton", PAC)
-               for p, d in documents(folder) if d["kind"] in ("Task", "Pipeline", "PipelineRun")]
+    objects = [
+        (str(p.relative_to(ROOT)), d)
+        for folder in (ROOT / "manifests" / "tekton", PAC)
+        for p, d in documents(folder)
+        if d["kind"] in ("Task", "Pipeline", "PipelineRun")
+    ]
     objects += pipeline_runs()
     assert len(objects) >= 22
     for where, obj in objects:
@@ -51,7 +55,10 @@ def test_every_tekton_object_matches_the_tekton_crd_schemas():
     broken = copy.deepcopy(task)
     broken["spec"]["steps"][0]["scirpt"] = "typo"
     broken["spec"]["workspaces"][0]["readOnly"] = "yes"
-    assert {e.split(":")[0] for e in crd_schema.errors(broken)} == {"spec.steps[0].scirpt", "spec.workspaces[0].readOnly"}
+    assert {e.split(":")[0] for e in crd_schema.errors(broken)} == {
+        "spec.steps[0].scirpt",
+        "spec.workspaces[0].readOnly",
+    }
 
 
 def test_pipelines_as_code_resolves_everything_inside_tekton_folder():
@@ -84,8 +91,9 @@ def scheduling_problems(run: dict, pipeline: dict) -> list[str]:
     run-level template already carries it; a task requesting a GPU needs the run on a GPU node."""
     spec = run["spec"]
     pvc = {w["name"] for w in spec.get("workspaces", []) if "volumeClaimTemplate" in w or "persistentVolumeClaim" in w}
-    sharing = {t["name"] for t in pipeline["spec"]["tasks"]
-               if any(w["workspace"] in pvc for w in t.get("workspaces", []))}
+    sharing = {
+        t["name"] for t in pipeline["spec"]["tasks"] if any(w["workspace"] in pvc for w in t.get("workspaces", []))
+    }
     run_level = (spec.get("taskRunTemplate") or {}).get("podTemplate") or {}
     problems = []
     for task_spec in spec.get("taskRunSpecs", []):
@@ -103,7 +111,9 @@ def scheduling_problems(run: dict, pipeline: dict) -> list[str]:
 
 
 def test_the_gpu_task_is_schedulable_with_the_default_affinity_assistant():
-    pipelines = {d["metadata"]["name"]: d for _, d in documents(ROOT / "manifests" / "tekton") if d["kind"] == "Pipeline"}
+    pipelines = {
+        d["metadata"]["name"]: d for _, d in documents(ROOT / "manifests" / "tekton") if d["kind"] == "Pipeline"
+    }
     runs = pipeline_runs()
     assert len(runs) == 2
     for where, run in runs:
@@ -129,8 +139,9 @@ def test_steps_run_restricted():
 
 
 def test_every_step_after_the_build_runs_the_image_built_from_the_commit():
-    (pipeline,) = [d for _, d in documents(ROOT / "manifests" / "tekton") if d["metadata"]["name"] ==
-                   "anomaly-mlops-retraining"]
+    (pipeline,) = [
+        d for _, d in documents(ROOT / "manifests" / "tekton") if d["metadata"]["name"] == "anomaly-mlops-retraining"
+    ]
     tasks = {t["name"]: t for t in pipeline["spec"]["tasks"]}
     assert tasks["build"]["runAfter"] == ["clone"]
     commit = "$(tasks.clone.results.commit)"
@@ -162,11 +173,13 @@ done
     (bin_dir / "buildah").chmod(0o755)
     work = tmp_path / "work"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(work / "src")], check=True)
-    commit = subprocess.run(["git", "-C", str(work / "src"), "rev-parse", "HEAD"], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(work / "src"), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    result = run_task("anomaly-build-image", {"commit": commit, "image-repository": "registry.test/ns/anomaly-mlops"},
-                      work, env)
+    result = run_task(
+        "anomaly-build-image", {"commit": commit, "image-repository": "registry.test/ns/anomaly-mlops"}, work, env
+    )
     assert result["image"] == f"registry.test/ns/anomaly-mlops@sha256:{7:064d}"
     build, push = calls.read_text().splitlines()
     assert f"--build-arg GIT_COMMIT={commit}" in build and f"-t registry.test/ns/anomaly-mlops:{commit}" in build

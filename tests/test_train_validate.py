@@ -14,7 +14,12 @@ FAST_LATENCY = LatencyPlan(single_row_repeats=30, batch_sizes=(100,), batch_repe
 
 
 def test_model_dir_contract(model_dir, prepared):
-    assert sorted(p.name for p in model_dir.iterdir()) == ["MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "MANIFEST.sha256",
+        "metadata.json",
+        "model.joblib",
+        "model.skops",
+    ]
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["schema"]["features"][0] == "cpu_usage_pct"
     assert meta["library_versions"]["scikit-learn"] == sklearn.__version__
@@ -44,7 +49,9 @@ def test_training_is_reproducible(prepared, tmp_path):
     b = train(str(prepared.train_path), tmp_path / "b", TrainParams(n_estimators=20, seed=3))
     X = load_dataset(str(prepared.holdout_path)).X
     assert a.threshold == b.threshold
-    np.testing.assert_array_equal(load_model_dir(a.model_dir).anomaly_scores(X), load_model_dir(b.model_dir).anomaly_scores(X))
+    np.testing.assert_array_equal(
+        load_model_dir(a.model_dir).anomaly_scores(X), load_model_dir(b.model_dir).anomaly_scores(X)
+    )
 
 
 def test_train_refuses_non_empty_output_and_bad_params(prepared, tmp_path):
@@ -96,9 +103,11 @@ def test_validate_measures_gates_and_reports(model_dir, prepared, tmp_path):
     assert m["latency"]["batches"]["100"]["rows_per_second"] > 0
     assert m["device"]["scoring_device"] == "cpu" and m["device"]["gpu_note"]
     gpu = m["latency"]["gpu"]
-    assert gpu["measured"] or gpu["reason"] in ("no GPU was seen on this node (no /dev/nvidia* device)",
-                                                "no CUDA device visible to torch",
-                                                "torch is not installed (pip install 'anomaly-mlops[gpu]')")
+    assert gpu["measured"] or gpu["reason"] in (
+        "no GPU was seen on this node (no /dev/nvidia* device)",
+        "no CUDA device visible to torch",
+        "torch is not installed (pip install 'anomaly-mlops[gpu]')",
+    )
     assert result.passed
     doc = json.loads(result.metrics_path.read_text())
     assert doc["gate_passed"] is True and len(doc["roc_curve"]["fpr"]) <= 200
@@ -112,8 +121,13 @@ def test_validate_measures_gates_and_reports(model_dir, prepared, tmp_path):
 
 
 def test_gate_failure_is_reported(model_dir, prepared, tmp_path):
-    result = validate(model_dir, str(prepared.holdout_path), tmp_path,
-                      Gates(min_roc_auc=0.999, max_single_row_p99_ms=None), FAST_LATENCY)
+    result = validate(
+        model_dir,
+        str(prepared.holdout_path),
+        tmp_path,
+        Gates(min_roc_auc=0.999, max_single_row_p99_ms=None),
+        FAST_LATENCY,
+    )
     assert not result.passed
     failed = [g["gate"] for g in result.gates if not g["passed"]]
     assert failed == ["roc_auc"]
@@ -121,8 +135,14 @@ def test_gate_failure_is_reported(model_dir, prepared, tmp_path):
 
 
 def test_gates_switch_off_with_none():
-    metrics = {"roc_auc": 0.5, "pr_auc": 0.1, "f1": 0.0, "flagged_rate": 0.3, "expected_contamination": 0.02,
-               "latency": {"single_row_ms": {"p99": 500.0}, "batches": {}}}
+    metrics = {
+        "roc_auc": 0.5,
+        "pr_auc": 0.1,
+        "f1": 0.0,
+        "flagged_rate": 0.3,
+        "expected_contamination": 0.02,
+        "latency": {"single_row_ms": {"p99": 500.0}, "batches": {}},
+    }
     off = Gates(None, None, None, None, max_auc_drop=None, max_score_psi=None, max_flagged_rate_ratio=None)
     assert evaluate_gates(metrics, off) == []
     gates = {g["gate"]: g for g in evaluate_gates(metrics, Gates())}
@@ -147,8 +167,13 @@ def test_without_labels_validation_gates_on_what_it_can_measure(model_dir, prepa
         report = result.report_path.read_text()
         assert f"Not measured: the holdout has {why}" in report and not (tmp_path / name / "roc.png").exists()
     # A model that flags far more than its contamination fails the label-free gate.
-    strict = validate(model_dir, str(tmp_path / "unlabelled.parquet"), tmp_path / "strict",
-                      Gates(max_flagged_rate_ratio=0.1), FAST_LATENCY)
+    strict = validate(
+        model_dir,
+        str(tmp_path / "unlabelled.parquet"),
+        tmp_path / "strict",
+        Gates(max_flagged_rate_ratio=0.1),
+        FAST_LATENCY,
+    )
     assert not strict.passed and [g["gate"] for g in strict.gates if not g["passed"]] == ["flagged_rate"]
 
 

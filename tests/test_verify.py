@@ -27,7 +27,16 @@ def test_verify_passes_against_the_served_model(served, rows, model_dir, tmp_pat
     result = verify(url, name, rows, load_model_dir(model_dir), plan=QUICK, out_dir=tmp_path)
     assert result.passed, result.checks
     assert [c["check"] for c in result.checks] == [
-        "readiness", "v1_predict", "v2_infer", "v1_v2_agree", "parity", "labels", "bad_input", "latency_slo", "error_rate"]
+        "readiness",
+        "v1_predict",
+        "v2_infer",
+        "v1_v2_agree",
+        "parity",
+        "labels",
+        "bad_input",
+        "latency_slo",
+        "error_rate",
+    ]
     assert result.latency_ms["n"] == 40 and 0 < result.latency_ms["p50"] <= result.latency_ms["p99"]
     report = json.loads((tmp_path / "verify.json").read_text())
     assert report["passed"] is True
@@ -75,8 +84,14 @@ def test_bearer_token_is_sent_and_never_written(rows, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         token = "sha256~very-secret-token"
-        result = verify(f"http://127.0.0.1:{server.server_port}", "m", rows, token=token,
-                        plan=VerifyPlan(readiness_timeout_s=3), out_dir=tmp_path)
+        result = verify(
+            f"http://127.0.0.1:{server.server_port}",
+            "m",
+            rows,
+            token=token,
+            plan=VerifyPlan(readiness_timeout_s=3),
+            out_dir=tmp_path,
+        )
     finally:
         server.shutdown()
     assert server.seen_auth[0] == f"Bearer {token}"

@@ -50,9 +50,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def write_manifest(model_dir: Path) -> str:
     """Hash every file but the manifest; return the manifest's own sha256."""
-    entries = sorted(
-        (p.name, sha256_file(p)) for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE
-    )
+    entries = sorted((p.name, sha256_file(p)) for p in model_dir.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
     text = "".join(f"{digest}  {name}\n" for name, digest in entries)
     tmp = model_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(text)
@@ -165,13 +163,22 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
         transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
         threshold = float(metadata["threshold"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform or threshold: {exc}") from exc
+        raise ArtifactError(
+            f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform or threshold: {exc}"
+        ) from exc
     pipeline = _load_skops(model_dir / SAFE_MODEL_FILE)
     _check_pipeline(pipeline, len(transform.names(schema.features)), model_dir)
     from .fastforest import compile_forest
 
-    model = LoadedModel(pipeline=pipeline, metadata=metadata, schema=schema, threshold=threshold,
-                        model_dir=model_dir, fast=compile_forest(pipeline), transform=transform)
+    model = LoadedModel(
+        pipeline=pipeline,
+        metadata=metadata,
+        schema=schema,
+        threshold=threshold,
+        model_dir=model_dir,
+        fast=compile_forest(pipeline),
+        transform=transform,
+    )
     _check_scores(model)
     return model
 
@@ -198,14 +205,21 @@ def _check_pipeline(pipeline, n_inputs: int, model_dir: Path) -> None:
     from sklearn.preprocessing import StandardScaler
 
     steps = getattr(pipeline, "named_steps", {})
-    if not (isinstance(pipeline, Pipeline) and isinstance(steps.get("scaler"), StandardScaler)
-            and isinstance(steps.get("iforest"), IsolationForest)):
-        raise ArtifactError(f"{model_dir / SAFE_MODEL_FILE} holds a {type(pipeline).__name__}, not the expected "
-                            "Pipeline(scaler=StandardScaler, iforest=IsolationForest)")
+    if not (
+        isinstance(pipeline, Pipeline)
+        and isinstance(steps.get("scaler"), StandardScaler)
+        and isinstance(steps.get("iforest"), IsolationForest)
+    ):
+        raise ArtifactError(
+            f"{model_dir / SAFE_MODEL_FILE} holds a {type(pipeline).__name__}, not the expected "
+            "Pipeline(scaler=StandardScaler, iforest=IsolationForest)"
+        )
     fitted = getattr(pipeline, "n_features_in_", None)
     if fitted != n_inputs:
-        raise ArtifactError(f"{model_dir} was fitted on {fitted} inputs but its metadata (schema and feature "
-                            f"transform) describes {n_inputs}; the artifacts do not belong together")
+        raise ArtifactError(
+            f"{model_dir} was fitted on {fitted} inputs but its metadata (schema and feature "
+            f"transform) describes {n_inputs}; the artifacts do not belong together"
+        )
 
 
 def _check_scores(model: LoadedModel) -> None:
@@ -220,5 +234,7 @@ def _check_scores(model: LoadedModel) -> None:
     except Exception as exc:
         raise ArtifactError(f"{model.model_dir} cannot score a probe row: {type(exc).__name__}: {exc}") from exc
     if not (np.all(np.isfinite(exact)) and np.allclose(fast, exact, rtol=0, atol=1e-9)):
-        raise ArtifactError(f"{model.model_dir}: the fast scorer disagrees with scikit-learn on probe rows "
-                            f"(max difference {np.max(np.abs(fast - exact)):.3g}); refusing to serve")
+        raise ArtifactError(
+            f"{model.model_dir}: the fast scorer disagrees with scikit-learn on probe rows "
+            f"(max difference {np.max(np.abs(fast - exact)):.3g}); refusing to serve"
+        )

@@ -36,12 +36,13 @@ def latest_release(model_name: str, root_prefix: str = "", settings=None) -> str
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                version, _, name = item["Key"][len(prefix):].partition("/")
+                version, _, name = item["Key"][len(prefix) :].partition("/")
                 if name == MANIFEST_FILE and not version.startswith("."):
                     newest = max(newest or (item["LastModified"], version), (item["LastModified"], version))
     except Exception as exc:
-        raise describe_client_error(exc, f"list the released versions under s3://{settings.bucket}/{prefix}",
-                                    settings) from exc
+        raise describe_client_error(
+            exc, f"list the released versions under s3://{settings.bucket}/{prefix}", settings
+        ) from exc
     return f"s3://{settings.bucket}/{prefix}{newest[1]}/" if newest else None
 
 
@@ -78,7 +79,7 @@ def resolve_champion(spec: str | None, model_name: str, cache_dir: str | Path, r
             log.info("champion: no released version of %s yet; this is the first release", model_name)
             return None
     elif spec.startswith("serving:"):
-        uri = serving_release(spec[len("serving:"):])
+        uri = serving_release(spec[len("serving:") :])
     else:
         uri = spec
     log.info("champion: %s", uri)

@@ -39,20 +39,45 @@ def _add_gate_flags(parser: argparse.ArgumentParser) -> None:
 
     defaults = Gates()
     group = parser.add_argument_group("release gates (a negative value switches a gate off)")
-    group.add_argument("--min-roc-auc", type=float, default=defaults.min_roc_auc,
-                       help="lowest ROC-AUC on the labelled holdout")
-    group.add_argument("--min-pr-auc", type=float, default=defaults.min_pr_auc,
-                       help="lowest PR-AUC (average precision) on the labelled holdout")
-    group.add_argument("--min-f1", type=float, default=defaults.min_f1,
-                       help="lowest F1 at the model's own threshold (off unless given)")
-    group.add_argument("--max-single-row-p99-ms", type=float, default=defaults.max_single_row_p99_ms,
-                       help="highest single-row scoring p99, milliseconds")
-    group.add_argument("--max-auc-drop", type=float, default=defaults.max_auc_drop,
-                       help="with labels: how much lower than the champion's ROC-AUC/PR-AUC is allowed")
-    group.add_argument("--max-score-psi", type=float, default=defaults.max_score_psi,
-                       help="without labels: largest score-distribution shift (PSI) from the champion")
-    group.add_argument("--max-flagged-rate-ratio", type=float, default=defaults.max_flagged_rate_ratio,
-                       help="without labels: flagged share of rows at most this multiple of the contamination")
+    group.add_argument(
+        "--min-roc-auc", type=float, default=defaults.min_roc_auc, help="lowest ROC-AUC on the labelled holdout"
+    )
+    group.add_argument(
+        "--min-pr-auc",
+        type=float,
+        default=defaults.min_pr_auc,
+        help="lowest PR-AUC (average precision) on the labelled holdout",
+    )
+    group.add_argument(
+        "--min-f1",
+        type=float,
+        default=defaults.min_f1,
+        help="lowest F1 at the model's own threshold (off unless given)",
+    )
+    group.add_argument(
+        "--max-single-row-p99-ms",
+        type=float,
+        default=defaults.max_single_row_p99_ms,
+        help="highest single-row scoring p99, milliseconds",
+    )
+    group.add_argument(
+        "--max-auc-drop",
+        type=float,
+        default=defaults.max_auc_drop,
+        help="with labels: how much lower than the champion's ROC-AUC/PR-AUC is allowed",
+    )
+    group.add_argument(
+        "--max-score-psi",
+        type=float,
+        default=defaults.max_score_psi,
+        help="without labels: largest score-distribution shift (PSI) from the champion",
+    )
+    group.add_argument(
+        "--max-flagged-rate-ratio",
+        type=float,
+        default=defaults.max_flagged_rate_ratio,
+        help="without labels: flagged share of rows at most this multiple of the contamination",
+    )
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,14 +85,23 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
     d = TrainParams()
     parser.add_argument("--n-estimators", type=int, default=d.n_estimators, help="trees in the forest")
-    parser.add_argument("--max-samples", type=_max_samples, default=d.max_samples,
-                        help="'auto' or a positive row count per tree")
-    parser.add_argument("--contamination", type=float, default=d.contamination,
-                        help="expected anomalous share; sets the threshold from training scores")
+    parser.add_argument(
+        "--max-samples", type=_max_samples, default=d.max_samples, help="'auto' or a positive row count per tree"
+    )
+    parser.add_argument(
+        "--contamination",
+        type=float,
+        default=d.contamination,
+        help="expected anomalous share; sets the threshold from training scores",
+    )
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (training is reproducible)")
-    parser.add_argument("--feature-window", type=int, default=d.feature_window,
-                        help="0: raw metrics; w>=2: causal time-series features over w rows (requests then "
-                             "carry the preceding rows, oldest first)")
+    parser.add_argument(
+        "--feature-window",
+        type=int,
+        default=d.feature_window,
+        help="0: raw metrics; w>=2: causal time-series features over w rows (requests then "
+        "carry the preceding rows, oldest first)",
+    )
 
 
 def _max_samples(text: str) -> int | str:
@@ -81,8 +115,13 @@ def _max_samples(text: str) -> int | str:
 def _train_params(args):
     from .params import TrainParams
 
-    return TrainParams(n_estimators=args.n_estimators, max_samples=args.max_samples,
-                       contamination=args.contamination, seed=args.seed, feature_window=args.feature_window)
+    return TrainParams(
+        n_estimators=args.n_estimators,
+        max_samples=args.max_samples,
+        contamination=args.contamination,
+        seed=args.seed,
+        feature_window=args.feature_window,
+    )
 
 
 def _read_token(path: str | None) -> str | None:
@@ -106,21 +145,45 @@ def cmd_data(args) -> dict:
         from .prometheus import PrometheusSource
 
         live = PrometheusSource(
-            url=args.prometheus_url, queries=args.queries, lookback=args.lookback, step=args.step, end=args.end,
-            max_gap_steps=args.max_gap_steps, token_file=args.token_file, ca_bundle=args.ca_bundle,
-            entity_label=args.entity_label, alerts=args.alerts, incidents=args.incidents)
+            url=args.prometheus_url,
+            queries=args.queries,
+            lookback=args.lookback,
+            step=args.step,
+            end=args.end,
+            max_gap_steps=args.max_gap_steps,
+            token_file=args.token_file,
+            ca_bundle=args.ca_bundle,
+            entity_label=args.entity_label,
+            alerts=args.alerts,
+            incidents=args.incidents,
+        )
     result = prepare_data(
-        args.out, source=args.source, schema=FeatureSchema.parse(args.features), holdout_fraction=args.holdout_fraction,
-        rows=args.rows, seed=args.seed, anomaly_rate=args.anomaly_rate, max_rows=args.max_rows,
-        max_bytes=args.max_bytes, holdout_source=args.holdout_source, prometheus=live,
+        args.out,
+        source=args.source,
+        schema=FeatureSchema.parse(args.features),
+        holdout_fraction=args.holdout_fraction,
+        rows=args.rows,
+        seed=args.seed,
+        anomaly_rate=args.anomaly_rate,
+        max_rows=args.max_rows,
+        max_bytes=args.max_bytes,
+        holdout_source=args.holdout_source,
+        prometheus=live,
     )
-    summary = {"train": str(result.train_path), "holdout": str(result.holdout_path),
-               "train_rows": result.train_rows, "holdout_rows": result.holdout_rows,
-               "holdout_anomalies": result.holdout_anomalies, "labelled": result.labelled}
+    summary = {
+        "train": str(result.train_path),
+        "holdout": str(result.holdout_path),
+        "train_rows": result.train_rows,
+        "holdout_rows": result.holdout_rows,
+        "holdout_anomalies": result.holdout_anomalies,
+        "labelled": result.labelled,
+    }
     labels = Path(args.out) / "labels.json"
     if labels.exists():  # what each label source labelled (live data)
-        summary["labels"] = [{k: v for k, v in s.items() if k in ("source", "intervals", "rows", "alerts_fired")}
-                             for s in json.loads(labels.read_text())["sources"]]
+        summary["labels"] = [
+            {k: v for k, v in s.items() if k in ("source", "intervals", "rows", "alerts_fired")}
+            for s in json.loads(labels.read_text())["sources"]
+        ]
     return summary
 
 
@@ -128,10 +191,19 @@ def cmd_train(args) -> dict:
     from .schema import FeatureSchema
     from .train import provenance, train
 
-    result = train(args.data, args.out, _train_params(args), FeatureSchema.parse(args.features),
-                   provenance(args.git_commit, args.run_id))
-    return {"model_dir": str(result.model_dir), "threshold": result.threshold,
-            "train_rows": result.train_rows, "fit_seconds": round(result.fit_seconds, 3)}
+    result = train(
+        args.data,
+        args.out,
+        _train_params(args),
+        FeatureSchema.parse(args.features),
+        provenance(args.git_commit, args.run_id),
+    )
+    return {
+        "model_dir": str(result.model_dir),
+        "threshold": result.threshold,
+        "train_rows": result.train_rows,
+        "fit_seconds": round(result.fit_seconds, 3),
+    }
 
 
 def cmd_validate(args) -> dict:
@@ -144,15 +216,27 @@ def cmd_validate(args) -> dict:
     plan = LatencyPlan(single_row_repeats=args.latency_repeats)
     with tempfile.TemporaryDirectory(prefix="anomaly-champion-") as cache:
         champion = resolve_champion(args.champion, args.model_name, cache, args.root_prefix)
-        result = validate(args.model, args.holdout, args.out, _gates_from(args), plan, champion,
-                          None if args.champion else "no champion named (--champion)")
-    summary = {"gate_passed": result.passed, "report": str(result.report_path), "metrics": str(result.metrics_path),
-               **{k: result.metrics[k] for k in ("roc_auc", "pr_auc", "f1", "flagged_rate")},
-               "champion": result.metrics["champion"].get("compared", False)}
+        result = validate(
+            args.model,
+            args.holdout,
+            args.out,
+            _gates_from(args),
+            plan,
+            champion,
+            None if args.champion else "no champion named (--champion)",
+        )
+    summary = {
+        "gate_passed": result.passed,
+        "report": str(result.report_path),
+        "metrics": str(result.metrics_path),
+        **{k: result.metrics[k] for k in ("roc_auc", "pr_auc", "f1", "flagged_rate")},
+        "champion": result.metrics["champion"].get("compared", False),
+    }
     if not result.passed and args.fail_on_gate:
         print(json.dumps(summary))
-        raise GateFailedError("release gate failed: " + "; ".join(
-            describe_gate_failure(g) for g in result.gates if not g["passed"]))
+        raise GateFailedError(
+            "release gate failed: " + "; ".join(describe_gate_failure(g) for g in result.gates if not g["passed"])
+        )
     return summary
 
 
@@ -163,8 +247,13 @@ def cmd_publish(args) -> dict:
         result = publish_to_directory(args.model, args.to_dir, args.model_name, args.version, args.pvc_claim)
     else:
         result = publish(args.model, args.model_name, args.version, root_prefix=args.root_prefix)
-    return {"uri": result.uri, "version": result.version, "status": result.status,
-            "key_prefix": result.prefix, "manifest_sha256": result.manifest_sha256}
+    return {
+        "uri": result.uri,
+        "version": result.version,
+        "status": result.status,
+        "key_prefix": result.prefix,
+        "manifest_sha256": result.manifest_sha256,
+    }
 
 
 def cmd_download(args) -> dict:
@@ -176,30 +265,53 @@ def cmd_download(args) -> dict:
 def cmd_serve(args) -> None:
     from .predictor import serve
 
-    serve(args.model_name, args.model_dir, http_port=args.http_port, grpc_port=args.grpc_port,
-          workers=args.workers, max_instances=args.max_instances, scoring=args.scoring, host=args.host,
-          max_body_bytes=args.max_body_bytes)
+    serve(
+        args.model_name,
+        args.model_dir,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        max_instances=args.max_instances,
+        scoring=args.scoring,
+        host=args.host,
+        max_body_bytes=args.max_body_bytes,
+    )
 
 
 def cmd_verify(args) -> dict:
+    import tempfile
+
     from .artifacts import load_model_dir
     from .data import load_dataset
     from .predictor import resolve_model_dir
     from .verify import VerifyPlan, raise_on_failure, verify
 
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="anomaly-reference-") as cache:
         reference = load_model_dir(resolve_model_dir(args.reference, cache)) if args.reference else None
     schema = reference.schema if reference else None
     rows = load_dataset(args.rows, schema).X
-    plan = VerifyPlan(requests=args.requests, slo_p99_ms=args.slo_p99_ms, max_error_rate=args.max_error_rate,
-                      readiness_timeout_s=args.readiness_timeout)
-    result = verify(args.url, args.model_name, rows, reference, token=_read_token(args.token_file),
-                    ca_bundle=args.ca_bundle, plan=plan, out_dir=args.out)
+    plan = VerifyPlan(
+        requests=args.requests,
+        slo_p99_ms=args.slo_p99_ms,
+        max_error_rate=args.max_error_rate,
+        readiness_timeout_s=args.readiness_timeout,
+    )
+    result = verify(
+        args.url,
+        args.model_name,
+        rows,
+        reference,
+        token=_read_token(args.token_file),
+        ca_bundle=args.ca_bundle,
+        plan=plan,
+        out_dir=args.out,
+    )
     raise_on_failure(result)
-    return {"passed": result.passed, "latency_ms": result.latency_ms,
-            "report": str(result.report_path) if result.report_path else None}
+    return {
+        "passed": result.passed,
+        "latency_ms": result.latency_ms,
+        "report": str(result.report_path) if result.report_path else None,
+    }
 
 
 def _namespace(args) -> str:
@@ -223,14 +335,24 @@ def cmd_deploy(args) -> dict:
     spec = DeploySpec(
         name=args.name or profile.get("name", "anomaly-detector"),
         namespace=args.namespace or profile.get("namespace") or _namespace(args),
-        runtime=args.runtime or profile.get("runtime", "custom"), serving_runtime=args.serving_runtime,
-        storage_key=args.storage_key, storage_path=args.storage_path, storage_uri=args.storage_uri,
-        model_version=args.model_version, deployment_mode=args.mode or profile.get("deployment_mode", "Serverless"),
+        runtime=args.runtime or profile.get("runtime", "custom"),
+        serving_runtime=args.serving_runtime,
+        storage_key=args.storage_key,
+        storage_path=args.storage_path,
+        storage_uri=args.storage_uri,
+        model_version=args.model_version,
+        deployment_mode=args.mode or profile.get("deployment_mode", "Serverless"),
         take_over=args.take_over,
         canary_traffic_percent=None if args.canary_percent < 0 else args.canary_percent,
-        min_replicas=args.min_replicas, max_replicas=args.max_replicas, scale_target=args.scale_target,
-        scale_metric=args.scale_metric, cpu_request=args.cpu_request, memory_request=args.memory_request,
-        cpu_limit=args.cpu_limit, memory_limit=args.memory_limit, logger_url=args.logger_url,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        scale_target=args.scale_target,
+        scale_metric=args.scale_metric,
+        cpu_request=args.cpu_request,
+        memory_request=args.memory_request,
+        cpu_limit=args.cpu_limit,
+        memory_limit=args.memory_limit,
+        logger_url=args.logger_url,
     )
     return asdict(deploy(spec, _isvc_client(args), timeout_s=args.timeout))
 
@@ -248,9 +370,13 @@ def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate
     from .params import TrainParams
 
-    result = evaluate(args.data_dir, tuple(args.dataset), args.features,
-                      TrainParams(n_estimators=args.n_estimators, contamination=args.contamination, seed=args.seed),
-                      args.window)
+    result = evaluate(
+        args.data_dir,
+        tuple(args.dataset),
+        args.features,
+        TrainParams(n_estimators=args.n_estimators, contamination=args.contamination, seed=args.seed),
+        args.window,
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return {"features": result["features"], "window": result["window"], "mean": result["mean"]}
@@ -263,8 +389,13 @@ def _pipeline_options(args):
     if args.gpu_node_selector:
         key, _, value = args.gpu_node_selector.partition("=")
         selector = (key, value)
-    return PipelineOptions(image=args.image, gpu=not args.no_gpu, gpu_node_selector=selector,
-                           gpu_toleration_key=args.gpu_toleration_key or None, data_connection=args.data_connection)
+    return PipelineOptions(
+        image=args.image,
+        gpu=not args.no_gpu,
+        gpu_node_selector=selector,
+        gpu_toleration_key=args.gpu_toleration_key or None,
+        data_connection=args.data_connection,
+    )
 
 
 def cmd_compile(args) -> dict:
@@ -305,8 +436,9 @@ def cmd_submit(args) -> dict:
 
     params = parse_params(args.param)
     check_arguments(args.package, params)  # before any connection
-    run_id = _dsp_call(args, lambda client: submit_run(client, args.package, params, args.run_name,
-                                                        args.experiment, args.namespace))
+    run_id = _dsp_call(
+        args, lambda client: submit_run(client, args.package, params, args.run_name, args.experiment, args.namespace)
+    )
     return {"run_id": run_id}
 
 
@@ -318,9 +450,22 @@ def cmd_schedule(args) -> dict:
     params = parse_params(args.param)
     check_cron(args.cron)  # cheap checks first: nothing is contacted when these fail
     check_arguments(args.package, params)
-    return asdict(_dsp_call(args, lambda client: schedule(
-        client, args.package, args.name, args.cron, params, args.experiment, args.namespace,
-        args.max_concurrency, not args.disabled)))
+    return asdict(
+        _dsp_call(
+            args,
+            lambda client: schedule(
+                client,
+                args.package,
+                args.name,
+                args.cron,
+                params,
+                args.experiment,
+                args.namespace,
+                args.max_concurrency,
+                not args.disabled,
+            ),
+        )
+    )
 
 
 def cmd_run(args) -> dict:
@@ -337,16 +482,20 @@ class _Help(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default not in (None, argparse.SUPPRESS, False, [], "") and "%(default)" not in text \
-                and action.option_strings and action.nargs != 0:
+        if (
+            action.default not in (None, argparse.SUPPRESS, False, [], "")
+            and "%(default)" not in text
+            and action.option_strings
+            and action.nargs != 0
+        ):
             text += " (default: %(default)s)"
         return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .params import DEFAULT_IMAGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_ROWS, VerifyPlan
-
     import importlib.util
+
+    from .params import DEFAULT_IMAGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_ROWS, VerifyPlan
 
     # Shipped as package data (an editable install maps the package to the repository's pipelines/).
     spec = importlib.util.find_spec("anomaly_mlops.pipelines")  # finds, does not import (no kfp)
@@ -357,8 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-mlops", description=__doc__.split("\n")[0], formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--result", action="append", default=[], metavar="KEY=PATH",
-                        help="also write field KEY of the step's JSON result to PATH (Tekton results)")
+    parser.add_argument(
+        "--result",
+        action="append",
+        default=[],
+        metavar="KEY=PATH",
+        help="also write field KEY of the step's JSON result to PATH (Tekton results)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="STEP")
 
     class _Sub:  # every step's parser shows its defaults
@@ -369,11 +523,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _Sub()
 
     p = sub.add_parser("data", help="read or generate metrics, check the schema, split into train/holdout Parquet")
-    p.add_argument("--source", default="synthetic", help="'synthetic', a .csv/.csv.gz/.parquet path, or s3://bucket/key")
+    p.add_argument(
+        "--source", default="synthetic", help="'synthetic', a .csv/.csv.gz/.parquet path, or s3://bucket/key"
+    )
     p.add_argument("--out", required=True, help="output directory (train.parquet, holdout.parquet, schema.json)")
-    p.add_argument("--features", "--schema", dest="features", metavar="SCHEMA",
-                   help="a named schema (default, self-healing-platform), comma-separated feature names, "
-                        "or a schema .json (default: node metrics)")
+    p.add_argument(
+        "--features",
+        "--schema",
+        dest="features",
+        metavar="SCHEMA",
+        help="a named schema (default, self-healing-platform), comma-separated feature names, "
+        "or a schema .json (default: node metrics)",
+    )
     p.add_argument("--holdout-fraction", type=float, default=0.3, help="latest share of the rows held out")
     p.add_argument("--rows", type=int, default=20_160, help="synthetic rows (one a minute)")
     p.add_argument("--seed", type=int, default=42, help="synthetic data seed")
@@ -383,18 +544,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-source", help="labelled holdout file; then all of --source trains")
     g = p.add_argument_group("--source prometheus (the default source when --prometheus-url is given)")
     g.add_argument("--prometheus-url", help="e.g. https://thanos-querier.openshift-monitoring.svc:9091")
-    g.add_argument("--queries", help="YAML/JSON file: feature name -> PromQL (default: the schema's built-in "
-                                     "queries; self-healing-platform: the engine's own PromQL, one entity per pod)")
+    g.add_argument(
+        "--queries",
+        help="YAML/JSON file: feature name -> PromQL (default: the schema's built-in "
+        "queries; self-healing-platform: the engine's own PromQL, one entity per pod)",
+    )
     g.add_argument("--lookback", default="7d", help="window ending now (or at --end), e.g. 6h, 7d")
     g.add_argument("--step", default="60s", help="resolution, e.g. 60s")
     g.add_argument("--end", type=float, help="window end as a Unix time (default: now)")
     g.add_argument("--max-gap-steps", type=int, default=0, help="fill gaps up to this many steps, refuse longer")
-    g.add_argument("--token-file", help="bearer token for Prometheus/Thanos (never logged); in a pod: "
-                                        "/var/run/secrets/kubernetes.io/serviceaccount/token")
-    g.add_argument("--ca-bundle", help="CA bundle for HTTPS (in-cluster Thanos Querier: the service CA, "
-                                       "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt)")
-    g.add_argument("--entity-label", help="label that tells the series of one query apart (default: pod, instance "
-                                          "or node, whichever does)")
+    g.add_argument(
+        "--token-file",
+        help="bearer token for Prometheus/Thanos (never logged); in a pod: "
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    )
+    g.add_argument(
+        "--ca-bundle",
+        help="CA bundle for HTTPS (in-cluster Thanos Querier: the service CA, "
+        "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt)",
+    )
+    g.add_argument(
+        "--entity-label",
+        help="label that tells the series of one query apart (default: pod, instance or node, whichever does)",
+    )
     g.add_argument("--alerts", help="alertname regex: rows inside their firing intervals (ALERTS) are anomalous")
     g.add_argument("--incidents", help="CSV/Parquet of incident windows (start, end[, entity]), local or s3://")
     p.set_defaults(func=cmd_data)
@@ -402,10 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit StandardScaler + IsolationForest and write a model directory")
     p.add_argument("--data", required=True, help="training .csv/.parquet, local or s3://")
     p.add_argument("--out", required=True, help="model directory to create (must not exist or be empty)")
-    p.add_argument("--features", "--schema", dest="features", metavar="SCHEMA",
-                   help="a named schema (default, self-healing-platform), comma-separated names or a schema .json")
-    p.add_argument("--git-commit", help="commit the code came from (default: $ANOMALY_MLOPS_GIT_COMMIT, set in "
-                                        "images built from a commit); recorded in metadata.json")
+    p.add_argument(
+        "--features",
+        "--schema",
+        dest="features",
+        metavar="SCHEMA",
+        help="a named schema (default, self-healing-platform), comma-separated names or a schema .json",
+    )
+    p.add_argument(
+        "--git-commit",
+        help="commit the code came from (default: $ANOMALY_MLOPS_GIT_COMMIT, set in "
+        "images built from a commit); recorded in metadata.json",
+    )
     p.add_argument("--run-id", help="pipeline run id (default: $ANOMALY_MLOPS_RUN_ID); recorded in metadata.json")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
@@ -415,11 +595,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", required=True, help="labelled holdout (is_anomaly column)")
     p.add_argument("--out", required=True)
     p.add_argument("--latency-repeats", type=int, default=300, help="single-row scoring calls timed")
-    p.add_argument("--no-fail-on-gate", dest="fail_on_gate", action="store_false",
-                   help="exit 0 even when a gate fails (the result is in metrics.json)")
-    p.add_argument("--champion", default="",
-                   help="compare with: 'latest' (newest released version in S3), 'serving:<ns>/<isvc>', an s3:// "
-                        "version or a model directory; empty: no comparison")
+    p.add_argument(
+        "--no-fail-on-gate",
+        dest="fail_on_gate",
+        action="store_false",
+        help="exit 0 even when a gate fails (the result is in metrics.json)",
+    )
+    p.add_argument(
+        "--champion",
+        default="",
+        help="compare with: 'latest' (newest released version in S3), 'serving:<ns>/<isvc>', an s3:// "
+        "version or a model directory; empty: no comparison",
+    )
     p.add_argument("--model-name", default="anomaly-detector", help="for --champion latest")
     p.add_argument("--root-prefix", default="", help="for --champion latest")
     _add_gate_flags(p)
@@ -431,8 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="default: v<training time>-<manifest digest>")
     p.add_argument("--root-prefix", default="", help="key prefix before <model>/<version>/")
     p.add_argument("--to-dir", help="publish into this mounted volume (a PVC) instead of S3: <dir>/<model>/<version>/")
-    p.add_argument("--pvc-claim", help="with --to-dir: the claim mounted there; the result's uri is then "
-                                       "pvc://<claim>/<model>/<version>/ for deploy --storage-uri")
+    p.add_argument(
+        "--pvc-claim",
+        help="with --to-dir: the claim mounted there; the result's uri is then "
+        "pvc://<claim>/<model>/<version>/ for deploy --storage-uri",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("download", help="download a released version and verify its checksums")
@@ -448,10 +638,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port")
     p.add_argument("--workers", type=int, default=1, help="server processes")
     p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, help="rows per request")
-    p.add_argument("--max-body-bytes", type=int,
-                   help="refuse larger request bodies with 413 before parsing (default: room for --max-instances rows)")
-    p.add_argument("--scoring", choices=["fast", "sklearn"], default="fast",
-                   help="fast: flattened forest for small batches (exact); sklearn: always scikit-learn")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        help="refuse larger request bodies with 413 before parsing (default: room for --max-instances rows)",
+    )
+    p.add_argument(
+        "--scoring",
+        choices=["fast", "sklearn"],
+        default="fast",
+        help="fast: flattened forest for small batches (exact); sklearn: always scikit-learn",
+    )
     p.set_defaults(func=cmd_serve)
 
     d = VerifyPlan()
@@ -465,8 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=d.requests, help="single-row requests for the latency SLO")
     p.add_argument("--slo-p99-ms", type=float, default=d.slo_p99_ms, help="highest served p99, milliseconds")
     p.add_argument("--max-error-rate", type=float, default=d.max_error_rate, help="highest share of failed requests")
-    p.add_argument("--readiness-timeout", type=float, default=d.readiness_timeout_s,
-                   help="seconds to wait for the model to be ready")
+    p.add_argument(
+        "--readiness-timeout",
+        type=float,
+        default=d.readiness_timeout_s,
+        help="seconds to wait for the model to be ready",
+    )
     p.add_argument("--out", help="directory for verify.json")
     p.set_defaults(func=cmd_verify)
 
@@ -481,27 +682,42 @@ def build_parser() -> argparse.ArgumentParser:
     d = DeploySpec(name="x", namespace="x")
     p = sub.add_parser("deploy", help="create or update the KServe InferenceService and wait until Ready")
     kube_flags(p)
-    p.add_argument("--profile", choices=sorted(PROFILES),
-                   help="where a known platform serves the model: self-healing-platform = RawDeployment "
-                        "'anomaly-detector' in 'self-healing-platform' (flags given explicitly win)")
-    p.add_argument("--take-over", action="store_true",
-                   help="update an InferenceService that ArgoCD/Helm manages, removing its tracking marks "
-                        "(take it out of that tool first, or it reverts us)")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="where a known platform serves the model: self-healing-platform = RawDeployment "
+        "'anomaly-detector' in 'self-healing-platform' (flags given explicitly win)",
+    )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="update an InferenceService that ArgoCD/Helm manages, removing its tracking marks "
+        "(take it out of that tool first, or it reverts us)",
+    )
     p.add_argument("--runtime", choices=["custom", "sklearn"], help="default: custom")
     p.add_argument("--serving-runtime", default=CUSTOM_RUNTIME, help="ServingRuntime name for --runtime custom")
     p.add_argument("--storage-key", help="data connection secret name, e.g. aws-connection-models")
     p.add_argument("--storage-path", help="key prefix in that bucket, e.g. anomaly-detector/v1/")
-    p.add_argument("--storage-uri", help="alternative to --storage-key/--storage-path: s3://bucket/prefix/ or "
-                                         "pvc://<claim>/<path>/")
+    p.add_argument(
+        "--storage-uri",
+        help="alternative to --storage-key/--storage-path: s3://bucket/prefix/ or pvc://<claim>/<path>/",
+    )
     p.add_argument("--model-version")
     p.add_argument("--mode", choices=["Serverless", "RawDeployment"], help="default: Serverless (or the profile's)")
-    p.add_argument("--canary-percent", type=int, default=d.canary_traffic_percent,
-                   help="traffic share of a new model on a live Serverless service; negative: all at once")
+    p.add_argument(
+        "--canary-percent",
+        type=int,
+        default=d.canary_traffic_percent,
+        help="traffic share of a new model on a live Serverless service; negative: all at once",
+    )
     p.add_argument("--min-replicas", type=int, default=d.min_replicas, help="0 allows scale to zero (Serverless)")
     p.add_argument("--max-replicas", type=int, default=d.max_replicas, help="autoscaling ceiling")
     p.add_argument("--scale-target", type=int, help="autoscaling target of --scale-metric")
-    p.add_argument("--scale-metric", choices=["concurrency", "rps", "cpu", "memory"],
-                   help="Serverless: concurrency or rps; RawDeployment: cpu or memory (KServe's rule)")
+    p.add_argument(
+        "--scale-metric",
+        choices=["concurrency", "rps", "cpu", "memory"],
+        help="Serverless: concurrency or rps; RawDeployment: cpu or memory (KServe's rule)",
+    )
     p.add_argument("--cpu-request", default=d.cpu_request, help="predictor CPU request")
     p.add_argument("--memory-request", default=d.memory_request, help="predictor memory request")
     p.add_argument("--cpu-limit", default=d.cpu_limit, help="predictor CPU limit")
@@ -514,7 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     kube_flags(p)
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("rollback", help="Serverless: pin the previous revision; RawDeployment: restore the previous path")
+    p = sub.add_parser(
+        "rollback", help="Serverless: pin the previous revision; RawDeployment: restore the previous path"
+    )
     kube_flags(p)
     p.set_defaults(func=cmd_rollback)
 
@@ -527,16 +745,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write per-series results as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compile", help="compile the KFP pipelines and component specs, and copy the Tekton pipeline "
-                                       "into .tekton/ for Pipelines-as-Code (committed YAML)")
+    p = sub.add_parser(
+        "compile",
+        help="compile the KFP pipelines and component specs, and copy the Tekton pipeline "
+        "into .tekton/ for Pipelines-as-Code (committed YAML)",
+    )
     p.add_argument("--image", default=DEFAULT_IMAGE, help="image every component runs")
     p.add_argument("--no-gpu", action="store_true", help="validate without GPU request, node selector, toleration")
     p.add_argument("--gpu-node-selector", default="nvidia.com/gpu.present=true", help="KEY=VALUE, or '' for none")
-    p.add_argument("--gpu-toleration-key", default="nvidia.com/gpu",
-                   help="taint key to tolerate, or '' for none (KFP 2.0.5 backends, DSP 2.0-2.6, know no tolerations)")
-    p.add_argument("--data-connection", default="aws-connection-models",
-                   help="the data connection secret the S3 steps mount (a constant in the IR: the oldest "
-                        "supported backends cannot take a secret name from a run parameter)")
+    p.add_argument(
+        "--gpu-toleration-key",
+        default="nvidia.com/gpu",
+        help="taint key to tolerate, or '' for none (KFP 2.0.5 backends, DSP 2.0-2.6, know no tolerations)",
+    )
+    p.add_argument(
+        "--data-connection",
+        default="aws-connection-models",
+        help="the data connection secret the S3 steps mount (a constant in the IR: the oldest "
+        "supported backends cannot take a secret name from a run parameter)",
+    )
     p.add_argument("--check", action="store_true", help="fail if the committed files differ from a fresh compile")
     p.set_defaults(func=cmd_compile)
 
@@ -545,8 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--token-file", help="file holding a bearer token (oc whoami -t); never logged")
         p.add_argument("--namespace", help="the data science project")
         p.add_argument("--ca-bundle", help="CA bundle for the route's certificate")
-        p.add_argument("--package", default=str(DEFAULT_PACKAGE),
-                       help="compiled pipeline YAML; the default is the training pipeline shipped in the package")
+        p.add_argument(
+            "--package",
+            default=str(DEFAULT_PACKAGE),
+            help="compiled pipeline YAML; the default is the training pipeline shipped in the package",
+        )
         p.add_argument("--experiment", default="anomaly-detector")
         p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
 
@@ -575,8 +805,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "werkzeug", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -255,8 +255,10 @@ def frame_to_dataset(
     for name in schema.features:
         column = frame[name]
         if pd.api.types.is_datetime64_any_dtype(column) or pd.api.types.is_timedelta64_dtype(column):
-            raise DataError(f"{source}: column {name!r} holds {column.dtype} values, not a metric; "
-                            "timestamps and durations cannot be features")
+            raise DataError(
+                f"{source}: column {name!r} holds {column.dtype} values, not a metric; "
+                "timestamps and durations cannot be features"
+            )
         numeric = pd.to_numeric(column, errors="coerce")
         bad = numeric.isna() & column.notna()
         if bad.any():
@@ -307,8 +309,13 @@ def load_dataset(
 # --------------------------------------------------------------------------- labels
 
 
-def apply_labels(frame: pd.DataFrame, firing: dict[str, np.ndarray] | None = None, grid: np.ndarray | None = None,
-                 incidents: pd.DataFrame | None = None, reports: list[dict] | None = None) -> tuple[pd.DataFrame, dict]:
+def apply_labels(
+    frame: pd.DataFrame,
+    firing: dict[str, np.ndarray] | None = None,
+    grid: np.ndarray | None = None,
+    incidents: pd.DataFrame | None = None,
+    reports: list[dict] | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """Label rows anomalous inside alert firing intervals (``firing``: entity -> mask over
     ``grid``; entity "" = every entity) and inside incident windows (columns start, end and
     optionally entity; end exclusive). Returns the frame and a report of what each source
@@ -316,7 +323,9 @@ def apply_labels(frame: pd.DataFrame, firing: dict[str, np.ndarray] | None = Non
     data is unlabelled, and says so, rather than all-normal."""
     reports = [dict(r) for r in (reports or [])]
     stamps = frame[TIMESTAMP_COLUMN].map(lambda t: int(pd.Timestamp(t).timestamp())).to_numpy()
-    entities = frame[ENTITY_COLUMN].astype(str).to_numpy() if ENTITY_COLUMN in frame.columns else np.full(len(frame), "")
+    entities = (
+        frame[ENTITY_COLUMN].astype(str).to_numpy() if ENTITY_COLUMN in frame.columns else np.full(len(frame), "")
+    )
     labelled = np.zeros(len(frame), dtype=bool)
     if firing is not None:
         from_alerts = np.zeros(len(frame), dtype=bool)
@@ -336,8 +345,11 @@ def apply_labels(frame: pd.DataFrame, firing: dict[str, np.ndarray] | None = Non
         from_incidents = np.zeros(len(frame), dtype=bool)
         for i in range(len(incidents)):
             window = (stamps >= starts.iloc[i].timestamp()) & (stamps < ends.iloc[i].timestamp())
-            entity = str(incidents["entity"].iloc[i]) if "entity" in incidents.columns and pd.notna(
-                incidents["entity"].iloc[i]) else ""
+            entity = (
+                str(incidents["entity"].iloc[i])
+                if "entity" in incidents.columns and pd.notna(incidents["entity"].iloc[i])
+                else ""
+            )
             from_incidents |= window & ((entities == entity) if entity else True)
         reports.append({"source": "incidents", "intervals": len(incidents), "rows": int(from_incidents.sum())})
         labelled |= from_incidents
@@ -440,15 +452,31 @@ def prepare_data(
     if labels_report is not None:
         (out / "labels.json").write_text(json.dumps(labels_report, indent=2) + "\n")
     holdout_anomalies = int(holdout[LABEL_COLUMN].sum()) if LABEL_COLUMN in holdout.columns else 0
-    log.info("wrote %s (%d rows) and %s (%d rows, %d labelled anomalous)",
-             train_path, len(train_part), holdout_path, len(holdout), holdout_anomalies)
-    return PreparedData(train_path, holdout_path, schema, len(train_part), len(holdout), holdout_anomalies,
-                        labelled=LABEL_COLUMN in holdout.columns)
+    log.info(
+        "wrote %s (%d rows) and %s (%d rows, %d labelled anomalous)",
+        train_path,
+        len(train_part),
+        holdout_path,
+        len(holdout),
+        holdout_anomalies,
+    )
+    return PreparedData(
+        train_path,
+        holdout_path,
+        schema,
+        len(train_part),
+        len(holdout),
+        holdout_anomalies,
+        labelled=LABEL_COLUMN in holdout.columns,
+    )
 
 
 def _kept_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[str]:
-    return [c for c in (TIMESTAMP_COLUMN, ENTITY_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind")
-            if c in frame.columns]
+    return [
+        c
+        for c in (TIMESTAMP_COLUMN, ENTITY_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind")
+        if c in frame.columns
+    ]
 
 
 def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:

@@ -39,26 +39,43 @@ PREVIOUS_PREDICTOR_ANNOTATION = "anomaly-mlops.io/previous-predictor"
 PREVIOUS_VERSION_ANNOTATION = "anomaly-mlops.io/previous-model-version"
 TAKEN_OVER_ANNOTATION = "anomaly-mlops.io/taken-over-from"
 # Marks by which ArgoCD (and Helm) track an object they own.
-OWNER_MARKS = (("annotation", "argocd.argoproj.io/tracking-id", "ArgoCD"),
-               ("label", "argocd.argoproj.io/instance", "ArgoCD"),
-               ("label", "app.kubernetes.io/instance", "ArgoCD or Helm"),
-               ("label", "app.kubernetes.io/managed-by", "Helm"))
+OWNER_MARKS = (
+    ("annotation", "argocd.argoproj.io/tracking-id", "ArgoCD"),
+    ("label", "argocd.argoproj.io/instance", "ArgoCD"),
+    ("label", "app.kubernetes.io/instance", "ArgoCD or Helm"),
+    ("label", "app.kubernetes.io/managed-by", "Helm"),
+)
 # Deploy profiles: where a known platform serves the model.
 PROFILES = {
-    "self-healing-platform": {"name": "anomaly-detector", "namespace": "self-healing-platform",
-                              "deployment_mode": "RawDeployment", "runtime": "custom"},
+    "self-healing-platform": {
+        "name": "anomaly-detector",
+        "namespace": "self-healing-platform",
+        "deployment_mode": "RawDeployment",
+        "runtime": "custom",
+    },
 }
 TERMINAL_REASONS = frozenset(
-    {"ServingRuntimeNotFound", "NoSupportedRuntime", "InvalidStorageSpec", "RuntimeNotRecognized", "UnsupportedProtocol",
-     # modelStatus.lastFailureInfo.reason values in the CRD that no retry mends
-     "NoSupportingRuntime", "InvalidPredictorSpec", "RuntimeDisabled", "ModelLoadFailed"}
+    {
+        "ServingRuntimeNotFound",
+        "NoSupportedRuntime",
+        "InvalidStorageSpec",
+        "RuntimeNotRecognized",
+        "UnsupportedProtocol",
+        # modelStatus.lastFailureInfo.reason values in the CRD that no retry mends
+        "NoSupportingRuntime",
+        "InvalidPredictorSpec",
+        "RuntimeDisabled",
+        "ModelLoadFailed",
+    }
 )
 MAX_NAME_LENGTH = 36  # OpenShift AI limit on InferenceService names
 CUSTOM_RUNTIME = "anomaly-detector-runtime"
 CUSTOM_MODEL_FORMAT = "anomaly-isolation-forest"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # The CRD's pattern for resource quantities (requests and limits).
-_QUANTITY = re.compile(r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 # KServe's validating webhook: RawDeployment scales with an HPA, Serverless with Knative's KPA.
 SCALE_METRICS = {"RawDeployment": ("cpu", "memory"), "Serverless": ("concurrency", "rps")}
 
@@ -106,16 +123,21 @@ class DeploySpec:
         if bool(self.storage_uri) == bool(self.storage_key and self.storage_path):
             raise ConfigError("give either storage_key and storage_path (OpenShift AI data connection) or storage_uri")
         if self.storage_uri and not re.match(r"^(s3|pvc)://[^/]+/.+", self.storage_uri):
-            raise ConfigError(f"storage_uri must be s3://<bucket>/<path> or pvc://<claim>/<path>, got {self.storage_uri!r}")
+            raise ConfigError(
+                f"storage_uri must be s3://<bucket>/<path> or pvc://<claim>/<path>, got {self.storage_uri!r}"
+            )
         if self.canary_traffic_percent is not None and not 0 <= self.canary_traffic_percent <= 100:
             raise ConfigError(f"canary_traffic_percent must be 0-100, got {self.canary_traffic_percent}")
         if not 0 <= self.min_replicas <= self.max_replicas:
-            raise ConfigError(f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}")
+            raise ConfigError(
+                f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}"
+            )
         for field_name in ("cpu_request", "memory_request", "cpu_limit", "memory_limit"):
             value = getattr(self, field_name)
             if not _QUANTITY.match(str(value)):
-                raise ConfigError(f"{field_name.replace('_', '-')} {value!r} is not a Kubernetes quantity "
-                                  "(e.g. 500m, 2, 512Mi, 1Gi)")
+                raise ConfigError(
+                    f"{field_name.replace('_', '-')} {value!r} is not a Kubernetes quantity (e.g. 500m, 2, 512Mi, 1Gi)"
+                )
         self._check_scaling()
 
     def _check_scaling(self) -> None:
@@ -124,21 +146,27 @@ class DeploySpec:
         scaler = "an HPA" if self.deployment_mode == "RawDeployment" else "Knative (KPA)"
         metric = self.scale_metric or allowed[0]
         if metric not in allowed:
-            raise ConfigError(f"KServe refuses scale metric {metric!r} for {self.deployment_mode} "
-                              f"(\"[{metric}] is not a supported metric\"): {self.deployment_mode} scales with "
-                              f"{scaler}, on {' or '.join(allowed)}")
+            raise ConfigError(
+                f"KServe refuses scale metric {metric!r} for {self.deployment_mode} "
+                f'("[{metric}] is not a supported metric"): {self.deployment_mode} scales with '
+                f"{scaler}, on {' or '.join(allowed)}"
+            )
         target = self.scale_target
         if target is None:
             return
         if metric == "cpu" and not 1 <= target <= 100:
-            raise ConfigError(f"KServe refuses scale target {target} for cpu: \"the target utilization percentage "
-                              "should be a [1-100] integer\"")
+            raise ConfigError(
+                f'KServe refuses scale target {target} for cpu: "the target utilization percentage '
+                'should be a [1-100] integer"'
+            )
         if metric == "memory" and target < 1:
-            raise ConfigError(f"KServe refuses scale target {target} for memory: \"the target memory should be "
-                              "greater than 1 MiB\"")
+            raise ConfigError(
+                f'KServe refuses scale target {target} for memory: "the target memory should be greater than 1 MiB"'
+            )
         if metric == "rps" and target < 1:
-            raise ConfigError(f"KServe refuses scale target {target} for rps: \"the target for rps should be "
-                              "greater than 1\"")
+            raise ConfigError(
+                f'KServe refuses scale target {target} for rps: "the target for rps should be greater than 1"'
+            )
 
     @property
     def storage_location(self) -> str:
@@ -149,7 +177,9 @@ def build_inference_service(spec: DeploySpec) -> dict:
     """The InferenceService object for ``spec`` (no canary: that is decided at update)."""
     spec.check()
     model: dict = {
-        "modelFormat": {"name": "sklearn"} if spec.runtime == "sklearn" else {"name": CUSTOM_MODEL_FORMAT, "version": "1"},
+        "modelFormat": {"name": "sklearn"}
+        if spec.runtime == "sklearn"
+        else {"name": CUSTOM_MODEL_FORMAT, "version": "1"},
         "resources": {
             "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
             "limits": {"cpu": spec.cpu_limit, "memory": spec.memory_limit},
@@ -229,7 +259,9 @@ def _api_error(exc, action: str, name: str, namespace: str) -> AnomalyMLOpsError
         403: f"the service account may not {action} inferenceservices in {namespace}; apply manifests/rbac",
         404: "not found: is KServe installed (the InferenceService CRD) and does the namespace exist?",
     }.get(exc.status) or _status_message(exc.body)
-    return DeployError(f"Kubernetes API refused to {action} InferenceService {namespace}/{name}: {exc.status} {exc.reason}: {hint}")
+    return DeployError(
+        f"Kubernetes API refused to {action} InferenceService {namespace}/{name}: {exc.status} {exc.reason}: {hint}"
+    )
 
 
 def _status_message(body) -> str:
@@ -259,8 +291,9 @@ class InferenceServiceClient:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                         _request_timeout=self.timeout)
+            return self.api.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
+            )
         except ApiException as exc:
             if exc.status == 404 and _is_object_not_found(exc):
                 return None
@@ -269,8 +302,9 @@ class InferenceServiceClient:
             raise _api_error(exc, "get", name, namespace) from exc
 
     def _patch(self, name: str, namespace: str, body: dict) -> dict:
-        return self.api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body,
-                                                       _request_timeout=self.timeout)
+        return self.api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=self.timeout
+        )
 
     def apply(self, spec: DeploySpec) -> DeployResult:
         """Create, or patch with canary/rollback bookkeeping; retries on 409."""
@@ -281,24 +315,37 @@ class InferenceServiceClient:
             current = self.get(spec.name, spec.namespace)
             try:
                 if current is None:
-                    self.api.create_namespaced_custom_object(GROUP, VERSION, spec.namespace, PLURAL, desired,
-                                                             _request_timeout=self.timeout)
-                    log.info("created InferenceService %s/%s (%s, %s)", spec.namespace, spec.name,
-                             spec.deployment_mode, spec.storage_location)
+                    self.api.create_namespaced_custom_object(
+                        GROUP, VERSION, spec.namespace, PLURAL, desired, _request_timeout=self.timeout
+                    )
+                    log.info(
+                        "created InferenceService %s/%s (%s, %s)",
+                        spec.namespace,
+                        spec.name,
+                        spec.deployment_mode,
+                        spec.storage_location,
+                    )
                     return DeployResult(spec.name, spec.namespace, "created", canary=False)
                 _check_owner_and_mode(spec, current)
                 return self._update(spec, desired, current)
             except ApiException as exc:
                 if exc.status != 409:
                     raise _api_error(exc, "create or patch", spec.name, spec.namespace) from exc
-                log.warning("conflict writing %s/%s (attempt %d/%d); reading it again",
-                            spec.namespace, spec.name, attempt, self.max_conflict_retries)
+                log.warning(
+                    "conflict writing %s/%s (attempt %d/%d); reading it again",
+                    spec.namespace,
+                    spec.name,
+                    attempt,
+                    self.max_conflict_retries,
+                )
                 time.sleep(min(0.1 * 2**attempt, 2.0))
             except AnomalyMLOpsError:
                 raise
             except Exception as exc:
                 raise _api_error(exc, "create or patch", spec.name, spec.namespace) from exc
-        raise DeployError(f"gave up on {spec.namespace}/{spec.name} after {self.max_conflict_retries} conflicting writes")
+        raise DeployError(
+            f"gave up on {spec.namespace}/{spec.name} after {self.max_conflict_retries} conflicting writes"
+        )
 
     def _update(self, spec: DeploySpec, desired: dict, current: dict) -> DeployResult:
         previous = storage_of(current)
@@ -314,8 +361,9 @@ class InferenceServiceClient:
         # Drop fields our spec no longer sets (merge patch deletes with null): a custom
         # predictor's containers and volumes included.
         predictor_patch = patch["spec"]["predictor"]
-        predictor_patch.update({k: None for k in current_predictor
-                                if k not in predictor_patch and k != "canaryTrafficPercent"})
+        predictor_patch.update(
+            {k: None for k in current_predictor if k not in predictor_patch and k != "canaryTrafficPercent"}
+        )
         model_patch = predictor_patch["model"]
         model_patch.update({k: None for k in ("storage", "storageUri") if k not in model_patch})
         canary = False
@@ -336,8 +384,13 @@ class InferenceServiceClient:
                         annotations[key] = None
                     elif kind == "label" and key in current["metadata"].get("labels", {}):
                         patch["metadata"]["labels"][key] = None
-        if (spec.deployment_mode == "Serverless" and changed_model and live
-                and spec.canary_traffic_percent is not None and spec.canary_traffic_percent < 100):
+        if (
+            spec.deployment_mode == "Serverless"
+            and changed_model
+            and live
+            and spec.canary_traffic_percent is not None
+            and spec.canary_traffic_percent < 100
+        ):
             predictor_patch["canaryTrafficPercent"] = spec.canary_traffic_percent
             canary = True
         else:
@@ -346,9 +399,14 @@ class InferenceServiceClient:
             log.info("InferenceService %s/%s already serves %s; nothing to change", spec.namespace, spec.name, previous)
             return DeployResult(spec.name, spec.namespace, "unchanged", canary=False, previous_storage=previous)
         self._patch(spec.name, spec.namespace, patch)
-        log.info("updated InferenceService %s/%s: %s -> %s%s", spec.namespace, spec.name,
-                 previous or "a custom container predictor", spec.storage_location,
-                 f" as a {spec.canary_traffic_percent}% canary" if canary else "")
+        log.info(
+            "updated InferenceService %s/%s: %s -> %s%s",
+            spec.namespace,
+            spec.name,
+            previous or "a custom container predictor",
+            spec.storage_location,
+            f" as a {spec.canary_traffic_percent}% canary" if canary else "",
+        )
         return DeployResult(spec.name, spec.namespace, "updated", canary=canary, previous_storage=previous)
 
     def wait_ready(self, name: str, namespace: str, timeout_s: float = 600, poll_s: float = 2.0) -> DeployResult:
@@ -364,9 +422,17 @@ class InferenceServiceClient:
             if _is_ready(isvc):
                 status = isvc.get("status", {})
                 predictor = status.get("components", {}).get("predictor", {})
-                result = DeployResult(name, namespace, "ready", canary=False, url=status.get("url"),
-                                      revision=predictor.get("latestReadyRevision") or predictor.get("latestCreatedRevision"))
-                log.info("InferenceService %s/%s is ready at %s (revision %s)", namespace, name, result.url, result.revision)
+                result = DeployResult(
+                    name,
+                    namespace,
+                    "ready",
+                    canary=False,
+                    url=status.get("url"),
+                    revision=predictor.get("latestReadyRevision") or predictor.get("latestCreatedRevision"),
+                )
+                log.info(
+                    "InferenceService %s/%s is ready at %s (revision %s)", namespace, name, result.url, result.revision
+                )
                 return result
             last = _describe_status(isvc)
             if time.monotonic() >= deadline:
@@ -376,8 +442,9 @@ class InferenceServiceClient:
 
     def promote(self, name: str, namespace: str) -> None:
         """All traffic to the latest revision (Serverless); a no-op for RawDeployment."""
-        self._patch_with_retry(name, namespace, lambda isvc: {"spec": {"predictor": {"canaryTrafficPercent": None}}},
-                               "promote")
+        self._patch_with_retry(
+            name, namespace, lambda isvc: {"spec": {"predictor": {"canaryTrafficPercent": None}}}, "promote"
+        )
         log.info("promoted %s/%s: 100%% of traffic to the latest revision", namespace, name)
 
     def rollback(self, name: str, namespace: str) -> str:
@@ -392,11 +459,17 @@ class InferenceServiceClient:
             previous = annotations.get(PREVIOUS_STORAGE_ANNOTATION)
             if not kept and not previous:
                 raise DeployError(f"{namespace}/{name} has no {PREVIOUS_PREDICTOR_ANNOTATION}: nothing to roll back to")
-            forget = {PREVIOUS_STORAGE_ANNOTATION: None, PREVIOUS_PREDICTOR_ANNOTATION: None,
-                      PREVIOUS_VERSION_ANNOTATION: None,
-                      MODEL_VERSION_ANNOTATION: annotations.get(PREVIOUS_VERSION_ANNOTATION)}
+            forget = {
+                PREVIOUS_STORAGE_ANNOTATION: None,
+                PREVIOUS_PREDICTOR_ANNOTATION: None,
+                PREVIOUS_VERSION_ANNOTATION: None,
+                MODEL_VERSION_ANNOTATION: annotations.get(PREVIOUS_VERSION_ANNOTATION),
+            }
             if not kept:  # written by an older version of this step: the storage path only
-                return {"metadata": {"annotations": forget}, "spec": {"predictor": {"model": _storage_fields(previous)}}}
+                return {
+                    "metadata": {"annotations": forget},
+                    "spec": {"predictor": {"model": _storage_fields(previous)}},
+                }
             restored = json.loads(kept)
             current = isvc.get("spec", {}).get("predictor", {})
             predictor = {**{k: None for k in current if k not in restored}, **restored}
@@ -448,16 +521,21 @@ def _check_owner_and_mode(spec: DeploySpec, current: dict) -> None:
     where = f"{spec.namespace}/{spec.name}"
     evidence = _foreign_owner(current)
     if evidence and not spec.take_over:
-        raise DeployError(f"InferenceService {where} is managed by another tool ({evidence}), which would revert "
-                          "our changes; take it out of that tool (see README, Running on the Self-Healing Platform) "
-                          "and pass --take-over")
+        raise DeployError(
+            f"InferenceService {where} is managed by another tool ({evidence}), which would revert "
+            "our changes; take it out of that tool (see README, Running on the Self-Healing Platform) "
+            "and pass --take-over"
+        )
     # Without the annotation the cluster's default mode applies; status names it once reconciled.
-    mode = (current.get("metadata", {}).get("annotations", {}).get(MODE_ANNOTATION)
-            or (current.get("status") or {}).get("deploymentMode"))
+    mode = current.get("metadata", {}).get("annotations", {}).get(MODE_ANNOTATION) or (current.get("status") or {}).get(
+        "deploymentMode"
+    )
     if mode and mode != spec.deployment_mode:
-        raise DeployError(f"InferenceService {where} runs as {mode}; KServe refuses the change (\"update rejected: "
-                          f"deploymentMode cannot be changed from '{mode}' to '{spec.deployment_mode}'\"): deploy with "
-                          f"--mode {mode}, or delete it and deploy again")
+        raise DeployError(
+            f'InferenceService {where} runs as {mode}; KServe refuses the change ("update rejected: '
+            f"deploymentMode cannot be changed from '{mode}' to '{spec.deployment_mode}'\"): deploy with "
+            f"--mode {mode}, or delete it and deploy again"
+        )
 
 
 def _same(current: dict, desired: dict, canary: bool) -> bool:
@@ -467,7 +545,9 @@ def _same(current: dict, desired: dict, canary: bool) -> bool:
     labels_ok = all(cur_meta.get("labels", {}).get(k) == v for k, v in want_meta["labels"].items())
     cur_predictor = dict(current.get("spec", {}).get("predictor", {}))
     has_canary = cur_predictor.pop("canaryTrafficPercent", None) is not None
-    return annotations_ok and labels_ok and not canary and not has_canary and cur_predictor == desired["spec"]["predictor"]
+    return (
+        annotations_ok and labels_ok and not canary and not has_canary and cur_predictor == desired["spec"]["predictor"]
+    )
 
 
 def _is_object_not_found(exc) -> bool:
@@ -499,8 +579,10 @@ def _describe_status(isvc: dict) -> str:
     generation = isvc.get("metadata", {}).get("generation")
     if status.get("observedGeneration", -1) < (generation or 0):
         return f"controller has not seen generation {generation} yet"
-    parts = [f"{c.get('type')}={c.get('status')}" + (f" ({c['reason']})" if c.get("reason") else "")
-             for c in status.get("conditions") or []]
+    parts = [
+        f"{c.get('type')}={c.get('status')}" + (f" ({c['reason']})" if c.get("reason") else "")
+        for c in status.get("conditions") or []
+    ]
     return ", ".join(parts) or "no conditions yet"
 
 
@@ -534,8 +616,9 @@ def load_custom_objects_api(kubeconfig: str | None = None, context: str | None =
     return client.CustomObjectsApi()
 
 
-def deploy(spec: DeploySpec, client: InferenceServiceClient | None = None, timeout_s: float = 600,
-           poll_s: float = 2.0) -> DeployResult:
+def deploy(
+    spec: DeploySpec, client: InferenceServiceClient | None = None, timeout_s: float = 600, poll_s: float = 2.0
+) -> DeployResult:
     """Apply, wait for Ready; on a failed rollout of a live service, roll back and raise."""
     client = client or InferenceServiceClient()
     applied = client.apply(spec)

@@ -49,7 +49,8 @@ def load_smd(root: Path):
     if not machines:
         raise DataError(f"no SMD machines under {smd}/test")
     for machine in machines:
-        def read(part):
+
+        def read(part, machine=machine):
             with gzip.open(smd / part / f"{machine}.txt.gz", "rt") as handle:
                 return np.loadtxt(handle, delimiter=",", dtype=np.float64, ndmin=2)
 
@@ -79,24 +80,35 @@ def time_features(X: np.ndarray, window: int = 30) -> np.ndarray:
     return FeatureTransform(window).apply(X)
 
 
-def evaluate_series(train: np.ndarray, test: np.ndarray, labels: np.ndarray, features: str,
-                    params: TrainParams, window: int = 30) -> dict:
+def evaluate_series(
+    train: np.ndarray, test: np.ndarray, labels: np.ndarray, features: str, params: TrainParams, window: int = 30
+) -> dict:
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     if features == "ts":
         # Features over the joined sequence so the first test rows see their history.
         both = time_features(np.vstack([train, test]), window)
-        train, test = both[: len(train)], both[len(train):]
+        train, test = both[: len(train)], both[len(train) :]
     pipeline, threshold, _ = fit_detector(train, params)
     scores = -pipeline.score_samples(test)
     flagged = scores > threshold
     precision, recall, f1, _ = precision_recall_fscore_support(labels, flagged, average="binary", zero_division=0)
-    return {"roc_auc": float(roc_auc_score(labels, scores)), "pr_auc": float(average_precision_score(labels, scores)),
-            "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    return {
+        "roc_auc": float(roc_auc_score(labels, scores)),
+        "pr_auc": float(average_precision_score(labels, scores)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+    }
 
 
-def evaluate(data_dir: str | Path, datasets=("smd", "nab"), features: str = "raw",
-             params: TrainParams | None = None, window: int = 30) -> dict:
+def evaluate(
+    data_dir: str | Path,
+    datasets=("smd", "nab"),
+    features: str = "raw",
+    params: TrainParams | None = None,
+    window: int = 30,
+) -> dict:
     params = params or TrainParams()
     root = Path(data_dir)
     if not root.is_dir():
@@ -109,14 +121,27 @@ def evaluate(data_dir: str | Path, datasets=("smd", "nab"), features: str = "raw
                 log.warning("skipping %s: its test part has one class only", name)
                 continue
             m = evaluate_series(train, test, labels, features, params, window)
-            results.append(SeriesResult(dataset, name, **{k: round(v, 4) for k, v in m.items()},
-                                        test_rows=len(test), anomalies=int(labels.sum())))
+            results.append(
+                SeriesResult(
+                    dataset,
+                    name,
+                    **{k: round(v, 4) for k, v in m.items()},
+                    test_rows=len(test),
+                    anomalies=int(labels.sum()),
+                )
+            )
             log.info("%s %-55s ROC-AUC %.3f PR-AUC %.3f F1 %.3f", dataset, name, m["roc_auc"], m["pr_auc"], m["f1"])
     means = {}
     for dataset in datasets:
         rows = [r for r in results if r.dataset == dataset]
         if rows:
-            means[dataset] = {k: round(float(np.mean([getattr(r, k) for r in rows])), 4)
-                              for k in ("roc_auc", "pr_auc", "f1")} | {"series": len(rows)}
-    return {"features": features, "window": window, "params": asdict(params), "mean": means,
-            "series": [asdict(r) for r in results]}
+            means[dataset] = {
+                k: round(float(np.mean([getattr(r, k) for r in rows])), 4) for k in ("roc_auc", "pr_auc", "f1")
+            } | {"series": len(rows)}
+    return {
+        "features": features,
+        "window": window,
+        "params": asdict(params),
+        "mean": means,
+        "series": [asdict(r) for r in results],
+    }

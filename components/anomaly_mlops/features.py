@@ -28,8 +28,12 @@ class FeatureTransform:
     def names(self, features: tuple[str, ...]) -> list[str]:
         if not self.window:
             return list(features)
-        return [*features, *(f"{f}:delta" for f in features), *(f"{f}:dev_mean{self.window}" for f in features),
-                *(f"{f}:std{self.window}" for f in features)]
+        return [
+            *features,
+            *(f"{f}:delta" for f in features),
+            *(f"{f}:dev_mean{self.window}" for f in features),
+            *(f"{f}:std{self.window}" for f in features),
+        ]
 
     def apply(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -53,5 +57,5 @@ class FeatureTransform:
         return {"kind": "causal-rolling" if self.window else "raw", "window": self.window}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "FeatureTransform":
+    def from_dict(cls, data: dict | None) -> FeatureTransform:
         return cls(int((data or {}).get("window", 0)))

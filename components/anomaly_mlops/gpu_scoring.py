@@ -43,8 +43,14 @@ class TorchForest:
             self.torch.cuda.synchronize()
 
 
-def measure_gpu_path(forest: CompiledForest | None, X: np.ndarray, reference: np.ndarray,
-                     batch_sizes=(1, 1000, 10000), repeats: int = 20, device: str | None = None) -> dict:
+def measure_gpu_path(
+    forest: CompiledForest | None,
+    X: np.ndarray,
+    reference: np.ndarray,
+    batch_sizes=(1, 1000, 10000),
+    repeats: int = 20,
+    device: str | None = None,
+) -> dict:
     """Latency of the torch path on ``device`` (default: CUDA if present). Returns a dict
     that says why nothing was measured when it could not be."""
     if device is None and not nvidia_device_visible():
@@ -63,8 +69,13 @@ def measure_gpu_path(forest: CompiledForest | None, X: np.ndarray, reference: np
     gpu = TorchForest(forest, device)
     n = min(len(X), len(reference), 5000)
     gap = float(np.max(np.abs(gpu.anomaly_scores(X[:n]) - reference[:n])))
-    result = {"measured": True, "device": device, "device_name": _device_name(torch, device),
-              "max_abs_diff_vs_cpu": gap, "batches": {}}
+    result = {
+        "measured": True,
+        "device": device,
+        "device_name": _device_name(torch, device),
+        "max_abs_diff_vs_cpu": gap,
+        "batches": {},
+    }
     rng = np.random.default_rng(0)
     for size in batch_sizes:
         batch = X[rng.integers(0, len(X), size=size)]

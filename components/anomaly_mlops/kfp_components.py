@@ -7,14 +7,12 @@ Components are built by ``make_components(image)`` so the image is a compile opt
 No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
 """
 
-
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from anomaly_mlops.params import DEFAULT_IMAGE
-
 
 
 def prepare_data(
@@ -65,19 +63,38 @@ def prepare_data(
     from anomaly_mlops.prometheus import PrometheusSource
     from anomaly_mlops.schema import FeatureSchema
 
-    live = PrometheusSource(
-        url=prometheus_url, queries=queries_file or None, lookback=lookback, step=step, max_gap_steps=max_gap_steps,
-        token_file=token_file if os.path.isfile(token_file) else None,
-        ca_bundle=ca_bundle if os.path.isfile(ca_bundle) else None,
-        alerts=alerts or None, incidents=incidents or None) if prometheus_url else None
+    live = (
+        PrometheusSource(
+            url=prometheus_url,
+            queries=queries_file or None,
+            lookback=lookback,
+            step=step,
+            max_gap_steps=max_gap_steps,
+            token_file=token_file if os.path.isfile(token_file) else None,
+            ca_bundle=ca_bundle if os.path.isfile(ca_bundle) else None,
+            alerts=alerts or None,
+            incidents=incidents or None,
+        )
+        if prometheus_url
+        else None
+    )
     out = tempfile.mkdtemp()
-    result = prepare(out, source=source, schema=FeatureSchema.parse(features), holdout_fraction=holdout_fraction,
-                     rows=rows, seed=seed, anomaly_rate=anomaly_rate, prometheus=live)
+    result = prepare(
+        out,
+        source=source,
+        schema=FeatureSchema.parse(features),
+        holdout_fraction=holdout_fraction,
+        rows=rows,
+        seed=seed,
+        anomaly_rate=anomaly_rate,
+        prometheus=live,
+    )
     shutil.copyfile(result.train_path, train_data.path)
     shutil.copyfile(result.holdout_path, holdout_data.path)
     train_data.metadata.update({"rows": result.train_rows, "features": list(result.schema.features)})
-    holdout_data.metadata.update({"rows": result.holdout_rows, "anomalies": result.holdout_anomalies,
-                                  "labelled": result.labelled})
+    holdout_data.metadata.update(
+        {"rows": result.holdout_rows, "anomalies": result.holdout_anomalies, "labelled": result.labelled}
+    )
     labels = os.path.join(out, "labels.json")
     if os.path.exists(labels):
         import json
@@ -112,12 +129,22 @@ def train_model(
     from anomaly_mlops.schema import FeatureSchema
     from anomaly_mlops.train import TrainParams, provenance, train
 
-    params = TrainParams(n_estimators=n_estimators, contamination=contamination, seed=seed,
-                         max_samples=max_samples if max_samples == "auto" else int(max_samples),
-                         feature_window=feature_window)
+    params = TrainParams(
+        n_estimators=n_estimators,
+        contamination=contamination,
+        seed=seed,
+        max_samples=max_samples if max_samples == "auto" else int(max_samples),
+        feature_window=feature_window,
+    )
     result = train(train_data.path, model.path, params, FeatureSchema.parse(features), provenance(run_id=run_id))
-    model.metadata.update({"framework": "scikit-learn", "threshold": result.threshold,
-                           "manifest_sha256": result.manifest_sha256, "train_rows": result.train_rows})
+    model.metadata.update(
+        {
+            "framework": "scikit-learn",
+            "threshold": result.threshold,
+            "manifest_sha256": result.manifest_sha256,
+            "train_rows": result.train_rows,
+        }
+    )
 
 
 def validate_model(
@@ -166,12 +193,24 @@ def validate_model(
 
     off = lambda v: None if v < 0 else v  # noqa: E731
     out = tempfile.mkdtemp()
-    gates = Gates(min_roc_auc=off(min_roc_auc), min_pr_auc=off(min_pr_auc),
-                  max_single_row_p99_ms=off(max_single_row_p99_ms), max_auc_drop=off(max_auc_drop),
-                  max_score_psi=off(max_score_psi), max_flagged_rate_ratio=off(max_flagged_rate_ratio))
+    gates = Gates(
+        min_roc_auc=off(min_roc_auc),
+        min_pr_auc=off(min_pr_auc),
+        max_single_row_p99_ms=off(max_single_row_p99_ms),
+        max_auc_drop=off(max_auc_drop),
+        max_score_psi=off(max_score_psi),
+        max_flagged_rate_ratio=off(max_flagged_rate_ratio),
+    )
     reference = resolve_champion(champion, model_name, tempfile.mkdtemp(), root_prefix)
-    result = validate(model.path, holdout_data.path, out, gates, LatencyPlan(single_row_repeats=latency_repeats),
-                      reference, None if champion else "no champion named")
+    result = validate(
+        model.path,
+        holdout_data.path,
+        out,
+        gates,
+        LatencyPlan(single_row_repeats=latency_repeats),
+        reference,
+        None if champion else "no champion named",
+    )
     m = result.metrics
     for name in ("roc_auc", "pr_auc", "precision", "recall", "f1", "threshold", "flagged_rate"):
         if m.get(name) is not None:
@@ -183,8 +222,9 @@ def validate_model(
         metrics.log_metric(f"single_row_latency_{q}_ms", m["latency"]["single_row_ms"][q])
     metrics.log_metric("gate_passed", float(result.passed))
     if m.get("roc_auc") is not None:
-        classification.log_roc_curve(result.roc_points["fpr"], result.roc_points["tpr"],
-                                     result.roc_points["thresholds"])
+        classification.log_roc_curve(
+            result.roc_points["fpr"], result.roc_points["tpr"], result.roc_points["thresholds"]
+        )
         classification.log_confusion_matrix(["normal", "anomaly"], result.confusion)
     shutil.copyfile(result.report_path, report.path)
     report.metadata.update({"gates": result.gates, "device": m["device"]["gpu_note"]})
@@ -211,7 +251,8 @@ def publish_model(
 
     result = publish(model.path, model_name, version or None, root_prefix=root_prefix)
     return namedtuple("PublishOutputs", ["uri", "version", "storage_path", "status"])(
-        result.uri, result.version, result.prefix, result.status)
+        result.uri, result.version, result.prefix, result.status
+    )
 
 
 def fetch_model(
@@ -273,13 +314,22 @@ def deploy_model(
 
     from anomaly_mlops.deploy import DeploySpec, current_namespace, deploy
 
-    spec = DeploySpec(name=isvc_name, namespace=current_namespace(namespace), runtime=runtime, storage_key=storage_key,
-                      storage_path=storage_path, model_version=model_version, deployment_mode=deployment_mode,
-                      canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
-                      min_replicas=min_replicas, max_replicas=max_replicas)
+    spec = DeploySpec(
+        name=isvc_name,
+        namespace=current_namespace(namespace),
+        runtime=runtime,
+        storage_key=storage_key,
+        storage_path=storage_path,
+        model_version=model_version,
+        deployment_mode=deployment_mode,
+        canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+    )
     result = deploy(spec, timeout_s=timeout_s)
     return namedtuple("DeployOutputs", ["url", "revision", "canary", "action"])(
-        result.url or "", result.revision or "", result.canary, result.action)
+        result.url or "", result.revision or "", result.canary, result.action
+    )
 
 
 def verify_deployment(
@@ -326,9 +376,15 @@ def verify_deployment(
     token = token_file.read_text().strip() if use_service_account_token else None
     reference = load_model_dir(model.path)
     rows = load_dataset(probe_data.path, reference.schema).X
-    result = verify(url, model_name or isvc_name, rows, reference, token=token,
-                    plan=VerifyPlan(requests=requests, slo_p99_ms=slo_p99_ms, max_error_rate=max_error_rate),
-                    out_dir=verification.path)
+    result = verify(
+        url,
+        model_name or isvc_name,
+        rows,
+        reference,
+        token=token,
+        plan=VerifyPlan(requests=requests, slo_p99_ms=slo_p99_ms, max_error_rate=max_error_rate),
+        out_dir=verification.path,
+    )
     client = InferenceServiceClient()
     if not result.passed and rollback_on_failure:
         client.rollback(isvc_name, namespace)
@@ -358,19 +414,29 @@ def pipeline_summary(status: dsl.PipelineTaskFinalStatus, model_name: str = "ano
     """
     import json
 
-    summary = {"model": model_name, "state": status.state, "run": status.pipeline_job_resource_name,
-               "failed_task": getattr(status, "error_message", "") or ""}
+    summary = {
+        "model": model_name,
+        "state": status.state,
+        "run": status.pipeline_job_resource_name,
+        "failed_task": getattr(status, "error_message", "") or "",
+    }
     print(json.dumps(summary))
     return json.dumps(summary)
 
 
-STEP_FUNCTIONS = (prepare_data, train_model, validate_model, publish_model, fetch_model, deploy_model,
-                  verify_deployment, rollback_deployment, pipeline_summary)
+STEP_FUNCTIONS = (
+    prepare_data,
+    train_model,
+    validate_model,
+    publish_model,
+    fetch_model,
+    deploy_model,
+    verify_deployment,
+    rollback_deployment,
+    pipeline_summary,
+)
 
 
 def make_components(image: str = DEFAULT_IMAGE) -> dict:
     """name -> KFP component, every one on ``image``."""
-    return {
-        func.__name__: dsl.component(func, base_image=image, install_kfp_package=False)
-        for func in STEP_FUNCTIONS
-    }
+    return {func.__name__: dsl.component(func, base_image=image, install_kfp_package=False) for func in STEP_FUNCTIONS}

@@ -57,7 +57,9 @@ def run_local(config: LocalRunConfig | None = None) -> dict:
     timings["train"] = time.perf_counter() - started
 
     started = step(3, "validate: accuracy, latency, gates")
-    validation = validate(trained.model_dir, str(prepared.holdout_path), root / "validation", config.gates, config.latency)
+    validation = validate(
+        trained.model_dir, str(prepared.holdout_path), root / "validation", config.gates, config.latency
+    )
     timings["validate"] = time.perf_counter() - started
     summary = {
         "run_dir": str(root),
@@ -69,7 +71,9 @@ def run_local(config: LocalRunConfig | None = None) -> dict:
     if not validation.passed:
         _write_summary(root, summary, timings)
         failed = [f"{g['gate']} {g['value']} {g['op']} {g['threshold']}" for g in validation.gates if not g["passed"]]
-        raise GateFailedError(f"release gate failed ({'; '.join(failed)}); nothing published. Report: {validation.report_path}")
+        raise GateFailedError(
+            f"release gate failed ({'; '.join(failed)}); nothing published. Report: {validation.report_path}"
+        )
 
     with embedded_s3() as s3_env:
         started = step(4, "publish: immutable version on the embedded S3 server")
@@ -81,10 +85,15 @@ def run_local(config: LocalRunConfig | None = None) -> dict:
         reference = load_model_dir(trained.model_dir)
         rows = load_dataset(str(prepared.holdout_path), reference.schema).X
         with model_server(config.model_name, published.uri, env=s3_env, log_path=root / "model-server.log") as url:
-            result = verify(url, config.model_name, rows, reference=reference,
-                            plan=config.verify_plan, out_dir=root / "verify")
+            result = verify(
+                url, config.model_name, rows, reference=reference, plan=config.verify_plan, out_dir=root / "verify"
+            )
         timings["serve+verify"] = time.perf_counter() - started
-        summary["verify"] = {"passed": result.passed, "latency_ms": result.latency_ms, "report": str(result.report_path)}
+        summary["verify"] = {
+            "passed": result.passed,
+            "latency_ms": result.latency_ms,
+            "report": str(result.report_path),
+        }
     _write_summary(root, summary, timings)
     raise_on_failure(result)
     return summary

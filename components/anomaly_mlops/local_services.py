@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import AnomalyMLOpsError
 
@@ -79,8 +79,21 @@ def model_server(
     import requests
 
     port = port or free_port()
-    command = [sys.executable, "-m", "anomaly_mlops.cli", "serve", "--model-name", model_name,
-               "--model-dir", model_uri, "--http-port", str(port), "--host", "127.0.0.1", *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "anomaly_mlops.cli",
+        "serve",
+        "--model-name",
+        model_name,
+        "--model-dir",
+        model_uri,
+        "--http-port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        *extra_args,
+    ]
     child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     log_file = open(log_path, "w") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(command, env=child_env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -90,14 +103,18 @@ def model_server(
         while True:
             if process.poll() is not None:
                 tail = Path(log_path).read_text()[-2000:] if log_path else ""
-                raise AnomalyMLOpsError(f"the model server exited with code {process.returncode} while starting\n{tail}")
+                raise AnomalyMLOpsError(
+                    f"the model server exited with code {process.returncode} while starting\n{tail}"
+                )
             try:
                 if requests.get(f"{base_url}/v1/models/{model_name}", timeout=1).status_code == 200:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise AnomalyMLOpsError(f"the model server did not come up on {base_url} within {startup_timeout_s:.0f}s")
+                raise AnomalyMLOpsError(
+                    f"the model server did not come up on {base_url} within {startup_timeout_s:.0f}s"
+                )
             time.sleep(0.2)
         log.info("model server %s up on %s (pid %d)", model_name, base_url, process.pid)
         yield base_url

@@ -71,8 +71,9 @@ def resolve_model_dir(model_uri: str, cache_dir: str | Path) -> Path:
 
 def parse_v1(payload: Any, features: tuple[str, ...], max_instances: int, expected: str | None = None) -> np.ndarray:
     if isinstance(payload, (bytes, bytearray, str)):
-        raise InputProblem("the request body was not read as JSON: send it with the header "
-                           "'Content-Type: application/json'")
+        raise InputProblem(
+            "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
+        )
     if not isinstance(payload, dict):
         raise InputProblem("the request body must be a JSON object with an 'instances' list")
     key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
@@ -92,10 +93,14 @@ def parse_v1(payload: Any, features: tuple[str, ...], max_instances: int, expect
         instances = rows
     for i, row in enumerate(instances):
         if not isinstance(row, list):
-            raise InputProblem(f"instance {i} must be a list of {len(features)} numbers or an object keyed by feature name")
+            raise InputProblem(
+                f"instance {i} must be a list of {len(features)} numbers or an object keyed by feature name"
+            )
         if len(row) != len(features):
-            raise InputProblem(f"instance {i} has {len(row)} values; the model expects "
-                               f"{expected or f'{len(features)}: {list(features)}'}")
+            raise InputProblem(
+                f"instance {i} has {len(row)} values; the model expects "
+                f"{expected or f'{len(features)}: {list(features)}'}"
+            )
         for j, value in enumerate(row):
             # bool is an int subclass; a true/false metric is almost surely a client bug.
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -159,11 +164,14 @@ def _check_tensor(tensor) -> None:
             stack.extend(reversed(item))
             continue
         if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise InputProblem(f"input {tensor.name!r} element {index}: expected a number for {tensor.datatype}, "
-                               f"got {item!r}"[:300])
+            raise InputProblem(
+                f"input {tensor.name!r} element {index}: expected a number for {tensor.datatype}, got {item!r}"[:300]
+            )
         if integral and isinstance(item, float) and not item.is_integer():
-            raise InputProblem(f"input {tensor.name!r} element {index} is {item}, not an integer as "
-                               f"{tensor.datatype} requires; send fractional values as FP32 or FP64")
+            raise InputProblem(
+                f"input {tensor.name!r} element {index} is {item}, not an integer as "
+                f"{tensor.datatype} requires; send fractional values as FP32 or FP64"
+            )
         index += 1
 
 
@@ -171,7 +179,9 @@ def _as_numpy(tensor) -> np.ndarray:
     try:
         return np.asarray(tensor.as_numpy())
     except Exception as exc:  # kserve raises assorted errors for data/shape mismatch
-        raise InputProblem(f"input {tensor.name!r} could not be read as {tensor.datatype} {list(tensor.shape)}: {exc}") from exc
+        raise InputProblem(
+            f"input {tensor.name!r} could not be read as {tensor.datatype} {list(tensor.shape)}: {exc}"
+        ) from exc
 
 
 def _check_count(n: int, max_instances: int) -> None:
@@ -242,11 +252,23 @@ class BodySizeLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, send, size: str) -> None:
-        body = json.dumps({"error": f"the request body is {size}; the limit is {self.max_bytes} bytes "
-                                    "(--max-body-bytes); send fewer rows per request"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "error": f"the request body is {size}; the limit is {self.max_bytes} bytes "
+                "(--max-body-bytes); send fewer rows per request"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -269,8 +291,14 @@ def build_model_class():
     rows_flagged = Counter("anomaly_detector_rows_flagged", "Rows the anomaly detector flagged anomalous", ["model"])
 
     class AnomalyDetectorModel(kserve.Model):
-        def __init__(self, name: str, model_uri: str, max_instances: int = DEFAULT_MAX_INSTANCES,
-                     cache_dir: str | Path | None = None, scoring: str = "fast"):
+        def __init__(
+            self,
+            name: str,
+            model_uri: str,
+            max_instances: int = DEFAULT_MAX_INSTANCES,
+            cache_dir: str | Path | None = None,
+            scoring: str = "fast",
+        ):
             super().__init__(name)
             self.model_uri = model_uri
             self.max_instances = max_instances
@@ -287,8 +315,14 @@ def build_model_class():
             if self.scoring == "sklearn":
                 self.detector.fast = None
             meta = self.detector.metadata
-            log.info("loaded model %s from %s: %d features, threshold %.5f, trained %s",
-                     self.name, self.model_uri, len(self.detector.schema), self.detector.threshold, meta.get("created_at"))
+            log.info(
+                "loaded model %s from %s: %d features, threshold %.5f, trained %s",
+                self.name,
+                self.model_uri,
+                len(self.detector.schema),
+                self.detector.threshold,
+                meta.get("created_at"),
+            )
             self.ready = True
             return self.ready
 
@@ -297,8 +331,10 @@ def build_model_class():
             return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.detector.schema)]}]
 
         def get_output_types(self):
-            return [{"name": "predictions", "datatype": "INT64", "shape": [-1]},
-                    {"name": "anomaly_scores", "datatype": "FP64", "shape": [-1]}]
+            return [
+                {"name": "predictions", "datatype": "INT64", "shape": [-1]},
+                {"name": "anomaly_scores", "datatype": "FP64", "shape": [-1]},
+            ]
 
         async def predict(self, payload, headers=None, response_headers=None):
             if _request_rows(payload) > SMALL_BATCH_ROWS:
@@ -309,8 +345,11 @@ def build_model_class():
             features = self.detector.schema.features
             is_v2 = isinstance(payload, InferRequest)
             try:
-                X = (parse_v2(payload, features, self.max_instances) if is_v2 else
-                     parse_v1(payload, features, self.max_instances, self.detector.schema.describe()))
+                X = (
+                    parse_v2(payload, features, self.max_instances)
+                    if is_v2
+                    else parse_v1(payload, features, self.max_instances, self.detector.schema.describe())
+                )
             except InputProblem as exc:
                 raise InvalidInput(str(exc)) from None
             predictions, scores = self.detector.score(X)
@@ -322,7 +361,9 @@ def build_model_class():
             labels.set_data_from_numpy(predictions.astype(np.int64), binary_data=False)
             values = InferOutput(name="anomaly_scores", shape=[len(X)], datatype="FP64")
             values.set_data_from_numpy(scores.astype(np.float64), binary_data=False)
-            return InferResponse(model_name=self.name, infer_outputs=[labels, values], response_id=payload.id or str(uuid.uuid4()))
+            return InferResponse(
+                model_name=self.name, infer_outputs=[labels, values], response_id=payload.id or str(uuid.uuid4())
+            )
 
     return AnomalyDetectorModel
 

@@ -94,24 +94,33 @@ class PrometheusClient:
         import requests
 
         try:
-            response = self.session.get(f"{self.url}/api/v1/query_range", timeout=self.timeout_s,
-                                        params={"query": promql, "start": start, "end": end, "step": step_s})
+            response = self.session.get(
+                f"{self.url}/api/v1/query_range",
+                timeout=self.timeout_s,
+                params={"query": promql, "start": start, "end": end, "step": step_s},
+            )
         except requests.exceptions.SSLError as exc:
-            raise DataError(f"TLS to Prometheus at {redact(self.url)} failed (pass the service CA with --ca-bundle): "
-                            f"{redact(str(exc))[:300]}") from exc
+            raise DataError(
+                f"TLS to Prometheus at {redact(self.url)} failed (pass the service CA with --ca-bundle): "
+                f"{redact(str(exc))[:300]}"
+            ) from exc
         except requests.RequestException as exc:
             raise DataError(f"cannot reach Prometheus at {redact(self.url)}: {redact(str(exc))[:300]}") from exc
         if response.status_code in (401, 403):
-            raise DataError(f"Prometheus at {redact(self.url)} refused the request ({response.status_code}): pass a "
-                            "token that may read metrics (--token-file; in a pod the service account token, with "
-                            "cluster-monitoring-view for Thanos Querier)")
+            raise DataError(
+                f"Prometheus at {redact(self.url)} refused the request ({response.status_code}): pass a "
+                "token that may read metrics (--token-file; in a pod the service account token, with "
+                "cluster-monitoring-view for Thanos Querier)"
+            )
         try:
             body = response.json()
         except ValueError:
             body = {}
         if response.status_code != 200 or body.get("status") != "success":
-            raise DataError(f"Prometheus refused the query for {what} ({response.status_code} "
-                            f"{body.get('errorType', '')}: {body.get('error', redact(response.text[:200]))}): {promql}")
+            raise DataError(
+                f"Prometheus refused the query for {what} ({response.status_code} "
+                f"{body.get('errorType', '')}: {body.get('error', redact(response.text[:200]))}): {promql}"
+            )
         return body["data"]["result"]
 
 
@@ -121,8 +130,9 @@ def time_grid(lookback_s: int, step_s: int, end: float | None) -> np.ndarray:
         raise ConfigError(f"need step > 0 and lookback >= step, got step {step_s}s and lookback {lookback_s}s")
     points = lookback_s // step_s + 1
     if points > MAX_ROWS_PER_SERIES:
-        raise ConfigError(f"{points} steps per series is more than {MAX_ROWS_PER_SERIES}; raise the step or shorten "
-                          "the lookback")
+        raise ConfigError(
+            f"{points} steps per series is more than {MAX_ROWS_PER_SERIES}; raise the step or shorten the lookback"
+        )
     end = math.floor((end if end is not None else time.time()) / step_s) * step_s
     return end - step_s * np.arange(points - 1, -1, -1, dtype=np.int64)
 
@@ -157,11 +167,15 @@ def fetch_range(
             for one in series:
                 name = one.get("metric", {}).get(label)
                 if name is None:
-                    raise DataError(f"the query for {feature!r} returned a series without the entity label {label!r} "
-                                    f"({one.get('metric')}): {promql}")
+                    raise DataError(
+                        f"the query for {feature!r} returned a series without the entity label {label!r} "
+                        f"({one.get('metric')}): {promql}"
+                    )
                 if feature in per_entity.setdefault(name, {}):
-                    raise DataError(f"the query for {feature!r} returned two series for {label}={name!r}; "
-                                    f"aggregate it by {label}: {promql}")
+                    raise DataError(
+                        f"the query for {feature!r} returned two series for {label}={name!r}; "
+                        f"aggregate it by {label}: {promql}"
+                    )
                 per_entity[name][feature] = _align(feature, promql, one["values"], grid, step_s, max_gap_steps)
         log.info("prometheus: %s: %d series x %d steps", feature, len(series), len(grid))
     entities = sorted(per_entity) or [""]
@@ -170,8 +184,10 @@ def fetch_range(
         columns = per_entity.get(entity, {})
         missing = [f for f in queries if f not in columns and f not in shared]
         if missing:
-            raise DataError(f"entity {entity!r} has no series for {missing}; every query must return it or "
-                            "return one series for all")
+            raise DataError(
+                f"entity {entity!r} has no series for {missing}; every query must return it or "
+                "return one series for all"
+            )
         frame = pd.DataFrame({f: columns.get(f, shared.get(f)) for f in queries})
         frame.insert(0, ENTITY_COLUMN, entity or "all")
         frame.insert(0, TIMESTAMP_COLUMN, pd.to_datetime(grid, unit="s", utc=True))
@@ -184,16 +200,19 @@ def fetch_range(
 
 def _distinguishing_label(series: list[dict], feature: str, promql: str) -> str:
     labels = set.intersection(*(set(s.get("metric", {})) for s in series))
-    telling = sorted(l for l in labels if len({s["metric"][l] for s in series}) == len(series))
-    preferred = [l for l in ("pod", "instance", "node") if l in telling]
+    telling = sorted(name for name in labels if len({s["metric"][name] for s in series}) == len(series))
+    preferred = [name for name in ("pod", "instance", "node") if name in telling]
     if preferred or telling:
         return (preferred or telling)[0]
-    raise DataError(f"the query for {feature!r} returned {len(series)} series that no single label tells apart "
-                    f"(e.g. {[s.get('metric') for s in series[:3]]}); aggregate it by one label: {promql}")
+    raise DataError(
+        f"the query for {feature!r} returned {len(series)} series that no single label tells apart "
+        f"(e.g. {[s.get('metric') for s in series[:3]]}); aggregate it by one label: {promql}"
+    )
 
 
-def alert_labels(client: PrometheusClient, alert_names: str, grid: np.ndarray, step_s: int,
-                 entity_label: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+def alert_labels(
+    client: PrometheusClient, alert_names: str, grid: np.ndarray, step_s: int, entity_label: str | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
     """Per entity, the grid steps inside a firing interval of an alert matching the regex
     ``alert_names`` (key "" = alerts that name no entity: every entity), and a report."""
     # A step is firing when an ALERTS sample falls inside it: present_over_time over one
@@ -211,11 +230,22 @@ def alert_labels(client: PrometheusClient, alert_names: str, grid: np.ndarray, s
         stamps = {int(round(float(t))) for t, _ in one["values"]}
         mask = np.isin(grid, list(stamps))
         intervals += int(np.sum(np.diff(np.concatenate([[0], mask.astype(int)])) == 1))
-        key = next((metric[l] for l in ([entity_label] if entity_label else ["pod", "instance", "node"])
-                    if l and l in metric), "")
+        key = next(
+            (
+                metric[name]
+                for name in ([entity_label] if entity_label else ["pod", "instance", "node"])
+                if name and name in metric
+            ),
+            "",
+        )
         firing[key] = firing.get(key, np.zeros(len(grid), dtype=bool)) | mask
-    report = {"source": "alerts", "query": promql, "alerts_fired": sorted(seen), "intervals": intervals,
-              "series": len(series)}
+    report = {
+        "source": "alerts",
+        "query": promql,
+        "alerts_fired": sorted(seen),
+        "intervals": intervals,
+        "series": len(series),
+    }
     return firing, report
 
 
@@ -224,16 +254,20 @@ def _align(feature, promql, values, grid, step_s, max_gap_steps) -> np.ndarray:
     samples = np.array([float(v) for _, v in values], dtype=np.float64)  # "NaN", "+Inf" parse too
     bad = ~np.isfinite(samples)
     if bad.any():
-        raise DataError(f"the query for {feature!r} returned {int(bad.sum())} NaN/Inf samples, first at "
-                        f"{_iso(stamps[bad][0])}: {promql}")
+        raise DataError(
+            f"the query for {feature!r} returned {int(bad.sum())} NaN/Inf samples, first at "
+            f"{_iso(stamps[bad][0])}: {promql}"
+        )
     series = pd.Series(samples, index=stamps).reindex(grid)
     missing = series.isna().to_numpy()
     if missing.any():
         runs = _longest_run(missing)
         if runs > max_gap_steps:
-            raise DataError(f"the query for {feature!r} has {int(missing.sum())} missing steps of {len(grid)} "
-                            f"(longest gap {runs} steps of {step_s}s, first at {_iso(grid[missing][0])}); "
-                            f"allowed gap: {max_gap_steps} steps: {promql}")
+            raise DataError(
+                f"the query for {feature!r} has {int(missing.sum())} missing steps of {len(grid)} "
+                f"(longest gap {runs} steps of {step_s}s, first at {_iso(grid[missing][0])}); "
+                f"allowed gap: {max_gap_steps} steps: {promql}"
+            )
         series = series.ffill().bfill()
     return series.to_numpy()
 
@@ -291,19 +325,28 @@ def fetch_prometheus(source: PrometheusSource, schema: FeatureSchema) -> tuple[p
         frame = fetch_platform_frame(client, grid=grid, step_s=step_s, max_gap_steps=source.max_gap_steps)
     else:
         if source.queries is None and schema.features != FeatureSchema().features:
-            raise ConfigError("there are no built-in queries for this schema; pass --queries (built in: the default "
-                              "schema and self-healing-platform)")
+            raise ConfigError(
+                "there are no built-in queries for this schema; pass --queries (built in: the default "
+                "schema and self-healing-platform)"
+            )
         queries = load_queries(source.queries or BUILT_IN_QUERIES)
-        frame = fetch_range(source.url, queries, lookback_s=lookback_s, step_s=step_s, end=source.end,
-                            max_gap_steps=source.max_gap_steps, token=token, ca_bundle=source.ca_bundle,
-                            entity_label=source.entity_label)
+        frame = fetch_range(
+            source.url,
+            queries,
+            lookback_s=lookback_s,
+            step_s=step_s,
+            end=source.end,
+            max_gap_steps=source.max_gap_steps,
+            token=token,
+            ca_bundle=source.ca_bundle,
+            entity_label=source.entity_label,
+        )
         schema = FeatureSchema(tuple(queries), schema.name if source.queries is None else None)
     firing, reports = None, []
     if source.alerts:
         firing, report = alert_labels(client, source.alerts, grid, step_s, source.entity_label)
         if not report["alerts_fired"]:
-            report["note"] = (f"no alert matching {source.alerts!r} fired between {_iso(grid[0])} and "
-                              f"{_iso(grid[-1])}")
+            report["note"] = f"no alert matching {source.alerts!r} fired between {_iso(grid[0])} and {_iso(grid[-1])}"
             log.warning("labels: %s", report["note"])
         reports.append(report)
     incidents = read_table(source.incidents)[0] if source.incidents else None

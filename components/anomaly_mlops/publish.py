@@ -159,8 +159,11 @@ def publish(
 
     try:
         target.client.put_object(
-            Bucket=target.bucket, Key=prefix + MANIFEST_FILE, Body=manifest_bytes,
-            ChecksumSHA256=_b64(manifest_sha), IfNoneMatch="*",
+            Bucket=target.bucket,
+            Key=prefix + MANIFEST_FILE,
+            Body=manifest_bytes,
+            ChecksumSHA256=_b64(manifest_sha),
+            IfNoneMatch="*",
             Metadata={"sha256": manifest_sha, **_provenance_metadata(model_dir)},
         )
     except Exception as exc:
@@ -190,7 +193,9 @@ def _upload(target: _Target, name: str) -> int:
     path, digest = target.model_dir / name, target.entries[name]
     try:
         target.client.upload_file(
-            str(path), target.bucket, target.prefix + name,
+            str(path),
+            target.bucket,
+            target.prefix + name,
             ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"},
             Config=_transfer_config(),
         )
@@ -205,8 +210,9 @@ def _upload(target: _Target, name: str) -> int:
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD,
-                          use_threads=False)
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD, use_threads=False
+    )
 
 
 def _part_size(size: int) -> int:
@@ -266,8 +272,9 @@ def _repair(target: _Target, damaged: dict[str, str]) -> None:
         _upload(target, name)
     still = _audit(target)
     if still:
-        raise StorageError(f"{target.uri} is damaged and could not be mended: "
-                           + "; ".join(f"{n} {p}" for n, p in still.items()))
+        raise StorageError(
+            f"{target.uri} is damaged and could not be mended: " + "; ".join(f"{n} {p}" for n, p in still.items())
+        )
 
 
 def _read_manifest(target: _Target) -> bytes | None:
@@ -298,11 +305,19 @@ def _settle_released(target: _Target, released: bytes, local: bytes) -> str:
 def _claim(target: _Target, manifest_sha: str) -> None:
     """Own the version for this content, or raise VersionConflictError naming the holder."""
     key = claim_key(target.prefix)
-    claim = {"manifest_sha256": manifest_sha, "publisher": f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
-             "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    claim = {
+        "manifest_sha256": manifest_sha,
+        "publisher": f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}",
+        "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     try:
-        target.client.put_object(Bucket=target.bucket, Key=key, Body=json.dumps(claim).encode(), IfNoneMatch="*",
-                                 ContentType="application/json")
+        target.client.put_object(
+            Bucket=target.bucket,
+            Key=key,
+            Body=json.dumps(claim).encode(),
+            IfNoneMatch="*",
+            ContentType="application/json",
+        )
         return
     except Exception as exc:
         if _error_code(exc) not in _CONDITION_FAILED:
@@ -328,7 +343,9 @@ def _abort_leftover_uploads(target: _Target) -> None:
         uploads = target.client.list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix).get("Uploads", [])
         for upload in uploads:
             target.client.abort_multipart_upload(Bucket=target.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-            log.info("aborted an unfinished multipart upload of %s (started %s)", upload["Key"], upload.get("Initiated"))
+            log.info(
+                "aborted an unfinished multipart upload of %s (started %s)", upload["Key"], upload.get("Initiated")
+            )
     except Exception as exc:
         raise target.fail(exc, f"clean unfinished uploads under {target.uri}") from exc
 
@@ -443,7 +460,8 @@ def _settle_directory(target: Path, model_dir: Path, local: bytes, uri: str) -> 
         raise VersionConflictError(
             f"{uri} is already released with different content (manifest {hashlib.sha256(released).hexdigest()[:12]}… "
             f"vs local {hashlib.sha256(local).hexdigest()[:12]}…); released versions are immutable: publish under a "
-            "new version")
+            "new version"
+        )
     try:
         verify_model_dir(target)
         log.info("%s is already released with identical content; nothing to do", uri)
@@ -462,8 +480,11 @@ def _settle_directory(target: Path, model_dir: Path, local: bytes, uri: str) -> 
 
 def _claim_file(path: Path, manifest_sha: str, uri: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    claim = {"manifest_sha256": manifest_sha, "publisher": f"{socket.gethostname()}/{os.getpid()}",
-             "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    claim = {
+        "manifest_sha256": manifest_sha,
+        "publisher": f"{socket.gethostname()}/{os.getpid()}",
+        "claimed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     try:
         with open(path, "x") as handle:
             json.dump(claim, handle)
@@ -475,7 +496,8 @@ def _claim_file(path: Path, manifest_sha: str, uri: str) -> None:
     if held.get("manifest_sha256") != manifest_sha:
         raise VersionConflictError(
             f"{uri} is being published with different content (claimed by {held.get('publisher')} at "
-            f"{held.get('claimed_at')}); publish under a new version. If that publisher died, delete {path}")
+            f"{held.get('claimed_at')}); publish under a new version. If that publisher died, delete {path}"
+        )
 
 
 def _copy_synced(source: Path, dest: Path) -> None:

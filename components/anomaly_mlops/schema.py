@@ -59,7 +59,7 @@ class FeatureSchema:
         return f"{len(self)} features ({f'schema {self.name}: ' if self.name else ''}{listed})"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FeatureSchema":
+    def from_dict(cls, data: dict) -> FeatureSchema:
         try:
             features = data["features"]
             if not isinstance(features, list):
@@ -69,7 +69,7 @@ class FeatureSchema:
             raise DataError(f"a feature schema needs a 'features' list, got {data!r}") from exc
 
     @classmethod
-    def named(cls, name: str) -> "FeatureSchema":
+    def named(cls, name: str) -> FeatureSchema:
         if name == "default":
             return cls()
         if name == "self-healing-platform":
@@ -79,7 +79,7 @@ class FeatureSchema:
         raise DataError(f"unknown schema name {name!r}; named schemas: {', '.join(NAMED_SCHEMAS)}")
 
     @classmethod
-    def parse(cls, text: str | None) -> "FeatureSchema":
+    def parse(cls, text: str | None) -> FeatureSchema:
         """From a schema name, a comma-separated list, a JSON file path, or None for the default."""
         if not text:
             return cls()

@@ -35,8 +35,13 @@ from .schema import ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN
 log = logging.getLogger(__name__)
 
 SCHEMA_NAME = "self-healing-platform"
-BASE_METRICS = ("node_cpu_utilization", "node_memory_utilization", "pod_cpu_usage", "pod_memory_usage",
-                "container_restart_count")
+BASE_METRICS = (
+    "node_cpu_utilization",
+    "node_memory_utilization",
+    "pod_cpu_usage",
+    "pod_memory_usage",
+    "container_restart_count",
+)
 STATISTICS = ("value", "mean_5m", "std_5m", "min_5m", "max_5m", "lag_1", "lag_5", "diff", "pct_change")
 FEATURES = tuple(f"{metric}_{stat}" for metric in BASE_METRICS for stat in STATISTICS)
 # The engine's PromQL for q (DESIGN.md); units: ratios 0-1, CPU cores, a cumulative counter.
@@ -45,7 +50,7 @@ ENGINE_QUERIES = {
     "node_memory_utilization": "1 - (node_memory_MemAvailable_bytes / node_memory_MemTotal_bytes)",
     "pod_cpu_usage": 'sum(rate(container_cpu_usage_seconds_total{container!=""}[5m])) by (pod)',
     "pod_memory_usage": 'sum(container_memory_working_set_bytes{container!=""}) by (pod) '
-                        '/ sum(kube_pod_container_resource_limits{resource="memory"}) by (pod)',
+    '/ sum(kube_pod_container_resource_limits{resource="memory"}) by (pod)',
     "container_restart_count": "sum(kube_pod_container_status_restarts_total{}) by (pod)",
 }
 NODE_METRICS = ("node_cpu_utilization", "node_memory_utilization")
@@ -104,8 +109,9 @@ def engine_features(base: np.ndarray) -> np.ndarray:
 ANOMALY_KINDS = ("cpu_spike", "memory_leak", "crash_loop", "node_cpu_pressure", "node_memory_pressure", "hung_pod")
 
 
-def generate_platform_synthetic(rows: int = 20_160, seed: int = 42, anomaly_rate: float = 0.03, pods: int = 3,
-                                start: str = "2026-01-05T00:00:00Z") -> pd.DataFrame:
+def generate_platform_synthetic(
+    rows: int = 20_160, seed: int = 42, anomaly_rate: float = 0.03, pods: int = 3, start: str = "2026-01-05T00:00:00Z"
+) -> pd.DataFrame:
     """Labelled rows of the 45 engine features for ``pods`` pods on one node, one row a
     minute per pod (``rows`` in all), from base series in the engine's units.
 
@@ -123,7 +129,9 @@ def generate_platform_synthetic(rows: int = 20_160, seed: int = 42, anomaly_rate
     rng = np.random.default_rng(seed)
     load = daily_load(minutes)
     node_cpu = 0.15 + 0.45 * load + rng.normal(0, 0.02, minutes)
-    node_memory = 0.45 + 0.15 * load + np.cumsum(rng.normal(0, 0.0005, minutes)).clip(-0.05, 0.05) + rng.normal(0, 0.01, minutes)
+    node_memory = (
+        0.45 + 0.15 * load + np.cumsum(rng.normal(0, 0.0005, minutes)).clip(-0.05, 0.05) + rng.normal(0, 0.01, minutes)
+    )
     node_labels = np.zeros(minutes, dtype=np.int8)
     pod_series, pod_labels = [], []
     for _ in range(pods):
@@ -139,14 +147,22 @@ def generate_platform_synthetic(rows: int = 20_160, seed: int = 42, anomaly_rate
     while np.mean([labels.sum() for labels in pod_labels]) + node_labels.sum() < target and attempts < 10_000:
         attempts += 1
         kind = ANOMALY_KINDS[rng.integers(len(ANOMALY_KINDS))]
-        length = int({"cpu_spike": rng.integers(2, 11), "memory_leak": rng.integers(30, 121),
-                      "crash_loop": rng.integers(15, 46), "node_cpu_pressure": rng.integers(10, 31),
-                      "node_memory_pressure": rng.integers(20, 61), "hung_pod": rng.integers(10, 31)}[kind])
+        length = int(
+            {
+                "cpu_spike": rng.integers(2, 11),
+                "memory_leak": rng.integers(30, 121),
+                "crash_loop": rng.integers(15, 46),
+                "node_cpu_pressure": rng.integers(10, 31),
+                "node_memory_pressure": rng.integers(20, 61),
+                "hung_pod": rng.integers(10, 31),
+            }[kind]
+        )
         length = min(length, minutes // 10)
         begin = int(rng.integers(HISTORY_MINUTES + 1, minutes - length))
         window = slice(begin, begin + length)
-        busy = node_labels[max(0, begin - 1): begin + length + 1].any() or any(
-            labels[max(0, begin - 1): begin + length + 1].any() for labels in pod_labels)
+        busy = node_labels[max(0, begin - 1) : begin + length + 1].any() or any(
+            labels[max(0, begin - 1) : begin + length + 1].any() for labels in pod_labels
+        )
         if busy:
             continue
         if kind.startswith("node_"):
@@ -164,8 +180,9 @@ def generate_platform_synthetic(rows: int = 20_160, seed: int = 42, anomaly_rate
         elif kind == "memory_leak":
             series["memory"][window] += np.linspace(0, rng.uniform(0.3, 0.5), length)
         elif kind == "crash_loop":
-            series["restarts"][begin:] += np.cumsum(np.arange(minutes - begin) % int(rng.integers(2, 6)) == 0) \
-                .clip(max=length // 2)
+            series["restarts"][begin:] += np.cumsum(np.arange(minutes - begin) % int(rng.integers(2, 6)) == 0).clip(
+                max=length // 2
+            )
             series["cpu"][window] *= 0.2
         elif kind == "hung_pod":
             series["cpu"][window] = 0.0
@@ -174,8 +191,15 @@ def generate_platform_synthetic(rows: int = 20_160, seed: int = 42, anomaly_rate
     stamps = pd.date_range(start=start, periods=minutes, freq="min")
     frames = []
     for number, (series, labels) in enumerate(zip(pod_series, pod_labels)):
-        base = np.column_stack([np.clip(node_cpu, 0, 1), np.clip(node_memory, 0, 1), np.clip(series["cpu"], 0, None),
-                                np.clip(series["memory"], 0, None), series["restarts"]])
+        base = np.column_stack(
+            [
+                np.clip(node_cpu, 0, 1),
+                np.clip(node_memory, 0, 1),
+                np.clip(series["cpu"], 0, None),
+                np.clip(series["memory"], 0, None),
+                series["restarts"],
+            ]
+        )
         frame = pd.DataFrame(engine_features(base), columns=list(FEATURES))
         frame.insert(0, ENTITY_COLUMN, f"pod-{number}")
         frame.insert(0, TIMESTAMP_COLUMN, stamps)
@@ -206,15 +230,19 @@ def fetch_platform_frame(client, *, grid: np.ndarray, step_s: int, max_gap_steps
             series = client.range(promql, start, end, step_s, f"{column!r}")
             if metric in NODE_METRICS:
                 if len(series) != 1:
-                    raise DataError(f"the query for {column!r} returned {len(series)} series; the engine's node "
-                                    f"queries aggregate to one: {promql}")
+                    raise DataError(
+                        f"the query for {column!r} returned {len(series)} series; the engine's node "
+                        f"queries aggregate to one: {promql}"
+                    )
                 node[column] = _align(column, promql, series[0]["values"], grid, step_s, max_gap_steps)
                 continue
             for one in series:
                 pod = one.get("metric", {}).get("pod")
                 if not pod:
-                    raise DataError(f"the query for {column!r} returned a series without a pod label "
-                                    f"({one.get('metric')}): {promql}")
+                    raise DataError(
+                        f"the query for {column!r} returned a series without a pod label "
+                        f"({one.get('metric')}): {promql}"
+                    )
                 values = pd.Series({int(round(float(ts))): float(v) for ts, v in one["values"]}).reindex(grid)
                 pods.setdefault(pod, {})[column] = values.to_numpy(dtype=np.float64)
     pod_columns = [f"{m}_{s}" for m in BASE_METRICS if m not in NODE_METRICS for s in stat_queries(m)]
@@ -234,8 +262,12 @@ def fetch_platform_frame(client, *, grid: np.ndarray, step_s: int, max_gap_steps
             left_out.append(f"{pod} (no step with every metric)")
             continue
         if not complete.all():
-            log.info("prometheus: pod %s: %d of %d steps lack a metric (pod not running or no limit); left out",
-                     pod, int((~complete).sum()), len(grid))
+            log.info(
+                "prometheus: pod %s: %d of %d steps lack a metric (pod not running or no limit); left out",
+                pod,
+                int((~complete).sum()),
+                len(grid),
+            )
         frame = pd.DataFrame(matrix[complete], columns=list(FEATURES))
         frame.insert(0, ENTITY_COLUMN, pod)
         frame.insert(0, TIMESTAMP_COLUMN, pd.to_datetime(grid[complete], unit="s", utc=True))
@@ -243,8 +275,10 @@ def fetch_platform_frame(client, *, grid: np.ndarray, step_s: int, max_gap_steps
     if left_out:
         log.warning("prometheus: %d pod(s) left out: %s", len(left_out), "; ".join(left_out))
     if not frames:
-        raise DataError(f"no pod has every metric of the {SCHEMA_NAME} schema between the window's ends"
-                        + (f"; left out: {'; '.join(left_out)}" if left_out else ""))
+        raise DataError(
+            f"no pod has every metric of the {SCHEMA_NAME} schema between the window's ends"
+            + (f"; left out: {'; '.join(left_out)}" if left_out else "")
+        )
     result = pd.concat(frames).sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
     log.info("prometheus: %d rows for %d pod(s) x %d features", len(result), len(frames), len(FEATURES))
     result.attrs["left_out"] = left_out

@@ -35,7 +35,7 @@ class S3Settings:
     max_attempts: int = 5
 
     @classmethod
-    def from_env(cls, env: os._Environ | dict | None = None, *, need_bucket: bool = True) -> "S3Settings":
+    def from_env(cls, env: os._Environ | dict | None = None, *, need_bucket: bool = True) -> S3Settings:
         env = os.environ if env is None else env
         missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(k)]
         if need_bucket and not env.get("AWS_S3_BUCKET"):
@@ -49,9 +49,7 @@ class S3Settings:
             )
         endpoint = env.get("AWS_S3_ENDPOINT") or None
         if endpoint and urlparse(endpoint).scheme not in ("http", "https"):
-            raise ConfigError(
-                f"AWS_S3_ENDPOINT must start with http:// or https://, got {redact(endpoint)!r}"
-            )
+            raise ConfigError(f"AWS_S3_ENDPOINT must start with http:// or https://, got {redact(endpoint)!r}")
         return cls(
             access_key_id=env["AWS_ACCESS_KEY_ID"],
             secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
@@ -94,7 +92,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 def describe_client_error(exc: Exception, action: str, settings: S3Settings) -> StorageError:
     """Turn botocore failures into one clear sentence (without credentials)."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, ConnectTimeoutError
+    from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
     if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
         return StorageError(f"cannot reach S3 while trying to {action} ({settings.describe()}): {redact(str(exc))}")

@@ -25,7 +25,10 @@ FINGERPRINT_PREFIX = "anomaly-mlops fingerprint: "
 
 # robfig/cron's fields with a seconds field, as KFP parses them: (name, low, high, names).
 _CRON_FIELDS = (
-    ("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()), ("day of month", 1, 31, ()),
+    ("second", 0, 59, ()),
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
     ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
     ("day of week", 0, 6, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
 )
@@ -72,8 +75,9 @@ def check_arguments(package: str | Path, arguments: dict) -> None:
     declared = set((spec.get("root", {}).get("inputDefinitions", {}) or {}).get("parameters", {}) or {})
     unknown = sorted(set(arguments) - declared)
     if unknown:
-        raise ConfigError(f"the pipeline in {package} has no parameter {', '.join(unknown)}; it takes: "
-                          f"{', '.join(sorted(declared))}")
+        raise ConfigError(
+            f"the pipeline in {package} has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(declared))}"
+        )
 
 
 def make_client(host: str, token: str | None = None, namespace: str | None = None, ssl_ca_cert: str | None = None):
@@ -91,12 +95,17 @@ def _package(path: str | Path) -> Path:
     return path
 
 
-def submit_run(client, package: str | Path, arguments: dict, run_name: str, experiment: str,
-               namespace: str | None = None) -> str:
+def submit_run(
+    client, package: str | Path, arguments: dict, run_name: str, experiment: str, namespace: str | None = None
+) -> str:
     check_arguments(package, arguments)
     result = client.create_run_from_pipeline_package(
-        pipeline_file=str(_package(package)), arguments=arguments, run_name=run_name,
-        experiment_name=experiment, namespace=namespace)
+        pipeline_file=str(_package(package)),
+        arguments=arguments,
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+    )
     log.info("submitted run %s (%s) in experiment %s", result.run_id, run_name, experiment)
     return result.run_id
 
@@ -110,13 +119,23 @@ class ScheduleResult:
 
 def fingerprint(package: Path, arguments: dict, cron: str, max_concurrency: int, enabled: bool) -> str:
     digest = hashlib.sha256(package.read_bytes())
-    digest.update(json.dumps({"args": arguments, "cron": cron, "max": max_concurrency, "on": enabled},
-                             sort_keys=True).encode())
+    digest.update(
+        json.dumps({"args": arguments, "cron": cron, "max": max_concurrency, "on": enabled}, sort_keys=True).encode()
+    )
     return digest.hexdigest()[:16]
 
 
-def schedule(client, package: str | Path, name: str, cron: str, arguments: dict, experiment: str,
-             namespace: str | None = None, max_concurrency: int = 1, enabled: bool = True) -> ScheduleResult:
+def schedule(
+    client,
+    package: str | Path,
+    name: str,
+    cron: str,
+    arguments: dict,
+    experiment: str,
+    namespace: str | None = None,
+    max_concurrency: int = 1,
+    enabled: bool = True,
+) -> ScheduleResult:
     package = _package(package)
     cron = check_cron(cron)
     check_arguments(package, arguments)
@@ -133,9 +152,16 @@ def schedule(client, package: str | Path, name: str, cron: str, arguments: dict,
         client.delete_recurring_run(run.recurring_run_id)
         log.info("deleted outdated recurring run %s (%s)", name, run.recurring_run_id)
     created = client.create_recurring_run(
-        experiment_id=exp.experiment_id, job_name=name, cron_expression=cron, max_concurrency=max_concurrency,
-        no_catchup=True, params=arguments, pipeline_package_path=str(package), enabled=enabled,
-        description=f"Scheduled retraining of the anomaly detector. {FINGERPRINT_PREFIX}{wanted}")
+        experiment_id=exp.experiment_id,
+        job_name=name,
+        cron_expression=cron,
+        max_concurrency=max_concurrency,
+        no_catchup=True,
+        params=arguments,
+        pipeline_package_path=str(package),
+        enabled=enabled,
+        description=f"Scheduled retraining of the anomaly detector. {FINGERPRINT_PREFIX}{wanted}",
+    )
     action = "replaced" if matches else "created"
     log.info("%s recurring run %s (%s) with cron %r", action, name, created.recurring_run_id, cron)
     return ScheduleResult(action, created.recurring_run_id, exp.experiment_id)
@@ -158,9 +184,12 @@ def parse_params(pairs: list[str]) -> dict:
 def api_error(exc: Exception, host: str) -> AnomalyMLOpsError:
     status = getattr(exc, "status", None)
     if status in (401, 403):
-        return AnomalyMLOpsError(f"Data Science Pipelines at {host} refused the token ({status}): pass a valid "
-                                 "--token-file (oc whoami -t) with access to the project")
+        return AnomalyMLOpsError(
+            f"Data Science Pipelines at {host} refused the token ({status}): pass a valid "
+            "--token-file (oc whoami -t) with access to the project"
+        )
     from .redact import redact
 
-    return AnomalyMLOpsError(f"Data Science Pipelines at {redact(host)} failed: {type(exc).__name__}: "
-                             f"{redact(str(exc))[:300]}")
+    return AnomalyMLOpsError(
+        f"Data Science Pipelines at {redact(host)} failed: {type(exc).__name__}: {redact(str(exc))[:300]}"
+    )

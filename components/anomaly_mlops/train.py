@@ -37,8 +37,8 @@ class TrainResult:
 def library_versions() -> dict[str, str]:
     import joblib
     import numpy
-    import skops
     import sklearn
+    import skops
 
     return {
         "anomaly-mlops": __version__,
@@ -99,8 +99,10 @@ def _prepare_output(out: Path) -> Path:
 def provenance(git_commit: str | None = None, run_id: str | None = None) -> dict:
     """Which code and which run made a model: the commit (given, or the image's
     ANOMALY_MLOPS_GIT_COMMIT, set when the image is built from a commit) and the run id."""
-    return {"git_commit": git_commit or os.environ.get("ANOMALY_MLOPS_GIT_COMMIT") or None,
-            "run_id": run_id or os.environ.get("ANOMALY_MLOPS_RUN_ID") or None}
+    return {
+        "git_commit": git_commit or os.environ.get("ANOMALY_MLOPS_GIT_COMMIT") or None,
+        "run_id": run_id or os.environ.get("ANOMALY_MLOPS_RUN_ID") or None,
+    }
 
 
 def train(
@@ -132,8 +134,12 @@ def train(
         transform = FeatureTransform(params.feature_window)
         pipeline, threshold, train_scores = fit_detector(transform.apply(dataset.X), params)
         fit_seconds = time.perf_counter() - started
-        log.info("fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
-                 fit_seconds, threshold, 100 * float((train_scores > threshold).mean()))
+        log.info(
+            "fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
+            fit_seconds,
+            threshold,
+            100 * float((train_scores > threshold).mean()),
+        )
 
         joblib.dump(pipeline, staging / MODEL_FILE)
         skops_io.dump(pipeline, staging / SAFE_MODEL_FILE)
@@ -144,13 +150,11 @@ def train(
             "threshold": threshold,
             "feature_transform": transform.to_dict(),
             "score_definition": "anomaly_score = -pipeline.score_samples(feature_transform(x)); "
-                                "anomalous when anomaly_score > threshold",
+            "anomalous when anomaly_score > threshold",
             "params": asdict(params),
             "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
             "library_versions": library_versions(),
-            "train_score_quantiles": {
-                q: float(np.quantile(train_scores, float(q))) for q in ("0.5", "0.9", "0.99")
-            },
+            "train_score_quantiles": {q: float(np.quantile(train_scores, float(q))) for q in ("0.5", "0.9", "0.99")},
             "fit_seconds": round(fit_seconds, 3),
             "provenance": origin or provenance(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

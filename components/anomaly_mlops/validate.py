@@ -58,7 +58,7 @@ def describe_device() -> dict:
     if shutil.which("nvidia-smi"):
         try:
             out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-            gpus = [l.strip() for l in out.stdout.splitlines() if l.strip().startswith("GPU")]
+            gpus = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("GPU")]
         except (OSError, subprocess.TimeoutExpired):
             pass
     return {
@@ -97,8 +97,11 @@ def measure_latency(model: LoadedModel, X: np.ndarray, plan: LatencyPlan) -> tup
         stats["p99_us_per_row"] = round(stats["p99"] * 1000.0 / size, 3)
         result["batches"][str(size)] = stats
         log.info("latency batch %d: p50 %.2f ms, p99 %.2f ms", size, stats["p50"], stats["p99"])
-    log.info("latency single row over %d calls: p50 %.3f ms, p95 %.3f ms, p99 %.3f ms",
-             plan.single_row_repeats, *(result["single_row_ms"][k] for k in ("p50", "p95", "p99")))
+    log.info(
+        "latency single row over %d calls: p50 %.3f ms, p95 %.3f ms, p99 %.3f ms",
+        plan.single_row_repeats,
+        *(result["single_row_ms"][k] for k in ("p50", "p95", "p99")),
+    )
     return result, single
 
 
@@ -160,38 +163,65 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
         ("roc_auc", metrics.get("roc_auc"), ">=", gates.min_roc_auc, gates.min_roc_auc, no_labels),
         ("pr_auc", metrics.get("pr_auc"), ">=", gates.min_pr_auc, gates.min_pr_auc, no_labels),
         ("f1", metrics.get("f1"), ">=", gates.min_f1, gates.min_f1, no_labels),
-        ("single_row_p99_ms", metrics["latency"]["single_row_ms"]["p99"], "<=", gates.max_single_row_p99_ms,
-         gates.max_single_row_p99_ms, None),
+        (
+            "single_row_p99_ms",
+            metrics["latency"]["single_row_ms"]["p99"],
+            "<=",
+            gates.max_single_row_p99_ms,
+            gates.max_single_row_p99_ms,
+            None,
+        ),
     ]
     if gates.max_batch_row_p99_us is not None:
         worst = max(b["p99_us_per_row"] for b in metrics["latency"]["batches"].values())
         checks.append(("batch_row_p99_us", worst, "<=", gates.max_batch_row_p99_us, gates.max_batch_row_p99_us, None))
     for name in ("roc_auc", "pr_auc"):
-        limit = None if gates.max_auc_drop is None or champion.get(name) is None else round(
-            champion[name] - gates.max_auc_drop, 5)
-        checks.append((f"{name}_vs_champion", metrics.get(name), ">=", gates.max_auc_drop, limit,
-                       no_champion or no_labels))
+        limit = (
+            None
+            if gates.max_auc_drop is None or champion.get(name) is None
+            else round(champion[name] - gates.max_auc_drop, 5)
+        )
+        checks.append(
+            (f"{name}_vs_champion", metrics.get(name), ">=", gates.max_auc_drop, limit, no_champion or no_labels)
+        )
     contamination = metrics.get("expected_contamination", 0.0)
-    flagged_limit = None if gates.max_flagged_rate_ratio is None else round(gates.max_flagged_rate_ratio * contamination, 5)
-    checks.append(("flagged_rate", metrics.get("flagged_rate"), "<=", gates.max_flagged_rate_ratio, flagged_limit,
-                   for_unlabelled))
-    checks.append(("score_psi_vs_champion", champion.get("score_psi"), "<=", gates.max_score_psi, gates.max_score_psi,
-                   no_champion or for_unlabelled))
+    flagged_limit = (
+        None if gates.max_flagged_rate_ratio is None else round(gates.max_flagged_rate_ratio * contamination, 5)
+    )
+    checks.append(
+        ("flagged_rate", metrics.get("flagged_rate"), "<=", gates.max_flagged_rate_ratio, flagged_limit, for_unlabelled)
+    )
+    checks.append(
+        (
+            "score_psi_vs_champion",
+            champion.get("score_psi"),
+            "<=",
+            gates.max_score_psi,
+            gates.max_score_psi,
+            no_champion or for_unlabelled,
+        )
+    )
     results = []
     for name, value, op, configured, limit, skipped in checks:
         if configured is None:
             continue
         if skipped:
-            results.append({"gate": name, "value": value, "op": op, "threshold": limit, "passed": True,
-                            "skipped": skipped})
+            results.append(
+                {"gate": name, "value": value, "op": op, "threshold": limit, "passed": True, "skipped": skipped}
+            )
             continue
         passed = value >= limit if op == ">=" else value <= limit
         results.append({"gate": name, "value": value, "op": op, "threshold": limit, "passed": bool(passed)})
     return results
 
 
-def champion_metrics(champion: LoadedModel | None, dataset: Dataset, challenger_scores: np.ndarray,
-                     labelled: bool, note: str | None = None) -> dict:
+def champion_metrics(
+    champion: LoadedModel | None,
+    dataset: Dataset,
+    challenger_scores: np.ndarray,
+    labelled: bool,
+    note: str | None = None,
+) -> dict:
     """The champion scored on the same rows: its accuracy (with labels), flagged rate and
     the PSI of the challenger's scores against its scores."""
     from .champion import psi
@@ -199,13 +229,19 @@ def champion_metrics(champion: LoadedModel | None, dataset: Dataset, challenger_
     if champion is None:
         return {"compared": False, "note": note or "no champion"}
     if champion.schema.features != dataset.schema.features:
-        return {"compared": False, "note": f"the champion ({champion.metadata.get('created_at')}) has another "
-                                           "feature schema; nothing to compare"}
+        return {
+            "compared": False,
+            "note": f"the champion ({champion.metadata.get('created_at')}) has another "
+            "feature schema; nothing to compare",
+        }
     predictions, scores = champion.score(dataset.X)
-    result = {"compared": True, "created_at": champion.metadata.get("created_at"),
-              "provenance": champion.metadata.get("provenance"),
-              "flagged_rate": round(float(np.mean(predictions == ANOMALY)), 5),
-              "score_psi": round(psi(scores, challenger_scores), 5)}
+    result = {
+        "compared": True,
+        "created_at": champion.metadata.get("created_at"),
+        "provenance": champion.metadata.get("provenance"),
+        "flagged_rate": round(float(np.mean(predictions == ANOMALY)), 5),
+        "score_psi": round(psi(scores, challenger_scores), 5),
+    }
     if labelled:
         accuracy, _, _ = accuracy_metrics(dataset.y, scores, predictions)
         result.update({k: accuracy[k] for k in ("roc_auc", "pr_auc", "f1")})
@@ -241,9 +277,22 @@ def validate(
         metrics, roc, confusion = accuracy_metrics(dataset.y, scores, predictions)
     else:
         why = "no labels" if dataset.y is None else f"labels of one class only ({int(dataset.y.sum())} anomalous)"
-        log.warning("the holdout has %s: accuracy is not measured; gating on flagged rate, score shift and latency", why)
-        metrics, roc, confusion = {"roc_auc": None, "pr_auc": None, "precision": None, "recall": None, "f1": None,
-                                   "holdout_rows": dataset.n_rows, "labels": why}, {}, []
+        log.warning(
+            "the holdout has %s: accuracy is not measured; gating on flagged rate, score shift and latency", why
+        )
+        metrics, roc, confusion = (
+            {
+                "roc_auc": None,
+                "pr_auc": None,
+                "precision": None,
+                "recall": None,
+                "f1": None,
+                "holdout_rows": dataset.n_rows,
+                "labels": why,
+            },
+            {},
+            [],
+        )
     metrics["flagged_rate"] = round(float(np.mean(predictions == ANOMALY)), 5)
     metrics["expected_contamination"] = float(model.metadata.get("params", {}).get("contamination", 0.02))
     metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note)
@@ -261,11 +310,21 @@ def validate(
     gate_results = evaluate_gates(metrics, gates)
     passed = all(g["passed"] for g in gate_results)
     if labelled:
-        log.info("ROC-AUC %.4f, PR-AUC %.4f, F1 %.4f at threshold %.4f; gates %s",
-                 metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], model.threshold, "PASSED" if passed else "FAILED")
+        log.info(
+            "ROC-AUC %.4f, PR-AUC %.4f, F1 %.4f at threshold %.4f; gates %s",
+            metrics["roc_auc"],
+            metrics["pr_auc"],
+            metrics["f1"],
+            model.threshold,
+            "PASSED" if passed else "FAILED",
+        )
     else:
-        log.info("flagged %.2f%% of rows (contamination %.2f%%); gates %s", 100 * metrics["flagged_rate"],
-                 100 * metrics["expected_contamination"], "PASSED" if passed else "FAILED")
+        log.info(
+            "flagged %.2f%% of rows (contamination %.2f%%); gates %s",
+            100 * metrics["flagged_rate"],
+            100 * metrics["expected_contamination"],
+            "PASSED" if passed else "FAILED",
+        )
     for g in gate_results:
         if not g["passed"]:
             log.warning("gate %s failed: %s", g["gate"], describe_gate_failure(g))
@@ -279,8 +338,11 @@ def validate(
     manifest_sha = hashlib.sha256((Path(model_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
     document = {
         "model_dir": str(model_dir),
-        "model": {"version": default_version(Path(model_dir)), "manifest_sha256": manifest_sha,
-                  "provenance": model.metadata.get("provenance")},
+        "model": {
+            "version": default_version(Path(model_dir)),
+            "manifest_sha256": manifest_sha,
+            "provenance": model.metadata.get("provenance"),
+        },
         "holdout": {"source": dataset.source, "sha256": dataset.sha256},
         "metrics": metrics,
         "gates": gate_results,
@@ -360,13 +422,23 @@ def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes
     )
     champion = m.get("champion") or {}
     if champion.get("compared"):
+
         def cell(key):
             return f"<td>{m.get(key) if m.get(key) is not None else '-'}</td><td>{champion.get(key, '-')}</td>"
 
-        champion_html = (f"<table><tr><th></th><th>challenger (this model)</th><th>champion ({e(str(champion.get('created_at')))})</th></tr>"
-                         + "".join(f"<tr><th>{label}</th>{cell(key)}</tr>" for label, key in (
-                             ("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("F1", "f1"), ("flagged rate", "flagged_rate")))
-                         + f"<tr><th>score PSI vs champion</th><td colspan=2>{champion['score_psi']}</td></tr></table>")
+        champion_html = (
+            f"<table><tr><th></th><th>challenger (this model)</th><th>champion ({e(str(champion.get('created_at')))})</th></tr>"
+            + "".join(
+                f"<tr><th>{label}</th>{cell(key)}</tr>"
+                for label, key in (
+                    ("ROC-AUC", "roc_auc"),
+                    ("PR-AUC", "pr_auc"),
+                    ("F1", "f1"),
+                    ("flagged rate", "flagged_rate"),
+                )
+            )
+            + f"<tr><th>score PSI vs champion</th><td colspan=2>{champion['score_psi']}</td></tr></table>"
+        )
     else:
         champion_html = f"<p>No comparison: {e(champion.get('note', 'no champion'))}.</p>"
     lat = m["latency"]
@@ -383,15 +455,17 @@ def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes
         (tn, fp), (fn, tp) = document["confusion_matrix"]["matrix"]
         accuracy_html = f"""<table>
 <tr><th>ROC-AUC</th><th>PR-AUC</th><th>precision</th><th>recall</th><th>F1</th><th>flagged rows</th></tr>
-<tr><td>{m['roc_auc']}</td><td>{m['pr_auc']}</td><td>{m['precision']}</td><td>{m['recall']}</td><td>{m['f1']}</td><td>{m['flagged_rows']}</td></tr></table>
+<tr><td>{m["roc_auc"]}</td><td>{m["pr_auc"]}</td><td>{m["precision"]}</td><td>{m["recall"]}</td><td>{m["f1"]}</td><td>{m["flagged_rows"]}</td></tr></table>
 <table><tr><th>actual \\ predicted</th><th>predicted normal</th><th>predicted anomaly</th></tr>
 <tr><th>actual normal</th><td>{tn}</td><td>{fp}</td></tr><tr><th>actual anomaly</th><td>{fn}</td><td>{tp}</td></tr></table>"""
         holdout_note = f"{m['holdout_anomalies']} labelled anomalous"
     else:
-        accuracy_html = (f"<p><b>Not measured: the holdout has {e(m.get('labels', 'no labels'))}.</b> The gates use "
-                         f"what can be measured without labels: {100 * m['flagged_rate']:.2f}% of rows flagged "
-                         f"(contamination {100 * m['expected_contamination']:.2f}%), the score shift from the "
-                         f"champion, and latency.</p>")
+        accuracy_html = (
+            f"<p><b>Not measured: the holdout has {e(m.get('labels', 'no labels'))}.</b> The gates use "
+            f"what can be measured without labels: {100 * m['flagged_rate']:.2f}% of rows flagged "
+            f"(contamination {100 * m['expected_contamination']:.2f}%), the score shift from the "
+            f"champion, and latency.</p>"
+        )
         holdout_note = "no labels"
     verdict = "PASSED" if document["gate_passed"] else "FAILED"
     device = m["device"]
@@ -401,24 +475,30 @@ def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes
 body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}} th{{background:#f4f4f4}}
 tr.bad td{{background:#fde2e2}} tr.ok td{{background:#e6f4ea}} tr.skip td{{background:#f1f1f1;color:#555}} figure{{display:inline-block;margin:0 1em 1em 0}}
-.verdict{{font-size:1.4em;font-weight:bold;color:{'#137333' if document['gate_passed'] else '#b3261e'}}}
+.verdict{{font-size:1.4em;font-weight:bold;color:{"#137333" if document["gate_passed"] else "#b3261e"}}}
 </style></head><body>
 <h1>Anomaly detector validation</h1>
 <p class="verdict">Release gate {verdict}</p>
-<p>Model {e(document['model']['version'])} (manifest sha256 {document['model']['manifest_sha256'][:16]}…{
-e(', commit ' + str((document['model'].get('provenance') or {}).get('git_commit'))[:12])
-if (document['model'].get('provenance') or {}).get('git_commit') else ''}), trained {e(str(model_metadata.get('created_at')))} on
-{model_metadata.get('data', {}).get('rows')} rows; holdout {e(document['holdout']['source'])}
-({m['holdout_rows']} rows, {holdout_note}).
-Threshold {m['threshold']:.5f} was fixed from training scores, not from holdout labels.</p>
+<p>Model {e(document["model"]["version"])} (manifest sha256 {document["model"]["manifest_sha256"][:16]}…{
+        e(", commit " + str((document["model"].get("provenance") or {}).get("git_commit"))[:12])
+        if (document["model"].get("provenance") or {}).get("git_commit")
+        else ""
+    }), trained {e(str(model_metadata.get("created_at")))} on
+{model_metadata.get("data", {}).get("rows")} rows; holdout {e(document["holdout"]["source"])}
+({m["holdout_rows"]} rows, {holdout_note}).
+Threshold {m["threshold"]:.5f} was fixed from training scores, not from holdout labels.</p>
 <h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>{rows}</table>
 <h2>Accuracy</h2>{accuracy_html}
 <h2>Challenger and champion</h2>{champion_html}
 <h2>Latency</h2>
-<p>Device: {e(device['cpu'])} ({device['cpu_count']} CPUs), scoring on {e(device['scoring_device'])}; {e(device['gpu_note'])}.</p>
+<p>Device: {e(device["cpu"])} ({device["cpu_count"]} CPUs), scoring on {e(device["scoring_device"])}; {
+        e(device["gpu_note"])
+    }.</p>
 <table><tr><th>single row (ms)</th><th>p50</th><th>p95</th><th>p99</th><th>max</th></tr>
-<tr><td>{lat['single_row_ms']['n']} calls</td><td>{lat['single_row_ms']['p50']}</td><td>{lat['single_row_ms']['p95']}</td>
-<td>{lat['single_row_ms']['p99']}</td><td>{lat['single_row_ms']['max']}</td></tr></table>
+<tr><td>{lat["single_row_ms"]["n"]} calls</td><td>{lat["single_row_ms"]["p50"]}</td><td>{
+        lat["single_row_ms"]["p95"]
+    }</td>
+<td>{lat["single_row_ms"]["p99"]}</td><td>{lat["single_row_ms"]["max"]}</td></tr></table>
 <table><tr><th>batch rows</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>rows/s</th></tr>{batch_rows}</table>
 <h3>GPU scoring path</h3>{_gpu_section(lat.get("gpu") or {{"measured": False, "reason": "not run"}})}
 <h2>Figures</h2>{images}
@@ -433,6 +513,8 @@ def _gpu_section(gpu: dict) -> str:
         f"<tr><td>{size}</td><td>{b['p50']}</td><td>{b['p99']}</td><td>{b['rows_per_second']}</td></tr>"
         for size, b in gpu["batches"].items()
     )
-    return (f"<p>Flattened forest in torch on {html.escape(gpu['device_name'])}; max |score - CPU| = "
-            f"{gpu['max_abs_diff_vs_cpu']:.3g}. Times include host-device copies.</p>"
-            f"<table><tr><th>batch rows</th><th>p50 ms</th><th>p99 ms</th><th>rows/s</th></tr>{rows}</table>")
+    return (
+        f"<p>Flattened forest in torch on {html.escape(gpu['device_name'])}; max |score - CPU| = "
+        f"{gpu['max_abs_diff_vs_cpu']:.3g}. Times include host-device copies.</p>"
+        f"<table><tr><th>batch rows</th><th>p50 ms</th><th>p99 ms</th><th>rows/s</th></tr>{rows}</table>"
+    )

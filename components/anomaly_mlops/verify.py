@@ -115,13 +115,19 @@ def verify(
         elif v1_scores is not None:
             offline_labels, offline = reference.score(sample)
             gap = float(np.max(np.abs(offline - v1_scores)))
-            check("parity", gap <= plan.parity_tolerance,
-                  f"max |served - offline| = {gap:.3g} over {len(sample)} rows (tolerance {plan.parity_tolerance})")
+            check(
+                "parity",
+                gap <= plan.parity_tolerance,
+                f"max |served - offline| = {gap:.3g} over {len(sample)} rows (tolerance {plan.parity_tolerance})",
+            )
             # Labels of rows whose score sits within the tolerance of the threshold may differ.
             clear = np.abs(offline - reference.threshold) > plan.parity_tolerance
             wrong = int(np.sum((v1_labels != offline_labels) & clear))
-            check("labels", wrong == 0, f"{wrong} of {int(clear.sum())} rows labelled unlike the reference "
-                                        "(-1 anomaly, 1 normal)")
+            check(
+                "labels",
+                wrong == 0,
+                f"{wrong} of {int(clear.sum())} rows labelled unlike the reference (-1 anomaly, 1 normal)",
+            )
         try:
             bad = client.post(f"/v1/models/{model_name}:predict", {"instances": [["not-a-number"] * rows.shape[1]]})
             check("bad_input", bad.status_code == 400, f"malformed request answered {bad.status_code}")
@@ -135,15 +141,32 @@ def verify(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         result.report_path = out / "verify.json"
-        result.report_path.write_text(json.dumps(
-            {"base_url": base_url, "model": model_name, "passed": passed, "checks": checks,
-             "latency_ms": latency, "plan": asdict(plan)}, indent=2) + "\n")
-    log.info("verification %s (%d/%d checks passed)", "PASSED" if passed else "FAILED",
-             sum(c["passed"] for c in checks), len(checks))
+        result.report_path.write_text(
+            json.dumps(
+                {
+                    "base_url": base_url,
+                    "model": model_name,
+                    "passed": passed,
+                    "checks": checks,
+                    "latency_ms": latency,
+                    "plan": asdict(plan),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    log.info(
+        "verification %s (%d/%d checks passed)",
+        "PASSED" if passed else "FAILED",
+        sum(c["passed"] for c in checks),
+        len(checks),
+    )
     return result
 
 
-def _v1_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _v1_round_trip(
+    client: _Client, model: str, sample: np.ndarray, check
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     import requests
 
     try:
@@ -156,13 +179,19 @@ def _v1_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> tu
     predictions = body.get("predictions")
     ok = (
         response.status_code == 200
-        and isinstance(scores, list) and len(scores) == len(sample)
+        and isinstance(scores, list)
+        and len(scores) == len(sample)
         # -1 anomaly, 1 normal, JSON integers: what the platform's engine decodes
-        and isinstance(predictions, list) and len(predictions) == len(sample)
+        and isinstance(predictions, list)
+        and len(predictions) == len(sample)
         and all(type(p) is int and p in (-1, 1) for p in predictions)
     )
-    check("v1_predict", ok, f"HTTP {response.status_code}, {len(scores or [])} scores for {len(sample)} rows"
-          + ("" if ok else f": {str(body)[:200]}"))
+    check(
+        "v1_predict",
+        ok,
+        f"HTTP {response.status_code}, {len(scores or [])} scores for {len(sample)} rows"
+        + ("" if ok else f": {str(body)[:200]}"),
+    )
     if not ok:
         return None, None
     return np.asarray(scores, dtype=np.float64), np.asarray(predictions)
@@ -172,7 +201,9 @@ def _v2_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> np
     import requests
 
     body = {
-        "inputs": [{"name": "input-0", "shape": list(sample.shape), "datatype": "FP64", "data": sample.ravel().tolist()}]
+        "inputs": [
+            {"name": "input-0", "shape": list(sample.shape), "datatype": "FP64", "data": sample.ravel().tolist()}
+        ]
     }
     try:
         response = client.post(f"/v2/models/{model}/infer", body)
@@ -182,8 +213,17 @@ def _v2_round_trip(client: _Client, model: str, sample: np.ndarray, check) -> np
         return None
     outputs = {o.get("name"): o for o in answer.get("outputs", [])} if isinstance(answer, dict) else {}
     scores = outputs.get("anomaly_scores", {}).get("data")
-    ok = response.status_code == 200 and "predictions" in outputs and isinstance(scores, list) and len(scores) == len(sample)
-    check("v2_infer", ok, f"HTTP {response.status_code}, outputs {sorted(outputs)}" + ("" if ok else f": {str(answer)[:200]}"))
+    ok = (
+        response.status_code == 200
+        and "predictions" in outputs
+        and isinstance(scores, list)
+        and len(scores) == len(sample)
+    )
+    check(
+        "v2_infer",
+        ok,
+        f"HTTP {response.status_code}, outputs {sorted(outputs)}" + ("" if ok else f": {str(answer)[:200]}"),
+    )
     return np.asarray(scores, dtype=np.float64) if ok else None
 
 
@@ -208,11 +248,17 @@ def _latency(client: _Client, model: str, rows: np.ndarray, plan: VerifyPlan, ch
     latency = {q: round(float(np.percentile(samples, int(q[1:]))), 3) for q in ("p50", "p95", "p99")}
     latency["n"] = len(samples)
     error_rate = errors / max(1, plan.requests)
-    check("latency_slo", latency["p99"] <= plan.slo_p99_ms,
-          f"p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms over {len(samples)} requests "
-          f"(SLO p99 <= {plan.slo_p99_ms} ms)")
-    check("error_rate", error_rate <= plan.max_error_rate,
-          f"{errors}/{plan.requests} requests failed ({error_rate:.2%}, allowed {plan.max_error_rate:.2%})")
+    check(
+        "latency_slo",
+        latency["p99"] <= plan.slo_p99_ms,
+        f"p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms over {len(samples)} requests "
+        f"(SLO p99 <= {plan.slo_p99_ms} ms)",
+    )
+    check(
+        "error_rate",
+        error_rate <= plan.max_error_rate,
+        f"{errors}/{plan.requests} requests failed ({error_rate:.2%}, allowed {plan.max_error_rate:.2%})",
+    )
     return latency
 
 
