@@ -416,7 +416,8 @@ def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes
     e = html.escape
     rows = "".join(
         f"<tr class='{'skip' if g.get('skipped') else 'ok' if g['passed'] else 'bad'}'><td>{e(g['gate'])}</td>"
-        f"<td>{g['value']}</td><td>{e(g['op'])} {g['threshold']}</td>"
+        f"<td>{'-' if g['value'] is None else g['value']}</td>"
+        f"<td>{'-' if g['threshold'] is None else e(g['op']) + ' ' + str(g['threshold'])}</td>"
         f"<td>{e('skipped: ' + g['skipped']) if g.get('skipped') else 'pass' if g['passed'] else 'FAIL'}</td></tr>"
         for g in document["gates"]
     )
