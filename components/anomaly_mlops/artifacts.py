@@ -229,8 +229,9 @@ def _check_scores(model: LoadedModel) -> None:
     center, spread = scaler.mean_[:n_metrics], scaler.scale_[:n_metrics]
     probe = center + np.outer(np.linspace(-3, 3, 7), spread)
     try:
-        exact = -model.pipeline.score_samples(model.transform.apply(probe))
-        fast = model.fast.anomaly_scores(model.transform.apply(probe)) if model.fast is not None else exact
+        inputs = model.transform.apply(probe)
+        exact = -model.pipeline.score_samples(inputs)
+        fast = model.fast.anomaly_scores(inputs) if model.fast is not None else exact
     except Exception as exc:
         raise ArtifactError(f"{model.model_dir} cannot score a probe row: {type(exc).__name__}: {exc}") from exc
     if not (np.all(np.isfinite(exact)) and np.allclose(fast, exact, rtol=0, atol=1e-9)):

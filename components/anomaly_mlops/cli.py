@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import AnomalyMLOpsError
+from .params import read_token
 from .redact import redact
 
 log = logging.getLogger("anomaly_mlops")
@@ -22,15 +23,14 @@ log = logging.getLogger("anomaly_mlops")
 def _gates_from(args):
     from .params import Gates
 
-    off = lambda v: None if v is not None and v < 0 else v  # noqa: E731 - a negative switches a gate off
-    return Gates(
-        min_roc_auc=off(args.min_roc_auc),
-        min_pr_auc=off(args.min_pr_auc),
-        min_f1=off(args.min_f1),
-        max_single_row_p99_ms=off(args.max_single_row_p99_ms),
-        max_auc_drop=off(args.max_auc_drop),
-        max_score_psi=off(args.max_score_psi),
-        max_flagged_rate_ratio=off(args.max_flagged_rate_ratio),
+    return Gates.with_negatives_off(
+        min_roc_auc=args.min_roc_auc,
+        min_pr_auc=args.min_pr_auc,
+        min_f1=args.min_f1,
+        max_single_row_p99_ms=args.max_single_row_p99_ms,
+        max_auc_drop=args.max_auc_drop,
+        max_score_psi=args.max_score_psi,
+        max_flagged_rate_ratio=args.max_flagged_rate_ratio,
     )
 
 
@@ -124,18 +124,6 @@ def _train_params(args):
     )
 
 
-def _read_token(path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise AnomalyMLOpsError(f"cannot read the token file {path}: {exc.strerror}") from exc
-    if not token:
-        raise AnomalyMLOpsError(f"token file {path} is empty")
-    return token
-
-
 def cmd_data(args) -> dict:
     from .data import prepare_data
     from .schema import FeatureSchema
@@ -178,11 +166,10 @@ def cmd_data(args) -> dict:
         "holdout_anomalies": result.holdout_anomalies,
         "labelled": result.labelled,
     }
-    labels = Path(args.out) / "labels.json"
-    if labels.exists():  # what each label source labelled (live data)
+    if result.labels is not None:  # what each label source labelled (live data)
         summary["labels"] = [
             {k: v for k, v in s.items() if k in ("source", "intervals", "rows", "alerts_fired")}
-            for s in json.loads(labels.read_text())["sources"]
+            for s in result.labels["sources"]
         ]
     return summary
 
@@ -301,7 +288,7 @@ def cmd_verify(args) -> dict:
         args.model_name,
         rows,
         reference,
-        token=_read_token(args.token_file),
+        token=read_token(args.token_file),
         ca_bundle=args.ca_bundle,
         plan=plan,
         out_dir=args.out,
@@ -413,7 +400,7 @@ def cmd_compile(args) -> dict:
 def _dsp_client(args):
     from .submit import make_client
 
-    return make_client(args.host, _read_token(args.token_file), args.namespace, args.ca_bundle)
+    return make_client(args.host, read_token(args.token_file), args.namespace, args.ca_bundle)
 
 
 def _dsp_call(args, call):

@@ -314,15 +314,17 @@ def apply_labels(
     firing: dict[str, np.ndarray] | None = None,
     grid: np.ndarray | None = None,
     incidents: pd.DataFrame | None = None,
-    reports: list[dict] | None = None,
+    alerts_report: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Label rows anomalous inside alert firing intervals (``firing``: entity -> mask over
     ``grid``; entity "" = every entity) and inside incident windows (columns start, end and
     optionally entity; end exclusive). Returns the frame and a report of what each source
-    labelled. When no source labelled a single row there is no ``is_anomaly`` column: the
-    data is unlabelled, and says so, rather than all-normal."""
-    reports = [dict(r) for r in (reports or [])]
-    stamps = frame[TIMESTAMP_COLUMN].map(lambda t: int(pd.Timestamp(t).timestamp())).to_numpy()
+    labelled (``alerts_report``: what the alert query found). When no source labelled a single
+    row there is no ``is_anomaly`` column: the data is unlabelled, and says so, rather than
+    all-normal."""
+    reports: list[dict] = []
+    epoch = pd.Timestamp(0, tz="UTC")
+    stamps = ((pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True) - epoch) // pd.Timedelta("1s")).to_numpy()
     entities = (
         frame[ENTITY_COLUMN].astype(str).to_numpy() if ENTITY_COLUMN in frame.columns else np.full(len(frame), "")
     )
@@ -332,7 +334,7 @@ def apply_labels(
         for entity, mask in firing.items():
             rows = np.isin(stamps, grid[mask]) & ((entities == entity) if entity else True)
             from_alerts |= rows
-        reports[0]["rows"] = int(from_alerts.sum())
+        reports.append({"source": "alerts", **(alerts_report or {}), "rows": int(from_alerts.sum())})
         labelled |= from_alerts
     if incidents is not None:
         missing = [c for c in ("start", "end") if c not in incidents.columns]
@@ -379,6 +381,7 @@ class PreparedData:
     holdout_rows: int
     holdout_anomalies: int
     labelled: bool = True
+    labels: dict | None = None  # what each label source labelled (live data), as in labels.json
 
 
 def prepare_data(
@@ -451,6 +454,8 @@ def prepare_data(
     (out / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
     if labels_report is not None:
         (out / "labels.json").write_text(json.dumps(labels_report, indent=2) + "\n")
+    else:  # a reused folder must not keep an earlier run's report
+        (out / "labels.json").unlink(missing_ok=True)
     holdout_anomalies = int(holdout[LABEL_COLUMN].sum()) if LABEL_COLUMN in holdout.columns else 0
     log.info(
         "wrote %s (%d rows) and %s (%d rows, %d labelled anomalous)",
@@ -468,6 +473,7 @@ def prepare_data(
         len(holdout),
         holdout_anomalies,
         labelled=LABEL_COLUMN in holdout.columns,
+        labels=labels_report,
     )
 
 

@@ -95,11 +95,8 @@ def prepare_data(
     holdout_data.metadata.update(
         {"rows": result.holdout_rows, "anomalies": result.holdout_anomalies, "labelled": result.labelled}
     )
-    labels = os.path.join(out, "labels.json")
-    if os.path.exists(labels):
-        import json
-
-        holdout_data.metadata["labels"] = json.load(open(labels))
+    if result.labels is not None:
+        holdout_data.metadata["labels"] = result.labels
 
 
 def train_model(
@@ -191,15 +188,14 @@ def validate_model(
     from anomaly_mlops.champion import resolve_champion
     from anomaly_mlops.validate import Gates, LatencyPlan, validate
 
-    off = lambda v: None if v < 0 else v  # noqa: E731
     out = tempfile.mkdtemp()
-    gates = Gates(
-        min_roc_auc=off(min_roc_auc),
-        min_pr_auc=off(min_pr_auc),
-        max_single_row_p99_ms=off(max_single_row_p99_ms),
-        max_auc_drop=off(max_auc_drop),
-        max_score_psi=off(max_score_psi),
-        max_flagged_rate_ratio=off(max_flagged_rate_ratio),
+    gates = Gates.with_negatives_off(
+        min_roc_auc=min_roc_auc,
+        min_pr_auc=min_pr_auc,
+        max_single_row_p99_ms=max_single_row_p99_ms,
+        max_auc_drop=max_auc_drop,
+        max_score_psi=max_score_psi,
+        max_flagged_rate_ratio=max_flagged_rate_ratio,
     )
     reference = resolve_champion(champion, model_name, tempfile.mkdtemp(), root_prefix)
     result = validate(

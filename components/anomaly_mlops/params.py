@@ -13,6 +13,21 @@ DEFAULT_MAX_ROWS = 20_000_000
 DEFAULT_MAX_INSTANCES = 10_000
 
 
+def read_token(path: str | None) -> str | None:
+    """A bearer token from a file (never logged); None without a path."""
+    from pathlib import Path
+
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from exc
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    return token
+
+
 @dataclass
 class TrainParams:
     n_estimators: int = 100
@@ -60,6 +75,11 @@ class Gates:
     max_score_psi: float | None = 0.25  # without labels: score distribution shift (PSI) from the champion's
     # Without labels: the share of rows flagged may be at most this multiple of the contamination.
     max_flagged_rate_ratio: float | None = 3.0
+
+    @classmethod
+    def with_negatives_off(cls, **thresholds: float | None) -> Gates:
+        """Gates from flag or pipeline-parameter values, where a negative switches a gate off."""
+        return cls(**{k: None if v is not None and v < 0 else v for k, v in thresholds.items()})
 
 
 @dataclass

@@ -312,6 +312,7 @@ def build_model_class():
             local = resolve_model_dir(self.model_uri, self.cache_dir or tempfile.mkdtemp(prefix="anomaly-model-"))
             self.detector = load_model_dir(local)
             self.model_version = served_version(self.model_uri, local)
+            self.expected = self.detector.schema.describe()  # for wrong-length rows; built once, not per request
             if self.scoring == "sklearn":
                 self.detector.fast = None
             meta = self.detector.metadata
@@ -348,7 +349,7 @@ def build_model_class():
                 X = (
                     parse_v2(payload, features, self.max_instances)
                     if is_v2
-                    else parse_v1(payload, features, self.max_instances, self.detector.schema.describe())
+                    else parse_v1(payload, features, self.max_instances, self.expected)
                 )
             except InputProblem as exc:
                 raise InvalidInput(str(exc)) from None

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
+from .params import read_token
 from .redact import redact
 from .schema import ENTITY_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
 
@@ -310,12 +311,7 @@ def fetch_prometheus(source: PrometheusSource, schema: FeatureSchema) -> tuple[p
 
     if not source.url:
         raise ConfigError("the Prometheus source needs a URL (--prometheus-url)")
-    token = None
-    if source.token_file:
-        try:
-            token = Path(source.token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the token file {source.token_file}: {exc.strerror}") from exc
+    token = read_token(source.token_file)
     lookback_s, step_s = parse_duration(source.lookback), parse_duration(source.step)
     grid = time_grid(lookback_s, step_s, source.end)
     client = PrometheusClient(source.url, token, ca_bundle=source.ca_bundle)
@@ -342,13 +338,12 @@ def fetch_prometheus(source: PrometheusSource, schema: FeatureSchema) -> tuple[p
             entity_label=source.entity_label,
         )
         schema = FeatureSchema(tuple(queries), schema.name if source.queries is None else None)
-    firing, reports = None, []
+    firing, report = None, None
     if source.alerts:
         firing, report = alert_labels(client, source.alerts, grid, step_s, source.entity_label)
         if not report["alerts_fired"]:
             report["note"] = f"no alert matching {source.alerts!r} fired between {_iso(grid[0])} and {_iso(grid[-1])}"
             log.warning("labels: %s", report["note"])
-        reports.append(report)
     incidents = read_table(source.incidents)[0] if source.incidents else None
-    frame, labels_report = apply_labels(frame, firing, grid, incidents, reports)
+    frame, labels_report = apply_labels(frame, firing, grid, incidents, report)
     return frame, schema, labels_report

@@ -468,11 +468,12 @@ def _settle_directory(target: Path, model_dir: Path, local: bytes, uri: str) -> 
         return "unchanged"
     except ArtifactError as exc:
         log.warning("%s is damaged (%s); replacing its files from identical local content", uri, exc)
-    for name in parse_manifest(local.decode(), uri):
+    listed = parse_manifest(local.decode(), uri)
+    for name in listed:
         replacement = target / f".{name}.{uuid.uuid4().hex[:8]}"
         _copy_synced(model_dir / name, replacement)
         replacement.replace(target / name)
-    for stray in set(p.name for p in target.iterdir()) - set(parse_manifest(local.decode(), uri)) - {MANIFEST_FILE}:
+    for stray in set(p.name for p in target.iterdir()) - set(listed) - {MANIFEST_FILE}:
         (target / stray).unlink()
     verify_model_dir(target)
     return "repaired"
