@@ -1,15 +1,33 @@
-"""HTTP serving on loopback, side by side in one run: our predictor (flattened forest),
-the same predictor on plain scikit-learn (--scoring sklearn), and the design record's
-reference predictor (predict + decision_function). For each: single-row V1 latency from
-one client, then requests/s with concurrent clients, and parity of the served scores.
-Usage: .venv/bin/python benchmarks/serving.py [--seconds 10] [--concurrency 16]"""
+"""Serving throughput, latency and cold start, side by side in one run, load from wrk.
+
+Servers (one process each, loopback, the same 100-tree default model):
+  ours (lean)          `anomaly-mlops serve` (lean_server.py)
+  ours (KServe)        `anomaly-mlops serve --server kserve`
+  KServe, constant     the KServe model server with a model that returns a constant (its ceiling)
+  ASGI, constant       uvicorn + httptools + uvloop answering a constant (the stack's limit)
+  sample predictor     the design record's predictor (predict + decision_function) on KServe
+  sklearn runtime      KServe's upstream sklearnserver, in its own venv (installed from KServe's git tag)
+  MLServer             mlserver + mlserver-sklearn, in its own venv (V2 only)
+For each: cold start (process start to the first 200 from its readiness route), then with wrk
+at --connections: single-row V1, single-row V2, and 100-row V1 batches; medians of --rounds
+rounds of --seconds. Before the load, our servers are checked: parity with scikit-learn
+(<= 1e-6), 400 for a bad row, 413 for an oversized body.
+
+Setup: wrk comes from the Debian package (installed here with apt-get when missing, as the
+Makefile installs Prometheus); the reference venvs go to .venv-bench/ (--no-references skips).
+Usage: .venv/bin/python benchmarks/serving.py [--seconds 5] [--rounds 3] [--connections 16]
+"""
 
 import argparse
-import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,122 +35,334 @@ import pandas as pd
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import percentiles, train_default_model  # noqa: E402
+from common import train_default_model  # noqa: E402
 
 from anomaly_mlops.artifacts import load_model_dir  # noqa: E402
-from anomaly_mlops.local_services import free_port, model_server  # noqa: E402
+from anomaly_mlops.local_services import free_port  # noqa: E402
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+BENCH_VENVS = ROOT / ".venv-bench"
+NAME = "anomaly-detector"
 
 
-@contextmanager
-def reference_server(model_dir):
-    port = free_port()
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if not found:
+        print("wrk not found: installing the Debian package", flush=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+        found = shutil.which("wrk")
+    if not found:
+        sys.exit("wrk is needed (Debian package 'wrk'): apt-get install wrk")
+    return found
+
+
+def pinned(package: str) -> str:
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.lower().startswith(package.lower() + "=="):
+            return line.strip()
+    return package
+
+
+def reference_venv(name: str, packages: list[str]) -> tuple[Path | None, str]:
+    """A venv of its own under .venv-bench/; (python, note)."""
+    venv = BENCH_VENVS / name
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if marker.is_file():
+        return python, "installed"
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    for group in packages:
+        result = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", *group.split()], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            return None, f"could not be installed ({group}): {result.stderr.strip().splitlines()[-1][:160]}"
+    marker.touch()
+    return python, "installed"
+
+
+def start(command: list[str], ready_url: str, env=None, timeout: float = 120.0):
+    # A file, not a pipe: a server that logs every request would block on a full pipe.
+    log = tempfile.TemporaryFile()
+    started = time.perf_counter()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).parent / "reference_predictor.py"),
-            "--model-dir",
-            str(model_dir),
-            "--http-port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
     )
-    url = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - started < timeout:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"{command[:4]} exited: {log.read().decode()[-600:]}")
+        try:
+            if requests.get(ready_url, timeout=0.5).status_code == 200:
+                return process, time.perf_counter() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.01)
+    process.kill()
+    raise RuntimeError(f"{command[:4]} not ready after {timeout:.0f}s")
+
+
+def stop(process) -> None:
+    process.terminate()
     try:
-        for _ in range(300):
-            try:
-                if requests.get(f"{url}/v1/models/reference", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
         process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
-def sequential(url, name, rows, n):
-    session = requests.Session()
-    path = f"{url}/v1/models/{name}:predict"
-    for row in rows[:50]:
-        session.post(path, json={"instances": [row.tolist()]})
-    timings = []
-    for i in range(n):
-        start = time.perf_counter()
-        response = session.post(path, json={"instances": [rows[i % len(rows)].tolist()]})
-        timings.append((time.perf_counter() - start) * 1000)
-        assert response.status_code == 200, response.text
-    return timings
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-async def load(url, name, rows, seconds, concurrency):
-    import aiohttp
-
-    path = f"{url}/v1/models/{name}:predict"
-    timings, errors = [], 0
-    deadline = time.perf_counter() + seconds
-
-    async def client(index, session):
-        nonlocal errors
-        i = index
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            try:
-                async with session.post(path, json={"instances": [rows[i % len(rows)].tolist()]}) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-            timings.append((time.perf_counter() - start) * 1000)
-            i += concurrency
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(i, session) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return len(timings) / elapsed, timings, errors
+def wrk(binary: str, url: str, body: bytes, connections: int, seconds: float) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(body.decode())}\n"
+        )
+    out = subprocess.run(
+        [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+        "p99": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
 
 
-def parity(url, name, rows, offline):
-    body = requests.post(f"{url}/v1/models/{name}:predict", json={"instances": rows.tolist()}).json()
-    return float(np.max(np.abs(np.asarray(body["anomaly_scores"]) - offline)))
+def median_round(binary, url, body, connections, seconds, rounds) -> dict:
+    results = sorted((wrk(binary, url, body, connections, seconds) for _ in range(rounds)), key=lambda r: r["rps"])
+    return results[len(results) // 2]
+
+
+def check_ours(base: str, rows: np.ndarray, offline: np.ndarray) -> str:
+    """Parity with scikit-learn, 400 for a bad row, 413 for an oversized body."""
+    predict = f"{base}/v1/models/{NAME}:predict"
+    body = requests.post(predict, json={"instances": rows.tolist()}, timeout=30).json()
+    gap = float(np.max(np.abs(np.asarray(body["anomaly_scores"]) - offline)))
+    bad = requests.post(predict, json={"instances": [["x"] * rows.shape[1]]}, timeout=30).status_code
+    huge = requests.post(
+        predict, data=b'{"instances": [' + b"0," * 3_000_000 + b"0]}", headers={"content-type": "application/json"}
+    ).status_code
+    assert gap <= 1e-6 and bad == 400 and huge == 413, (gap, bad, huge)
+    return f"parity {gap:.1e}, bad row {bad}, oversized {huge}"
+
+
+def mlserver_dir(model_dir: Path, port: int) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="mlserver-"))
+    shutil.copy(model_dir / "model.joblib", folder / "model.joblib")
+    (folder / "settings.json").write_text(
+        json.dumps({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1"})
+    )
+    (folder / "model-settings.json").write_text(
+        json.dumps(
+            {"name": NAME, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}
+        )
+    )
+    return folder
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--cold-starts", type=int, default=3)
+    parser.add_argument("--no-references", action="store_true", help="skip the sklearn runtime and MLServer")
     opts = parser.parse_args()
+    binary = ensure_wrk()
     model_dir, prepared = train_default_model()
     model = load_model_dir(model_dir)
     rows = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
-    offline = -model.pipeline.score_samples(rows[:200])
-    variants = [
-        ("ours (flattened forest)", lambda: model_server("anomaly", str(model_dir)), "anomaly"),
+    offline = model.anomaly_scores(rows[:200])
+    row = rows[0].tolist()
+    # A model with score smoothing needs the series a row belongs to; others ignore the key.
+    v1_row = json.dumps({"instances": [row], "entity": "bench"}).encode()
+    v2_row = json.dumps(
+        {
+            "inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "FP64", "data": row}],
+            "parameters": {"entity": "bench"},
+        }
+    ).encode()
+    v1_batch = json.dumps({"instances": rows[:100].tolist()}).encode()
+
+    py = sys.executable
+    servers = [
         (
-            "ours, --scoring sklearn",
-            lambda: model_server("anomaly", str(model_dir), extra_args=("--scoring", "sklearn")),
-            "anomaly",
+            "ours (lean)",
+            lambda p: [
+                py,
+                "-m",
+                "anomaly_mlops.cli",
+                "serve",
+                "--model-dir",
+                str(model_dir),
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(p),
+            ],
+            "ours",
         ),
-        ("reference (predict+decision_function)", lambda: reference_server(model_dir), "reference"),
+        (
+            "ours (KServe)",
+            lambda p: [
+                py,
+                "-m",
+                "anomaly_mlops.cli",
+                "serve",
+                "--server",
+                "kserve",
+                "--model-dir",
+                str(model_dir),
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                str(p),
+            ],
+            "ours",
+        ),
+        (
+            "KServe, constant model",
+            lambda p: [py, str(HERE / "servers/constant_kserve.py"), "--http-port", str(p)],
+            None,
+        ),
+        ("ASGI, constant", lambda p: [py, str(HERE / "servers/constant_asgi.py"), "--http-port", str(p)], None),
+        (
+            "sample predictor",
+            lambda p: [
+                py,
+                str(HERE / "servers/sample_predictor.py"),
+                "--model-dir",
+                str(model_dir),
+                "--http-port",
+                str(p),
+            ],
+            None,
+        ),
     ]
+    notes = []
+    if not opts.no_references:
+        kserve_version = pinned("kserve").split("==")[-1]
+        python, note = reference_venv(
+            "kserve-sklearn",
+            [
+                f"{pinned('kserve')} {pinned('scikit-learn')} {pinned('numpy')} {pinned('joblib')}",
+                f"--no-deps git+https://github.com/kserve/kserve@v{kserve_version}#subdirectory=python/sklearnserver",
+            ],
+        )
+        if python:
+            servers.append(
+                (
+                    "KServe sklearn runtime",
+                    lambda p, python=python: [
+                        str(python),
+                        "-m",
+                        "sklearnserver",
+                        "--model_dir",
+                        str(model_dir),
+                        "--model_name",
+                        NAME,
+                        "--http_port",
+                        str(p),
+                    ],
+                    None,
+                )
+            )
+        else:
+            notes.append(f"KServe sklearn runtime {note}")
+        python, note = reference_venv(
+            "mlserver", [f"mlserver mlserver-sklearn {pinned('scikit-learn')} {pinned('numpy')} {pinned('joblib')}"]
+        )
+        if python:
+            servers.append(
+                (
+                    "MLServer + mlserver-sklearn",
+                    lambda p, python=python: [
+                        str(python.parent / "mlserver"),
+                        "start",
+                        str(mlserver_dir(model_dir, p)),
+                    ],
+                    "v2-only",
+                )
+            )
+        else:
+            notes.append(f"MLServer {note}")
+
     print(
-        f"single-row V1 requests on loopback; {opts.requests} sequential, then {opts.concurrency} concurrent "
-        f"clients for {opts.seconds:.0f}s (client and server share this machine's {__import__('os').cpu_count()} CPUs)\n"
+        f"{os.cpu_count()} CPUs; wrk -t1 -c{opts.connections}, {opts.rounds} x {opts.seconds:.0f}s rounds (median); "
+        f"model: {model.metadata['params']['n_estimators']} trees, {len(model.schema)} features\n",
+        flush=True,
     )
-    for label, start, name in variants:
-        with start() as url:
-            gap = parity(url, name, rows[:200], offline)
-            single = sequential(url, name, rows, opts.requests)
-            rps, timings, errors = asyncio.run(load(url, name, rows, opts.seconds, opts.concurrency))
-        print(f"{label}")
-        print(f"  parity   max |served - sklearn| = {gap:.3g}")
-        print(f"  1 client {percentiles(single)}")
-        print(f"  {opts.concurrency} clients {rps:7.0f} req/s  {percentiles(timings)}  errors {errors}\n")
+    header = (
+        "| server | V1 req/s | V1 p99 ms | V2 req/s | V2 p99 ms | 100-row V1 rows/s | cold start s | checks |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    lines = [header]
+    for label, command, kind in servers:
+        colds, checks = [], ""
+        for _ in range(opts.cold_starts):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            ready = f"{base}/v2/health/ready" if kind == "v2-only" else f"{base}/v1/models/{NAME}"
+            try:
+                process, seconds = start(command(port), ready)
+            except RuntimeError as exc:
+                notes.append(f"{label}: {exc}")
+                break
+            colds.append(seconds)
+            if len(colds) < opts.cold_starts:
+                stop(process)
+        if len(colds) < opts.cold_starts:
+            continue
+        try:
+            if kind == "ours":
+                checks = check_ours(base, rows[:200], offline)
+            v1 = (
+                None
+                if kind == "v2-only"
+                else median_round(
+                    binary, f"{base}/v1/models/{NAME}:predict", v1_row, opts.connections, opts.seconds, opts.rounds
+                )
+            )
+            v2 = median_round(
+                binary, f"{base}/v2/models/{NAME}/infer", v2_row, opts.connections, opts.seconds, opts.rounds
+            )
+            batch = (
+                None
+                if kind == "v2-only"
+                else median_round(
+                    binary, f"{base}/v1/models/{NAME}:predict", v1_batch, opts.connections, opts.seconds, opts.rounds
+                )
+            )
+        finally:
+            stop(process)
+        errors = sum(r["errors"] for r in (v1, v2, batch) if r)
+        if errors:
+            checks += f" {errors} non-2xx answers"
+
+        def cell(r, key, fmt):
+            return "-" if r is None else format(r[key], fmt)
+
+        lines.append(
+            f"| {label} | {cell(v1, 'rps', ',.0f')} | {cell(v1, 'p99', '.2f')} | {cell(v2, 'rps', ',.0f')} | "
+            f"{cell(v2, 'p99', '.2f')} | {'-' if batch is None else format(batch['rps'] * 100, ',.0f')} | "
+            f"{statistics.median(colds):.2f} | {checks} |"
+        )
+        print(lines[-1], flush=True)
+    print("\n" + "\n".join(lines))
+    for note in notes:
+        print(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,9 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         n_estimators: int = 100,
         max_samples: str = "auto",
         contamination: float = 0.02,
-        feature_window: int = 0,
+        feature_window: int = -1,
+        score_smoothing: int = -1,
+        threshold: str = "",
         min_roc_auc: float = 0.80,
         min_pr_auc: float = 0.30,
         max_single_row_p99_ms: float = 100.0,
@@ -186,6 +188,8 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 contamination=contamination,
                 seed=seed,
                 feature_window=feature_window,
+                score_smoothing=score_smoothing,
+                threshold=threshold,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ).set_display_name("train")
             _resources(trained, "1", "2Gi", "2", "8Gi")

@@ -24,7 +24,9 @@ def prepared(tmp_path_factory):
 @pytest.fixture(scope="session")
 def model_dir(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "model"
-    return train(str(prepared.train_path), out, TrainParams(n_estimators=50, seed=7)).model_dir
+    # No score smoothing: a row's score is its own, so protocol tests may send single rows
+    # without an entity (tests/test_history.py and the windowed-model tests cover history).
+    return train(str(prepared.train_path), out, TrainParams(n_estimators=50, seed=7, score_smoothing=0)).model_dir
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +57,12 @@ def raw(s3_env):
     )
 
 
-@pytest.fixture(scope="session")
-def served(model_dir, tmp_path_factory):
-    """(base_url, model_name) of a KServe server serving model_dir from disk."""
+@pytest.fixture(scope="session", params=["lean", "kserve"])
+def served(request, model_dir, tmp_path_factory):
+    """(base_url, model_name) of a server serving model_dir from disk: every protocol test
+    runs against both the lean server (the default) and the KServe model server."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with model_server("detector", str(model_dir), log_path=log) as url:
+    with model_server("detector", str(model_dir), log_path=log, extra_args=("--server", request.param)) as url:
         yield url, "detector"
 
 

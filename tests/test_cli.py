@@ -58,6 +58,7 @@ def test_steps_chain_through_the_cli(tmp_path, s3_env):
     )
     assert sorted(os.listdir(downloaded["model_dir"])) == [
         "MANIFEST.sha256",
+        "forest.npz",
         "metadata.json",
         "model.joblib",
         "model.skops",
@@ -126,7 +127,7 @@ def test_publish_without_the_data_connection_names_the_missing_keys(model_dir):
 @pytest.mark.slow
 def test_run_local_end_to_end(tmp_path):
     """The README's main job, small: every step, real S3 protocol server, real KServe server."""
-    result = run("run", "--local", "--workdir", str(tmp_path), "--rows", "6000")
+    result = run("run", "--local", "--workdir", str(tmp_path), "--rows", "10080")
     summary = json.loads(result.stdout)
     assert summary["gate_passed"] is True
     assert summary["published_uri"].startswith("s3://models/anomaly-detector/v")

@@ -65,12 +65,12 @@ def test_loaded_model_uses_the_fast_path_for_small_batches(model_dir, prepared):
     assert model.fast is not None
     X = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
     small, large = X[:FAST_SCORING_MAX_ROWS], X[: FAST_SCORING_MAX_ROWS + 1]
-    np.testing.assert_allclose(model.anomaly_scores(small), -model.pipeline.score_samples(small), atol=1e-12)
-    np.testing.assert_allclose(model.anomaly_scores(large), -model.pipeline.score_samples(large), atol=1e-12)
+    np.testing.assert_allclose(model.raw_scores(small), -model.pipeline.score_samples(small), atol=1e-12)
+    np.testing.assert_allclose(model.raw_scores(large), -model.pipeline.score_samples(large), atol=1e-12)
     calls = []
     model.fast.anomaly_scores = lambda rows: calls.append(len(rows)) or -model.pipeline.score_samples(rows)
-    model.anomaly_scores(small)
-    model.anomaly_scores(large)
+    model.raw_scores(small)
+    model.raw_scores(large)
     assert calls == [FAST_SCORING_MAX_ROWS]
 
 

@@ -153,7 +153,8 @@ def test_training_pipeline_runs_locally_and_publishes(s3_env, tmp_path, monkeypa
     )
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
     assert keys == {
-        f"kfp-model/kfp-local/{f}" for f in ("MANIFEST.sha256", "metadata.json", "model.joblib", "model.skops")
+        f"kfp-model/kfp-local/{f}"
+        for f in ("MANIFEST.sha256", "forest.npz", "metadata.json", "model.joblib", "model.skops")
     } | {"kfp-model/.claims/kfp-local.json"}
     (report,) = tmp_path.glob("*/validate-model/report")
     assert "Release gate PASSED" in report.read_text()

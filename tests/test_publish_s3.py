@@ -27,6 +27,7 @@ def test_publish_then_download_round_trip(model_dir, settings, raw, tmp_path):
     assert result.uri == f"s3://{settings.bucket}/{name}/v1/"
     assert keys(raw, settings.bucket, f"{name}/v1/") == [
         f"{name}/v1/{MANIFEST_FILE}",
+        f"{name}/v1/forest.npz",
         f"{name}/v1/metadata.json",
         f"{name}/v1/model.joblib",
         f"{name}/v1/model.skops",

@@ -188,7 +188,7 @@ def _consistent_model(copy_model, obj, label: str) -> Path:
 def _fitted_on(n_features: int):
     from anomaly_mlops.train import TrainParams, fit_detector
 
-    return fit_detector(np.random.default_rng(0).normal(size=(256, n_features)), TrainParams(n_estimators=10))[0]
+    return fit_detector(np.random.default_rng(0).normal(size=(256, n_features)), TrainParams(n_estimators=10)).pipeline
 
 
 @pytest.mark.parametrize(
@@ -202,11 +202,27 @@ def test_a_model_that_cannot_score_never_becomes_ready(copy_model, tmp_path, mak
     model = _consistent_model(copy_model, make(), "unscorable")
     with pytest.raises(ArtifactError, match=message):
         load_model_dir(model)
+    # The KServe server loads model.skops; the lean server loads forest.npz (tested below).
+    with pytest.raises(AnomalyMLOpsError, match="exited with code 2") as info:
+        with model_server(
+            "bad", str(model), log_path=tmp_path / "log", startup_timeout_s=60, extra_args=("--server", "kserve")
+        ):
+            pass
+    errors = [line for line in str(info.value).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in str(info.value)
+
+
+def test_forest_arrays_that_cannot_score_stop_the_lean_server(copy_model, tmp_path):
+    model = copy_model("bad-forest")
+    with np.load(model / "forest.npz") as arrays:
+        stored = {k: arrays[k] for k in arrays.files}
+    np.savez(model / "forest.npz", **{**stored, "mean": stored["mean"][:3], "scale": stored["scale"][:3]})
+    write_manifest(model)
     with pytest.raises(AnomalyMLOpsError, match="exited with code 2") as info:
         with model_server("bad", str(model), log_path=tmp_path / "log", startup_timeout_s=60):
             pass
     errors = [line for line in str(info.value).splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in str(info.value)
+    assert len(errors) == 1 and "feature indices outside the inputs" in errors[0] and "Traceback" not in str(info.value)
 
 
 def test_a_fast_scorer_that_disagrees_with_scikit_learn_is_refused(model_dir, monkeypatch):
@@ -261,8 +277,10 @@ def test_the_pickle_for_the_sklearn_runtime_scores_like_the_skops_model(model_di
     pickled = joblib.load(model_dir / "model.joblib")
     loaded = load_model_dir(model_dir)
     np.testing.assert_array_equal(pickled.score_samples(rows), loaded.pipeline.score_samples(rows))
-    # The upstream sklearn runtime returns pipeline.predict(): the very labels our runtime returns.
-    np.testing.assert_array_equal(pickled.predict(rows), loaded.score(rows)[0])
+    # The upstream sklearn runtime returns pipeline.predict(): each row on its own, the raw
+    # forest score against the same threshold (no history, no smoothing: README "train").
+    assert loaded.transform.window == 0
+    np.testing.assert_array_equal(pickled.predict(rows), loaded.label(loaded.raw_scores(rows)))
     assert set(pickled.predict(rows)) == {-1, 1}
 
 

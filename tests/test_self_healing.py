@@ -416,6 +416,7 @@ def test_publishing_into_a_mounted_volume_keeps_the_release_rules(model_dir, cop
     version = volume / "anomaly-detector" / "v1"
     assert sorted(p.name for p in version.iterdir()) == [
         "MANIFEST.sha256",
+        "forest.npz",
         "metadata.json",
         "model.joblib",
         "model.skops",

@@ -213,7 +213,7 @@ def test_task_scripts_run_end_to_end(tmp_path, s3_env):
     assert re.fullmatch(r"[0-9a-f]{40}", cloned["commit"])
     assert (work / "src" / "pipelines" / "compiled" / "training.yaml").exists()
 
-    data = run_task("anomaly-data", {"rows": "5000"}, work, s3_env)
+    data = run_task("anomaly-data", {"rows": "10080"}, work, s3_env)
     assert int(data["holdout-anomalies"]) > 0
     trained = run_task(
         "anomaly-train", {"n-estimators": "40", "git-commit": cloned["commit"], "run-id": "retrain-abc12"}, work, {}

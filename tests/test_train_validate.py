@@ -16,6 +16,7 @@ FAST_LATENCY = LatencyPlan(single_row_repeats=30, batch_sizes=(100,), batch_repe
 def test_model_dir_contract(model_dir, prepared):
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "MANIFEST.sha256",
+        "forest.npz",
         "metadata.json",
         "model.joblib",
         "model.skops",
@@ -26,14 +27,29 @@ def test_model_dir_contract(model_dir, prepared):
     assert meta["data"]["sha256"] == load_dataset(str(prepared.train_path)).sha256
     assert meta["params"]["n_estimators"] == 50 and meta["params"]["seed"] == 7
     assert 0 < meta["threshold"] < 1
-    assert set(verify_model_dir(model_dir)) == {"metadata.json", "model.joblib", "model.skops"}
+    assert set(verify_model_dir(model_dir)) == {"forest.npz", "metadata.json", "model.joblib", "model.skops"}
 
 
-def test_threshold_comes_from_training_scores(model_dir, prepared):
+def test_threshold_comes_from_held_back_training_scores(model_dir, prepared):
+    """The forest never saw the last 20% of the training rows; the threshold is the
+    peaks-over-threshold level of their scores (risk 0.001): no label sets it."""
+    from anomaly_mlops.train import pot_threshold
+
     model = load_model_dir(model_dir)
     train = load_dataset(str(prepared.train_path))
-    flagged = (model.anomaly_scores(train.X) > model.threshold).mean()
-    assert flagged == pytest.approx(0.02, abs=0.002)  # contamination default
+    held_back = model.anomaly_scores(train.X)[-round(train.n_rows * 0.2) :]
+    assert model.metadata["threshold_method"]["method"] == "pot"
+    assert model.threshold == pytest.approx(pot_threshold(held_back, 0.001), abs=1e-12)
+    assert (held_back > model.threshold).mean() < 0.01
+    quantile = train_fn(prepared.train_path, model_dir.parent / "quantile", threshold="quantile")
+    assert (held_back > quantile.threshold).mean() == pytest.approx(0.02, abs=0.002)  # contamination default
+
+
+def train_fn(path, out, **params):
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    return train(str(path), out, TrainParams(n_estimators=50, seed=7, score_smoothing=0, **params))
 
 
 def test_pipeline_predict_agrees_with_threshold(model_dir, prepared):
@@ -171,7 +187,7 @@ def test_without_labels_validation_gates_on_what_it_can_measure(model_dir, prepa
         model_dir,
         str(tmp_path / "unlabelled.parquet"),
         tmp_path / "strict",
-        Gates(max_flagged_rate_ratio=0.1),
+        Gates(max_flagged_rate_ratio=0.01),
         FAST_LATENCY,
     )
     assert not strict.passed and [g["gate"] for g in strict.gates if not g["passed"]] == ["flagged_rate"]
@@ -181,9 +197,19 @@ def test_time_series_feature_model_end_to_end(prepared, tmp_path):
     """feature_window: trained on causal features, recorded in metadata, applied on load."""
     from anomaly_mlops.features import FeatureTransform
 
-    result = train(str(prepared.train_path), tmp_path / "ts", TrainParams(n_estimators=50, seed=7, feature_window=30))
+    result = train(
+        str(prepared.train_path),
+        tmp_path / "ts",
+        TrainParams(n_estimators=50, seed=7, feature_window=30, score_smoothing=0),
+    )
     meta = json.loads((result.model_dir / "metadata.json").read_text())
-    assert meta["feature_transform"] == {"kind": "causal-rolling", "window": 30}
+    # 30 minutes at the data's one row a minute (from its timestamps): 30 rows.
+    assert meta["feature_transform"] == {
+        "kind": "causal-rolling",
+        "window": 30,
+        "window_minutes": 30,
+        "sample_interval_s": 60.0,
+    }
     model = load_model_dir(result.model_dir)
     X = load_dataset(str(prepared.holdout_path)).X
     expected = -model.pipeline.score_samples(FeatureTransform(30).apply(X))
@@ -191,5 +217,46 @@ def test_time_series_feature_model_end_to_end(prepared, tmp_path):
     np.testing.assert_allclose(model.anomaly_scores(X[:300]), expected[:300], atol=1e-12)  # fast path, causal
     validation = validate(result.model_dir, str(prepared.holdout_path), tmp_path / "val", Gates(), FAST_LATENCY)
     assert validation.metrics["feature_window"] == 30 and validation.metrics["roc_auc"] > 0.85
-    with pytest.raises(ConfigError, match="feature_window"):
-        train(str(prepared.train_path), tmp_path / "bad", TrainParams(feature_window=1))
+    with pytest.raises(ConfigError, match="feature_window is in minutes"):
+        train(str(prepared.train_path), tmp_path / "bad", TrainParams(feature_window=-1))
+
+
+def test_the_lean_server_loads_the_forest_arrays_without_scikit_learn(model_dir, prepared):
+    """forest.npz reproduces scikit-learn's scores; loading it imports neither scikit-learn
+    nor skops (the lean server's cold start)."""
+    import subprocess
+    import sys
+
+    from anomaly_mlops.artifacts import load_serving_model
+
+    rows = load_dataset(str(prepared.holdout_path)).X
+    lean, full = load_serving_model(model_dir), load_model_dir(model_dir)
+    assert lean.pipeline is None
+    np.testing.assert_allclose(lean.anomaly_scores(rows), full.anomaly_scores(rows), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(lean.raw_scores(rows), -full.pipeline.score_samples(rows), rtol=0, atol=1e-12)
+    probe = (
+        "import sys; from anomaly_mlops.artifacts import load_serving_model; "
+        f"load_serving_model({str(model_dir)!r}); "
+        "print(sorted(m for m in ('sklearn', 'skops', 'joblib', 'scipy') if m in sys.modules))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
+
+
+def test_forest_arrays_that_disagree_with_scikit_learn_are_refused(copy_model):
+    from anomaly_mlops.artifacts import load_serving_model, write_manifest
+
+    model = copy_model()
+    with np.load(model / "forest.npz") as arrays:
+        stored = {k: arrays[k] for k in arrays.files}
+    stored["leaf_value"] = stored["leaf_value"] + 0.5  # a consistent manifest, a wrong forest
+    np.savez(model / "forest.npz", **stored)
+    write_manifest(model)
+    with pytest.raises(ArtifactError, match="disagrees with scikit-learn's recorded probe scores"):
+        load_serving_model(model)
+    stored["left"] = stored["left"] + 10**9
+    np.savez(model / "forest.npz", **stored)
+    write_manifest(model)
+    with pytest.raises(ArtifactError, match="child indices outside the node arrays"):
+        load_serving_model(model)

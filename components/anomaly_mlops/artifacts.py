@@ -7,6 +7,9 @@
                       runtime (which loads exactly one .joblib); never unpickled here.
                       The forest's offset_ is set so that ``predict`` flags exactly the
                       rows whose anomaly score exceeds the chosen threshold
+    forest.npz        the same forest flattened into numpy arrays, with probe rows and their
+                      scikit-learn scores; the lean server loads it (allow_pickle=False)
+                      and checks the probe scores before it is ready
     metadata.json     feature schema, library versions, data sha256, params, threshold
     MANIFEST.sha256   ``<sha256>  <file>`` per file, sorted; written last
 
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtifactError
-from .features import FeatureTransform
+from .features import FeatureTransform, entity_groups, smooth_scores
 from .schema import FeatureSchema
 
 MODEL_FILE = "model.joblib"
@@ -35,6 +38,9 @@ SAFE_MODEL_FILE = "model.skops"
 # default; everything else it loads is a plain scikit-learn/numpy type.
 SKOPS_TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
 METADATA_FILE = "metadata.json"
+# The forest flattened into numpy arrays (fastforest.py) with probe rows and their
+# scikit-learn scores: what the lean server loads, without scikit-learn.
+FOREST_FILE = "forest.npz"
 MANIFEST_FILE = "MANIFEST.sha256"
 ARTIFACT_FORMAT = 2  # 2: model.skops added; format 1 (pickle only) is not loaded
 _MANIFEST_LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9_.-]+)$")
@@ -115,31 +121,42 @@ class LoadedModel:
     model_dir: Path
     fast: object | None = None  # fastforest.CompiledForest
     transform: FeatureTransform = FeatureTransform()
+    smoothing: int = 1  # rows of score smoothing (1: none)
 
-    def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
-        """Higher is more anomalous: the negated sklearn ``score_samples``, in (0, 1].
-        Rows are metrics in schema order, oldest first (time-series features need it)."""
-        X = self.transform.apply(X)
-        if self.fast is not None and len(X) <= FAST_SCORING_MAX_ROWS:
-            return self.fast.anomaly_scores(X)
-        return -self.pipeline.score_samples(X)
+    @property
+    def history_rows(self) -> int:
+        """Earlier rows of the same entity a row's score depends on; with fewer it is
+        computed from what there is, and marked incomplete."""
+        return max(self.transform.window - 1, 0) + self.smoothing - 1
 
-    def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One pass through the forest: (predictions, anomaly scores); predictions are
-        ANOMALY (-1) where the score exceeds the threshold, else NORMAL (1)."""
-        scores = self.anomaly_scores(X)
-        return np.where(scores > self.threshold, ANOMALY, NORMAL).astype(np.int8), scores
+    def raw_scores(self, features: np.ndarray) -> np.ndarray:
+        """The forest's anomaly scores of transformed rows: the negated sklearn ``score_samples``."""
+        if self.fast is not None and (len(features) <= FAST_SCORING_MAX_ROWS or self.pipeline is None):
+            return self.fast.anomaly_scores(features)
+        return -self.pipeline.score_samples(features)
+
+    def anomaly_scores(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
+        """Higher is more anomalous. Rows are metrics in schema order; the rows of each
+        entity (all rows without ``entities``) are one series, oldest first."""
+        if self.history_rows == 0:
+            return self.raw_scores(X)
+        scores = np.empty(len(X))
+        for rows in entity_groups(entities, len(X)):
+            scores[rows] = smooth_scores(self.raw_scores(self.transform.apply(X[rows])), self.smoothing)
+        return scores
+
+    def label(self, scores: np.ndarray) -> np.ndarray:
+        """ANOMALY (-1) where the score exceeds the threshold, else NORMAL (1)."""
+        return np.where(scores > self.threshold, ANOMALY, NORMAL).astype(np.int8)
+
+    def score(self, X: np.ndarray, entities: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One pass through the forest: (predictions, anomaly scores)."""
+        scores = self.anomaly_scores(X, entities)
+        return self.label(scores), scores
 
 
-def load_model_dir(model_dir: str | Path) -> LoadedModel:
-    """Verify, load without unpickling, and check that the model can score.
-
-    Refuses artifacts from another scikit-learn version, objects of another type, a
-    feature count that disagrees with the schema, and a fast scorer that disagrees with
-    scikit-learn on probe rows: each with one ArtifactError naming the problem."""
-    import sklearn
-
-    model_dir = Path(model_dir)
+def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransform, int, float]:
+    """Verify the directory against its manifest; (metadata, schema, transform, smoothing rows, threshold)."""
     verify_model_dir(model_dir)
     try:
         metadata = json.loads((model_dir / METADATA_FILE).read_text())
@@ -152,20 +169,78 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
             f"{model_dir} has artifact_format {metadata.get('artifact_format')!r}; this code reads {ARTIFACT_FORMAT} "
             "(format 1 models have no model.skops: retrain)"
         )
+    try:
+        schema = FeatureSchema.from_dict(metadata["schema"])
+        transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
+        smoothing = int((metadata.get("score_smoothing") or {}).get("rows", 1))
+        threshold = float(metadata["threshold"])
+        if smoothing < 1:
+            raise ValueError(f"score_smoothing.rows must be >= 1, got {smoothing}")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform or threshold: {exc}"
+        ) from exc
+    return metadata, schema, transform, smoothing, threshold
+
+
+def load_serving_model(model_dir: str | Path) -> LoadedModel:
+    """What the lean server loads: the flattened forest from forest.npz (numpy arrays, no
+    pickle, no scikit-learn or skops import: a fast cold start), checked against the
+    scikit-learn scores of probe rows recorded at training. Without forest.npz (older
+    models), load_model_dir."""
+    from .fastforest import CompiledForest
+
+    model_dir = Path(model_dir)
+    if not (model_dir / FOREST_FILE).is_file():
+        return load_model_dir(model_dir)
+    metadata, schema, transform, smoothing, threshold = _read_metadata(model_dir)
+    try:
+        with np.load(model_dir / FOREST_FILE, allow_pickle=False) as arrays:
+            stored = {name: arrays[name] for name in arrays.files}
+        forest = CompiledForest.from_arrays(stored)
+        probe, expected = stored["probe"], stored["probe_scores"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ArtifactError(f"{model_dir / FOREST_FILE} is not a usable forest: {type(exc).__name__}: {exc}") from exc
+    inputs = len(transform.names(schema.features))
+    if len(forest.mean) != inputs or probe.ndim != 2 or probe.shape[1] != inputs:
+        raise ArtifactError(
+            f"{model_dir / FOREST_FILE} holds a forest over {len(forest.mean)} inputs but the metadata (schema and "
+            f"feature transform) describes {inputs}; the artifacts do not belong together"
+        )
+    gap = float(np.max(np.abs(forest.anomaly_scores(probe) - expected))) if len(probe) else np.inf
+    if not gap <= 1e-9:
+        raise ArtifactError(
+            f"{model_dir}: the flattened forest disagrees with scikit-learn's recorded probe scores "
+            f"(max difference {gap:.3g}); refusing to serve"
+        )
+    return LoadedModel(
+        pipeline=None,
+        metadata=metadata,
+        schema=schema,
+        threshold=threshold,
+        model_dir=model_dir,
+        fast=forest,
+        transform=transform,
+        smoothing=smoothing,
+    )
+
+
+def load_model_dir(model_dir: str | Path) -> LoadedModel:
+    """Verify, load without unpickling, and check that the model can score.
+
+    Refuses artifacts from another scikit-learn version, objects of another type, a
+    feature count that disagrees with the schema, and a fast scorer that disagrees with
+    scikit-learn on probe rows: each with one ArtifactError naming the problem."""
+    import sklearn
+
+    model_dir = Path(model_dir)
+    metadata, schema, transform, smoothing, threshold = _read_metadata(model_dir)
     trained_with = metadata.get("library_versions", {}).get("scikit-learn")
     if trained_with != sklearn.__version__:
         raise ArtifactError(
             f"{model_dir} was trained with scikit-learn {trained_with}, this process has {sklearn.__version__}; "
             "serve with the image built from the same requirements.lock"
         )
-    try:
-        schema = FeatureSchema.from_dict(metadata["schema"])
-        transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
-        threshold = float(metadata["threshold"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(
-            f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform or threshold: {exc}"
-        ) from exc
     pipeline = _load_skops(model_dir / SAFE_MODEL_FILE)
     _check_pipeline(pipeline, len(transform.names(schema.features)), model_dir)
     from .fastforest import compile_forest
@@ -178,6 +253,7 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
         model_dir=model_dir,
         fast=compile_forest(pipeline),
         transform=transform,
+        smoothing=smoothing,
     )
     _check_scores(model)
     return model

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import AnomalyMLOpsError
-from .params import read_token
+from .params import DEFAULT_FEATURE_WINDOW_MIN, DEFAULT_SCORE_SMOOTHING_MIN, THRESHOLD_METHODS, read_token
 from .redact import redact
 
 log = logging.getLogger("anomaly_mlops")
@@ -92,16 +92,51 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--contamination",
         type=float,
         default=d.contamination,
-        help="expected anomalous share; sets the threshold from training scores",
+        help="expected anomalous share: the flagged-rate gate's reference, and the threshold with --threshold quantile",
     )
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (training is reproducible)")
     parser.add_argument(
         "--feature-window",
-        type=int,
+        type=_minutes,
         default=d.feature_window,
-        help="0: raw metrics; w>=2: causal time-series features over w rows (requests then "
-        "carry the preceding rows, oldest first)",
+        metavar="MINUTES",
+        help=f"minutes of history behind each row's features; 0: raw metrics (default: "
+        f"{DEFAULT_FEATURE_WINDOW_MIN}, or 0 for self-healing-platform, whose client builds features)",
     )
+    parser.add_argument(
+        "--score-smoothing",
+        type=_minutes,
+        default=d.score_smoothing,
+        metavar="MINUTES",
+        help=f"average the anomaly scores over this many minutes; 0: none (default: "
+        f"{DEFAULT_SCORE_SMOOTHING_MIN}, or 0 for self-healing-platform)",
+    )
+    parser.add_argument(
+        "--threshold",
+        choices=[*THRESHOLD_METHODS, "default"],
+        default="default",
+        help="pot: extreme-value fit of held-back training scores; quantile: flag --contamination of them; "
+        "default: pot, or quantile for self-healing-platform",
+    )
+    parser.add_argument(
+        "--pot-risk", type=float, default=d.pot_risk, help="pot: chance a held-back normal score exceeds the threshold"
+    )
+    parser.add_argument(
+        "--sample-interval",
+        type=float,
+        default=d.sample_interval_s,
+        metavar="SECONDS",
+        help="seconds between rows (default: from the timestamps, else 60)",
+    )
+
+
+def _minutes(text: str) -> int | None:
+    """Whole minutes, or 'default' for the schema's default."""
+    if text == "default":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected whole minutes (0 or more) or 'default', got {text!r}")
+    return int(text)
 
 
 def _max_samples(text: str) -> int | str:
@@ -121,6 +156,10 @@ def _train_params(args):
         contamination=args.contamination,
         seed=args.seed,
         feature_window=args.feature_window,
+        score_smoothing=args.score_smoothing,
+        threshold=None if args.threshold == "default" else args.threshold,
+        pot_risk=args.pot_risk,
+        sample_interval_s=args.sample_interval,
     )
 
 
@@ -262,6 +301,8 @@ def cmd_serve(args) -> None:
         scoring=args.scoring,
         host=args.host,
         max_body_bytes=args.max_body_bytes,
+        max_entities=args.max_entities,
+        server=args.server,
     )
 
 
@@ -355,18 +396,18 @@ def cmd_rollback(args) -> dict:
 
 def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate
-    from .params import TrainParams
 
     result = evaluate(
         args.data_dir,
         tuple(args.dataset),
-        args.features,
-        TrainParams(n_estimators=args.n_estimators, contamination=args.contamination, seed=args.seed),
-        args.window,
+        _train_params(args),
+        tune=args.tune,
+        tune_on=tuple(args.tune_on),
+        resample_minutes=args.resample,
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    return {"features": result["features"], "window": result["window"], "mean": result["mean"]}
+    return {k: v for k, v in result.items() if k not in ("series", "candidates")}
 
 
 def _pipeline_options(args):
@@ -617,7 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("serve", help="serve a model with the KServe model server (V1 and V2)")
+    p = sub.add_parser("serve", help="serve a model over KServe's V1 and Open Inference (V2) REST protocols")
+    p.add_argument(
+        "--server",
+        choices=["lean", "kserve"],
+        default="lean",
+        help="lean: one small ASGI app on uvicorn (fastest); kserve: the KServe model server (also gRPC)",
+    )
     p.add_argument("--model-name", default="anomaly-detector")
     p.add_argument("--model-dir", default="/mnt/models", help="local directory or s3:// version prefix")
     p.add_argument("--host", default="0.0.0.0", help="address to bind; 127.0.0.1 for this machine only")
@@ -635,6 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fast", "sklearn"],
         default="fast",
         help="fast: flattened forest for small batches (exact); sklearn: always scikit-learn",
+    )
+    p.add_argument(
+        "--max-entities",
+        type=int,
+        default=10_000,
+        help="windowed models: entities whose recent rows are kept (least recently seen dropped first)",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -726,8 +779,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="detection quality on labelled real metrics (SMD, NAB)")
     p.add_argument("--data-dir", default="../shared/data", help="folder holding smd/ and nab/")
     p.add_argument("--dataset", nargs="+", choices=["smd", "nab"], default=["smd", "nab"])
-    p.add_argument("--features", choices=["raw", "ts"], default="raw", help="ts: causal time-series features")
-    p.add_argument("--window", type=int, default=30, help="rolling window (rows) of the ts features")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose window, smoothing and threshold method per series on the other series (leave one out)",
+    )
+    p.add_argument(
+        "--tune-on",
+        nargs="+",
+        choices=["smd", "nab"],
+        default=["nab"],
+        help="--tune: datasets the default is chosen on",
+    )
+    p.add_argument(
+        "--resample", type=int, default=0, metavar="MINUTES", help="SMD: average rows into this many minutes"
+    )
     _add_train_flags(p)
     p.add_argument("--out", help="write per-series results as JSON here")
     p.set_defaults(func=cmd_evaluate)

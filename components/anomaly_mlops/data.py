@@ -35,6 +35,10 @@ class Dataset:
     schema: FeatureSchema
     sha256: str
     source: str
+    # Which series each row belongs to (rows of one entity in time order); None: one series.
+    entities: np.ndarray | None = None
+    # Median seconds between consecutive rows of an entity; None without timestamps.
+    sample_interval_s: float | None = None
 
     @property
     def n_rows(self) -> int:
@@ -288,7 +292,35 @@ def frame_to_dataset(
         raise DataError(f"{source} has no {LABEL_COLUMN!r} column; validation needs labelled data")
     if sha256 is None:
         sha256 = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()
-    return Dataset(X=X, y=y, schema=schema, sha256=sha256, source=source)
+    entities = frame[ENTITY_COLUMN].astype(str).to_numpy() if ENTITY_COLUMN in frame.columns else None
+    return Dataset(
+        X=X,
+        y=y,
+        schema=schema,
+        sha256=sha256,
+        source=source,
+        entities=entities,
+        sample_interval_s=_sample_interval(frame, entities, source),
+    )
+
+
+def _sample_interval(frame: pd.DataFrame, entities: np.ndarray | None, source: str) -> float | None:
+    """Median step between an entity's consecutive timestamps; rows must be in time order
+    per entity, since time-series features read them in order."""
+    if TIMESTAMP_COLUMN not in frame.columns or len(frame) < 2:
+        return None
+    stamps = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True, errors="coerce")
+    if stamps.isna().any():
+        return None
+    seconds = (stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta("1s")
+    keys = pd.Series(entities if entities is not None else np.zeros(len(frame)))
+    steps = seconds.groupby(keys.to_numpy()).diff().dropna().to_numpy()
+    if (steps < 0).any():
+        raise DataError(
+            f"{source}: rows are not in time order within each entity; sort by {ENTITY_COLUMN} and {TIMESTAMP_COLUMN}"
+        )
+    positive = steps[steps > 0]
+    return float(np.median(positive)) if positive.size else None
 
 
 def load_dataset(

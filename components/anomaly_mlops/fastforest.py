@@ -23,7 +23,47 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS = 4096
 
 
+ARRAYS = ("mean", "scale", "feature", "threshold", "left", "right", "leaf_value", "roots")
+
+
 class CompiledForest:
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> CompiledForest:
+        """Rebuild from ``to_arrays()`` output (forest.npz): no scikit-learn needed."""
+        forest = cls.__new__(cls)
+        for name in ARRAYS:
+            setattr(forest, name, np.asarray(arrays[name]))
+        forest.feature, forest.left, forest.right, forest.roots = (
+            forest.feature.astype(np.intp),
+            forest.left.astype(np.intp),
+            forest.right.astype(np.intp),
+            forest.roots.astype(np.intp),
+        )
+        forest.depth = int(arrays["depth"])
+        forest.denominator = float(arrays["denominator"])
+        n_nodes = len(forest.threshold)
+        if not all(len(getattr(forest, a)) == n_nodes for a in ("feature", "left", "right", "leaf_value")):
+            raise ValueError("node arrays of different lengths")
+        if n_nodes and (
+            forest.left.min() < 0
+            or forest.left.max() >= n_nodes
+            or forest.right.min() < 0
+            or forest.right.max() >= n_nodes
+        ):
+            raise ValueError("child indices outside the node arrays")
+        if forest.roots.size and (forest.roots.min() < 0 or forest.roots.max() >= n_nodes):
+            raise ValueError("root indices outside the node arrays")
+        if n_nodes and (forest.feature.min() < 0 or forest.feature.max() >= len(forest.mean)):
+            raise ValueError("feature indices outside the inputs")
+        return forest
+
+    def to_arrays(self) -> dict:
+        return {
+            **{name: getattr(self, name) for name in ARRAYS},
+            "depth": np.asarray(self.depth),
+            "denominator": np.asarray(self.denominator),
+        }
+
     def __init__(self, pipeline):
         from sklearn.ensemble._iforest import _average_path_length
 

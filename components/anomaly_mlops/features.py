@@ -1,11 +1,15 @@
-"""Causal time-series features, the same code for training, validation, evaluation and
-serving.
+"""Causal time-series features and score smoothing: the same code for training,
+validation, evaluation and serving.
 
-With ``window`` w > 0, each metric x becomes four columns: x, its change from the previous
-row, its deviation from the mean of the last w rows, and the standard deviation of the
-last w rows (0 while only one row is known). Row t uses rows <= t only, so a model sees at
-serving time exactly what it saw in training when the request carries the preceding rows
-(oldest first). With w = 0 the metrics pass through unchanged.
+With a window of w rows (w >= 2), each metric x becomes four columns: x, its change from
+the previous row, its deviation from the mean of the last w rows, and the standard
+deviation of the last w rows (0 while only one row is known). Row t uses rows <= t only,
+so a model sees at serving time exactly what it saw in training when it is given the
+preceding rows (oldest first), by the client or by the server's per-entity history. With
+w = 0 the metrics pass through unchanged.
+
+Windows are set in minutes and turned into rows with the data's sample interval, so
+1-minute and 5-minute data look back over the same time (``window_rows``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,40 @@ from dataclasses import dataclass
 import numpy as np
 
 CHUNK_ROWS = 8192  # bounds the (rows x metrics x window) view
+DEFAULT_SAMPLE_INTERVAL_S = 60.0
+
+
+def window_rows(minutes: float, sample_interval_s: float) -> int:
+    """Rows covering ``minutes`` at one row per ``sample_interval_s``: 0 for 0 minutes,
+    else at least 2 (a window of one row has no history)."""
+    if minutes <= 0:
+        return 0
+    return max(2, round(minutes * 60.0 / sample_interval_s))
+
+
+def smoothing_rows(minutes: float, sample_interval_s: float) -> int:
+    """Rows averaged by the score smoothing: 1 (none) for 0 minutes."""
+    return max(1, round(minutes * 60.0 / sample_interval_s)) if minutes > 0 else 1
+
+
+def smooth_scores(raw: np.ndarray, rows: int) -> np.ndarray:
+    """Causal moving mean over the last ``rows`` scores (fewer at the start)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if rows <= 1 or raw.size == 0:
+        return raw
+    total = np.concatenate([[0.0], np.cumsum(raw)])
+    end = np.arange(1, raw.size + 1)
+    start = np.maximum(end - rows, 0)
+    return (total[end] - total[start]) / (end - start)
+
+
+def entity_groups(entities: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
+    """Row indices per entity, each in the given (time) order; one group without entities."""
+    if entities is None:
+        return [np.arange(n_rows)]
+    codes = np.unique(np.asarray(entities), return_inverse=True)[1]
+    order = np.argsort(codes, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
 
 
 @dataclass(frozen=True)
@@ -23,7 +61,7 @@ class FeatureTransform:
 
     def __post_init__(self):
         if self.window < 0 or self.window == 1:
-            raise ValueError(f"feature window must be 0 (raw metrics) or at least 2, got {self.window}")
+            raise ValueError(f"feature window must be 0 (raw metrics) or at least 2 rows, got {self.window}")
 
     def names(self, features: tuple[str, ...]) -> list[str]:
         if not self.window:
@@ -35,23 +73,40 @@ class FeatureTransform:
             *(f"{f}:std{self.window}" for f in features),
         ]
 
-    def apply(self, X: np.ndarray) -> np.ndarray:
+    def apply(self, X: np.ndarray, last: int | None = None) -> np.ndarray:
+        """Features of one series (rows oldest first); of its ``last`` rows only when given
+        (the earlier rows serve as their history: what the server does per request)."""
         X = np.asarray(X, dtype=np.float64)
         if not self.window:
-            return X
+            return X if last is None else X[len(X) - last :]
         w = self.window
-        delta = np.diff(X, axis=0, prepend=X[:1])
-        mean, std = np.empty_like(X), np.empty_like(X)
+        first = 0 if last is None else len(X) - last
+        delta = np.diff(X[max(first - 1, 0) :], axis=0, prepend=X[max(first - 1, 0) : max(first, 1)])
+        delta = delta[len(delta) - (len(X) - first) :]
         padded = np.vstack([np.full((w - 1, X.shape[1]), np.nan), X])
-        for start in range(0, len(X), CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, len(X))
-            windows = np.lib.stride_tricks.sliding_window_view(padded[start : stop + w - 1], w, axis=0)
+        n = len(X) - first
+        mean, std = np.empty((n, X.shape[1])), np.empty((n, X.shape[1]))
+        for start in range(0, n, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, n)
+            windows = np.lib.stride_tricks.sliding_window_view(padded[first + start : first + stop + w - 1], w, axis=0)
             count = np.sum(~np.isnan(windows), axis=2)
             mean[start:stop] = np.nanmean(windows, axis=2)
             centered = np.where(np.isnan(windows), 0.0, windows - mean[start:stop, :, None])
             var = np.sum(centered**2, axis=2) / np.maximum(count - 1, 1)
             std[start:stop] = np.where(count > 1, np.sqrt(var), 0.0)
-        return np.hstack([X, delta, X - mean, std])
+        tail = X[first:]
+        return np.hstack([tail, delta, tail - mean, std])
+
+    def apply_by_entity(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
+        """Features of several series stacked in one matrix: each entity's rows only see
+        that entity's earlier rows."""
+        X = np.asarray(X, dtype=np.float64)
+        if not self.window or entities is None:
+            return self.apply(X)
+        out = np.empty((X.shape[0], X.shape[1] * 4))
+        for rows in entity_groups(entities, len(X)):
+            out[rows] = self.apply(X[rows])
+        return out
 
     def to_dict(self) -> dict:
         return {"kind": "causal-rolling" if self.window else "raw", "window": self.window}

@@ -107,7 +107,9 @@ def train_model(
     max_samples: str = "auto",
     contamination: float = 0.02,
     seed: int = 42,
-    feature_window: int = 0,
+    feature_window: int = -1,
+    score_smoothing: int = -1,
+    threshold: str = "",
     run_id: str = "",
 ):
     """Fit StandardScaler + IsolationForest; the model artifact is the model directory.
@@ -118,9 +120,11 @@ def train_model(
         features: the feature schema: 'default', 'self-healing-platform' or comma-separated names.
         n_estimators: trees in the forest.
         max_samples: 'auto' or rows drawn per tree.
-        contamination: expected anomalous share; the threshold is that quantile of the training scores.
+        contamination: expected anomalous share (the flagged-rate gate; the threshold with threshold='quantile').
         seed: random seed; training is reproducible.
-        feature_window: 0 for raw metrics; w >= 2 for causal time-series features over w rows.
+        feature_window: minutes of history behind each row's features; 0: raw metrics; -1: the schema's default.
+        score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
+        threshold: 'pot' (extreme-value fit of held-back training scores), 'quantile', or '' for the schema's default.
         run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
     """
     from anomaly_mlops.schema import FeatureSchema
@@ -131,7 +135,9 @@ def train_model(
         contamination=contamination,
         seed=seed,
         max_samples=max_samples if max_samples == "auto" else int(max_samples),
-        feature_window=feature_window,
+        feature_window=None if feature_window < 0 else feature_window,
+        score_smoothing=None if score_smoothing < 0 else score_smoothing,
+        threshold=threshold or None,
     )
     result = train(train_data.path, model.path, params, FeatureSchema.parse(features), provenance(run_id=run_id))
     model.metadata.update(

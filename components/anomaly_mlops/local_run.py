@@ -17,7 +17,7 @@ from .local_services import embedded_s3, model_server
 from .publish import publish
 from .storage import S3Settings
 from .train import TrainParams, train
-from .validate import Gates, LatencyPlan, validate
+from .validate import Gates, LatencyPlan, describe_gate_failure, validate
 from .verify import VerifyPlan, raise_on_failure, verify
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def run_local(config: LocalRunConfig | None = None) -> dict:
     }
     if not validation.passed:
         _write_summary(root, summary, timings)
-        failed = [f"{g['gate']} {g['value']} {g['op']} {g['threshold']}" for g in validation.gates if not g["passed"]]
+        failed = [describe_gate_failure(g) for g in validation.gates if not g["passed"]]
         raise GateFailedError(
             f"release gate failed ({'; '.join(failed)}); nothing published. Report: {validation.report_path}"
         )

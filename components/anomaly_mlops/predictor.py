@@ -6,12 +6,18 @@ decision_function and so walked every tree twice.
 
 Accepted inputs
   V1  {"instances": [[f1, ..., fd], ...]}  or  {"instances": [{"<feature>": v, ...}, ...]}
-      ("inputs" is accepted in place of "instances")
+      ("inputs" is accepted in place of "instances"), optionally "entity": "<series id>"
   V2  one tensor of shape [n, d] (FP32/FP64/INT*), or one [n] tensor per feature, named
-      after the features
+      after the features; optionally parameters {"entity": "<series id>"}
+  A model whose score depends on earlier rows (time-series features, score smoothing)
+  reads a request's rows as one series, oldest first, after the rows the server kept for
+  its entity (history.py); without an entity the request's rows are the whole series.
 Outputs
-  V1  {"predictions": [-1|1, ...], "anomaly_scores": [float, ...]}
-  V2  outputs "predictions" (INT64 [n]) and "anomaly_scores" (FP64 [n])
+  V1  {"predictions": [-1|1, ...], "anomaly_scores": [float, ...]}, plus
+      "history_complete": [bool, ...] for such a model (false: scored with less history
+      than the model was trained with)
+  V2  outputs "predictions" (INT64 [n]) and "anomaly_scores" (FP64 [n]), plus
+      "history_complete" (BOOL [n]) for such a model
   predictions follow scikit-learn and the upstream sklearn runtime: -1 anomaly, 1 normal;
   anomaly_scores: higher is more anomalous
 Malformed input is answered with HTTP 400 and a message naming the problem; a body over
@@ -35,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ANOMALY, LoadedModel, load_model_dir
+from .artifacts import ANOMALY, LoadedModel, load_model_dir, load_serving_model
+from .errors import ConfigError
+from .history import DEFAULT_MAX_ENTITIES, MAX_ENTITY_ID_CHARS, EntityHistory
 from .params import DEFAULT_MAX_INSTANCES
 
 log = logging.getLogger(__name__)
@@ -199,6 +207,53 @@ def _finite(X: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
     return X
 
 
+def parse_entity(value) -> str | None:
+    """The series a request's rows belong to (V1 "entity", V2 parameters.entity)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ENTITY_ID_CHARS:
+        raise InputProblem(f"'entity' must be a non-empty string of at most {MAX_ENTITY_ID_CHARS} characters")
+    return value
+
+
+def score_rows(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None):
+    """(predictions, scores, history_complete or None). For a windowed model the rows are
+    one series, oldest first: after the entity's kept history when ``entity`` is given,
+    else on their own; rows scored with less history than the model was trained with are
+    marked incomplete. A lone row with no history at all is refused, not guessed."""
+    if history is None:
+        predictions, scores = model.score(X)
+        return predictions, scores, None
+    if entity is not None:
+        return history.score(entity, X)
+    if len(X) == 1:
+        raise InputProblem(
+            f"this model scores each row together with the {model.history_rows} rows before it "
+            f"({describe_history(model)}): send 'entity' (V1 body key, V2 parameters.entity) naming "
+            "the series so the server keeps its history, or send the preceding rows with this one, oldest first"
+        )
+    predictions, scores = model.score(X)
+    return predictions, scores, np.arange(len(X)) >= model.history_rows
+
+
+def describe_history(model: LoadedModel) -> str:
+    window = model.metadata.get("feature_transform", {}).get("window_minutes")
+    smoothing = model.metadata.get("score_smoothing", {}).get("minutes")
+    parts = [f"features over {window} min" if model.transform.window else None]
+    parts.append(f"scores averaged over {smoothing} min" if model.smoothing > 1 else None)
+    return ", ".join(p for p in parts if p)
+
+
+def output_types(model: LoadedModel) -> list[dict]:
+    outputs = [
+        {"name": "predictions", "datatype": "INT64", "shape": [-1]},
+        {"name": "anomaly_scores", "datatype": "FP64", "shape": [-1]},
+    ]
+    if model.history_rows:
+        outputs.append({"name": "history_complete", "datatype": "BOOL", "shape": [-1]})
+    return outputs
+
+
 def _request_rows(payload) -> int:
     """Rows a request claims, cheaply, to choose where it is parsed; 0 when unknown."""
     try:
@@ -298,8 +353,10 @@ def build_model_class():
             max_instances: int = DEFAULT_MAX_INSTANCES,
             cache_dir: str | Path | None = None,
             scoring: str = "fast",
+            max_entities: int = DEFAULT_MAX_ENTITIES,
         ):
             super().__init__(name)
+            self.max_entities = max_entities
             self.model_uri = model_uri
             self.max_instances = max_instances
             self.cache_dir = cache_dir
@@ -315,6 +372,7 @@ def build_model_class():
             self.expected = self.detector.schema.describe()  # for wrong-length rows; built once, not per request
             if self.scoring == "sklearn":
                 self.detector.fast = None
+            self.history = EntityHistory(self.detector, self.max_entities) if self.detector.history_rows else None
             meta = self.detector.metadata
             log.info(
                 "loaded model %s from %s: %d features, threshold %.5f, trained %s",
@@ -332,10 +390,7 @@ def build_model_class():
             return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.detector.schema)]}]
 
         def get_output_types(self):
-            return [
-                {"name": "predictions", "datatype": "INT64", "shape": [-1]},
-                {"name": "anomaly_scores", "datatype": "FP64", "shape": [-1]},
-            ]
+            return output_types(self.detector)
 
         async def predict(self, payload, headers=None, response_headers=None):
             if _request_rows(payload) > SMALL_BATCH_ROWS:
@@ -346,24 +401,33 @@ def build_model_class():
             features = self.detector.schema.features
             is_v2 = isinstance(payload, InferRequest)
             try:
-                X = (
-                    parse_v2(payload, features, self.max_instances)
-                    if is_v2
-                    else parse_v1(payload, features, self.max_instances, self.expected)
-                )
+                if is_v2:
+                    X = parse_v2(payload, features, self.max_instances)
+                    entity = parse_entity((payload.parameters or {}).get("entity"))
+                else:
+                    X = parse_v1(payload, features, self.max_instances, self.expected)
+                    entity = parse_entity(payload.get("entity"))
+                predictions, scores, complete = score_rows(self.detector, self.history, X, entity)
             except InputProblem as exc:
                 raise InvalidInput(str(exc)) from None
-            predictions, scores = self.detector.score(X)
             rows_scored.labels(self.name).inc(len(X))
             rows_flagged.labels(self.name).inc(int((predictions == ANOMALY).sum()))
             if not is_v2:
-                return {"predictions": predictions.tolist(), "anomaly_scores": scores.tolist()}
+                body = {"predictions": predictions.tolist(), "anomaly_scores": scores.tolist()}
+                if complete is not None:
+                    body["history_complete"] = complete.tolist()
+                return body
             labels = InferOutput(name="predictions", shape=[len(X)], datatype="INT64")
             labels.set_data_from_numpy(predictions.astype(np.int64), binary_data=False)
             values = InferOutput(name="anomaly_scores", shape=[len(X)], datatype="FP64")
             values.set_data_from_numpy(scores.astype(np.float64), binary_data=False)
+            outputs = [labels, values]
+            if complete is not None:
+                marks = InferOutput(name="history_complete", shape=[len(X)], datatype="BOOL")
+                marks.set_data_from_numpy(complete, binary_data=False)
+                outputs.append(marks)
             return InferResponse(
-                model_name=self.name, infer_outputs=[labels, values], response_id=payload.id or str(uuid.uuid4())
+                model_name=self.name, infer_outputs=outputs, response_id=payload.id or str(uuid.uuid4())
             )
 
     return AnomalyDetectorModel
@@ -379,9 +443,74 @@ def serve(
     scoring: str = "fast",
     host: str = "0.0.0.0",
     max_body_bytes: int | None = None,
+    max_entities: int = DEFAULT_MAX_ENTITIES,
+    server: str = "lean",
 ) -> None:
-    """Load, verify and serve until SIGTERM. Blocks. A model fetched from S3 lives in a
+    """Load, verify and serve until SIGTERM. Blocks. ``server``: "lean" (lean_server.py) or
+    "kserve" (the KServe model server; also gRPC). A model fetched from S3 lives in a
     temporary directory removed when the server stops."""
+    if server not in ("lean", "kserve"):
+        raise ConfigError(f"server must be 'lean' or 'kserve', got {server!r}")
+    if server == "lean" and grpc_port is not None:
+        raise ConfigError("the lean server speaks REST only; use --server kserve for gRPC")
+    cache = tempfile.mkdtemp(prefix="anomaly-model-")
+    try:
+        if server == "lean":
+            from .lean_server import serve_lean
+
+            local = resolve_model_dir(model_uri, cache)
+            model = load_model_dir(local) if scoring == "sklearn" else load_serving_model(local)
+            if scoring == "sklearn":
+                model.fast = None
+            log.info(
+                "loaded model %s from %s: %s, threshold %.5f",
+                model_name,
+                model_uri,
+                model.schema.describe(),
+                model.threshold,
+            )
+            serve_lean(
+                model_name,
+                model,
+                served_version(model_uri, local),
+                http_port,
+                host,
+                max_instances,
+                max_body_bytes,
+                max_entities,
+                workers,
+            )
+            return
+        _serve_kserve(
+            model_name,
+            model_uri,
+            cache,
+            http_port,
+            grpc_port,
+            workers,
+            max_instances,
+            scoring,
+            host,
+            max_body_bytes,
+            max_entities,
+        )
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _serve_kserve(
+    model_name,
+    model_uri,
+    cache,
+    http_port,
+    grpc_port,
+    workers,
+    max_instances,
+    scoring,
+    host,
+    max_body_bytes,
+    max_entities,
+) -> None:
     # kserve parses sys.argv at import time; keep our CLI flags away from it.
     saved_argv, sys.argv = sys.argv, sys.argv[:1]
     try:
@@ -392,25 +521,30 @@ def serve(
         model_class = build_model_class()
     finally:
         sys.argv = saved_argv
-    cache = tempfile.mkdtemp(prefix="anomaly-model-")
-    try:
-        model = model_class(model_name, model_uri, max_instances=max_instances, scoring=scoring, cache_dir=cache)
-        model.load()
-        limit = max_body_bytes or default_max_body_bytes(max_instances, len(model.detector.schema))
-        kserve_server.app.add_middleware(BodySizeLimit, max_bytes=limit)
-        kserve_server.app.add_exception_handler(RequestValidationError, _invalid_json_handler)
-        _bind_host(kserve_server, host)
-        _add_versions_to_metadata()
-        log.info("serving %s on %s:%d (request bodies up to %d bytes)", model_name, host, http_port, limit)
-        server = kserve.ModelServer(
-            http_port=http_port,
-            grpc_port=grpc_port or 8081,
-            enable_grpc=grpc_port is not None,
-            workers=workers,
-        )
-        server.start([model])
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    model = model_class(
+        model_name,
+        model_uri,
+        max_instances=max_instances,
+        scoring=scoring,
+        cache_dir=cache,
+        max_entities=max_entities,
+    )
+    model.load()
+    limit = max_body_bytes or default_max_body_bytes(max_instances, len(model.detector.schema))
+    kserve_server.app.add_middleware(BodySizeLimit, max_bytes=limit)
+    kserve_server.app.add_exception_handler(RequestValidationError, _invalid_json_handler)
+    _bind_host(kserve_server, host)
+    _add_versions_to_metadata()
+    log.info(
+        "serving %s on %s:%d (KServe model server, request bodies up to %d bytes)", model_name, host, http_port, limit
+    )
+    server = kserve.ModelServer(
+        http_port=http_port,
+        grpc_port=grpc_port or 8081,
+        enable_grpc=grpc_port is not None,
+        workers=workers,
+    )
+    server.start([model])
 
 
 def served_version(model_uri: str, local: Path) -> str:

@@ -50,6 +50,12 @@ class FeatureSchema:
     def __len__(self) -> int:
         return len(self.features)
 
+    @property
+    def client_built_features(self) -> bool:
+        """The client sends finished features (the platform's engine builds its 45 from
+        Prometheus), so the model adds no time window of its own by default."""
+        return self.name == "self-healing-platform"
+
     def to_dict(self) -> dict:
         return {"features": list(self.features), **({"name": self.name} if self.name else {})}
 

@@ -14,10 +14,25 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifacts import ARTIFACT_FORMAT, MANIFEST_FILE, METADATA_FILE, MODEL_FILE, SAFE_MODEL_FILE, write_manifest
+from .artifacts import (
+    ARTIFACT_FORMAT,
+    FOREST_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    SAFE_MODEL_FILE,
+    write_manifest,
+)
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DataError
-from .features import FeatureTransform
+from .features import (
+    DEFAULT_SAMPLE_INTERVAL_S,
+    FeatureTransform,
+    entity_groups,
+    smooth_scores,
+    smoothing_rows,
+    window_rows,
+)
 from .params import TrainParams
 from .schema import FeatureSchema
 
@@ -50,9 +65,40 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def fit_detector(X: np.ndarray, params: TrainParams):
-    """Fit the pipeline and fix the threshold from the training scores alone.
-    Returns (pipeline, threshold, training anomaly scores)."""
+@dataclass
+class FittedDetector:
+    pipeline: object
+    threshold: float
+    transform: FeatureTransform
+    smoothing_rows: int
+    sample_interval_s: float
+    window_minutes: int
+    smoothing_minutes: int
+    fit_rows: int
+    calibration_scores: np.ndarray = field(repr=False)
+    threshold_detail: dict = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        return {
+            "feature_transform": {
+                **self.transform.to_dict(),
+                "window_minutes": self.window_minutes,
+                "sample_interval_s": self.sample_interval_s,
+            },
+            "score_smoothing": {"rows": self.smoothing_rows, "minutes": self.smoothing_minutes},
+            "threshold_method": self.threshold_detail,
+        }
+
+
+def calibration_mask(n_rows: int, entities: np.ndarray | None, fraction: float) -> np.ndarray:
+    """True for the rows held back for calibration: the last ``fraction`` of each entity's rows."""
+    held = np.zeros(n_rows, dtype=bool)
+    for rows in entity_groups(entities, n_rows):
+        held[rows[len(rows) - int(round(len(rows) * fraction)) :]] = True
+    return held
+
+
+def fit_forest(F: np.ndarray, params: TrainParams):
     from sklearn.ensemble import IsolationForest
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -73,12 +119,103 @@ def fit_detector(X: np.ndarray, params: TrainParams):
             ),
         ]
     )
-    pipeline.fit(X)
-    train_scores = -pipeline.score_samples(X)
-    threshold = float(np.quantile(train_scores, 1.0 - params.contamination))
-    # predict() flags score_samples < offset_, i.e. anomaly score > -offset_.
+    return pipeline.fit(F)
+
+
+def smoothed_by_entity(raw: np.ndarray, entities: np.ndarray | None, rows: int) -> np.ndarray:
+    if rows <= 1:
+        return raw
+    out = np.empty_like(raw)
+    for group in entity_groups(entities, len(raw)):
+        out[group] = smooth_scores(raw[group], rows)
+    return out
+
+
+def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.98) -> float | None:
+    """Peaks over threshold: fit a generalized Pareto distribution to the excesses over the
+    ``initial_quantile`` and return the score exceeded with probability ``risk``; None
+    when the tail is too thin to fit (fewer than 20 excesses)."""
+    from scipy.stats import genpareto
+
+    base = float(np.quantile(scores, initial_quantile))
+    excess = scores[scores > base] - base
+    if excess.size < 20 or np.ptp(excess) == 0:
+        return None
+    shape, _, scale = genpareto.fit(excess, floc=0)
+    ratio = risk * scores.size / excess.size
+    level = base - scale * np.log(ratio) if abs(shape) < 1e-9 else base + scale / shape * (ratio ** (-shape) - 1)
+    return float(level) if np.isfinite(level) and level >= base else None
+
+
+def threshold_from(calibration: np.ndarray, params: TrainParams, method: str) -> tuple[float, dict]:
+    """The threshold from held-back scores alone (no label ever sets it), and how it was set.
+    ``method``: "pot" or "quantile" (TrainParams.threshold_for)."""
+    detail = {"method": method, "calibration_rows": int(calibration.size)}
+    threshold = None
+    if method == "pot":
+        threshold = pot_threshold(calibration, params.pot_risk)
+        detail["pot_risk"] = params.pot_risk
+        if threshold is None:
+            log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
+            detail["method"] = "quantile (pot fallback: thin tail)"
+    if threshold is None:
+        threshold = float(np.quantile(calibration, 1.0 - params.contamination))
+        detail["contamination"] = params.contamination
+    detail["calibration_flagged_share"] = round(float(np.mean(calibration > threshold)), 6)
+    return threshold, detail
+
+
+def fit_detector(
+    X: np.ndarray,
+    params: TrainParams,
+    *,
+    entities: np.ndarray | None = None,
+    sample_interval_s: float | None = None,
+    client_built_features: bool = False,
+) -> FittedDetector:
+    """Features over time, a forest fitted on the earlier rows of each entity, and the
+    threshold from the smoothed scores of the later ones."""
+    window_minutes, smoothing_minutes = params.windows_for(client_built_features)
+    interval = params.sample_interval_s or sample_interval_s or DEFAULT_SAMPLE_INTERVAL_S
+    transform = FeatureTransform(window_rows(window_minutes, interval))
+    k = smoothing_rows(smoothing_minutes, interval)
+    F = transform.apply_by_entity(X, entities)
+    held = calibration_mask(len(F), entities, params.calibration_fraction)
+    pipeline = fit_forest(F[~held], params)
+    scores = smoothed_by_entity(-pipeline.score_samples(F), entities, k)
+    threshold, detail = threshold_from(scores[held], params, params.threshold_for(client_built_features))
+    # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
     pipeline.named_steps["iforest"].offset_ = -threshold
-    return pipeline, threshold, train_scores
+    return FittedDetector(
+        pipeline=pipeline,
+        threshold=threshold,
+        transform=transform,
+        smoothing_rows=k,
+        sample_interval_s=interval,
+        window_minutes=window_minutes,
+        smoothing_minutes=smoothing_minutes,
+        fit_rows=int((~held).sum()),
+        calibration_scores=scores[held],
+        threshold_detail=detail,
+    )
+
+
+def write_forest_arrays(pipeline, path: Path, seed: int = 0, probes: int = 64) -> None:
+    """forest.npz: the flattened forest and probe rows (training mean and spread, random
+    draws around it) with scikit-learn's scores, which the loader must reproduce."""
+    from .fastforest import CompiledForest
+
+    forest = CompiledForest(pipeline)
+    rng = np.random.default_rng(seed)
+    spread = forest.scale
+    probe = np.vstack(
+        [
+            forest.mean + np.outer(np.linspace(-3, 3, 7), spread),
+            forest.mean + spread * rng.normal(0, 1.5, size=(probes - 7, len(spread))),
+        ]
+    )
+    with open(path, "wb") as handle:
+        np.savez(handle, **forest.to_arrays(), probe=probe, probe_scores=-pipeline.score_samples(probe))
 
 
 def _prepare_output(out: Path) -> Path:
@@ -129,32 +266,50 @@ def train(
         if constant:
             log.warning("features constant in training data (they carry no signal): %s", constant)
 
-        log.info("fitting %d trees on %d rows x %d features", params.n_estimators, dataset.n_rows, len(dataset.schema))
         started = time.perf_counter()
-        transform = FeatureTransform(params.feature_window)
-        pipeline, threshold, train_scores = fit_detector(transform.apply(dataset.X), params)
+        fitted = fit_detector(
+            dataset.X,
+            params,
+            entities=dataset.entities,
+            sample_interval_s=dataset.sample_interval_s,
+            client_built_features=dataset.schema.client_built_features,
+        )
+        pipeline, threshold = fitted.pipeline, fitted.threshold
         fit_seconds = time.perf_counter() - started
         log.info(
-            "fitted in %.2fs; threshold %.5f (%.1f%% of training rows above)",
+            "fitted %d trees on %d rows x %d features (window %d min = %d rows, scores smoothed over %d rows) "
+            "in %.2fs; threshold %.5f (%s on %d held-back rows, %.2f%% of them above)",
+            params.n_estimators,
+            fitted.fit_rows,
+            len(fitted.transform.names(dataset.schema.features)),
+            fitted.window_minutes,
+            fitted.transform.window,
+            fitted.smoothing_rows,
             fit_seconds,
             threshold,
-            100 * float((train_scores > threshold).mean()),
+            fitted.threshold_detail["method"],
+            fitted.calibration_scores.size,
+            100 * fitted.threshold_detail["calibration_flagged_share"],
         )
 
         joblib.dump(pipeline, staging / MODEL_FILE)
         skops_io.dump(pipeline, staging / SAFE_MODEL_FILE)
+        write_forest_arrays(pipeline, staging / FOREST_FILE, seed=params.seed)
         metadata = {
             "artifact_format": ARTIFACT_FORMAT,
             "model_type": "StandardScaler+IsolationForest",
             "schema": dataset.schema.to_dict(),
             "threshold": threshold,
-            "feature_transform": transform.to_dict(),
-            "score_definition": "anomaly_score = -pipeline.score_samples(feature_transform(x)); "
+            **fitted.metadata(),
+            "score_definition": "anomaly_score = moving mean over score_smoothing.rows of "
+            "-pipeline.score_samples(feature_transform(x)), per entity, oldest first; "
             "anomalous when anomaly_score > threshold",
             "params": asdict(params),
             "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
             "library_versions": library_versions(),
-            "train_score_quantiles": {q: float(np.quantile(train_scores, float(q))) for q in ("0.5", "0.9", "0.99")},
+            "calibration_score_quantiles": {
+                q: float(np.quantile(fitted.calibration_scores, float(q))) for q in ("0.5", "0.9", "0.99")
+            },
             "fit_seconds": round(fit_seconds, 3),
             "provenance": origin or provenance(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

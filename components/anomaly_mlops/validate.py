@@ -73,15 +73,24 @@ def describe_device() -> dict:
 
 
 def measure_latency(model: LoadedModel, X: np.ndarray, plan: LatencyPlan) -> tuple[dict, np.ndarray]:
+    """Single rows as the server scores them (a windowed model after the entity's kept
+    history), and batches of rows scored as one series."""
+    from .history import EntityHistory
+
     rng = np.random.default_rng(0)
     rows = X[rng.integers(0, len(X), size=plan.single_row_repeats + plan.warmup)]
+    history = EntityHistory(model) if model.history_rows else None
+
+    def score_one(row):
+        return history.score("latency", row) if history is not None else model.score(row)
+
     for i in range(plan.warmup):
-        model.score(rows[i : i + 1])
+        score_one(rows[i : i + 1])
     single = np.empty(plan.single_row_repeats)
     for i in range(plan.single_row_repeats):
         row = rows[plan.warmup + i : plan.warmup + i + 1]
         t0 = time.perf_counter()
-        model.score(row)
+        score_one(row)
         single[i] = (time.perf_counter() - t0) * 1000.0
     result = {"single_row_ms": _percentiles(single), "batches": {}}
     for size in plan.batch_sizes:
@@ -234,7 +243,7 @@ def champion_metrics(
             "note": f"the champion ({champion.metadata.get('created_at')}) has another "
             "feature schema; nothing to compare",
         }
-    predictions, scores = champion.score(dataset.X)
+    predictions, scores = champion.score(dataset.X, dataset.entities)
     result = {
         "compared": True,
         "created_at": champion.metadata.get("created_at"),
@@ -272,7 +281,7 @@ def validate(
         )
     labelled = dataset.y is not None and 0 < int(dataset.y.sum()) < dataset.n_rows
     log.info("scoring %d holdout rows (%s)", dataset.n_rows, "labelled" if labelled else "no labels")
-    predictions, scores = model.score(dataset.X)
+    predictions, scores = model.score(dataset.X, dataset.entities)
     if labelled:
         metrics, roc, confusion = accuracy_metrics(dataset.y, scores, predictions)
     else:
@@ -298,11 +307,14 @@ def validate(
     metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note)
     metrics["threshold"] = model.threshold
     metrics["feature_window"] = model.transform.window
+    metrics["feature_window_minutes"] = model.metadata.get("feature_transform", {}).get("window_minutes")
+    metrics["score_smoothing_rows"] = model.smoothing
     metrics["device"] = describe_device()
     metrics["latency"], single = measure_latency(model, dataset.X, latency)
     from .gpu_scoring import measure_gpu_path
 
-    metrics["latency"]["gpu"] = measure_gpu_path(model.fast, model.transform.apply(dataset.X), scores)
+    features = model.transform.apply_by_entity(dataset.X, dataset.entities)
+    metrics["latency"]["gpu"] = measure_gpu_path(model.fast, features, model.raw_scores(features))
     if metrics["latency"]["gpu"]["measured"]:
         log.info("GPU path on %s: %s", metrics["latency"]["gpu"]["device_name"], metrics["latency"]["gpu"]["batches"])
     else:

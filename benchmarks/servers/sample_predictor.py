@@ -9,7 +9,7 @@ import numpy as np
 
 args = argparse.ArgumentParser()
 args.add_argument("--model-dir", required=True)
-args.add_argument("--model-name", default="reference")
+args.add_argument("--model-name", default="anomaly-detector")
 args.add_argument("--http-port", type=int, required=True)
 opts = args.parse_args()
 sys.argv = sys.argv[:1]  # kserve parses argv at import

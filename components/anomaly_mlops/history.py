@@ -1,0 +1,80 @@
+"""Per-entity history for serving windowed models.
+
+A client that sends one row at a time names the series it belongs to (``entity``); the
+server keeps the last rows and raw scores of each entity, so a row is scored with the same
+features and smoothing as in training (offline scoring of the whole series gives the same
+scores; tests/test_history.py streams a series to check). Memory is bounded: at most
+``max_entities`` entities (the least recently seen is dropped first), each holding
+``model.history_rows`` rows; an entity not seen for ``ttl_s`` starts again from nothing,
+since a window that spans a gap would mix unrelated times. A new model gets a new history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .artifacts import LoadedModel
+from .features import smooth_scores
+
+DEFAULT_MAX_ENTITIES = 10_000
+MAX_ENTITY_ID_CHARS = 256
+
+
+@dataclass
+class _State:
+    rows: np.ndarray  # the last (window - 1) metric rows
+    raw: np.ndarray  # the last (smoothing - 1) raw scores
+    seen: int  # rows received so far
+    last_seen: float
+
+
+class EntityHistory:
+    def __init__(
+        self, model: LoadedModel, max_entities: int = DEFAULT_MAX_ENTITIES, ttl_s: float | None = None, clock=None
+    ):
+        self.model = model
+        self.max_entities = max_entities
+        interval = float((model.metadata.get("feature_transform") or {}).get("sample_interval_s") or 60.0)
+        # Five missed samples end a series: its window would otherwise span the gap.
+        self.ttl_s = ttl_s if ttl_s is not None else 5 * interval
+        self.clock = clock or time.monotonic
+        self._states: OrderedDict[str, _State] = OrderedDict()
+        self._lock = threading.Lock()
+        self._keep_rows = max(model.transform.window - 1, 0)
+        self._keep_raw = model.smoothing - 1
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def bytes_per_entity(self) -> int:
+        return 8 * (self._keep_rows * len(self.model.schema) + self._keep_raw) + 200
+
+    def score(self, entity: str, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Score ``X`` (the entity's next rows, oldest first) after its kept history:
+        (predictions, scores, complete), where complete marks rows scored with the full
+        history the model was trained with."""
+        model = self.model
+        now = self.clock()
+        with self._lock:
+            state = self._states.pop(entity, None)
+            if state is None or now - state.last_seen > self.ttl_s:
+                state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
+            rows = np.vstack([state.rows, X])
+            features = model.transform.apply(rows, last=len(X))
+            raw = np.concatenate([state.raw, model.raw_scores(features)])
+            scores = smooth_scores(raw, model.smoothing)[len(state.raw) :]
+            positions = state.seen + np.arange(len(X))
+            self._states[entity] = _State(
+                rows[max(len(rows) - self._keep_rows, 0) :] if self._keep_rows else rows[:0],
+                raw[max(len(raw) - self._keep_raw, 0) :] if self._keep_raw else raw[:0],
+                state.seen + len(X),
+                now,
+            )
+            while len(self._states) > self.max_entities:
+                self._states.popitem(last=False)
+        return model.label(scores), scores, positions >= model.history_rows

@@ -1,0 +1,372 @@
+"""The lean model server: KServe's REST protocol surface (V1 and Open Inference V2, health,
+metadata, Prometheus metrics) as one small ASGI app on uvicorn, without KServe's FastAPI,
+pydantic and logging layers on the hot path (README "Serving performance" measures both).
+
+The same parsing, scoring and per-entity history as the KServe predictor (predictor.py):
+the two servers pass the same protocol tests. Nothing from kserve is imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from . import __version__
+from .artifacts import ANOMALY, LoadedModel
+from .history import DEFAULT_MAX_ENTITIES, EntityHistory
+from .predictor import (
+    SMALL_BATCH_ROWS,
+    InputProblem,
+    default_max_body_bytes,
+    output_types,
+    parse_entity,
+    parse_v1,
+    parse_v2,
+    score_rows,
+)
+
+log = logging.getLogger(__name__)
+
+_V1_MODEL = re.compile(r"^/v1/models/([^/:]+)(:predict)?$")
+_V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?$")
+_V2_DATATYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+_JSON = [(b"content-type", b"application/json")]
+_GET_PATHS = {"/", "/metrics", "/v1/models", "/v2", "/v2/health/live", "/v2/health/ready"}
+# Request latency buckets, seconds: the hot path is well under a millisecond.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class Tensor:
+    """One V2 input, as predictor.parse_v2 reads it."""
+
+    name: str
+    shape: list
+    datatype: str
+    data: object
+
+    def as_numpy(self) -> np.ndarray:
+        if self.datatype not in _V2_DATATYPES:
+            raise ValueError(f"unsupported datatype {self.datatype}")
+        array = np.asarray(self.data, dtype=_V2_DATATYPES[self.datatype])
+        return array.reshape(self.shape)
+
+
+@dataclass
+class V2Request:
+    inputs: list
+    parameters: dict | None
+    id: str | None
+
+
+def read_v2(body: object) -> V2Request:
+    """Check a decoded body against the Open Inference request schema (required fields and
+    their types) before predictor.parse_v2 checks the tensors."""
+    if not isinstance(body, dict):
+        raise InputProblem("the V2 request must be a JSON object with 'inputs'")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        raise InputProblem("invalid request: inputs: field required (a list of tensors)")
+    tensors = []
+    for i, item in enumerate(inputs):
+        if not isinstance(item, dict):
+            raise InputProblem(f"invalid request: inputs.{i}: must be an object")
+        missing = [k for k in ("name", "shape", "datatype", "data") if k not in item]
+        if missing:
+            raise InputProblem(f"invalid request: inputs.{i}: field required: {missing}")
+        if not isinstance(item["name"], str) or not isinstance(item["datatype"], str):
+            raise InputProblem(f"invalid request: inputs.{i}: name and datatype must be strings")
+        if not isinstance(item["shape"], list):
+            raise InputProblem(f"invalid request: inputs.{i}.shape: must be a list of integers")
+        if "parameters" in item and not isinstance(item["parameters"], dict):
+            raise InputProblem(f"invalid request: inputs.{i}.parameters: must be an object")
+        tensors.append(Tensor(item["name"], item["shape"], item["datatype"], item["data"]))
+    parameters = body.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InputProblem("invalid request: parameters: must be an object")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InputProblem("invalid request: id: must be a string")
+    return V2Request(tensors, parameters, request_id)
+
+
+class Metrics:
+    """Request count and latency per endpoint and status, rows scored and flagged, in the
+    Prometheus text format (prometheus_client, own registry)."""
+
+    def __init__(self, model_name: str):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "anomaly_detector_requests", "HTTP requests", ["endpoint", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "anomaly_detector_request_duration_seconds",
+            "Time from the request's first byte to the response",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rows_scored = Counter(
+            "anomaly_detector_rows_scored", "Rows scored", ["model"], registry=self.registry
+        ).labels(model_name)
+        self.rows_flagged = Counter(
+            "anomaly_detector_rows_flagged", "Rows flagged anomalous", ["model"], registry=self.registry
+        ).labels(model_name)
+        self.entities = Gauge(
+            "anomaly_detector_entities", "Entities whose history is kept", ["model"], registry=self.registry
+        ).labels(model_name)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class LeanApp:
+    def __init__(
+        self,
+        model_name: str,
+        model: LoadedModel,
+        version: str | None = None,
+        max_instances: int = 10_000,
+        max_body_bytes: int | None = None,
+        max_entities: int = DEFAULT_MAX_ENTITIES,
+    ):
+        self.name = model_name
+        self.model = model
+        self.version = version
+        self.max_instances = max_instances
+        self.max_body_bytes = max_body_bytes or default_max_body_bytes(max_instances, len(model.schema))
+        self.history = EntityHistory(model, max_entities) if model.history_rows else None
+        self.expected = model.schema.describe()
+        self.metrics = Metrics(model_name)
+        # One thread: large batches queue behind each other instead of taking every core.
+        self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self.metadata = orjson.dumps(
+            {
+                "name": model_name,
+                "versions": [version] if version else [],
+                "platform": "anomaly-mlops",
+                "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(model.schema)]}],
+                "outputs": output_types(model),
+            }
+        )
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        endpoint, status, body = await self.route(scope, receive)
+        headers = [*_JSON, (b"content-length", str(len(body)).encode())]
+        if endpoint == "metrics":
+            headers[0] = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        if status == 413:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def route(self, scope, receive) -> tuple[str, int, bytes]:
+        method, path = scope["method"], scope["path"]
+        if method == "POST":
+            if path.endswith(":predict"):
+                found = _V1_MODEL.match(path)
+                if found:
+                    return await self.infer("v1_predict", found.group(1), scope, receive, v2=False)
+            found = _V2_MODEL.match(path)
+            if found and found.group(3) == "/infer":
+                return await self.infer("v2_infer", found.group(1), scope, receive, v2=True)
+            if _V1_MODEL.match(path) or _V2_MODEL.match(path) or path in _GET_PATHS:
+                return "other", *_error(405, "Method Not Allowed")
+            return "other", *_error(404, "Not Found")
+        if method not in ("GET", "HEAD"):
+            return "other", *_error(405, "Method Not Allowed")
+        if path in ("/", "/v2/health/live"):
+            return "health", 200, b'{"status":"alive"}' if path == "/" else b'{"live":true}'
+        if path == "/v2/health/ready":
+            return "health", 200, b'{"ready":true}'
+        if path == "/metrics":
+            self.metrics.entities.set(len(self.history) if self.history is not None else 0)
+            return "metrics", 200, self.metrics.render()
+        if path == "/v1/models":
+            return "metadata", 200, orjson.dumps({"models": [self.name]})
+        if path in ("/v2", "/v2/"):
+            return "metadata", 200, orjson.dumps({"name": "anomaly-mlops", "version": __version__, "extensions": []})
+        found = _V1_MODEL.match(path)
+        if found and not found.group(2):
+            if found.group(1) != self.name:
+                return "metadata", *_no_model(found.group(1))
+            return "metadata", 200, orjson.dumps({"name": self.name, "ready": True})
+        found = _V2_MODEL.match(path)
+        if found and found.group(3) != "/infer":
+            if found.group(1) != self.name:
+                return "metadata", *_no_model(found.group(1))
+            if found.group(3) == "/ready":
+                return "health", 200, orjson.dumps({"name": self.name, "ready": True})
+            return "metadata", 200, self.metadata
+        return "other", *_error(404, "Not Found")
+
+    async def infer(self, endpoint: str, model_name: str, scope, receive, v2: bool) -> tuple[str, int, bytes]:
+        if model_name != self.name:
+            await _drain(receive)
+            return endpoint, *_no_model(model_name)
+        body, refused = await _read_body(scope, receive, self.max_body_bytes)
+        if refused:
+            return endpoint, *_error(
+                413,
+                f"the request body is {refused}; the limit is {self.max_body_bytes} bytes "
+                "(--max-body-bytes); send fewer rows per request",
+            )
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        if not content_type.startswith(b"application/json"):
+            return endpoint, *_error(
+                400, "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
+            )
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return endpoint, *_error(400, f"the request body is not valid JSON: {exc}"[:500])
+        if _claimed_rows(payload, v2) > SMALL_BATCH_ROWS:
+            loop = asyncio.get_running_loop()
+            return endpoint, *await loop.run_in_executor(self.batch_pool, self.answer, payload, v2)
+        return endpoint, *self.answer(payload, v2)
+
+    def answer(self, payload, v2: bool) -> tuple[int, bytes]:
+        features = self.model.schema.features
+        try:
+            if v2:
+                request = read_v2(payload)
+                X = parse_v2(request, features, self.max_instances)
+                entity = parse_entity((request.parameters or {}).get("entity"))
+            else:
+                X = parse_v1(payload, features, self.max_instances, self.expected)
+                entity = parse_entity(payload.get("entity"))
+            predictions, scores, complete = score_rows(self.model, self.history, X, entity)
+        except InputProblem as exc:
+            return _error(400, str(exc))
+        self.metrics.rows_scored.inc(len(X))
+        self.metrics.rows_flagged.inc(int(np.count_nonzero(predictions == ANOMALY)))
+        if not v2:
+            answer = {"predictions": predictions.tolist(), "anomaly_scores": scores.tolist()}
+            if complete is not None:
+                answer["history_complete"] = complete.tolist()
+            return 200, orjson.dumps(answer)
+        n = len(X)
+        outputs = [
+            {"name": "predictions", "datatype": "INT64", "shape": [n], "data": predictions.tolist()},
+            {"name": "anomaly_scores", "datatype": "FP64", "shape": [n], "data": scores.tolist()},
+        ]
+        if complete is not None:
+            outputs.append({"name": "history_complete", "datatype": "BOOL", "shape": [n], "data": complete.tolist()})
+        answer = {"model_name": self.name, "id": request.id or str(uuid.uuid4()), "outputs": outputs}
+        if self.version:
+            answer["model_version"] = self.version
+        return 200, orjson.dumps(answer)
+
+
+def _error(status: int, message: str) -> tuple[int, bytes]:
+    return status, orjson.dumps({"error": message})
+
+
+def _no_model(name: str) -> tuple[int, bytes]:
+    return _error(404, f"Model with name {name} does not exist.")
+
+
+def _claimed_rows(payload, v2: bool) -> int:
+    """Rows a request claims, cheaply, to choose where it is parsed; 0 when unknown."""
+    try:
+        if v2:
+            return int(payload["inputs"][0]["shape"][0])
+        rows = payload.get("instances", payload.get("inputs"))
+        return len(rows) if isinstance(rows, list) else 0
+    except Exception:  # malformed requests are refused by the parser, on the loop
+        return 0
+
+
+async def _read_body(scope, receive, limit: int) -> tuple[bytes, str | None]:
+    """The body, or (b"", why) once it is over ``limit`` bytes (declared or received)."""
+    declared = dict(scope["headers"]).get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return b"", f"{int(declared)} bytes"
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"", None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", f"more than {limit} bytes"
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks), None
+
+
+async def _drain(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+
+
+def serve_lean(
+    model_name: str,
+    model: LoadedModel,
+    version: str | None,
+    http_port: int,
+    host: str,
+    max_instances: int,
+    max_body_bytes: int | None,
+    max_entities: int,
+    workers: int = 1,
+) -> None:
+    import signal
+    import sys
+
+    import uvicorn
+
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal into the
+    # handler that was there before: make that an exit, so the caller's cleanup runs.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: sys.exit(0))
+    app = LeanApp(model_name, model, version, max_instances, max_body_bytes, max_entities)
+    if workers != 1:
+        log.warning("the lean server runs one process; scale with replicas (--workers %d ignored)", workers)
+    log.info(
+        "serving %s on %s:%d (lean server, bodies up to %d bytes)", model_name, host, http_port, app.max_body_bytes
+    )
+    uvicorn.run(
+        app,
+        host=host,
+        port=http_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+    )

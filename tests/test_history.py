@@ -1,0 +1,70 @@
+"""Per-entity serving history (history.py): parity with offline scoring, bounds, expiry."""
+
+import numpy as np
+import pytest
+
+from anomaly_mlops.artifacts import load_model_dir
+from anomaly_mlops.data import generate_synthetic
+from anomaly_mlops.history import EntityHistory
+from anomaly_mlops.params import TrainParams
+from anomaly_mlops.train import train
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory):
+    frame = generate_synthetic(3000, seed=3)
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path_factory.mktemp("model") / "m"
+    train(str(path), out, TrainParams(n_estimators=30, feature_window=15, score_smoothing=4))
+    return load_model_dir(out), frame.iloc[:, 1:7].to_numpy()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_streaming_in_any_chunking_equals_offline_scoring(windowed):
+    model, X = windowed
+    series = X[:200]
+    labels, offline = model.score(series)
+    for chunk in (1, 3, 16, 200):
+        history = EntityHistory(model)
+        parts = [history.score("node", series[i : i + chunk]) for i in range(0, len(series), chunk)]
+        np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), offline, rtol=0, atol=1e-12)
+        assert np.concatenate([p[0] for p in parts]).tolist() == labels.tolist()
+        marks = np.concatenate([p[2] for p in parts])
+        assert marks.tolist() == [i >= model.history_rows for i in range(200)]
+
+
+def test_entities_do_not_mix_and_memory_is_bounded(windowed):
+    model, X = windowed
+    history = EntityHistory(model, max_entities=2)
+    a = np.concatenate([history.score("a", X[i : i + 1])[1] for i in range(40)])
+    b = np.concatenate([history.score("b", X[100 + i : 101 + i])[1] for i in range(40)])
+    np.testing.assert_allclose(a, model.score(X[:40])[1], atol=1e-12)
+    np.testing.assert_allclose(b, model.score(X[100:140])[1], atol=1e-12)
+    history.score("c", X[:1])  # a third entity pushes out the least recently seen ("a")
+    assert len(history) == 2
+    assert history.score("a", X[40:41])[2].tolist() == [False]  # "a" starts again
+    assert history.bytes_per_entity() < 8 * (model.history_rows * X.shape[1] + model.history_rows) + 1000
+
+
+def test_history_expires_after_a_gap(windowed):
+    model, X = windowed
+    clock = Clock()
+    history = EntityHistory(model, clock=clock)
+    assert history.ttl_s == 300  # five missed one-minute samples
+    for i in range(30):
+        clock.now += 60
+        history.score("a", X[i : i + 1])
+    clock.now += 60
+    assert history.score("a", X[30:31])[2].tolist() == [True]
+    clock.now += 301
+    fresh = history.score("a", X[31:32])
+    assert fresh[2].tolist() == [False]
+    np.testing.assert_allclose(fresh[1], model.score(X[31:32])[1], atol=1e-12)
