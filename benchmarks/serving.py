@@ -124,13 +124,15 @@ def wrk(binary: str, url: str, body: bytes, connections: int, seconds: float) ->
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = {json.dumps(body.decode())}\n"
         )
-    out = subprocess.run(
+    run = subprocess.run(
         [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, url],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
+    )
     os.unlink(script.name)
+    out = run.stdout
+    if run.returncode != 0 or "Requests/sec" not in out:
+        return {"failed": (run.stderr or out).strip()[-200:]}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -141,7 +143,11 @@ def wrk(binary: str, url: str, body: bytes, connections: int, seconds: float) ->
 
 
 def median_round(binary, url, body, connections, seconds, rounds) -> dict:
-    results = sorted((wrk(binary, url, body, connections, seconds) for _ in range(rounds)), key=lambda r: r["rps"])
+    results = [wrk(binary, url, body, connections, seconds) for _ in range(rounds)]
+    failed = [r for r in results if "failed" in r]
+    if failed:
+        return failed[0]
+    results.sort(key=lambda r: r["rps"])
     return results[len(results) // 2]
 
 
@@ -162,7 +168,16 @@ def mlserver_dir(model_dir: Path, port: int) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="mlserver-"))
     shutil.copy(model_dir / "model.joblib", folder / "model.joblib")
     (folder / "settings.json").write_text(
-        json.dumps({"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1"})
+        # One process, like the others (and MLServer 1.7.1's worker pool fails under uvloop 0.23).
+        json.dumps(
+            {
+                "http_port": port,
+                "grpc_port": free_port(),
+                "metrics_port": free_port(),
+                "host": "127.0.0.1",
+                "parallel_workers": 0,
+            }
+        )
     )
     (folder / "model-settings.json").write_text(
         json.dumps(
@@ -347,16 +362,19 @@ def main():
             )
         finally:
             stop(process)
-        errors = sum(r["errors"] for r in (v1, v2, batch) if r)
-        if errors:
-            checks += f" {errors} non-2xx answers"
+        for workload, r in (("V1", v1), ("V2", v2), ("batch", batch)):
+            if r and "failed" in r:
+                checks += f" {workload}: wrk failed ({r['failed']})"
+            elif r and r["errors"]:
+                checks += f" {workload}: {r['errors']} non-2xx answers"
 
         def cell(r, key, fmt):
-            return "-" if r is None else format(r[key], fmt)
+            # Not served, failed, or answered with errors: no figure.
+            return "-" if r is None or "failed" in r or r["errors"] else format(r[key], fmt)
 
         lines.append(
             f"| {label} | {cell(v1, 'rps', ',.0f')} | {cell(v1, 'p99', '.2f')} | {cell(v2, 'rps', ',.0f')} | "
-            f"{cell(v2, 'p99', '.2f')} | {'-' if batch is None else format(batch['rps'] * 100, ',.0f')} | "
+            f"{cell(v2, 'p99', '.2f')} | {cell(batch and {**batch, 'rows': batch.get('rps', 0) * 100}, 'rows', ',.0f')} | "
             f"{statistics.median(colds):.2f} | {checks} |"
         )
         print(lines[-1], flush=True)

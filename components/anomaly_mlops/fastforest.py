@@ -103,13 +103,18 @@ class CompiledForest:
         return np.concatenate([self._scores(X[i : i + CHUNK_ROWS]) for i in range(0, len(X), CHUNK_ROWS)])
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
-        scaled = ((X - self.mean) / self.scale).astype(np.float32)
-        rows = np.arange(len(X))[:, None]
-        nodes = np.broadcast_to(self.roots, (len(X), len(self.roots))).copy()
+        scaled = ((X - self.mean) / self.scale).astype(np.float32).ravel()
+        n_inputs = len(self.mean)
+        if not hasattr(self, "_children"):
+            # [right, left] per node: the next node is one flat take at 2 * node + go_left.
+            self._children = np.column_stack([self.right, self.left]).ravel()
+        # One flat (rows x trees) walk: take() on flat arrays beats 2-D fancy indexing.
+        row_base = np.repeat(np.arange(len(X), dtype=np.intp) * n_inputs, len(self.roots))
+        nodes = np.tile(self.roots, len(X))
         for _ in range(self.depth):
-            go_left = scaled[rows, self.feature[nodes]] <= self.threshold[nodes]
-            nodes = np.where(go_left, self.left[nodes], self.right[nodes])
-        depths = self.leaf_value[nodes].sum(axis=1)
+            go_left = scaled.take(row_base + self.feature.take(nodes)) <= self.threshold.take(nodes)
+            nodes = self._children.take(2 * nodes + go_left)
+        depths = self.leaf_value.take(nodes).reshape(len(X), len(self.roots)).sum(axis=1)
         if self.denominator == 0:  # a forest fitted on one sample: sklearn answers 1
             return np.ones(len(X))
         return 2.0 ** (-depths / self.denominator)

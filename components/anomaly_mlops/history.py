@@ -64,7 +64,7 @@ class EntityHistory:
             state = self._states.pop(entity, None)
             if state is None or now - state.last_seen > self.ttl_s:
                 state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
-            rows = np.vstack([state.rows, X])
+            rows = np.vstack([state.rows, X]) if self._keep_rows else X
             features = model.transform.apply(rows, last=len(X))
             raw = np.concatenate([state.raw, model.raw_scores(features)])
             scores = smooth_scores(raw, model.smoothing)[len(state.raw) :]

@@ -135,9 +135,22 @@ class Metrics:
         self.rows_flagged = Counter(
             "anomaly_detector_rows_flagged", "Rows flagged anomalous", ["model"], registry=self.registry
         ).labels(model_name)
+        self._children: dict = {}
         self.entities = Gauge(
             "anomaly_detector_entities", "Entities whose history is kept", ["model"], registry=self.registry
         ).labels(model_name)
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count and time one request; label children are looked up once per (endpoint, status)."""
+        key = (endpoint, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(endpoint, str(status)),
+                self.latency.labels(endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -187,8 +200,7 @@ class LeanApp:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.requests.labels(endpoint, str(status)).inc()
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        self.metrics.observe(endpoint, status, time.perf_counter() - started)
 
     async def route(self, scope, receive) -> tuple[str, int, bytes]:
         method, path = scope["method"], scope["path"]
@@ -234,14 +246,15 @@ class LeanApp:
         if model_name != self.name:
             await _drain(receive)
             return endpoint, *_no_model(model_name)
-        body, refused = await _read_body(scope, receive, self.max_body_bytes)
+        headers = dict(scope["headers"])
+        body, refused = await _read_body(headers, receive, self.max_body_bytes)
         if refused:
             return endpoint, *_error(
                 413,
                 f"the request body is {refused}; the limit is {self.max_body_bytes} bytes "
                 "(--max-body-bytes); send fewer rows per request",
             )
-        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        content_type = headers.get(b"content-type", b"")
         if not content_type.startswith(b"application/json"):
             return endpoint, *_error(
                 400, "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
@@ -307,9 +320,9 @@ def _claimed_rows(payload, v2: bool) -> int:
         return 0
 
 
-async def _read_body(scope, receive, limit: int) -> tuple[bytes, str | None]:
+async def _read_body(headers: dict, receive, limit: int) -> tuple[bytes, str | None]:
     """The body, or (b"", why) once it is over ``limit`` bytes (declared or received)."""
-    declared = dict(scope["headers"]).get(b"content-length")
+    declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return b"", f"{int(declared)} bytes"
     chunks, size = [], 0
