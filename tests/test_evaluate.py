@@ -37,6 +37,14 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
         evaluate(tmp_path / "nope")
 
 
+def test_tune_needs_a_dataset_to_choose_on_and_one_to_report_on(tmp_path):
+    from anomaly_mlops.errors import ConfigError
+
+    for datasets in (("smd",), ("nab",)):
+        with pytest.raises(ConfigError, match="evaluate at least one of each"):
+            evaluate(tmp_path, datasets, tune=True, tune_on=("nab",))
+
+
 @needs_data
 def test_smd_quality_of_the_defaults_and_of_time_series_features():
     default = evaluate(SHARED_DATA, ("smd",))

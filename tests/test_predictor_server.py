@@ -157,9 +157,12 @@ def test_server_stays_ready_and_exports_metrics(served, holdout):
 
 
 @pytest.mark.skipif(not v2_schema.available(), reason="../shared/schemas/open-inference-protocol not found")
-def test_v2_bodies_follow_the_open_inference_openapi(served, holdout, request):
+def test_v2_bodies_follow_the_open_inference_openapi(served, holdout, model_dir, request):
+    from anomaly_mlops.publish import default_version
+
     url, name = served
     kserve = request.node.callspec.params["served"] == "kserve"
+    version = default_version(model_dir)
     request = {
         "id": "r1",
         "inputs": [{"name": "input-0", "shape": [3, 6], "datatype": "FP64", "data": holdout.X[:3].ravel().tolist()}],
@@ -179,6 +182,10 @@ def test_v2_bodies_follow_the_open_inference_openapi(served, holdout, request):
         (requests.get(f"{url}/v2/models/nope", timeout=5), 404, "metadata_model_error_response"),
         (requests.post(f"{url}/v2/models/nope/infer", json=request, timeout=5), 404, "inference_error_response"),
     ]
+    if not kserve:  # KServe 0.21 answers versioned paths 501 "Model versioning not supported yet"
+        checks.append(
+            (requests.get(f"{url}/v2/models/{name}/versions/{version}", timeout=5), 200, "metadata_model_response")
+        )
     for response, status, schema in checks:
         assert response.status_code == status, (response.request.url, response.text)
         assert response.headers["content-type"].startswith("application/json")
@@ -286,3 +293,20 @@ def test_a_body_not_sent_as_json_is_told_so(served):
     )
     assert response.status_code == 400
     assert "Content-Type: application/json" in response.json()["error"]
+
+
+def test_lean_server_refuses_a_version_it_does_not_serve(served, request, model_dir):
+    from anomaly_mlops.publish import default_version
+
+    if request.node.callspec.params["served"] != "lean":
+        pytest.skip("KServe 0.21 answers versioned paths 501: model versioning not supported")
+    url, name = served
+    body = {"inputs": [{"name": "x", "shape": [1, 6], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6]}]}
+    served_version = default_version(model_dir)
+    assert requests.post(f"{url}/v2/models/{name}/versions/{served_version}/infer", json=body, timeout=5).ok
+    for response in (
+        requests.post(f"{url}/v2/models/{name}/versions/v0/infer", json=body, timeout=5),
+        requests.get(f"{url}/v2/models/{name}/versions/v0", timeout=5),
+        requests.get(f"{url}/v2/models/{name}/versions/v0/ready", timeout=5),
+    ):
+        assert response.status_code == 404 and "has no version v0" in response.json()["error"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .features import FeatureTransform, smoothing_rows, window_rows
 from .params import TrainParams
 
@@ -184,6 +184,11 @@ def evaluate(
     ``tune``, of exactly the detector ``params`` describe (defaults: what ``train`` fits)."""
     params = params or TrainParams()
     params.check()
+    if tune and not (set(tune_on) & set(datasets) and set(datasets) - set(tune_on)):
+        raise ConfigError(
+            f"--tune chooses on {list(tune_on)} and reports on the other datasets: evaluate at least one of "
+            f"each (got {list(datasets)})"
+        )
     series = _load(Path(data_dir), datasets, resample_minutes)
     window, smoothing = params.windows_for(client_built_features=False)
     params = replace(params, threshold=params.threshold_for(client_built_features=False))

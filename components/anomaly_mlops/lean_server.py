@@ -211,6 +211,9 @@ class LeanApp:
                     return await self.infer("v1_predict", found.group(1), scope, receive, v2=False)
             found = _V2_MODEL.match(path)
             if found and found.group(3) == "/infer":
+                if self._unknown_version(found.group(2)):
+                    await _drain(receive)
+                    return "v2_infer", *self._no_version(found.group(2))
                 return await self.infer("v2_infer", found.group(1), scope, receive, v2=True)
             if _V1_MODEL.match(path) or _V2_MODEL.match(path) or path in _GET_PATHS:
                 return "other", *_error(405, "Method Not Allowed")
@@ -237,10 +240,19 @@ class LeanApp:
         if found and found.group(3) != "/infer":
             if found.group(1) != self.name:
                 return "metadata", *_no_model(found.group(1))
+            if self._unknown_version(found.group(2)):
+                return "metadata", *self._no_version(found.group(2))
             if found.group(3) == "/ready":
                 return "health", 200, orjson.dumps({"name": self.name, "ready": True})
             return "metadata", 200, self.metadata
         return "other", *_error(404, "Not Found")
+
+    def _unknown_version(self, version: str | None) -> bool:
+        """A version in the path must be the one served (any, when the model has no version)."""
+        return version is not None and self.version is not None and version != self.version
+
+    def _no_version(self, version: str) -> tuple[int, bytes]:
+        return _error(404, f"Model {self.name} has no version {version}; it serves {self.version}")
 
     async def infer(self, endpoint: str, model_name: str, scope, receive, v2: bool) -> tuple[str, int, bytes]:
         if model_name != self.name:
