@@ -126,7 +126,7 @@ def test_publish_without_the_data_connection_names_the_missing_keys(model_dir):
 
 @pytest.mark.slow
 def test_run_local_end_to_end(tmp_path):
-    """The README's main job, small: every step, real S3 protocol server, real KServe server."""
+    """The README's main job, small: every step, real S3 protocol server, the real (lean) model server."""
     result = run("run", "--local", "--workdir", str(tmp_path), "--rows", "10080")
     summary = json.loads(result.stdout)
     assert summary["gate_passed"] is True

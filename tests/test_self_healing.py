@@ -254,9 +254,12 @@ def _engine_predict(url: str, row: list[float]) -> int:
     return predictions[0]
 
 
-def test_the_engine_gets_minus_one_for_incidents_and_one_for_ordinary_rows(platform_model, tmp_path):
+@pytest.mark.parametrize("server", ["lean", "kserve"])
+def test_the_engine_gets_minus_one_for_incidents_and_one_for_ordinary_rows(platform_model, tmp_path, server):
     rng = np.random.default_rng(11)
-    with model_server("anomaly-detector", str(platform_model), log_path=tmp_path / "log") as url:
+    with model_server(
+        "anomaly-detector", str(platform_model), log_path=tmp_path / "log", extra_args=("--server", server)
+    ) as url:
         health = requests.get(f"{url}/v1/models/anomaly-detector", timeout=5)
         assert health.status_code == 200 and health.json()["ready"] is True
         ordinary = [_engine_predict(url, _engine_row(rng)) for _ in range(20)]
@@ -270,8 +273,9 @@ def test_the_engine_gets_minus_one_for_incidents_and_one_for_ordinary_rows(platf
         }
     assert ordinary == [1] * 20
     assert incidents["cpu_runaway"] == [-1] * 5
-    # Node memory pressure scores 0.560-0.582 against a threshold of 0.561 on this model: the
-    # forest's score saturates once a value leaves the training range, so the margin is thin.
+    # Node memory pressure scores 0.555-0.579 against a threshold of 0.524 on this model
+    # (0.560-0.582 against 0.561 with the old in-sample threshold); the forest's score
+    # saturates once a value leaves the training range, so the margin stays small.
     assert incidents["node_memory_pressure"].count(-1) >= 4
     for n, response in wrong_length.items():
         assert response.status_code == 400
