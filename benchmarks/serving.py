@@ -194,6 +194,7 @@ def main():
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--no-references", action="store_true", help="skip the sklearn runtime and MLServer")
+    parser.add_argument("--only", help="run only the servers whose label contains this text, e.g. 'lean'")
     opts = parser.parse_args()
     binary = ensure_wrk()
     model_dir, prepared = train_default_model()
@@ -325,6 +326,8 @@ def main():
     )
     lines = [header]
     for label, command, kind in servers:
+        if opts.only and opts.only not in label:
+            continue
         colds, checks = [], ""
         for _ in range(opts.cold_starts):
             port = free_port()

@@ -109,11 +109,16 @@ class CompiledForest:
             # [right, left] per node: the next node is one flat take at 2 * node + go_left.
             self._children = np.column_stack([self.right, self.left]).ravel()
         # One flat (rows x trees) walk: take() on flat arrays beats 2-D fancy indexing.
-        row_base = np.repeat(np.arange(len(X), dtype=np.intp) * n_inputs, len(self.roots))
         nodes = np.tile(self.roots, len(X))
-        for _ in range(self.depth):
-            go_left = scaled.take(row_base + self.feature.take(nodes)) <= self.threshold.take(nodes)
-            nodes = self._children.take(2 * nodes + go_left)
+        if len(X) == 1:  # the serving hot path: no row offsets to add
+            for _ in range(self.depth):
+                go_left = scaled.take(self.feature.take(nodes)) <= self.threshold.take(nodes)
+                nodes = self._children.take(2 * nodes + go_left)
+        else:
+            row_base = np.repeat(np.arange(len(X), dtype=np.intp) * n_inputs, len(self.roots))
+            for _ in range(self.depth):
+                go_left = scaled.take(row_base + self.feature.take(nodes)) <= self.threshold.take(nodes)
+                nodes = self._children.take(2 * nodes + go_left)
         depths = self.leaf_value.take(nodes).reshape(len(X), len(self.roots)).sum(axis=1)
         if self.denominator == 0:  # a forest fitted on one sample: sklearn answers 1
             return np.ones(len(X))
