@@ -213,41 +213,14 @@ def main():
     v1_batch = json.dumps({"instances": rows[:100].tolist()}).encode()
 
     py = sys.executable
+
+    def ours(server: str):
+        return lambda p: [py, "-m", "anomaly_mlops.cli", "serve", "--server", server, "--model-dir", str(model_dir),
+                          "--host", "127.0.0.1", "--http-port", str(p)]  # fmt: skip
+
     servers = [
-        (
-            "ours (lean)",
-            lambda p: [
-                py,
-                "-m",
-                "anomaly_mlops.cli",
-                "serve",
-                "--model-dir",
-                str(model_dir),
-                "--host",
-                "127.0.0.1",
-                "--http-port",
-                str(p),
-            ],
-            "ours",
-        ),
-        (
-            "ours (KServe)",
-            lambda p: [
-                py,
-                "-m",
-                "anomaly_mlops.cli",
-                "serve",
-                "--server",
-                "kserve",
-                "--model-dir",
-                str(model_dir),
-                "--host",
-                "127.0.0.1",
-                "--http-port",
-                str(p),
-            ],
-            "ours",
-        ),
+        ("ours (lean)", ours("lean"), "ours"),
+        ("ours (KServe)", ours("kserve"), "ours"),
         (
             "KServe, constant model",
             lambda p: [py, str(HERE / "servers/constant_kserve.py"), "--http-port", str(p)],

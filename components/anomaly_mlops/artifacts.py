@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtifactError
-from .features import FeatureTransform, entity_groups, smooth_scores
+from .features import FeatureTransform, smooth_by_entity
 from .schema import FeatureSchema
 
 MODEL_FILE = "model.joblib"
@@ -138,12 +138,8 @@ class LoadedModel:
     def anomaly_scores(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
         """Higher is more anomalous. Rows are metrics in schema order; the rows of each
         entity (all rows without ``entities``) are one series, oldest first."""
-        if self.history_rows == 0:
-            return self.raw_scores(X)
-        scores = np.empty(len(X))
-        for rows in entity_groups(entities, len(X)):
-            scores[rows] = smooth_scores(self.raw_scores(self.transform.apply(X[rows])), self.smoothing)
-        return scores
+        raw = self.raw_scores(self.transform.apply_by_entity(X, entities))
+        return smooth_by_entity(raw, entities, self.smoothing)
 
     def label(self, scores: np.ndarray) -> np.ndarray:
         """ANOMALY (-1) where the score exceeds the threshold, else NORMAL (1)."""

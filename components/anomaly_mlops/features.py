@@ -46,6 +46,16 @@ def smooth_scores(raw: np.ndarray, rows: int) -> np.ndarray:
     return (total[end] - total[start]) / (end - start)
 
 
+def smooth_by_entity(raw: np.ndarray, entities: np.ndarray | None, rows: int) -> np.ndarray:
+    """smooth_scores within each entity's rows (all rows are one series without entities)."""
+    if rows <= 1:
+        return raw
+    out = np.empty_like(raw)
+    for group in entity_groups(entities, len(raw)):
+        out[group] = smooth_scores(raw[group], rows)
+    return out
+
+
 def entity_groups(entities: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
     """Row indices per entity, each in the given (time) order; one group without entities."""
     if entities is None:

@@ -11,6 +11,7 @@ since a window that spans a gap would mix unrelated times. A new model gets a ne
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -20,6 +21,8 @@ import numpy as np
 
 from .artifacts import LoadedModel
 from .features import smooth_scores
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ENTITIES = 10_000
 MAX_ENTITY_ID_CHARS = 256
@@ -47,6 +50,13 @@ class EntityHistory:
         self._lock = threading.Lock()
         self._keep_rows = max(model.transform.window - 1, 0)
         self._keep_raw = model.smoothing - 1
+        log.info(
+            "keeping the last %d rows of up to %d entities (at most %.1f MiB), each forgotten after %.0f s unseen",
+            model.history_rows,
+            max_entities,
+            max_entities * self.bytes_per_entity() / 2**20,
+            self.ttl_s,
+        )
 
     def __len__(self) -> int:
         return len(self._states)

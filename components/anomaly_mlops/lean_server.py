@@ -23,14 +23,17 @@ from . import __version__
 from .artifacts import ANOMALY, LoadedModel
 from .history import DEFAULT_MAX_ENTITIES, EntityHistory
 from .predictor import (
+    NOT_JSON,
     SMALL_BATCH_ROWS,
     InputProblem,
+    claimed_rows,
     default_max_body_bytes,
     output_types,
-    parse_entity,
-    parse_v1,
-    parse_v2,
-    score_rows,
+    read_body_capped,
+    score_payload,
+    too_large,
+    v1_answer,
+    v2_outputs,
 )
 
 log = logging.getLogger(__name__)
@@ -259,54 +262,34 @@ class LeanApp:
             await _drain(receive)
             return endpoint, *_no_model(model_name)
         headers = dict(scope["headers"])
-        body, refused = await _read_body(headers, receive, self.max_body_bytes)
+        body, refused = await read_body_capped(headers, receive, self.max_body_bytes)
         if refused:
-            return endpoint, *_error(
-                413,
-                f"the request body is {refused}; the limit is {self.max_body_bytes} bytes "
-                "(--max-body-bytes); send fewer rows per request",
-            )
+            return endpoint, *_error(413, too_large(refused, self.max_body_bytes))
         content_type = headers.get(b"content-type", b"")
         if not content_type.startswith(b"application/json"):
-            return endpoint, *_error(
-                400, "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
-            )
+            return endpoint, *_error(400, NOT_JSON)
         try:
-            payload = orjson.loads(body)
+            payload = orjson.loads(body or b"")
         except orjson.JSONDecodeError as exc:
             return endpoint, *_error(400, f"the request body is not valid JSON: {exc}"[:500])
-        if _claimed_rows(payload, v2) > SMALL_BATCH_ROWS:
+        if claimed_rows(payload, v2) > SMALL_BATCH_ROWS:
             loop = asyncio.get_running_loop()
             return endpoint, *await loop.run_in_executor(self.batch_pool, self.answer, payload, v2)
         return endpoint, *self.answer(payload, v2)
 
     def answer(self, payload, v2: bool) -> tuple[int, bytes]:
-        features = self.model.schema.features
         try:
-            if v2:
-                request = read_v2(payload)
-                X = parse_v2(request, features, self.max_instances)
-                entity = parse_entity((request.parameters or {}).get("entity"))
-            else:
-                X = parse_v1(payload, features, self.max_instances, self.expected)
-                entity = parse_entity(payload.get("entity"))
-            predictions, scores, complete = score_rows(self.model, self.history, X, entity)
+            request = read_v2(payload) if v2 else payload
+            predictions, scores, complete = score_payload(
+                self.model, self.history, request, v2, self.max_instances, self.expected
+            )
         except InputProblem as exc:
             return _error(400, str(exc))
-        self.metrics.rows_scored.inc(len(X))
+        self.metrics.rows_scored.inc(len(scores))
         self.metrics.rows_flagged.inc(int(np.count_nonzero(predictions == ANOMALY)))
         if not v2:
-            answer = {"predictions": predictions.tolist(), "anomaly_scores": scores.tolist()}
-            if complete is not None:
-                answer["history_complete"] = complete.tolist()
-            return 200, orjson.dumps(answer)
-        n = len(X)
-        outputs = [
-            {"name": "predictions", "datatype": "INT64", "shape": [n], "data": predictions.tolist()},
-            {"name": "anomaly_scores", "datatype": "FP64", "shape": [n], "data": scores.tolist()},
-        ]
-        if complete is not None:
-            outputs.append({"name": "history_complete", "datatype": "BOOL", "shape": [n], "data": complete.tolist()})
+            return 200, orjson.dumps(v1_answer(predictions, scores, complete))
+        outputs = v2_outputs(predictions, scores, complete)
         answer = {"model_name": self.name, "id": request.id or str(uuid.uuid4()), "outputs": outputs}
         if self.version:
             answer["model_version"] = self.version
@@ -319,36 +302,6 @@ def _error(status: int, message: str) -> tuple[int, bytes]:
 
 def _no_model(name: str) -> tuple[int, bytes]:
     return _error(404, f"Model with name {name} does not exist.")
-
-
-def _claimed_rows(payload, v2: bool) -> int:
-    """Rows a request claims, cheaply, to choose where it is parsed; 0 when unknown."""
-    try:
-        if v2:
-            return int(payload["inputs"][0]["shape"][0])
-        rows = payload.get("instances", payload.get("inputs"))
-        return len(rows) if isinstance(rows, list) else 0
-    except Exception:  # malformed requests are refused by the parser, on the loop
-        return 0
-
-
-async def _read_body(headers: dict, receive, limit: int) -> tuple[bytes, str | None]:
-    """The body, or (b"", why) once it is over ``limit`` bytes (declared or received)."""
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return b"", f"{int(declared)} bytes"
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"", None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return b"", f"more than {limit} bytes"
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks), None
 
 
 async def _drain(receive) -> None:

@@ -78,11 +78,12 @@ def resolve_model_dir(model_uri: str, cache_dir: str | Path) -> Path:
     return Path(model_uri)
 
 
+NOT_JSON = "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
+
+
 def parse_v1(payload: Any, features: tuple[str, ...], max_instances: int, expected: str | None = None) -> np.ndarray:
     if isinstance(payload, (bytes, bytearray, str)):
-        raise InputProblem(
-            "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
-        )
+        raise InputProblem(NOT_JSON)
     if not isinstance(payload, dict):
         raise InputProblem("the request body must be a JSON object with an 'instances' list")
     key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
@@ -245,6 +246,38 @@ def score_rows(model: LoadedModel, history: EntityHistory | None, X: np.ndarray,
     return predictions, scores, np.arange(len(X)) >= model.history_rows
 
 
+def score_payload(model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str):
+    """Parse a V1 body or a V2 request (``.inputs`` and ``.parameters``) and score it, as
+    both servers do: (predictions, scores, history_complete or None). Raises InputProblem."""
+    features = model.schema.features
+    if v2:
+        X = parse_v2(payload, features, max_instances)
+        entity = parse_entity((payload.parameters or {}).get("entity"))
+    else:
+        X = parse_v1(payload, features, max_instances, expected)
+        entity = parse_entity(payload.get("entity"))
+    return score_rows(model, history, X, entity)
+
+
+def v1_answer(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> dict:
+    answer = {"predictions": predictions.tolist(), "anomaly_scores": scores.tolist()}
+    if complete is not None:
+        answer["history_complete"] = complete.tolist()
+    return answer
+
+
+def v2_outputs(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> list[dict]:
+    """The V2 output tensors (as JSON objects), matching output_types."""
+    n = len(scores)
+    outputs = [
+        {"name": "predictions", "datatype": "INT64", "shape": [n], "data": predictions.tolist()},
+        {"name": "anomaly_scores", "datatype": "FP64", "shape": [n], "data": scores.tolist()},
+    ]
+    if complete is not None:
+        outputs.append({"name": "history_complete", "datatype": "BOOL", "shape": [n], "data": complete.tolist()})
+    return outputs
+
+
 def describe_history(model: LoadedModel) -> str:
     window = model.metadata.get("feature_transform", {}).get("window_minutes")
     smoothing = model.metadata.get("score_smoothing", {}).get("minutes")
@@ -263,16 +296,42 @@ def output_types(model: LoadedModel) -> list[dict]:
     return outputs
 
 
-def _request_rows(payload) -> int:
-    """Rows a request claims, cheaply, to choose where it is parsed; 0 when unknown."""
+def claimed_rows(payload, v2: bool) -> int:
+    """Rows a request claims, cheaply, to choose where it is parsed; 0 when unknown. A V2
+    request may be KServe's InferRequest or a decoded JSON object."""
     try:
-        if isinstance(payload, dict):
-            rows = payload.get("instances", payload.get("inputs"))
-            return len(rows) if isinstance(rows, list) else 0
-        shape = payload.inputs[0].shape
-        return int(shape[0]) if shape else 0
+        if v2:
+            first = payload["inputs"][0] if isinstance(payload, dict) else payload.inputs[0]
+            shape = first["shape"] if isinstance(first, dict) else first.shape
+            return int(shape[0]) if shape else 0
+        rows = payload.get("instances", payload.get("inputs"))
+        return len(rows) if isinstance(rows, list) else 0
     except Exception:  # malformed requests are refused by the parser, on the loop
         return 0
+
+
+def too_large(size: str, limit: int) -> str:
+    return f"the request body is {size}; the limit is {limit} bytes (--max-body-bytes); send fewer rows per request"
+
+
+async def read_body_capped(headers: dict, receive, limit: int) -> tuple[bytes | None, str | None]:
+    """(body, None), or (None, how large) once the body is over ``limit`` bytes, declared
+    in Content-Length or received; (None, None) when the client went away."""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None, f"{int(declared)} bytes"
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None, f"more than {limit} bytes"
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks), None
 
 
 class BodySizeLimit:
@@ -288,23 +347,16 @@ class BodySizeLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                return await self._refuse(send, f"{int(declared)} bytes")
-            return await self.app(scope, receive, send)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._refuse(send, f"more than {self.max_bytes} bytes")
-            if not message.get("more_body"):
-                break
-        body, replayed = b"".join(chunks), False
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and not (declared.isdigit() and int(declared) > self.max_bytes):
+            return await self.app(scope, receive, send)  # within the cap: the app reads it
+        body, refused = await read_body_capped(headers, receive, self.max_bytes)
+        if refused:
+            return await self._refuse(send, refused)
+        if body is None:
+            return
+        replayed = False
 
         async def replay():
             nonlocal replayed
@@ -316,12 +368,7 @@ class BodySizeLimit:
         return await self.app(scope, replay, send)
 
     async def _refuse(self, send, size: str) -> None:
-        body = json.dumps(
-            {
-                "error": f"the request body is {size}; the limit is {self.max_bytes} bytes "
-                "(--max-body-bytes); send fewer rows per request"
-            }
-        ).encode()
+        body = json.dumps({"error": too_large(size, self.max_bytes)}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -402,39 +449,23 @@ def build_model_class():
             return output_types(self.detector)
 
         async def predict(self, payload, headers=None, response_headers=None):
-            if _request_rows(payload) > SMALL_BATCH_ROWS:
+            if claimed_rows(payload, isinstance(payload, InferRequest)) > SMALL_BATCH_ROWS:
                 return await asyncio.get_running_loop().run_in_executor(self.batch_pool, self.score_request, payload)
             return self.score_request(payload)
 
         def score_request(self, payload):
-            features = self.detector.schema.features
             is_v2 = isinstance(payload, InferRequest)
             try:
-                if is_v2:
-                    X = parse_v2(payload, features, self.max_instances)
-                    entity = parse_entity((payload.parameters or {}).get("entity"))
-                else:
-                    X = parse_v1(payload, features, self.max_instances, self.expected)
-                    entity = parse_entity(payload.get("entity"))
-                predictions, scores, complete = score_rows(self.detector, self.history, X, entity)
+                predictions, scores, complete = score_payload(
+                    self.detector, self.history, payload, is_v2, self.max_instances, self.expected
+                )
             except InputProblem as exc:
                 raise InvalidInput(str(exc)) from None
-            rows_scored.labels(self.name).inc(len(X))
-            rows_flagged.labels(self.name).inc(int((predictions == ANOMALY).sum()))
+            rows_scored.labels(self.name).inc(len(scores))
+            rows_flagged.labels(self.name).inc(int(np.count_nonzero(predictions == ANOMALY)))
             if not is_v2:
-                body = {"predictions": predictions.tolist(), "anomaly_scores": scores.tolist()}
-                if complete is not None:
-                    body["history_complete"] = complete.tolist()
-                return body
-            labels = InferOutput(name="predictions", shape=[len(X)], datatype="INT64")
-            labels.set_data_from_numpy(predictions.astype(np.int64), binary_data=False)
-            values = InferOutput(name="anomaly_scores", shape=[len(X)], datatype="FP64")
-            values.set_data_from_numpy(scores.astype(np.float64), binary_data=False)
-            outputs = [labels, values]
-            if complete is not None:
-                marks = InferOutput(name="history_complete", shape=[len(X)], datatype="BOOL")
-                marks.set_data_from_numpy(complete, binary_data=False)
-                outputs.append(marks)
+                return v1_answer(predictions, scores, complete)
+            outputs = [InferOutput(**tensor) for tensor in v2_outputs(predictions, scores, complete)]
             return InferResponse(
                 model_name=self.name, infer_outputs=outputs, response_id=payload.id or str(uuid.uuid4())
             )

@@ -29,7 +29,7 @@ from .features import (
     DEFAULT_SAMPLE_INTERVAL_S,
     FeatureTransform,
     entity_groups,
-    smooth_scores,
+    smooth_by_entity,
     smoothing_rows,
     window_rows,
 )
@@ -122,15 +122,6 @@ def fit_forest(F: np.ndarray, params: TrainParams):
     return pipeline.fit(F)
 
 
-def smoothed_by_entity(raw: np.ndarray, entities: np.ndarray | None, rows: int) -> np.ndarray:
-    if rows <= 1:
-        return raw
-    out = np.empty_like(raw)
-    for group in entity_groups(entities, len(raw)):
-        out[group] = smooth_scores(raw[group], rows)
-    return out
-
-
 def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.98) -> float | None:
     """Peaks over threshold: fit a generalized Pareto distribution to the excesses over the
     ``initial_quantile`` and return the score exceeded with probability ``risk``; None
@@ -182,7 +173,7 @@ def fit_detector(
     F = transform.apply_by_entity(X, entities)
     held = calibration_mask(len(F), entities, params.calibration_fraction)
     pipeline = fit_forest(F[~held], params)
-    scores = smoothed_by_entity(-pipeline.score_samples(F), entities, k)
+    scores = smooth_by_entity(-pipeline.score_samples(F), entities, k)
     threshold, detail = threshold_from(scores[held], params, params.threshold_for(client_built_features))
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
     pipeline.named_steps["iforest"].offset_ = -threshold
