@@ -6,7 +6,7 @@ Servers (one process each, loopback, the same 100-tree default model):
   KServe, constant     the KServe model server with a model that returns a constant (its ceiling)
   ASGI, constant       uvicorn + httptools + uvloop answering a constant (the stack's limit)
   sample predictor     the design record's predictor (predict + decision_function) on KServe
-  sklearn runtime      KServe's upstream sklearnserver, in its own venv (installed from KServe's git tag)
+  sklearn runtime      KServe's upstream sklearnserver, in its own venv (KServe's git tag or --kserve-src)
   MLServer             mlserver + mlserver-sklearn, in its own venv (V2 only)
 For each: cold start (process start to the first 200 from its readiness route), then with wrk
 at --connections: single-row V1, single-row V2, and 100-row V1 batches; medians of --rounds
@@ -15,6 +15,8 @@ rounds of --seconds. Before the load, our servers are checked: parity with sciki
 
 Setup: wrk comes from the Debian package (installed here with apt-get when missing, as the
 Makefile installs Prometheus); the reference venvs go to .venv-bench/ (--no-references skips).
+sklearnserver is not published on PyPI: it is installed from KServe's git tag, or from
+--kserve-src (a KServe source tree) where github.com is out of reach.
 Usage: .venv/bin/python benchmarks/serving.py [--seconds 5] [--rounds 3] [--connections 16]
 """
 
@@ -195,6 +197,11 @@ def main():
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--no-references", action="store_true", help="skip the sklearn runtime and MLServer")
     parser.add_argument("--only", help="run only the servers whose label contains this text, e.g. 'lean'")
+    parser.add_argument(
+        "--kserve-src",
+        help="a KServe source tree (git checkout or archive) to install sklearnserver from, "
+        "where github.com cannot be reached",
+    )
     opts = parser.parse_args()
     binary = ensure_wrk()
     model_dir, prepared = train_default_model()
@@ -243,11 +250,18 @@ def main():
     notes = []
     if not opts.no_references:
         kserve_version = pinned("kserve").split("==")[-1]
+        # sklearnserver is not on PyPI: from KServe's git tag, or a KServe source tree.
+        source = (
+            str(Path(opts.kserve_src) / "python" / "sklearnserver")
+            if opts.kserve_src
+            else f"git+https://github.com/kserve/kserve@v{kserve_version}#subdirectory=python/sklearnserver"
+        )
         python, note = reference_venv(
             "kserve-sklearn",
             [
-                f"{pinned('kserve')} {pinned('scikit-learn')} {pinned('numpy')} {pinned('joblib')}",
-                f"--no-deps git+https://github.com/kserve/kserve@v{kserve_version}#subdirectory=python/sklearnserver",
+                f"{pinned('kserve')} kserve-storage=={kserve_version} {pinned('scikit-learn')} {pinned('numpy')} "
+                f"{pinned('joblib')}",
+                f"--no-deps {source}",
             ],
         )
         if python:

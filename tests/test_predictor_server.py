@@ -149,10 +149,12 @@ def test_server_stays_ready_and_exports_metrics(served, holdout):
     metrics = requests.get(f"{url}/metrics", timeout=5).text
     scored = [line for line in metrics.splitlines() if line.startswith("anomaly_detector_rows_scored_total")]
     assert scored and float(scored[0].split()[-1]) >= 10
-    # Request latency: KServe's histogram, or the lean server's per endpoint.
+    # Request latency: KServe's histogram, or the lean server's per endpoint (and how many
+    # requests shared each forest walk).
     assert (
         "request_predict_seconds" in metrics
         or 'anomaly_detector_request_duration_seconds_count{endpoint="v1_predict"}' in metrics
+        and "anomaly_detector_requests_per_walk_count" in metrics
     )
 
 
@@ -271,6 +273,32 @@ def test_windowed_model_streamed_row_by_row_matches_offline_scoring(prepared, ho
     assert batch.json()["history_complete"] == complete
     assert lone.status_code == 400 and "entity" in lone.json()["error"] and "preceding rows" in lone.json()["error"]
     assert [o["name"] for o in metadata["outputs"]] == ["predictions", "anomaly_scores", "history_complete"]
+
+
+def test_concurrent_streams_of_many_entities_match_offline_scoring(served, holdout, offline):
+    """Eight clients at once, each streaming its own series row by row: whatever the server
+    scores together (the lean server walks the forest once per event-loop tick), each
+    entity's scores equal offline scoring of its series."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, name = served
+    series = {f"node-{k}": holdout.X[k * 300 : k * 300 + 25] for k in range(8)}
+
+    def stream(entity):
+        with requests.Session() as session:
+            return [
+                session.post(
+                    f"{url}/v1/models/{name}:predict",
+                    json={"instances": series[entity][i : i + 1].tolist(), "entity": entity},
+                    timeout=30,
+                ).json()["anomaly_scores"][0]
+                for i in range(len(series[entity]))
+            ]
+
+    with ThreadPoolExecutor(len(series)) as pool:
+        streamed = dict(zip(series, pool.map(stream, series)))
+    for entity, rows in series.items():
+        np.testing.assert_allclose(streamed[entity], offline.score(rows)[1], rtol=0, atol=1e-9)
 
 
 def test_v2_metadata_lists_inputs_outputs_and_the_version(served, model_dir):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,16 @@ ANOMALY, NORMAL = -1, 1
 # Up to this many rows the flattened forest is faster; above, scikit-learn's C tree walk is
 # (benchmarks/scoring.py measures both).
 FAST_SCORING_MAX_ROWS = 512
+
+
+@dataclass
+class PendingScores:
+    """Rows on their way through the forest: ``features`` go through ``raw_scores`` (alone
+    or stacked with other requests' rows), then ``finish(raw)`` gives (predictions, scores,
+    history_complete or None)."""
+
+    features: np.ndarray
+    finish: Callable[[np.ndarray], tuple]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .artifacts import LoadedModel
+from .artifacts import LoadedModel, PendingScores
 from .features import smooth_scores
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,13 @@ class EntityHistory:
         """Score ``X`` (the entity's next rows, oldest first) after its kept history:
         (predictions, scores, complete), where complete marks rows scored with the full
         history the model was trained with."""
+        pending = self.begin(entity, X)
+        return pending.finish(self.model.raw_scores(pending.features))
+
+    def begin(self, entity: str, X: np.ndarray) -> PendingScores:
+        """``score`` in two steps, so the forest can walk several requests' rows at once:
+        the features of ``X`` after the entity's kept rows now; the smoothing over its kept
+        raw scores in ``finish``. Requests of one entity must finish in the order they began."""
         model = self.model
         now = self.clock()
         with self._lock:
@@ -76,15 +83,23 @@ class EntityHistory:
                 state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
             rows = np.vstack([state.rows, X]) if self._keep_rows else X
             features = model.transform.apply(rows, last=len(X))
-            raw = np.concatenate([state.raw, model.raw_scores(features)])
-            scores = smooth_scores(raw, model.smoothing)[len(state.raw) :]
-            positions = state.seen + np.arange(len(X))
-            self._states[entity] = _State(
-                rows[max(len(rows) - self._keep_rows, 0) :] if self._keep_rows else rows[:0],
-                raw[max(len(raw) - self._keep_raw, 0) :] if self._keep_raw else raw[:0],
-                state.seen + len(X),
-                now,
-            )
+            complete = state.seen + np.arange(len(X)) >= model.history_rows
+            state.rows = rows[max(len(rows) - self._keep_rows, 0) :] if self._keep_rows else rows[:0]
+            state.seen += len(X)
+            state.last_seen = now
+            self._states[entity] = state
             while len(self._states) > self.max_entities:
                 self._states.popitem(last=False)
-        return model.label(scores), scores, positions >= model.history_rows
+
+        def finish(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            with self._lock:
+                kept = state.raw
+                if self._keep_raw:
+                    joined = np.concatenate([kept, raw])
+                    state.raw = joined[max(len(joined) - self._keep_raw, 0) :]
+                    scores = smooth_scores(joined, model.smoothing)[len(kept) :]
+                else:
+                    scores = raw
+            return model.label(scores), scores, complete
+
+        return PendingScores(features, finish)

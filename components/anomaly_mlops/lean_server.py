@@ -20,17 +20,18 @@ import numpy as np
 import orjson
 
 from . import __version__
-from .artifacts import ANOMALY, LoadedModel
+from .artifacts import ANOMALY, LoadedModel, PendingScores
 from .history import DEFAULT_MAX_ENTITIES, EntityHistory
 from .predictor import (
     NOT_JSON,
     SMALL_BATCH_ROWS,
     InputProblem,
+    begin_scoring,
     claimed_rows,
     default_max_body_bytes,
     output_types,
+    parse_payload,
     read_body_capped,
-    score_payload,
     too_large,
     v1_answer,
     v2_outputs,
@@ -138,6 +139,12 @@ class Metrics:
         self.rows_flagged = Counter(
             "anomaly_detector_rows_flagged", "Rows flagged anomalous", ["model"], registry=self.registry
         ).labels(model_name)
+        self.requests_per_walk = Histogram(
+            "anomaly_detector_requests_per_walk",
+            "Requests scored together in one forest walk (those that reached the server in the same event-loop tick)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self._children: dict = {}
         self.entities = Gauge(
             "anomaly_detector_entities", "Entities whose history is kept", ["model"], registry=self.registry
@@ -161,6 +168,56 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class TickBatcher:
+    """Scores the rows of every request that reaches the event loop in the same tick with
+    one forest walk: a walk costs about the same for 16 rows as for one, so under load each
+    request pays a fraction of it, and alone it waits for nothing (no timer: the batch is
+    scored as soon as the loop has run the requests that were ready with it)."""
+
+    def __init__(self, model: LoadedModel, metrics: Metrics):
+        self.model = model
+        self.metrics = metrics
+        self.pending: list[tuple[PendingScores, asyncio.Future]] = []
+
+    def score(self, pending: PendingScores) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if not self.pending:
+            loop.call_soon(self.flush)
+        future = loop.create_future()
+        self.pending.append((pending, future))
+        return future
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self.metrics.requests_per_walk.observe(len(batch))
+        try:
+            features = batch[0][0].features if len(batch) == 1 else np.vstack([p.features for p, _ in batch])
+            raw = self.model.raw_scores(features)
+        except Exception as exc:  # noqa: BLE001 - each waiting request answers it as a 500
+            for _, future in batch:
+                _settle(future, exception=exc)
+            return
+        start = 0
+        # In arrival order: an entity's smoothing must see its earlier requests' scores.
+        for pending, future in batch:
+            stop = start + len(pending.features)
+            try:
+                _settle(future, result=pending.finish(raw[start:stop]))
+            except Exception as exc:  # noqa: BLE001
+                _settle(future, exception=exc)
+            start = stop
+
+
+def _settle(future: asyncio.Future, result=None, exception: BaseException | None = None) -> None:
+    """A request whose client went away has a cancelled future: nothing to answer."""
+    if future.cancelled():
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
+
+
 class LeanApp:
     def __init__(
         self,
@@ -179,6 +236,7 @@ class LeanApp:
         self.history = EntityHistory(model, max_entities) if model.history_rows else None
         self.expected = model.schema.describe()
         self.metrics = Metrics(model_name)
+        self.batcher = TickBatcher(model, self.metrics)
         # One thread: large batches queue behind each other instead of taking every core.
         self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         self.metadata = orjson.dumps(
@@ -275,16 +333,27 @@ class LeanApp:
         if claimed_rows(payload, v2) > SMALL_BATCH_ROWS:
             loop = asyncio.get_running_loop()
             return endpoint, *await loop.run_in_executor(self.batch_pool, self.answer, payload, v2)
-        return endpoint, *self.answer(payload, v2)
+        try:
+            request, pending = self.begin(payload, v2)
+        except InputProblem as exc:
+            return endpoint, *_error(400, str(exc))
+        return endpoint, *self.reply(request, await self.batcher.score(pending), v2)
+
+    def begin(self, payload, v2: bool) -> tuple[object, PendingScores]:
+        request = read_v2(payload) if v2 else payload
+        X, entity = parse_payload(self.model, request, v2, self.max_instances, self.expected)
+        return request, begin_scoring(self.model, self.history, X, entity)
 
     def answer(self, payload, v2: bool) -> tuple[int, bytes]:
+        """A large request, on the batch thread: parsed and scored on its own."""
         try:
-            request = read_v2(payload) if v2 else payload
-            predictions, scores, complete = score_payload(
-                self.model, self.history, request, v2, self.max_instances, self.expected
-            )
+            request, pending = self.begin(payload, v2)
         except InputProblem as exc:
             return _error(400, str(exc))
+        return self.reply(request, pending.finish(self.model.raw_scores(pending.features)), v2)
+
+    def reply(self, request, result, v2: bool) -> tuple[int, bytes]:
+        predictions, scores, complete = result
         self.metrics.rows_scored.inc(len(scores))
         self.metrics.rows_flagged.inc(int(np.count_nonzero(predictions == ANOMALY)))
         if not v2:

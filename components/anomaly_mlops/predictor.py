@@ -41,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import ANOMALY, LoadedModel, load_model_dir, load_serving_model
+from .artifacts import ANOMALY, LoadedModel, PendingScores, load_model_dir, load_serving_model
 from .errors import ConfigError
+from .features import smooth_scores
 from .history import DEFAULT_MAX_ENTITIES, MAX_ENTITY_ID_CHARS, EntityHistory
 from .params import DEFAULT_MAX_INSTANCES
 
@@ -227,36 +228,47 @@ def parse_entity(value) -> str | None:
 
 
 def score_rows(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None):
-    """(predictions, scores, history_complete or None). For a windowed model the rows are
-    one series, oldest first: after the entity's kept history when ``entity`` is given,
-    else on their own; rows scored with less history than the model was trained with are
-    marked incomplete. A lone row with no history at all is refused, not guessed."""
+    """(predictions, scores, history_complete or None): ``begin_scoring`` and its finish."""
+    pending = begin_scoring(model, history, X, entity)
+    return pending.finish(model.raw_scores(pending.features))
+
+
+def begin_scoring(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None):
+    """The rows' features, ready for the forest, and how to finish their scores. For a
+    windowed model the rows are one series, oldest first: after the entity's kept history
+    when ``entity`` is given, else on their own; rows scored with less history than the
+    model was trained with are marked incomplete. A lone row with no history at all is
+    refused, not guessed."""
     if history is None:
-        predictions, scores = model.score(X)
-        return predictions, scores, None
+        return PendingScores(X, lambda raw: (model.label(raw), raw, None))
     if entity is not None:
-        return history.score(entity, X)
+        return history.begin(entity, X)
     if len(X) == 1:
         raise InputProblem(
             f"this model scores each row together with the {model.history_rows} rows before it "
             f"({describe_history(model)}): send 'entity' (V1 body key, V2 parameters.entity) naming "
             "the series so the server keeps its history, or send the preceding rows with this one, oldest first"
         )
-    predictions, scores = model.score(X)
-    return predictions, scores, np.arange(len(X)) >= model.history_rows
+
+    def finish(raw):
+        scores = smooth_scores(raw, model.smoothing)
+        return model.label(scores), scores, np.arange(len(X)) >= model.history_rows
+
+    return PendingScores(model.transform.apply(X), finish)
+
+
+def parse_payload(model: LoadedModel, payload, v2: bool, max_instances: int, expected: str):
+    """The rows and entity of a V1 body or a V2 request (``.inputs`` and ``.parameters``),
+    as both servers read them. Raises InputProblem."""
+    features = model.schema.features
+    if v2:
+        return parse_v2(payload, features, max_instances), parse_entity((payload.parameters or {}).get("entity"))
+    return parse_v1(payload, features, max_instances, expected), parse_entity(payload.get("entity"))
 
 
 def score_payload(model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str):
-    """Parse a V1 body or a V2 request (``.inputs`` and ``.parameters``) and score it, as
-    both servers do: (predictions, scores, history_complete or None). Raises InputProblem."""
-    features = model.schema.features
-    if v2:
-        X = parse_v2(payload, features, max_instances)
-        entity = parse_entity((payload.parameters or {}).get("entity"))
-    else:
-        X = parse_v1(payload, features, max_instances, expected)
-        entity = parse_entity(payload.get("entity"))
-    return score_rows(model, history, X, entity)
+    """Parse and score a request: (predictions, scores, history_complete or None)."""
+    return score_rows(model, history, *parse_payload(model, payload, v2, max_instances, expected))
 
 
 def v1_answer(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> dict:

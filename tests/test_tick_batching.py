@@ -1,0 +1,98 @@
+"""The lean server's per-tick batching (lean_server.TickBatcher): requests that reach the
+event loop together are scored in one forest walk, with the same answers as one by one."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from anomaly_mlops.artifacts import load_model_dir
+from anomaly_mlops.data import generate_synthetic
+from anomaly_mlops.history import EntityHistory
+from anomaly_mlops.lean_server import Metrics, TickBatcher
+from anomaly_mlops.params import TrainParams
+from anomaly_mlops.predictor import begin_scoring, score_rows
+from anomaly_mlops.train import train
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory):
+    frame = generate_synthetic(3000, seed=5)
+    path = tmp_path_factory.mktemp("data") / "train.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path_factory.mktemp("model") / "m"
+    train(str(path), out, TrainParams(n_estimators=30, feature_window=10, score_smoothing=3))
+    return load_model_dir(out), frame.iloc[:, 1:7].to_numpy()
+
+
+class CountingModel:
+    """The real model, counting forest walks."""
+
+    def __init__(self, model):
+        self.model, self.walks = model, []
+
+    def raw_scores(self, features):
+        self.walks.append(len(features))
+        return self.model.raw_scores(features)
+
+
+def test_requests_of_one_tick_share_one_walk_and_score_as_alone(windowed):
+    model, X = windowed
+    counting = CountingModel(model)
+    batched_history, alone_history = EntityHistory(model), EntityHistory(model)
+    # Entities a, b, c; "a" twice in the same tick (its second request must see the first),
+    # one multi-row request without an entity.
+    requests = [("a", X[0:1]), ("b", X[100:101]), ("a", X[1:2]), (None, X[200:230]), ("c", X[300:303])]
+    expected = [score_rows(model, alone_history, rows, entity) for entity, rows in requests]
+
+    async def one_tick():
+        batcher = TickBatcher(counting, Metrics("m"))
+        futures = [batcher.score(begin_scoring(model, batched_history, rows, e)) for e, rows in requests]
+        return await asyncio.gather(*futures), batcher
+
+    results, batcher = asyncio.run(one_tick())
+    assert counting.walks == [1 + 1 + 1 + 30 + 3]
+    for (labels, scores, complete), (want_labels, want_scores, want_complete) in zip(results, expected):
+        assert scores.tolist() == want_scores.tolist()  # bit for bit: each row walks the same trees
+        assert labels.tolist() == want_labels.tolist() and complete.tolist() == want_complete.tolist()
+    assert batcher.metrics.requests_per_walk._sum.get() == len(requests)
+
+
+def test_streamed_entities_over_many_ticks_match_offline_scoring(windowed):
+    """Ticks of different sizes, entities interleaved: each entity's scores equal offline scoring."""
+    model, X = windowed
+    series = {"a": X[:40], "b": X[500:540], "c": X[900:940]}
+    history = EntityHistory(model)
+    counting = CountingModel(model)
+    streamed = {e: [] for e in series}
+
+    async def stream():
+        batcher = TickBatcher(counting, Metrics("m"))
+        sends = [(entity, row) for row in range(40) for entity in series]  # a, b, c interleaved
+        tick_sizes = iter([1, 2, 3, 5, 8] * 10)
+        while sends:
+            size = next(tick_sizes)
+            tick, sends = sends[:size], sends[size:]
+            futures = [(e, batcher.score(begin_scoring(model, history, series[e][r : r + 1], e))) for e, r in tick]
+            for entity, future in futures:
+                streamed[entity].append((await future)[1][0])
+
+    asyncio.run(stream())
+    assert max(counting.walks) > 1
+    for entity, rows in series.items():
+        np.testing.assert_allclose(streamed[entity], model.score(rows)[1], rtol=0, atol=1e-9)
+
+
+def test_a_failing_walk_fails_only_that_tick(windowed):
+    model, X = windowed
+
+    class Broken:
+        def raw_scores(self, features):
+            raise RuntimeError("walk failed")
+
+    async def run():
+        batcher = TickBatcher(Broken(), Metrics("m"))
+        futures = [batcher.score(begin_scoring(model, EntityHistory(model), X[:5], None)) for _ in range(2)]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    assert [str(r) for r in asyncio.run(run())] == ["walk failed", "walk failed"]
