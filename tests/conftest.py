@@ -163,3 +163,18 @@ def prometheus(tmp_path_factory):
         expected = frame[list(DEFAULT_FEATURES)].copy()
         expected.index = stamps
         yield url, end, expected
+
+
+@pytest.fixture(scope="session")
+def windowed(tmp_path_factory):
+    """(model, metrics) of a small windowed, smoothed model (15-row features, 4-row
+    smoothing) on synthetic data: for the per-entity history and batching tests."""
+    from anomaly_mlops.artifacts import load_model_dir
+    from anomaly_mlops.data import generate_synthetic
+
+    frame = generate_synthetic(3000, seed=3)
+    path = tmp_path_factory.mktemp("windowed-data") / "train.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path_factory.mktemp("windowed-model") / "m"
+    train(str(path), out, TrainParams(n_estimators=30, feature_window=15, score_smoothing=4))
+    return load_model_dir(out), frame.iloc[:, 1:7].to_numpy()

@@ -4,25 +4,10 @@ event loop together are scored in one forest walk, with the same answers as one 
 import asyncio
 
 import numpy as np
-import pytest
 
-from anomaly_mlops.artifacts import load_model_dir
-from anomaly_mlops.data import generate_synthetic
 from anomaly_mlops.history import EntityHistory
 from anomaly_mlops.lean_server import Metrics, TickBatcher
-from anomaly_mlops.params import TrainParams
 from anomaly_mlops.predictor import begin_scoring, score_rows
-from anomaly_mlops.train import train
-
-
-@pytest.fixture(scope="module")
-def windowed(tmp_path_factory):
-    frame = generate_synthetic(3000, seed=5)
-    path = tmp_path_factory.mktemp("data") / "train.csv"
-    frame.to_csv(path, index=False)
-    out = tmp_path_factory.mktemp("model") / "m"
-    train(str(path), out, TrainParams(n_estimators=30, feature_window=10, score_smoothing=3))
-    return load_model_dir(out), frame.iloc[:, 1:7].to_numpy()
 
 
 class CountingModel:
