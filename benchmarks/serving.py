@@ -178,6 +178,8 @@ def mlserver_dir(model_dir: Path, port: int) -> Path:
                 "metrics_port": free_port(),
                 "host": "127.0.0.1",
                 "parallel_workers": 0,
+                # Its metric files go with the model, not into the working directory.
+                "metrics_dir": str(folder / "metrics"),
             }
         )
     )
