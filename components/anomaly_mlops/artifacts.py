@@ -122,6 +122,10 @@ class PendingScores:
     features: np.ndarray
     finish: Callable[[np.ndarray], tuple]
 
+    def score_alone(self, model: LoadedModel) -> tuple:
+        """Walk the forest for these rows only and finish."""
+        return self.finish(model.raw_scores(self.features))
+
 
 @dataclass
 class LoadedModel:

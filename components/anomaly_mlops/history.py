@@ -68,8 +68,7 @@ class EntityHistory:
         """Score ``X`` (the entity's next rows, oldest first) after its kept history:
         (predictions, scores, complete), where complete marks rows scored with the full
         history the model was trained with."""
-        pending = self.begin(entity, X)
-        return pending.finish(self.model.raw_scores(pending.features))
+        return self.begin(entity, X).score_alone(self.model)
 
     def begin(self, entity: str, X: np.ndarray) -> PendingScores:
         """``score`` in two steps, so the forest can walk several requests' rows at once:

@@ -350,7 +350,7 @@ class LeanApp:
             request, pending = self.begin(payload, v2)
         except InputProblem as exc:
             return _error(400, str(exc))
-        return self.reply(request, pending.finish(self.model.raw_scores(pending.features)), v2)
+        return self.reply(request, pending.score_alone(self.model), v2)
 
     def reply(self, request, result, v2: bool) -> tuple[int, bytes]:
         predictions, scores, complete = result

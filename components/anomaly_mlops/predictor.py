@@ -229,8 +229,7 @@ def parse_entity(value) -> str | None:
 
 def score_rows(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None):
     """(predictions, scores, history_complete or None): ``begin_scoring`` and its finish."""
-    pending = begin_scoring(model, history, X, entity)
-    return pending.finish(model.raw_scores(pending.features))
+    return begin_scoring(model, history, X, entity).score_alone(model)
 
 
 def begin_scoring(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None):
