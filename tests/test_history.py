@@ -53,3 +53,14 @@ def test_history_expires_after_a_gap(windowed):
     fresh = history.score("a", X[31:32])
     assert fresh[2].tolist() == [False]
     np.testing.assert_allclose(fresh[1], model.score(X[31:32])[1], atol=1e-12)
+
+
+def test_a_large_request_leaves_only_the_bounded_history_behind(windowed):
+    """What is kept per entity owns its memory: a view into a large request would keep the
+    whole request alive and break the memory bound bytes_per_entity states."""
+    model, X = windowed
+    history = EntityHistory(model)
+    history.score("a", X[:2000])
+    state = history._states["a"]
+    assert state.rows.shape == (model.transform.window - 1, X.shape[1]) and state.rows.base is None
+    assert state.raw.shape == (model.smoothing - 1,) and state.raw.base is None

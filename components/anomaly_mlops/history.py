@@ -83,7 +83,8 @@ class EntityHistory:
             rows = np.vstack([state.rows, X]) if self._keep_rows else X
             features = model.transform.apply(rows, last=len(X))
             complete = state.seen + np.arange(len(X)) >= model.history_rows
-            state.rows = rows[max(len(rows) - self._keep_rows, 0) :] if self._keep_rows else rows[:0]
+            # Copies: a view would keep the whole request's rows alive and break the memory bound.
+            state.rows = rows[max(len(rows) - self._keep_rows, 0) :].copy()
             state.seen += len(X)
             state.last_seen = now
             self._states[entity] = state
@@ -95,7 +96,7 @@ class EntityHistory:
                 kept = state.raw
                 if self._keep_raw:
                     joined = np.concatenate([kept, raw])
-                    state.raw = joined[max(len(joined) - self._keep_raw, 0) :]
+                    state.raw = joined[max(len(joined) - self._keep_raw, 0) :].copy()
                     scores = smooth_scores(joined, model.smoothing)[len(kept) :]
                 else:
                     scores = raw
