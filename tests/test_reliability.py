@@ -22,6 +22,7 @@ from anomaly_mlops.artifacts import METADATA_FILE, SAFE_MODEL_FILE, load_model_d
 from anomaly_mlops.errors import AnomalyMLOpsError, ArtifactError, ConfigError, DataError, VersionConflictError
 from anomaly_mlops.local_services import model_server
 from anomaly_mlops.publish import claim_key, download_model, publish
+from anomaly_mlops.schema import DEFAULT_FEATURES
 from anomaly_mlops.storage import S3Settings
 
 from fault_proxy import Fault, FaultProxy
@@ -308,15 +309,7 @@ def v2(served, inputs):
         (
             [
                 {"name": n, "shape": [1], "datatype": "FP64", "data": [1.0]}
-                for n in (
-                    "cpu_usage_pct",
-                    "cpu_usage_pct",
-                    "memory_usage_pct",
-                    "disk_io_mbps",
-                    "network_rx_mbps",
-                    "network_tx_mbps",
-                    "restart_count",
-                )
+                for n in ("cpu_usage_pct", *DEFAULT_FEATURES)
             ],
             "repeated: ['cpu_usage_pct']",
         ),
