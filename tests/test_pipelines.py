@@ -339,3 +339,18 @@ def test_every_component_input_is_described_for_the_dashboard():
                 if not definition.get("description"):
                     missing.append(f"{path.stem}.{name}")
     assert missing == []
+
+
+def test_training_defaults_in_the_compiled_pipeline_follow_the_train_step():
+    """The KFP parameters are literals (KFP embeds the function source): they must say what
+    `anomaly-mlops train` does with no flag, or a pipeline run fits another detector."""
+    from anomaly_mlops.params import TrainParams
+
+    defaults = TrainParams()
+    parameters = load(TRAINING)[0]["root"]["inputDefinitions"]["parameters"]
+    spec = yaml.safe_load((COMPONENTS_OUT / "train_model.yaml").read_text())
+    component = spec["root"]["inputDefinitions"]["parameters"]
+    for inputs in (parameters, component):
+        assert inputs["max_samples"]["defaultValue"] == str(defaults.max_samples)
+        assert inputs["n_estimators"]["defaultValue"] == defaults.n_estimators
+        assert inputs["contamination"]["defaultValue"] == defaults.contamination

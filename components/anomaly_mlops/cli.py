@@ -86,7 +86,10 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     d = TrainParams()
     parser.add_argument("--n-estimators", type=int, default=d.n_estimators, help="trees in the forest")
     parser.add_argument(
-        "--max-samples", type=_max_samples, default=d.max_samples, help="'auto' or a positive row count per tree"
+        "--max-samples",
+        type=_max_samples,
+        default=d.max_samples,
+        help="rows drawn per tree (at most the training rows), or 'auto' (256)",
     )
     parser.add_argument(
         "--contamination",
@@ -782,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tune",
         action="store_true",
-        help="choose window, smoothing and threshold method per series on the other series (leave one out)",
+        help="choose window, smoothing, threshold method and tree size by leaving series out (README)",
     )
     p.add_argument(
         "--tune-on",

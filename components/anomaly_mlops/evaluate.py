@@ -32,10 +32,12 @@ log = logging.getLogger(__name__)
 NAB_TRAIN_FRACTION = 0.15  # NAB's probationary period: the detector may learn from it
 SMD_INTERVAL_S = 60.0
 METRICS = ("roc_auc", "pr_auc", "f1")
-# Candidates for tune=True: feature window and score smoothing in minutes, threshold method.
+# Candidates for tune=True: feature window and score smoothing in minutes, threshold method,
+# rows drawn per tree ("auto": scikit-learn's 256).
 TUNE_WINDOWS = (0, 30, 60, 120)
 TUNE_SMOOTHING = (0, 5, 10, 30)
 TUNE_THRESHOLDS = ("pot", "quantile")
+TUNE_MAX_SAMPLES = ("auto", 1024, 4096)
 
 
 @dataclass
@@ -232,22 +234,21 @@ def _synthetic_series() -> list[Series]:
 def _tune(series: list[Series], params: TrainParams, datasets, resample_minutes: int, tune_on=("nab",)) -> dict:
     from .params import Gates
 
-    candidates = list(itertools.product(TUNE_WINDOWS, TUNE_SMOOTHING, TUNE_THRESHOLDS))
+    candidates = list(itertools.product(TUNE_WINDOWS, TUNE_SMOOTHING, TUNE_THRESHOLDS, TUNE_MAX_SAMPLES))
     synthetic = _synthetic_series()
     everything = [*series, *synthetic]
-    # measured[candidate][i]: series i under that candidate (one forest per series and window).
+    # measured[candidate][i]: series i under that candidate (one forest per series, window and tree size).
     measured: dict[tuple, list[dict]] = {c: [None] * len(everything) for c in candidates}
     for i, one in enumerate(everything):
-        for window in TUNE_WINDOWS:
-            raw, held = _raw_scores(one, params, window)
-            for _, smoothing, method in (c for c in candidates if c[0] == window):
-                measured[(window, smoothing, method)][i] = _measure(
-                    one, raw, held, replace(params, threshold=method), smoothing
-                )
+        for window, max_samples in itertools.product(TUNE_WINDOWS, TUNE_MAX_SAMPLES):
+            sized = replace(params, max_samples=max_samples)
+            raw, held = _raw_scores(one, sized, window)
+            for c in (c for c in candidates if (c[0], c[3]) == (window, max_samples)):
+                measured[c][i] = _measure(one, raw, held, replace(sized, threshold=c[2]), c[1])
         log.info("tuning: %d of %d series measured under %d candidates", i + 1, len(everything), len(candidates))
 
     def describe(c):
-        return {"feature_window_min": c[0], "score_smoothing_min": c[1], "threshold": c[2]}
+        return {"feature_window_min": c[0], "score_smoothing_min": c[1], "threshold": c[2], "max_samples": c[3]}
 
     def mean_of(c, indices, key):
         return float(np.mean([measured[c][j][key] for j in indices]))

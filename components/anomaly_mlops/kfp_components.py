@@ -104,7 +104,7 @@ def train_model(
     model: Output[Model],
     features: str = "",
     n_estimators: int = 100,
-    max_samples: str = "auto",
+    max_samples: str = "4096",
     contamination: float = 0.02,
     seed: int = 42,
     feature_window: int = -1,
@@ -119,7 +119,7 @@ def train_model(
         model: the model directory (model.skops, model.joblib, metadata.json, MANIFEST.sha256).
         features: the feature schema: 'default', 'self-healing-platform' or comma-separated names.
         n_estimators: trees in the forest.
-        max_samples: 'auto' or rows drawn per tree.
+        max_samples: rows drawn per tree (at most the training rows), or 'auto' (256).
         contamination: expected anomalous share (the flagged-rate gate; the threshold with threshold='quantile').
         seed: random seed; training is reproducible.
         feature_window: minutes of history behind each row's features; 0: raw metrics; -1: the schema's default.

@@ -110,7 +110,8 @@ def fit_forest(F: np.ndarray, params: TrainParams):
                 "iforest",
                 IsolationForest(
                     n_estimators=params.n_estimators,
-                    max_samples=params.max_samples,
+                    # scikit-learn takes every row (with a warning) when asked for more
+                    max_samples=params.max_samples if params.max_samples == "auto" else min(params.max_samples, len(F)),
                     max_features=params.max_features,
                     contamination="auto",
                     random_state=params.seed,
