@@ -45,6 +45,17 @@ def test_threshold_comes_from_held_back_training_scores(model_dir, prepared):
     assert (held_back > quantile.threshold).mean() == pytest.approx(0.02, abs=0.002)  # contamination default
 
 
+def test_a_tail_too_thin_for_a_pot_fit_falls_back_to_the_quantile_and_says_so(caplog):
+    from anomaly_mlops.train import POT_FALLBACK, fit_detector
+
+    X = np.random.default_rng(3).normal(size=(400, 4))  # 80 held-back rows: 2 above their 98th percentile
+    with caplog.at_level("WARNING", logger="anomaly_mlops.train"):
+        fitted = fit_detector(X, TrainParams(n_estimators=20))
+    assert fitted.threshold_detail["method"] == POT_FALLBACK
+    assert fitted.threshold == pytest.approx(np.quantile(fitted.calibration_scores, 0.98), abs=1e-12)
+    assert "too few calibration rows for a peaks-over-threshold fit" in caplog.text
+
+
 def train_fn(path, out, **params):
     import shutil
 

@@ -139,6 +139,9 @@ def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.9
     return float(level) if np.isfinite(level) and level >= base else None
 
 
+POT_FALLBACK = "quantile (pot fallback: thin tail)"
+
+
 def threshold_from(calibration: np.ndarray, params: TrainParams, method: str) -> tuple[float, dict]:
     """The threshold from held-back scores alone (no label ever sets it), and how it was set.
     ``method``: "pot" or "quantile" (TrainParams.threshold_for)."""
@@ -148,8 +151,7 @@ def threshold_from(calibration: np.ndarray, params: TrainParams, method: str) ->
         threshold = pot_threshold(calibration, params.pot_risk)
         detail["pot_risk"] = params.pot_risk
         if threshold is None:
-            log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
-            detail["method"] = "quantile (pot fallback: thin tail)"
+            detail["method"] = POT_FALLBACK
     if threshold is None:
         threshold = float(np.quantile(calibration, 1.0 - params.contamination))
         detail["contamination"] = params.contamination
@@ -176,6 +178,8 @@ def fit_detector(
     pipeline = fit_forest(F[~held], params)
     scores = smooth_by_entity(-pipeline.score_samples(F), entities, k)
     threshold, detail = threshold_from(scores[held], params, params.threshold_for(client_built_features))
+    if detail["method"] == POT_FALLBACK:
+        log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
     pipeline.named_steps["iforest"].offset_ = -threshold
     return FittedDetector(
