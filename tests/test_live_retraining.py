@@ -317,6 +317,33 @@ def test_without_labels_the_score_shift_from_the_champion_is_gated(live_data, tm
     }
 
 
+def test_a_champion_with_other_tree_sizes_is_not_held_to_the_score_shift_gate(live_data, tmp_path):
+    """The first retraining after the default trees grew (256 -> 4096 rows) scores on another
+    scale than its champion: without labels the shift gate is skipped, saying why, and the
+    flagged-rate gate still judges the challenger."""
+    from anomaly_mlops.artifacts import load_model_dir
+    from anomaly_mlops.train import TrainParams, train
+    from anomaly_mlops.validate import Gates, LatencyPlan, validate
+
+    unlabelled = pd.read_parquet(live_data / "holdout.parquet").drop(columns=["is_anomaly"])
+    unlabelled.to_parquet(tmp_path / "recent.parquet")
+    fast = LatencyPlan(single_row_repeats=20, batch_sizes=(100,), batch_repeats=3)
+    old = train(str(live_data / "train.parquet"), tmp_path / "old", TrainParams(max_samples="auto")).model_dir
+    new = train(str(live_data / "train.parquet"), tmp_path / "new", TrainParams()).model_dir
+    result = validate(
+        new,
+        str(tmp_path / "recent.parquet"),
+        tmp_path / "v",
+        Gates(max_single_row_p99_ms=None),
+        fast,
+        load_model_dir(old),
+    )
+    gates = {g["gate"]: g for g in result.gates}
+    assert result.metrics["champion"]["score_psi"] > 0.25  # what the gate would have failed on
+    assert "max_samples: auto -> 4096" in gates["score_psi_vs_champion"]["skipped"]
+    assert "skipped" not in gates["flagged_rate"] and result.passed
+
+
 # --------------------------------------------------------------------------- the pipelines
 
 

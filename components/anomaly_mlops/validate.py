@@ -207,7 +207,7 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
             "<=",
             gates.max_score_psi,
             gates.max_score_psi,
-            no_champion or for_unlabelled,
+            no_champion or for_unlabelled or champion.get("score_psi_not_comparable"),
         )
     )
     results = []
@@ -224,15 +224,34 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
     return results
 
 
+def detector_differences(champion_metadata: dict, challenger_metadata: dict) -> list[str]:
+    """Settings that put two models' anomaly scores on different scales (rows per tree,
+    features per tree, time-series features, score smoothing), as 'name: old -> new'."""
+
+    def settings(metadata: dict) -> dict:
+        params = metadata.get("params", {})
+        return {
+            "max_samples": params.get("max_samples", "auto"),
+            "max_features": params.get("max_features", 1.0),
+            "feature_window_rows": metadata.get("feature_transform", {}).get("window", 0),
+            "score_smoothing_rows": metadata.get("score_smoothing", {}).get("rows", 1),
+        }
+
+    old, new = settings(champion_metadata), settings(challenger_metadata)
+    return [f"{k}: {old[k]} -> {new[k]}" for k in old if old[k] != new[k]]
+
+
 def champion_metrics(
     champion: LoadedModel | None,
     dataset: Dataset,
     challenger_scores: np.ndarray,
     labelled: bool,
     note: str | None = None,
+    challenger_metadata: dict | None = None,
 ) -> dict:
     """The champion scored on the same rows: its accuracy (with labels), flagged rate and
-    the PSI of the challenger's scores against its scores."""
+    the PSI of the challenger's scores against its scores. The PSI is marked not comparable
+    when the two detectors score on different scales (``detector_differences``)."""
     from .champion import psi
 
     if champion is None:
@@ -251,6 +270,11 @@ def champion_metrics(
         "flagged_rate": round(float(np.mean(predictions == ANOMALY)), 5),
         "score_psi": round(psi(scores, challenger_scores), 5),
     }
+    differences = detector_differences(champion.metadata, challenger_metadata or {})
+    if differences:
+        result["score_psi_not_comparable"] = (
+            f"the champion's detector differs ({'; '.join(differences)}): its scores are on another scale"
+        )
     if labelled:
         accuracy, _, _ = accuracy_metrics(dataset.y, scores, predictions)
         result.update({k: accuracy[k] for k in ("roc_auc", "pr_auc", "f1")})
@@ -304,7 +328,7 @@ def validate(
         )
     metrics["flagged_rate"] = round(float(np.mean(predictions == ANOMALY)), 5)
     metrics["expected_contamination"] = float(model.metadata.get("params", {}).get("contamination", 0.02))
-    metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note)
+    metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note, model.metadata)
     metrics["threshold"] = model.threshold
     metrics["feature_window"] = model.transform.window
     metrics["feature_window_minutes"] = model.metadata.get("feature_transform", {}).get("window_minutes")
