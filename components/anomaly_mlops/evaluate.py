@@ -242,17 +242,22 @@ def _synthetic_series() -> list[Series]:
     return found
 
 
+def _mean_of(measured: dict, candidate, indices, key: str) -> float:
+    return float(np.mean([measured[candidate][j][key] for j in indices]))
+
+
 def best_candidate(pool, measured: dict, indices, tie_break) -> tuple:
     """The candidate of best mean F1, then PR-AUC, over the series ``indices``; candidates
     equal there (NAB cannot tell pot from quantile: its held-back parts are too short for a
     peaks-over-threshold fit) are told apart by mean F1 on the ``tie_break`` series (the
     synthetic draws), not by their order."""
-
-    def mean_of(c, rows, key):
-        return float(np.mean([measured[c][j][key] for j in rows]))
-
     return max(
-        pool, key=lambda c: (mean_of(c, indices, "f1"), mean_of(c, indices, "pr_auc"), mean_of(c, tie_break, "f1"))
+        pool,
+        key=lambda c: (
+            _mean_of(measured, c, indices, "f1"),
+            _mean_of(measured, c, indices, "pr_auc"),
+            _mean_of(measured, c, tie_break, "f1"),
+        ),
     )
 
 
@@ -275,11 +280,13 @@ def _tune(series: list[Series], params: TrainParams, datasets, resample_minutes:
     def describe(c):
         return {"feature_window_min": c[0], "score_smoothing_min": c[1], "threshold": c[2], "max_samples": c[3]}
 
+    drawn = range(len(series), len(everything))  # the synthetic draws
+
     def mean_of(c, indices, key):
-        return float(np.mean([measured[c][j][key] for j in indices]))
+        return _mean_of(measured, c, indices, key)
 
     def best(pool, indices):
-        return best_candidate(pool, measured, indices, tie_break=range(len(series), len(everything)))
+        return best_candidate(pool, measured, indices, tie_break=drawn)
 
     # 1. Leave one series out within its dataset.
     loo_rows, choices = [], Counter()
@@ -291,7 +298,7 @@ def _tune(series: list[Series], params: TrainParams, datasets, resample_minutes:
             loo_rows.append(_row(one, measured[chosen][i], chosen=describe(chosen)))
     # 2. The default: a candidate must pass the default release gates on the synthetic data
     #    (the local run must release); the best on the tune_on datasets is reported on the rest.
-    gates, drawn = Gates(), range(len(series), len(everything))
+    gates = Gates()
 
     def worst(c, key):
         return min(measured[c][j][key] for j in drawn)
