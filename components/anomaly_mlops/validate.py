@@ -75,11 +75,11 @@ def describe_device() -> dict:
 def measure_latency(model: LoadedModel, X: np.ndarray, plan: LatencyPlan) -> tuple[dict, np.ndarray]:
     """Single rows as the server scores them (a windowed model after the entity's kept
     history), and batches of rows scored as one series."""
-    from .history import EntityHistory
+    from .history import history_for
 
     rng = np.random.default_rng(0)
     rows = X[rng.integers(0, len(X), size=plan.single_row_repeats + plan.warmup)]
-    history = EntityHistory(model) if model.history_rows else None
+    history = history_for(model)
 
     def score_one(row):
         return history.score("latency", row) if history is not None else model.score(row)
@@ -224,20 +224,20 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
     return results
 
 
-def detector_differences(champion_metadata: dict, challenger_metadata: dict) -> list[str]:
+def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list[str]:
     """Settings that put two models' anomaly scores on different scales (rows per tree,
     features per tree, time-series features, score smoothing), as 'name: old -> new'."""
 
-    def settings(metadata: dict) -> dict:
-        params = metadata.get("params", {})
+    def settings(model: LoadedModel) -> dict:
+        params = model.metadata.get("params", {})
         return {
             "max_samples": params.get("max_samples", "auto"),
             "max_features": params.get("max_features", 1.0),
-            "feature_window_rows": metadata.get("feature_transform", {}).get("window", 0),
-            "score_smoothing_rows": metadata.get("score_smoothing", {}).get("rows", 1),
+            "feature_window_rows": model.transform.window,
+            "score_smoothing_rows": model.smoothing,
         }
 
-    old, new = settings(champion_metadata), settings(challenger_metadata)
+    old, new = settings(champion), settings(challenger)
     return [f"{k}: {old[k]} -> {new[k]}" for k in old if old[k] != new[k]]
 
 
@@ -247,7 +247,7 @@ def champion_metrics(
     challenger_scores: np.ndarray,
     labelled: bool,
     note: str | None = None,
-    challenger_metadata: dict | None = None,
+    challenger: LoadedModel | None = None,
 ) -> dict:
     """The champion scored on the same rows: its accuracy (with labels), flagged rate and
     the PSI of the challenger's scores against its scores. The PSI is marked not comparable
@@ -270,7 +270,7 @@ def champion_metrics(
         "flagged_rate": round(float(np.mean(predictions == ANOMALY)), 5),
         "score_psi": round(psi(scores, challenger_scores), 5),
     }
-    differences = detector_differences(champion.metadata, challenger_metadata or {})
+    differences = detector_differences(champion, challenger) if challenger is not None else []
     if differences:
         result["score_psi_not_comparable"] = (
             f"the champion's detector differs ({'; '.join(differences)}): its scores are on another scale"
@@ -328,7 +328,7 @@ def validate(
         )
     metrics["flagged_rate"] = round(float(np.mean(predictions == ANOMALY)), 5)
     metrics["expected_contamination"] = float(model.metadata.get("params", {}).get("contamination", 0.02))
-    metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note, model.metadata)
+    metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note, model)
     metrics["threshold"] = model.threshold
     metrics["feature_window"] = model.transform.window
     metrics["feature_window_minutes"] = model.metadata.get("feature_transform", {}).get("window_minutes")
