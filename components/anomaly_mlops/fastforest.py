@@ -55,6 +55,7 @@ class CompiledForest:
             raise ValueError("root indices outside the node arrays")
         if n_nodes and (forest.feature.min() < 0 or forest.feature.max() >= len(forest.mean)):
             raise ValueError("feature indices outside the inputs")
+        forest._link_children()
         return forest
 
     def to_arrays(self) -> dict:
@@ -94,6 +95,11 @@ class CompiledForest:
         self.roots = np.asarray(roots, dtype=np.intp)
         self.depth = depth
         self.denominator = len(forest.estimators_) * float(_average_path_length([forest._max_samples])[0])
+        self._link_children()
+
+    def _link_children(self) -> None:
+        # [right, left] per node: the next node is one flat take at 2 * node + go_left.
+        self._children = np.column_stack([self.right, self.left]).ravel()
 
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
         """Equal to ``-pipeline.score_samples(X)`` (higher is more anomalous)."""
@@ -105,9 +111,6 @@ class CompiledForest:
     def _scores(self, X: np.ndarray) -> np.ndarray:
         scaled = ((X - self.mean) / self.scale).astype(np.float32).ravel()
         n_inputs = len(self.mean)
-        if not hasattr(self, "_children"):
-            # [right, left] per node: the next node is one flat take at 2 * node + go_left.
-            self._children = np.column_stack([self.right, self.left]).ravel()
         # One flat (rows x trees) walk: take() on flat arrays beats 2-D fancy indexing.
         nodes = np.tile(self.roots, len(X))
         if len(X) == 1:  # the serving hot path: no row offsets to add
