@@ -14,7 +14,13 @@ import sys
 from pathlib import Path
 
 from .errors import AnomalyMLOpsError
-from .params import DEFAULT_FEATURE_WINDOW_MIN, DEFAULT_SCORE_SMOOTHING_MIN, THRESHOLD_METHODS, read_token
+from .params import (
+    DEFAULT_FEATURE_WINDOW_MIN,
+    DEFAULT_MAX_ENTITIES,
+    DEFAULT_SCORE_SMOOTHING_MIN,
+    THRESHOLD_METHODS,
+    read_token,
+)
 from .redact import redact
 
 log = logging.getLogger("anomaly_mlops")
@@ -689,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-entities",
         type=int,
-        default=10_000,
+        default=DEFAULT_MAX_ENTITIES,
         help="windowed models: entities whose recent rows are kept (least recently seen dropped first)",
     )
     p.set_defaults(func=cmd_serve)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .artifacts import LoadedModel, PendingScores
-from .features import smooth_scores
+from .features import DEFAULT_SAMPLE_INTERVAL_S, smooth_scores
+from .params import DEFAULT_MAX_ENTITIES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_ENTITIES = 10_000
 MAX_ENTITY_ID_CHARS = 256
 
 
@@ -36,13 +36,20 @@ class _State:
     last_seen: float
 
 
+def history_for(model: LoadedModel, max_entities: int = DEFAULT_MAX_ENTITIES) -> EntityHistory | None:
+    """The per-entity history a model needs: None for one whose scores depend on each row alone."""
+    return EntityHistory(model, max_entities) if model.history_rows else None
+
+
 class EntityHistory:
     def __init__(
         self, model: LoadedModel, max_entities: int = DEFAULT_MAX_ENTITIES, ttl_s: float | None = None, clock=None
     ):
         self.model = model
         self.max_entities = max_entities
-        interval = float((model.metadata.get("feature_transform") or {}).get("sample_interval_s") or 60.0)
+        interval = float(
+            (model.metadata.get("feature_transform") or {}).get("sample_interval_s") or DEFAULT_SAMPLE_INTERVAL_S
+        )
         # Five missed samples end a series: its window would otherwise span the gap.
         self.ttl_s = ttl_s if ttl_s is not None else 5 * interval
         self.clock = clock or time.monotonic

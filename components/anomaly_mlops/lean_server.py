@@ -21,7 +21,8 @@ import orjson
 
 from . import __version__
 from .artifacts import ANOMALY, LoadedModel, PendingScores
-from .history import DEFAULT_MAX_ENTITIES, EntityHistory
+from .history import history_for
+from .params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
 from .predictor import (
     NOT_JSON,
     SMALL_BATCH_ROWS,
@@ -29,6 +30,7 @@ from .predictor import (
     begin_scoring,
     claimed_rows,
     default_max_body_bytes,
+    input_types,
     output_types,
     parse_payload,
     read_body_capped,
@@ -224,7 +226,7 @@ class LeanApp:
         model_name: str,
         model: LoadedModel,
         version: str | None = None,
-        max_instances: int = 10_000,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
         max_body_bytes: int | None = None,
         max_entities: int = DEFAULT_MAX_ENTITIES,
     ):
@@ -233,7 +235,7 @@ class LeanApp:
         self.version = version
         self.max_instances = max_instances
         self.max_body_bytes = max_body_bytes or default_max_body_bytes(max_instances, len(model.schema))
-        self.history = EntityHistory(model, max_entities) if model.history_rows else None
+        self.history = history_for(model, max_entities)
         self.expected = model.schema.describe()
         self.metrics = Metrics(model_name)
         self.batcher = TickBatcher(model, self.metrics)
@@ -244,7 +246,7 @@ class LeanApp:
                 "name": model_name,
                 "versions": [version] if version else [],
                 "platform": "anomaly-mlops",
-                "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(model.schema)]}],
+                "inputs": input_types(model),
                 "outputs": output_types(model),
             }
         )

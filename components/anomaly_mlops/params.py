@@ -11,6 +11,7 @@ DEFAULT_IMAGE = "image-registry.openshift-image-registry.svc:5000/anomaly-mlops/
 DEFAULT_MAX_BYTES = 2 * 1024**3
 DEFAULT_MAX_ROWS = 20_000_000
 DEFAULT_MAX_INSTANCES = 10_000
+DEFAULT_MAX_ENTITIES = 10_000  # series whose history a server keeps (history.py)
 # Detector defaults, chosen by `anomaly-mlops evaluate --tune` (README "Detection quality"):
 # among the candidates that pass the default release gates on the project's synthetic data,
 # the best F1 on NAB, reported on SMD machines the choice never saw. Raw metrics, anomaly

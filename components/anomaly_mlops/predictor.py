@@ -44,8 +44,8 @@ import numpy as np
 from .artifacts import ANOMALY, LoadedModel, PendingScores, load_model_dir, load_serving_model
 from .errors import ConfigError
 from .features import smooth_scores
-from .history import DEFAULT_MAX_ENTITIES, MAX_ENTITY_ID_CHARS, EntityHistory
-from .params import DEFAULT_MAX_INSTANCES
+from .history import MAX_ENTITY_ID_CHARS, EntityHistory, history_for
+from .params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
 
 log = logging.getLogger(__name__)
 
@@ -277,16 +277,19 @@ def v1_answer(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray 
     return answer
 
 
+# The V2 output tensors, in order; history_complete only for a model that keeps history.
+V2_OUTPUTS = (("predictions", "INT64"), ("anomaly_scores", "FP64"), ("history_complete", "BOOL"))
+
+
 def v2_outputs(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> list[dict]:
-    """The V2 output tensors (as JSON objects), matching output_types."""
+    """The V2 output tensors (as JSON objects), as output_types describes them."""
     n = len(scores)
-    outputs = [
-        {"name": "predictions", "datatype": "INT64", "shape": [n], "data": predictions.tolist()},
-        {"name": "anomaly_scores", "datatype": "FP64", "shape": [n], "data": scores.tolist()},
+    data = (predictions, scores, complete)
+    return [
+        {"name": name, "datatype": datatype, "shape": [n], "data": values.tolist()}
+        for (name, datatype), values in zip(V2_OUTPUTS, data)
+        if values is not None
     ]
-    if complete is not None:
-        outputs.append({"name": "history_complete", "datatype": "BOOL", "shape": [n], "data": complete.tolist()})
-    return outputs
 
 
 def describe_history(model: LoadedModel) -> str:
@@ -297,14 +300,13 @@ def describe_history(model: LoadedModel) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def input_types(model: LoadedModel) -> list[dict]:
+    return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(model.schema)]}]
+
+
 def output_types(model: LoadedModel) -> list[dict]:
-    outputs = [
-        {"name": "predictions", "datatype": "INT64", "shape": [-1]},
-        {"name": "anomaly_scores", "datatype": "FP64", "shape": [-1]},
-    ]
-    if model.history_rows:
-        outputs.append({"name": "history_complete", "datatype": "BOOL", "shape": [-1]})
-    return outputs
+    kept = len(V2_OUTPUTS) if model.history_rows else len(V2_OUTPUTS) - 1
+    return [{"name": name, "datatype": datatype, "shape": [-1]} for name, datatype in V2_OUTPUTS[:kept]]
 
 
 def claimed_rows(payload, v2: bool) -> int:
@@ -439,7 +441,7 @@ def build_model_class():
             self.expected = self.detector.schema.describe()  # for wrong-length rows; built once, not per request
             if self.scoring == "sklearn":
                 self.detector.fast = None
-            self.history = EntityHistory(self.detector, self.max_entities) if self.detector.history_rows else None
+            self.history = history_for(self.detector, self.max_entities)
             meta = self.detector.metadata
             log.info(
                 "loaded model %s from %s: %d features, threshold %.5f, trained %s",
@@ -454,7 +456,7 @@ def build_model_class():
 
         def get_input_types(self):
             """V2 metadata: one [n, features] matrix (per-feature [n] tensors named after the features also work)."""
-            return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.detector.schema)]}]
+            return input_types(self.detector)
 
         def get_output_types(self):
             return output_types(self.detector)
