@@ -32,6 +32,33 @@ def test_time_features_are_causal():
     np.testing.assert_allclose(full[1:, 3:6], np.diff(X, axis=0))
 
 
+def test_window_column_subsets_are_the_matching_blocks_of_the_full_transform():
+    from anomaly_mlops.features import FeatureTransform
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 3))
+    full = FeatureTransform(12)
+    blocks = {"delta": slice(3, 6), "deviation": slice(6, 9), "std": slice(9, 12)}
+    names = full.names(("a", "b", "c"))
+    for columns in (("deviation",), ("deviation", "std"), ("std", "delta")):
+        part = FeatureTransform(12, columns)
+        kept = [slice(0, 3), *(blocks[c] for c in part.columns)]
+        assert part.columns == tuple(c for c in ("delta", "deviation", "std") if c in columns)  # canonical order
+        np.testing.assert_array_equal(part.apply(X), np.hstack([full.apply(X)[:, s] for s in kept]))
+        np.testing.assert_array_equal(part.apply(X, last=40), part.apply(X)[-40:])  # history, as the server does
+        entities = np.repeat(["x", "y"], 150)
+        np.testing.assert_array_equal(part.apply_by_entity(X, entities)[150:], part.apply(X[150:]))
+        assert part.names(("a", "b", "c")) == [n for s in kept for n in names[s]]
+        assert part.width(3) == len(part.names(("a", "b", "c")))
+        assert FeatureTransform.from_dict(part.to_dict()) == part
+    # Models written before window columns could be chosen carry all three.
+    assert FeatureTransform.from_dict({"kind": "causal-rolling", "window": 12}) == full
+    assert FeatureTransform.from_dict({"kind": "raw", "window": 0}).width(3) == 3
+    for bad in ((), ("mean",), ("std", "std")):
+        with pytest.raises(ValueError, match="window columns must be"):
+            FeatureTransform(12, bad)
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="labelled data not found"):
         evaluate(tmp_path / "nope")
@@ -122,3 +149,18 @@ def test_candidates_equal_on_the_tuning_series_are_told_apart_by_the_synthetic_d
     assert best_candidate(["second", "first"], measured, [0, 1], tie_break=[2]) == "second"
     measured["first"][0] = {"f1": 0.21, "pr_auc": 0.3}  # better where it counts: the synthetic F1 no longer decides
     assert best_candidate(["first", "second"], measured, [0, 1], tie_break=[2]) == "first"
+
+
+def test_evaluate_takes_datasets_from_every_dataset_flag(monkeypatch, tmp_path):
+    from anomaly_mlops import cli
+    from anomaly_mlops import evaluate as evaluate_module
+
+    seen = []
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda root, datasets, *a, **k: seen.append(datasets) or {})
+    for argv, expected in (
+        (["--dataset", "smd", "--dataset", "nab"], ("smd", "nab")),
+        (["--dataset", "nab", "smd", "nab"], ("nab", "smd")),
+        ([], ("smd", "nab")),
+    ):
+        assert cli.main(["evaluate", "--data-dir", str(tmp_path), *argv]) == 0
+        assert seen.pop() == expected

@@ -11,7 +11,8 @@ from anomaly_mlops.fastforest import CHUNK_ROWS, CompiledForest, compile_forest
 
 
 def fitted(X, **params):
-    return Pipeline([("scaler", StandardScaler()), ("iforest", IsolationForest(random_state=0, **params))]).fit(X)
+    params = {"random_state": 0, **params}
+    return Pipeline([("scaler", StandardScaler()), ("iforest", IsolationForest(**params))]).fit(X)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,39 @@ def test_scores_equal_sklearn(params, seed):
     np.testing.assert_allclose(
         CompiledForest(pipeline).anomaly_scores(probe), -pipeline.score_samples(probe), rtol=0, atol=1e-12
     )
+
+
+def test_trees_grown_on_the_raw_metrics_join_one_forest_that_every_reader_scores_alike():
+    """raw_tree_share: one IsolationForest whose score averages path lengths over the trees
+    that saw every column and those grown on the raw metrics alone (a weighted geometric
+    mean of the two forests' scores); scikit-learn, the flattened forest and skops agree."""
+    import skops.io as skops_io
+
+    from anomaly_mlops.features import FeatureTransform
+    from anomaly_mlops.params import TrainParams
+    from anomaly_mlops.train import _isolation_forest, fit_forest
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(2000, 4)) * [1, 5, 20, 0.1]
+    F = FeatureTransform(20).apply(X)  # 4 raw metrics, then 12 window columns
+    params = TrainParams(n_estimators=30, max_samples=256, raw_tree_share=0.4)
+    pipeline = fit_forest(F, params, raw_columns=4)
+    forest = pipeline.named_steps["iforest"]
+    assert [len(f) for f in forest.estimators_features_] == [16] * 18 + [4] * 12
+    Z = pipeline.named_steps["scaler"].transform(F)
+    every = -_isolation_forest(params, 18, len(F), params.seed).fit(Z).score_samples(Z)
+    raw = -_isolation_forest(params, 12, len(F), params.seed + 1).fit(Z[:, :4]).score_samples(Z[:, :4])
+    expected = 2 ** ((18 * np.log2(every) + 12 * np.log2(raw)) / 30)
+    np.testing.assert_allclose(-pipeline.score_samples(F), expected, rtol=1e-12)
+    np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(F), expected, rtol=1e-12)
+    blob = skops_io.dumps(pipeline)
+    loaded = skops_io.loads(blob, trusted=skops_io.get_untrusted_types(data=blob))
+    np.testing.assert_allclose(-loaded.score_samples(F), expected, rtol=1e-12)
+    # Share 0 (and raw metrics alone) is the plain forest train always fitted.
+    for share, columns in ((0.0, 4), (0.5, None), (0.5, 16)):
+        plain = fit_forest(F, TrainParams(n_estimators=30, max_samples=256, raw_tree_share=share), raw_columns=columns)
+        reference = fitted(F, n_estimators=30, max_samples=256, random_state=42)
+        np.testing.assert_array_equal(plain.score_samples(F), reference.score_samples(F))
 
 
 def test_extreme_but_finite_inputs_behave_like_sklearn():

@@ -354,3 +354,5 @@ def test_training_defaults_in_the_compiled_pipeline_follow_the_train_step():
         assert inputs["max_samples"]["defaultValue"] == str(defaults.max_samples)
         assert inputs["n_estimators"]["defaultValue"] == defaults.n_estimators
         assert inputs["contamination"]["defaultValue"] == defaults.contamination
+        assert inputs["window_columns"]["defaultValue"] == defaults.window_columns
+        assert inputs["raw_tree_share"]["defaultValue"] == defaults.raw_tree_share

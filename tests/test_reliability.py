@@ -596,3 +596,23 @@ def test_serving_from_s3_leaves_no_model_copy_behind(model_dir, s3_env, tmp_path
         assert [p.name for p in scratch.iterdir() if p.name.startswith("anomaly-model-")]
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("anomaly-model-")]
     shutil.rmtree(scratch)
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (("--window-columns", "delta,mean"), "window columns must be a non-empty list of distinct names"),
+        (("--window-columns", "std,std"), "window columns must be a non-empty list of distinct names"),
+        (("--raw-tree-share", "1.0"), "raw_tree_share must be in [0, 1)"),
+        (("--raw-tree-share", "-0.1"), "raw_tree_share must be in [0, 1)"),
+    ],
+)
+def test_window_columns_and_raw_tree_share_are_checked_before_fitting(capsys, tmp_path, prepared, flags, fragment):
+    argv = ["train", "--data", str(prepared.train_path), "--out", str(tmp_path / "m"), "--feature-window", "30"]
+    try:
+        code = cli.main([*argv, *flags])
+    except SystemExit as exc:  # argparse refuses a bad --window-columns itself
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err, err
+    assert not (tmp_path / "m").exists()

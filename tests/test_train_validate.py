@@ -218,6 +218,7 @@ def test_time_series_feature_model_end_to_end(prepared, tmp_path):
     assert meta["feature_transform"] == {
         "kind": "causal-rolling",
         "window": 30,
+        "columns": ["delta", "deviation", "std"],
         "window_minutes": 30,
         "sample_interval_s": 60.0,
     }
@@ -230,6 +231,29 @@ def test_time_series_feature_model_end_to_end(prepared, tmp_path):
     assert validation.metrics["feature_window"] == 30 and validation.metrics["roc_auc"] > 0.85
     with pytest.raises(ConfigError, match="feature_window is in minutes"):
         train(str(prepared.train_path), tmp_path / "bad", TrainParams(feature_window=-1))
+
+
+def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(prepared, tmp_path):
+    """window_columns and raw_tree_share reach metadata.json; both loaders (scikit-learn from
+    skops, the flattened forest for the lean server) score the model alike; validate names
+    them among the settings that put scores on another scale."""
+    from anomaly_mlops.artifacts import load_serving_model
+    from anomaly_mlops.validate import detector_differences
+
+    params = TrainParams(n_estimators=40, feature_window=30, window_columns="std,deviation", raw_tree_share=0.5)
+    result = train(str(prepared.train_path), tmp_path / "m", params)
+    meta = json.loads((result.model_dir / "metadata.json").read_text())
+    assert meta["feature_transform"]["columns"] == ["deviation", "std"]
+    assert meta["params"]["raw_tree_share"] == 0.5 and meta["params"]["window_columns"] == "std,deviation"
+    model, lean = load_model_dir(result.model_dir), load_serving_model(result.model_dir)
+    assert [len(f) for f in model.pipeline.named_steps["iforest"].estimators_features_] == [18] * 20 + [6] * 20
+    X = load_dataset(str(prepared.holdout_path)).X
+    np.testing.assert_allclose(lean.anomaly_scores(X), model.anomaly_scores(X), rtol=0, atol=1e-12)
+    all_columns = train(str(prepared.train_path), tmp_path / "all", TrainParams(n_estimators=40, feature_window=30))
+    assert detector_differences(load_model_dir(all_columns.model_dir), model) == [
+        "window_columns: delta,deviation,std -> deviation,std",
+        "raw_tree_share: 0.0 -> 0.5",
+    ]
 
 
 def test_the_lean_server_loads_the_forest_arrays_without_scikit_learn(model_dir, prepared):

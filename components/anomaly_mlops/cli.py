@@ -113,6 +113,22 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_FEATURE_WINDOW_MIN}, or 0 for self-healing-platform, whose client builds features)",
     )
     parser.add_argument(
+        "--window-columns",
+        type=_window_columns,
+        default=d.window_columns,
+        metavar="NAMES",
+        help="with a feature window: the columns each metric gains, a comma list of delta, deviation "
+        f"(from the window's mean), std (default: {d.window_columns})",
+    )
+    parser.add_argument(
+        "--raw-tree-share",
+        type=float,
+        default=d.raw_tree_share,
+        metavar="SHARE",
+        help="with a feature window: share of the trees grown on the raw metrics alone, in [0, 1); the rest "
+        f"see every column (default: {d.raw_tree_share})",
+    )
+    parser.add_argument(
         "--score-smoothing",
         type=_minutes,
         default=d.score_smoothing,
@@ -148,6 +164,15 @@ def _minutes(text: str) -> int | None:
     return int(text)
 
 
+def _window_columns(text: str) -> str:
+    from .features import parse_window_columns
+
+    try:
+        return ",".join(parse_window_columns(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _max_samples(text: str) -> int | str:
     if text == "auto":
         return text
@@ -165,6 +190,8 @@ def _train_params(args):
         contamination=args.contamination,
         seed=args.seed,
         feature_window=args.feature_window,
+        window_columns=args.window_columns,
+        raw_tree_share=args.raw_tree_share,
         score_smoothing=args.score_smoothing,
         threshold=None if args.threshold == "default" else args.threshold,
         pot_risk=args.pot_risk,
@@ -408,10 +435,10 @@ def cmd_evaluate(args) -> dict:
 
     result = evaluate(
         args.data_dir,
-        tuple(args.dataset),
+        tuple(dict.fromkeys(args.dataset or ["smd", "nab"])),
         _train_params(args),
         tune=args.tune,
-        tune_on=tuple(args.tune_on),
+        tune_on=tuple(args.tune_on or ["nab"]),
         resample_minutes=args.resample,
     )
     if args.out:
@@ -787,18 +814,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="detection quality on labelled real metrics (SMD, NAB)")
     p.add_argument("--data-dir", default="../shared/data", help="folder holding smd/ and nab/")
-    p.add_argument("--dataset", nargs="+", choices=["smd", "nab"], default=["smd", "nab"])
+    # "extend": --dataset smd --dataset nab means both (nargs="+" alone keeps the last one).
+    p.add_argument(
+        "--dataset", nargs="+", action="extend", choices=["smd", "nab"], help="datasets to evaluate (default: both)"
+    )
     p.add_argument(
         "--tune",
         action="store_true",
-        help="choose window, smoothing, threshold method and tree size by leaving series out (README)",
+        help="choose window and its columns, raw-metric trees, smoothing, threshold method and tree size by "
+        "leaving series out (README)",
     )
     p.add_argument(
         "--tune-on",
         nargs="+",
+        action="extend",
         choices=["smd", "nab"],
-        default=["nab"],
-        help="--tune: datasets the default is chosen on",
+        help="--tune: datasets the default is chosen on (default: nab)",
     )
     p.add_argument(
         "--resample", type=int, default=0, metavar="MINUTES", help="SMD: average rows into this many minutes"

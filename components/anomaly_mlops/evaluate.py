@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, DataError
-from .features import FeatureTransform, smoothing_rows, window_rows
+from .features import FeatureTransform, smoothing_rows
 from .params import TrainParams
 from .train import POT_FALLBACK
 
@@ -33,12 +33,23 @@ log = logging.getLogger(__name__)
 NAB_TRAIN_FRACTION = 0.15  # NAB's probationary period: the detector may learn from it
 SMD_INTERVAL_S = 60.0
 METRICS = ("roc_auc", "pr_auc", "f1")
-# Candidates for tune=True: feature window and score smoothing in minutes, threshold method,
-# rows drawn per tree ("auto": scikit-learn's 256).
+# Candidates for tune=True: feature window in minutes with its window columns and share of
+# raw-metric trees (windows only), score smoothing in minutes, threshold method, rows drawn
+# per tree ("auto": scikit-learn's 256).
 TUNE_WINDOWS = (0, 30, 60, 120)
+TUNE_WINDOW_COLUMNS = ("delta,deviation,std", "deviation,std", "deviation")
+TUNE_RAW_TREE_SHARES = (0.0, 0.5)
 TUNE_SMOOTHING = (0, 5, 10, 30)
 TUNE_THRESHOLDS = ("pot", "quantile")
 TUNE_MAX_SAMPLES = ("auto", 1024, 4096)
+
+
+def _tune_forests() -> list[tuple]:
+    """(window, window columns, raw tree share, max_samples): one forest per series each."""
+    features = [(0, TrainParams().window_columns, 0.0)] + list(
+        itertools.product([w for w in TUNE_WINDOWS if w], TUNE_WINDOW_COLUMNS, TUNE_RAW_TREE_SHARES)
+    )
+    return [(*f, size) for f in features for size in TUNE_MAX_SAMPLES]
 
 
 @dataclass
@@ -106,12 +117,12 @@ def time_features(X: np.ndarray, window: int = 30) -> np.ndarray:
 def _raw_scores(series: Series, params: TrainParams, window_minutes: int):
     """Fit as train does on the training part; raw forest scores of the training part
     then the test part (one continuous series), and the held-back calibration mask."""
-    from .train import calibration_mask, fit_forest
+    from .train import calibration_mask, detector_transform, fit_forest
 
-    transform = FeatureTransform(window_rows(window_minutes, series.interval_s))
+    transform = detector_transform(params, window_minutes, series.interval_s)
     F = transform.apply(np.vstack([series.train, series.test]))
     held = calibration_mask(len(series.train), None, params.calibration_fraction)
-    pipeline = fit_forest(F[: len(series.train)][~held], params)
+    pipeline = fit_forest(F[: len(series.train)][~held], params, raw_columns=series.train.shape[1])
     return -pipeline.score_samples(F), held
 
 
@@ -264,21 +275,31 @@ def best_candidate(pool, measured: dict, indices, tie_break) -> tuple:
 def _tune(series: list[Series], params: TrainParams, datasets, resample_minutes: int, tune_on=("nab",)) -> dict:
     from .params import Gates
 
-    candidates = list(itertools.product(TUNE_WINDOWS, TUNE_SMOOTHING, TUNE_THRESHOLDS, TUNE_MAX_SAMPLES))
+    forests = _tune_forests()
+    # A candidate: (window, window columns, raw tree share, max_samples, smoothing, threshold).
+    candidates = [(*f, s, t) for f in forests for s in TUNE_SMOOTHING for t in TUNE_THRESHOLDS]
     synthetic = _synthetic_series()
     everything = [*series, *synthetic]
-    # measured[candidate][i]: series i under that candidate (one forest per series, window and tree size).
+    # measured[candidate][i]: series i under that candidate (one forest per series and forest setting).
     measured: dict[tuple, list[dict]] = {c: [None] * len(everything) for c in candidates}
     for i, one in enumerate(everything):
-        for window, max_samples in itertools.product(TUNE_WINDOWS, TUNE_MAX_SAMPLES):
-            sized = replace(params, max_samples=max_samples)
-            raw, held = _raw_scores(one, sized, window)
-            for c in (c for c in candidates if (c[0], c[3]) == (window, max_samples)):
-                measured[c][i] = _measure(one, raw, held, replace(sized, threshold=c[2]), c[1])
+        for forest in forests:
+            window, columns, share, max_samples = forest
+            fitted = replace(params, window_columns=columns, raw_tree_share=share, max_samples=max_samples)
+            raw, held = _raw_scores(one, fitted, window)
+            for c in (c for c in candidates if c[:4] == forest):
+                measured[c][i] = _measure(one, raw, held, replace(fitted, threshold=c[5]), c[4])
         log.info("tuning: %d of %d series measured under %d candidates", i + 1, len(everything), len(candidates))
 
     def describe(c):
-        return {"feature_window_min": c[0], "score_smoothing_min": c[1], "threshold": c[2], "max_samples": c[3]}
+        return {
+            "feature_window_min": c[0],
+            "window_columns": c[1] if c[0] else None,
+            "raw_tree_share": c[2],
+            "max_samples": c[3],
+            "score_smoothing_min": c[4],
+            "threshold": c[5],
+        }
 
     drawn = range(len(series), len(everything))  # the synthetic draws
 

@@ -1,9 +1,10 @@
 """Causal time-series features and score smoothing: the same code for training,
 validation, evaluation and serving.
 
-With a window of w rows (w >= 2), each metric x becomes four columns: x, its change from
-the previous row, its deviation from the mean of the last w rows, and the standard
-deviation of the last w rows (0 while only one row is known). Row t uses rows <= t only,
+With a window of w rows (w >= 2), each metric x keeps its column and gains window columns
+(``WINDOW_COLUMNS``, all three by default): its change from the previous row ("delta"), its
+deviation from the mean of the last w rows ("deviation"), and the standard deviation of the
+last w rows ("std"; 0 while only one row is known). Row t uses rows <= t only,
 so a model sees at serving time exactly what it saw in training when it is given the
 preceding rows (oldest first), by the client or by the server's per-entity history. With
 w = 0 the metrics pass through unchanged.
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CHUNK_ROWS = 8192  # bounds the (rows x metrics x window) view
+WINDOW_COLUMNS = ("delta", "deviation", "std")
 DEFAULT_SAMPLE_INTERVAL_S = 60.0
 
 
@@ -65,23 +67,37 @@ def entity_groups(entities: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
 
 
+def parse_window_columns(text) -> tuple[str, ...]:
+    """Window columns from "delta,deviation,std" (any order, any non-empty subset) or a
+    sequence of names; returned in WINDOW_COLUMNS order."""
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n) for n in text]
+    unknown = [n for n in names if n not in WINDOW_COLUMNS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"window columns must be a non-empty list of distinct names from {', '.join(WINDOW_COLUMNS)}; got {text!r}"
+        )
+    return tuple(c for c in WINDOW_COLUMNS if c in names)
+
+
 @dataclass(frozen=True)
 class FeatureTransform:
     window: int = 0
+    columns: tuple[str, ...] = WINDOW_COLUMNS
 
     def __post_init__(self):
         if self.window < 0 or self.window == 1:
             raise ValueError(f"feature window must be 0 (raw metrics) or at least 2 rows, got {self.window}")
+        object.__setattr__(self, "columns", parse_window_columns(self.columns))
+
+    def width(self, n_metrics: int) -> int:
+        """Columns out for ``n_metrics`` metrics in."""
+        return n_metrics * (1 + len(self.columns)) if self.window else n_metrics
 
     def names(self, features: tuple[str, ...]) -> list[str]:
         if not self.window:
             return list(features)
-        return [
-            *features,
-            *(f"{f}:delta" for f in features),
-            *(f"{f}:dev_mean{self.window}" for f in features),
-            *(f"{f}:std{self.window}" for f in features),
-        ]
+        suffix = {"delta": "delta", "deviation": f"dev_mean{self.window}", "std": f"std{self.window}"}
+        return [*features, *(f"{f}:{suffix[c]}" for c in self.columns for f in features)]
 
     def apply(self, X: np.ndarray, last: int | None = None) -> np.ndarray:
         """Features of one series (rows oldest first); of its ``last`` rows only when given
@@ -89,10 +105,20 @@ class FeatureTransform:
         X = np.asarray(X, dtype=np.float64)
         if not self.window:
             return X if last is None else X[len(X) - last :]
-        w = self.window
         first = 0 if last is None else len(X) - last
-        delta = np.diff(X[max(first - 1, 0) :], axis=0, prepend=X[max(first - 1, 0) : max(first, 1)])
-        delta = delta[len(delta) - (len(X) - first) :]
+        tail = X[first:]
+        blocks = {}
+        if "delta" in self.columns:
+            delta = np.diff(X[max(first - 1, 0) :], axis=0, prepend=X[max(first - 1, 0) : max(first, 1)])
+            blocks["delta"] = delta[len(delta) - (len(X) - first) :]
+        if "deviation" in self.columns or "std" in self.columns:
+            mean, std = self._rolling(X, first)
+            blocks["deviation"], blocks["std"] = tail - mean, std
+        return np.hstack([tail, *(blocks[c] for c in self.columns)])
+
+    def _rolling(self, X: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the last ``window`` rows, for rows ``first``.."""
+        w = self.window
         padded = np.vstack([np.full((w - 1, X.shape[1]), np.nan), X])
         n = len(X) - first
         mean, std = np.empty((n, X.shape[1])), np.empty((n, X.shape[1]))
@@ -104,8 +130,7 @@ class FeatureTransform:
             centered = np.where(np.isnan(windows), 0.0, windows - mean[start:stop, :, None])
             var = np.sum(centered**2, axis=2) / np.maximum(count - 1, 1)
             std[start:stop] = np.where(count > 1, np.sqrt(var), 0.0)
-        tail = X[first:]
-        return np.hstack([tail, delta, tail - mean, std])
+        return mean, std
 
     def apply_by_entity(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
         """Features of several series stacked in one matrix: each entity's rows only see
@@ -113,14 +138,18 @@ class FeatureTransform:
         X = np.asarray(X, dtype=np.float64)
         if not self.window or entities is None:
             return self.apply(X)
-        out = np.empty((X.shape[0], X.shape[1] * 4))
+        out = np.empty((X.shape[0], self.width(X.shape[1])))
         for rows in entity_groups(entities, len(X)):
             out[rows] = self.apply(X[rows])
         return out
 
     def to_dict(self) -> dict:
-        return {"kind": "causal-rolling" if self.window else "raw", "window": self.window}
+        if not self.window:
+            return {"kind": "raw", "window": 0}
+        return {"kind": "causal-rolling", "window": self.window, "columns": list(self.columns)}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> FeatureTransform:
-        return cls(int((data or {}).get("window", 0)))
+        # Models written before "columns" existed carry all three.
+        data = data or {}
+        return cls(int(data.get("window", 0)), tuple(data.get("columns") or WINDOW_COLUMNS))

@@ -108,6 +108,8 @@ def train_model(
     contamination: float = 0.02,
     seed: int = 42,
     feature_window: int = -1,
+    window_columns: str = "delta,deviation,std",
+    raw_tree_share: float = 0.0,
     score_smoothing: int = -1,
     threshold: str = "",
     run_id: str = "",
@@ -123,6 +125,8 @@ def train_model(
         contamination: expected anomalous share (the flagged-rate gate; the threshold with threshold='quantile').
         seed: random seed; training is reproducible.
         feature_window: minutes of history behind each row's features; 0: raw metrics; -1: the schema's default.
+        window_columns: with a feature window, the columns each metric gains: comma list of delta, deviation, std.
+        raw_tree_share: with a feature window, share of the trees grown on the raw metrics alone, in [0, 1).
         score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
         threshold: 'pot' (extreme-value fit of held-back training scores), 'quantile', or '' for the schema's default.
         run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
@@ -136,6 +140,8 @@ def train_model(
         seed=seed,
         max_samples=max_samples if max_samples == "auto" else int(max_samples),
         feature_window=None if feature_window < 0 else feature_window,
+        window_columns=window_columns,
+        raw_tree_share=raw_tree_share,
         score_smoothing=None if score_smoothing < 0 else score_smoothing,
         threshold=threshold or None,
     )

@@ -22,6 +22,8 @@ DEFAULT_MAX_ENTITIES = 10_000  # series whose history a server keeps (history.py
 DEFAULT_FEATURE_WINDOW_MIN = 0
 DEFAULT_SCORE_SMOOTHING_MIN = 10
 DEFAULT_MAX_SAMPLES = 4096
+DEFAULT_WINDOW_COLUMNS = "delta,deviation,std"  # features.WINDOW_COLUMNS, spelled as the CLI takes it
+DEFAULT_RAW_TREE_SHARE = 0.0
 THRESHOLD_METHODS = ("pot", "quantile")
 
 
@@ -55,6 +57,11 @@ class TrainParams:
     # the client builds, such as self-healing-platform).
     feature_window: int | None = None
     score_smoothing: int | None = None
+    # With a feature window: the window columns each metric gains (features.WINDOW_COLUMNS),
+    # and the share of trees grown on the raw metrics alone (the rest see every column), so
+    # that the window columns, three times as many, do not drown the raw metrics' signal.
+    window_columns: str = DEFAULT_WINDOW_COLUMNS
+    raw_tree_share: float = DEFAULT_RAW_TREE_SHARE
     # The threshold comes from scores of the last calibration_fraction of the training rows
     # (per entity, by time), which the forest does not see: "pot" fits a generalized Pareto
     # tail and puts the threshold where a calibration score exceeds it with probability
@@ -92,6 +99,14 @@ class TrainParams:
             minutes = getattr(self, name)
             if minutes is not None and (isinstance(minutes, bool) or minutes < 0):
                 raise ConfigError(f"{name} is in minutes and must be >= 0, got {minutes}")
+        from .features import parse_window_columns
+
+        try:
+            parse_window_columns(self.window_columns)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if isinstance(self.raw_tree_share, bool) or not 0.0 <= self.raw_tree_share < 1.0:
+            raise ConfigError(f"raw_tree_share must be in [0, 1), got {self.raw_tree_share!r}")
         if self.threshold is not None and self.threshold not in THRESHOLD_METHODS:
             raise ConfigError(f"threshold must be one of {THRESHOLD_METHODS}, got {self.threshold!r}")
         if not 0.0 < self.pot_risk < 0.1:

@@ -29,6 +29,7 @@ from .features import (
     DEFAULT_SAMPLE_INTERVAL_S,
     FeatureTransform,
     entity_groups,
+    parse_window_columns,
     smooth_by_entity,
     smoothing_rows,
     window_rows,
@@ -98,29 +99,71 @@ def calibration_mask(n_rows: int, entities: np.ndarray | None, fraction: float) 
     return held
 
 
-def fit_forest(F: np.ndarray, params: TrainParams):
+def _isolation_forest(params: TrainParams, n_estimators: int, n_rows: int, seed: int):
     from sklearn.ensemble import IsolationForest
+
+    return IsolationForest(
+        n_estimators=n_estimators,
+        # scikit-learn takes every row (with a warning) when asked for more
+        max_samples=params.max_samples if params.max_samples == "auto" else min(params.max_samples, n_rows),
+        max_features=params.max_features,
+        contamination="auto",
+        random_state=seed,
+        n_jobs=params.n_jobs,
+    )
+
+
+def raw_tree_count(params: TrainParams, n_columns: int, raw_columns: int | None) -> int:
+    """Trees grown on the first ``raw_columns`` columns alone (0 when every column is raw);
+    at least one tree sees every column."""
+    if not raw_columns or raw_columns >= n_columns:
+        return 0
+    return min(int(round(params.n_estimators * params.raw_tree_share)), params.n_estimators - 1)
+
+
+def _add_raw_trees(forest, raw_forest, raw_columns: int):
+    """``forest`` (fitted on every column, with max_features 1.0) joined by the trees of
+    ``raw_forest`` (fitted on the first ``raw_columns``): one IsolationForest whose score
+    averages path lengths over all trees, as scikit-learn scores any forest. Each tree keeps
+    the columns it was grown on in estimators_features_ (scoring subsets X by them once
+    _max_features differs from the column count)."""
+    if forest.max_features != 1.0 or raw_forest.max_features != 1.0:
+        raise ConfigError("raw_tree_share needs max_features 1.0 (each tree group sees all of its columns)")
+    n_columns = forest.n_features_in_
+    forest.estimators_ = [*forest.estimators_, *raw_forest.estimators_]
+    forest.estimators_features_ = [np.arange(n_columns)] * len(forest.estimators_features_) + [
+        np.arange(raw_columns)
+    ] * len(raw_forest.estimators_)
+    forest._seeds = np.concatenate([forest._seeds, raw_forest._seeds])
+    forest._decision_path_lengths = (*forest._decision_path_lengths, *raw_forest._decision_path_lengths)
+    forest._average_path_length_per_tree = (
+        *forest._average_path_length_per_tree,
+        *raw_forest._average_path_length_per_tree,
+    )
+    forest.n_estimators = len(forest.estimators_)
+    forest._max_features = raw_columns
+    return forest
+
+
+def fit_forest(F: np.ndarray, params: TrainParams, raw_columns: int | None = None):
+    """StandardScaler + IsolationForest on ``F``; with ``raw_columns`` (the metrics ahead of
+    their window columns) and params.raw_tree_share > 0, that share of the trees is grown on
+    the raw metrics alone."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pipeline = Pipeline(
-        [
-            ("scaler", StandardScaler()),
-            (
-                "iforest",
-                IsolationForest(
-                    n_estimators=params.n_estimators,
-                    # scikit-learn takes every row (with a warning) when asked for more
-                    max_samples=params.max_samples if params.max_samples == "auto" else min(params.max_samples, len(F)),
-                    max_features=params.max_features,
-                    contamination="auto",
-                    random_state=params.seed,
-                    n_jobs=params.n_jobs,
-                ),
-            ),
-        ]
-    )
-    return pipeline.fit(F)
+    scaler = StandardScaler().fit(F)
+    Z = scaler.transform(F)
+    n_raw = raw_tree_count(params, F.shape[1], raw_columns)
+    forest = _isolation_forest(params, params.n_estimators - n_raw, len(F), params.seed).fit(Z)
+    if n_raw:
+        raw_forest = _isolation_forest(params, n_raw, len(F), params.seed + 1).fit(Z[:, :raw_columns])
+        forest = _add_raw_trees(forest, raw_forest, raw_columns)
+    return Pipeline([("scaler", scaler), ("iforest", forest)])
+
+
+def detector_transform(params: TrainParams, window_minutes: int, sample_interval_s: float) -> FeatureTransform:
+    return FeatureTransform(window_rows(window_minutes, sample_interval_s), parse_window_columns(params.window_columns))
 
 
 def pot_threshold(scores: np.ndarray, risk: float, initial_quantile: float = 0.98) -> float | None:
@@ -171,11 +214,11 @@ def fit_detector(
     threshold from the smoothed scores of the later ones."""
     window_minutes, smoothing_minutes = params.windows_for(client_built_features)
     interval = params.sample_interval_s or sample_interval_s or DEFAULT_SAMPLE_INTERVAL_S
-    transform = FeatureTransform(window_rows(window_minutes, interval))
+    transform = detector_transform(params, window_minutes, interval)
     k = smoothing_rows(smoothing_minutes, interval)
     F = transform.apply_by_entity(X, entities)
     held = calibration_mask(len(F), entities, params.calibration_fraction)
-    pipeline = fit_forest(F[~held], params)
+    pipeline = fit_forest(F[~held], params, raw_columns=X.shape[1])
     scores = smooth_by_entity(-pipeline.score_samples(F), entities, k)
     threshold, detail = threshold_from(scores[held], params, params.threshold_for(client_built_features))
     if detail["method"] == POT_FALLBACK:

@@ -226,7 +226,8 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
 
 def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list[str]:
     """Settings that put two models' anomaly scores on different scales (rows per tree,
-    features per tree, time-series features, score smoothing), as 'name: old -> new'."""
+    features per tree, time-series features and the trees grown on raw metrics alone,
+    score smoothing), as 'name: old -> new'."""
 
     def settings(model: LoadedModel) -> dict:
         params = model.metadata.get("params", {})
@@ -234,6 +235,8 @@ def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list
             "max_samples": params.get("max_samples", "auto"),
             "max_features": params.get("max_features", 1.0),
             "feature_window_rows": model.transform.window,
+            "window_columns": ",".join(model.transform.columns) if model.transform.window else None,
+            "raw_tree_share": params.get("raw_tree_share", 0.0) if model.transform.window else 0.0,
             "score_smoothing_rows": model.smoothing,
         }
 
