@@ -24,9 +24,11 @@ def prepared(tmp_path_factory):
 @pytest.fixture(scope="session")
 def model_dir(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "model"
-    # No score smoothing: a row's score is its own, so protocol tests may send single rows
-    # without an entity (tests/test_history.py and the windowed-model tests cover history).
-    return train(str(prepared.train_path), out, TrainParams(n_estimators=50, seed=7, score_smoothing=0)).model_dir
+    # Raw metrics, no score smoothing: a row's score is its own, so protocol tests may send
+    # single rows without an entity (tests/test_history.py, the windowed-model tests and the
+    # end-to-end runs on the defaults cover history).
+    params = TrainParams(n_estimators=50, seed=7, feature_window=0, score_smoothing=0)
+    return train(str(prepared.train_path), out, params).model_dir
 
 
 @pytest.fixture(scope="session")

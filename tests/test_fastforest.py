@@ -50,19 +50,20 @@ def test_trees_grown_on_the_raw_metrics_join_one_forest_that_every_reader_scores
     rng = np.random.default_rng(4)
     X = rng.normal(size=(2000, 4)) * [1, 5, 20, 0.1]
     F = FeatureTransform(20).apply(X)  # 4 raw metrics, then 12 window columns
-    params = TrainParams(n_estimators=30, max_samples=256, raw_tree_share=0.4)
-    pipeline = fit_forest(F, params, raw_columns=4)
-    forest = pipeline.named_steps["iforest"]
-    assert [len(f) for f in forest.estimators_features_] == [16] * 18 + [4] * 12
-    Z = pipeline.named_steps["scaler"].transform(F)
-    every = -_isolation_forest(params, 18, len(F), params.seed).fit(Z).score_samples(Z)
-    raw = -_isolation_forest(params, 12, len(F), params.seed + 1).fit(Z[:, :4]).score_samples(Z[:, :4])
-    expected = 2 ** ((18 * np.log2(every) + 12 * np.log2(raw)) / 30)
-    np.testing.assert_allclose(-pipeline.score_samples(F), expected, rtol=1e-12)
-    np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(F), expected, rtol=1e-12)
-    blob = skops_io.dumps(pipeline)
-    loaded = skops_io.loads(blob, trusted=skops_io.get_untrusted_types(data=blob))
-    np.testing.assert_allclose(-loaded.score_samples(F), expected, rtol=1e-12)
+    for max_features, widths in ((1.0, [16] * 18 + [4] * 12), (0.5, [8] * 18 + [2] * 12)):
+        params = TrainParams(n_estimators=30, max_samples=256, raw_tree_share=0.4, max_features=max_features)
+        pipeline = fit_forest(F, params, raw_columns=4)
+        forest = pipeline.named_steps["iforest"]
+        assert [len(f) for f in forest.estimators_features_] == widths
+        Z = pipeline.named_steps["scaler"].transform(F)
+        every = -_isolation_forest(params, 18, len(F), params.seed).fit(Z).score_samples(Z)
+        raw = -_isolation_forest(params, 12, len(F), params.seed + 1).fit(Z[:, :4]).score_samples(Z[:, :4])
+        expected = 2 ** ((18 * np.log2(every) + 12 * np.log2(raw)) / 30)
+        np.testing.assert_allclose(-pipeline.score_samples(F), expected, rtol=1e-12)
+        np.testing.assert_allclose(CompiledForest(pipeline).anomaly_scores(F), expected, rtol=1e-12)
+        blob = skops_io.dumps(pipeline)
+        loaded = skops_io.loads(blob, trusted=skops_io.get_untrusted_types(data=blob))
+        np.testing.assert_allclose(-loaded.score_samples(F), expected, rtol=1e-12)
     # Share 0 (and raw metrics alone) is the plain forest train always fitted.
     for share, columns in ((0.0, 4), (0.5, None), (0.5, 16)):
         plain = fit_forest(F, TrainParams(n_estimators=30, max_samples=256, raw_tree_share=share), raw_columns=columns)

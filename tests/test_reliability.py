@@ -189,7 +189,8 @@ def _consistent_model(copy_model, obj, label: str) -> Path:
 def _fitted_on(n_features: int):
     from anomaly_mlops.train import TrainParams, fit_detector
 
-    return fit_detector(np.random.default_rng(0).normal(size=(256, n_features)), TrainParams(n_estimators=10)).pipeline
+    params = TrainParams(n_estimators=10, feature_window=0)
+    return fit_detector(np.random.default_rng(0).normal(size=(256, n_features)), params).pipeline
 
 
 @pytest.mark.parametrize(

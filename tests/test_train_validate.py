@@ -31,18 +31,20 @@ def test_model_dir_contract(model_dir, prepared):
 
 
 def test_threshold_comes_from_held_back_training_scores(model_dir, prepared):
-    """The forest never saw the last 20% of the training rows; the threshold is the
-    peaks-over-threshold level of their scores (risk 0.001): no label sets it."""
+    """The forest never saw the last 20% of the training rows; the threshold comes from
+    their scores alone, no label sets it: by default the (1 - contamination) quantile, with
+    threshold="pot" the peaks-over-threshold level (risk 0.001)."""
     from anomaly_mlops.train import pot_threshold
 
     model = load_model_dir(model_dir)
     train = load_dataset(str(prepared.train_path))
     held_back = model.anomaly_scores(train.X)[-round(train.n_rows * 0.2) :]
-    assert model.metadata["threshold_method"]["method"] == "pot"
-    assert model.threshold == pytest.approx(pot_threshold(held_back, 0.001), abs=1e-12)
-    assert (held_back > model.threshold).mean() < 0.01
-    quantile = train_fn(prepared.train_path, model_dir.parent / "quantile", threshold="quantile")
-    assert (held_back > quantile.threshold).mean() == pytest.approx(0.02, abs=0.002)  # contamination default
+    assert model.metadata["threshold_method"]["method"] == "quantile"
+    assert (held_back > model.threshold).mean() == pytest.approx(0.02, abs=0.002)  # contamination default
+    pot = train_fn(prepared.train_path, model_dir.parent / "pot", threshold="pot")
+    assert pot.metadata["threshold_method"]["method"] == "pot"
+    assert pot.threshold == pytest.approx(pot_threshold(held_back, 0.001), abs=1e-12)
+    assert (held_back > pot.threshold).mean() < 0.01
 
 
 def test_a_tail_too_thin_for_a_pot_fit_falls_back_to_the_quantile_and_says_so(caplog):
@@ -50,7 +52,7 @@ def test_a_tail_too_thin_for_a_pot_fit_falls_back_to_the_quantile_and_says_so(ca
 
     X = np.random.default_rng(3).normal(size=(400, 4))  # 80 held-back rows: 2 above their 98th percentile
     with caplog.at_level("WARNING", logger="anomaly_mlops.train"):
-        fitted = fit_detector(X, TrainParams(n_estimators=20))
+        fitted = fit_detector(X, TrainParams(n_estimators=20, threshold="pot"))
     assert fitted.threshold_detail["method"] == POT_FALLBACK
     assert fitted.threshold == pytest.approx(np.quantile(fitted.calibration_scores, 0.98), abs=1e-12)
     assert "too few calibration rows for a peaks-over-threshold fit" in caplog.text
@@ -60,7 +62,7 @@ def train_fn(path, out, **params):
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
-    return train(str(path), out, TrainParams(n_estimators=50, seed=7, score_smoothing=0, **params))
+    return train(str(path), out, TrainParams(n_estimators=50, seed=7, feature_window=0, score_smoothing=0, **params))
 
 
 def test_pipeline_predict_agrees_with_threshold(model_dir, prepared):
@@ -211,7 +213,14 @@ def test_time_series_feature_model_end_to_end(prepared, tmp_path):
     result = train(
         str(prepared.train_path),
         tmp_path / "ts",
-        TrainParams(n_estimators=50, seed=7, feature_window=30, score_smoothing=0),
+        TrainParams(
+            n_estimators=50,
+            seed=7,
+            feature_window=30,
+            window_columns="delta,deviation,std",
+            raw_tree_share=0.0,
+            score_smoothing=0,
+        ),
     )
     meta = json.loads((result.model_dir / "metadata.json").read_text())
     # 30 minutes at the data's one row a minute (from its timestamps): 30 rows.
@@ -249,7 +258,8 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     assert [len(f) for f in model.pipeline.named_steps["iforest"].estimators_features_] == [18] * 20 + [6] * 20
     X = load_dataset(str(prepared.holdout_path)).X
     np.testing.assert_allclose(lean.anomaly_scores(X), model.anomaly_scores(X), rtol=0, atol=1e-12)
-    all_columns = train(str(prepared.train_path), tmp_path / "all", TrainParams(n_estimators=40, feature_window=30))
+    every = TrainParams(n_estimators=40, feature_window=30, window_columns="delta,deviation,std", raw_tree_share=0.0)
+    all_columns = train(str(prepared.train_path), tmp_path / "all", every)
     assert detector_differences(load_model_dir(all_columns.model_dir), model) == [
         "window_columns: delta,deviation,std -> deviation,std",
         "raw_tree_share: 0.0 -> 0.5",

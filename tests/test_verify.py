@@ -44,7 +44,11 @@ def test_verify_passes_against_the_served_model(served, rows, model_dir, tmp_pat
 
 
 def test_parity_catches_a_different_model(served, rows, prepared, tmp_path):
-    other = train(str(prepared.train_path), tmp_path / "other", TrainParams(n_estimators=50, seed=99))
+    other = train(
+        str(prepared.train_path),
+        tmp_path / "other",
+        TrainParams(n_estimators=50, seed=99, feature_window=0, score_smoothing=0),
+    )
     url, name = served
     result = verify(url, name, rows, load_model_dir(other.model_dir), plan=QUICK)
     failed = {c["check"] for c in result.checks if not c["passed"]}

@@ -18,6 +18,7 @@ from .params import (
     DEFAULT_FEATURE_WINDOW_MIN,
     DEFAULT_MAX_ENTITIES,
     DEFAULT_SCORE_SMOOTHING_MIN,
+    DEFAULT_THRESHOLD,
     THRESHOLD_METHODS,
     read_token,
 )
@@ -141,7 +142,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         choices=[*THRESHOLD_METHODS, "default"],
         default="default",
         help="pot: extreme-value fit of held-back training scores; quantile: flag --contamination of them; "
-        "default: pot, or quantile for self-healing-platform",
+        f"default: {DEFAULT_THRESHOLD}",
     )
     parser.add_argument(
         "--pot-risk", type=float, default=d.pot_risk, help="pot: chance a held-back normal score exceeds the threshold"

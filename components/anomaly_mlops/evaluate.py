@@ -206,7 +206,7 @@ def evaluate(
         )
     series = _load(Path(data_dir), datasets, resample_minutes)
     window, smoothing = params.windows_for(client_built_features=False)
-    params = replace(params, threshold=params.threshold_for(client_built_features=False))
+    params = replace(params, threshold=params.threshold_method)
     if not tune:
         rows = []
         for one in series:

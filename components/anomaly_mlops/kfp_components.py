@@ -108,8 +108,8 @@ def train_model(
     contamination: float = 0.02,
     seed: int = 42,
     feature_window: int = -1,
-    window_columns: str = "delta,deviation,std",
-    raw_tree_share: float = 0.0,
+    window_columns: str = "deviation,std",
+    raw_tree_share: float = 0.5,
     score_smoothing: int = -1,
     threshold: str = "",
     run_id: str = "",
@@ -128,7 +128,7 @@ def train_model(
         window_columns: with a feature window, the columns each metric gains: comma list of delta, deviation, std.
         raw_tree_share: with a feature window, share of the trees grown on the raw metrics alone, in [0, 1).
         score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
-        threshold: 'pot' (extreme-value fit of held-back training scores), 'quantile', or '' for the schema's default.
+        threshold: 'quantile' (of held-back training scores), 'pot' (extreme-value fit of them), or '' (quantile).
         run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
     """
     from anomaly_mlops.schema import FeatureSchema

@@ -121,19 +121,22 @@ def raw_tree_count(params: TrainParams, n_columns: int, raw_columns: int | None)
     return min(int(round(params.n_estimators * params.raw_tree_share)), params.n_estimators - 1)
 
 
+def _grown_on(forest) -> list[np.ndarray]:
+    """The columns each tree of ``forest`` was grown on. A tree that saw every column is
+    scored on all of them whatever estimators_features_ holds, so say so explicitly."""
+    if forest._max_features == forest.n_features_in_:
+        return [np.arange(forest.n_features_in_)] * len(forest.estimators_)
+    return list(forest.estimators_features_)
+
+
 def _add_raw_trees(forest, raw_forest, raw_columns: int):
-    """``forest`` (fitted on every column, with max_features 1.0) joined by the trees of
-    ``raw_forest`` (fitted on the first ``raw_columns``): one IsolationForest whose score
-    averages path lengths over all trees, as scikit-learn scores any forest. Each tree keeps
-    the columns it was grown on in estimators_features_ (scoring subsets X by them once
-    _max_features differs from the column count)."""
-    if forest.max_features != 1.0 or raw_forest.max_features != 1.0:
-        raise ConfigError("raw_tree_share needs max_features 1.0 (each tree group sees all of its columns)")
-    n_columns = forest.n_features_in_
+    """``forest`` (fitted on every column) joined by the trees of ``raw_forest`` (fitted on
+    the first ``raw_columns``): one IsolationForest whose score averages path lengths over
+    all trees, as scikit-learn scores any forest. Each tree keeps the columns it was grown
+    on in estimators_features_, and scoring subsets X by them once _max_features differs
+    from the column count."""
+    forest.estimators_features_ = [*_grown_on(forest), *_grown_on(raw_forest)]
     forest.estimators_ = [*forest.estimators_, *raw_forest.estimators_]
-    forest.estimators_features_ = [np.arange(n_columns)] * len(forest.estimators_features_) + [
-        np.arange(raw_columns)
-    ] * len(raw_forest.estimators_)
     forest._seeds = np.concatenate([forest._seeds, raw_forest._seeds])
     forest._decision_path_lengths = (*forest._decision_path_lengths, *raw_forest._decision_path_lengths)
     forest._average_path_length_per_tree = (
@@ -141,7 +144,7 @@ def _add_raw_trees(forest, raw_forest, raw_columns: int):
         *raw_forest._average_path_length_per_tree,
     )
     forest.n_estimators = len(forest.estimators_)
-    forest._max_features = raw_columns
+    forest._max_features = min(len(f) for f in forest.estimators_features_)  # below the column count
     return forest
 
 
@@ -187,7 +190,7 @@ POT_FALLBACK = "quantile (pot fallback: thin tail)"
 
 def threshold_from(calibration: np.ndarray, params: TrainParams, method: str) -> tuple[float, dict]:
     """The threshold from held-back scores alone (no label ever sets it), and how it was set.
-    ``method``: "pot" or "quantile" (TrainParams.threshold_for)."""
+    ``method``: "pot" or "quantile" (TrainParams.threshold_method)."""
     detail = {"method": method, "calibration_rows": int(calibration.size)}
     threshold = None
     if method == "pot":
@@ -220,7 +223,7 @@ def fit_detector(
     held = calibration_mask(len(F), entities, params.calibration_fraction)
     pipeline = fit_forest(F[~held], params, raw_columns=X.shape[1])
     scores = smooth_by_entity(-pipeline.score_samples(F), entities, k)
-    threshold, detail = threshold_from(scores[held], params, params.threshold_for(client_built_features))
+    threshold, detail = threshold_from(scores[held], params, params.threshold_method)
     if detail["method"] == POT_FALLBACK:
         log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
