@@ -59,6 +59,29 @@ def test_window_column_subsets_are_the_matching_blocks_of_the_full_transform():
             FeatureTransform(12, bad)
 
 
+def test_window_statistics_match_their_definition_whatever_the_call_covers():
+    """Each row's deviation and spread are those of its own window (fewer rows at the start,
+    0 spread for one row); a row gets the very same figures whether the series is computed
+    whole (in chunks), or the row comes with just its history, as the server sends it."""
+    from anomaly_mlops.features import CHUNK_ROWS, FeatureTransform
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(CHUNK_ROWS + 500, 2)) * [3, 1e4] + [50, 1e9]
+    X[100:400, 0] = 7.0  # a stuck metric: its spread is exactly 0
+    w = 60
+    whole = FeatureTransform(w, ("deviation", "std")).apply(X)
+    for t in (0, 1, 30, 59, 60, 399, CHUNK_ROWS - 1, CHUNK_ROWS, CHUNK_ROWS + 499):
+        window = X[max(t - w + 1, 0) : t + 1]
+        spread = window.std(axis=0, ddof=1) if len(window) > 1 else np.zeros(2)
+        np.testing.assert_allclose(whole[t, 2:4], X[t] - window.mean(axis=0), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(whole[t, 4:6], spread, rtol=1e-9, atol=1e-12)
+    assert (whole[100 + w - 1 : 400, 4] == 0).all()
+    transform = FeatureTransform(w, ("deviation", "std"))
+    for first, last in ((CHUNK_ROWS - 70, 1), (CHUNK_ROWS - 59, 100), (10, 5), (0, 3)):
+        served = transform.apply(X[max(first - w + 1, 0) : first + last], last=last)
+        np.testing.assert_array_equal(served, whole[first : first + last])
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="labelled data not found"):
         evaluate(tmp_path / "nope")

@@ -67,6 +67,27 @@ def entity_groups(entities: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
 
 
+def _window_stats(X: np.ndarray, begin: int, end: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over each of rows begin..end-1's windows. The series is
+    laid out metrics x time, so every window is one contiguous run (numpy's fast reductions),
+    with zeros ahead of the first row: they add nothing to a sum and are left out of the
+    deviations. A row's figures depend on its window alone, not on where a call starts."""
+    lo = max(begin - w + 1, 0)
+    pad = w - 1 - (begin - lo)
+    series = np.ascontiguousarray(X[lo:end].T)
+    if pad:
+        series = np.concatenate([np.zeros((X.shape[1], pad)), series], axis=1)
+    windows = np.lib.stride_tricks.sliding_window_view(series, w, axis=1)  # metrics x rows x window
+    count = np.minimum(np.arange(begin, end) + 1, w)
+    mean = windows.sum(axis=2) / count
+    centered = windows - mean[:, :, None]
+    short = min(pad, end - begin)  # rows whose window starts before the series
+    if short:
+        centered[:, :short] *= np.arange(w) >= pad - np.arange(short)[:, None]
+    var = np.einsum("ijk,ijk->ij", centered, centered) / np.maximum(count - 1, 1)
+    return mean.T, np.where(count > 1, np.sqrt(var), 0.0).T
+
+
 def parse_window_columns(text) -> tuple[str, ...]:
     """Window columns from "delta,deviation,std" (any order, any non-empty subset) or a
     sequence of names; returned in WINDOW_COLUMNS order."""
@@ -117,19 +138,13 @@ class FeatureTransform:
         return np.hstack([tail, *(blocks[c] for c in self.columns)])
 
     def _rolling(self, X: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of the last ``window`` rows, for rows ``first``.."""
-        w = self.window
-        padded = np.vstack([np.full((w - 1, X.shape[1]), np.nan), X])
+        """Mean and standard deviation of the last ``window`` rows (fewer at the start), for
+        rows ``first``.."""
         n = len(X) - first
         mean, std = np.empty((n, X.shape[1])), np.empty((n, X.shape[1]))
         for start in range(0, n, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, n)
-            windows = np.lib.stride_tricks.sliding_window_view(padded[first + start : first + stop + w - 1], w, axis=0)
-            count = np.sum(~np.isnan(windows), axis=2)
-            mean[start:stop] = np.nanmean(windows, axis=2)
-            centered = np.where(np.isnan(windows), 0.0, windows - mean[start:stop, :, None])
-            var = np.sum(centered**2, axis=2) / np.maximum(count - 1, 1)
-            std[start:stop] = np.where(count > 1, np.sqrt(var), 0.0)
+            mean[start:stop], std[start:stop] = _window_stats(X, first + start, first + stop, self.window)
         return mean, std
 
     def apply_by_entity(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
