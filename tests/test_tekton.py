@@ -328,3 +328,19 @@ def test_failing_gate_fails_the_validate_task(tmp_path):
     run_task("anomaly-data", {"rows": "5000"}, work, {})
     run_task("anomaly-train", {"n-estimators": "20"}, work, {})
     run_task("anomaly-validate", {"max-single-row-p99-ms": "0.001", "champion": ""}, work, {}, expect_rc=3)
+
+
+def test_train_task_defaults_follow_the_train_step():
+    """The task's parameter defaults are literals: they must say what `anomaly-mlops train`
+    does with no flag (like the compiled KFP pipeline's, tests/test_pipelines.py)."""
+    from anomaly_mlops.params import TrainParams
+
+    defaults = TrainParams()
+    task = yaml.safe_load((ROOT / "manifests" / "tekton" / "tasks" / "train.yaml").read_text())
+    params = {p["name"]: p.get("default") for p in task["spec"]["params"]}
+    assert params["window-columns"] == defaults.window_columns
+    assert float(params["raw-tree-share"]) == defaults.raw_tree_share
+    assert int(params["n-estimators"]) == defaults.n_estimators
+    assert float(params["contamination"]) == defaults.contamination
+    assert int(params["seed"]) == defaults.seed
+    assert params["feature-window"] == params["score-smoothing"] == params["threshold"] == "default"
