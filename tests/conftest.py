@@ -169,8 +169,9 @@ def prometheus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def windowed(tmp_path_factory):
-    """(model, metrics) of a small windowed, smoothed model (15-row features, 4-row
-    smoothing) on synthetic data: for the per-entity history and batching tests."""
+    """(model, metrics) of a small windowed, smoothed model (15-row features with the default
+    window columns and raw-metric trees, 4-row smoothing) on synthetic data: for the
+    per-entity history, batching and GPU-path tests."""
     from anomaly_mlops.artifacts import load_model_dir
     from anomaly_mlops.data import generate_synthetic
 

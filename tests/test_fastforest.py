@@ -109,8 +109,9 @@ def test_loaded_model_uses_the_fast_path_for_small_batches(model_dir, prepared):
     assert calls == [FAST_SCORING_MAX_ROWS]
 
 
-def test_gpu_path_code_matches_on_torch_cpu(model_dir, prepared):
-    """No GPU here: the torch path runs on torch's CPU device, same code as on CUDA."""
+def test_gpu_path_code_matches_on_torch_cpu(model_dir, prepared, windowed):
+    """No GPU here: the torch path runs on torch's CPU device, same code as on CUDA; also for
+    a windowed model whose raw-metric trees see only the first columns."""
     import pandas as pd
 
     pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[dev,gpu]' runs this parity test")
@@ -123,6 +124,16 @@ def test_gpu_path_code_matches_on_torch_cpu(model_dir, prepared):
     measured = measure_gpu_path(model.fast, X, reference, batch_sizes=(1, 100), repeats=3, device="cpu")
     assert measured["measured"] and measured["max_abs_diff_vs_cpu"] < 1e-12
     assert set(measured["batches"]) == {"1", "100"} and measured["batches"]["100"]["rows_per_second"] > 0
+    windowed_model, metrics = windowed
+    features = windowed_model.transform.apply(metrics[:500])
+    widths = {len(f) for f in windowed_model.pipeline.named_steps["iforest"].estimators_features_}
+    assert widths == {6, 18}  # trees on the raw metrics and trees on every column
+    np.testing.assert_allclose(
+        TorchForest(windowed_model.fast, "cpu").anomaly_scores(features),
+        -windowed_model.pipeline.score_samples(features),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 def test_gpu_path_says_why_it_was_not_measured(model_dir):
