@@ -144,6 +144,7 @@ def test_validate_measures_gates_and_reports(model_dir, prepared, tmp_path):
     assert tn + fp + fn + tp == m["holdout_rows"] and tp + fp == m["flagged_rows"]
     report = result.report_path.read_text()
     assert "Release gate PASSED" in report and report.count("data:image/png;base64,") == 3
+    assert "Detector: 50 trees of 4096 rows, raw metrics, threshold: quantile." in report
     assert "GPU scoring path" in report and ("Not measured: " in report) != gpu["measured"]
     for picture in ("roc.png", "scores.png", "latency.png"):
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -247,13 +248,17 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     skops, the flattened forest for the lean server) score the model alike; validate names
     them among the settings that put scores on another scale."""
     from anomaly_mlops.artifacts import load_serving_model
-    from anomaly_mlops.validate import detector_differences
+    from anomaly_mlops.validate import describe_detector, detector_differences
 
     params = TrainParams(n_estimators=40, feature_window=30, window_columns="std,deviation", raw_tree_share=0.5)
     result = train(str(prepared.train_path), tmp_path / "m", params)
     meta = json.loads((result.model_dir / "metadata.json").read_text())
     assert meta["feature_transform"]["columns"] == ["deviation", "std"]
     assert meta["params"]["raw_tree_share"] == 0.5 and meta["params"]["window_columns"] == "std,deviation"
+    assert describe_detector(meta) == (
+        "40 trees of 4096 rows, features over 30 min (value, deviation, std), 50% of the trees on the raw "
+        "metrics alone, scores averaged over 10 min, threshold: quantile"
+    )
     model, lean = load_model_dir(result.model_dir), load_serving_model(result.model_dir)
     assert [len(f) for f in model.pipeline.named_steps["iforest"].estimators_features_] == [18] * 20 + [6] * 20
     X = load_dataset(str(prepared.holdout_path)).X

@@ -26,6 +26,7 @@ import numpy as np
 from .artifacts import ANOMALY, LoadedModel, load_model_dir
 from .data import Dataset, load_dataset
 from .errors import DataError
+from .features import WINDOW_COLUMNS
 from .params import Gates, LatencyPlan
 
 log = logging.getLogger(__name__)
@@ -450,6 +451,25 @@ def _figures(y, scores, threshold, roc, metrics, single_ms, out: Path) -> dict[s
     return figures
 
 
+def describe_detector(metadata: dict) -> str:
+    """The detector in one line, from its metadata.json (the report says what it validated)."""
+    params = metadata.get("params") or {}
+    transform = metadata.get("feature_transform") or {}
+    parts = [f"{params.get('n_estimators', '?')} trees of {params.get('max_samples', 'auto')} rows"]
+    if transform.get("window"):
+        columns = ", ".join(["value", *transform.get("columns", WINDOW_COLUMNS)])
+        parts.append(f"features over {transform.get('window_minutes')} min ({columns})")
+        if params.get("raw_tree_share"):
+            parts.append(f"{params['raw_tree_share']:.0%} of the trees on the raw metrics alone")
+    else:
+        parts.append("raw metrics")
+    smoothing = (metadata.get("score_smoothing") or {}).get("minutes")
+    if smoothing:
+        parts.append(f"scores averaged over {smoothing} min")
+    parts.append(f"threshold: {(metadata.get('threshold_method') or {}).get('method', 'quantile')}")
+    return ", ".join(parts)
+
+
 def render_report(document: dict, model_metadata: dict, figures: dict[str, bytes]) -> str:
     m = document["metrics"]
     e = html.escape
@@ -526,6 +546,7 @@ tr.bad td{{background:#fde2e2}} tr.ok td{{background:#e6f4ea}} tr.skip td{{backg
     }), trained {e(str(model_metadata.get("created_at")))} on
 {model_metadata.get("data", {}).get("rows")} rows; holdout {e(document["holdout"]["source"])}
 ({m["holdout_rows"]} rows, {holdout_note}).
+Detector: {e(describe_detector(model_metadata))}.
 Threshold {m["threshold"]:.5f} was fixed from training scores, not from holdout labels.</p>
 <h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>{rows}</table>
 <h2>Accuracy</h2>{accuracy_html}
