@@ -203,28 +203,16 @@ def run_task(name: str, params: dict, workdir: Path, env: dict, expect_rc: int =
     return {p.name: p.read_text() for p in results_dir.iterdir()}
 
 
-def s3_client(env):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_S3_ENDPOINT"],
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    )
-
-
 @pytest.fixture
-def fresh_bucket(s3_env):
+def fresh_bucket(s3_env, raw):
     """The session's S3 settings with a bucket of this test's own."""
     bucket = f"tekton-{uuid.uuid4().hex[:12]}"
-    s3_client(s3_env).create_bucket(Bucket=bucket)
+    raw.create_bucket(Bucket=bucket)
     return {**s3_env, "AWS_S3_BUCKET": bucket}
 
 
 @pytest.mark.slow
-def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket):
+def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
     from k8s_fake import FakeKubeAPI
     from kfp_fake import FakeKFP
 
@@ -252,9 +240,9 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket):
         "version": "tekton-v1",
         "storage-path": "anomaly-detector/tekton-v1/",
     }
-    released = s3_client(s3_env).head_object(
-        Bucket=s3_env["AWS_S3_BUCKET"], Key="anomaly-detector/tekton-v1/MANIFEST.sha256"
-    )["Metadata"]
+    released = raw.head_object(Bucket=s3_env["AWS_S3_BUCKET"], Key="anomaly-detector/tekton-v1/MANIFEST.sha256")[
+        "Metadata"
+    ]
     assert released["git-commit"] == cloned["commit"] and released["run-id"] == "retrain-abc12"
 
     kube = FakeKubeAPI()

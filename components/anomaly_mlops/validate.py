@@ -26,7 +26,7 @@ import numpy as np
 from .artifacts import ANOMALY, LoadedModel, load_model_dir
 from .data import Dataset, load_dataset
 from .errors import DataError
-from .features import WINDOW_COLUMNS
+from .features import FeatureTransform
 from .params import Gates, LatencyPlan
 
 log = logging.getLogger(__name__)
@@ -457,7 +457,7 @@ def describe_detector(metadata: dict) -> str:
     transform = metadata.get("feature_transform") or {}
     parts = [f"{params.get('n_estimators', '?')} trees of {params.get('max_samples', 'auto')} rows"]
     if transform.get("window"):
-        columns = ", ".join(["value", *transform.get("columns", WINDOW_COLUMNS)])
+        columns = ", ".join(["value", *FeatureTransform.from_dict(transform).columns])
         parts.append(f"features over {transform.get('window_minutes')} min ({columns})")
         if params.get("raw_tree_share"):
             parts.append(f"{params['raw_tree_share']:.0%} of the trees on the raw metrics alone")
