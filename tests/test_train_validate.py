@@ -255,6 +255,7 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     meta = json.loads((result.model_dir / "metadata.json").read_text())
     assert meta["feature_transform"]["columns"] == ["deviation", "std"]
     assert meta["params"]["raw_tree_share"] == 0.5 and meta["params"]["window_columns"] == "std,deviation"
+    assert meta["forest"] == {"trees": 40, "raw_metric_trees": 20}
     assert describe_detector(meta) == (
         "40 trees of 4096 rows, features over 30 min (value, deviation, std), 50% of the trees on the raw "
         "metrics alone, scores averaged over 10 min, threshold: quantile"
@@ -269,6 +270,23 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
         "window_columns: delta,deviation,std -> deviation,std",
         "raw_tree_share: 0.0 -> 0.5",
     ]
+
+
+def test_the_trees_are_described_as_grown_not_as_asked(prepared, tmp_path):
+    """A one-tree windowed forest has no tree to spare for the raw metrics (one tree must see
+    every column): metadata, the report line and the scale comparison say so. Models written
+    before "forest" was recorded fall back to the share asked for."""
+    from anomaly_mlops.validate import describe_detector, raw_tree_share
+
+    result = train(str(prepared.train_path), tmp_path / "one", TrainParams(n_estimators=1, feature_window=30))
+    meta = json.loads((result.model_dir / "metadata.json").read_text())
+    assert meta["params"]["raw_tree_share"] == 0.5
+    assert meta["forest"] == {"trees": 1, "raw_metric_trees": 0}
+    assert raw_tree_share(meta) == 0.0
+    assert "raw metrics alone" not in describe_detector(meta)
+    older = {k: v for k, v in meta.items() if k != "forest"}
+    assert raw_tree_share(older) == 0.5
+    assert raw_tree_share({**older, "feature_transform": {"kind": "raw", "window": 0}}) == 0.0
 
 
 def test_the_lean_server_loads_the_forest_arrays_without_scikit_learn(model_dir, prepared):

@@ -78,6 +78,7 @@ class FittedDetector:
     fit_rows: int
     calibration_scores: np.ndarray = field(repr=False)
     threshold_detail: dict = field(default_factory=dict)
+    raw_metric_trees: int = 0
 
     def metadata(self) -> dict:
         return {
@@ -88,6 +89,11 @@ class FittedDetector:
             },
             "score_smoothing": {"rows": self.smoothing_rows, "minutes": self.smoothing_minutes},
             "threshold_method": self.threshold_detail,
+            # As grown: raw_tree_share asks for a share, a tiny or row-wise forest may give fewer.
+            "forest": {
+                "trees": len(self.pipeline.named_steps["iforest"].estimators_),
+                "raw_metric_trees": self.raw_metric_trees,
+            },
         }
 
 
@@ -239,6 +245,7 @@ def fit_detector(
         fit_rows=int((~held).sum()),
         calibration_scores=scores[held],
         threshold_detail=detail,
+        raw_metric_trees=raw_tree_count(params, F.shape[1], X.shape[1]),
     )
 
 

@@ -225,6 +225,16 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
     return results
 
 
+def raw_tree_share(metadata: dict) -> float:
+    """The share of trees grown on the raw metrics alone, as grown (metadata's "forest");
+    models written before it was recorded: the share asked for, where a window gave raw metrics."""
+    forest = metadata.get("forest")
+    if forest:
+        return round(forest["raw_metric_trees"] / forest["trees"], 4)
+    window = (metadata.get("feature_transform") or {}).get("window")
+    return (metadata.get("params") or {}).get("raw_tree_share", 0.0) if window else 0.0
+
+
 def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list[str]:
     """Settings that put two models' anomaly scores on different scales (rows per tree,
     features per tree, time-series features and the trees grown on raw metrics alone,
@@ -237,7 +247,7 @@ def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list
             "max_features": params.get("max_features", 1.0),
             "feature_window_rows": model.transform.window,
             "window_columns": ",".join(model.transform.columns) if model.transform.window else None,
-            "raw_tree_share": params.get("raw_tree_share", 0.0) if model.transform.window else 0.0,
+            "raw_tree_share": raw_tree_share(model.metadata),
             "score_smoothing_rows": model.smoothing,
         }
 
@@ -459,8 +469,9 @@ def describe_detector(metadata: dict) -> str:
     if transform.get("window"):
         columns = ", ".join(["value", *FeatureTransform.from_dict(transform).columns])
         parts.append(f"features over {transform.get('window_minutes')} min ({columns})")
-        if params.get("raw_tree_share"):
-            parts.append(f"{params['raw_tree_share']:.0%} of the trees on the raw metrics alone")
+        share = raw_tree_share(metadata)
+        if share:
+            parts.append(f"{share:.0%} of the trees on the raw metrics alone")
     else:
         parts.append("raw metrics")
     smoothing = (metadata.get("score_smoothing") or {}).get("minutes")
