@@ -67,8 +67,8 @@ def entity_groups(entities: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
 
 
-def _window_stats(X: np.ndarray, begin: int, end: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation over each of rows begin..end-1's windows. The series is
+def _window_stats(X: np.ndarray, begin: int, end: int, w: int, spread: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (None without ``spread``) over each of rows begin..end-1's windows. The series is
     laid out metrics x time, so every window is one contiguous run (numpy's fast reductions),
     with zeros ahead of the first row: they add nothing to a sum and are left out of the
     deviations. A row's figures depend on its window alone, not on where a call starts."""
@@ -82,6 +82,8 @@ def _window_stats(X: np.ndarray, begin: int, end: int, w: int) -> tuple[np.ndarr
     windows = np.ndarray((series.shape[0], end - begin, w), series.dtype, series, 0, (series.strides[0], step, step))
     count = np.minimum(np.arange(begin, end) + 1, w)
     mean = windows.sum(axis=2) / count
+    if not spread:
+        return mean.T, None
     centered = windows - mean[:, :, None]
     short = min(pad, end - begin)  # rows whose window starts before the series
     if short:
@@ -135,18 +137,20 @@ class FeatureTransform:
             delta = np.diff(X[max(first - 1, 0) :], axis=0, prepend=X[max(first - 1, 0) : max(first, 1)])
             blocks["delta"] = delta[len(delta) - (len(X) - first) :]
         if "deviation" in self.columns or "std" in self.columns:
-            mean, std = self._rolling(X, first)
+            mean, std = self._rolling(X, first, spread="std" in self.columns)
             blocks["deviation"], blocks["std"] = tail - mean, std
         return np.hstack([tail, *(blocks[c] for c in self.columns)])
 
-    def _rolling(self, X: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation of the last ``window`` rows (fewer at the start), for
-        rows ``first``.."""
+    def _rolling(self, X: np.ndarray, first: int, spread: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean and standard deviation (None without ``spread``: a deviation-only model does
+        not pay for it) of the last ``window`` rows (fewer at the start), for rows ``first``.."""
         n = len(X) - first
-        mean, std = np.empty((n, X.shape[1])), np.empty((n, X.shape[1]))
+        mean, std = np.empty((n, X.shape[1])), np.empty((n, X.shape[1])) if spread else None
         for start in range(0, n, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, n)
-            mean[start:stop], std[start:stop] = _window_stats(X, first + start, first + stop, self.window)
+            mean[start:stop], chunk_std = _window_stats(X, first + start, first + stop, self.window, spread)
+            if spread:
+                std[start:stop] = chunk_std
         return mean, std
 
     def apply_by_entity(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
