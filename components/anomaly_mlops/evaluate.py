@@ -115,26 +115,23 @@ def time_features(X: np.ndarray, window: int = 30) -> np.ndarray:
 
 
 def _raw_scores(series: Series, params: TrainParams, window_minutes: int):
-    """Fit as train does on the training part; raw forest scores of the training part
-    then the test part (one continuous series), and the held-back calibration mask."""
-    from .train import calibration_mask, detector_transform, fit_forest
+    """Fitted as train fits (train.fit_scores) on the training part; raw scores of the
+    training part then the test part (one continuous series), and the held-back mask."""
+    from .train import fit_scores
 
-    transform = detector_transform(params, window_minutes, series.interval_s)
-    F = transform.apply(np.vstack([series.train, series.test]))
-    held = calibration_mask(len(series.train), None, params.calibration_fraction)
-    pipeline = fit_forest(F[: len(series.train)][~held], params, raw_columns=series.train.shape[1])
-    return -pipeline.score_samples(F), held
+    X = np.vstack([series.train, series.test])
+    _, _, raw, held = fit_scores(X, params, window_minutes, series.interval_s, train_rows=len(series.train))
+    return raw, held
 
 
 def _measure(series: Series, raw: np.ndarray, held: np.ndarray, params: TrainParams, smoothing_minutes: int) -> dict:
+    """Smoothing and threshold as train sets them (train.calibrate), measured on the test part."""
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
-    from .features import smooth_scores
-    from .train import threshold_from
+    from .train import calibrate
 
-    scores = smooth_scores(raw, smoothing_rows(smoothing_minutes, series.interval_s))
-    train_scores, test_scores = scores[: len(series.train)], scores[len(series.train) :]
-    threshold, detail = threshold_from(train_scores[held], params, params.threshold)
+    scores, threshold, detail = calibrate(raw, held, params, smoothing_rows(smoothing_minutes, series.interval_s))
+    test_scores = scores[len(series.train) :]
     flagged = test_scores > threshold
     precision, recall, f1, _ = precision_recall_fscore_support(
         series.labels, flagged, average="binary", zero_division=0

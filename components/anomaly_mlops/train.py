@@ -211,6 +211,38 @@ def threshold_from(calibration: np.ndarray, params: TrainParams, method: str) ->
     return threshold, detail
 
 
+def fit_scores(
+    X: np.ndarray,
+    params: TrainParams,
+    window_minutes: int,
+    sample_interval_s: float,
+    *,
+    entities: np.ndarray | None = None,
+    train_rows: int | None = None,
+) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray]:
+    """The forest and its raw scores: features of ``X`` over time (per entity), a forest
+    fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
+    default; evaluate scores a test part that continues the series), and -score_samples of
+    every row. Returns (pipeline, transform, raw scores, held), where ``held`` marks the
+    held-back calibration rows among the first ``train_rows``."""
+    transform = detector_transform(params, window_minutes, sample_interval_s)
+    F = transform.apply_by_entity(X, entities)
+    n = len(X) if train_rows is None else train_rows
+    held = calibration_mask(n, None if entities is None else entities[:n], params.calibration_fraction)
+    pipeline = fit_forest(F[:n][~held], params, raw_columns=X.shape[1])
+    return pipeline, transform, -pipeline.score_samples(F), held
+
+
+def calibrate(
+    raw: np.ndarray, held: np.ndarray, params: TrainParams, smoothing: int, entities: np.ndarray | None = None
+) -> tuple[np.ndarray, float, dict]:
+    """Anomaly scores (``raw`` smoothed over ``smoothing`` rows per entity) and the threshold
+    from the held-back ones: (scores, threshold, how it was set)."""
+    scores = smooth_by_entity(raw, entities, smoothing)
+    threshold, detail = threshold_from(scores[: len(held)][held], params, params.threshold_method)
+    return scores, threshold, detail
+
+
 def fit_detector(
     X: np.ndarray,
     params: TrainParams,
@@ -223,13 +255,9 @@ def fit_detector(
     threshold from the smoothed scores of the later ones."""
     window_minutes, smoothing_minutes = params.windows_for(client_built_features)
     interval = params.sample_interval_s or sample_interval_s or DEFAULT_SAMPLE_INTERVAL_S
-    transform = detector_transform(params, window_minutes, interval)
     k = smoothing_rows(smoothing_minutes, interval)
-    F = transform.apply_by_entity(X, entities)
-    held = calibration_mask(len(F), entities, params.calibration_fraction)
-    pipeline = fit_forest(F[~held], params, raw_columns=X.shape[1])
-    scores = smooth_by_entity(-pipeline.score_samples(F), entities, k)
-    threshold, detail = threshold_from(scores[held], params, params.threshold_method)
+    pipeline, transform, raw, held = fit_scores(X, params, window_minutes, interval, entities=entities)
+    scores, threshold, detail = calibrate(raw, held, params, k, entities)
     if detail["method"] == POT_FALLBACK:
         log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
@@ -245,7 +273,7 @@ def fit_detector(
         fit_rows=int((~held).sum()),
         calibration_scores=scores[held],
         threshold_detail=detail,
-        raw_metric_trees=raw_tree_count(params, F.shape[1], X.shape[1]),
+        raw_metric_trees=raw_tree_count(params, transform.width(X.shape[1]), X.shape[1]),
     )
 
 
