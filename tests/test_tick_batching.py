@@ -43,6 +43,36 @@ def test_requests_of_one_tick_share_one_walk_and_score_as_alone(windowed):
     assert batcher.metrics.requests_per_walk._sum.get() == len(requests)
 
 
+def test_a_tick_of_warm_entities_computes_its_windows_in_one_pass(windowed, monkeypatch):
+    """One row each from entities with a full window of history (the serving norm): their
+    window statistics are computed together, and every figure equals the one-by-one answer."""
+    from anomaly_mlops.features import FeatureTransform
+
+    model, X = windowed
+    entities = [f"node-{i}" for i in range(6)]
+    batched_history, alone_history = EntityHistory(model), EntityHistory(model)
+    for i, entity in enumerate(entities):  # warm: more than history_rows rows each
+        for history in (batched_history, alone_history):
+            score_rows(model, history, X[i * 100 : i * 100 + 30], entity)
+    tick = [(entity, X[i * 100 + 30 : i * 100 + 31]) for i, entity in enumerate(entities)]
+    expected = [score_rows(model, alone_history, rows, entity) for entity, rows in tick]
+    calls = []
+    apply = FeatureTransform.apply
+    monkeypatch.setattr(
+        FeatureTransform, "apply", lambda self, X, last=None: calls.append(X.shape) or apply(self, X, last)
+    )
+
+    async def one_tick():
+        batcher = TickBatcher(model, Metrics("m"))
+        return await asyncio.gather(*[batcher.score(begin_scoring(model, batched_history, r, e)) for e, r in tick])
+
+    results = asyncio.run(one_tick())
+    assert calls == [(model.transform.window, 6 * X.shape[1])]  # one pass over the six windows side by side
+    for (labels, scores, complete), (want_labels, want_scores, want_complete) in zip(results, expected):
+        assert scores.tolist() == want_scores.tolist() and complete.tolist() == want_complete.tolist() == [True]
+        assert labels.tolist() == want_labels.tolist()
+
+
 def test_streamed_entities_over_many_ticks_match_offline_scoring(windowed):
     """Ticks of different sizes, entities interleaved: each entity's scores equal offline scoring."""
     model, X = windowed

@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -115,16 +115,46 @@ FAST_SCORING_MAX_ROWS = 512
 
 @dataclass
 class PendingScores:
-    """Rows on their way through the forest: ``features`` go through ``raw_scores`` (alone
-    or stacked with other requests' rows), then ``finish(raw)`` gives (predictions, scores,
-    history_complete or None)."""
+    """Rows on their way through the forest: their ``features`` (``transform`` of the last
+    ``last`` of ``rows``, the rows before being their history; all rows when ``last`` is
+    None) go through ``raw_scores`` (alone or stacked with other requests' rows, see
+    ``features_of``), then ``finish(raw)`` gives (predictions, scores, history_complete or None)."""
 
-    features: np.ndarray
+    rows: np.ndarray
     finish: Callable[[np.ndarray], tuple]
+    transform: FeatureTransform = FeatureTransform()
+    last: int | None = None
+    computed: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows) if self.last is None else self.last
+
+    @property
+    def features(self) -> np.ndarray:
+        if self.computed is None:
+            self.computed = self.transform.apply(self.rows, self.last)
+        return self.computed
 
     def score_alone(self, model: LoadedModel) -> tuple:
         """Walk the forest for these rows only and finish."""
         return self.finish(model.raw_scores(self.features))
+
+
+def features_of(pending: list[PendingScores]) -> np.ndarray:
+    """The features of several requests' rows, stacked in request order. Requests of the
+    same shape (one row after a full window of history, the serving norm) have their window
+    statistics computed in one pass (``FeatureTransform.apply_each``), with the very
+    figures each would get alone."""
+    alike: dict[tuple, list[PendingScores]] = {}
+    for one in pending:
+        if one.computed is None and one.transform.window:
+            alike.setdefault((one.transform, one.rows.shape, one.n_rows), []).append(one)
+    for (transform, _, last), group in alike.items():
+        if len(group) > 1:
+            for one, features in zip(group, transform.apply_each([one.rows for one in group], last)):
+                one.computed = features
+    return pending[0].features if len(pending) == 1 else np.vstack([one.features for one in pending])
 
 
 @dataclass

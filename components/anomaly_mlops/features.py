@@ -141,6 +141,17 @@ class FeatureTransform:
             blocks["deviation"], blocks["std"] = tail - mean, std
         return np.hstack([tail, *(blocks[c] for c in self.columns)])
 
+    def apply_each(self, series: list[np.ndarray], last: int) -> list[np.ndarray]:
+        """``apply(X, last)`` for each of several series of the same shape, in one pass: set
+        side by side, their metrics are separate columns to every statistic, so each series
+        gets exactly the figures ``apply`` gives it alone (the lean server's tick of requests)."""
+        if len(series) == 1 or not self.window:
+            return [self.apply(X, last) for X in series]
+        n_metrics = series[0].shape[1]
+        wide = self.apply(np.hstack(series), last)  # last x (blocks x series x metrics)
+        per_series = wide.reshape(last, 1 + len(self.columns), len(series), n_metrics).transpose(2, 0, 1, 3)
+        return list(per_series.reshape(len(series), last, self.width(n_metrics)))
+
     def _rolling(self, X: np.ndarray, first: int, spread: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean and standard deviation (None without ``spread``: a deviation-only model does
         not pay for it) of the last ``window`` rows (fewer at the start), for rows ``first``.."""

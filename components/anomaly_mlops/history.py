@@ -88,7 +88,6 @@ class EntityHistory:
             if state is None or now - state.last_seen > self.ttl_s:
                 state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
             rows = np.vstack([state.rows, X]) if self._keep_rows else X
-            features = model.transform.apply(rows, last=len(X))
             complete = state.seen + np.arange(len(X)) >= model.history_rows
             # Copies: a view would keep the whole request's rows alive and break the memory bound.
             state.rows = rows[max(len(rows) - self._keep_rows, 0) :].copy()
@@ -109,4 +108,5 @@ class EntityHistory:
                     scores = raw
             return model.label(scores), scores, complete
 
-        return PendingScores(features, finish)
+        # Features outside the lock, and for a tick of requests together (artifacts.features_of).
+        return PendingScores(rows, finish, model.transform, last=len(X))

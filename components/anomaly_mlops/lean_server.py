@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from . import __version__
-from .artifacts import ANOMALY, LoadedModel, PendingScores
+from .artifacts import ANOMALY, LoadedModel, PendingScores, features_of
 from .history import history_for
 from .params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
 from .predictor import (
@@ -193,7 +193,7 @@ class TickBatcher:
         batch, self.pending = self.pending, []
         self.metrics.requests_per_walk.observe(len(batch))
         try:
-            features = batch[0][0].features if len(batch) == 1 else np.vstack([p.features for p, _ in batch])
+            features = features_of([p for p, _ in batch])
             raw = self.model.raw_scores(features)
         except Exception as exc:  # noqa: BLE001 - each waiting request answers it as a 500
             for _, future in batch:
@@ -202,7 +202,7 @@ class TickBatcher:
         start = 0
         # In arrival order: an entity's smoothing must see its earlier requests' scores.
         for pending, future in batch:
-            stop = start + len(pending.features)
+            stop = start + pending.n_rows
             try:
                 _settle(future, result=pending.finish(raw[start:stop]))
             except Exception as exc:  # noqa: BLE001

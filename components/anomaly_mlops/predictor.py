@@ -253,7 +253,7 @@ def begin_scoring(model: LoadedModel, history: EntityHistory | None, X: np.ndarr
         scores = smooth_scores(raw, model.smoothing)
         return model.label(scores), scores, np.arange(len(X)) >= model.history_rows
 
-    return PendingScores(model.transform.apply(X), finish)
+    return PendingScores(X, finish, model.transform)
 
 
 def parse_payload(model: LoadedModel, payload, v2: bool, max_instances: int, expected: str):
