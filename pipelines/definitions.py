@@ -84,6 +84,7 @@ def _deploy_and_verify(
     use_service_account_token,
 ):
     deployed = c["deploy_model"](
+        model=model,
         storage_path=storage_path,
         model_version=model_version,
         isvc_name=isvc_name,

@@ -7,11 +7,13 @@ import time
 import pytest
 
 from anomaly_mlops.deploy import (
+    CUSTOM_RUNTIME,
     PREVIOUS_STORAGE_ANNOTATION,
     DeployError,
     DeploySpec,
     InferenceServiceClient,
     build_inference_service,
+    check_runtime_serves,
     deploy,
 )
 from anomaly_mlops.errors import ConfigError
@@ -159,6 +161,38 @@ def test_switching_storage_kind_removes_the_old_field(fake, isvc_client):
     assert model["storageUri"] == "s3://models/anomaly-detector/v2/" and "storage" not in model
 
 
+def test_runtime_check_reads_only_what_the_sklearn_runtime_needs(tmp_path, model_dir):
+    check_runtime_serves("custom", tmp_path / "nothing-here")  # our runtime serves any model
+    check_runtime_serves("sklearn", model_dir)  # row-wise, unsmoothed
+    with pytest.raises(ConfigError, match="cannot read the model's metadata.json"):
+        check_runtime_serves("sklearn", tmp_path / "nothing-here")
+    (tmp_path / "metadata.json").write_text('{"feature_transform": {"window": 0}, "score_smoothing": {"rows": 10}}')
+    with pytest.raises(ConfigError, match="uses 10-row score smoothing: deploy it with --runtime custom"):
+        check_runtime_serves("sklearn", tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
+def test_switching_runtime_leaves_nothing_of_the_old_one(fake, isvc_client, mode):
+    """custom -> sklearn drops `runtime: anomaly-detector-runtime` and modelFormat.version
+    (left, they would pin a sklearn-format model to our runtime); a RawDeployment rollback
+    restores the custom predictor whole, and one back from custom drops them again."""
+    deploy(spec("v1", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+    assert stored(fake)["spec"]["predictor"]["model"]["runtime"] == CUSTOM_RUNTIME
+    deploy(spec("v2", deployment_mode=mode, runtime="sklearn"), isvc_client, timeout_s=5, poll_s=0.01)
+    model = stored(fake)["spec"]["predictor"]["model"]
+    assert model["modelFormat"] == {"name": "sklearn"} and "runtime" not in model
+    if mode == "RawDeployment":
+        isvc_client.rollback("anomaly-detector", NS)
+        model = stored(fake)["spec"]["predictor"]["model"]
+        assert model["runtime"] == CUSTOM_RUNTIME and model["modelFormat"]["version"] == "1"
+        assert model["storage"]["path"] == "anomaly-detector/v1/"
+        deploy(spec("v3", deployment_mode=mode, runtime="sklearn"), isvc_client, timeout_s=5, poll_s=0.01)
+        deploy(spec("v4", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+        isvc_client.rollback("anomaly-detector", NS)
+        model = stored(fake)["spec"]["predictor"]["model"]
+        assert model["modelFormat"] == {"name": "sklearn"} and "runtime" not in model
+
+
 def test_reapplying_the_same_spec_writes_nothing(fake, isvc_client):
     deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
     rv = stored(fake)["metadata"]["resourceVersion"]
@@ -261,7 +295,7 @@ def test_waits_for_the_controller(fake, isvc_client):
     assert result.url and fake.reads[(NS, "anomaly-detector")] >= 4
 
 
-def test_cli_deploys_with_a_kubeconfig(fake, tmp_path):
+def test_cli_deploys_with_a_kubeconfig(fake, tmp_path, windowed, model_dir):
     import json
 
     import yaml
@@ -307,6 +341,18 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path):
         "10",
     )
     assert stored(fake)["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    # The upstream sklearn runtime scores rows alone: a windowed, smoothed model is refused
+    # before anything is sent; a row-wise one goes out.
+    v3 = ["--runtime", "sklearn", "--storage-key", "aws-connection-models", "--storage-path", "anomaly-detector/v3/"]
+    before = stored(fake)
+    refused = run("deploy", *common, *v3, "--model-dir", str(windowed[0].model_dir), check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--runtime sklearn scores each row alone, but this model uses a 15-row feature window and 4-row" in (
+        refused.stderr
+    )
+    assert stored(fake) == before
+    run("deploy", *common, *v3, "--model-dir", str(model_dir), "--canary-percent", "-1", "--timeout", "10")
+    assert stored(fake)["spec"]["predictor"]["model"]["modelFormat"] == {"name": "sklearn"}
     run("promote", *common)
     assert "canaryTrafficPercent" not in stored(fake)["spec"]["predictor"]
     fake.forbidden_namespaces.add(NS)

@@ -394,13 +394,16 @@ def _isvc_client(args):
 def cmd_deploy(args) -> dict:
     from dataclasses import asdict
 
-    from .deploy import PROFILES, DeploySpec, deploy
+    from .deploy import PROFILES, DeploySpec, check_runtime_serves, deploy
 
     profile = PROFILES[args.profile] if args.profile else {}
+    runtime = args.runtime or profile.get("runtime", "custom")
+    if args.model_dir:
+        check_runtime_serves(runtime, args.model_dir)
     spec = DeploySpec(
         name=args.name or profile.get("name", "anomaly-detector"),
         namespace=args.namespace or profile.get("namespace") or _namespace(args),
-        runtime=args.runtime or profile.get("runtime", "custom"),
+        runtime=runtime,
         serving_runtime=args.serving_runtime,
         storage_key=args.storage_key,
         storage_path=args.storage_path,
@@ -772,6 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(take it out of that tool first, or it reverts us)",
     )
     p.add_argument("--runtime", choices=["custom", "sklearn"], help="default: custom")
+    p.add_argument(
+        "--model-dir",
+        help="the model being deployed (its metadata.json): --runtime sklearn is refused for a model "
+        "that needs history (feature window or score smoothing)",
+    )
     p.add_argument("--serving-runtime", default=CUSTOM_RUNTIME, help="ServingRuntime name for --runtime custom")
     p.add_argument("--storage-key", help="data connection secret name, e.g. aws-connection-models")
     p.add_argument("--storage-path", help="key prefix in that bucket, e.g. anomaly-detector/v1/")

@@ -26,6 +26,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import AnomalyMLOpsError, ConfigError
 
@@ -171,6 +172,43 @@ class DeploySpec:
     @property
     def storage_location(self) -> str:
         return self.storage_uri or f"{self.storage_key}:{self.storage_path}"
+
+
+def _drop_unset(patch: dict, current: dict) -> None:
+    """Null (a merge patch's delete) every field of ``current`` that ``patch`` does not set."""
+    for key, value in current.items():
+        if key not in patch:
+            patch[key] = None
+        elif isinstance(value, dict) and isinstance(patch[key], dict):
+            _drop_unset(patch[key], value)
+
+
+def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
+    """Refuse before anything is applied what the upstream sklearn runtime would serve
+    wrongly: it scores each row alone on the columns a client sends, so a model with a
+    feature window (expecting more columns) or score smoothing (labels from a moving mean)
+    needs our runtime. Reads the model's metadata.json only (nothing unpickled)."""
+    from .artifacts import METADATA_FILE
+
+    if runtime != "sklearn":
+        return
+    path = Path(model_dir) / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
+    window = int((metadata.get("feature_transform") or {}).get("window") or 0)
+    smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
+    if window or smoothing > 1:
+        needs = [
+            f"a {window}-row feature window" if window else "",
+            f"{smoothing}-row score smoothing" if smoothing > 1 else "",
+        ]
+        raise ConfigError(
+            f"--runtime sklearn scores each row alone, but this model uses {' and '.join(n for n in needs if n)}: "
+            "deploy it with --runtime custom (our runtime keeps each entity's history), or train a row-wise "
+            "model for the sklearn runtime (--feature-window 0 --score-smoothing 0)"
+        )
 
 
 def build_inference_service(spec: DeploySpec) -> dict:
@@ -364,8 +402,9 @@ class InferenceServiceClient:
         predictor_patch.update(
             {k: None for k in current_predictor if k not in predictor_patch and k != "canaryTrafficPercent"}
         )
-        model_patch = predictor_patch["model"]
-        model_patch.update({k: None for k in ("storage", "storageUri") if k not in model_patch})
+        # In the model too, at any depth: storage <-> storageUri, and a runtime switch's
+        # `runtime` and modelFormat.version (left behind, they pin the model to the old runtime).
+        _drop_unset(predictor_patch["model"], current_predictor.get("model") or {})
         canary = False
         if changed_model:
             kept = {k: v for k, v in current_predictor.items() if k != "canaryTrafficPercent"}
@@ -470,9 +509,8 @@ class InferenceServiceClient:
                     "metadata": {"annotations": forget},
                     "spec": {"predictor": {"model": _storage_fields(previous)}},
                 }
-            restored = json.loads(kept)
-            current = isvc.get("spec", {}).get("predictor", {})
-            predictor = {**{k: None for k in current if k not in restored}, **restored}
+            predictor = json.loads(kept)
+            _drop_unset(predictor, isvc.get("spec", {}).get("predictor", {}))
             return {"metadata": {"annotations": forget}, "spec": {"predictor": predictor}}
 
         patch = self._patch_with_retry(name, namespace, body, "roll back")

@@ -291,6 +291,7 @@ def fetch_model(
 
 
 def deploy_model(
+    model: Input[Model],
     storage_path: str,
     model_version: str,
     isvc_name: str = "anomaly-detector",
@@ -306,6 +307,7 @@ def deploy_model(
     """Create or update the InferenceService and wait for Ready (in-cluster credentials).
 
     Args:
+        model: the released model directory: runtime 'sklearn' is refused for one that needs history.
         storage_path: key prefix of the released version in the data connection's bucket.
         model_version: recorded in the anomaly-mlops.io/model-version annotation.
         isvc_name: InferenceService name (at most 36 characters on OpenShift AI).
@@ -320,8 +322,9 @@ def deploy_model(
     """
     from collections import namedtuple
 
-    from anomaly_mlops.deploy import DeploySpec, current_namespace, deploy
+    from anomaly_mlops.deploy import DeploySpec, check_runtime_serves, current_namespace, deploy
 
+    check_runtime_serves(runtime, model.path)
     spec = DeploySpec(
         name=isvc_name,
         namespace=current_namespace(namespace),
