@@ -166,6 +166,10 @@ def test_runtime_check_reads_only_what_the_sklearn_runtime_needs(tmp_path, model
     check_runtime_serves("sklearn", model_dir)  # row-wise, unsmoothed
     with pytest.raises(ConfigError, match="cannot read the model's metadata.json"):
         check_runtime_serves("sklearn", tmp_path / "nothing-here")
+    for broken in ("[]", '{"feature_transform": {"window": "wide"}}', "{"):
+        (tmp_path / "metadata.json").write_text(broken)
+        with pytest.raises(ConfigError, match="cannot read the model's metadata.json"):
+            check_runtime_serves("sklearn", tmp_path)
     (tmp_path / "metadata.json").write_text('{"feature_transform": {"window": 0}, "score_smoothing": {"rows": 10}}')
     with pytest.raises(ConfigError, match="uses 10-row score smoothing: deploy it with --runtime custom"):
         check_runtime_serves("sklearn", tmp_path)

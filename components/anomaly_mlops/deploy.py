@@ -195,10 +195,10 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
     path = Path(model_dir) / METADATA_FILE
     try:
         metadata = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        window = int((metadata.get("feature_transform") or {}).get("window") or 0)
+        smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
-    window = int((metadata.get("feature_transform") or {}).get("window") or 0)
-    smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
     if window or smoothing > 1:
         needs = [
             f"a {window}-row feature window" if window else "",
