@@ -95,6 +95,66 @@ def test_tune_needs_a_dataset_to_choose_on_and_one_to_report_on(tmp_path):
             evaluate(tmp_path, datasets, tune=True, tune_on=("nab",))
 
 
+def test_tune_averages_every_candidate_over_its_seeds_and_gates_each_seed(monkeypatch):
+    """--tune-seeds: each candidate's figures are the mean of the single-seed runs, and a
+    candidate passes the synthetic gates only if it passes them with every seed (a small
+    grid and small series stand in for the real ones)."""
+    from anomaly_mlops import evaluate as ev
+    from anomaly_mlops.data import generate_synthetic
+    from anomaly_mlops.schema import DEFAULT_FEATURES, LABEL_COLUMN
+
+    for name, value in {
+        "TUNE_WINDOWS": (0, 30),
+        "TUNE_WINDOW_COLUMNS": ("deviation",),
+        "TUNE_RAW_TREE_SHARES": (0.5,),
+        "TUNE_MAX_SAMPLES": (256,),
+        "TUNE_SMOOTHING": (0, 5),
+        "TUNE_THRESHOLDS": ("quantile",),
+        "SYNTHETIC_DRAWS": ((3, 2000),),
+    }.items():
+        monkeypatch.setattr(ev, name, value)
+
+    def labelled(dataset, seed):
+        frame = generate_synthetic(rows=2400, seed=seed)
+        X, labels = frame[list(DEFAULT_FEATURES)].to_numpy(), frame[LABEL_COLUMN].to_numpy()
+        return ev.Series(dataset, f"draw {seed}", X[:1600], X[1600:], labels[1600:], 60.0)
+
+    series = [labelled("nab", 12), labelled("smd", 6)]
+    params = TrainParams(n_estimators=10)
+    tuned = {seeds: ev._tune(series, params, ("smd", "nab"), 0, ("nab",), seeds) for seeds in ((1,), (2,), (1, 2))}
+    assert tuned[(1, 2)]["seeds"] == [1, 2]
+    assert len(tuned[(1, 2)]["candidates"]) == 4  # 2 forests (raw, window 30) x 2 smoothings
+    for both, one, two in zip(*(tuned[seeds]["candidates"] for seeds in ((1, 2), (1,), (2,)))):
+        for key in ("nab_f1", "smd_pr_auc", "synthetic_roc_auc"):
+            assert both[key] == pytest.approx((one[key] + two[key]) / 2, abs=1e-4)
+    # One synthetic draw: its figure per seed is that seed's candidate row; the gates see the lower.
+    recommended = tuned[(1, 2)]["recommended"]
+    rows = [
+        next(c for c in tuned[seeds]["candidates"] if all(c[k] == v for k, v in recommended["candidate"].items()))
+        for seeds in ((1,), (2,))
+    ]
+    for key in ("roc_auc", "pr_auc"):
+        assert recommended["synthetic_worst"][key] == pytest.approx(min(r[f"synthetic_{key}"] for r in rows), abs=1e-4)
+
+
+def test_average_over_seeds_keeps_means_and_worsts():
+    from anomaly_mlops.evaluate import average_over_seeds
+
+    first = {"c": [{"roc_auc": 0.9, "pr_auc": 0.5, "f1": 0.4, "threshold_method": "quantile"}]}
+    second = {"c": [{"roc_auc": 0.7, "pr_auc": 0.3, "f1": 0.2, "threshold_method": "quantile"}]}
+    mean, lowest = average_over_seeds([first, second])
+    assert mean["c"][0] == pytest.approx({"roc_auc": 0.8, "pr_auc": 0.4, "f1": 0.3, "threshold_method": "quantile"})
+    assert lowest["c"][0] == {"roc_auc": 0.7, "pr_auc": 0.3, "f1": 0.2}
+
+
+def test_cli_refuses_bad_tune_seeds():
+    from test_cli import run
+
+    for bad, message in (("42,x", "comma-separated integers"), ("7,7", "seeds must differ")):
+        result = run("evaluate", "--tune", "--tune-seeds", bad, check=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
 @needs_data
 def test_smd_quality_of_the_defaults_and_of_time_series_features():
     default = evaluate(SHARED_DATA, ("smd",))

@@ -434,6 +434,16 @@ def cmd_rollback(args) -> dict:
     return {"rolled_back": args.name, "action": _isvc_client(args).rollback(args.name, _namespace(args))}
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are comma-separated integers, e.g. 42,7,1,2; got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must differ; got {text!r}")
+    return seeds
+
+
 def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate
 
@@ -444,6 +454,7 @@ def cmd_evaluate(args) -> dict:
         tune=args.tune,
         tune_on=tuple(args.tune_on or ["nab"]),
         resample_minutes=args.resample,
+        tune_seeds=args.tune_seeds,
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -839,6 +850,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         choices=["smd", "nab"],
         help="--tune: datasets the default is chosen on (default: nab)",
+    )
+    p.add_argument(
+        "--tune-seeds",
+        type=_seed_list,
+        help="--tune: average every candidate's figures over these seeds, e.g. 42,7,1,2 (default: --seed "
+        "alone); the gates hold for each seed",
     )
     p.add_argument(
         "--resample", type=int, default=0, metavar="MINUTES", help="SMD: average rows into this many minutes"
