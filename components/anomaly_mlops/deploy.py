@@ -189,13 +189,14 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
     feature window (expecting more columns) or score smoothing (labels from a moving mean)
     needs our runtime. Reads the model's metadata.json only (nothing unpickled)."""
     from .artifacts import METADATA_FILE
+    from .features import FeatureTransform
 
     if runtime != "sklearn":
         return
     path = Path(model_dir) / METADATA_FILE
     try:
         metadata = json.loads(path.read_text())
-        window = int((metadata.get("feature_transform") or {}).get("window") or 0)
+        window = FeatureTransform.from_dict(metadata.get("feature_transform")).window
         smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
