@@ -117,6 +117,25 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_cli_runs_from_the_source_tree_uninstalled():
+    """PYTHONPATH=components with no install (a GPU node's own python, a debugging session):
+    the steps start; submit, whose default pipeline ships with the installed package, asks for
+    --package. -S keeps the installed (editable) package out of sight."""
+    components = Path(__file__).resolve().parents[1] / "components"
+    code = (
+        f"import sys; sys.path.insert(0, {str(components)!r}); from anomaly_mlops.cli import main; main(sys.argv[1:])"
+    )
+    steps = subprocess.run([sys.executable, "-S", "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert steps.returncode == 0 and "validate" in steps.stdout, steps.stderr
+    submit = subprocess.run(
+        [sys.executable, "-S", "-c", code, "submit", "--host", "https://dsp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert submit.returncode == 2 and "the following arguments are required: --package" in submit.stderr
+
+
 def test_publish_without_the_data_connection_names_the_missing_keys(model_dir):
     env = {k: "" for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_BUCKET")}
     result = run("publish", "--model", str(model_dir), "--model-name", "m", env=env, check=False)

@@ -470,6 +470,7 @@ def _pipeline_options(args):
         selector = (key, value)
     return PipelineOptions(
         image=args.image,
+        validate_image=args.validate_image or None,
         gpu=not args.no_gpu,
         gpu_node_selector=selector,
         gpu_toleration_key=args.gpu_toleration_key or None,
@@ -577,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .params import DEFAULT_IMAGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_ROWS, VerifyPlan
 
     # Shipped as package data (an editable install maps the package to the repository's pipelines/).
+    # Not found where the source tree runs uninstalled (PYTHONPATH=components): then --package is required.
     spec = importlib.util.find_spec("anomaly_mlops.pipelines")  # finds, does not import (no kfp)
-    DEFAULT_PACKAGE = Path(spec.submodule_search_locations[0]) / "compiled" / "training.yaml"
+    shipped_pipeline = Path(spec.submodule_search_locations[0]) / "compiled" / "training.yaml" if spec else None
 
     from . import __version__
 
@@ -870,6 +872,12 @@ def build_parser() -> argparse.ArgumentParser:
         "into .tekton/ for Pipelines-as-Code (committed YAML)",
     )
     p.add_argument("--image", default=DEFAULT_IMAGE, help="image every component runs")
+    p.add_argument(
+        "--validate-image",
+        default="",
+        help="image for validate alone: the Containerfile's validate-gpu target (with torch) measures the GPU "
+        "scoring path; empty: --image",
+    )
     p.add_argument("--no-gpu", action="store_true", help="validate without GPU request, node selector, toleration")
     p.add_argument("--gpu-node-selector", default="nvidia.com/gpu.present=true", help="KEY=VALUE, or '' for none")
     p.add_argument(
@@ -893,7 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ca-bundle", help="CA bundle for the route's certificate")
         p.add_argument(
             "--package",
-            default=str(DEFAULT_PACKAGE),
+            default=str(shipped_pipeline) if shipped_pipeline else None,
+            required=shipped_pipeline is None,
             help="compiled pipeline YAML; the default is the training pipeline shipped in the package",
         )
         p.add_argument("--experiment", default="anomaly-detector")
