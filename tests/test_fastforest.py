@@ -109,19 +109,24 @@ def test_loaded_model_uses_the_fast_path_for_small_batches(model_dir, prepared):
     assert calls == [FAST_SCORING_MAX_ROWS]
 
 
-def test_gpu_path_code_matches_on_torch_cpu(model_dir, prepared, windowed):
-    """No GPU here: the torch path runs on torch's CPU device, same code as on CUDA; also for
-    a windowed model whose raw-metric trees see only the first columns."""
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_gpu_path_code_matches_scikit_learn(model_dir, prepared, windowed, device):
+    """The torch path on torch's CPU device (same code as on CUDA) and, on a GPU node, on
+    CUDA; also for a windowed model whose raw-metric trees see only the first columns."""
     import pandas as pd
 
-    pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[dev,gpu]' runs this parity test")
+    torch = pytest.importorskip(
+        "torch", reason="torch is not installed: pip install -e '.[dev,gpu]' runs this parity test"
+    )
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch: the CUDA parity test runs on a GPU node")
     from anomaly_mlops.gpu_scoring import TorchForest, measure_gpu_path
 
     model = load_model_dir(model_dir)
     X = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
     reference = -model.pipeline.score_samples(X)
-    np.testing.assert_allclose(TorchForest(model.fast, "cpu").anomaly_scores(X), reference, atol=1e-12)
-    measured = measure_gpu_path(model.fast, X, reference, batch_sizes=(1, 100), repeats=3, device="cpu")
+    np.testing.assert_allclose(TorchForest(model.fast, device).anomaly_scores(X), reference, atol=1e-12)
+    measured = measure_gpu_path(model.fast, X, reference, batch_sizes=(1, 100), repeats=3, device=device)
     assert measured["measured"] and measured["max_abs_diff_vs_cpu"] < 1e-12
     assert set(measured["batches"]) == {"1", "100"} and measured["batches"]["100"]["rows_per_second"] > 0
     windowed_model, metrics = windowed
@@ -129,7 +134,7 @@ def test_gpu_path_code_matches_on_torch_cpu(model_dir, prepared, windowed):
     widths = {len(f) for f in windowed_model.pipeline.named_steps["iforest"].estimators_features_}
     assert widths == {6, 18}  # trees on the raw metrics and trees on every column
     np.testing.assert_allclose(
-        TorchForest(windowed_model.fast, "cpu").anomaly_scores(features),
+        TorchForest(windowed_model.fast, device).anomaly_scores(features),
         -windowed_model.pipeline.score_samples(features),
         rtol=0,
         atol=1e-12,

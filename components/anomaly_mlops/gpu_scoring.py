@@ -29,7 +29,10 @@ class TorchForest:
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.no_grad():
-            x = torch.as_tensor(np.asarray(X, dtype=np.float64), device=self.device)
+            rows = np.asarray(X, dtype=np.float64)
+            if not rows.flags.writeable:  # torch refuses to share read-only memory (Parquet-backed frames)
+                rows = rows.copy()
+            x = torch.as_tensor(rows, device=self.device)
             scaled = ((x - self.mean) / self.scale).to(torch.float32)
             nodes = self.roots.expand(len(x), -1).clone()
             for _ in range(self.depth):
@@ -90,7 +93,7 @@ def measure_gpu_path(
         result["batches"][str(size)] = {
             "p50": round(float(np.percentile(timings, 50)), 4),
             "p99": round(float(np.percentile(timings, 99)), 4),
-            "rows_per_second": round(size / (np.median(timings) / 1000), 1),
+            "rows_per_second": round(size / float(np.median(timings)) * 1000, 1),
         }
     return result
 

@@ -419,6 +419,7 @@ def _figures(y, scores, threshold, roc, metrics, single_ms, out: Path) -> dict[s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figures: dict[str, bytes] = {}
 
@@ -453,6 +454,10 @@ def _figures(y, scores, threshold, roc, metrics, single_ms, out: Path) -> dict[s
     low, high = max(float(single_ms.min()), 1e-4), max(float(single_ms.max()), 2e-4)
     ax.hist(single_ms, bins=np.logspace(np.log10(low), np.log10(high * 1.01), 50), color="tab:purple")
     ax.set_xscale("log")  # a long tail on a linear axis hides the body
+    # Five plain labels: within one decade matplotlib's log labels (1.1x10^-1 ...) overlap.
+    ticks = np.geomspace(low, high, 5)
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for q, style in (("p50", ":"), ("p99", "--")):
         ax.axvline(metrics["latency"]["single_row_ms"][q], color="black", ls=style, label=q)
     ax.set(xlabel="milliseconds", ylabel="calls", title="Single-row scoring latency")
