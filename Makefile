@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean prometheus kfp-protos lint image
+.PHONY: setup run test compile lock clean prometheus kfp-protos lint image image-gpu
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -65,11 +65,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check components pipelines tests benchmarks
 	$(BIN)/ruff check components pipelines tests benchmarks
 
-## Both images (steps, and the predictor the ServingRuntime runs), tagged with the version and
+## The steps and predictor images (the predictor is what the ServingRuntime runs), tagged with the version and
 ## labelled with the commit. Needs podman (or CONTAINER=docker).
 CONTAINER ?= podman
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:
-	$(CONTAINER) build --build-arg GIT_COMMIT=$$(git rev-parse HEAD) -t anomaly-mlops:$(VERSION) -f Containerfile .
+	$(CONTAINER) build --build-arg GIT_COMMIT=$$(git rev-parse HEAD) --target steps -t anomaly-mlops:$(VERSION) -f Containerfile .
 	$(CONTAINER) build --build-arg GIT_COMMIT=$$(git rev-parse HEAD) --target predictor \
 	  -t anomaly-mlops-predictor:$(VERSION) -f Containerfile .
+
+## The validate step's image with torch, for GPU nodes (compile --validate-image; several GB).
+image-gpu:
+	$(CONTAINER) build --build-arg GIT_COMMIT=$$(git rev-parse HEAD) --target validate-gpu \
+	  -t anomaly-mlops-validate-gpu:$(VERSION) -f Containerfile .

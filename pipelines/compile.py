@@ -43,7 +43,7 @@ def compile_all(
         compiler.Compiler().compile(build(options), str(path))
         portable_platform_config(path)
         written.append(path)
-    for name, component in make_components(options.image).items():
+    for name, component in make_components(options.image, options.validate_image).items():
         path = components_out / f"{name}.yaml"
         compiler.Compiler().compile(component, str(path))
         written.append(path)

@@ -34,6 +34,7 @@ NETWORK_RETRY = dict(num_retries=3, backoff_duration="30s", backoff_factor=2.0, 
 @dataclass(frozen=True)
 class PipelineOptions:
     image: str = DEFAULT_IMAGE
+    validate_image: str | None = None  # None: validate runs on `image` too (no torch: GPU path not measured)
     gpu: bool = True
     gpu_resource: str = "nvidia.com/gpu"
     gpu_count: int = 1
@@ -113,7 +114,7 @@ def _deploy_and_verify(
 
 
 def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
-    c = make_components(options.image)
+    c = make_components(options.image, options.validate_image)
 
     @dsl.pipeline(
         name="anomaly-detector-training",
@@ -245,7 +246,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
 
 
 def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
-    c = make_components(options.image)
+    c = make_components(options.image, options.validate_image)
 
     @dsl.pipeline(
         name="anomaly-detector-deploy",
@@ -293,7 +294,7 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
 
 
 def build_rollback_pipeline(options: PipelineOptions = PipelineOptions()):
-    c = make_components(options.image)
+    c = make_components(options.image, options.validate_image)
 
     @dsl.pipeline(
         name="anomaly-detector-rollback",

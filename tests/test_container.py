@@ -20,12 +20,26 @@ def stage_lines(stage: str) -> list[str]:
 
 
 def test_every_stage_runs_as_non_root():
-    stages = re.findall(r"^FROM \S+ AS (\w+)", CONTAINERFILE, re.M)
-    assert stages == ["steps", "predictor"]
-    steps_users = [line.split()[1] for line in stage_lines("steps") if line.startswith("USER ")]
-    assert steps_users[-1] == "1001"
+    stages = re.findall(r"^FROM \S+ AS ([\w-]+)", CONTAINERFILE, re.M)
+    assert stages == ["steps", "validate-gpu", "predictor"]  # a build without --target gets the predictor
+    for stage in ("steps", "validate-gpu"):
+        users = [line.split()[1] for line in stage_lines(stage) if line.startswith("USER ")]
+        assert users[-1] == "1001", stage
     assert not [line for line in stage_lines("predictor") if line.startswith("USER ")]  # inherits 1001
     assert re.search(r"^ARG BASE_IMAGE=registry\.access\.redhat\.com/ubi9/python-311", CONTAINERFILE, re.M)
+
+
+def test_validate_gpu_image_adds_the_pinned_torch_to_the_steps():
+    """The image compile --validate-image names: the steps' install plus the gpu extra, under
+    the same lock, and the lock pins the torch the extra names."""
+    assert "FROM steps AS validate-gpu" in CONTAINERFILE
+    (install,) = [line for line in stage_lines("validate-gpu") if "pip install" in line]
+    assert "-c requirements.lock '.[gpu]'" in install
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    locked = re.findall(r"^torch==\S+$", (ROOT / "requirements.lock").read_text(), re.M)
+    assert extra == locked, (extra, locked)
 
 
 def test_predictor_command_is_a_valid_cli_call():

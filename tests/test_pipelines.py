@@ -77,6 +77,28 @@ def test_gpu_placement_is_configurable(tmp_path):
     assert set(k8s(platform, "exec-validate-model")) == {"secretAsEnv"}
 
 
+def test_validate_image_is_a_compile_option(tmp_path):
+    """--validate-image puts validate alone on the image with torch (the GPU path), in the
+    pipelines and in the component spec; empty, every step runs on --image."""
+    from anomaly_mlops.cli import _pipeline_options, build_parser
+    from anomaly_mlops.pipelines.compile import compile_all
+
+    args = build_parser().parse_args(
+        ["compile", "--image", "registry/steps:1", "--validate-image", "registry/validate-gpu:1"]
+    )
+    options = _pipeline_options(args)
+    compile_all(options, pipelines_out=tmp_path / "pipelines", components_out=tmp_path / "specs")
+    ir, _ = load(tmp_path / "pipelines" / "training.yaml")
+    images = {name: e["container"]["image"] for name, e in executors(ir).items()}
+    assert images.pop("exec-validate-model") == "registry/validate-gpu:1"
+    assert set(images.values()) == {"registry/steps:1"}
+    spec = yaml.safe_load((tmp_path / "specs" / "validate_model.yaml").read_text())
+    assert [e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()] == [
+        "registry/validate-gpu:1"
+    ]
+    assert _pipeline_options(build_parser().parse_args(["compile"])).validate_image is None
+
+
 def test_s3_credentials_come_from_the_data_connection_secret():
     ir, platform = load(TRAINING)
     for executor in ("exec-publish-model", "exec-prepare-data"):

@@ -3,7 +3,7 @@
 few lines that call the step function. KFP copies only the function source into the
 container, so every body imports what it uses.
 
-Components are built by ``make_components(image)`` so the image is a compile option.
+Components are built by ``make_components(image, validate_image)`` so the images are compile options.
 No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
 """
 
@@ -448,6 +448,14 @@ STEP_FUNCTIONS = (
 )
 
 
-def make_components(image: str = DEFAULT_IMAGE) -> dict:
-    """name -> KFP component, every one on ``image``."""
-    return {func.__name__: dsl.component(func, base_image=image, install_kfp_package=False) for func in STEP_FUNCTIONS}
+def make_components(image: str = DEFAULT_IMAGE, validate_image: str | None = None) -> dict:
+    """name -> KFP component, every one on ``image``; validate on ``validate_image`` when given
+    (the Containerfile's validate-gpu target: the same steps plus torch for the GPU path)."""
+    return {
+        func.__name__: dsl.component(
+            func,
+            base_image=validate_image if func is validate_model and validate_image else image,
+            install_kfp_package=False,
+        )
+        for func in STEP_FUNCTIONS
+    }
