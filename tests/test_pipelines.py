@@ -378,3 +378,16 @@ def test_training_defaults_in_the_compiled_pipeline_follow_the_train_step():
         assert inputs["contamination"]["defaultValue"] == defaults.contamination
         assert inputs["window_columns"]["defaultValue"] == defaults.window_columns
         assert inputs["raw_tree_share"]["defaultValue"] == defaults.raw_tree_share
+
+
+def test_gate_defaults_in_the_compiled_pipeline_follow_validate():
+    """The gate parameters are literals too: they must be what `anomaly-mlops validate` gates on."""
+    from anomaly_mlops.params import Gates
+
+    defaults = Gates()
+    parameters = load(TRAINING)[0]["root"]["inputDefinitions"]["parameters"]
+    spec = yaml.safe_load((COMPONENTS_OUT / "validate_model.yaml").read_text())
+    component = spec["root"]["inputDefinitions"]["parameters"]
+    for inputs in (parameters, component):
+        for name in ("min_roc_auc", "min_pr_auc", "max_auc_drop", "max_score_psi", "max_flagged_rate_ratio"):
+            assert inputs[name]["defaultValue"] == getattr(defaults, name), name

@@ -170,7 +170,7 @@ def validate_model(
     model_name: str = "anomaly-detector",
     root_prefix: str = "",
     max_auc_drop: float = 0.02,
-    max_score_psi: float = 0.25,
+    max_score_psi: float = 4.0,
     max_flagged_rate_ratio: float = 3.0,
 ) -> bool:
     """Accuracy, latency, gates (a negative threshold switches a gate off), HTML report.
