@@ -137,6 +137,17 @@ def test_tune_averages_every_candidate_over_its_seeds_and_gates_each_seed(monkey
         assert recommended["synthetic_worst"][key] == pytest.approx(min(r[f"synthetic_{key}"] for r in rows), abs=1e-4)
 
 
+def test_tune_defaults_to_the_seeds_the_defaults_were_chosen_with(monkeypatch, tmp_path):
+    from anomaly_mlops import evaluate as ev
+
+    seen = []
+    monkeypatch.setattr(ev, "_load", lambda *args: [])
+    monkeypatch.setattr(ev, "_tune", lambda *args: seen.append(args[-1]) or {})
+    ev.evaluate(tmp_path, ("smd", "nab"), tune=True)
+    ev.evaluate(tmp_path, ("smd", "nab"), tune=True, tune_seeds=(5,))
+    assert seen == [(42, 7, 1, 2), (5,)] and ev.TUNE_SEEDS == (42, 7, 1, 2)
+
+
 def test_average_over_seeds_keeps_means_and_worsts():
     from anomaly_mlops.evaluate import average_over_seeds
 
