@@ -212,6 +212,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 max_auc_drop=max_auc_drop,
                 max_score_psi=max_score_psi,
                 max_flagged_rate_ratio=max_flagged_rate_ratio,
+                runtime=runtime,  # a model the runtime cannot serve stops here, before it is published
             ).set_display_name("validate")
             _s3_env(validated, options)  # the champion comes from the bucket
             _resources(validated, "1", "2Gi", "2", "8Gi")

@@ -207,6 +207,33 @@ def test_failed_gate_publishes_nothing(s3_env, tmp_path, monkeypatch):
     assert list(tmp_path.glob("*/pipeline-summary"))
 
 
+def test_a_model_the_runtime_cannot_serve_stops_at_validate_unpublished(s3_env, tmp_path, monkeypatch):
+    """runtime=sklearn with the windowed default: validate refuses it (no retries there),
+    so nothing is published and deploy never runs."""
+    from kfp import local
+
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
+    pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
+    with pytest.raises(RuntimeError, match="validate-model"):
+        pipeline(rows=4000, n_estimators=20, runtime="sklearn", version="never", model_name="wrong-runtime")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        region_name="us-east-1",
+    )
+    assert "Contents" not in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="wrong-runtime/")
+    assert not list(tmp_path.glob("*/publish-model")) and not list(tmp_path.glob("*/deploy-model"))
+    ir, _ = load(TRAINING)
+    tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert tasks["validate-model"]["inputs"]["parameters"]["runtime"] == {
+        "componentInputParameter": "pipelinechannel--runtime"
+    }
+
+
 @pytest.fixture
 def dsp():
     fake = FakeKFP()

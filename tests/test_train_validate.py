@@ -164,6 +164,29 @@ def test_gate_failure_is_reported(model_dir, prepared, tmp_path):
     assert "Release gate FAILED" in result.report_path.read_text()
 
 
+def test_validate_refuses_a_model_the_named_runtime_cannot_serve(model_dir, prepared, tmp_path):
+    """validate --runtime: the check deploy makes, made before anything is measured (the
+    pipelines pass their runtime here, so such a model is never published)."""
+    import subprocess
+    import sys
+
+    windowed = train(str(prepared.train_path), tmp_path / "windowed", TrainParams(n_estimators=10)).model_dir
+    fast = LatencyPlan(single_row_repeats=5, batch_sizes=(10,), batch_repeats=2)
+    with pytest.raises(ConfigError, match="--runtime sklearn scores each row alone, but this model uses a 120-row"):
+        validate(windowed, str(prepared.holdout_path), tmp_path / "refused", latency=fast, runtime="sklearn")
+    assert not (tmp_path / "refused").exists()
+    assert validate(windowed, str(prepared.holdout_path), tmp_path / "custom", latency=fast, runtime="custom").passed
+    assert validate(model_dir, str(prepared.holdout_path), tmp_path / "raw", latency=fast, runtime="sklearn").passed
+    cli = [sys.executable, "-m", "anomaly_mlops.cli", "validate", "--model", str(windowed), "--runtime", "sklearn"]
+    result = subprocess.run(
+        [*cli, "--holdout", str(prepared.holdout_path), "--out", str(tmp_path / "cli")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--runtime custom" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_gates_switch_off_with_none():
     metrics = {
         "roc_auc": 0.5,

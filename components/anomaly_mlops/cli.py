@@ -287,6 +287,7 @@ def cmd_validate(args) -> dict:
             plan,
             champion,
             None if args.champion else "no champion named (--champion)",
+            runtime=args.runtime or "",
         )
     summary = {
         "gate_passed": result.passed,
@@ -690,6 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model-name", default="anomaly-detector", help="for --champion latest")
     p.add_argument("--root-prefix", default="", help="for --champion latest")
+    p.add_argument(
+        "--runtime",
+        choices=["custom", "sklearn"],
+        help="the runtime that will serve the release (deploy --runtime): a model it cannot serve is refused "
+        "before anything is measured; default: not checked",
+    )
     _add_gate_flags(p)
     p.set_defaults(func=cmd_validate)
 

@@ -172,6 +172,7 @@ def validate_model(
     max_auc_drop: float = 0.02,
     max_score_psi: float = 4.0,
     max_flagged_rate_ratio: float = 3.0,
+    runtime: str = "",
 ) -> bool:
     """Accuracy, latency, gates (a negative threshold switches a gate off), HTML report.
     Returns whether every gate passed (a single ``Output``: kfp.local resolves conditions
@@ -193,6 +194,7 @@ def validate_model(
         max_auc_drop: with labels, how much lower than the champion's ROC-AUC/PR-AUC is allowed.
         max_score_psi: without labels, largest score shift (PSI) from the champion.
         max_flagged_rate_ratio: without labels, flagged share at most this multiple of the contamination.
+        runtime: the runtime that will serve the release (custom or sklearn); a model it cannot serve fails here, before publishing. Empty: not checked.
     """
     import shutil
     import tempfile
@@ -218,6 +220,7 @@ def validate_model(
         LatencyPlan(single_row_repeats=latency_repeats),
         reference,
         None if champion else "no champion named",
+        runtime=runtime,
     )
     m = result.metrics
     for name in ("roc_auc", "pr_auc", "precision", "recall", "f1", "threshold", "flagged_rate"):

@@ -303,12 +303,19 @@ def validate(
     latency: LatencyPlan | None = None,
     champion: LoadedModel | None = None,
     champion_note: str | None = None,
+    runtime: str = "",
 ) -> ValidationResult:
     """Measure, gate and report. Writes metrics.json, report.html and the PNG figures.
 
     A holdout without labels (or with one class only) is validated on what can be
     measured without them (flagged rate, score shift from the champion, latency), and the
-    report says so. ``champion`` (see champion.py) is scored on the same rows."""
+    report says so. ``champion`` (see champion.py) is scored on the same rows. ``runtime``,
+    the KServe runtime that will serve the release (deploy --runtime), refuses a model it
+    cannot serve here, before anything is measured or published (ConfigError)."""
+    if runtime:
+        from .deploy import check_runtime_serves
+
+        check_runtime_serves(runtime, model_dir)
     gates = gates or Gates()
     latency = latency or LatencyPlan()
     model = load_model_dir(model_dir)
