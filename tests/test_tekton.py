@@ -316,6 +316,17 @@ def test_failing_gate_fails_the_validate_task(tmp_path):
     run_task("anomaly-data", {"rows": "5000"}, work, {})
     run_task("anomaly-train", {"n-estimators": "20"}, work, {})
     run_task("anomaly-validate", {"max-single-row-p99-ms": "0.001", "champion": ""}, work, {}, expect_rc=3)
+    # The windowed default cannot be served by the upstream sklearn runtime: refused, exit 2.
+    run_task("anomaly-validate", {"runtime": "sklearn", "champion": ""}, work, {}, expect_rc=2)
+
+
+def test_the_pipelines_runtime_reaches_validate_and_deploy():
+    """One `runtime` parameter: validate refuses a model it cannot serve before publish, and
+    deploy uses it."""
+    pipeline = yaml.safe_load((ROOT / "manifests" / "tekton" / "pipeline-retraining.yaml").read_text())
+    assert {p["name"]: p.get("default") for p in pipeline["spec"]["params"]}["runtime"] == "custom"
+    tasks = {t["name"]: {p["name"]: p["value"] for p in t.get("params", [])} for t in pipeline["spec"]["tasks"]}
+    assert tasks["validate"]["runtime"] == tasks["deploy"]["runtime"] == "$(params.runtime)"
 
 
 def test_train_task_defaults_follow_the_train_step():
