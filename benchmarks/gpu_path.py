@@ -4,6 +4,7 @@ and batch latency of the torch path against the CPU flattened forest and scikit-
 validate. Usage: python benchmarks/gpu_path.py [--device cpu] (needs torch; without a GPU it says so
 and exits, unless --device cpu runs the same code on torch's CPU device)."""
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,9 @@ def main() -> int:
     except ImportError:
         print("torch is not installed (pip install 'anomaly-mlops[gpu]')")
         return 1
-    device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cuda"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda", help="torch device; cpu runs the same code without a GPU")
+    device = parser.parse_args().device
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible to torch: nothing to measure (--device cpu runs the code on the CPU)")
         return 1

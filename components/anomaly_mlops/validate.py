@@ -312,13 +312,13 @@ def validate(
     report says so. ``champion`` (see champion.py) is scored on the same rows. ``runtime``,
     the KServe runtime that will serve the release (deploy --runtime), refuses a model it
     cannot serve here, before anything is measured or published (ConfigError)."""
+    gates = gates or Gates()
+    latency = latency or LatencyPlan()
+    model = load_model_dir(model_dir)  # checksums verified before its metadata is trusted
     if runtime:
         from .deploy import check_runtime_serves
 
         check_runtime_serves(runtime, model_dir)
-    gates = gates or Gates()
-    latency = latency or LatencyPlan()
-    model = load_model_dir(model_dir)
     dataset = holdout if isinstance(holdout, Dataset) else load_dataset(holdout, model.schema)
     if dataset.schema.features != model.schema.features:
         raise DataError(
