@@ -238,13 +238,14 @@ def test_a_worse_challenger_is_refused_and_a_better_one_released(live_data, s3_e
     name = f"cc-{int(time.time() * 1000) % 10**8}"
     fast = LatencyPlan(single_row_repeats=20, batch_sizes=(100,), batch_repeats=3)
     good = train(str(live_data / "train.parquet"), tmp_path / "good", TrainParams(seed=1)).model_dir
-    # Worse: a forest on one feature of a few rows, so it misses most incidents.
+    # Worse: a forest on one raw feature of a few rows (too few for any window), so it misses
+    # most incidents.
     weak_rows = pd.read_parquet(live_data / "train.parquet").iloc[:64]
     weak_rows.to_parquet(tmp_path / "weak.parquet")
     weak = train(
         str(tmp_path / "weak.parquet"),
         tmp_path / "weak",
-        TrainParams(n_estimators=2, max_samples=16, max_features=0.2, seed=5),
+        TrainParams(n_estimators=2, max_samples=16, max_features=0.2, seed=5, feature_window=0),
     ).model_dir
     assert latest_release(name) is None
     publish(weak, name, "v1", S3Settings.from_env())

@@ -164,6 +164,26 @@ def test_gate_failure_is_reported(model_dir, prepared, tmp_path):
     assert "Release gate FAILED" in result.report_path.read_text()
 
 
+def test_training_data_shorter_than_the_window_is_refused(tmp_path, caplog):
+    """No series longer than the feature window: no row has a complete window, so the forest
+    would judge served rows by features it never saw. Refused, nothing written; a short
+    series among longer ones is fitted with a warning."""
+    from anomaly_mlops.data import generate_synthetic
+    from anomaly_mlops.errors import DataError
+    from anomaly_mlops.train import check_series_cover_the_window
+
+    path = tmp_path / "short.csv"
+    generate_synthetic(rows=100, seed=1).to_csv(path, index=False)
+    with pytest.raises(DataError, match="longest series has 100 rows, no more than the 120-row feature window"):
+        train(str(path), tmp_path / "m", TrainParams(n_estimators=5))
+    assert not (tmp_path / "m").exists()
+    assert train(str(path), tmp_path / "raw", TrainParams(n_estimators=5, feature_window=0)).model_dir.exists()
+    entities = np.array(["a"] * 200 + ["b"] * 50)
+    with caplog.at_level("WARNING"):
+        check_series_cover_the_window(entities, 250, 120, 120)
+    assert "1 of 2 series have no more rows than the 120-row feature window" in caplog.text
+
+
 def test_validate_refuses_a_model_the_named_runtime_cannot_serve(model_dir, prepared, tmp_path):
     """validate --runtime: the check deploy makes, made before anything is measured (the
     pipelines pass their runtime here, so such a model is never published)."""

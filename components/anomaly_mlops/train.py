@@ -243,6 +243,30 @@ def calibrate(
     return scores, threshold, detail
 
 
+def check_series_cover_the_window(entities: np.ndarray | None, n_rows: int, window: int, minutes: int) -> None:
+    """A forest that never saw a complete window would judge every served row, once its
+    history is complete, by features unlike any it was fitted on: refuse data where no series
+    is longer than the window, and warn about the series that are not."""
+    if not window:
+        return
+    lengths = [len(group) for group in entity_groups(entities, n_rows)]
+    short = sum(length <= window for length in lengths)
+    if short == len(lengths):
+        raise DataError(
+            f"the training data's longest series has {max(lengths)} rows, no more than the {window}-row feature "
+            f"window ({minutes} min): no row has a complete window. Train on a longer lookback, or pass a shorter "
+            "--feature-window (0: the raw metrics alone)"
+        )
+    if short:
+        log.warning(
+            "%d of %d series have no more rows than the %d-row feature window: all of their rows are fitted "
+            "with partial windows",
+            short,
+            len(lengths),
+            window,
+        )
+
+
 def fit_detector(
     X: np.ndarray,
     params: TrainParams,
@@ -256,6 +280,7 @@ def fit_detector(
     window_minutes, smoothing_minutes = params.windows_for(client_built_features)
     interval = params.sample_interval_s or sample_interval_s or DEFAULT_SAMPLE_INTERVAL_S
     k = smoothing_rows(smoothing_minutes, interval)
+    check_series_cover_the_window(entities, len(X), window_rows(window_minutes, interval), window_minutes)
     pipeline, transform, raw, held = fit_scores(X, params, window_minutes, interval, entities=entities)
     scores, threshold, detail = calibrate(raw, held, params, k, entities)
     if detail["method"] == POT_FALLBACK:
