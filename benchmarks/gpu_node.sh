@@ -2,6 +2,8 @@
 # On a GPU node: the validate step as the training pipeline runs it there (synthetic data,
 # default model), the parity tests of the torch path on CUDA, and the GPU batch benchmark.
 # Usage: benchmarks/gpu_node.sh OUT_DIR (metrics.json and report.html land in OUT_DIR/validate).
+# Needs the package importable by $PYTHON (default python3): pip install -e '.[dev,gpu]', or
+# PYTHONPATH=components where the dependencies and torch are already installed.
 set -euo pipefail
 out=${1:?usage: benchmarks/gpu_node.sh OUT_DIR}
 py=${PYTHON:-python3}
