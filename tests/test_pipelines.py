@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import boto3
 import pytest
 import yaml
 
@@ -155,25 +154,24 @@ def test_component_specs_load_for_other_pipeline_authors():
     assert {"metrics", "classification", "report", "Output"} <= set(validate.component_spec.outputs)
 
 
-@pytest.mark.slow
-def test_training_pipeline_runs_locally_and_publishes(s3_env, tmp_path, monkeypatch):
-    """kfp.local SubprocessRunner runs the same components in this venv; deploy is off
-    (no cluster here), so the run ends after publish."""
+@pytest.fixture
+def local_training(s3_env, tmp_path, monkeypatch):
+    """The training pipeline under kfp.local's SubprocessRunner (the same components in this
+    venv), its S3 steps on the embedded server, pipeline root ``tmp_path``."""
     from kfp import local
 
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
-    pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
-    pipeline(rows=4000, n_estimators=30, deploy=False, version="kfp-local", model_name="kfp-model")
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    )
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
+    return build_training_pipeline(PipelineOptions(image="unused-locally"))
+
+
+@pytest.mark.slow
+def test_training_pipeline_runs_locally_and_publishes(local_training, s3_env, raw, tmp_path):
+    """kfp.local SubprocessRunner runs the same components in this venv; deploy is off
+    (no cluster here), so the run ends after publish."""
+    local_training(rows=4000, n_estimators=30, deploy=False, version="kfp-local", model_name="kfp-model")
+    keys = {o["Key"] for o in raw.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
     assert keys == {
         f"kfp-model/kfp-local/{f}"
         for f in ("MANIFEST.sha256", "forest.npz", "metadata.json", "model.joblib", "model.skops")
@@ -185,47 +183,22 @@ def test_training_pipeline_runs_locally_and_publishes(s3_env, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_failed_gate_publishes_nothing(s3_env, tmp_path, monkeypatch):
-    from kfp import local
-
-    for key, value in s3_env.items():
-        monkeypatch.setenv(key, value)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
-    pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
-    pipeline(
+def test_failed_gate_publishes_nothing(local_training, s3_env, raw, tmp_path):
+    local_training(
         rows=4000, n_estimators=20, deploy=False, version="never", model_name="gated-model", max_single_row_p99_ms=0.001
     )
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    )
-    assert "Contents" not in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="gated-model/")
+    assert "Contents" not in raw.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="gated-model/")
     assert not list(tmp_path.glob("*/publish-model"))
     assert list(tmp_path.glob("*/pipeline-summary"))
 
 
-def test_a_model_the_runtime_cannot_serve_stops_at_validate_unpublished(s3_env, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_model_the_runtime_cannot_serve_stops_at_validate_unpublished(local_training, s3_env, raw, tmp_path):
     """runtime=sklearn with the windowed default: validate refuses it (no retries there),
     so nothing is published and deploy never runs."""
-    from kfp import local
-
-    for key, value in s3_env.items():
-        monkeypatch.setenv(key, value)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path), raise_on_error=True)
-    pipeline = build_training_pipeline(PipelineOptions(image="unused-locally"))
     with pytest.raises(RuntimeError, match="validate-model"):
-        pipeline(rows=4000, n_estimators=20, runtime="sklearn", version="never", model_name="wrong-runtime")
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_S3_ENDPOINT"],
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    )
-    assert "Contents" not in client.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="wrong-runtime/")
+        local_training(rows=4000, n_estimators=20, runtime="sklearn", version="never", model_name="wrong-runtime")
+    assert "Contents" not in raw.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="wrong-runtime/")
     assert not list(tmp_path.glob("*/publish-model")) and not list(tmp_path.glob("*/deploy-model"))
     ir, _ = load(TRAINING)
     tasks = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
