@@ -12,9 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from anomaly_mlops import evaluate as ev
-from anomaly_mlops.data import generate_synthetic
 from anomaly_mlops.params import Gates, TrainParams
-from anomaly_mlops.schema import DEFAULT_FEATURES, LABEL_COLUMN
 
 SEEDS = range(10, 20)
 ROWS = (20_160, 10_080)
@@ -33,22 +31,16 @@ def main():
         flag_limit = gates.max_flagged_rate_ratio * params.contamination
         found = []
         print(f"feature window {window} min:")
-        for seed in SEEDS:
-            for rows in ROWS:
-                frame = generate_synthetic(rows=rows, seed=seed)
-                cut = int(len(frame) * 0.7)
-                X = frame[list(DEFAULT_FEATURES)].to_numpy(dtype=np.float64)
-                labels = frame[LABEL_COLUMN].to_numpy()[cut:]
-                if labels.sum() == 0:
-                    print(f"  seed {seed}, {rows} rows: no anomaly in the holdout, skipped")
-                    continue
-                series = ev.Series("synthetic", f"{seed}/{rows}", X[:cut], X[cut:], labels, 60.0)
-                m = ev._measure(series, *ev._raw_scores(series, params, window), params, smoothing)
-                found.append((m["roc_auc"], m["pr_auc"], m["f1"], m["flagged_share"]))
-                print(
-                    f"  seed {seed}, {rows} rows: ROC-AUC {m['roc_auc']:.3f} PR-AUC {m['pr_auc']:.3f} "
-                    f"F1 {m['f1']:.3f} flagged {m['flagged_share']:.3f} (anomalous {labels.mean():.3f})"
-                )
+        for series in ev._synthetic_series([(seed, rows) for seed in SEEDS for rows in ROWS]):
+            if series.labels.sum() == 0:
+                print(f"  {series.name}: no anomaly in the holdout, skipped")
+                continue
+            m = ev._measure(series, *ev._raw_scores(series, params, window), params, smoothing)
+            found.append((m["roc_auc"], m["pr_auc"], m["f1"], m["flagged_share"]))
+            print(
+                f"  {series.name}: ROC-AUC {m['roc_auc']:.3f} PR-AUC {m['pr_auc']:.3f} F1 {m['f1']:.3f} "
+                f"flagged {m['flagged_share']:.3f} (anomalous {series.labels.mean():.3f})"
+            )
         a = np.array(found)
         passing = int(((a[:, 0] >= gates.min_roc_auc) & (a[:, 1] >= gates.min_pr_auc)).sum())
         print(

@@ -238,13 +238,14 @@ def evaluate(
 SYNTHETIC_DRAWS = ((42, 20_160), (42, 10_080), (3, 4_000), (7, 8_000))
 
 
-def _synthetic_series() -> list[Series]:
-    """Synthetic sets, each split in time as the local run splits it (last 30% held out)."""
+def _synthetic_series(draws=None) -> list[Series]:
+    """Synthetic sets, (seed, rows) each (default: SYNTHETIC_DRAWS, read at call time), split
+    in time as the local run splits them (last 30% held out)."""
     from .data import generate_synthetic
     from .schema import DEFAULT_FEATURES, LABEL_COLUMN
 
     found = []
-    for seed, rows in SYNTHETIC_DRAWS:
+    for seed, rows in draws or SYNTHETIC_DRAWS:
         frame = generate_synthetic(rows=rows, seed=seed)
         cut = int(len(frame) * 0.7)
         X = frame[list(DEFAULT_FEATURES)].to_numpy(dtype=np.float64)
