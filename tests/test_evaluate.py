@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from anomaly_mlops.artifacts import load_model_dir
+from anomaly_mlops.drift import training_ranges
 from anomaly_mlops.errors import DataError
 from anomaly_mlops.evaluate import _raw_scores, evaluate, load_smd, time_features
 from anomaly_mlops.features import smooth_scores, smoothing_rows
@@ -185,6 +186,11 @@ def test_smd_quality_of_the_defaults_and_of_time_series_features():
     assert {series["threshold_method"] for series in raw["series"]} == {"pot"}
     for series in default["series"]:
         assert 0 <= series["f1"] <= 1 and series["anomalies"] > 0 and series["interval_s"] == 60
+    # The machine whose levels moved between its training and test weeks (README: it flags
+    # most of its test rows) is the one the range check names.
+    moved = max(default["series"], key=lambda s: s["test_rows_outside_training_range"])
+    assert moved["series"] == "machine-1-6" and moved["test_rows_outside_training_range"] > 0.5
+    assert moved["flagged_share"] > 0.5
 
 
 @needs_data
@@ -205,6 +211,8 @@ def test_evaluate_measures_exactly_what_train_fits(tmp_path):
         model.threshold, abs=1e-12
     )
     np.testing.assert_allclose(model.anomaly_scores(np.vstack([series.train, series.test])), scores, rtol=0, atol=1e-9)
+    # the ranges evaluate compares the test part with are those train records
+    assert model.metadata["training_ranges"] == training_ranges(series.train[~held])
 
 
 @needs_data

@@ -294,6 +294,7 @@ def cmd_validate(args) -> dict:
         "report": str(result.report_path),
         "metrics": str(result.metrics_path),
         **{k: result.metrics[k] for k in ("roc_auc", "pr_auc", "f1", "flagged_rate")},
+        "rows_outside_training_range": (result.metrics["outside_training_range"] or {}).get("rows_share"),
         "champion": result.metrics["champion"].get("compared", False),
     }
     if not result.passed and args.fail_on_gate:

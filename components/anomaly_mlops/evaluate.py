@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .drift import outside_training_range, training_ranges
 from .errors import ConfigError, DataError
 from .features import FeatureTransform, smoothing_rows
 from .params import TrainParams
@@ -210,8 +211,10 @@ def evaluate(
     if not tune:
         rows = []
         for one in series:
-            measured = _measure(one, *_raw_scores(one, params, window), params, smoothing)
-            rows.append(_row(one, measured))
+            raw, held = _raw_scores(one, params, window)
+            measured = _measure(one, raw, held, params, smoothing)
+            outside = outside_training_range(one.test, training_ranges(one.train[~held]), range(one.test.shape[1]))
+            rows.append(_row(one, measured, test_rows_outside_training_range=outside["rows_share"]))
             log.info(
                 "%s %-50s ROC-AUC %.3f PR-AUC %.3f F1 %.3f", one.dataset, one.name, *(measured[k] for k in METRICS)
             )

@@ -231,6 +231,8 @@ def validate_model(
             metrics.log_metric(f"champion_{name}", value)
     for q in ("p50", "p95", "p99"):
         metrics.log_metric(f"single_row_latency_{q}_ms", m["latency"]["single_row_ms"][q])
+    if m.get("outside_training_range"):
+        metrics.log_metric("rows_outside_training_range", m["outside_training_range"]["rows_share"])
     metrics.log_metric("gate_passed", float(result.passed))
     if m.get("roc_auc") is not None:
         classification.log_roc_curve(

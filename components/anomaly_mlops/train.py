@@ -24,6 +24,7 @@ from .artifacts import (
     write_manifest,
 )
 from .data import Dataset, load_dataset
+from .drift import training_ranges
 from .errors import ConfigError, DataError
 from .features import (
     DEFAULT_SAMPLE_INTERVAL_S,
@@ -79,6 +80,7 @@ class FittedDetector:
     calibration_scores: np.ndarray = field(repr=False)
     threshold_detail: dict = field(default_factory=dict)
     raw_metric_trees: int = 0
+    training_ranges: dict = field(default_factory=dict, repr=False)  # drift.training_ranges of the fitted rows
 
     def metadata(self) -> dict:
         return {
@@ -94,6 +96,7 @@ class FittedDetector:
                 "trees": len(self.pipeline.named_steps["iforest"].estimators_),
                 "raw_metric_trees": self.raw_metric_trees,
             },
+            "training_ranges": self.training_ranges,
         }
 
 
@@ -299,6 +302,7 @@ def fit_detector(
         calibration_scores=scores[held],
         threshold_detail=detail,
         raw_metric_trees=raw_tree_count(params, transform.width(X.shape[1]), X.shape[1]),
+        training_ranges=training_ranges(X[~held]),
     )
 
 

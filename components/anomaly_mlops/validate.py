@@ -25,6 +25,7 @@ import numpy as np
 
 from .artifacts import ANOMALY, LoadedModel, load_model_dir
 from .data import Dataset, load_dataset
+from .drift import TOP_METRICS, describe_outside, outside_training_range
 from .errors import DataError
 from .features import FeatureTransform
 from .params import Gates, LatencyPlan
@@ -349,6 +350,10 @@ def validate(
         )
     metrics["flagged_rate"] = round(float(np.mean(predictions == ANOMALY)), 5)
     metrics["expected_contamination"] = float(model.metadata.get("params", {}).get("contamination", 0.02))
+    ranges = model.metadata.get("training_ranges")
+    metrics["outside_training_range"] = (
+        outside_training_range(dataset.X, ranges, model.schema.features) if ranges else None
+    )
     metrics["champion"] = champion_metrics(champion, dataset, scores, labelled, champion_note, model)
     metrics["threshold"] = model.threshold
     metrics["feature_window"] = model.transform.window
@@ -385,6 +390,7 @@ def validate(
     for g in gate_results:
         if not g["passed"]:
             log.warning("gate %s failed: %s", g["gate"], describe_gate_failure(g))
+    _log_outside_training_range(metrics["outside_training_range"], gate_results)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -413,6 +419,27 @@ def validate(
     report_path = out / "report.html"
     report_path.write_text(render_report(document, model.metadata, figures))
     return ValidationResult(metrics, gate_results, passed, out, report_path, metrics_path, roc, confusion, single)
+
+
+OUTSIDE_RANGE_HINT = (
+    "a level that moved since the training rows reads as an anomaly to the forest: train on more recent rows "
+    "(a shorter lookback, or a fresh retraining) before blaming the detector"
+)
+
+
+def _log_outside_training_range(found: dict | None, gate_results: list[dict]) -> None:
+    """Name the metrics that left their training range; with the flagged-rate gate failed,
+    as a warning that says what it likely means."""
+    if found is None:
+        log.info("this model does not record its training ranges (trained before they were recorded)")
+        return
+    if not found["rows_share"]:
+        return
+    over_flagging = any(g["gate"] == "flagged_rate" and not g["passed"] for g in gate_results)
+    if over_flagging:
+        log.warning("holdout rows outside the training range: %s; %s", describe_outside(found), OUTSIDE_RANGE_HINT)
+    else:
+        log.info("holdout rows outside the training range: %s", describe_outside(found))
 
 
 def describe_gate_failure(gate: dict) -> str:
@@ -573,6 +600,7 @@ Detector: {e(describe_detector(model_metadata))}.
 Threshold {m["threshold"]:.5f} was fixed from training scores, not from holdout labels.</p>
 <h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>{rows}</table>
 <h2>Accuracy</h2>{accuracy_html}
+<h2>Holdout against the training rows</h2>{_outside_section(m.get("outside_training_range"))}
 <h2>Challenger and champion</h2>{champion_html}
 <h2>Latency</h2>
 <p>Device: {e(device["cpu"])} ({device["cpu_count"]} CPUs), scoring on {e(device["scoring_device"])}; {
@@ -588,6 +616,25 @@ Threshold {m["threshold"]:.5f} was fixed from training scores, not from holdout 
 <h2>Figures</h2>{images}
 </body></html>
 """
+
+
+def _outside_section(found: dict | None) -> str:
+    e = html.escape
+    if found is None:
+        return "<p>Not recorded: this model's train step did not record each metric's range.</p>"
+    if not found["rows_share"]:
+        return "<p>Every holdout metric lies within the range the forest was fitted on.</p>"
+    rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{100 * share:.1f}%</td></tr>"
+        for name, share in list(found["metrics"].items())[:TOP_METRICS]
+    )
+    more = len(found["metrics"]) - TOP_METRICS
+    return (
+        f"<p>{100 * found['rows_share']:.1f}% of the holdout rows hold a metric outside the range the forest was "
+        f"fitted on. Where many rows are flagged, {e(OUTSIDE_RANGE_HINT)}.</p>"
+        f"<table><tr><th>metric</th><th>holdout rows outside its training range</th></tr>{rows}</table>"
+        + (f"<p>and {more} more metrics (metrics.json).</p>" if more > 0 else "")
+    )
 
 
 def _gpu_section(gpu: dict) -> str:

@@ -1,0 +1,90 @@
+"""Metrics outside the range the forest was fitted on: recorded by train, named by validate."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_mlops.artifacts import METADATA_FILE, write_manifest
+from anomaly_mlops.data import load_dataset
+from anomaly_mlops.drift import describe_outside, outside_training_range, training_ranges
+from anomaly_mlops.train import calibration_mask
+from anomaly_mlops.validate import Gates, LatencyPlan, validate
+
+FAST_LATENCY = LatencyPlan(single_row_repeats=30, batch_sizes=(100,), batch_repeats=3, warmup=2)
+
+
+def test_rows_outside_the_training_range_are_counted_per_metric():
+    fitted = np.array([[0.0, 10.0, 5.0], [1.0, 20.0, 5.0], [2.0, 30.0, 5.0]])
+    ranges = training_ranges(fitted)
+    assert ranges == {"min": [0.0, 10.0, 5.0], "max": [2.0, 30.0, 5.0]}
+    rows = np.array(
+        [
+            [2.0, 10.0, 5.0],  # on the edges: inside
+            [3.0, 20.0, 5.0],  # a above
+            [-1.0, 31.0, 5.0],  # a below, b above
+            [1.0, 20.0, 6.0],  # c moved, but c was constant in training: no tree splits on it
+        ]
+    )
+    found = outside_training_range(rows, ranges, ("a", "b", "c"))
+    assert found == {"rows_share": 0.5, "metrics": {"a": 0.5, "b": 0.25}, "constant_in_training": ["c"]}
+    assert describe_outside(found) == "50.0% of rows (by metric: a 50.0%, b 25.0%)"
+    assert describe_outside(found, top=1) == "50.0% of rows (by metric: a 50.0%, and 1 more)"
+    inside = outside_training_range(fitted, ranges, ("a", "b", "c"))
+    assert inside["rows_share"] == 0.0 and inside["metrics"] == {}
+    with pytest.raises(ValueError, match="cover 3 metrics, the rows have 2"):
+        outside_training_range(rows[:, :2], ranges, ("a", "b"))
+
+
+def test_train_records_the_range_of_the_rows_the_forest_was_fitted_on(model_dir, prepared):
+    """The held-back calibration rows are not part of it: the forest never saw them."""
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    data = load_dataset(str(prepared.train_path))
+    fitted = data.X[~calibration_mask(data.n_rows, data.entities, meta["params"]["calibration_fraction"])]
+    assert meta["training_ranges"] == {"min": fitted.min(axis=0).tolist(), "max": fitted.max(axis=0).tolist()}
+    assert meta["training_ranges"]["max"] != data.X.max(axis=0).tolist() or meta["training_ranges"]["min"] != (
+        data.X.min(axis=0).tolist()
+    )  # some extreme lies in the held-back rows, else this test could not tell the two apart
+
+
+def test_validate_names_the_metric_that_moved_and_says_what_over_flagging_likely_means(
+    model_dir, prepared, tmp_path, caplog
+):
+    frame = pd.read_parquet(prepared.holdout_path).drop(columns=["is_anomaly"])
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    names = meta["schema"]["features"]
+    moved = names[1]
+    frame[moved] = meta["training_ranges"]["max"][1] + 1.0 + frame[moved].abs()  # every row above its range
+    frame.to_parquet(tmp_path / "moved.parquet")
+    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
+        result = validate(
+            model_dir,
+            str(tmp_path / "moved.parquet"),
+            tmp_path / "out",
+            Gates(max_flagged_rate_ratio=0.01),
+            FAST_LATENCY,
+        )
+    found = result.metrics["outside_training_range"]
+    assert found["rows_share"] == 1.0 and next(iter(found["metrics"].items())) == (moved, 1.0)
+    assert [g["gate"] for g in result.gates if not g["passed"]] == ["flagged_rate"]
+    warning = [r for r in caplog.records if r.levelname == "WARNING" and "outside the training range" in r.message]
+    assert len(warning) == 1 and f"{moved} 100.0%" in warning[0].message
+    assert "train on more recent rows" in warning[0].message
+    report = result.report_path.read_text()
+    assert "100.0% of the holdout rows hold a metric outside the range" in report and f"<td>{moved}</td>" in report
+    stored = json.loads(result.metrics_path.read_text())["metrics"]["outside_training_range"]
+    assert stored == found
+
+
+def test_a_model_trained_before_ranges_were_recorded_still_validates(copy_model, prepared, tmp_path, caplog):
+    model = copy_model()
+    meta = json.loads((model / METADATA_FILE).read_text())
+    del meta["training_ranges"]
+    (model / METADATA_FILE).write_text(json.dumps(meta))
+    write_manifest(model)
+    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
+        result = validate(model, str(prepared.holdout_path), tmp_path / "out", latency=FAST_LATENCY)
+    assert result.metrics["outside_training_range"] is None and result.passed
+    assert "does not record its training ranges" in caplog.text
+    assert "Not recorded: this model's train step did not record each metric's range" in result.report_path.read_text()
