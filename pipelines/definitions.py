@@ -141,6 +141,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         raw_tree_share: float = 0.5,
         score_smoothing: int = -1,
         threshold: str = "",
+        fit_labelled_anomalies: bool = False,
         min_roc_auc: float = 0.80,
         min_pr_auc: float = 0.30,
         max_single_row_p99_ms: float = 100.0,
@@ -196,6 +197,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 raw_tree_share=raw_tree_share,
                 score_smoothing=score_smoothing,
                 threshold=threshold,
+                fit_labelled_anomalies=fit_labelled_anomalies,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ).set_display_name("train")
             _resources(trained, "1", "2Gi", "2", "8Gi")

@@ -239,13 +239,16 @@ def test_a_worse_challenger_is_refused_and_a_better_one_released(live_data, s3_e
     fast = LatencyPlan(single_row_repeats=20, batch_sizes=(100,), batch_repeats=3)
     good = train(str(live_data / "train.parquet"), tmp_path / "good", TrainParams(seed=1)).model_dir
     # Worse: a forest on one raw feature of a few rows (too few for any window), so it misses
-    # most incidents.
+    # most incidents; fitted on their incident rows too (too few normal held-back rows
+    # remain without them).
     weak_rows = pd.read_parquet(live_data / "train.parquet").iloc[:64]
     weak_rows.to_parquet(tmp_path / "weak.parquet")
     weak = train(
         str(tmp_path / "weak.parquet"),
         tmp_path / "weak",
-        TrainParams(n_estimators=2, max_samples=16, max_features=0.2, seed=5, feature_window=0),
+        TrainParams(
+            n_estimators=2, max_samples=16, max_features=0.2, seed=5, feature_window=0, fit_labelled_anomalies=True
+        ),
     ).model_dir
     assert latest_release(name) is None
     publish(weak, name, "v1", S3Settings.from_env())
@@ -297,13 +300,15 @@ def test_without_labels_the_score_shift_from_the_champion_is_gated(live_data, tm
     from anomaly_mlops.train import TrainParams, train
     from anomaly_mlops.validate import Gates, LatencyPlan, validate
 
+    # A scheduled retraining without alert labels: neither part is labelled.
     unlabelled = pd.read_parquet(live_data / "holdout.parquet").drop(columns=["is_anomaly"])
     unlabelled.to_parquet(tmp_path / "recent.parquet")
+    pd.read_parquet(live_data / "train.parquet").drop(columns=["is_anomaly"]).to_parquet(tmp_path / "train.parquet")
     fast = LatencyPlan(single_row_repeats=20, batch_sizes=(100,), batch_repeats=3)
-    champion_dir = train(str(live_data / "train.parquet"), tmp_path / "champion", TrainParams(seed=1)).model_dir
-    same = train(str(live_data / "train.parquet"), tmp_path / "same", TrainParams(seed=2)).model_dir
+    champion_dir = train(str(tmp_path / "train.parquet"), tmp_path / "champion", TrainParams(seed=1)).model_dir
+    same = train(str(tmp_path / "train.parquet"), tmp_path / "same", TrainParams(seed=2)).model_dir
     # A challenger trained on other data (every metric doubled) scores recent rows very differently.
-    shifted = pd.read_parquet(live_data / "train.parquet")
+    shifted = pd.read_parquet(tmp_path / "train.parquet")
     for column in FeatureSchema().features:
         shifted[column] = shifted[column] * 2 + 50
     shifted.to_parquet(tmp_path / "shifted.parquet")

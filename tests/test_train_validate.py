@@ -38,13 +38,67 @@ def test_threshold_comes_from_held_back_training_scores(model_dir, prepared):
 
     model = load_model_dir(model_dir)
     train = load_dataset(str(prepared.train_path))
-    held_back = model.anomaly_scores(train.X)[-round(train.n_rows * 0.2) :]
+    last = slice(-round(train.n_rows * 0.2), None)
+    # of the held-back rows, those labelled anomalous set nothing (the next test)
+    held_back = model.anomaly_scores(train.X)[last][train.y[last] != 1]
     assert model.metadata["threshold_method"]["method"] == "quantile"
     assert (held_back > model.threshold).mean() == pytest.approx(0.02, abs=0.002)  # contamination default
     pot = train_fn(prepared.train_path, model_dir.parent / "pot", threshold="pot")
     assert pot.metadata["threshold_method"]["method"] == "pot"
     assert pot.threshold == pytest.approx(pot_threshold(held_back, 0.001), abs=1e-12)
     assert (held_back > pot.threshold).mean() < 0.01
+
+
+def test_rows_labelled_anomalous_are_neither_fitted_nor_calibrated_on(model_dir, prepared, tmp_path):
+    """This data set's held-back rows hold an incident: fitted and calibrated on like any
+    other row (--fit-labelled-anomalies, what the first releases did), it lifts the threshold
+    above the holdout's anomalies and almost nothing is flagged."""
+    train = load_dataset(str(prepared.train_path))
+    last = slice(-round(train.n_rows * 0.2), None)
+    assert train.y[last].mean() > 0.05  # the incident in the held-back rows
+    left_out = load_model_dir(model_dir)
+    assert left_out.metadata["labelled_anomalous_rows_left_out"] == int(train.y.sum()) > 0
+    kept = train_fn(prepared.train_path, tmp_path / "kept", fit_labelled_anomalies=True)
+    assert kept.metadata["labelled_anomalous_rows_left_out"] is None
+    held_back = load_model_dir(kept.model_dir).anomaly_scores(train.X)[last]
+    assert (held_back > kept.threshold).mean() == pytest.approx(0.02, abs=0.002)  # over every held-back row
+    f1 = {
+        name: validate(model, str(prepared.holdout_path), tmp_path / name, latency=FAST_LATENCY).metrics["f1"]
+        for name, model in (("left_out", model_dir), ("kept", kept.model_dir))
+    }
+    assert f1["left_out"] > 0.6 and f1["kept"] < 0.1, f1
+
+
+def test_too_few_rows_not_labelled_anomalous_is_a_clear_error(tmp_path):
+    import pandas as pd
+
+    from anomaly_mlops.errors import DataError
+    from anomaly_mlops.schema import FeatureSchema
+
+    schema = FeatureSchema(("a", "b", "c"))
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 3)), columns=list(schema.features))
+    for name, labelled, message in (
+        ("all", slice(None), "only 0 of the rows the forest would be fitted on"),
+        ("calibration", slice(170, None), "only 10 of the held-back rows that set the threshold"),
+    ):
+        path = tmp_path / f"{name}.parquet"
+        frame.assign(is_anomaly=(frame.index >= (labelled.start or 0)).astype(int)).to_parquet(path)
+        with pytest.raises(DataError, match=message) as caught:
+            train(str(path), tmp_path / name, TrainParams(feature_window=0, score_smoothing=0), schema)
+        assert "--fit-labelled-anomalies" in str(caught.value) and not (tmp_path / name).exists()
+        params = TrainParams(feature_window=0, score_smoothing=0, fit_labelled_anomalies=True)
+        kept = train(str(path), tmp_path / f"{name}-kept", params, schema)
+        assert kept.metadata["labelled_anomalous_rows_left_out"] is None
+    # the CLI: a one-line error (exit 2), and the flag that keeps them
+    from test_cli import run
+
+    args = ("train", "--data", str(path), "--schema", "a,b,c", "--feature-window", "0", "--score-smoothing", "0")
+    refused = run(*args, "--out", str(tmp_path / "cli"), check=False)
+    assert refused.returncode == 2 and "only 10 of the held-back rows" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    run(*args, "--out", str(tmp_path / "cli-kept"), "--fit-labelled-anomalies")
+    meta = json.loads((tmp_path / "cli-kept" / "metadata.json").read_text())
+    assert meta["labelled_anomalous_rows_left_out"] is None and meta["params"]["fit_labelled_anomalies"] is True
 
 
 def test_a_tail_too_thin_for_a_pot_fit_falls_back_to_the_quantile_and_says_so(caplog):

@@ -148,6 +148,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "--pot-risk", type=float, default=d.pot_risk, help="pot: chance a held-back normal score exceeds the threshold"
     )
     parser.add_argument(
+        "--fit-labelled-anomalies",
+        action="store_true",
+        help="fit the forest and set the threshold on rows labelled anomalous too (default: with labels in the "
+        "training data, those rows are left out of both)",
+    )
+    parser.add_argument(
         "--sample-interval",
         type=float,
         default=d.sample_interval_s,
@@ -196,6 +202,7 @@ def _train_params(args):
         score_smoothing=args.score_smoothing,
         threshold=None if args.threshold == "default" else args.threshold,
         pot_risk=args.pot_risk,
+        fit_labelled_anomalies=args.fit_labelled_anomalies,
         sample_interval_s=args.sample_interval,
     )
 

@@ -112,6 +112,7 @@ def train_model(
     raw_tree_share: float = 0.5,
     score_smoothing: int = -1,
     threshold: str = "",
+    fit_labelled_anomalies: bool = False,
     run_id: str = "",
 ):
     """Fit StandardScaler + IsolationForest; the model artifact is the model directory.
@@ -129,6 +130,7 @@ def train_model(
         raw_tree_share: with a feature window, share of the trees grown on the raw metrics alone, in [0, 1).
         score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
         threshold: 'quantile' (of held-back training scores), 'pot' (extreme-value fit of them), or '' (quantile).
+        fit_labelled_anomalies: fit and calibrate on rows labelled anomalous too (default: they are left out).
         run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
     """
     from anomaly_mlops.schema import FeatureSchema
@@ -144,6 +146,7 @@ def train_model(
         raw_tree_share=raw_tree_share,
         score_smoothing=None if score_smoothing < 0 else score_smoothing,
         threshold=threshold or None,
+        fit_labelled_anomalies=fit_labelled_anomalies,
     )
     result = train(train_data.path, model.path, params, FeatureSchema.parse(features), provenance(run_id=run_id))
     model.metadata.update(

@@ -77,6 +77,11 @@ class TrainParams:
     threshold: str | None = None  # None: DEFAULT_THRESHOLD
     pot_risk: float = 0.001
     calibration_fraction: float = 0.2
+    # Rows the training data labels anomalous (alert history, incidents, the synthetic
+    # generator's labels) are left out of the fit and of the calibration rows, so that the
+    # forest does not learn known incidents as normal and the threshold is a quantile of
+    # normal scores; True fits them like any other row (as the first releases did).
+    fit_labelled_anomalies: bool = False
     # Seconds between rows; None: from the data's timestamps, or 60 without them.
     sample_interval_s: float | None = None
 
@@ -118,6 +123,8 @@ class TrainParams:
             raise ConfigError(f"raw_tree_share must be in [0, 1), got {self.raw_tree_share!r}")
         if self.threshold is not None and self.threshold not in THRESHOLD_METHODS:
             raise ConfigError(f"threshold must be one of {THRESHOLD_METHODS}, got {self.threshold!r}")
+        if not isinstance(self.fit_labelled_anomalies, bool):
+            raise ConfigError(f"fit_labelled_anomalies must be true or false, got {self.fit_labelled_anomalies!r}")
         if not 0.0 < self.pot_risk < 0.1:
             raise ConfigError(f"pot_risk must be in (0, 0.1), got {self.pot_risk}")
         if not 0.05 <= self.calibration_fraction <= 0.5:

@@ -81,6 +81,7 @@ class FittedDetector:
     threshold_detail: dict = field(default_factory=dict)
     raw_metric_trees: int = 0
     training_ranges: dict = field(default_factory=dict, repr=False)  # drift.training_ranges of the fitted rows
+    labelled_anomalous_left_out: int | None = None  # None: no labels, or fitted like any row
 
     def metadata(self) -> dict:
         return {
@@ -97,6 +98,7 @@ class FittedDetector:
                 "raw_metric_trees": self.raw_metric_trees,
             },
             "training_ranges": self.training_ranges,
+            "labelled_anomalous_rows_left_out": self.labelled_anomalous_left_out,
         }
 
 
@@ -222,18 +224,44 @@ def fit_scores(
     *,
     entities: np.ndarray | None = None,
     train_rows: int | None = None,
+    labelled_anomalous: np.ndarray | None = None,
 ) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray]:
     """The forest and its raw scores: features of ``X`` over time (per entity), a forest
     fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
     default; evaluate scores a test part that continues the series), and -score_samples of
-    every row. Returns (pipeline, transform, raw scores, held), where ``held`` marks the
-    held-back calibration rows among the first ``train_rows``."""
+    every row. Rows marked in ``labelled_anomalous`` (over the first ``train_rows``) are
+    neither fitted nor calibrated on; they still serve as history for their neighbours'
+    features. Returns (pipeline, transform, raw scores, held), where ``held`` marks the
+    calibration rows among the first ``train_rows``: held back, and not labelled anomalous."""
     transform = detector_transform(params, window_minutes, sample_interval_s)
     F = transform.apply_by_entity(X, entities)
     n = len(X) if train_rows is None else train_rows
     held = calibration_mask(n, None if entities is None else entities[:n], params.calibration_fraction)
-    pipeline = fit_forest(F[:n][~held], params, raw_columns=X.shape[1])
+    fitted = ~held
+    if labelled_anomalous is not None:
+        fitted &= ~labelled_anomalous
+        held &= ~labelled_anomalous
+        _check_enough_normal_rows(int(fitted.sum()), int(held.sum()), params)
+    pipeline = fit_forest(F[:n][fitted], params, raw_columns=X.shape[1])
     return pipeline, transform, -pipeline.score_samples(F), held
+
+
+MIN_NORMAL_ROWS = 16
+
+
+def _check_enough_normal_rows(fitted: int, calibration: int, params: TrainParams) -> None:
+    way_out = "train on a longer lookback, or pass --fit-labelled-anomalies to fit them like any other row"
+    if fitted < MIN_NORMAL_ROWS:
+        raise DataError(
+            f"only {fitted} of the rows the forest would be fitted on (the first {1 - params.calibration_fraction:.0%} "
+            f"of each series) are not labelled anomalous; it needs at least {MIN_NORMAL_ROWS}: {way_out}"
+        )
+    if calibration < MIN_NORMAL_ROWS:
+        raise DataError(
+            f"only {calibration} of the held-back rows that set the threshold (the last "
+            f"{params.calibration_fraction:.0%} of each series) are not labelled anomalous; the threshold needs at "
+            f"least {MIN_NORMAL_ROWS}: {way_out}"
+        )
 
 
 def calibrate(
@@ -277,19 +305,25 @@ def fit_detector(
     entities: np.ndarray | None = None,
     sample_interval_s: float | None = None,
     client_built_features: bool = False,
+    labels: np.ndarray | None = None,
 ) -> FittedDetector:
     """Features over time, a forest fitted on the earlier rows of each entity, and the
-    threshold from the smoothed scores of the later ones."""
+    threshold from the smoothed scores of the later ones; rows ``labels`` marks anomalous
+    take part in neither unless params.fit_labelled_anomalies."""
     window_minutes, smoothing_minutes = params.windows_for(client_built_features)
     interval = params.sample_interval_s or sample_interval_s or DEFAULT_SAMPLE_INTERVAL_S
     k = smoothing_rows(smoothing_minutes, interval)
     check_series_cover_the_window(entities, len(X), window_rows(window_minutes, interval), window_minutes)
-    pipeline, transform, raw, held = fit_scores(X, params, window_minutes, interval, entities=entities)
+    left_out = None if labels is None or params.fit_labelled_anomalies else np.asarray(labels) == 1
+    pipeline, transform, raw, held = fit_scores(
+        X, params, window_minutes, interval, entities=entities, labelled_anomalous=left_out
+    )
     scores, threshold, detail = calibrate(raw, held, params, k, entities)
     if detail["method"] == POT_FALLBACK:
         log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
     pipeline.named_steps["iforest"].offset_ = -threshold
+    fitted = ~held if left_out is None else ~held & ~left_out
     return FittedDetector(
         pipeline=pipeline,
         threshold=threshold,
@@ -298,11 +332,12 @@ def fit_detector(
         sample_interval_s=interval,
         window_minutes=window_minutes,
         smoothing_minutes=smoothing_minutes,
-        fit_rows=int((~held).sum()),
+        fit_rows=int(fitted.sum()),
         calibration_scores=scores[held],
         threshold_detail=detail,
         raw_metric_trees=raw_tree_count(params, transform.width(X.shape[1]), X.shape[1]),
-        training_ranges=training_ranges(X[~held]),
+        training_ranges=training_ranges(X[fitted]),
+        labelled_anomalous_left_out=None if left_out is None else int(left_out.sum()),
     )
 
 
@@ -379,7 +414,15 @@ def train(
             entities=dataset.entities,
             sample_interval_s=dataset.sample_interval_s,
             client_built_features=dataset.schema.client_built_features,
+            labels=dataset.y,
         )
+        if fitted.labelled_anomalous_left_out:
+            log.info(
+                "left %d rows labelled anomalous (%.2f%%) out of the fit and the calibration "
+                "(--fit-labelled-anomalies keeps them)",
+                fitted.labelled_anomalous_left_out,
+                100 * fitted.labelled_anomalous_left_out / dataset.n_rows,
+            )
         pipeline, threshold = fitted.pipeline, fitted.threshold
         fit_seconds = time.perf_counter() - started
         log.info(
