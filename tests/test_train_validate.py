@@ -355,7 +355,8 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     assert meta["forest"] == {"trees": 40, "raw_metric_trees": 20}
     assert describe_detector(meta) == (
         "40 trees of 4096 rows, features over 30 min (value, deviation, std), 50% of the trees on the raw "
-        "metrics alone, scores averaged over 10 min, threshold: quantile"
+        "metrics alone, scores averaged over 10 min, threshold: quantile, "
+        f"{int(load_dataset(str(prepared.train_path)).y.sum())} training rows labelled anomalous left out"
     )
     model, lean = load_model_dir(result.model_dir), load_serving_model(result.model_dir)
     assert [len(f) for f in model.pipeline.named_steps["iforest"].estimators_features_] == [18] * 20 + [6] * 20

@@ -517,6 +517,9 @@ def describe_detector(metadata: dict) -> str:
     if smoothing:
         parts.append(f"scores averaged over {smoothing} min")
     parts.append(f"threshold: {(metadata.get('threshold_method') or {}).get('method', 'quantile')}")
+    left_out = metadata.get("labelled_anomalous_rows_left_out")
+    if left_out:
+        parts.append(f"{left_out} training rows labelled anomalous left out")
     return ", ".join(parts)
 
 
