@@ -198,7 +198,11 @@ def test_validate_measures_gates_and_reports(model_dir, prepared, tmp_path):
     assert tn + fp + fn + tp == m["holdout_rows"] and tp + fp == m["flagged_rows"]
     report = result.report_path.read_text()
     assert "Release gate PASSED" in report and report.count("data:image/png;base64,") == 3
-    assert "Detector: 50 trees of 4096 rows, raw metrics, threshold: quantile." in report
+    left_out = int(load_dataset(str(prepared.train_path)).y.sum())
+    assert (
+        f"Detector: 50 trees of 4096 rows, raw metrics, threshold: quantile, {left_out} training rows labelled "
+        "anomalous left out." in report
+    )
     assert "GPU scoring path" in report and ("Not measured: " in report) != gpu["measured"]
     for picture in ("roc.png", "scores.png", "latency.png"):
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
