@@ -79,6 +79,27 @@ def test_validate_names_the_metric_that_moved_and_says_what_over_flagging_likely
     assert stored == found
 
 
+def test_the_hint_is_given_only_where_rows_outside_the_range_could_explain_the_flags(
+    model_dir, prepared, tmp_path, caplog
+):
+    """Over-flagging that the rows outside the training range cannot account for (fewer of
+    them than the gate allows flagged) gets no hint about moved levels, only the figures."""
+    pd.read_parquet(prepared.holdout_path).drop(columns=["is_anomaly"]).to_parquet(tmp_path / "recent.parquet")
+    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
+        result = validate(
+            model_dir,
+            str(tmp_path / "recent.parquet"),
+            tmp_path / "out",
+            Gates(max_flagged_rate_ratio=1.5),
+            FAST_LATENCY,
+        )
+    gate = next(g for g in result.gates if g["gate"] == "flagged_rate")
+    found = result.metrics["outside_training_range"]
+    assert not gate["passed"] and 0 < found["rows_share"] < gate["threshold"] < gate["value"]
+    mentions = [r for r in caplog.records if "outside the training range" in r.message]
+    assert [r.levelname for r in mentions] == ["INFO"] and "train on more recent rows" not in mentions[0].message
+
+
 def test_a_model_trained_before_ranges_were_recorded_still_validates(copy_model, prepared, tmp_path, caplog):
     model = copy_model()
     meta = json.loads((model / METADATA_FILE).read_text())

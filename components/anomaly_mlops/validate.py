@@ -428,15 +428,17 @@ OUTSIDE_RANGE_HINT = (
 
 
 def _log_outside_training_range(found: dict | None, gate_results: list[dict]) -> None:
-    """Name the metrics that left their training range; with the flagged-rate gate failed,
-    as a warning that says what it likely means."""
+    """Name the metrics that left their training range; as a warning that says what it
+    likely means when the flagged-rate gate failed and those rows alone exceed its limit."""
     if found is None:
         log.info("this model does not record its training ranges (trained before they were recorded)")
         return
     if not found["rows_share"]:
         return
-    over_flagging = any(g["gate"] == "flagged_rate" and not g["passed"] for g in gate_results)
-    if over_flagging:
+    explains = any(
+        g["gate"] == "flagged_rate" and not g["passed"] and found["rows_share"] > g["threshold"] for g in gate_results
+    )
+    if explains:
         log.warning("holdout rows outside the training range: %s; %s", describe_outside(found), OUTSIDE_RANGE_HINT)
     else:
         log.info("holdout rows outside the training range: %s", describe_outside(found))
