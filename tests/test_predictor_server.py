@@ -158,6 +158,42 @@ def test_server_stays_ready_and_exports_metrics(served, holdout):
     )
 
 
+def outside_range_counts(url: str) -> dict:
+    """anomaly_detector_*_outside_training_range_total from /metrics: {metric name or "rows": count}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts = {}
+    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "anomaly_detector_rows_outside_training_range_total":
+                counts["rows"] = sample.value
+            elif sample.name == "anomaly_detector_metric_outside_training_range_total":
+                counts[sample.labels["metric"]] = sample.value
+    return counts
+
+
+def test_rows_outside_the_training_range_are_counted_on_metrics(served, holdout, offline):
+    """What validate reports for a holdout, the servers count for served rows: a moved level
+    shows on /metrics (per metric, V1 and V2 alike) before anyone retrains."""
+    url, name = served
+    low, high = offline.metadata["training_ranges"]["min"], offline.metadata["training_ranges"]["max"]
+    rows = holdout.X[:5].copy()
+    rows[:3, 1] = high[1] + 10.0  # memory above its training range in three rows
+    rows[3, 0] = low[0] - 10.0  # cpu below it in one
+    rows[4] = np.clip(rows[4], low, high)  # one row inside
+    before = outside_range_counts(url)
+    assert set(before) == {"rows", *DEFAULT_FEATURES}  # every series exported from the start
+    assert v1(served, {"instances": rows[:4].tolist()}).status_code == 200
+    tensor = {"name": "input-0", "shape": [1, 6], "datatype": "FP64", "data": rows[4].tolist()}
+    assert v2(served, {"inputs": [tensor]}).status_code == 200
+    v2_moved = dict(tensor, data=rows[0].tolist())
+    assert v2(served, {"inputs": [v2_moved]}).status_code == 200
+    assert v1(served, {"instances": [[1.0, 2.0]]}).status_code == 400  # refused rows are not counted
+    after = outside_range_counts(url)
+    added = {key: after[key] - before[key] for key in after if after[key] != before[key]}
+    assert added == {"rows": 5, DEFAULT_FEATURES[1]: 4, DEFAULT_FEATURES[0]: 1}
+
+
 @pytest.mark.skipif(not v2_schema.available(), reason="../shared/schemas/open-inference-protocol not found")
 def test_v2_bodies_follow_the_open_inference_openapi(served, holdout, model_dir, request):
     from anomaly_mlops.publish import default_version

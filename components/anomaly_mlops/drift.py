@@ -22,17 +22,41 @@ def training_ranges(X: np.ndarray) -> dict:
     return {"min": X.min(axis=0).tolist(), "max": X.max(axis=0).tolist()}
 
 
+class RangeCheck:
+    """Which metrics of which rows lie outside their training range. A metric constant in
+    training is never outside: no tree splits on it, so its moves never change a score."""
+
+    def __init__(self, ranges: dict):
+        lo = np.asarray(ranges["min"], dtype=np.float64)
+        hi = np.asarray(ranges["max"], dtype=np.float64)
+        if lo.ndim != 1 or hi.shape != lo.shape:
+            raise ValueError("training ranges need one min and one max per metric")
+        self.varied = hi > lo
+        # a constant metric gets an unbounded range: never outside
+        self.lo = np.where(self.varied, lo, -np.inf)
+        self.hi = np.where(self.varied, hi, np.inf)
+
+    @classmethod
+    def of_model(cls, metadata: dict) -> RangeCheck | None:
+        """The model's check; None for a model trained before ranges were recorded."""
+        ranges = metadata.get("training_ranges")
+        return cls(ranges) if ranges else None
+
+    def outside(self, X: np.ndarray) -> np.ndarray:
+        """rows x metrics, True where the metric lies outside its training range."""
+        if X.shape[1] != self.lo.size:
+            raise ValueError(f"training ranges cover {self.lo.size} metrics, the rows have {X.shape[1]}")
+        return (X < self.lo) | (X > self.hi)
+
+
 def outside_training_range(X: np.ndarray, ranges: dict, names) -> dict:
     """The share of rows of ``X`` with at least one metric outside its training range, and
     per metric the share of rows where it is (largest first, metrics that never left it
-    omitted). A metric constant in training is left out: no tree splits on it, so its
-    moves never change a score."""
+    omitted; metrics constant in training listed apart)."""
     X = np.asarray(X, dtype=np.float64)
-    lo, hi = np.asarray(ranges["min"], dtype=np.float64), np.asarray(ranges["max"], dtype=np.float64)
-    if lo.shape != (X.shape[1],) or hi.shape != lo.shape:
-        raise ValueError(f"training ranges cover {lo.size} metrics, the rows have {X.shape[1]}")
-    varied = hi > lo
-    outside = ((X < lo) | (X > hi)) & varied
+    check = RangeCheck(ranges)
+    varied = check.varied
+    outside = check.outside(X)
     shares = outside.mean(axis=0) if len(X) else np.zeros(X.shape[1])
     order = [int(i) for i in np.argsort(-shares, kind="stable") if shares[i] > 0]
     return {

@@ -27,11 +27,13 @@ from .predictor import (
     NOT_JSON,
     SMALL_BATCH_ROWS,
     InputProblem,
+    OutsideRangeCounter,
     begin_scoring,
     claimed_rows,
     default_max_body_bytes,
     input_types,
     output_types,
+    outside_range_counters,
     parse_payload,
     read_body_capped,
     too_large,
@@ -238,6 +240,7 @@ class LeanApp:
         self.history = history_for(model, max_entities)
         self.expected = model.schema.describe()
         self.metrics = Metrics(model_name)
+        self.outside = OutsideRangeCounter(model, model_name, outside_range_counters(self.metrics.registry))
         self.batcher = TickBatcher(model, self.metrics)
         # One thread: large batches queue behind each other instead of taking every core.
         self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
@@ -344,7 +347,9 @@ class LeanApp:
     def begin(self, payload, v2: bool) -> tuple[object, PendingScores]:
         request = read_v2(payload) if v2 else payload
         X, entity = parse_payload(self.model, request, v2, self.max_instances, self.expected)
-        return request, begin_scoring(self.model, self.history, X, entity)
+        pending = begin_scoring(self.model, self.history, X, entity)
+        self.outside.observe(X)
+        return request, pending
 
     def answer(self, payload, v2: bool) -> tuple[int, bytes]:
         """A large request, on the batch thread: parsed and scored on its own."""

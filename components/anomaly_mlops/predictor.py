@@ -265,9 +265,59 @@ def parse_payload(model: LoadedModel, payload, v2: bool, max_instances: int, exp
     return parse_v1(payload, features, max_instances, expected), parse_entity(payload.get("entity"))
 
 
-def score_payload(model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str):
-    """Parse and score a request: (predictions, scores, history_complete or None)."""
-    return score_rows(model, history, *parse_payload(model, payload, v2, max_instances, expected))
+def score_payload(model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str, outside=None):
+    """Parse and score a request: (predictions, scores, history_complete or None); the rows
+    are counted by ``outside`` (OutsideRangeCounter) once they are accepted for scoring."""
+    X, entity = parse_payload(model, payload, v2, max_instances, expected)
+    pending = begin_scoring(model, history, X, entity)
+    if outside is not None:
+        outside.observe(X)
+    return pending.score_alone(model)
+
+
+# Served rows outside the training range (drift.py), on both servers' /metrics: a level that
+# moved since training, which the forest flags row after row, shows here before a retraining.
+OUTSIDE_ROWS_METRIC = (
+    "anomaly_detector_rows_outside_training_range",
+    "Rows received for scoring with at least one metric outside the range the model was fitted on",
+)
+OUTSIDE_METRIC_METRIC = (
+    "anomaly_detector_metric_outside_training_range",
+    "Rows received for scoring with this metric outside the range the model was fitted on",
+)
+
+
+def outside_range_counters(registry=None) -> tuple:
+    """The two Prometheus counters (in ``registry``, else the default one KServe serves)."""
+    from prometheus_client import Counter
+
+    where = {} if registry is None else {"registry": registry}
+    return Counter(*OUTSIDE_ROWS_METRIC, ["model"], **where), Counter(
+        *OUTSIDE_METRIC_METRIC, ["model", "metric"], **where
+    )
+
+
+class OutsideRangeCounter:
+    """Counts served rows outside the model's training ranges: rows with any metric outside,
+    and per metric. Counts nothing for a model trained before its ranges were recorded."""
+
+    def __init__(self, model: LoadedModel, model_name: str, counters: tuple):
+        from .drift import RangeCheck
+
+        self.check = RangeCheck.of_model(model.metadata)
+        rows, per_metric = counters
+        self.rows = rows.labels(model_name)
+        self.per_metric = [per_metric.labels(model_name, name) for name in model.schema.features]
+
+    def observe(self, X: np.ndarray) -> None:
+        if self.check is None:
+            return
+        outside = self.check.outside(X)
+        if not outside.any():
+            return
+        self.rows.inc(int(np.count_nonzero(outside.any(axis=1))))
+        for j in np.flatnonzero(outside.any(axis=0)):
+            self.per_metric[j].inc(int(np.count_nonzero(outside[:, j])))
 
 
 def v1_answer(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> dict:
@@ -413,6 +463,7 @@ def build_model_class():
 
     rows_scored = Counter("anomaly_detector_rows_scored", "Rows scored by the anomaly detector", ["model"])
     rows_flagged = Counter("anomaly_detector_rows_flagged", "Rows the anomaly detector flagged anomalous", ["model"])
+    outside_counters = outside_range_counters()
 
     class AnomalyDetectorModel(kserve.Model):
         def __init__(
@@ -442,6 +493,7 @@ def build_model_class():
             if self.scoring == "sklearn":
                 self.detector.fast = None
             self.history = history_for(self.detector, self.max_entities)
+            self.outside = OutsideRangeCounter(self.detector, self.name, outside_counters)
             meta = self.detector.metadata
             log.info(
                 "loaded model %s from %s: %d features, threshold %.5f, trained %s",
@@ -470,7 +522,7 @@ def build_model_class():
             is_v2 = isinstance(payload, InferRequest)
             try:
                 predictions, scores, complete = score_payload(
-                    self.detector, self.history, payload, is_v2, self.max_instances, self.expected
+                    self.detector, self.history, payload, is_v2, self.max_instances, self.expected, self.outside
                 )
             except InputProblem as exc:
                 raise InvalidInput(str(exc)) from None
