@@ -343,3 +343,16 @@ def test_train_task_defaults_follow_the_train_step():
     assert float(params["contamination"]) == defaults.contamination
     assert int(params["seed"]) == defaults.seed
     assert params["feature-window"] == params["score-smoothing"] == params["threshold"] == "default"
+    assert params["fit-labelled-anomalies"] == str(defaults.fit_labelled_anomalies).lower()
+
+
+def test_the_train_task_fits_labelled_rows_only_when_asked(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    run_task("anomaly-data", {"rows": "3000"}, work, {})
+    for value, left_out in (("false", True), ("true", False)):
+        run_task("anomaly-train", {"n-estimators": "10", "fit-labelled-anomalies": value}, work, {})
+        meta = json.loads((work / "model" / "metadata.json").read_text())
+        assert (meta["labelled_anomalous_rows_left_out"] is not None) is left_out
+        assert meta["params"]["fit_labelled_anomalies"] is not left_out
+    run_task("anomaly-train", {"fit-labelled-anomalies": "yes"}, work, {}, expect_rc=2)
