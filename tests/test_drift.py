@@ -75,6 +75,7 @@ def test_validate_names_the_metric_that_moved_and_says_what_over_flagging_likely
     assert "train on more recent rows" in warning[0].message
     report = result.report_path.read_text()
     assert "100.0% of the holdout rows hold a metric outside the range" in report and f"<td>{moved}</td>" in report
+    assert "The flagged-rate gate failed: a level that moved since the training rows" in report
     stored = json.loads(result.metrics_path.read_text())["metrics"]["outside_training_range"]
     assert stored == found
 
@@ -98,6 +99,8 @@ def test_the_hint_is_given_only_where_rows_outside_the_range_could_explain_the_f
     assert not gate["passed"] and 0 < found["rows_share"] < gate["threshold"] < gate["value"]
     mentions = [r for r in caplog.records if "outside the training range" in r.message]
     assert [r.levelname for r in mentions] == ["INFO"] and "train on more recent rows" not in mentions[0].message
+    report = result.report_path.read_text()
+    assert "of the holdout rows hold a metric outside the range" in report and "train on more recent rows" not in report
 
 
 def test_a_model_trained_before_ranges_were_recorded_still_validates(copy_model, prepared, tmp_path, caplog):

@@ -427,6 +427,14 @@ OUTSIDE_RANGE_HINT = (
 )
 
 
+def outside_rows_explain_flags(found: dict | None, gate_results: list[dict]) -> bool:
+    """The flagged-rate gate failed, and the rows outside the training range alone are more
+    than it allows flagged: moved levels may well be what it caught."""
+    return bool(found) and any(
+        g["gate"] == "flagged_rate" and not g["passed"] and found["rows_share"] > g["threshold"] for g in gate_results
+    )
+
+
 def _log_outside_training_range(found: dict | None, gate_results: list[dict]) -> None:
     """Name the metrics that left their training range; as a warning that says what it
     likely means when the flagged-rate gate failed and those rows alone exceed its limit."""
@@ -435,10 +443,7 @@ def _log_outside_training_range(found: dict | None, gate_results: list[dict]) ->
         return
     if not found["rows_share"]:
         return
-    explains = any(
-        g["gate"] == "flagged_rate" and not g["passed"] and found["rows_share"] > g["threshold"] for g in gate_results
-    )
-    if explains:
+    if outside_rows_explain_flags(found, gate_results):
         log.warning("holdout rows outside the training range: %s; %s", describe_outside(found), OUTSIDE_RANGE_HINT)
     else:
         log.info("holdout rows outside the training range: %s", describe_outside(found))
@@ -605,7 +610,7 @@ Detector: {e(describe_detector(model_metadata))}.
 Threshold {m["threshold"]:.5f} was fixed from training scores, not from holdout labels.</p>
 <h2>Gates</h2><table><tr><th>gate</th><th>value</th><th>required</th><th>result</th></tr>{rows}</table>
 <h2>Accuracy</h2>{accuracy_html}
-<h2>Holdout against the training rows</h2>{_outside_section(m.get("outside_training_range"))}
+<h2>Holdout against the training rows</h2>{_outside_section(m.get("outside_training_range"), document["gates"])}
 <h2>Challenger and champion</h2>{champion_html}
 <h2>Latency</h2>
 <p>Device: {e(device["cpu"])} ({device["cpu_count"]} CPUs), scoring on {e(device["scoring_device"])}; {
@@ -623,7 +628,7 @@ Threshold {m["threshold"]:.5f} was fixed from training scores, not from holdout 
 """
 
 
-def _outside_section(found: dict | None) -> str:
+def _outside_section(found: dict | None, gate_results: list[dict]) -> str:
     e = html.escape
     if found is None:
         return "<p>Not recorded: this model's train step did not record each metric's range.</p>"
@@ -634,9 +639,14 @@ def _outside_section(found: dict | None) -> str:
         for name, share in list(found["metrics"].items())[:TOP_METRICS]
     )
     more = len(found["metrics"]) - TOP_METRICS
+    hint = (
+        f" The flagged-rate gate failed: {e(OUTSIDE_RANGE_HINT)}."
+        if outside_rows_explain_flags(found, gate_results)
+        else ""
+    )
     return (
         f"<p>{100 * found['rows_share']:.1f}% of the holdout rows hold a metric outside the range the forest was "
-        f"fitted on. Where many rows are flagged, {e(OUTSIDE_RANGE_HINT)}.</p>"
+        f"fitted on.{hint}</p>"
         f"<table><tr><th>metric</th><th>holdout rows outside its training range</th></tr>{rows}</table>"
         + (f"<p>and {more} more metrics (metrics.json).</p>" if more > 0 else "")
     )
