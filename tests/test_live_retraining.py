@@ -333,11 +333,13 @@ def test_a_champion_with_other_tree_sizes_is_not_held_to_the_score_shift_gate(li
     from anomaly_mlops.train import TrainParams, train
     from anomaly_mlops.validate import Gates, LatencyPlan, validate
 
+    # Without alert labels, like the scheduled run it stands for: neither part is labelled.
     unlabelled = pd.read_parquet(live_data / "holdout.parquet").drop(columns=["is_anomaly"])
     unlabelled.to_parquet(tmp_path / "recent.parquet")
+    pd.read_parquet(live_data / "train.parquet").drop(columns=["is_anomaly"]).to_parquet(tmp_path / "train.parquet")
     fast = LatencyPlan(single_row_repeats=20, batch_sizes=(100,), batch_repeats=3)
-    old = train(str(live_data / "train.parquet"), tmp_path / "old", TrainParams(max_samples="auto")).model_dir
-    new = train(str(live_data / "train.parquet"), tmp_path / "new", TrainParams()).model_dir
+    old = train(str(tmp_path / "train.parquet"), tmp_path / "old", TrainParams(max_samples="auto")).model_dir
+    new = train(str(tmp_path / "train.parquet"), tmp_path / "new", TrainParams()).model_dir
     result = validate(
         new,
         str(tmp_path / "recent.parquet"),

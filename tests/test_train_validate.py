@@ -69,6 +69,33 @@ def test_rows_labelled_anomalous_are_neither_fitted_nor_calibrated_on(model_dir,
     assert f1["left_out"] > 0.6 and f1["kept"] < 0.1, f1
 
 
+def test_rows_whose_window_holds_a_labelled_row_are_left_out_of_the_fit_only(prepared, tmp_path):
+    """Their window columns describe the incident: not fitted on. Served rows after an
+    incident look the same, so they still count among the held-back rows."""
+    from anomaly_mlops.features import smooth_scores
+    from anomaly_mlops.train import calibration_mask, rows_whose_window_holds
+
+    marked = np.array([0, 1, 0, 0, 0, 0, 1, 0, 0], dtype=bool)
+    entities = np.array(["a"] * 6 + ["b"] * 3)
+    assert rows_whose_window_holds(marked, entities, 3).astype(int).tolist() == [0, 1, 1, 1, 0, 0, 1, 1, 1]
+    assert rows_whose_window_holds(marked, None, 1).tolist() == marked.tolist()
+
+    train_data = load_dataset(str(prepared.train_path))
+    result = train(str(prepared.train_path), tmp_path / "m", TrainParams(n_estimators=20, feature_window=30, seed=7))
+    meta = result.metadata
+    labelled = train_data.y == 1
+    after = rows_whose_window_holds(labelled, None, 30) & ~labelled
+    assert meta["labelled_anomalous_rows_left_out"] == labelled.sum()
+    assert meta["rows_after_labelled_left_out_of_fit"] == after.sum() > 0
+    held = calibration_mask(train_data.n_rows, None, 0.2)
+    fitted = ~held & ~labelled & ~after
+    assert meta["training_ranges"]["max"] == train_data.X[fitted].max(axis=0).tolist()
+    model = load_model_dir(result.model_dir)
+    scores = smooth_scores(model.raw_scores(model.transform.apply(train_data.X)), model.smoothing)
+    assert (held & after).any()  # an incident's aftermath among the held-back rows: calibrated on
+    assert np.quantile(scores[held & ~labelled], 0.98) == pytest.approx(model.threshold, abs=1e-12)
+
+
 def test_too_few_rows_not_labelled_anomalous_is_a_clear_error(tmp_path):
     import pandas as pd
 

@@ -27,7 +27,7 @@ from .drift import outside_training_range, training_ranges
 from .errors import ConfigError, DataError
 from .features import FeatureTransform, smoothing_rows
 from .params import TrainParams
-from .train import POT_FALLBACK
+from .train import POT_FALLBACK, detector_transform, training_masks
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,9 @@ def evaluate(
         for one in series:
             raw, held = _raw_scores(one, params, window)
             measured = _measure(one, raw, held, params, smoothing)
-            fitted = ~held if one.train_labels is None else ~held & (one.train_labels != 1)
+            labelled = None if one.train_labels is None else one.train_labels == 1
+            transform = detector_transform(params, window, one.interval_s)
+            fitted = training_masks(len(one.train), None, params, labelled, transform)[0]
             outside = outside_training_range(one.test, training_ranges(one.train[fitted]), range(one.test.shape[1]))
             rows.append(_row(one, measured, test_rows_outside_training_range=outside["rows_share"]))
             log.info(

@@ -82,6 +82,7 @@ class FittedDetector:
     raw_metric_trees: int = 0
     training_ranges: dict = field(default_factory=dict, repr=False)  # drift.training_ranges of the fitted rows
     labelled_anomalous_left_out: int | None = None  # None: no labels, or fitted like any row
+    after_labelled_left_out_of_fit: int | None = None  # rows whose window holds a labelled one
 
     def metadata(self) -> dict:
         return {
@@ -99,6 +100,7 @@ class FittedDetector:
             },
             "training_ranges": self.training_ranges,
             "labelled_anomalous_rows_left_out": self.labelled_anomalous_left_out,
+            "rows_after_labelled_left_out_of_fit": self.after_labelled_left_out_of_fit,
         }
 
 
@@ -230,31 +232,62 @@ def fit_scores(
     fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
     default; evaluate scores a test part that continues the series), and -score_samples of
     every row. Rows marked in ``labelled_anomalous`` (over the first ``train_rows``) are
-    neither fitted nor calibrated on; they still serve as history for their neighbours'
+    left out as ``training_masks`` says; they still serve as history for their neighbours'
     features. Returns (pipeline, transform, raw scores, held), where ``held`` marks the
     calibration rows among the first ``train_rows``: held back, and not labelled anomalous."""
     transform = detector_transform(params, window_minutes, sample_interval_s)
     F = transform.apply_by_entity(X, entities)
     n = len(X) if train_rows is None else train_rows
-    held = calibration_mask(n, None if entities is None else entities[:n], params.calibration_fraction)
-    fitted = ~held
-    if labelled_anomalous is not None:
-        fitted &= ~labelled_anomalous
-        held &= ~labelled_anomalous
-        _check_enough_normal_rows(int(fitted.sum()), int(held.sum()), params)
+    fitted, held = training_masks(n, None if entities is None else entities[:n], params, labelled_anomalous, transform)
     pipeline = fit_forest(F[:n][fitted], params, raw_columns=X.shape[1])
     return pipeline, transform, -pipeline.score_samples(F), held
+
+
+def training_masks(
+    n_rows: int,
+    entities: np.ndarray | None,
+    params: TrainParams,
+    labelled_anomalous: np.ndarray | None,
+    transform: FeatureTransform,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fitted, held): the rows the forest is fitted on and the held-back rows that set the
+    threshold. Rows labelled anomalous are in neither. Nor is, in the fit, a row whose
+    feature window holds one (its deviation and spread describe the incident, not normal
+    behaviour); such rows stay among the held-back ones, because served rows after an
+    incident look the same and the threshold should expect them."""
+    held = calibration_mask(n_rows, entities, params.calibration_fraction)
+    fitted = ~held
+    if labelled_anomalous is not None:
+        fitted &= ~rows_whose_window_holds(labelled_anomalous, entities, max(transform.window, 1))
+        held &= ~labelled_anomalous
+        _check_enough_normal_rows(int(fitted.sum()), int(held.sum()), params, transform.window)
+    return fitted, held
+
+
+def rows_whose_window_holds(marked: np.ndarray, entities: np.ndarray | None, window: int) -> np.ndarray:
+    """Rows whose window (the row and the ``window - 1`` rows of its entity before it) holds a marked row."""
+    marked = np.asarray(marked, dtype=bool)
+    if window <= 1:
+        return marked.copy()
+    out = np.zeros_like(marked)
+    for group in entity_groups(entities, len(marked)):
+        seen = np.concatenate([[0], np.cumsum(marked[group])])
+        end = np.arange(1, len(group) + 1)
+        out[group] = seen[end] - seen[np.maximum(end - window, 0)] > 0
+    return out
 
 
 MIN_NORMAL_ROWS = 16
 
 
-def _check_enough_normal_rows(fitted: int, calibration: int, params: TrainParams) -> None:
+def _check_enough_normal_rows(fitted: int, calibration: int, params: TrainParams, window: int) -> None:
     way_out = "train on a longer lookback, or pass --fit-labelled-anomalies to fit them like any other row"
     if fitted < MIN_NORMAL_ROWS:
+        after = f" nor within the {window}-row feature window after such a row" if window > 1 else ""
         raise DataError(
             f"only {fitted} of the rows the forest would be fitted on (the first {1 - params.calibration_fraction:.0%} "
-            f"of each series) are not labelled anomalous; it needs at least {MIN_NORMAL_ROWS}: {way_out}"
+            f"of each series) are {'neither ' if after else 'not '}labelled anomalous{after}; it needs at least "
+            f"{MIN_NORMAL_ROWS}: {way_out}"
         )
     if calibration < MIN_NORMAL_ROWS:
         raise DataError(
@@ -323,7 +356,7 @@ def fit_detector(
         log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
     pipeline.named_steps["iforest"].offset_ = -threshold
-    fitted = ~held if left_out is None else ~held & ~left_out
+    fitted = training_masks(len(X), entities, params, left_out, transform)[0]
     return FittedDetector(
         pipeline=pipeline,
         threshold=threshold,
@@ -338,6 +371,9 @@ def fit_detector(
         raw_metric_trees=raw_tree_count(params, transform.width(X.shape[1]), X.shape[1]),
         training_ranges=training_ranges(X[fitted]),
         labelled_anomalous_left_out=None if left_out is None else int(left_out.sum()),
+        after_labelled_left_out_of_fit=None
+        if left_out is None
+        else int((rows_whose_window_holds(left_out, entities, max(transform.window, 1)) & ~left_out).sum()),
     )
 
 
@@ -418,10 +454,11 @@ def train(
         )
         if fitted.labelled_anomalous_left_out:
             log.info(
-                "left %d rows labelled anomalous (%.2f%%) out of the fit and the calibration "
-                "(--fit-labelled-anomalies keeps them)",
+                "left %d rows labelled anomalous (%.2f%%) out of the fit and the calibration, and the %d rows "
+                "whose feature window holds one out of the fit (--fit-labelled-anomalies keeps them)",
                 fitted.labelled_anomalous_left_out,
                 100 * fitted.labelled_anomalous_left_out / dataset.n_rows,
+                fitted.after_labelled_left_out_of_fit,
             )
         pipeline, threshold = fitted.pipeline, fitted.threshold
         fit_seconds = time.perf_counter() - started
