@@ -27,7 +27,7 @@ from .drift import outside_training_range, training_ranges
 from .errors import ConfigError, DataError
 from .features import FeatureTransform, smoothing_rows
 from .params import TrainParams
-from .train import POT_FALLBACK, detector_transform, training_masks
+from .train import POT_FALLBACK
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +118,23 @@ def time_features(X: np.ndarray, window: int = 30) -> np.ndarray:
     return FeatureTransform(window).apply(X)
 
 
-def _raw_scores(series: Series, params: TrainParams, window_minutes: int):
-    """Fitted as train fits (train.fit_scores) on the training part; raw scores of the
-    training part then the test part (one continuous series), and the held-back mask."""
+def _fit(series: Series, params: TrainParams, window_minutes: int):
+    """Fitted as train fits (train.fit_scores) on the training part: raw scores of the
+    training part then the test part (one continuous series), the calibration mask and the
+    mask of the rows the forest was fitted on."""
     from .train import fit_scores
 
     X = np.vstack([series.train, series.test])
     left_out = None if series.train_labels is None or params.fit_labelled_anomalies else series.train_labels == 1
-    _, _, raw, held = fit_scores(
+    _, _, raw, held, fitted = fit_scores(
         X, params, window_minutes, series.interval_s, train_rows=len(series.train), labelled_anomalous=left_out
     )
-    return raw, held
+    return raw, held, fitted
+
+
+def _raw_scores(series: Series, params: TrainParams, window_minutes: int):
+    """_fit's raw scores and calibration mask: what _measure takes."""
+    return _fit(series, params, window_minutes)[:2]
 
 
 def _measure(series: Series, raw: np.ndarray, held: np.ndarray, params: TrainParams, smoothing_minutes: int) -> dict:
@@ -215,11 +221,8 @@ def evaluate(
     if not tune:
         rows = []
         for one in series:
-            raw, held = _raw_scores(one, params, window)
+            raw, held, fitted = _fit(one, params, window)
             measured = _measure(one, raw, held, params, smoothing)
-            labelled = None if one.train_labels is None else one.train_labels == 1
-            transform = detector_transform(params, window, one.interval_s)
-            fitted = training_masks(len(one.train), None, params, labelled, transform)[0]
             outside = outside_training_range(one.test, training_ranges(one.train[fitted]), range(one.test.shape[1]))
             rows.append(_row(one, measured, test_rows_outside_training_range=outside["rows_share"]))
             log.info(

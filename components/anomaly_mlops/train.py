@@ -227,20 +227,21 @@ def fit_scores(
     entities: np.ndarray | None = None,
     train_rows: int | None = None,
     labelled_anomalous: np.ndarray | None = None,
-) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray]:
+) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray, np.ndarray]:
     """The forest and its raw scores: features of ``X`` over time (per entity), a forest
     fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
     default; evaluate scores a test part that continues the series), and -score_samples of
     every row. Rows marked in ``labelled_anomalous`` (over the first ``train_rows``) are
     left out as ``training_masks`` says; they still serve as history for their neighbours'
-    features. Returns (pipeline, transform, raw scores, held), where ``held`` marks the
-    calibration rows among the first ``train_rows``: held back, and not labelled anomalous."""
+    features. Returns (pipeline, transform, raw scores, held, fitted), masks over the first
+    ``train_rows``: ``held`` the calibration rows (held back, not labelled anomalous),
+    ``fitted`` the rows the forest was fitted on."""
     transform = detector_transform(params, window_minutes, sample_interval_s)
     F = transform.apply_by_entity(X, entities)
     n = len(X) if train_rows is None else train_rows
     fitted, held = training_masks(n, None if entities is None else entities[:n], params, labelled_anomalous, transform)
     pipeline = fit_forest(F[:n][fitted], params, raw_columns=X.shape[1])
-    return pipeline, transform, -pipeline.score_samples(F), held
+    return pipeline, transform, -pipeline.score_samples(F), held, fitted
 
 
 def training_masks(
@@ -348,7 +349,7 @@ def fit_detector(
     k = smoothing_rows(smoothing_minutes, interval)
     check_series_cover_the_window(entities, len(X), window_rows(window_minutes, interval), window_minutes)
     left_out = None if labels is None or params.fit_labelled_anomalies else np.asarray(labels) == 1
-    pipeline, transform, raw, held = fit_scores(
+    pipeline, transform, raw, held, fitted = fit_scores(
         X, params, window_minutes, interval, entities=entities, labelled_anomalous=left_out
     )
     scores, threshold, detail = calibrate(raw, held, params, k, entities)
@@ -356,7 +357,6 @@ def fit_detector(
         log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
     # predict() flags score_samples < offset_, i.e. anomaly score > -offset_ (unsmoothed).
     pipeline.named_steps["iforest"].offset_ = -threshold
-    fitted = training_masks(len(X), entities, params, left_out, transform)[0]
     return FittedDetector(
         pipeline=pipeline,
         threshold=threshold,
@@ -371,9 +371,8 @@ def fit_detector(
         raw_metric_trees=raw_tree_count(params, transform.width(X.shape[1]), X.shape[1]),
         training_ranges=training_ranges(X[fitted]),
         labelled_anomalous_left_out=None if left_out is None else int(left_out.sum()),
-        after_labelled_left_out_of_fit=None
-        if left_out is None
-        else int((rows_whose_window_holds(left_out, entities, max(transform.window, 1)) & ~left_out).sum()),
+        # neither fitted nor calibrated on, nor labelled: the rows after an incident in the fitted part
+        after_labelled_left_out_of_fit=None if left_out is None else int((~fitted & ~held & ~left_out).sum()),
     )
 
 
