@@ -28,13 +28,12 @@ from .predictor import (
     SMALL_BATCH_ROWS,
     InputProblem,
     OutsideRangeCounter,
-    begin_scoring,
+    begin_request,
     claimed_rows,
     default_max_body_bytes,
     input_types,
     output_types,
     outside_range_counters,
-    parse_payload,
     read_body_capped,
     too_large,
     v1_answer,
@@ -346,9 +345,7 @@ class LeanApp:
 
     def begin(self, payload, v2: bool) -> tuple[object, PendingScores]:
         request = read_v2(payload) if v2 else payload
-        X, entity = parse_payload(self.model, request, v2, self.max_instances, self.expected)
-        pending = begin_scoring(self.model, self.history, X, entity)
-        self.outside.observe(X)
+        pending = begin_request(self.model, self.history, request, v2, self.max_instances, self.expected, self.outside)
         return request, pending
 
     def answer(self, payload, v2: bool) -> tuple[int, bytes]:

@@ -265,14 +265,21 @@ def parse_payload(model: LoadedModel, payload, v2: bool, max_instances: int, exp
     return parse_v1(payload, features, max_instances, expected), parse_entity(payload.get("entity"))
 
 
-def score_payload(model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str, outside=None):
-    """Parse and score a request: (predictions, scores, history_complete or None); the rows
-    are counted by ``outside`` (OutsideRangeCounter) once they are accepted for scoring."""
+def begin_request(
+    model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str, outside=None
+) -> PendingScores:
+    """Parse a request and begin scoring its rows (both servers); the rows are counted by
+    ``outside`` (OutsideRangeCounter) once they are accepted for scoring. Raises InputProblem."""
     X, entity = parse_payload(model, payload, v2, max_instances, expected)
     pending = begin_scoring(model, history, X, entity)
     if outside is not None:
         outside.observe(X)
-    return pending.score_alone(model)
+    return pending
+
+
+def score_payload(model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str, outside=None):
+    """Parse and score a request: (predictions, scores, history_complete or None)."""
+    return begin_request(model, history, payload, v2, max_instances, expected, outside).score_alone(model)
 
 
 # Served rows outside the training range (drift.py), on both servers' /metrics: a level that
