@@ -5,14 +5,26 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from test_train_validate import FAST_LATENCY
 
 from anomaly_mlops.artifacts import METADATA_FILE, write_manifest
 from anomaly_mlops.data import load_dataset
 from anomaly_mlops.drift import describe_outside, outside_training_range, training_ranges
 from anomaly_mlops.train import calibration_mask
-from anomaly_mlops.validate import Gates, LatencyPlan, validate
+from anomaly_mlops.validate import Gates, validate
 
-FAST_LATENCY = LatencyPlan(single_row_repeats=30, batch_sizes=(100,), batch_repeats=3, warmup=2)
+
+def validate_unlabelled(model_dir, frame, tmp_path, max_flagged_rate_ratio: float, caplog):
+    """validate on ``frame``'s rows without labels, with that flagged-rate gate, logs captured."""
+    frame.drop(columns=["is_anomaly"], errors="ignore").to_parquet(tmp_path / "recent.parquet")
+    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
+        return validate(
+            model_dir,
+            str(tmp_path / "recent.parquet"),
+            tmp_path / "out",
+            Gates(max_flagged_rate_ratio=max_flagged_rate_ratio),
+            FAST_LATENCY,
+        )
 
 
 def test_rows_outside_the_training_range_are_counted_per_metric():
@@ -58,15 +70,7 @@ def test_validate_names_the_metric_that_moved_and_says_what_over_flagging_likely
     names = meta["schema"]["features"]
     moved = names[1]
     frame[moved] = meta["training_ranges"]["max"][1] + 1.0 + frame[moved].abs()  # every row above its range
-    frame.to_parquet(tmp_path / "moved.parquet")
-    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
-        result = validate(
-            model_dir,
-            str(tmp_path / "moved.parquet"),
-            tmp_path / "out",
-            Gates(max_flagged_rate_ratio=0.01),
-            FAST_LATENCY,
-        )
+    result = validate_unlabelled(model_dir, frame, tmp_path, 0.01, caplog)
     found = result.metrics["outside_training_range"]
     assert found["rows_share"] == 1.0 and next(iter(found["metrics"].items())) == (moved, 1.0)
     assert [g["gate"] for g in result.gates if not g["passed"]] == ["flagged_rate"]
@@ -85,15 +89,7 @@ def test_the_hint_is_given_only_where_rows_outside_the_range_could_explain_the_f
 ):
     """Over-flagging that the rows outside the training range cannot account for (fewer of
     them than the gate allows flagged) gets no hint about moved levels, only the figures."""
-    pd.read_parquet(prepared.holdout_path).drop(columns=["is_anomaly"]).to_parquet(tmp_path / "recent.parquet")
-    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
-        result = validate(
-            model_dir,
-            str(tmp_path / "recent.parquet"),
-            tmp_path / "out",
-            Gates(max_flagged_rate_ratio=1.5),
-            FAST_LATENCY,
-        )
+    result = validate_unlabelled(model_dir, pd.read_parquet(prepared.holdout_path), tmp_path, 1.5, caplog)
     gate = next(g for g in result.gates if g["gate"] == "flagged_rate")
     found = result.metrics["outside_training_range"]
     assert not gate["passed"] and 0 < found["rows_share"] < gate["threshold"] < gate["value"]
