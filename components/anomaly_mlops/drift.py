@@ -67,7 +67,7 @@ def outside_training_range(X: np.ndarray, ranges: dict, names) -> dict:
 
 
 def describe_outside(found: dict, top: int = TOP_METRICS) -> str:
-    """'84.1% of rows, e.g. disk_io 78.0%, cpu 27.0%' for logs and reports."""
+    """'84.1% of rows (by metric: disk_io 78.0%, cpu 27.0%)' for logs and reports."""
     named = ", ".join(f"{name} {100 * share:.1f}%" for name, share in list(found["metrics"].items())[:top])
     more = len(found["metrics"]) - top
     return f"{100 * found['rows_share']:.1f}% of rows" + (
