@@ -17,14 +17,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def train_default_model(rows: int = 20_160, seed: int = 42) -> Path:
-    """The default model (100 trees) on synthetic data, in a temporary directory."""
+def train_default_model(rows: int = 20_160, seed: int = 42, params=None) -> Path:
+    """The default model (100 trees; or ``params``' TrainParams) on synthetic data, in a temporary directory."""
     from anomaly_mlops.data import prepare_data
     from anomaly_mlops.train import train
 
     root = Path(tempfile.mkdtemp(prefix="anomaly-bench-"))
     prepared = prepare_data(root / "data", rows=rows, seed=seed)
-    return train(str(prepared.train_path), root / "model").model_dir, prepared
+    return train(str(prepared.train_path), root / "model", params).model_dir, prepared
 
 
 class Timer:

@@ -17,7 +17,7 @@ Setup: wrk comes from the Debian package (installed here with apt-get when missi
 Makefile installs Prometheus); the reference venvs go to .venv-bench/ (--no-references skips).
 sklearnserver is not published on PyPI: it is installed from KServe's git tag, or from
 --kserve-src (a KServe source tree) where github.com is out of reach.
-Usage: .venv/bin/python benchmarks/serving.py [--seconds 5] [--rounds 3] [--connections 16]
+Usage: .venv/bin/python benchmarks/serving.py [--seconds 5] [--rounds 3] [--connections 16] [--metric-basis raw]
 """
 
 import argparse
@@ -41,6 +41,7 @@ from common import train_default_model  # noqa: E402
 
 from anomaly_mlops.artifacts import load_model_dir  # noqa: E402
 from anomaly_mlops.local_services import free_port  # noqa: E402
+from anomaly_mlops.params import TrainParams  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -204,9 +205,10 @@ def main():
         help="a KServe source tree (git checkout or archive) to install sklearnserver from, "
         "where github.com cannot be reached",
     )
+    parser.add_argument("--metric-basis", choices=("raw", "principal"), help="the model's (default: the default)")
     opts = parser.parse_args()
     binary = ensure_wrk()
-    model_dir, prepared = train_default_model()
+    model_dir, prepared = train_default_model(params=TrainParams(metric_basis=opts.metric_basis))
     model = load_model_dir(model_dir)
     rows = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
     offline = model.anomaly_scores(rows[:200])

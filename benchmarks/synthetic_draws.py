@@ -3,7 +3,8 @@
 out), fitted and calibrated as `train` does. Prints per draw ROC-AUC, PR-AUC, F1 at the
 model's own threshold and the share of holdout rows flagged, then how many draws pass the
 default release gates and how many flag more than the unlabelled flagged-rate gate allows.
-Usage: .venv/bin/python benchmarks/synthetic_draws.py [--feature-window 60 ...]"""
+Usage: .venv/bin/python benchmarks/synthetic_draws.py [--feature-window 60 ...] [--metric-basis raw principal]
+[--seed 7]"""
 
 import argparse
 import logging
@@ -21,16 +22,18 @@ ROWS = (20_160, 10_080)
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--feature-window", type=int, nargs="*", default=[None], help="minutes (default: the default)")
+    parser.add_argument("--metric-basis", nargs="*", default=[None], help="raw, principal (default: the default)")
+    parser.add_argument("--seed", type=int, default=TrainParams().seed, help="the forest's seed")
     opts = parser.parse_args()
     logging.disable(logging.WARNING)
     gates = Gates()
-    for window_minutes in opts.feature_window:
-        params = TrainParams() if window_minutes is None else TrainParams(feature_window=window_minutes)
+    for window_minutes, basis in ((w, b) for w in opts.feature_window for b in opts.metric_basis):
+        params = TrainParams(feature_window=window_minutes, metric_basis=basis, seed=opts.seed)
         window, smoothing = params.windows_for(client_built_features=False)
-        params = replace(params, threshold=params.threshold_method)
+        params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
         flag_limit = gates.max_flagged_rate_ratio * params.contamination
         found = []
-        print(f"feature window {window} min:")
+        print(f"feature window {window} min, metric basis {params.metric_basis}, seed {params.seed}:")
         for series in ev._synthetic_series([(seed, rows) for seed in SEEDS for rows in ROWS]):
             if series.labels.sum() == 0:
                 print(f"  {series.name}: no anomaly in the holdout, skipped")

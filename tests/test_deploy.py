@@ -4,6 +4,7 @@ client against an HTTP fake of the API server (tests/k8s_fake.py)."""
 import json
 import time
 
+import numpy as np
 import pytest
 
 from anomaly_mlops.deploy import (
@@ -17,6 +18,7 @@ from anomaly_mlops.deploy import (
     deploy,
 )
 from anomaly_mlops.errors import ConfigError
+from anomaly_mlops.features import MetricBasis
 
 from k8s_fake import FakeKubeAPI, failing_controller, ready_controller
 
@@ -172,6 +174,14 @@ def test_runtime_check_reads_only_what_the_sklearn_runtime_needs(tmp_path, model
             check_runtime_serves("sklearn", tmp_path)
     (tmp_path / "metadata.json").write_text('{"feature_transform": {"window": 0}, "score_smoothing": {"rows": 10}}')
     with pytest.raises(ConfigError, match="uses 10-row score smoothing: deploy it with --runtime custom"):
+        check_runtime_serves("sklearn", tmp_path)
+    # Row-wise and unsmoothed, but its trees cut rotated metrics, which the sklearn runtime never computes.
+    rotated = MetricBasis.fit(np.random.default_rng(0).normal(size=(50, 3))).to_dict()
+    (tmp_path / "metadata.json").write_text(json.dumps({"feature_transform": {"window": 0, "basis": rotated}}))
+    with pytest.raises(ConfigError, match="uses metrics on their principal axes: deploy it with --runtime custom"):
+        check_runtime_serves("sklearn", tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"feature_transform": {"window": 0, "basis": {"kind": "x"}}}))
+    with pytest.raises(ConfigError, match="cannot read the model's metadata.json"):
         check_runtime_serves("sklearn", tmp_path)
 
 
@@ -351,9 +361,10 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path, windowed, model_dir):
     before = stored(fake)
     refused = run("deploy", *common, *v3, "--model-dir", str(windowed[0].model_dir), check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "--runtime sklearn scores each row alone, but this model uses a 15-row feature window and 4-row" in (
-        refused.stderr
-    )
+    assert (
+        "--runtime sklearn scores each row alone on the metrics as sent, but this model uses a 15-row feature "
+        "window, metrics on their principal axes, 4-row score smoothing: deploy it with --runtime custom"
+    ) in " ".join(refused.stderr.split())
     assert stored(fake) == before
     run("deploy", *common, *v3, "--model-dir", str(model_dir), "--canary-percent", "-1", "--timeout", "10")
     assert stored(fake)["spec"]["predictor"]["model"]["modelFormat"] == {"name": "sklearn"}

@@ -378,6 +378,7 @@ def test_training_defaults_in_the_compiled_pipeline_follow_the_train_step():
         assert inputs["contamination"]["defaultValue"] == defaults.contamination
         assert inputs["window_columns"]["defaultValue"] == defaults.window_columns
         assert inputs["raw_tree_share"]["defaultValue"] == defaults.raw_tree_share
+        assert inputs["metric_basis"]["defaultValue"] == "" and defaults.metric_basis is None  # "": the default
 
 
 def test_gate_defaults_in_the_compiled_pipeline_follow_validate():

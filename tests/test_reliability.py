@@ -606,6 +606,7 @@ def test_serving_from_s3_leaves_no_model_copy_behind(model_dir, s3_env, tmp_path
         (("--window-columns", "std,std"), "window columns must be a non-empty list of distinct names"),
         (("--raw-tree-share", "1.0"), "raw_tree_share must be in [0, 1)"),
         (("--raw-tree-share", "-0.1"), "raw_tree_share must be in [0, 1)"),
+        (("--metric-basis", "pca"), "argument --metric-basis: invalid choice: 'pca'"),
     ],
 )
 def test_window_columns_and_raw_tree_share_are_checked_before_fitting(capsys, tmp_path, prepared, flags, fragment):

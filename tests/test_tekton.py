@@ -343,6 +343,7 @@ def test_train_task_defaults_follow_the_train_step():
     assert float(params["contamination"]) == defaults.contamination
     assert int(params["seed"]) == defaults.seed
     assert params["feature-window"] == params["score-smoothing"] == params["threshold"] == "default"
+    assert params["metric-basis"] == "default" and defaults.metric_basis is None
     assert params["fit-labelled-anomalies"] == str(defaults.fit_labelled_anomalies).lower()
 
 

@@ -57,9 +57,9 @@ def test_a_tick_of_warm_entities_computes_its_windows_in_one_pass(windowed, monk
     tick = [(entity, X[i * 100 + 30 : i * 100 + 31]) for i, entity in enumerate(entities)]
     expected = [score_rows(model, alone_history, rows, entity) for entity, rows in tick]
     calls = []
-    apply = FeatureTransform.apply
+    windowed_ = FeatureTransform._windowed
     monkeypatch.setattr(
-        FeatureTransform, "apply", lambda self, X, last=None: calls.append(X.shape) or apply(self, X, last)
+        FeatureTransform, "_windowed", lambda self, X, last: calls.append(X.shape) or windowed_(self, X, last)
     )
 
     async def one_tick():

@@ -277,7 +277,10 @@ def test_validate_refuses_a_model_the_named_runtime_cannot_serve(model_dir, prep
 
     windowed = train(str(prepared.train_path), tmp_path / "windowed", TrainParams(n_estimators=10)).model_dir
     fast = LatencyPlan(single_row_repeats=5, batch_sizes=(10,), batch_repeats=2)
-    with pytest.raises(ConfigError, match="--runtime sklearn scores each row alone, but this model uses a 120-row"):
+    with pytest.raises(
+        ConfigError,
+        match="--runtime sklearn scores each row alone on the metrics as sent, but this model uses a 120-row",
+    ):
         validate(windowed, str(prepared.holdout_path), tmp_path / "refused", latency=fast, runtime="sklearn")
     assert not (tmp_path / "refused").exists()
     assert validate(windowed, str(prepared.holdout_path), tmp_path / "custom", latency=fast, runtime="custom").passed
@@ -349,6 +352,7 @@ def test_time_series_feature_model_end_to_end(prepared, tmp_path):
             window_columns="delta,deviation,std",
             raw_tree_share=0.0,
             score_smoothing=0,
+            metric_basis="raw",
         ),
     )
     meta = json.loads((result.model_dir / "metadata.json").read_text())
@@ -385,20 +389,51 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     assert meta["params"]["raw_tree_share"] == 0.5 and meta["params"]["window_columns"] == "std,deviation"
     assert meta["forest"] == {"trees": 40, "raw_metric_trees": 20}
     assert describe_detector(meta) == (
-        "40 trees of 4096 rows, features over 30 min (value, deviation, std), 50% of the trees on the raw "
-        "metrics alone, scores averaged over 10 min, threshold: quantile, "
+        "40 trees of 4096 rows, metrics on their principal axes, features over 30 min (value, deviation, std), "
+        "50% of the trees on the components alone, scores averaged over 10 min, threshold: quantile, "
         f"{int(load_dataset(str(prepared.train_path)).y.sum())} training rows labelled anomalous left out"
     )
     model, lean = load_model_dir(result.model_dir), load_serving_model(result.model_dir)
     assert [len(f) for f in model.pipeline.named_steps["iforest"].estimators_features_] == [18] * 20 + [6] * 20
     X = load_dataset(str(prepared.holdout_path)).X
     np.testing.assert_allclose(lean.anomaly_scores(X), model.anomaly_scores(X), rtol=0, atol=1e-12)
-    every = TrainParams(n_estimators=40, feature_window=30, window_columns="delta,deviation,std", raw_tree_share=0.0)
+    every = TrainParams(
+        n_estimators=40, feature_window=30, window_columns="delta,deviation,std", raw_tree_share=0.0, metric_basis="raw"
+    )
     all_columns = train(str(prepared.train_path), tmp_path / "all", every)
     assert detector_differences(load_model_dir(all_columns.model_dir), model) == [
         "window_columns: delta,deviation,std -> deviation,std",
         "raw_tree_share: 0.0 -> 0.5",
+        "metric_basis: raw -> principal",
     ]
+    assert "principal axes" not in describe_detector(json.loads((all_columns.model_dir / "metadata.json").read_text()))
+
+
+def test_the_default_basis_is_fitted_recorded_and_checked_on_load(prepared, tmp_path):
+    """With a feature window the metrics go onto their principal axes by default: the basis
+    is fitted on the rows the forest is fitted on, recorded in metadata.json, applied by both
+    loaders alike, and a basis that does not fit the schema is refused on load. Without a
+    window the model stays row-wise on the raw metrics (the upstream sklearn runtime's kind)."""
+    from anomaly_mlops.artifacts import ArtifactError, load_serving_model, write_manifest
+    from anomaly_mlops.features import MetricBasis
+
+    result = train(str(prepared.train_path), tmp_path / "m", TrainParams(n_estimators=30, feature_window=30))
+    meta = json.loads((result.model_dir / "metadata.json").read_text())
+    basis = MetricBasis.from_dict(meta["feature_transform"]["basis"])
+    assert meta["params"]["metric_basis"] is None and len(basis.center) == len(meta["schema"]["features"])
+    model, lean = load_model_dir(result.model_dir), load_serving_model(result.model_dir)
+    assert model.transform.basis is not None and lean.transform.basis is not None
+    X = load_dataset(str(prepared.holdout_path)).X
+    np.testing.assert_allclose(lean.anomaly_scores(X), model.anomaly_scores(X), rtol=0, atol=1e-12)
+    components = model.pipeline.named_steps["scaler"].mean_[: len(basis.center)]
+    np.testing.assert_allclose(components, 0, atol=1e-6)  # centred on the fitted rows: the scaler sees components
+    meta["feature_transform"]["basis"] = MetricBasis.fit(X[:, :3]).to_dict()
+    (result.model_dir / "metadata.json").write_text(json.dumps(meta))
+    write_manifest(result.model_dir)
+    with pytest.raises(ArtifactError, match="metric basis is over 3 metrics, the schema has 6"):
+        load_model_dir(result.model_dir)
+    row_wise = train(str(prepared.train_path), tmp_path / "r", TrainParams(n_estimators=30, feature_window=0))
+    assert "basis" not in json.loads((row_wise.model_dir / "metadata.json").read_text())["feature_transform"]
 
 
 def test_the_trees_are_described_as_grown_not_as_asked(prepared, tmp_path):

@@ -217,6 +217,10 @@ def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransfo
         threshold = float(metadata["threshold"])
         if smoothing < 1:
             raise ValueError(f"score_smoothing.rows must be >= 1, got {smoothing}")
+        if transform.basis is not None and len(transform.basis.center) != len(schema):
+            raise ValueError(
+                f"its metric basis is over {len(transform.basis.center)} metrics, the schema has {len(schema)}"
+            )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(
             f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform or threshold: {exc}"
@@ -342,8 +346,11 @@ def _check_pipeline(pipeline, n_inputs: int, model_dir: Path) -> None:
 def _check_scores(model: LoadedModel) -> None:
     """Score probe rows around the training mean with both scorers; they must agree."""
     n_metrics = len(model.schema)
-    scaler = model.pipeline.named_steps["scaler"]
-    center, spread = scaler.mean_[:n_metrics], scaler.scale_[:n_metrics]
+    if model.transform.basis is not None:  # the scaler's first columns are components, not metrics
+        center, spread = model.transform.basis.center, model.transform.basis.scale
+    else:
+        scaler = model.pipeline.named_steps["scaler"]
+        center, spread = scaler.mean_[:n_metrics], scaler.scale_[:n_metrics]
     probe = center + np.outer(np.linspace(-3, 3, 7), spread)
     try:
         inputs = model.transform.apply(probe)

@@ -17,8 +17,10 @@ from .errors import AnomalyMLOpsError
 from .params import (
     DEFAULT_FEATURE_WINDOW_MIN,
     DEFAULT_MAX_ENTITIES,
+    DEFAULT_METRIC_BASIS,
     DEFAULT_SCORE_SMOOTHING_MIN,
     DEFAULT_THRESHOLD,
+    METRIC_BASES,
     THRESHOLD_METHODS,
     read_token,
 )
@@ -130,6 +132,15 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         f"see every column (default: {d.raw_tree_share})",
     )
     parser.add_argument(
+        "--metric-basis",
+        choices=[*METRIC_BASES, "default"],
+        default="default",
+        help="principal: the metrics, standardized, on their principal axes over the training rows before the "
+        f"window columns are computed (a row that breaks how metrics move together stands out); raw: as they "
+        f"come (default: {DEFAULT_METRIC_BASIS} with a feature window, raw without one: the upstream sklearn "
+        "runtime serves only raw row-wise models)",
+    )
+    parser.add_argument(
         "--score-smoothing",
         type=_minutes,
         default=d.score_smoothing,
@@ -201,6 +212,7 @@ def _train_params(args):
         raw_tree_share=args.raw_tree_share,
         score_smoothing=args.score_smoothing,
         threshold=None if args.threshold == "default" else args.threshold,
+        metric_basis=None if args.metric_basis == "default" else args.metric_basis,
         pot_risk=args.pot_risk,
         fit_labelled_anomalies=args.fit_labelled_anomalies,
         sample_interval_s=args.sample_interval,

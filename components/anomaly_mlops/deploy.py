@@ -186,8 +186,9 @@ def _drop_unset(patch: dict, current: dict) -> None:
 def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
     """Refuse before anything is applied what the upstream sklearn runtime would serve
     wrongly: it scores each row alone on the columns a client sends, so a model with a
-    feature window (expecting more columns) or score smoothing (labels from a moving mean)
-    needs our runtime. Reads the model's metadata.json only (nothing unpickled)."""
+    feature window (expecting more columns), the principal metric basis (trees cut rotated
+    metrics) or score smoothing (labels from a moving mean) needs our runtime. Reads the
+    model's metadata.json only (nothing unpickled)."""
     from .artifacts import METADATA_FILE
     from .features import FeatureTransform
 
@@ -196,19 +197,21 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
     path = Path(model_dir) / METADATA_FILE
     try:
         metadata = json.loads(path.read_text())
-        window = FeatureTransform.from_dict(metadata.get("feature_transform")).window
+        transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
         smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
-    if window or smoothing > 1:
-        needs = [
-            f"a {window}-row feature window" if window else "",
-            f"{smoothing}-row score smoothing" if smoothing > 1 else "",
-        ]
+    needs = [
+        f"a {transform.window}-row feature window" if transform.window else "",
+        "metrics on their principal axes" if transform.basis is not None else "",
+        f"{smoothing}-row score smoothing" if smoothing > 1 else "",
+    ]
+    if any(needs):
         raise ConfigError(
-            f"--runtime sklearn scores each row alone, but this model uses {' and '.join(n for n in needs if n)}: "
-            "deploy it with --runtime custom (our runtime keeps each entity's history), or train a row-wise "
-            "model for the sklearn runtime (--feature-window 0 --score-smoothing 0)"
+            f"--runtime sklearn scores each row alone on the metrics as sent, but this model uses "
+            f"{', '.join(n for n in needs if n)}: deploy it with --runtime custom (our runtime keeps each "
+            "entity's history and applies the model's features), or train a row-wise model for the sklearn "
+            "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw)"
         )
 
 

@@ -9,13 +9,19 @@ so a model sees at serving time exactly what it saw in training when it is given
 preceding rows (oldest first), by the client or by the server's per-entity history. With
 w = 0 the metrics pass through unchanged.
 
+With a ``MetricBasis`` the metrics are first turned onto their principal axes over the
+training rows (standardized, then rotated; nothing dropped), and the window columns are
+computed on those components. Isolation trees cut one column at a time: a row that breaks
+how metrics move together (CPU up, requests flat) is extreme along a minor axis, and on no
+single metric.
+
 Windows are set in minutes and turned into rows with the data's sample interval, so
 1-minute and 5-minute data look back over the same time (``window_rows``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -104,10 +110,66 @@ def parse_window_columns(text) -> tuple[str, ...]:
     return tuple(c for c in WINDOW_COLUMNS if c in names)
 
 
+# eq=False: compared and hashed by identity, as features_of groups requests by their
+# model's transform and a matrix would make every hash cost a pass over it.
+@dataclass(frozen=True, eq=False)
+class MetricBasis:
+    """Standardized metrics on their principal axes: ``(X - center) / scale @ axes``. Fitted
+    on the rows the forest is fitted on; every component is kept (a rotation, not a reduction)."""
+
+    center: np.ndarray
+    scale: np.ndarray
+    axes: np.ndarray = field(repr=False)  # metrics x components, strongest first
+    # project() as one product and one subtraction: X @ weights - offset
+    weights: np.ndarray = field(init=False, repr=False)
+    offset: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "weights", self.axes / self.scale[:, None])
+        object.__setattr__(self, "offset", self.center @ self.weights)
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> MetricBasis:
+        X = np.asarray(X, dtype=np.float64)
+        center = X.mean(axis=0)
+        scale = X.std(axis=0)
+        scale[scale == 0] = 1.0  # a constant metric stays 0 in training, and moves a minor axis when it changes
+        Z = (X - center) / scale
+        axes = np.linalg.eigh(Z.T @ Z)[1][:, ::-1]  # metrics x metrics, whatever the row count
+        # an axis's sign is arbitrary: its largest loading is made positive, so a refit of the same rows agrees
+        signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])])
+        return cls(center, scale, axes * np.where(signs == 0, 1.0, signs))
+
+    def project(self, X: np.ndarray) -> np.ndarray:
+        """Rows (or series x rows) of metrics -> the same of components."""
+        return X @ self.weights - self.offset
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "principal",
+            "center": self.center.tolist(),
+            "scale": self.scale.tolist(),
+            "axes": self.axes.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MetricBasis:
+        center, scale, axes = (np.asarray(data[k], dtype=np.float64) for k in ("center", "scale", "axes"))
+        m = center.shape
+        usable = center.ndim == 1 and scale.shape == m and axes.shape == m * 2
+        if data.get("kind") != "principal" or not usable or not np.all(scale > 0) or not np.isfinite(axes).all():
+            raise ValueError(
+                "a metric basis needs kind 'principal', a center and a positive scale per metric, and a finite "
+                "square axes matrix"
+            )
+        return cls(center, scale, axes)
+
+
 @dataclass(frozen=True)
 class FeatureTransform:
     window: int = 0
     columns: tuple[str, ...] = WINDOW_COLUMNS
+    basis: MetricBasis | None = None  # None: the metrics as they come
 
     def __post_init__(self):
         if self.window < 0 or self.window == 1:
@@ -119,15 +181,26 @@ class FeatureTransform:
         return n_metrics * (1 + len(self.columns)) if self.window else n_metrics
 
     def names(self, features: tuple[str, ...]) -> list[str]:
+        if self.basis is not None:
+            features = tuple(f"pc{i + 1}" for i in range(len(features)))
         if not self.window:
             return list(features)
         suffix = {"delta": "delta", "deviation": f"dev_mean{self.window}", "std": f"std{self.window}"}
         return [*features, *(f"{f}:{suffix[c]}" for c in self.columns for f in features)]
 
+    def _reach(self, X: np.ndarray, last: int | None) -> np.ndarray:
+        """The rows the features of the last ``last`` rows (all without it) depend on."""
+        return X if last is None else X[max(len(X) - last - self.window, 0) :]
+
     def apply(self, X: np.ndarray, last: int | None = None) -> np.ndarray:
         """Features of one series (rows oldest first); of its ``last`` rows only when given
         (the earlier rows serve as their history: what the server does per request)."""
         X = np.asarray(X, dtype=np.float64)
+        if self.basis is not None:
+            X = self.basis.project(self._reach(X, last))
+        return self._windowed(X, last)
+
+    def _windowed(self, X: np.ndarray, last: int | None) -> np.ndarray:
         if not self.window:
             return X if last is None else X[len(X) - last :]
         first = 0 if last is None else len(X) - last
@@ -148,7 +221,12 @@ class FeatureTransform:
         if len(series) == 1 or not self.window:
             return [self.apply(X, last) for X in series]
         n_metrics = series[0].shape[1]
-        wide = self.apply(np.hstack(series), last)  # last x (blocks x series x metrics)
+        if self.basis is None:
+            wide = self._windowed(np.hstack(series), last)
+        else:  # one product for every series: series x rows x metrics, then side by side
+            reached = self.basis.project(np.stack([self._reach(X, last) for X in series]))
+            wide = self._windowed(reached.transpose(1, 0, 2).reshape(reached.shape[1], -1), last)
+        # last x (blocks x series x metrics)
         per_series = wide.reshape(last, 1 + len(self.columns), len(series), n_metrics).transpose(2, 0, 1, 3)
         return list(per_series.reshape(len(series), last, self.width(n_metrics)))
 
@@ -176,12 +254,14 @@ class FeatureTransform:
         return out
 
     def to_dict(self) -> dict:
+        basis = {} if self.basis is None else {"basis": self.basis.to_dict()}
         if not self.window:
-            return {"kind": "raw", "window": 0}
-        return {"kind": "causal-rolling", "window": self.window, "columns": list(self.columns)}
+            return {"kind": "raw", "window": 0, **basis}
+        return {"kind": "causal-rolling", "window": self.window, "columns": list(self.columns), **basis}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> FeatureTransform:
-        # Models written before "columns" existed carry all three.
+        # Models written before "columns" existed carry all three; before "basis", none.
         data = data or {}
-        return cls(int(data.get("window", 0)), tuple(data.get("columns") or WINDOW_COLUMNS))
+        basis = MetricBasis.from_dict(data["basis"]) if data.get("basis") else None
+        return cls(int(data.get("window", 0)), tuple(data.get("columns") or WINDOW_COLUMNS), basis)

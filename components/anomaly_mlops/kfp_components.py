@@ -110,6 +110,7 @@ def train_model(
     feature_window: int = -1,
     window_columns: str = "deviation,std",
     raw_tree_share: float = 0.5,
+    metric_basis: str = "",
     score_smoothing: int = -1,
     threshold: str = "",
     fit_labelled_anomalies: bool = False,
@@ -128,6 +129,8 @@ def train_model(
         feature_window: minutes of history behind each row's features; 0: raw metrics; -1: the schema's default.
         window_columns: with a feature window, the columns each metric gains: comma list of delta, deviation, std.
         raw_tree_share: with a feature window, share of the trees grown on the raw metrics alone, in [0, 1).
+        metric_basis: 'principal' (metrics on their principal axes over the training rows), 'raw', or '' (principal
+            with a feature window, raw without one).
         score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
         threshold: 'quantile' (of held-back training scores), 'pot' (extreme-value fit of them), or '' (quantile).
         fit_labelled_anomalies: fit and calibrate on rows labelled anomalous too (default: they are left out).
@@ -144,6 +147,7 @@ def train_model(
         feature_window=None if feature_window < 0 else feature_window,
         window_columns=window_columns,
         raw_tree_share=raw_tree_share,
+        metric_basis=metric_basis or None,
         score_smoothing=None if score_smoothing < 0 else score_smoothing,
         threshold=threshold or None,
         fit_labelled_anomalies=fit_labelled_anomalies,

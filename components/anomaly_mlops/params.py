@@ -32,6 +32,8 @@ DEFAULT_MAX_SAMPLES = 4096
 DEFAULT_WINDOW_COLUMNS = "deviation,std"  # of features.WINDOW_COLUMNS, spelled as the CLI takes it
 DEFAULT_RAW_TREE_SHARE = 0.5
 DEFAULT_THRESHOLD = "quantile"
+DEFAULT_METRIC_BASIS = "principal"
+METRIC_BASES = ("raw", "principal")  # features.METRIC_BASES, here without importing numpy
 THRESHOLD_METHODS = ("pot", "quantile")
 
 
@@ -70,6 +72,12 @@ class TrainParams:
     # that the window columns, three times as many, do not drown the raw metrics' signal.
     window_columns: str = DEFAULT_WINDOW_COLUMNS
     raw_tree_share: float = DEFAULT_RAW_TREE_SHARE
+    # "principal": the metrics, standardized, turned onto their principal axes over the
+    # fitted rows before the window columns are computed (features.MetricBasis); "raw": as
+    # they come. None: DEFAULT_METRIC_BASIS with a feature window; "raw" without one, so that
+    # a row-wise model (the self-healing-platform schema's default) stays one the upstream
+    # sklearn runtime can serve.
+    metric_basis: str | None = None
     # The threshold comes from scores of the last calibration_fraction of the training rows
     # (per entity, by time), which the forest does not see: "pot" fits a generalized Pareto
     # tail and puts the threshold where a calibration score exceeds it with probability
@@ -102,6 +110,12 @@ class TrainParams:
             default_smoothing if self.score_smoothing is None else self.score_smoothing,
         )
 
+    def basis_for(self, window_minutes: int) -> str:
+        """The metric basis for a model with this feature window, the default filled in."""
+        if self.metric_basis is not None:
+            return self.metric_basis
+        return DEFAULT_METRIC_BASIS if window_minutes else "raw"
+
     def check(self) -> None:
         if self.n_estimators < 1:
             raise ConfigError(f"n_estimators must be >= 1, got {self.n_estimators}")
@@ -121,6 +135,8 @@ class TrainParams:
             raise ConfigError(str(exc)) from exc
         if isinstance(self.raw_tree_share, bool) or not 0.0 <= self.raw_tree_share < 1.0:
             raise ConfigError(f"raw_tree_share must be in [0, 1), got {self.raw_tree_share!r}")
+        if self.metric_basis is not None and self.metric_basis not in METRIC_BASES:
+            raise ConfigError(f"metric_basis must be one of {METRIC_BASES}, got {self.metric_basis!r}")
         if self.threshold is not None and self.threshold not in THRESHOLD_METHODS:
             raise ConfigError(f"threshold must be one of {THRESHOLD_METHODS}, got {self.threshold!r}")
         if not isinstance(self.fit_labelled_anomalies, bool):

@@ -8,7 +8,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from .errors import ConfigError, DataError
 from .features import (
     DEFAULT_SAMPLE_INTERVAL_S,
     FeatureTransform,
+    MetricBasis,
     entity_groups,
     parse_window_columns,
     smooth_by_entity,
@@ -230,16 +231,19 @@ def fit_scores(
 ) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray, np.ndarray]:
     """The forest and its raw scores: features of ``X`` over time (per entity), a forest
     fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
-    default; evaluate scores a test part that continues the series), and -score_samples of
+    default; evaluate scores a test part that continues the series), the metric basis
+    (params.metric_basis) fitted on the same rows, and -score_samples of
     every row. Rows marked in ``labelled_anomalous`` (over the first ``train_rows``) are
     left out as ``training_masks`` says; they still serve as history for their neighbours'
     features. Returns (pipeline, transform, raw scores, held, fitted), masks over the first
     ``train_rows``: ``held`` the calibration rows (held back, not labelled anomalous),
     ``fitted`` the rows the forest was fitted on."""
     transform = detector_transform(params, window_minutes, sample_interval_s)
-    F = transform.apply_by_entity(X, entities)
     n = len(X) if train_rows is None else train_rows
     fitted, held = training_masks(n, None if entities is None else entities[:n], params, labelled_anomalous, transform)
+    if params.basis_for(window_minutes) == "principal":
+        transform = replace(transform, basis=MetricBasis.fit(X[:n][fitted]))
+    F = transform.apply_by_entity(X, entities)
     pipeline = fit_forest(F[:n][fitted], params, raw_columns=X.shape[1])
     return pipeline, transform, -pipeline.score_samples(F), held, fitted
 

@@ -27,7 +27,7 @@ from .artifacts import ANOMALY, LoadedModel, load_model_dir
 from .data import Dataset, load_dataset
 from .drift import TOP_METRICS, describe_outside, outside_training_range
 from .errors import DataError
-from .features import FeatureTransform
+from .features import WINDOW_COLUMNS
 from .params import Gates, LatencyPlan
 
 log = logging.getLogger(__name__)
@@ -238,8 +238,8 @@ def raw_tree_share(metadata: dict) -> float:
 
 def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list[str]:
     """Settings that put two models' anomaly scores on different scales (rows per tree,
-    features per tree, time-series features and the trees grown on raw metrics alone,
-    score smoothing), as 'name: old -> new'."""
+    features per tree, time-series features and the trees grown on raw metrics alone, the
+    metric basis, score smoothing), as 'name: old -> new'."""
 
     def settings(model: LoadedModel) -> dict:
         params = model.metadata.get("params", {})
@@ -249,6 +249,7 @@ def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list
             "feature_window_rows": model.transform.window,
             "window_columns": ",".join(model.transform.columns) if model.transform.window else None,
             "raw_tree_share": raw_tree_share(model.metadata),
+            "metric_basis": "raw" if model.transform.basis is None else "principal",
             "score_smoothing_rows": model.smoothing,
         }
 
@@ -512,13 +513,16 @@ def describe_detector(metadata: dict) -> str:
     params = metadata.get("params") or {}
     transform = metadata.get("feature_transform") or {}
     parts = [f"{params.get('n_estimators', '?')} trees of {params.get('max_samples', 'auto')} rows"]
+    rotated = bool(transform.get("basis"))
+    if rotated:
+        parts.append("metrics on their principal axes")
     if transform.get("window"):
-        columns = ", ".join(["value", *FeatureTransform.from_dict(transform).columns])
+        columns = ", ".join(["value", *(transform.get("columns") or WINDOW_COLUMNS)])
         parts.append(f"features over {transform.get('window_minutes')} min ({columns})")
         share = raw_tree_share(metadata)
         if share:
-            parts.append(f"{share:.0%} of the trees on the raw metrics alone")
-    else:
+            parts.append(f"{share:.0%} of the trees on the {'components' if rotated else 'raw metrics'} alone")
+    elif not rotated:
         parts.append("raw metrics")
     smoothing = (metadata.get("score_smoothing") or {}).get("minutes")
     if smoothing:
