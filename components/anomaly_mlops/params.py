@@ -25,7 +25,10 @@ DEFAULT_MAX_SCORE_PSI = 4.0
 # every column, the window columns drown the synthetic level shifts the raw metrics show);
 # trees of 4096 rows (scikit-learn's "auto" is 256); anomaly scores averaged over the last 10
 # minutes; the threshold at the (1 - contamination) quantile of held-back training scores
-# (NAB cannot tell it from "pot", the synthetic draws prefer it).
+# (NAB cannot tell it from "pot", the synthetic draws prefer it). The metric basis is the one
+# default NAB cannot judge at all (one metric per series): "principal" was chosen by leaving
+# SMD machines out, each scored with the basis better on the other four
+# (benchmarks/basis_choice.py; README).
 DEFAULT_FEATURE_WINDOW_MIN = 120
 DEFAULT_SCORE_SMOOTHING_MIN = 10
 DEFAULT_MAX_SAMPLES = 4096
