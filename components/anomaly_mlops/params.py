@@ -36,7 +36,7 @@ DEFAULT_WINDOW_COLUMNS = "deviation,std"  # of features.WINDOW_COLUMNS, spelled 
 DEFAULT_RAW_TREE_SHARE = 0.5
 DEFAULT_THRESHOLD = "quantile"
 DEFAULT_METRIC_BASIS = "principal"
-METRIC_BASES = ("raw", "principal")  # features.METRIC_BASES, here without importing numpy
+METRIC_BASES = ("raw", "principal")  # features.MetricBasis is "principal"; None there is "raw"
 THRESHOLD_METHODS = ("pot", "quantile")
 
 

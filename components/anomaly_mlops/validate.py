@@ -27,7 +27,7 @@ from .artifacts import ANOMALY, LoadedModel, load_model_dir
 from .data import Dataset, load_dataset
 from .drift import TOP_METRICS, describe_outside, outside_training_range
 from .errors import DataError
-from .features import WINDOW_COLUMNS
+from .features import FeatureTransform
 from .params import Gates, LatencyPlan
 
 log = logging.getLogger(__name__)
@@ -513,11 +513,12 @@ def describe_detector(metadata: dict) -> str:
     params = metadata.get("params") or {}
     transform = metadata.get("feature_transform") or {}
     parts = [f"{params.get('n_estimators', '?')} trees of {params.get('max_samples', 'auto')} rows"]
-    rotated = bool(transform.get("basis"))
+    parsed = FeatureTransform.from_dict(transform)
+    rotated = parsed.basis is not None
     if rotated:
         parts.append("metrics on their principal axes")
-    if transform.get("window"):
-        columns = ", ".join(["value", *(transform.get("columns") or WINDOW_COLUMNS)])
+    if parsed.window:
+        columns = ", ".join(["value", *parsed.columns])
         parts.append(f"features over {transform.get('window_minutes')} min ({columns})")
         share = raw_tree_share(metadata)
         if share:
