@@ -330,6 +330,9 @@ def test_candidates_equal_on_the_tuning_series_are_told_apart_by_the_synthetic_d
     assert best_candidate(["second", "first"], measured, [0, 1], tie_break=[2]) == "second"
     measured["first"][0] = {"f1": 0.21, "pr_auc": 0.3}  # better where it counts: the synthetic F1 no longer decides
     assert best_candidate(["first", "second"], measured, [0, 1], tie_break=[2]) == "first"
+    # Equal but for the last bits (a one-metric rotation scores along another path): still a tie.
+    measured["first"][0] = {"f1": 0.2 + 1e-12, "pr_auc": 0.3 - 1e-12}
+    assert best_candidate(["first", "second"], measured, [0, 1], tie_break=[2]) == "second"
 
 
 def test_evaluate_takes_datasets_from_every_dataset_flag(monkeypatch, tmp_path):
