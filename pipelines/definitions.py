@@ -18,16 +18,30 @@ named by a constant (``secretName``; no ``secretNameParameter``, no ``optional``
 data connection is a compile option and every step that mounts it needs it to exist.
 Tolerations exist from KFP 2.2.0; for 2.0.5 compile with ``--gpu-toleration-key ''``.
 ``retryPolicy`` is honoured from KFP 2.5.0 and ignored before.
+
+The API server compiles the IR to an Argo Workflow when a run is created, and before KFP 2.14
+that compiler refuses a task whose input is ``dsl.PipelineTaskFinalStatus`` ("task final
+status not supported yet"). The default training pipeline's exit handler therefore takes
+none; ``final_status=True`` (the ``training-final-status`` file) needs ``backend="2.14"``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kfp import dsl, kubernetes
 
+from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.kfp_components import DEFAULT_IMAGE, make_components
 from anomaly_mlops.storage import ENV_KEYS
 
 DATA_CONNECTION = "aws-connection-models"
+# The KFP backends of OpenShift AI's Data Science Pipelines, oldest first.
+BACKENDS = {
+    "2.0.5": "DSP 2.0-2.6",
+    "2.2.0": "DSP 2.7-2.10",
+    "2.4.0": "DSP 2.11-2.13",
+    "2.5.0": "DSP 2.14-2.16 and stable-2.x (OpenShift AI 2.x)",
+    "2.14": "OpenShift AI 3.x",
+}
 NETWORK_RETRY = dict(num_retries=3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="300s")
 
 
@@ -41,6 +55,23 @@ class PipelineOptions:
     gpu_node_selector: tuple[str, str] | None = ("nvidia.com/gpu.present", "true")
     gpu_toleration_key: str | None = "nvidia.com/gpu"
     data_connection: str = DATA_CONNECTION  # the OpenShift AI data connection secret every S3 step mounts
+    backend: str = "2.0.5"  # the oldest KFP backend (BACKENDS) the compiled file must run on
+    final_status: bool = False  # the exit handler reads the run's final status: KFP 2.14+ only
+
+    def check(self) -> None:
+        """A feature the target backend refuses is a compile error naming both."""
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown KFP backend {self.backend!r}: one of {', '.join(BACKENDS)}")
+        if self.final_status and _older(self.backend, "2.14"):
+            raise ConfigError(
+                f"the exit handler's final status (dsl.PipelineTaskFinalStatus) needs a KFP 2.14+ backend "
+                f"({BACKENDS['2.14']}); KFP {self.backend} ({BACKENDS[self.backend]}) refuses it when a run "
+                "is created ('task final status not supported yet'): compile with backend 2.14, or without it"
+            )
+
+
+def _older(version: str, than: str) -> bool:
+    return tuple(int(p) for p in version.split(".")) < tuple(int(p) for p in than.split("."))
 
 
 def _resources(task, cpu: str, memory: str, cpu_limit: str, memory_limit: str):
@@ -114,6 +145,7 @@ def _deploy_and_verify(
 
 
 def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
+    options.check()
     c = make_components(options.image, options.validate_image)
 
     @dsl.pipeline(
@@ -143,6 +175,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         score_smoothing: int = -1,
         threshold: str = "",
         fit_labelled_anomalies: bool = False,
+        fixed_engine: bool = False,
         min_roc_auc: float = 0.80,
         min_pr_auc: float = 0.30,
         max_single_row_p99_ms: float = 100.0,
@@ -157,13 +190,17 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         isvc_name: str = "anomaly-detector",
         namespace: str = "",
         runtime: str = "custom",
-        deployment_mode: str = "Serverless",
+        deployment_mode: str = "RawDeployment",
         canary_traffic_percent: int = 10,
         verify_requests: int = 200,
         slo_p99_ms: float = 100.0,
         use_service_account_token: bool = False,
     ):
-        summary = c["pipeline_summary"](model_name=model_name).set_display_name("summary")
+        if options.final_status:
+            summary = c["pipeline_final_status"](model_name=model_name)
+        else:
+            summary = c["pipeline_summary"](model_name=model_name, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
+        summary.set_display_name("summary")
         summary.set_caching_options(False)
         _resources(summary, "100m", "128Mi", "250m", "256Mi")
         with dsl.ExitHandler(summary, name="retraining"):
@@ -200,6 +237,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 score_smoothing=score_smoothing,
                 threshold=threshold,
                 fit_labelled_anomalies=fit_labelled_anomalies,
+                fixed_engine=fixed_engine,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ).set_display_name("train")
             _resources(trained, "1", "2Gi", "2", "8Gi")
@@ -266,7 +304,7 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
         isvc_name: str = "anomaly-detector",
         namespace: str = "",
         runtime: str = "custom",
-        deployment_mode: str = "Serverless",
+        deployment_mode: str = "RawDeployment",
         canary_traffic_percent: int = 10,
         verify_requests: int = 200,
         slo_p99_ms: float = 100.0,
@@ -314,8 +352,14 @@ def build_rollback_pipeline(options: PipelineOptions = PipelineOptions()):
     return rollback
 
 
+def build_training_final_status_pipeline(options: PipelineOptions = PipelineOptions()):
+    """The training pipeline whose summary reads the run's final status (KFP 2.14+)."""
+    return build_training_pipeline(replace(options, backend="2.14", final_status=True))
+
+
 PIPELINES = {
     "training": build_training_pipeline,
+    "training-final-status": build_training_final_status_pipeline,
     "deploy-only": build_deploy_pipeline,
     "rollback": build_rollback_pipeline,
 }

@@ -8,9 +8,18 @@ bodies (object vs. missing CRD), 401 without the bearer token, 403 for namespace
 caller may not write. Every write is validated as the cluster would: 422 with field paths
 against the real InferenceService CRD schema (crd_schema.py), then KServe's validating
 webhook rules (400): a predictor is a model or containers, not both; scale metrics by
-deployment mode; deploymentMode never changes. A scripted controller writes status
-(deploymentMode included) when the object is read, the way a KServe controller would
-reconcile between polls.
+deployment mode; deploymentMode never changes. With ``kserve_017`` the mutating webhook of
+KServe 0.17+ (OpenShift AI 3.4+) renames RawDeployment to Standard and Serverless to Knative
+before anything is stored (inference_service_defaults.go).
+
+A scripted controller writes status (deploymentMode included) when the object is read, the
+way a KServe controller would reconcile between polls. Its Serverless traffic follows KServe's
+ksvc_reconciler.go: with ``canaryTrafficPercent`` and a rolled-out revision, the latest
+revision gets that share and the last rolled-out one (tag ``prev``, with its own URL) the rest;
+the latest gets the tag ``latest`` and its own URL only with the annotation
+``serving.kserve.io/enable-tag-routing: "true"``. Without Knative (``knative=False``) a
+Serverless InferenceService gets no condition, only a ``ServerlessModeRejected`` event
+(controller.go), listed under /api/v1/namespaces/<ns>/events.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import threading
 import crd_schema
 from fake_http import JsonFakeServer
 
+EVENTS_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/events(?:\?(.*))?$")
 PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?/?(?:\?.*)?$")
 
 
@@ -37,28 +47,89 @@ def merge_patch(target, patch):
     return result
 
 
-def ready_controller(reads_until_ready: int = 1):
-    """Marks the current generation Ready after N reads; revisions count generations."""
+KNATIVE_MODES = ("Serverless", "Knative")
 
-    def reconcile(obj: dict, reads: int) -> dict | None:
-        if reads < reads_until_ready:
+
+class ready_controller:  # noqa: N801 - used like the factory functions beside it
+    """Marks the current generation Ready after N reads; revisions count generations.
+
+    ``urls`` maps "service" and revision names to the URLs status reports (default: made-up
+    hosts), so a test can put real servers behind them."""
+
+    def __init__(self, reads_until_ready: int = 1, default_mode: str = "Serverless", knative: bool = True):
+        self.reads_until_ready = reads_until_ready
+        self.default_mode = default_mode
+        self.knative = knative
+        self.urls: dict[str, str] = {}
+        self.rolled_out: dict[tuple[str, str], str] = {}  # (namespace, name) -> last rolled-out revision
+        self.events: list[dict] = []
+
+    def __call__(self, obj: dict, reads: int) -> dict | None:
+        meta = obj["metadata"]
+        name, namespace, generation = meta["name"], meta["namespace"], meta["generation"]
+        annotations = meta.get("annotations") or {}
+        mode = annotations.get("serving.kserve.io/deploymentMode", self.default_mode)
+        if mode in KNATIVE_MODES and not self.knative:
+            event = {
+                "metadata": {"name": f"{name}.{generation}", "namespace": namespace},
+                "involvedObject": {
+                    "kind": "InferenceService",
+                    "name": name,
+                    "namespace": namespace,
+                    "uid": meta["uid"],
+                },
+                "reason": "ServerlessModeRejected",
+                "message": "It is not possible to use Knative deployment mode when Knative Services are not available",
+                "type": "Warning",
+            }
+            if event not in self.events:
+                self.events.append(event)
+            return {"deploymentMode": mode}  # updateStatus: no condition
+        if reads < self.reads_until_ready:
             return None
-        name, generation = obj["metadata"]["name"], obj["metadata"]["generation"]
-        mode = (obj["metadata"].get("annotations") or {}).get("serving.kserve.io/deploymentMode", "Serverless")
+        latest = f"{name}-predictor-{generation:05d}"
+        service_url = self.urls.get("service", f"https://{name}-{namespace}.apps.example.test")
+        predictor_status = {"latestCreatedRevision": latest, "latestReadyRevision": latest}
+        if mode in KNATIVE_MODES:
+            predictor_status["traffic"] = self._traffic(obj, latest)
         return {
             "observedGeneration": generation,
             "deploymentMode": mode,
-            "url": f"https://{name}-{obj['metadata']['namespace']}.apps.example.test",
+            "url": service_url,
             "conditions": [{"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}],
-            "components": {
-                "predictor": {
-                    "latestCreatedRevision": f"{name}-predictor-{generation:05d}",
-                    "latestReadyRevision": f"{name}-predictor-{generation:05d}",
-                }
-            },
+            "components": {"predictor": predictor_status},
         }
 
-    return reconcile
+    def _traffic(self, obj: dict, latest: str) -> list[dict]:
+        meta = obj["metadata"]
+        key = (meta["namespace"], meta["name"])
+        tagged = (meta.get("annotations") or {}).get("serving.kserve.io/enable-tag-routing") == "true"
+        canary = obj["spec"]["predictor"].get("canaryTrafficPercent")
+        previous = self.rolled_out.get(key)
+        latest_target = {"latestRevision": True, "revisionName": latest}
+        if tagged:
+            latest_target.update(tag="latest", url=self.urls.get(latest, f"http://latest-{meta['name']}.example.test"))
+        if canary is not None and previous:
+            targets = [{**latest_target, "percent": canary}]
+            if canary < 100:
+                url = self.urls.get(previous, f"http://prev-{meta['name']}.example.test")
+                targets.append(
+                    {
+                        "revisionName": previous,
+                        "latestRevision": False,
+                        "percent": 100 - canary,
+                        "tag": "prev",
+                        "url": url,
+                    }
+                )
+            return targets
+        self.rolled_out[key] = latest
+        return [{**latest_target, "percent": 100}]
+
+    def split(self, namespace: str, name: str, obj: dict) -> list[tuple[str, int]]:
+        """(revision, percent) of the service URL's traffic now."""
+        status = (obj.get("status") or {}).get("components", {}).get("predictor", {})
+        return [(t["revisionName"], t["percent"]) for t in status.get("traffic", [])]
 
 
 def failing_controller(reason: str):
@@ -86,6 +157,7 @@ class FakeKubeAPI(JsonFakeServer):
         self.inject_conflicts = 0  # the next N writes meet a concurrent writer
         self.requests: list[tuple[str, str, dict | None]] = []
         self.delay_s = 0.0  # answer this late (a hung API server)
+        self.kserve_017 = False  # the mutating webhook renames RawDeployment/Serverless
         self._rv = 1000
         self._lock = threading.Lock()
         super().__init__()
@@ -112,6 +184,9 @@ class FakeKubeAPI(JsonFakeServer):
             time.sleep(self.delay_s)
         if headers.get("Authorization") != f"Bearer {self.token}":
             return 401, status(401, "Unauthorized", "Unauthorized")
+        events = EVENTS_PATH.match(path)
+        if events and method == "GET":
+            return self._events(events.group(1), events.group(2) or "")
         match = PATH.match(path)
         if not self.crd_installed or not match:
             return 404, status(404, "NotFound", "the server could not find the requested resource")
@@ -133,6 +208,20 @@ class FakeKubeAPI(JsonFakeServer):
             if method == "PATCH" and name:
                 return self._patch(namespace, name, body, headers.get("Content-Type", ""))
         return 405, status(405, "MethodNotAllowed", f"{method} not supported by the fake")
+
+    def _events(self, namespace: str, query: str):
+        from urllib.parse import parse_qs
+
+        selector = dict(
+            part.split("=", 1) for part in (parse_qs(query).get("fieldSelector") or [""])[0].split(",") if "=" in part
+        )
+        items = []
+        for event in getattr(self.controller, "events", []):
+            involved = event["involvedObject"]
+            fields = {f"involvedObject.{k}": v for k, v in involved.items()}
+            if event["metadata"]["namespace"] == namespace and all(fields.get(k) == v for k, v in selector.items()):
+                items.append(event)
+        return 200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}
 
     def _get(self, namespace, name):
         key = (namespace, name)
@@ -156,12 +245,25 @@ class FakeKubeAPI(JsonFakeServer):
             self.inject_conflicts -= 1
             self.objects[key] = self._new(namespace, body)
             return 409, status(409, "AlreadyExists", f'inferenceservices.serving.kserve.io "{name}" already exists')
+        body = self._mutate(body)
         refused = admission(body)
         if refused:
             return refused
         obj = self._new(namespace, body)
         self.objects[key] = obj
         return 201, copy.deepcopy(obj)
+
+    def _mutate(self, obj: dict) -> dict:
+        """KServe's mutating webhook: 0.17+ normalizes the deprecated mode names."""
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        mode = annotations.get("serving.kserve.io/deploymentMode")
+        if self.kserve_017 and mode in ("RawDeployment", "Serverless"):
+            obj = copy.deepcopy(obj)
+            obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = {
+                "RawDeployment": "Standard",
+                "Serverless": "Knative",
+            }[mode]
+        return obj
 
     def _new(self, namespace, body):
         obj = copy.deepcopy(body)
@@ -194,7 +296,7 @@ class FakeKubeAPI(JsonFakeServer):
                 f'Operation cannot be fulfilled on inferenceservices.serving.kserve.io "{name}": '
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
-        patched = merge_patch(current, body)
+        patched = self._mutate(merge_patch(current, body))
         refused = admission(patched, current)
         if refused:
             return refused
@@ -242,7 +344,7 @@ def webhook_reason(obj: dict, old: dict | None) -> str | None:
     recorded = ((old or {}).get("status") or {}).get("deploymentMode")
     if recorded and mode and mode != recorded:
         return f"update rejected: deploymentMode cannot be changed from '{recorded}' to '{mode}'"
-    raw = mode == "RawDeployment"
+    raw = mode in ("RawDeployment", "Standard")
     metric = predictor.get("scaleMetric") or ("cpu" if raw else "concurrency")
     if metric not in (("cpu", "memory") if raw else ("concurrency", "rps")):
         return f"[{metric}] is not a supported metric"

@@ -44,6 +44,7 @@ def spec(version="v1", **overrides):
         storage_key="aws-connection-models",
         storage_path=f"anomaly-detector/{version}/",
         model_version=version,
+        deployment_mode="Serverless",  # most tests here are about canaries; the default is RawDeployment
     )
     values.update(overrides)
     return DeploySpec(**values)
@@ -87,7 +88,11 @@ def test_built_object_for_custom_and_sklearn_runtimes():
         (dict(name="a" * 37), "at most 36"),
         (dict(name="Anomaly"), "DNS-1035"),
         (dict(storage_uri="s3://x/y"), "either storage_key"),
-        (dict(deployment_mode="Knative"), "Serverless or RawDeployment"),
+        (
+            dict(deployment_mode="ModelMesh"),
+            r"unknown deployment mode 'ModelMesh': one of RawDeployment \(also spelled Standard\)",
+        ),
+        (dict(deployment_mode="raw"), "unknown deployment mode 'raw'"),
         (dict(canary_traffic_percent=120), "0-100"),
         (dict(cpu_request="lots"), "cpu-request 'lots' is not a Kubernetes quantity"),
         # KServe's webhook: HPA metrics for RawDeployment, Knative's for Serverless, in its words.
@@ -329,10 +334,12 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path, windowed, model_dir):
         )
     )
     common = ["--namespace", NS, "--kubeconfig", str(kubeconfig)]
+    serverless = ["--mode", "Serverless"]  # canaries; the default is RawDeployment
     out = json.loads(
         run(
             "deploy",
             *common,
+            *serverless,
             "--storage-key",
             "aws-connection-models",
             "--storage-path",
@@ -345,6 +352,7 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path, windowed, model_dir):
     run(
         "deploy",
         *common,
+        *serverless,
         "--storage-key",
         "aws-connection-models",
         "--storage-path",
@@ -357,7 +365,15 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path, windowed, model_dir):
     assert stored(fake)["spec"]["predictor"]["canaryTrafficPercent"] == 25
     # The upstream sklearn runtime scores rows alone: a windowed, smoothed model is refused
     # before anything is sent; a row-wise one goes out.
-    v3 = ["--runtime", "sklearn", "--storage-key", "aws-connection-models", "--storage-path", "anomaly-detector/v3/"]
+    v3 = [
+        *serverless,
+        "--runtime",
+        "sklearn",
+        "--storage-key",
+        "aws-connection-models",
+        "--storage-path",
+        "anomaly-detector/v3/",
+    ]
     before = stored(fake)
     refused = run("deploy", *common, *v3, "--model-dir", str(windowed[0].model_dir), check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
@@ -427,3 +443,143 @@ def test_a_schema_refusal_reaches_the_user_as_one_line(fake, isvc_client, monkey
     monkeypatch.setattr(DeploySpec, "check", lambda self: None)
     with pytest.raises(DeployError, match=r"422 .*spec.predictor.model.resources.requests.cpu: Invalid value"):
         isvc_client.apply(spec("v1", cpu_request="lots"))
+
+
+# --------------------------------------------------------------------------- platform rules
+# KServe 0.17+ (opendatahub-io/kserve odh-v3.4+): pkg/apis/serving/v1beta1/inference_service_defaults.go
+# DefaultInferenceService rewrites RawDeployment -> Standard, Serverless -> Knative
+# (pkg/constants/constants.go: "deprecated: use Standard/Knative").
+
+
+def test_the_default_mode_is_raw_deployment():
+    assert DeploySpec("x", NS, storage_uri="s3://b/x/v1/").deployment_mode == "RawDeployment"
+    built = build_inference_service(DeploySpec("x", NS, storage_uri="s3://b/x/v1/"))
+    assert built["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert "serving.kserve.io/enable-tag-routing" not in built["metadata"]["annotations"]
+    for spelling, canonical in [("Standard", "RawDeployment"), ("Knative", "Serverless")]:
+        assert DeploySpec("x", NS, storage_uri="s3://b/x/v1/", deployment_mode=spelling).deployment_mode == canonical
+
+
+@pytest.mark.parametrize("mode", ["RawDeployment", "Serverless"])
+def test_a_service_the_kserve_017_webhook_renamed_is_still_ours(fake, isvc_client, mode):
+    fake.kserve_017 = True
+    deploy(spec("v1", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+    renamed = {"RawDeployment": "Standard", "Serverless": "Knative"}[mode]
+    assert stored(fake)["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == renamed
+    again = deploy(spec("v1", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+    assert again.action == "unchanged"
+    updated = deploy(spec("v2", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+    assert updated.action == "updated"
+    done = isvc_client.rollback("anomaly-detector", NS)
+    predictor = stored(fake)["spec"]["predictor"]
+    if mode == "RawDeployment":  # no canary field there: the previous predictor comes back
+        assert done.startswith("restored the previous predictor")
+        assert predictor["model"]["storage"]["path"] == "anomaly-detector/v1/"
+        assert "canaryTrafficPercent" not in predictor
+        assert stored(fake)["metadata"]["annotations"]["anomaly-mlops.io/model-version"] == "v1"
+    else:
+        assert predictor["canaryTrafficPercent"] == 0
+
+
+def test_a_standard_service_refuses_a_serverless_deploy_by_either_name(fake, isvc_client):
+    fake.kserve_017 = True
+    deploy(spec("v1", deployment_mode="RawDeployment"), isvc_client, timeout_s=5, poll_s=0.01)
+    with pytest.raises(DeployError, match="runs as RawDeployment; KServe refuses the change"):
+        deploy(spec("v2", deployment_mode="Knative"), isvc_client, timeout_s=5, poll_s=0.01)
+
+
+def test_raw_rollback_never_reports_success_without_a_change(fake, isvc_client):
+    deploy(spec("v1", deployment_mode="RawDeployment"), isvc_client, timeout_s=5, poll_s=0.01)
+    with pytest.raises(DeployError, match="nothing to roll back to"):
+        isvc_client.rollback("anomaly-detector", NS)
+    deploy(spec("v2", deployment_mode="RawDeployment"), isvc_client, timeout_s=5, poll_s=0.01)
+    isvc_client.rollback("anomaly-detector", NS)
+    assert stored(fake)["spec"]["predictor"]["model"]["storage"]["path"] == "anomaly-detector/v1/"
+    with pytest.raises(DeployError, match="nothing to roll back to"):
+        isvc_client.rollback("anomaly-detector", NS)
+
+
+def test_serverless_without_knative_fails_fast_on_the_event(fake, isvc_client):
+    """OpenShift AI 3.x without Knative: only a ServerlessModeRejected event, no condition
+    (opendatahub-io/kserve pkg/controller/v1beta1/inferenceservice/controller.go l.250-256)."""
+    fake.controller = ready_controller(knative=False)
+    started = time.monotonic()
+    with pytest.raises(DeployError, match="ServerlessModeRejected: It is not possible to use Knative"):
+        deploy(spec("v1", deployment_mode="Serverless"), isvc_client, timeout_s=60, poll_s=0.01)
+    assert time.monotonic() - started < 10
+
+
+def test_a_terminal_event_of_another_object_does_not_stop_the_wait(fake, isvc_client):
+    fake.controller = ready_controller()
+    fake.controller.events.append(
+        {
+            "metadata": {"name": "other.1", "namespace": NS},
+            "involvedObject": {"kind": "InferenceService", "name": "other", "namespace": NS, "uid": "uid-x"},
+            "reason": "ServerlessModeRejected",
+            "message": "not ours",
+            "type": "Warning",
+        }
+    )
+    assert deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01).action == "created"
+
+
+def _other_controllers_write(fake):
+    """TrustyAI's logger, the Model Registry controller's labels and finalizer."""
+    obj = stored(fake)
+    obj["spec"]["predictor"]["logger"] = {"mode": "all", "url": "http://trustyai-service.anomaly.svc/consumer"}
+    obj["metadata"]["labels"]["modelregistry.kubeflow.org/registered-model-id"] = "7"
+    obj["metadata"]["finalizers"] = ["modelregistry.kubeflow.org/finalizer"]
+
+
+def _still_there(fake):
+    obj = stored(fake)
+    assert obj["spec"]["predictor"]["logger"]["url"] == "http://trustyai-service.anomaly.svc/consumer"
+    assert obj["metadata"]["labels"]["modelregistry.kubeflow.org/registered-model-id"] == "7"
+    assert obj["metadata"]["finalizers"] == ["modelregistry.kubeflow.org/finalizer"]
+
+
+@pytest.mark.parametrize("mode", ["RawDeployment", "Serverless"])
+def test_fields_other_controllers_write_survive_deploy_promote_and_rollback(fake, isvc_client, mode):
+    deploy(spec("v1", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+    _other_controllers_write(fake)
+    assert deploy(spec("v1", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01).action == "unchanged"
+    deploy(spec("v2", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+    _still_there(fake)
+    if mode == "Serverless":
+        isvc_client.promote("anomaly-detector", NS)
+        _still_there(fake)
+        deploy(spec("v3", deployment_mode=mode), isvc_client, timeout_s=5, poll_s=0.01)
+    isvc_client.rollback("anomaly-detector", NS)
+    _still_there(fake)
+
+
+def test_fields_we_no_longer_set_are_removed(fake, isvc_client):
+    deploy(spec("v1", scale_target=5, scale_metric="concurrency", logger_url="http://ours"), isvc_client, 5, 0.01)
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    predictor = stored(fake)["spec"]["predictor"]
+    assert "scaleTarget" not in predictor and "scaleMetric" not in predictor and "logger" not in predictor
+
+
+def test_a_canary_is_verified_at_its_own_url(fake, isvc_client):
+    deploy(spec("v1"), isvc_client, timeout_s=5, poll_s=0.01)
+    result = deploy(spec("v2", canary_traffic_percent=10), isvc_client, timeout_s=5, poll_s=0.01)
+    assert result.canary and result.url == "https://anomaly-detector-anomaly.apps.example.test"
+    assert result.candidate_url == "http://latest-anomaly-detector.example.test"
+    annotations = stored(fake)["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/enable-tag-routing"] == "true"
+
+
+def test_a_canary_without_tag_routing_has_no_candidate_url():
+    from anomaly_mlops.deploy import candidate_url
+
+    isvc = {
+        "metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Serverless"}},
+        "spec": {"predictor": {"canaryTrafficPercent": 10}},
+        "status": {
+            "url": "http://split",
+            "components": {"predictor": {"traffic": [{"latestRevision": True, "percent": 10}, {"tag": "prev"}]}},
+        },
+    }
+    assert candidate_url(isvc) is None
+    isvc["spec"]["predictor"].pop("canaryTrafficPercent")
+    assert candidate_url(isvc) == "http://split"

@@ -18,7 +18,14 @@ from anomaly_mlops.errors import DataError
 from anomaly_mlops.local_services import model_server
 from anomaly_mlops.prometheus import PrometheusClient, time_grid
 from anomaly_mlops.schema import FeatureSchema
-from anomaly_mlops.self_healing import BASE_METRICS, FEATURES, engine_features, fetch_platform_frame
+from anomaly_mlops.self_healing import (
+    BASE_METRICS,
+    ENGINE_DEFAULT_ROW,
+    FEATURES,
+    engine_features,
+    engine_request_rows,
+    fetch_platform_frame,
+)
 
 from conftest import running_prometheus
 
@@ -222,25 +229,9 @@ def platform_model(platform_data, tmp_path_factory):
     ).model_dir
 
 
-def _engine_row(rng, inject: str | None = None) -> list[float]:
-    """The last row of 15 minutes of ordinary midday metrics, as the engine would build it,
-    optionally with an incident in the final minutes."""
-    minutes = 15
-    base = np.column_stack(
-        [
-            0.42 + rng.normal(0, 0.02, minutes),
-            0.53 + rng.normal(0, 0.01, minutes),
-            0.3 + rng.normal(0, 0.01, minutes),
-            0.45 + rng.normal(0, 0.01, minutes),
-            np.full(minutes, 2.0),
-        ]
-    )
-    if inject == "cpu_runaway":  # a pod at ten times its usual cores
-        base[-3:, 2] += 3.0
-        base[-3:, 0] += 0.3
-    elif inject == "node_memory_pressure":
-        base[-6:, 1] += 0.35  # the node at ~88% memory
-    return engine_features(base)[-1].tolist()
+def _engine_row(rng, inject: str | None = None, scoped: bool = False) -> list[float]:
+    """One row as the engine really sends it (self_healing.engine_request_rows)."""
+    return engine_request_rows(rng, 1, inject, scoped)[0].tolist()
 
 
 def _engine_predict(url: str, row: list[float]) -> int:
@@ -254,34 +245,73 @@ def _engine_predict(url: str, row: list[float]) -> int:
     return predictions[0]
 
 
+def flagged(answers: list[int]) -> float:
+    return answers.count(-1) / len(answers)
+
+
 @pytest.mark.parametrize("server", ["lean", "kserve"])
-def test_the_engine_gets_minus_one_for_incidents_and_one_for_ordinary_rows(platform_model, tmp_path, server):
+def test_the_engine_contract_on_what_the_engine_really_sends(platform_model, tmp_path, server):
+    """Ordinary rows (lag fallback; scoped: node defaults) flagged at most 5%, the all-default
+    row (Prometheus down) answered 1 and counted on /metrics, injected incidents caught."""
     rng = np.random.default_rng(11)
     with model_server(
         "anomaly-detector", str(platform_model), log_path=tmp_path / "log", extra_args=("--server", server)
     ) as url:
         health = requests.get(f"{url}/v1/models/anomaly-detector", timeout=5)
         assert health.status_code == 200 and health.json()["ready"] is True
-        ordinary = [_engine_predict(url, _engine_row(rng)) for _ in range(20)]
+        ordinary = [_engine_predict(url, _engine_row(rng)) for _ in range(100)]
+        ordinary_scoped = [_engine_predict(url, _engine_row(rng, scoped=True)) for _ in range(100)]
         incidents = {
-            kind: [_engine_predict(url, _engine_row(rng, kind)) for _ in range(5)]
-            for kind in ("cpu_runaway", "node_memory_pressure")
+            (kind, scoped): [_engine_predict(url, _engine_row(rng, kind, scoped)) for _ in range(8)]
+            for kind, scoped in [("cpu_runaway", False), ("cpu_runaway", True), ("node_memory_pressure", False)]
         }
+        all_defaults = [_engine_predict(url, ENGINE_DEFAULT_ROW.tolist()) for _ in range(3)]
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
         wrong_length = {
             n: requests.post(f"{url}/v1/models/anomaly-detector:predict", json={"instances": [[0.5] * n]}, timeout=10)
             for n in (44, 46)
         }
-    assert ordinary == [1] * 20
-    assert incidents["cpu_runaway"] == [-1] * 5
-    # Node memory pressure scores 0.555-0.579 against a threshold of 0.524 on this model
-    # (0.560-0.582 against 0.561 with the old in-sample threshold); the forest's score
-    # saturates once a value leaves the training range, so the margin stays small.
-    assert incidents["node_memory_pressure"].count(-1) >= 4
+    assert flagged(ordinary) <= 0.05 and flagged(ordinary_scoped) <= 0.05, (ordinary, ordinary_scoped)
+    for case, answers in incidents.items():
+        assert flagged(answers) >= 0.75, (case, answers)
+    assert all_defaults == [1, 1, 1]
+    assert 'anomaly_detector_engine_default_rows_total{model="anomaly-detector"} 3.0' in metrics
     for n, response in wrong_length.items():
         assert response.status_code == 400
         assert (
             f"has {n} values; the model expects 45 features (schema self-healing-platform" in response.json()["error"]
         )
+
+
+def test_a_model_trained_on_the_features_as_computed_alarms_on_scoped_requests(platform_data, platform_model, tmp_path):
+    """--fixed-engine (how every model of this schema was trained before) flags most ordinary
+    scoped rows: the engine's node defaults are far from any node row it was fitted on."""
+    from anomaly_mlops.artifacts import load_model_dir
+    from anomaly_mlops.train import TrainParams, train
+
+    fixed = train(
+        str(platform_data / "train.parquet"),
+        tmp_path / "fixed",
+        TrainParams(seed=3, fixed_engine=True),
+        FeatureSchema.parse("self-healing-platform"),
+    )
+    assert fixed.metadata["engine_features"] == "as computed" and "engine_scoped_offset" not in fixed.metadata
+    rng = np.random.default_rng(5)
+    scoped = np.array([_engine_row(rng, scoped=True) for _ in range(50)])
+    assert flagged(load_model_dir(fixed.model_dir).score(scoped)[0].tolist()) > 0.5
+    ours = load_model_dir(platform_model)
+    assert ours.metadata["engine_features"] == "engine fallbacks" and ours.engine_scoped_offset > 0
+    assert flagged(ours.score(scoped)[0].tolist()) <= 0.05
+
+
+def test_the_sklearn_runtime_is_refused_for_the_scoped_threshold(platform_model):
+    from anomaly_mlops.deploy import check_runtime_serves
+    from anomaly_mlops.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="its own threshold for the platform engine's scoped requests.*--fixed-engine"
+    ):
+        check_runtime_serves("sklearn", platform_model)
 
 
 # --------------------------------------------------------------------------- placement and ownership

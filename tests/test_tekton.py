@@ -222,6 +222,7 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
     work.mkdir()
     cloned = run_task("anomaly-git-clone", {"repo-url": str(ROOT), "revision": "HEAD"}, work, {})
     assert re.fullmatch(r"[0-9a-f]{40}", cloned["commit"])
+    assert (work / "commit").read_text() == cloned["commit"]  # what the build step checks, without git
     assert (work / "src" / "pipelines" / "compiled" / "training.yaml").exists()
 
     data = run_task("anomaly-data", {"rows": "10080"}, work, s3_env)
@@ -263,18 +264,29 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
     try:
         first = run_task(
             "anomaly-deploy",
-            {"namespace": "ns", "storage-path": published["storage-path"], "model-version": published["version"]},
+            {
+                "namespace": "ns",
+                "storage-path": published["storage-path"],
+                "model-version": published["version"],
+                "mode": "Serverless",
+            },
             work,
             kube_env,
         )
         assert first["canary"] == "false" and first["url"].startswith("https://")
         second = run_task(
             "anomaly-deploy",
-            {"namespace": "ns", "storage-path": "anomaly-detector/tekton-v2/", "model-version": "tekton-v2"},
+            {
+                "namespace": "ns",
+                "storage-path": "anomaly-detector/tekton-v2/",
+                "model-version": "tekton-v2",
+                "mode": "Serverless",
+            },
             work,
             kube_env,
         )
         assert second["canary"] == "true"
+        assert second["url"] == "http://latest-anomaly-detector.example.test"  # the canary's own URL
         # The ISVC URL exists only in the fake; verify talks to a real local model server.
         with model_server("anomaly-detector", str(work / "model"), log_path=tmp_path / "server.log") as url:
             run_task(

@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ import numpy as np
 from .errors import ArtifactError
 from .features import FeatureTransform, smooth_by_entity
 from .schema import FeatureSchema
+from .self_healing import is_engine_scoped_row
 
 MODEL_FILE = "model.joblib"
 SAFE_MODEL_FILE = "model.skops"
@@ -174,11 +176,22 @@ class LoadedModel:
         computed from what there is, and marked incomplete."""
         return max(self.transform.window - 1, 0) + self.smoothing - 1
 
+    @cached_property
+    def engine_scoped_offset(self) -> float:
+        """What a row-wise self-healing-platform model adds to the score of a scoped request's
+        row (node metrics at the engine's defaults): train.engine_scoped_offset."""
+        return float(self.metadata.get("engine_scoped_offset") or 0.0)
+
     def raw_scores(self, features: np.ndarray) -> np.ndarray:
-        """The forest's anomaly scores of transformed rows: the negated sklearn ``score_samples``."""
+        """The forest's anomaly scores of transformed rows: the negated sklearn ``score_samples``
+        (a scoped request's rows shifted by ``engine_scoped_offset``)."""
         if self.fast is not None and (len(features) <= FAST_SCORING_MAX_ROWS or self.pipeline is None):
-            return self.fast.anomaly_scores(features)
-        return -self.pipeline.score_samples(features)
+            scores = self.fast.anomaly_scores(features)
+        else:
+            scores = -self.pipeline.score_samples(features)
+        if self.engine_scoped_offset:
+            scores = scores + self.engine_scoped_offset * is_engine_scoped_row(features)
+        return scores
 
     def anomaly_scores(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
         """Higher is more anomalous. Rows are metrics in schema order; the rows of each
@@ -217,6 +230,9 @@ def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransfo
         threshold = float(metadata["threshold"])
         if smoothing < 1:
             raise ValueError(f"score_smoothing.rows must be >= 1, got {smoothing}")
+        offset = metadata.get("engine_scoped_offset")
+        if offset is not None and not (isinstance(offset, int | float) and np.isfinite(offset) and len(schema) == 45):
+            raise ValueError(f"engine_scoped_offset must be a finite number on the 45-feature schema, got {offset!r}")
         if transform.basis is not None and len(transform.basis.center) != len(schema):
             raise ValueError(
                 f"its metric basis is over {len(transform.basis.center)} metrics, the schema has {len(schema)}"

@@ -165,6 +165,12 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "training data, those rows are left out of both)",
     )
     parser.add_argument(
+        "--fixed-engine",
+        action="store_true",
+        help="self-healing-platform schema: train on the features as computed, for an engine whose lag queries "
+        "work (default: on what the engine sends, lags = value and node defaults in scoped requests)",
+    )
+    parser.add_argument(
         "--sample-interval",
         type=float,
         default=d.sample_interval_s,
@@ -215,6 +221,7 @@ def _train_params(args):
         metric_basis=None if args.metric_basis == "default" else args.metric_basis,
         pot_risk=args.pot_risk,
         fit_labelled_anomalies=args.fit_labelled_anomalies,
+        fixed_engine=args.fixed_engine,
         sample_interval_s=args.sample_interval,
     )
 
@@ -430,7 +437,7 @@ def cmd_deploy(args) -> dict:
         storage_path=args.storage_path,
         storage_uri=args.storage_uri,
         model_version=args.model_version,
-        deployment_mode=args.mode or profile.get("deployment_mode", "Serverless"),
+        deployment_mode=args.mode or profile.get("deployment_mode", "RawDeployment"),
         take_over=args.take_over,
         canary_traffic_percent=None if args.canary_percent < 0 else args.canary_percent,
         min_replicas=args.min_replicas,
@@ -496,6 +503,8 @@ def _pipeline_options(args):
         gpu_node_selector=selector,
         gpu_toleration_key=args.gpu_toleration_key or None,
         data_connection=args.data_connection,
+        backend=args.backend,
+        final_status=args.final_status,
     )
 
 
@@ -828,7 +837,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="alternative to --storage-key/--storage-path: s3://bucket/prefix/ or pvc://<claim>/<path>/",
     )
     p.add_argument("--model-version")
-    p.add_argument("--mode", choices=["Serverless", "RawDeployment"], help="default: Serverless (or the profile's)")
+    p.add_argument(
+        "--mode",
+        choices=["RawDeployment", "Standard", "Serverless", "Knative"],
+        help="default: RawDeployment (or the profile's); Standard and Knative are KServe 0.17+'s names for "
+        "RawDeployment and Serverless",
+    )
     p.add_argument(
         "--canary-percent",
         type=int,
@@ -917,6 +931,19 @@ def build_parser() -> argparse.ArgumentParser:
         default="aws-connection-models",
         help="the data connection secret the S3 steps mount (a constant in the IR: the oldest "
         "supported backends cannot take a secret name from a run parameter)",
+    )
+    p.add_argument(
+        "--backend",
+        default="2.0.5",
+        choices=["2.0.5", "2.2.0", "2.4.0", "2.5.0", "2.14"],
+        help="the oldest KFP backend the files must run on (2.0.5: DSP 2.0-2.6 ... 2.5.0: OpenShift AI 2.x; "
+        "2.14: OpenShift AI 3.x); a feature it refuses is a compile error",
+    )
+    p.add_argument(
+        "--final-status",
+        action="store_true",
+        help="training.yaml's exit handler reads the run's final status (needs --backend 2.14; "
+        "training-final-status.yaml always does)",
     )
     p.add_argument("--check", action="store_true", help="fail if the committed files differ from a fresh compile")
     p.set_defaults(func=cmd_compile)

@@ -3,8 +3,12 @@ InferenceService, wait until it is Ready, and promote or roll back a rollout.
 
 - Update is get, then create or JSON-merge-patch carrying the resourceVersion read, so a
   concurrent writer yields 409 and we read and try again (bounded).
+- Modes: ``RawDeployment`` (KServe 0.17+ / OpenShift AI 3.4+ rename it ``Standard``) is the
+  default; ``Serverless`` (``Knative``) on request. Both spellings name one mode wherever a
+  mode is read or compared; we write the older spelling, which every KServe accepts.
 - Serverless: a new model on a live service goes out as a canary
-  (``canaryTrafficPercent``); promote removes the field (100% to the latest revision),
+  (``canaryTrafficPercent``) with tag routing on, so the candidate revision has its own URL
+  (``latest-…``) for verification; promote removes the field (100% to the latest revision),
   rollback pins traffic to the previous revision (``canaryTrafficPercent: 0``).
 - RawDeployment has no revisions: the predictor being replaced is kept whole in the
   annotation ``anomaly-mlops.io/previous-predictor`` (its storage path and model version
@@ -14,8 +18,13 @@ InferenceService, wait until it is Ready, and promote or roll back a rollout.
   that tool would revert us. Taking over removes its tracking marks.
 - Converting a ``containers:`` predictor (the Self-Healing Platform's today) to a ``model:``
   one clears ``containers`` and ``volumes``: KServe refuses a predictor with both forms.
+- Other controllers write into the InferenceService (TrustyAI's ``predictor.logger``, the Model
+  Registry's labels and finalizer): an update changes only the predictor fields this step set
+  (recorded in ``anomaly-mlops.io/owned-predictor-fields``), never theirs.
 - Ready means condition Ready=True with ``status.observedGeneration >= metadata.generation``;
-  terminal reasons fail at once instead of waiting out the timeout.
+  terminal reasons, in conditions or in the InferenceService's events (``ServerlessModeRejected``:
+  Serverless on a cluster without Knative), fail at once instead of waiting out the timeout.
+- Rollback never reports success without a change: nothing to roll back to is an error.
 """
 
 from __future__ import annotations
@@ -39,6 +48,25 @@ MODEL_VERSION_ANNOTATION = "anomaly-mlops.io/model-version"
 PREVIOUS_PREDICTOR_ANNOTATION = "anomaly-mlops.io/previous-predictor"
 PREVIOUS_VERSION_ANNOTATION = "anomaly-mlops.io/previous-model-version"
 TAKEN_OVER_ANNOTATION = "anomaly-mlops.io/taken-over-from"
+OWNED_FIELDS_ANNOTATION = "anomaly-mlops.io/owned-predictor-fields"
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+RAW, SERVERLESS = "RawDeployment", "Serverless"
+# Every spelling KServe accepts for a mode -> the one we write. KServe 0.17+'s mutating webhook
+# rewrites RawDeployment to Standard and Serverless to Knative (inference_service_defaults.go).
+MODE_NAMES = {"RawDeployment": RAW, "Standard": RAW, "Serverless": SERVERLESS, "Knative": SERVERLESS}
+# Predictor fields this step may set; whatever else is there belongs to someone else.
+OWN_PREDICTOR_FIELDS = (
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "logger",
+    "serviceAccountName",
+    "model",
+    "canaryTrafficPercent",
+)
+# Events after which the InferenceService will not become ready without a change.
+TERMINAL_EVENT_REASONS = frozenset({"ServerlessModeRejected"})
 # Marks by which ArgoCD (and Helm) track an object they own.
 OWNER_MARKS = (
     ("annotation", "argocd.argoproj.io/tracking-id", "ArgoCD"),
@@ -51,7 +79,7 @@ PROFILES = {
     "self-healing-platform": {
         "name": "anomaly-detector",
         "namespace": "self-healing-platform",
-        "deployment_mode": "RawDeployment",
+        "deployment_mode": RAW,
         "runtime": "custom",
     },
 }
@@ -78,7 +106,27 @@ _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 # KServe's validating webhook: RawDeployment scales with an HPA, Serverless with Knative's KPA.
-SCALE_METRICS = {"RawDeployment": ("cpu", "memory"), "Serverless": ("concurrency", "rps")}
+SCALE_METRICS = {RAW: ("cpu", "memory"), SERVERLESS: ("concurrency", "rps")}
+
+
+def canonical_mode(name: str) -> str:
+    """RawDeployment or Serverless for any spelling KServe accepts; anything else is refused."""
+    try:
+        return MODE_NAMES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown deployment mode {name!r}: one of RawDeployment (also spelled Standard) or "
+            "Serverless (also spelled Knative)"
+        ) from None
+
+
+def mode_of(isvc: dict) -> str | None:
+    """The mode an InferenceService runs in, canonical (another mode, e.g. ModelMesh, as written);
+    None when neither its annotation nor its status says."""
+    name = ((isvc.get("metadata") or {}).get("annotations") or {}).get(MODE_ANNOTATION) or (
+        isvc.get("status") or {}
+    ).get("deploymentMode")
+    return MODE_NAMES.get(name, name) if name else None
 
 
 class DeployError(AnomalyMLOpsError):
@@ -95,7 +143,7 @@ class DeploySpec:
     storage_path: str | None = None  # key prefix in that bucket, e.g. anomaly-detector/v1/
     storage_uri: str | None = None  # alternative: s3://bucket/prefix
     model_version: str | None = None
-    deployment_mode: str = "Serverless"  # or "RawDeployment"
+    deployment_mode: str = RAW  # or Serverless; Standard and Knative are the same modes
     canary_traffic_percent: int | None = 10
     min_replicas: int = 1
     max_replicas: int = 3
@@ -111,6 +159,9 @@ class DeploySpec:
     labels: dict = field(default_factory=dict)
     take_over: bool = False  # take an InferenceService over from ArgoCD/Helm
 
+    def __post_init__(self) -> None:
+        self.deployment_mode = canonical_mode(self.deployment_mode)
+
     def check(self) -> None:
         if len(self.name) > MAX_NAME_LENGTH or not _DNS1035.match(self.name):
             raise ConfigError(
@@ -119,8 +170,6 @@ class DeploySpec:
             )
         if self.runtime not in ("custom", "sklearn"):
             raise ConfigError(f"runtime must be 'custom' or 'sklearn', got {self.runtime!r}")
-        if self.deployment_mode not in ("Serverless", "RawDeployment"):
-            raise ConfigError(f"deployment_mode must be Serverless or RawDeployment, got {self.deployment_mode!r}")
         if bool(self.storage_uri) == bool(self.storage_key and self.storage_path):
             raise ConfigError("give either storage_key and storage_path (OpenShift AI data connection) or storage_uri")
         if self.storage_uri and not re.match(r"^(s3|pvc)://[^/]+/.+", self.storage_uri):
@@ -144,7 +193,7 @@ class DeploySpec:
     def _check_scaling(self) -> None:
         """The refusals of KServe's webhook, with its words, before anything is sent."""
         allowed = SCALE_METRICS[self.deployment_mode]
-        scaler = "an HPA" if self.deployment_mode == "RawDeployment" else "Knative (KPA)"
+        scaler = "an HPA" if self.deployment_mode == RAW else "Knative (KPA)"
         metric = self.scale_metric or allowed[0]
         if metric not in allowed:
             raise ConfigError(
@@ -199,19 +248,23 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
         metadata = json.loads(path.read_text())
         transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
         smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
+        scoped_offset = float(metadata.get("engine_scoped_offset") or 0.0)
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
     needs = [
         f"a {transform.window}-row feature window" if transform.window else "",
         "metrics on their principal axes" if transform.basis is not None else "",
         f"{smoothing}-row score smoothing" if smoothing > 1 else "",
+        "its own threshold for the platform engine's scoped requests" if scoped_offset else "",
     ]
     if any(needs):
         raise ConfigError(
             f"--runtime sklearn scores each row alone on the metrics as sent, but this model uses "
             f"{', '.join(n for n in needs if n)}: deploy it with --runtime custom (our runtime keeps each "
             "entity's history and applies the model's features), or train a row-wise model for the sklearn "
-            "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw)"
+            "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw"
+            + (", and --fixed-engine: the upstream runtime has one threshold" if scoped_offset else "")
+            + ")"
         )
 
 
@@ -243,6 +296,10 @@ def build_inference_service(spec: DeploySpec) -> dict:
     if spec.service_account:
         predictor["serviceAccountName"] = spec.service_account
     annotations = {MODE_ANNOTATION: spec.deployment_mode}
+    if spec.deployment_mode == SERVERLESS:
+        # The candidate revision gets its own URL (latest-…): verify checks it, not the split.
+        annotations[TAG_ROUTING_ANNOTATION] = "true"
+    annotations[OWNED_FIELDS_ANNOTATION] = ",".join(k for k in OWN_PREDICTOR_FIELDS if k in predictor)
     if spec.prometheus:
         annotations["serving.kserve.io/enable-prometheus-scraping"] = "true"
     if spec.model_version:
@@ -272,6 +329,52 @@ def _storage_fields(location: str) -> dict:
     return {"storage": {"key": key, "path": path}, "storageUri": None}
 
 
+def owned_fields(isvc: dict) -> set[str]:
+    """Predictor fields this step set on ``isvc``. Without the record (an older deploy): our
+    kinds of field that are there, but the logger, which TrustyAI writes."""
+    recorded = ((isvc.get("metadata") or {}).get("annotations") or {}).get(OWNED_FIELDS_ANNOTATION)
+    if recorded is not None:
+        return {k for k in recorded.split(",") if k}
+    predictor = (isvc.get("spec") or {}).get("predictor") or {}
+    return {k for k in predictor if k in OWN_PREDICTOR_FIELDS and k != "logger"}
+
+
+def _foreign_fields(isvc: dict) -> set[str]:
+    """Predictor fields of our kinds that someone else set (TrustyAI's logger)."""
+    predictor = (isvc.get("spec") or {}).get("predictor") or {}
+    return {k for k in predictor if k in OWN_PREDICTOR_FIELDS and k not in owned_fields(isvc)} - {
+        "canaryTrafficPercent"
+    }
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def candidate_url(isvc: dict) -> str | None:
+    """The URL that reaches the revision just deployed, alone: during a Serverless canary the
+    ``latest`` tag's URL (only with tag routing), else the service URL. None when a canary has
+    no such URL: the service URL would send most checks to the previous model."""
+    predictor = (isvc.get("spec") or {}).get("predictor") or {}
+    status = isvc.get("status") or {}
+    canary = predictor.get("canaryTrafficPercent")
+    if mode_of(isvc) != SERVERLESS or canary is None or canary >= 100:
+        return status.get("url")
+    for target in ((status.get("components") or {}).get("predictor") or {}).get("traffic") or []:
+        if target.get("tag") == "latest" and target.get("url"):
+            return target["url"]
+    return None
+
+
 def _is_ready(isvc: dict) -> bool:
     status = isvc.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
@@ -289,6 +392,7 @@ class DeployResult:
     url: str | None = None
     revision: str | None = None
     previous_storage: str | None = None
+    candidate_url: str | None = None  # reaches the new revision alone (verify checks this one)
 
 
 def _api_error(exc, action: str, name: str, namespace: str) -> AnomalyMLOpsError:
@@ -324,7 +428,11 @@ class InferenceServiceClient:
     """Thin wrapper over CustomObjectsApi with the semantics above."""
 
     def __init__(self, api=None, max_conflict_retries: int = 5, request_timeout_s: float = 30.0):
+        from kubernetes import client
+
         self.api = api or load_custom_objects_api()
+        self.core_api = client.CoreV1Api(self.api.api_client)  # events: fail fast on terminal ones
+        self._events_readable = True
         self.max_conflict_retries = max_conflict_retries
         # (connect, read): a hung API server becomes an error instead of a stuck step.
         self.timeout = (min(10.0, request_timeout_s), request_timeout_s)
@@ -400,18 +508,23 @@ class InferenceServiceClient:
         patch["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         annotations = patch["metadata"]["annotations"]
         current_annotations = current["metadata"].get("annotations", {})
-        # Drop fields our spec no longer sets (merge patch deletes with null): a custom
-        # predictor's containers and volumes included.
         predictor_patch = patch["spec"]["predictor"]
-        predictor_patch.update(
-            {k: None for k in current_predictor if k not in predictor_patch and k != "canaryTrafficPercent"}
-        )
-        # In the model too, at any depth: storage <-> storageUri, and a runtime switch's
+        # Remove what we set before and no longer set; other controllers' fields stay.
+        for key in owned_fields(current) - set(predictor_patch) - {"canaryTrafficPercent"}:
+            if key in current_predictor:
+                predictor_patch[key] = None
+        # A custom-container predictor (the Self-Healing Platform's) becomes a model one:
+        # KServe refuses a predictor with both forms.
+        for key in ("containers", "volumes"):
+            if key in current_predictor:
+                predictor_patch[key] = None
+        # In the model (ours whole), at any depth: storage <-> storageUri, and a runtime switch's
         # `runtime` and modelFormat.version (left behind, they pin the model to the old runtime).
         _drop_unset(predictor_patch["model"], current_predictor.get("model") or {})
         canary = False
         if changed_model:
-            kept = {k: v for k, v in current_predictor.items() if k != "canaryTrafficPercent"}
+            foreign = _foreign_fields(current)
+            kept = {k: v for k, v in current_predictor.items() if k != "canaryTrafficPercent" and k not in foreign}
             annotations[PREVIOUS_STORAGE_ANNOTATION] = previous
             annotations[PREVIOUS_PREDICTOR_ANNOTATION] = json.dumps(kept, sort_keys=True, separators=(",", ":"))
             annotations[PREVIOUS_VERSION_ANNOTATION] = current_annotations.get(MODEL_VERSION_ANNOTATION)
@@ -428,7 +541,7 @@ class InferenceServiceClient:
                     elif kind == "label" and key in current["metadata"].get("labels", {}):
                         patch["metadata"]["labels"][key] = None
         if (
-            spec.deployment_mode == "Serverless"
+            spec.deployment_mode == SERVERLESS
             and changed_model
             and live
             and spec.canary_traffic_percent is not None
@@ -459,7 +572,7 @@ class InferenceServiceClient:
             isvc = self.get(name, namespace)
             if isvc is None:
                 raise DeployError(f"InferenceService {namespace}/{name} disappeared while waiting for it")
-            terminal = _terminal_failure(isvc)
+            terminal = _terminal_failure(isvc) or (None if _is_ready(isvc) else self._terminal_event(isvc))
             if terminal:
                 raise DeployError(f"InferenceService {namespace}/{name} cannot become ready: {terminal}")
             if _is_ready(isvc):
@@ -472,6 +585,7 @@ class InferenceServiceClient:
                     canary=False,
                     url=status.get("url"),
                     revision=predictor.get("latestReadyRevision") or predictor.get("latestCreatedRevision"),
+                    candidate_url=candidate_url(isvc),
                 )
                 log.info(
                     "InferenceService %s/%s is ready at %s (revision %s)", namespace, name, result.url, result.revision
@@ -483,6 +597,33 @@ class InferenceServiceClient:
             log.info("waiting for %s/%s: %s", namespace, name, last)
             time.sleep(poll_s)
 
+    def _terminal_event(self, isvc: dict) -> str | None:
+        """A warning event no wait mends (ServerlessModeRejected carries no condition). Events are
+        a hint: without the right to list them the wait goes on, said once."""
+        if not self._events_readable:
+            return None
+        meta = isvc.get("metadata", {})
+        try:
+            events = self.core_api.list_namespaced_event(
+                meta.get("namespace"),
+                field_selector=f"involvedObject.kind=InferenceService,involvedObject.name={meta.get('name')}",
+                _request_timeout=self.timeout,
+            )
+        except Exception as exc:  # any failure only turns the hint off
+            self._events_readable = False
+            log.warning(
+                "cannot list events of %s/%s (%s); waiting on conditions only",
+                meta.get("namespace"),
+                meta.get("name"),
+                getattr(exc, "status", type(exc).__name__),
+            )
+            return None
+        for event in events.items or []:
+            involved = event.involved_object
+            if event.reason in TERMINAL_EVENT_REASONS and (involved.uid or meta.get("uid")) == meta.get("uid"):
+                return f"{event.reason}: {event.message or ''}".strip()
+        return None
+
     def promote(self, name: str, namespace: str) -> None:
         """All traffic to the latest revision (Serverless); a no-op for RawDeployment."""
         self._patch_with_retry(
@@ -491,17 +632,26 @@ class InferenceServiceClient:
         log.info("promoted %s/%s: 100%% of traffic to the latest revision", namespace, name)
 
     def rollback(self, name: str, namespace: str) -> str:
-        """Serverless: pin traffic to the previous revision. RawDeployment: restore the
-        previous storage path. Returns what was done."""
+        """Serverless: pin traffic to the previous revision. RawDeployment: restore the previous
+        predictor and model version. Returns what was done; nothing to undo is an error."""
 
         def body(isvc: dict) -> dict:
+            where = f"{namespace}/{name}"
             annotations = isvc["metadata"].get("annotations", {})
-            if annotations.get(MODE_ANNOTATION, "Serverless") != "RawDeployment":
+            predictor = isvc.get("spec", {}).get("predictor", {})
+            mode = mode_of(isvc)
+            if mode == SERVERLESS:
+                if predictor.get("canaryTrafficPercent") == 0:
+                    raise DeployError(f"{where}: traffic is already pinned to the previous revision; nothing changed")
                 return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+            if mode != RAW:
+                raise DeployError(
+                    f"cannot roll back {where}: its deployment mode is {mode or 'not recorded (no annotation, no status)'}"
+                )
             kept = annotations.get(PREVIOUS_PREDICTOR_ANNOTATION)
             previous = annotations.get(PREVIOUS_STORAGE_ANNOTATION)
             if not kept and not previous:
-                raise DeployError(f"{namespace}/{name} has no {PREVIOUS_PREDICTOR_ANNOTATION}: nothing to roll back to")
+                raise DeployError(f"{where} has no {PREVIOUS_PREDICTOR_ANNOTATION}: nothing to roll back to")
             forget = {
                 PREVIOUS_STORAGE_ANNOTATION: None,
                 PREVIOUS_PREDICTOR_ANNOTATION: None,
@@ -509,13 +659,21 @@ class InferenceServiceClient:
                 MODEL_VERSION_ANNOTATION: annotations.get(PREVIOUS_VERSION_ANNOTATION),
             }
             if not kept:  # written by an older version of this step: the storage path only
-                return {
-                    "metadata": {"annotations": forget},
-                    "spec": {"predictor": {"model": _storage_fields(previous)}},
-                }
-            predictor = json.loads(kept)
-            _drop_unset(predictor, isvc.get("spec", {}).get("predictor", {}))
-            return {"metadata": {"annotations": forget}, "spec": {"predictor": predictor}}
+                restored = {"model": _storage_fields(previous)}
+            else:
+                restored = json.loads(kept)
+                # Ours that the previous predictor lacks go; other controllers' fields stay.
+                for key in owned_fields(isvc) - set(restored):
+                    if key in predictor:
+                        restored[key] = None
+                if isinstance(restored.get("model"), dict):
+                    _drop_unset(restored["model"], predictor.get("model") or {})
+                forget[OWNED_FIELDS_ANNOTATION] = ",".join(
+                    k for k in OWN_PREDICTOR_FIELDS if restored.get(k) is not None
+                )
+            if merge_patch(predictor, restored) == predictor:
+                raise DeployError(f"{where} already serves the previous predictor; nothing changed")
+            return {"metadata": {"annotations": forget}, "spec": {"predictor": restored}}
 
         patch = self._patch_with_retry(name, namespace, body, "roll back")
         predictor = patch["spec"]["predictor"]
@@ -569,9 +727,7 @@ def _check_owner_and_mode(spec: DeploySpec, current: dict) -> None:
             "and pass --take-over"
         )
     # Without the annotation the cluster's default mode applies; status names it once reconciled.
-    mode = current.get("metadata", {}).get("annotations", {}).get(MODE_ANNOTATION) or (current.get("status") or {}).get(
-        "deploymentMode"
-    )
+    mode = mode_of(current)
     if mode and mode != spec.deployment_mode:
         raise DeployError(
             f'InferenceService {where} runs as {mode}; KServe refuses the change ("update rejected: '
@@ -581,14 +737,24 @@ def _check_owner_and_mode(spec: DeploySpec, current: dict) -> None:
 
 
 def _same(current: dict, desired: dict, canary: bool) -> bool:
+    """Whether ``current`` already is ``desired`` in everything this step owns (the mode in
+    either spelling; other controllers' fields ignored)."""
     cur_meta = current.get("metadata", {})
     want_meta = desired["metadata"]
-    annotations_ok = all(cur_meta.get("annotations", {}).get(k) == v for k, v in want_meta["annotations"].items())
+    annotations_ok = mode_of(current) == mode_of(desired) and all(
+        cur_meta.get("annotations", {}).get(k) == v for k, v in want_meta["annotations"].items() if k != MODE_ANNOTATION
+    )
     labels_ok = all(cur_meta.get("labels", {}).get(k) == v for k, v in want_meta["labels"].items())
-    cur_predictor = dict(current.get("spec", {}).get("predictor", {}))
-    has_canary = cur_predictor.pop("canaryTrafficPercent", None) is not None
+    cur_predictor = current.get("spec", {}).get("predictor", {})
+    ours = owned_fields(current) | set(desired["spec"]["predictor"])
+    cur_ours = {k: v for k, v in cur_predictor.items() if k in ours and k != "canaryTrafficPercent"}
     return (
-        annotations_ok and labels_ok and not canary and not has_canary and cur_predictor == desired["spec"]["predictor"]
+        annotations_ok
+        and labels_ok
+        and not canary
+        and cur_predictor.get("canaryTrafficPercent") is None
+        and "containers" not in cur_predictor
+        and cur_ours == desired["spec"]["predictor"]
     )
 
 
@@ -671,4 +837,11 @@ def deploy(
             client.rollback(spec.name, spec.namespace)
         raise
     ready.action, ready.canary, ready.previous_storage = applied.action, applied.canary, applied.previous_storage
+    if applied.canary and ready.candidate_url is None:
+        if applied.action == "updated":
+            client.rollback(spec.name, spec.namespace)
+        raise DeployError(
+            f"{spec.namespace}/{spec.name}: the canary revision has no URL of its own (annotation "
+            f"{TAG_ROUTING_ANNOTATION} missing?); the service URL would verify mostly the previous model"
+        )
     return ready

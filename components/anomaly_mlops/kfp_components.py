@@ -114,6 +114,7 @@ def train_model(
     score_smoothing: int = -1,
     threshold: str = "",
     fit_labelled_anomalies: bool = False,
+    fixed_engine: bool = False,
     run_id: str = "",
 ):
     """Fit StandardScaler + IsolationForest; the model artifact is the model directory.
@@ -134,6 +135,8 @@ def train_model(
         score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
         threshold: 'quantile' (of held-back training scores), 'pot' (extreme-value fit of them), or '' (quantile).
         fit_labelled_anomalies: fit and calibrate on rows labelled anomalous too (default: they are left out).
+        fixed_engine: self-healing-platform schema: train on the features as computed (default: on what the
+            platform's engine sends, its lag fallback and node defaults included).
         run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
     """
     from anomaly_mlops.schema import FeatureSchema
@@ -151,6 +154,7 @@ def train_model(
         score_smoothing=None if score_smoothing < 0 else score_smoothing,
         threshold=threshold or None,
         fit_labelled_anomalies=fit_labelled_anomalies,
+        fixed_engine=fixed_engine,
     )
     result = train(train_data.path, model.path, params, FeatureSchema.parse(features), provenance(run_id=run_id))
     model.metadata.update(
@@ -310,12 +314,14 @@ def deploy_model(
     namespace: str = "",
     storage_key: str = "aws-connection-models",
     runtime: str = "custom",
-    deployment_mode: str = "Serverless",
+    deployment_mode: str = "RawDeployment",
     canary_traffic_percent: int = 10,
     min_replicas: int = 1,
     max_replicas: int = 3,
     timeout_s: float = 600.0,
-) -> NamedTuple("DeployOutputs", [("url", str), ("revision", str), ("canary", bool), ("action", str)]):
+) -> NamedTuple(
+    "DeployOutputs", [("url", str), ("service_url", str), ("revision", str), ("canary", bool), ("action", str)]
+):
     """Create or update the InferenceService and wait for Ready (in-cluster credentials).
 
     Args:
@@ -326,7 +332,7 @@ def deploy_model(
         namespace: target namespace; empty: the pod's own.
         storage_key: the data connection secret KServe's storage initializer reads.
         runtime: 'custom' (labels and scores) or 'sklearn' (upstream runtime, labels only).
-        deployment_mode: 'Serverless' (canary, revisions) or 'RawDeployment'.
+        deployment_mode: 'RawDeployment' (also 'Standard') or 'Serverless' (also 'Knative': canary, revisions).
         canary_traffic_percent: traffic share of a new model on a live Serverless service.
         min_replicas: lowest replica count (0: scale to zero, Serverless).
         max_replicas: autoscaling ceiling.
@@ -350,8 +356,9 @@ def deploy_model(
         max_replicas=max_replicas,
     )
     result = deploy(spec, timeout_s=timeout_s)
-    return namedtuple("DeployOutputs", ["url", "revision", "canary", "action"])(
-        result.url or "", result.revision or "", result.canary, result.action
+    # url reaches the new revision alone (a canary's `latest` tag URL): what verify checks.
+    return namedtuple("DeployOutputs", ["url", "service_url", "revision", "canary", "action"])(
+        result.candidate_url or "", result.url or "", result.revision or "", result.canary, result.action
     )
 
 
@@ -376,7 +383,7 @@ def verify_deployment(
         model: the model directory whose offline scores the served ones must equal.
         probe_data: rows sent to the served model.
         verification: verify.json.
-        url: base URL of the InferenceService.
+        url: URL that reaches the deployed revision alone (deploy's url: a canary's own URL).
         isvc_name: InferenceService to promote or roll back.
         namespace: its namespace; empty: the pod's own.
         model_name: the served model's name; empty: isvc_name.
@@ -391,28 +398,24 @@ def verify_deployment(
 
     from anomaly_mlops.artifacts import load_model_dir
     from anomaly_mlops.data import load_dataset
-    from anomaly_mlops.deploy import InferenceServiceClient, current_namespace
-    from anomaly_mlops.verify import VerifyPlan, raise_on_failure, verify
+    from anomaly_mlops.deploy import current_namespace
+    from anomaly_mlops.verify import VerifyPlan, raise_on_failure, verify_rollout
 
-    namespace = current_namespace(namespace)
     token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    token = token_file.read_text().strip() if use_service_account_token else None
     reference = load_model_dir(model.path)
-    rows = load_dataset(probe_data.path, reference.schema).X
-    result = verify(
+    result = verify_rollout(
         url,
-        model_name or isvc_name,
-        rows,
+        isvc_name,
+        current_namespace(namespace),
+        load_dataset(probe_data.path, reference.schema).X,
         reference,
-        token=token,
+        canary=canary,
+        model_name=model_name or isvc_name,
+        rollback_on_failure=rollback_on_failure,
+        token=token_file.read_text().strip() if use_service_account_token else None,
         plan=VerifyPlan(requests=requests, slo_p99_ms=slo_p99_ms, max_error_rate=max_error_rate),
         out_dir=verification.path,
     )
-    client = InferenceServiceClient()
-    if not result.passed and rollback_on_failure:
-        client.rollback(isvc_name, namespace)
-    elif result.passed and canary:
-        client.promote(isvc_name, namespace)
     raise_on_failure(result)
 
 
@@ -428,11 +431,29 @@ def rollback_deployment(isvc_name: str = "anomaly-detector", namespace: str = ""
     return InferenceServiceClient().rollback(isvc_name, current_namespace(namespace))
 
 
-def pipeline_summary(status: dsl.PipelineTaskFinalStatus, model_name: str = "anomaly-detector") -> str:
-    """Exit handler: one line saying how the run ended, whatever happened.
+def pipeline_summary(model_name: str = "anomaly-detector", run_name: str = "") -> str:
+    """Exit handler: one line naming the run when it ends, whatever happened.
+
+    Portable: it takes no ``dsl.PipelineTaskFinalStatus``, which every Data Science Pipelines
+    backend before KFP 2.14 refuses when a run is created. Each task's state is in the run's
+    graph; ``pipeline_final_status`` (the ``training-final-status`` file) adds it here on 2.14+.
 
     Args:
-        status: the run's final status (filled in by KFP).
+        model_name: the model the run trained.
+        run_name: the run (filled in by KFP).
+    """
+    import json
+
+    summary = {"model": model_name, "run": run_name, "state": "ended (task states: the run's graph)"}
+    print(json.dumps(summary))
+    return json.dumps(summary)
+
+
+def pipeline_final_status(status: dsl.PipelineTaskFinalStatus, model_name: str = "anomaly-detector") -> str:
+    """Exit handler with the run's final status: KFP 2.14+ backends only (OpenShift AI 3.x).
+
+    Args:
+        status: the run's final status (filled in by KFP; its error is empty, kubeflow/pipelines#11975).
         model_name: the model the run trained.
     """
     import json
@@ -457,6 +478,7 @@ STEP_FUNCTIONS = (
     verify_deployment,
     rollback_deployment,
     pipeline_summary,
+    pipeline_final_status,
 )
 
 

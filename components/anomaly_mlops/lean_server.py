@@ -27,7 +27,7 @@ from .predictor import (
     NOT_JSON,
     SMALL_BATCH_ROWS,
     InputProblem,
-    OutsideRangeCounter,
+    ServedRowCounters,
     begin_request,
     claimed_rows,
     default_max_body_bytes,
@@ -239,7 +239,7 @@ class LeanApp:
         self.history = history_for(model, max_entities)
         self.expected = model.schema.describe()
         self.metrics = Metrics(model_name)
-        self.outside = OutsideRangeCounter(model, model_name, outside_range_counters(self.metrics.registry))
+        self.outside = ServedRowCounters(model, model_name, outside_range_counters(self.metrics.registry))
         self.batcher = TickBatcher(model, self.metrics)
         # One thread: large batches queue behind each other instead of taking every core.
         self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")

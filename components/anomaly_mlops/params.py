@@ -95,6 +95,10 @@ class TrainParams:
     fit_labelled_anomalies: bool = False
     # Seconds between rows; None: from the data's timestamps, or 60 without them.
     sample_interval_s: float | None = None
+    # The self-healing-platform schema: train on what the platform's engine really sends (its
+    # lag fallback, and node defaults in scoped requests: self_healing.engine_view); True
+    # trains on the features as computed, for an engine whose lag queries work.
+    fixed_engine: bool = False
 
     @property
     def threshold_method(self) -> str:

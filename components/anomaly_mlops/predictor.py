@@ -32,20 +32,24 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import math
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .artifacts import ANOMALY, LoadedModel, PendingScores, load_model_dir, load_serving_model
+from .artifacts import ANOMALY, NORMAL, LoadedModel, PendingScores, load_model_dir, load_serving_model
 from .errors import ConfigError
 from .features import smooth_scores
 from .history import MAX_ENTITY_ID_CHARS, EntityHistory, history_for
 from .params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
+from .self_healing import SCHEMA_NAME as SELF_HEALING_SCHEMA
+from .self_healing import is_engine_default_row
 
 log = logging.getLogger(__name__)
 
@@ -269,11 +273,25 @@ def begin_request(
     model: LoadedModel, history, payload, v2: bool, max_instances: int, expected: str, outside=None
 ) -> PendingScores:
     """Parse a request and begin scoring its rows (both servers); the rows are counted by
-    ``outside`` (OutsideRangeCounter) once they are accepted for scoring. Raises InputProblem."""
+    ``outside`` (ServedRowCounters) once they are accepted for scoring, and rows it finds to
+    carry no information (the platform engine's all-default row) are answered normal.
+    Raises InputProblem."""
     X, entity = parse_payload(model, payload, v2, max_instances, expected)
     pending = begin_scoring(model, history, X, entity)
     if outside is not None:
-        outside.observe(X)
+        uninformative = outside.observe(X)
+        if uninformative is not None:
+            finish = pending.finish
+
+            def answered_normal(raw):
+                predictions, scores, complete = finish(raw)
+                return (
+                    np.where(uninformative[-len(predictions) :], NORMAL, predictions).astype(np.int8),
+                    scores,
+                    complete,
+                )
+
+            pending.finish = answered_normal
     return pending
 
 
@@ -294,37 +312,66 @@ OUTSIDE_METRIC_METRIC = (
 )
 
 
+# The Self-Healing Platform engine's all-default row (its Prometheus unreachable): no
+# information, answered normal, counted here and logged (at most once a minute).
+ENGINE_DEFAULT_ROWS_METRIC = (
+    "anomaly_detector_engine_default_rows",
+    "Rows that were the platform engine's all-default row (its Prometheus unreachable), answered normal",
+)
+
+
 def outside_range_counters(registry=None) -> tuple:
-    """The two Prometheus counters (in ``registry``, else the default one KServe serves)."""
+    """The Prometheus counters ServedRowCounters needs (in ``registry``, else the default one
+    KServe serves)."""
     from prometheus_client import Counter
 
     where = {} if registry is None else {"registry": registry}
-    return Counter(*OUTSIDE_ROWS_METRIC, ["model"], **where), Counter(
-        *OUTSIDE_METRIC_METRIC, ["model", "metric"], **where
+    return (
+        Counter(*OUTSIDE_ROWS_METRIC, ["model"], **where),
+        Counter(*OUTSIDE_METRIC_METRIC, ["model", "metric"], **where),
+        Counter(*ENGINE_DEFAULT_ROWS_METRIC, ["model"], **where),
     )
 
 
-class OutsideRangeCounter:
-    """Counts served rows outside the model's training ranges: rows with any metric outside,
-    and per metric. Counts nothing for a model trained before its ranges were recorded."""
+class ServedRowCounters:
+    """Counts served rows outside the model's training ranges (rows with any metric outside,
+    and per metric; nothing for a model trained before its ranges were recorded) and, for the
+    self-healing-platform schema, the engine's all-default rows."""
 
     def __init__(self, model: LoadedModel, model_name: str, counters: tuple):
         from .drift import RangeCheck
 
         self.check = RangeCheck.of_model(model.metadata)
-        rows, per_metric = counters
+        rows, per_metric, defaults = counters
         self.rows = rows.labels(model_name)
         self.per_metric = [per_metric.labels(model_name, name) for name in model.schema.features]
+        self.engine_defaults = defaults.labels(model_name) if model.schema.name == SELF_HEALING_SCHEMA else None
+        self._logged_defaults_at = -math.inf
 
-    def observe(self, X: np.ndarray) -> None:
+    def observe(self, X: np.ndarray) -> np.ndarray | None:
+        """Count ``X``'s rows; return which rows carry no information (None: none do)."""
+        uninformative = None
+        if self.engine_defaults is not None:
+            defaults = is_engine_default_row(X)
+            n = int(np.count_nonzero(defaults))
+            if n:
+                uninformative = defaults
+                self.engine_defaults.inc(n)
+                if time.monotonic() - self._logged_defaults_at >= 60:
+                    self._logged_defaults_at = time.monotonic()
+                    log.warning(
+                        "%d row(s) were the platform engine's all-default row (its Prometheus unreachable?): "
+                        "answered normal; anomaly_detector_engine_default_rows_total counts them",
+                        n,
+                    )
         if self.check is None:
-            return
+            return uninformative
         outside = self.check.outside(X)
-        if not outside.any():
-            return
-        self.rows.inc(int(np.count_nonzero(outside.any(axis=1))))
-        for j in np.flatnonzero(outside.any(axis=0)):
-            self.per_metric[j].inc(int(np.count_nonzero(outside[:, j])))
+        if outside.any():
+            self.rows.inc(int(np.count_nonzero(outside.any(axis=1))))
+            for j in np.flatnonzero(outside.any(axis=0)):
+                self.per_metric[j].inc(int(np.count_nonzero(outside[:, j])))
+        return uninformative
 
 
 def v1_answer(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> dict:
@@ -500,7 +547,7 @@ def build_model_class():
             if self.scoring == "sklearn":
                 self.detector.fast = None
             self.history = history_for(self.detector, self.max_entities)
-            self.outside = OutsideRangeCounter(self.detector, self.name, outside_counters)
+            self.outside = ServedRowCounters(self.detector, self.name, outside_counters)
             meta = self.detector.metadata
             log.info(
                 "loaded model %s from %s: %d features, threshold %.5f, trained %s",

@@ -12,6 +12,15 @@ For each base metric (in this order) the engine sends 9 statistics (in this orde
               asked as ``last_over_time((q)[1m:] offset 1m)``)
     diff      value - lag_1                pct_change  (value - lag_1) / lag_1, 0 when lag_1 is 0
 
+What the engine really sends differs (KubeHeal/openshift-coordination-engine@afb58056
+pkg/api/v1/anomaly.go l.326-330, 356-357, 400-410, 472-487): Prometheus refuses its lag
+queries, so lag_1 = lag_5 = value and diff = pct_change = 0 for every metric; a request scoped
+by namespace/pod/deployment gets no node data and sends ENGINE_DEFAULT_FRAGMENT for both node
+metrics; with Prometheus down the whole row is that fragment five times. ``engine_view`` turns
+training or holdout rows into what the engine sends (the default for this schema's models;
+``fixed_engine`` keeps the computed features), and ``EngineDefaultRows`` spots the all-default
+row at serving time, which carries no information and is answered normal.
+
 Two ways to the same numbers:
 - ``fetch_platform_frame`` asks Prometheus for exactly the engine's expressions (the 7
   queried statistics of each metric; diff and pct_change are computed as the engine does),
@@ -25,12 +34,15 @@ Two ways to the same numbers:
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .errors import DataError
 from .schema import ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +66,11 @@ ENGINE_QUERIES = {
     "container_restart_count": "sum(kube_pod_container_status_restarts_total{}) by (pod)",
 }
 NODE_METRICS = ("node_cpu_utilization", "node_memory_utilization")
+# The engine's fallback for a metric it could not query, in STATISTICS order (anomaly.go l.472-487).
+ENGINE_DEFAULT_FRAGMENT = (0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0.0, 0.0)
+ENGINE_DEFAULT_ROW = np.tile(np.asarray(ENGINE_DEFAULT_FRAGMENT, dtype=np.float64), len(BASE_METRICS))
+NODE_DEFAULTS = np.tile(np.asarray(ENGINE_DEFAULT_FRAGMENT, dtype=np.float64), len(NODE_METRICS))
+SCOPED_ENTITY_SUFFIX = "@scoped"  # training copies of rows as a scoped request sends them
 WINDOW_SAMPLES = 6  # [5m:] at 1-minute resolution, both ends included (Prometheus 2.x)
 HISTORY_MINUTES = 5  # lag_5 needs five earlier minutes
 
@@ -104,7 +121,97 @@ def engine_features(base: np.ndarray) -> np.ndarray:
     return np.column_stack(columns)
 
 
+def _columns(metrics, stats) -> list[int]:
+    return [i for i, name in enumerate(FEATURES) for m in metrics for st in stats if name == f"{m}_{st}"]
+
+
+LAG_COLUMNS = _columns(BASE_METRICS, ("lag_1", "lag_5"))
+CHANGE_COLUMNS = _columns(BASE_METRICS, ("diff", "pct_change"))
+VALUE_COLUMNS = [FEATURES.index(f"{m}_value") for m in BASE_METRICS for _ in range(2)]
+NODE_COLUMNS = _columns(NODE_METRICS, STATISTICS)
+
+
+def engine_lag_fallback(X: np.ndarray) -> np.ndarray:
+    """The rows as the engine sends them when Prometheus refuses its lag queries (always):
+    lag_1 = lag_5 = value, diff = pct_change = 0."""
+    out = np.array(X, dtype=np.float64, copy=True)
+    out[:, LAG_COLUMNS] = out[:, VALUE_COLUMNS]
+    out[:, CHANGE_COLUMNS] = 0.0
+    return out
+
+
+def engine_view(dataset, scoped_copies: bool = True):
+    """(``dataset`` as the engine sends it, copies mask): ``dataset`` (a data.Dataset of this
+    schema) with the lag fallback on every row, plus (``scoped_copies``) each row again as a
+    scoped request sends it, node metrics replaced by the engine's default fragment, under the
+    entity ``<entity>@scoped``; the mask marks those copies (None without them). Training fits
+    the copies but sets the threshold on the rows alone: the copies' dense node block scores
+    low, and counted among the held-back rows it would pull the threshold down."""
+    from dataclasses import replace
+
+    X = engine_lag_fallback(dataset.X)
+    if not scoped_copies:
+        return replace(dataset, X=X), None
+    scoped = X.copy()
+    scoped[:, NODE_COLUMNS] = NODE_DEFAULTS
+    entities = dataset.entities if dataset.entities is not None else np.full(len(X), "series", dtype=object)
+    copies = np.r_[np.zeros(len(X), dtype=bool), np.ones(len(X), dtype=bool)]
+    return (
+        replace(
+            dataset,
+            X=np.vstack([X, scoped]),
+            y=None if dataset.y is None else np.concatenate([dataset.y, dataset.y]),
+            entities=np.concatenate([entities, np.char.add(entities.astype(str), SCOPED_ENTITY_SUFFIX).astype(object)]),
+        ),
+        copies,
+    )
+
+
+def is_engine_scoped_row(X: np.ndarray) -> np.ndarray:
+    """Rows whose node metrics are the engine's defaults (a scoped request, or Prometheus down)."""
+    return np.all(X[:, NODE_COLUMNS] == NODE_DEFAULTS, axis=1)
+
+
+def is_engine_default_row(X: np.ndarray) -> np.ndarray:
+    """Rows that are the engine's all-default row (Prometheus down): one bool per row."""
+    return np.all(X == ENGINE_DEFAULT_ROW, axis=1)
+
+
 # --------------------------------------------------------------------------- synthetic
+
+ENGINE_INCIDENTS = ("cpu_runaway", "node_memory_pressure")
+
+
+def engine_request_rows(rng, n: int, incident: str | None = None, scoped: bool = False) -> np.ndarray:
+    """``n`` rows as the engine sends them for a pod on an ordinary midday node (the last row
+    of 15 minutes of metrics; lag fallback; ``scoped``: node defaults), optionally with an
+    incident in the final minutes: ``cpu_runaway`` (a pod at ten times its usual cores) or
+    ``node_memory_pressure`` (the node at ~88% memory). For contract tests and benchmarks."""
+    if incident not in (None, *ENGINE_INCIDENTS):
+        raise ValueError(f"incident must be one of {ENGINE_INCIDENTS}, got {incident!r}")
+    minutes = 15
+    rows = []
+    for _ in range(n):
+        base = np.column_stack(
+            [
+                0.42 + rng.normal(0, 0.02, minutes),
+                0.53 + rng.normal(0, 0.01, minutes),
+                0.3 + rng.normal(0, 0.01, minutes),
+                0.45 + rng.normal(0, 0.01, minutes),
+                np.full(minutes, 2.0),
+            ]
+        )
+        if incident == "cpu_runaway":
+            base[-3:, 2] += 3.0
+            base[-3:, 0] += 0.3
+        elif incident == "node_memory_pressure":
+            base[-6:, 1] += 0.35
+        rows.append(engine_features(base)[-1])
+    out = engine_lag_fallback(np.array(rows))
+    if scoped:
+        out[:, NODE_COLUMNS] = NODE_DEFAULTS
+    return out
+
 
 ANOMALY_KINDS = ("cpu_spike", "memory_leak", "crash_loop", "node_cpu_pressure", "node_memory_pressure", "hung_pod")
 
@@ -124,6 +231,8 @@ def generate_platform_synthetic(
         raise DataError(f"synthetic data needs at least 60 minutes per pod, got {minutes} ({rows} rows, {pods} pods)")
     if not 0.0 <= anomaly_rate < 0.5:
         raise DataError(f"anomaly_rate must be in [0, 0.5), got {anomaly_rate}")
+    import pandas as pd  # here, not at the top: the model servers import this module
+
     from .data import daily_load
 
     rng = np.random.default_rng(seed)
@@ -219,6 +328,8 @@ def fetch_platform_frame(client, *, grid: np.ndarray, step_s: int, max_gap_steps
     all its pod metrics have samples (pods start and stop inside a window); a pod with
     none of a metric is left out, and every left-out pod and step is logged with the
     reason. ``client`` is a prometheus.PrometheusClient."""
+    import pandas as pd
+
     from .prometheus import _align
 
     start, end = int(grid[0]), int(grid[-1])

@@ -38,6 +38,8 @@ from .features import (
 )
 from .params import TrainParams
 from .schema import FeatureSchema
+from .self_healing import SCHEMA_NAME as SELF_HEALING_SCHEMA
+from .self_healing import engine_view
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +230,7 @@ def fit_scores(
     entities: np.ndarray | None = None,
     train_rows: int | None = None,
     labelled_anomalous: np.ndarray | None = None,
+    fit_only: np.ndarray | None = None,
 ) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray, np.ndarray]:
     """The forest and its raw scores: features of ``X`` over time (per entity), a forest
     fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
@@ -237,10 +240,12 @@ def fit_scores(
     left out as ``training_masks`` says; they still serve as history for their neighbours'
     features. Returns (pipeline, transform, raw scores, held, fitted), masks over the first
     ``train_rows``: ``held`` the calibration rows (held back, not labelled anomalous),
-    ``fitted`` the rows the forest was fitted on."""
+    ``fitted`` the rows the forest was fitted on. Rows marked in ``fit_only`` are never held back."""
     transform = detector_transform(params, window_minutes, sample_interval_s)
     n = len(X) if train_rows is None else train_rows
     fitted, held = training_masks(n, None if entities is None else entities[:n], params, labelled_anomalous, transform)
+    if fit_only is not None:
+        held &= ~fit_only[:n]
     if params.basis_for(window_minutes) == "principal":
         transform = replace(transform, basis=MetricBasis.fit(X[:n][fitted]))
     F = transform.apply_by_entity(X, entities)
@@ -312,6 +317,30 @@ def calibrate(
     return scores, threshold, detail
 
 
+def engine_scoped_offset(dataset: Dataset, copies: np.ndarray, fitted: FittedDetector, params: TrainParams):
+    """For the self-healing-platform schema trained on engine_view: what a scoped request's
+    score (node metrics at the engine's defaults) gains so that one threshold serves both kinds
+    of row. The copies' node block is one dense point, so they score lower than the rows they
+    copy; the offset is the threshold minus the same threshold method on the copies' own
+    held-back rows. None for a model that is not row-wise (served rows are then not the
+    features the offset is applied to)."""
+    if fitted.transform.window or fitted.transform.basis is not None:
+        log.warning("no scoped-request threshold for a model with a feature window or a metric basis")
+        return None
+    held = calibration_mask(dataset.n_rows, dataset.entities, params.calibration_fraction) & copies
+    if dataset.y is not None and not params.fit_labelled_anomalies:
+        held &= dataset.y != 1
+    scores = -fitted.pipeline.score_samples(dataset.X[held])
+    scoped_threshold, _ = threshold_from(scores, params, params.threshold_method)
+    offset = float(fitted.threshold - scoped_threshold)
+    log.info(
+        "scoped requests (node metrics at the engine's defaults): threshold %.5f, offset %+.5f",
+        scoped_threshold,
+        offset,
+    )
+    return offset
+
+
 def check_series_cover_the_window(entities: np.ndarray | None, n_rows: int, window: int, minutes: int) -> None:
     """A forest that never saw a complete window would judge every served row, once its
     history is complete, by features unlike any it was fitted on: refuse data where no series
@@ -344,17 +373,19 @@ def fit_detector(
     sample_interval_s: float | None = None,
     client_built_features: bool = False,
     labels: np.ndarray | None = None,
+    fit_only: np.ndarray | None = None,
 ) -> FittedDetector:
     """Features over time, a forest fitted on the earlier rows of each entity, and the
     threshold from the smoothed scores of the later ones; rows ``labels`` marks anomalous
-    take part in neither unless params.fit_labelled_anomalies."""
+    take part in neither unless params.fit_labelled_anomalies; rows ``fit_only`` marks are
+    fitted, never held back for the threshold (they would stand for served rows they are not)."""
     window_minutes, smoothing_minutes = params.windows_for(client_built_features)
     interval = params.sample_interval_s or sample_interval_s or DEFAULT_SAMPLE_INTERVAL_S
     k = smoothing_rows(smoothing_minutes, interval)
     check_series_cover_the_window(entities, len(X), window_rows(window_minutes, interval), window_minutes)
     left_out = None if labels is None or params.fit_labelled_anomalies else np.asarray(labels) == 1
     pipeline, transform, raw, held, fitted = fit_scores(
-        X, params, window_minutes, interval, entities=entities, labelled_anomalous=left_out
+        X, params, window_minutes, interval, entities=entities, labelled_anomalous=left_out, fit_only=fit_only
     )
     scores, threshold, detail = calibrate(raw, held, params, k, entities)
     if detail["method"] == POT_FALLBACK:
@@ -440,6 +471,16 @@ def train(
     staging = _prepare_output(out)
     try:
         dataset = data if isinstance(data, Dataset) else load_dataset(data, schema)
+        engine_features = fit_only = None
+        if dataset.schema.name == SELF_HEALING_SCHEMA:
+            engine_features = "as computed" if params.fixed_engine else "engine fallbacks"
+            if not params.fixed_engine:
+                dataset, fit_only = engine_view(dataset)
+                log.info(
+                    "training on what the platform's engine sends: lags = value, diff = pct_change = 0, and each "
+                    "row again with the engine's node defaults (scoped requests); --fixed-engine trains on the "
+                    "features as computed"
+                )
         if dataset.n_rows < 16:
             raise DataError(f"training needs at least 16 rows, {dataset.source} has {dataset.n_rows}")
         constant = [n for n, s in zip(dataset.schema.features, dataset.X.std(axis=0)) if s == 0]
@@ -454,6 +495,7 @@ def train(
             sample_interval_s=dataset.sample_interval_s,
             client_built_features=dataset.schema.client_built_features,
             labels=dataset.y,
+            fit_only=fit_only,
         )
         if fitted.labelled_anomalous_left_out:
             log.info(
@@ -464,6 +506,7 @@ def train(
                 fitted.after_labelled_left_out_of_fit,
             )
         pipeline, threshold = fitted.pipeline, fitted.threshold
+        scoped_offset = None if fit_only is None else engine_scoped_offset(dataset, fit_only, fitted, params)
         fit_seconds = time.perf_counter() - started
         log.info(
             "fitted %d trees on %d rows x %d features (window %d min = %d rows, scores smoothed over %d rows) "
@@ -494,6 +537,8 @@ def train(
             "-pipeline.score_samples(feature_transform(x)), per entity, oldest first; "
             "anomalous when anomaly_score > threshold",
             "params": asdict(params),
+            **({"engine_features": engine_features} if engine_features else {}),
+            **({"engine_scoped_offset": scoped_offset} if scoped_offset is not None else {}),
             "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
             "library_versions": library_versions(),
             "calibration_score_quantiles": {

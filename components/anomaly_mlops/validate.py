@@ -326,6 +326,10 @@ def validate(
         raise DataError(
             f"holdout columns {list(dataset.schema.features)} differ from the model's schema {list(model.schema.features)}"
         )
+    if model.metadata.get("engine_features") == "engine fallbacks":
+        from .self_healing import engine_view
+
+        dataset, _ = engine_view(dataset, scoped_copies=False)  # measured on what the engine sends
     labelled = dataset.y is not None and 0 < int(dataset.y.sum()) < dataset.n_rows
     log.info("scoring %d holdout rows (%s)", dataset.n_rows, "labelled" if labelled else "no labels")
     predictions, scores = model.score(dataset.X, dataset.entities)

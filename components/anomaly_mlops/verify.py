@@ -267,6 +267,34 @@ def _latency(client: _Client, model: str, rows: np.ndarray, plan: VerifyPlan, ch
     return latency
 
 
+def verify_rollout(
+    url: str,
+    isvc_name: str,
+    namespace: str,
+    rows: np.ndarray,
+    reference: LoadedModel | None,
+    *,
+    canary: bool,
+    client=None,
+    model_name: str | None = None,
+    rollback_on_failure: bool = True,
+    **verify_kwargs,
+) -> VerifyResult:
+    """Verify the revision just deployed, then decide on its own results: promote a canary
+    that passed, roll back one that failed. ``url`` must reach that revision alone (the
+    deploy step's ``candidate_url``: during a canary, the ``latest`` tag's URL); the service
+    URL of a canary sends most checks to the previous model."""
+    from .deploy import InferenceServiceClient
+
+    result = verify(url, model_name or isvc_name, rows, reference, **verify_kwargs)
+    client = client or InferenceServiceClient()
+    if not result.passed and rollback_on_failure:
+        client.rollback(isvc_name, namespace)
+    elif result.passed and canary:
+        client.promote(isvc_name, namespace)
+    return result
+
+
 def raise_on_failure(result: VerifyResult) -> None:
     if not result.passed:
         failed = [f"{c['check']}: {c['detail']}" for c in result.checks if not c["passed"]]
