@@ -421,6 +421,26 @@ def test_take_over_converts_the_custom_container_and_rollback_restores_it(platfo
     assert MODEL_VERSION_ANNOTATION not in obj["metadata"]["annotations"]
 
 
+def test_take_over_on_openshift_ai_3_4_where_the_mode_is_called_standard(platform_api):
+    """KServe 0.17+ stores the platform's RawDeployment as Standard: still the same mode."""
+    from anomaly_mlops.deploy import InferenceServiceClient, deploy
+
+    platform_api.kserve_017 = True
+    platform = platform_api.objects[(PLATFORM_NS, "anomaly-detector")]
+    platform["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] = "Standard"
+    platform["status"]["deploymentMode"] = "Standard"
+    client = InferenceServiceClient(platform_api.api())
+    assert deploy(_platform_spec("v1", take_over=True), client, timeout_s=5, poll_s=0.01).action == "updated"
+    obj = platform_api.objects[(PLATFORM_NS, "anomaly-detector")]
+    assert obj["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert "canaryTrafficPercent" not in obj["spec"]["predictor"]
+    assert client.rollback("anomaly-detector", PLATFORM_NS) == "restored the previous predictor (custom containers)"
+    assert (
+        platform_api.objects[(PLATFORM_NS, "anomaly-detector")]["spec"]["predictor"]
+        == _platform_isvc()["spec"]["predictor"]
+    )
+
+
 def test_the_deployment_mode_of_an_existing_service_is_not_changed(platform_api):
     from anomaly_mlops.deploy import DeployError, InferenceServiceClient
 
