@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_mlops.evaluate import evaluate
 from anomaly_mlops.params import TrainParams
+from anomaly_mlops.steps.evaluate import evaluate
 
 BASES = ("raw", "principal")
 FIGURES = ("roc_auc", "pr_auc", "f1", "flagged_share")

@@ -19,8 +19,8 @@ def peak_rss_mib() -> float:
 
 def train_default_model(rows: int = 20_160, seed: int = 42, params=None) -> Path:
     """The default model (100 trees; or ``params``' TrainParams) on synthetic data, in a temporary directory."""
-    from anomaly_mlops.data import prepare_data
-    from anomaly_mlops.train import train
+    from anomaly_mlops.steps.data import prepare_data
+    from anomaly_mlops.steps.train import train
 
     root = Path(tempfile.mkdtemp(prefix="anomaly-bench-"))
     prepared = prepare_data(root / "data", rows=rows, seed=seed)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_mlops.artifacts import load_model_dir
-from anomaly_mlops.data import prepare_data
-from anomaly_mlops.schema import FeatureSchema
-from anomaly_mlops.self_healing import ENGINE_DEFAULT_ROW, engine_request_rows
-from anomaly_mlops.train import TrainParams, train
+from anomaly_mlops.model.artifacts import load_model_dir
+from anomaly_mlops.model.platform import ENGINE_DEFAULT_ROW
+from anomaly_mlops.model.schema import FeatureSchema
+from anomaly_mlops.sources.self_healing import engine_request_rows
+from anomaly_mlops.steps.data import prepare_data
+from anomaly_mlops.steps.train import TrainParams, train
 
 
 def main() -> None:

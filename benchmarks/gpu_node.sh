@@ -10,9 +10,9 @@ py=${PYTHON:-python3}
 work=$(mktemp -d)
 mkdir -p "$out"
 nvidia-smi -L || echo "nvidia-smi: not found"
-"$py" -m anomaly_mlops.cli data --out "$work/data"
-"$py" -m anomaly_mlops.cli train --data "$work/data/train.parquet" --out "$work/model"
-"$py" -m anomaly_mlops.cli validate --model "$work/model" --holdout "$work/data/holdout.parquet" \
+"$py" -m anomaly_mlops.adapters.cli data --out "$work/data"
+"$py" -m anomaly_mlops.adapters.cli train --data "$work/data/train.parquet" --out "$work/model"
+"$py" -m anomaly_mlops.adapters.cli validate --model "$work/model" --holdout "$work/data/holdout.parquet" \
     --out "$out/validate"
 "$py" -m pytest -q -p no:cacheprovider -rs tests/test_fastforest.py -k gpu
 "$py" benchmarks/gpu_path.py

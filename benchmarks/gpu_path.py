@@ -14,8 +14,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import train_default_model  # noqa: E402
 
-from anomaly_mlops.artifacts import load_model_dir  # noqa: E402
-from anomaly_mlops.data import load_dataset  # noqa: E402
+from anomaly_mlops.model.artifacts import load_model_dir  # noqa: E402
+from anomaly_mlops.sources.files import load_dataset  # noqa: E402
 
 SIZES = (1, 100, 1_000, 10_000, 100_000)
 
@@ -45,7 +45,7 @@ def main() -> int:
         print("no CUDA device visible to torch: nothing to measure (--device cpu runs the code on the CPU)")
         return 1
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
-    from anomaly_mlops.gpu_scoring import TorchForest
+    from anomaly_mlops.model.gpu_scoring import TorchForest
 
     model_dir, prepared = train_default_model()
     model = load_model_dir(model_dir)

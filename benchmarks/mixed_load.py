@@ -54,9 +54,9 @@ async def drive(url: str, model: str, singles: int, batches: int, clients: int =
 
 
 def main() -> None:
-    from anomaly_mlops.data import prepare_data
-    from anomaly_mlops.local_services import model_server
-    from anomaly_mlops.train import TrainParams, train
+    from anomaly_mlops.adapters.local_services import model_server
+    from anomaly_mlops.steps.data import prepare_data
+    from anomaly_mlops.steps.train import TrainParams, train
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--singles", type=int, default=1000)

@@ -7,8 +7,8 @@ Usage: .venv/bin/python benchmarks/quality.py [--data-dir ../shared/data]"""
 import argparse
 import logging
 
-from anomaly_mlops.evaluate import evaluate
 from anomaly_mlops.params import TrainParams
+from anomaly_mlops.steps.evaluate import evaluate
 
 SETTINGS = {
     "default": TrainParams(),

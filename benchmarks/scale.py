@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_mlops.data import generate_synthetic
-from anomaly_mlops.schema import DEFAULT_FEATURES
+from anomaly_mlops.model.schema import DEFAULT_FEATURES
+from anomaly_mlops.sources.synthetic import generate_synthetic
 
 
 def sixteen_metrics(rows: int, seed: int):
@@ -43,7 +43,7 @@ def sixteen_metrics(rows: int, seed: int):
 def run_step(args, log):
     start = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_mlops.cli", *args], stdout=subprocess.PIPE, stderr=log, text=True
+        [sys.executable, "-m", "anomaly_mlops.adapters.cli", *args], stdout=subprocess.PIPE, stderr=log, text=True
     )
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)

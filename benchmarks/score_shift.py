@@ -9,12 +9,13 @@ import logging
 
 import numpy as np
 
-from anomaly_mlops.champion import psi
-from anomaly_mlops.data import frame_to_dataset, generate_synthetic
-from anomaly_mlops.features import smooth_by_entity
+from anomaly_mlops.model.features import smooth_by_entity
+from anomaly_mlops.model.schema import LABEL_COLUMN, FeatureSchema
 from anomaly_mlops.params import Gates
-from anomaly_mlops.schema import LABEL_COLUMN, FeatureSchema
-from anomaly_mlops.train import TrainParams, fit_detector
+from anomaly_mlops.sources.files import frame_to_dataset
+from anomaly_mlops.sources.synthetic import generate_synthetic
+from anomaly_mlops.steps.champion import psi
+from anomaly_mlops.steps.train import TrainParams, fit_detector
 
 DAY = 1440  # rows: one a minute
 SCHEMA = FeatureSchema()

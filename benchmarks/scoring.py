@@ -12,7 +12,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from common import percentiles, train_default_model  # noqa: E402
 
-from anomaly_mlops.artifacts import load_model_dir  # noqa: E402
+from anomaly_mlops.model.artifacts import load_model_dir  # noqa: E402
 
 
 def time_calls(fn, rows, repeats):

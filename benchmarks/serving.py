@@ -39,8 +39,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).parent))
 from common import train_default_model  # noqa: E402
 
-from anomaly_mlops.artifacts import load_model_dir  # noqa: E402
-from anomaly_mlops.local_services import free_port  # noqa: E402
+from anomaly_mlops.adapters.local_services import free_port  # noqa: E402
+from anomaly_mlops.model.artifacts import load_model_dir  # noqa: E402
 from anomaly_mlops.params import TrainParams  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -226,7 +226,7 @@ def main():
     py = sys.executable
 
     def ours(server: str):
-        return lambda p: [py, "-m", "anomaly_mlops.cli", "serve", "--server", server, "--model-dir", str(model_dir),
+        return lambda p: [py, "-m", "anomaly_mlops.adapters.cli", "serve", "--server", server, "--model-dir", str(model_dir),
                           "--host", "127.0.0.1", "--http-port", str(p)]  # fmt: skip
 
     servers = [

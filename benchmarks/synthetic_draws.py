@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from anomaly_mlops import evaluate as ev
 from anomaly_mlops.params import Gates, TrainParams
+from anomaly_mlops.steps import evaluate as ev
 
 SEEDS = range(10, 20)
 ROWS = (20_160, 10_080)

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from kfp import compiler
 
-from anomaly_mlops.kfp_components import make_components
+from anomaly_mlops.adapters.kfp_components import make_components
 from anomaly_mlops.pipelines.definitions import PIPELINES, PipelineOptions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 
 from kfp import dsl, kubernetes
 
+from anomaly_mlops.adapters.kfp_components import DEFAULT_IMAGE, make_components
 from anomaly_mlops.errors import ConfigError
-from anomaly_mlops.kfp_components import DEFAULT_IMAGE, make_components
-from anomaly_mlops.storage import ENV_KEYS
+from anomaly_mlops.store.s3 import ENV_KEYS
 
 DATA_CONNECTION = "aws-connection-models"
 # The KFP backends of OpenShift AI's Data Science Pipelines, oldest first.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_mlops.data import prepare_data
-from anomaly_mlops.local_services import embedded_s3, model_server
-from anomaly_mlops.train import TrainParams, train
+from anomaly_mlops.adapters.local_services import embedded_s3, model_server
+from anomaly_mlops.steps.data import prepare_data
+from anomaly_mlops.steps.train import TrainParams, train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -40,7 +40,7 @@ def s3_env():
 @pytest.fixture
 def settings(s3_env):
     """S3Settings for the embedded S3-protocol server."""
-    from anomaly_mlops.storage import S3Settings
+    from anomaly_mlops.store.s3 import S3Settings
 
     return S3Settings.from_env(s3_env)
 
@@ -88,7 +88,7 @@ def running_prometheus(root: Path, openmetrics_lines: list[str]):
 
     import requests
 
-    from anomaly_mlops.local_services import free_port
+    from anomaly_mlops.adapters.local_services import free_port
 
     if not (shutil.which("prometheus") and shutil.which("promtool")):
         pytest.skip("Prometheus is not installed: run `make prometheus` (Debian package prometheus)")
@@ -143,8 +143,8 @@ def prometheus(tmp_path_factory):
 
     import numpy as np
 
-    from anomaly_mlops.data import generate_synthetic
-    from anomaly_mlops.schema import DEFAULT_FEATURES
+    from anomaly_mlops.model.schema import DEFAULT_FEATURES
+    from anomaly_mlops.sources.synthetic import generate_synthetic
 
     end = math.floor(time.time() / 60) * 60 - 3 * 3600
     points = 361
@@ -172,8 +172,8 @@ def windowed(tmp_path_factory):
     """(model, metrics) of a small windowed, smoothed model (15-row features with the default
     window columns and raw-metric trees, 4-row smoothing) on synthetic data: for the
     per-entity history, batching and GPU-path tests."""
-    from anomaly_mlops.artifacts import load_model_dir
-    from anomaly_mlops.data import generate_synthetic
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.sources.synthetic import generate_synthetic
 
     frame = generate_synthetic(3000, seed=3)
     path = tmp_path_factory.mktemp("windowed-data") / "train.csv"

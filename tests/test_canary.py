@@ -16,13 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from anomaly_mlops.artifacts import load_model_dir
-from anomaly_mlops.data import load_dataset
-from anomaly_mlops.deploy import DeploySpec, InferenceServiceClient, deploy
-from anomaly_mlops.local_services import model_server
+from anomaly_mlops.adapters.local_services import model_server
+from anomaly_mlops.model.artifacts import load_model_dir
 from anomaly_mlops.params import VerifyPlan
-from anomaly_mlops.train import TrainParams, train
-from anomaly_mlops.verify import verify, verify_rollout
+from anomaly_mlops.sources.files import load_dataset
+from anomaly_mlops.steps.deploy import DeploySpec, InferenceServiceClient, deploy
+from anomaly_mlops.steps.train import TrainParams, train
+from anomaly_mlops.steps.verify import verify, verify_rollout
 
 from k8s_fake import FakeKubeAPI, ready_controller
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "anomaly_mlops.cli"]
+CLI = [sys.executable, "-m", "anomaly_mlops.adapters.cli"]
 
 
 def run(*args, env=None, check=True):
@@ -122,9 +122,7 @@ def test_cli_runs_from_the_source_tree_uninstalled():
     the steps start; submit, whose default pipeline ships with the installed package, asks for
     --package. -S keeps the installed (editable) package out of sight."""
     components = Path(__file__).resolve().parents[1] / "components"
-    code = (
-        f"import sys; sys.path.insert(0, {str(components)!r}); from anomaly_mlops.cli import main; main(sys.argv[1:])"
-    )
+    code = f"import sys; sys.path.insert(0, {str(components)!r}); from anomaly_mlops.adapters.cli import main; main(sys.argv[1:])"
     steps = subprocess.run([sys.executable, "-S", "-c", code, "--help"], capture_output=True, text=True, timeout=60)
     assert steps.returncode == 0 and "validate" in steps.stdout, steps.stderr
     submit = subprocess.run(

@@ -43,7 +43,7 @@ def test_validate_gpu_image_adds_the_pinned_torch_to_the_steps():
 
 
 def test_predictor_command_is_a_valid_cli_call():
-    from anomaly_mlops.cli import build_parser
+    from anomaly_mlops.adapters.cli import build_parser
 
     (cmd,) = [line for line in stage_lines("predictor") if line.startswith("CMD ")]
     import json
@@ -78,9 +78,9 @@ def test_image_install_provides_working_entry_points(tmp_path):
         result = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (args, result.stderr[-2000:])
     check = (
-        "import anomaly_mlops.predictor as p, anomaly_mlops.pipelines.definitions as d, kserve, kfp, sklearn; "
+        "import anomaly_mlops.serving.kserve_model as p, anomaly_mlops.pipelines.definitions as d, kserve, kfp, sklearn; "
         "import importlib.util, pathlib; assert importlib.util.find_spec('pipelines') is None, 'top-level pipelines'; "
-        "from anomaly_mlops.cli import build_parser; "
+        "from anomaly_mlops.adapters.cli import build_parser; "
         "a = build_parser().parse_args(['submit', '--host', 'h']); assert pathlib.Path(a.package).is_file(), a.package; "
         "assert 'site-packages' in a.package, a.package; "
         "p.build_model_class(); print(sklearn.__version__)"

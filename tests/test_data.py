@@ -2,15 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_mlops.data import (
-    ANOMALY_KINDS,
-    frame_to_dataset,
-    generate_synthetic,
-    load_dataset,
-    prepare_data,
-)
 from anomaly_mlops.errors import DataError
-from anomaly_mlops.schema import DEFAULT_FEATURES, FeatureSchema
+from anomaly_mlops.model.schema import DEFAULT_FEATURES, FeatureSchema
+from anomaly_mlops.sources.files import frame_to_dataset, load_dataset
+from anomaly_mlops.sources.synthetic import ANOMALY_KINDS, generate_synthetic
+from anomaly_mlops.steps.data import prepare_data
 
 
 def test_synthetic_is_deterministic_by_seed():

@@ -7,18 +7,17 @@ import time
 import numpy as np
 import pytest
 
-from anomaly_mlops.deploy import (
+from anomaly_mlops.errors import ConfigError, DeployError
+from anomaly_mlops.model.artifacts import check_runtime_serves
+from anomaly_mlops.model.features import MetricBasis
+from anomaly_mlops.steps.deploy import (
     CUSTOM_RUNTIME,
     PREVIOUS_STORAGE_ANNOTATION,
-    DeployError,
     DeploySpec,
     InferenceServiceClient,
     build_inference_service,
-    check_runtime_serves,
     deploy,
 )
-from anomaly_mlops.errors import ConfigError
-from anomaly_mlops.features import MetricBasis
 
 from k8s_fake import FakeKubeAPI, failing_controller, ready_controller
 
@@ -266,7 +265,7 @@ def test_missing_crd_and_bad_token(fake):
 def test_unreachable_api_server():
     from kubernetes import client
 
-    from anomaly_mlops.local_services import free_port
+    from anomaly_mlops.adapters.local_services import free_port
 
     api = client.CustomObjectsApi(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{free_port()}")))
     api.api_client.configuration.retries = 0
@@ -570,7 +569,7 @@ def test_a_canary_is_verified_at_its_own_url(fake, isvc_client):
 
 
 def test_a_canary_without_tag_routing_has_no_candidate_url():
-    from anomaly_mlops.deploy import candidate_url
+    from anomaly_mlops.steps.deploy import candidate_url
 
     isvc = {
         "metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Serverless"}},

@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 from test_train_validate import FAST_LATENCY
 
-from anomaly_mlops.artifacts import METADATA_FILE, write_manifest
-from anomaly_mlops.data import load_dataset
-from anomaly_mlops.drift import describe_outside, outside_training_range, training_ranges
-from anomaly_mlops.train import calibration_mask
-from anomaly_mlops.validate import Gates, validate
+from anomaly_mlops.model.artifacts import METADATA_FILE, write_manifest
+from anomaly_mlops.model.drift import describe_outside, outside_training_range, training_ranges
+from anomaly_mlops.sources.files import load_dataset
+from anomaly_mlops.steps.train import calibration_mask
+from anomaly_mlops.steps.validate import Gates, validate
 
 
 def validate_unlabelled(model_dir, frame, tmp_path, max_flagged_rate_ratio: float, caplog):
     """validate on ``frame``'s rows without labels, with that flagged-rate gate, logs captured."""
     frame.drop(columns=["is_anomaly"], errors="ignore").to_parquet(tmp_path / "recent.parquet")
-    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
+    with caplog.at_level("INFO", logger="anomaly_mlops.steps.validate"):
         return validate(
             model_dir,
             str(tmp_path / "recent.parquet"),
@@ -105,7 +105,7 @@ def test_a_model_trained_before_ranges_were_recorded_still_validates(copy_model,
     del meta["training_ranges"]
     (model / METADATA_FILE).write_text(json.dumps(meta))
     write_manifest(model)
-    with caplog.at_level("INFO", logger="anomaly_mlops.validate"):
+    with caplog.at_level("INFO", logger="anomaly_mlops.steps.validate"):
         result = validate(model, str(prepared.holdout_path), tmp_path / "out", latency=FAST_LATENCY)
     assert result.metrics["outside_training_range"] is None and result.passed
     assert "does not record its training ranges" in caplog.text

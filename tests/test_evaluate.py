@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_mlops.artifacts import load_model_dir
-from anomaly_mlops.drift import training_ranges
 from anomaly_mlops.errors import DataError
-from anomaly_mlops.evaluate import _raw_scores, evaluate, load_smd, time_features
-from anomaly_mlops.features import smooth_scores, smoothing_rows
+from anomaly_mlops.model.artifacts import load_model_dir
+from anomaly_mlops.model.drift import training_ranges
+from anomaly_mlops.model.features import smooth_scores, smoothing_rows
+from anomaly_mlops.model.schema import FeatureSchema
 from anomaly_mlops.params import DEFAULT_FEATURE_WINDOW_MIN, DEFAULT_SCORE_SMOOTHING_MIN, TrainParams
-from anomaly_mlops.schema import FeatureSchema
-from anomaly_mlops.train import POT_FALLBACK, threshold_from, train
+from anomaly_mlops.steps.evaluate import _raw_scores, evaluate, load_smd, time_features
+from anomaly_mlops.steps.train import POT_FALLBACK, threshold_from, train
 
 from conftest import SHARED_DATA
 
@@ -34,7 +34,7 @@ def test_time_features_are_causal():
 
 
 def test_window_column_subsets_are_the_matching_blocks_of_the_full_transform():
-    from anomaly_mlops.features import FeatureTransform
+    from anomaly_mlops.model.features import FeatureTransform
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, 3))
@@ -64,7 +64,7 @@ def test_window_statistics_match_their_definition_whatever_the_call_covers():
     """Each row's deviation and spread are those of its own window (fewer rows at the start,
     0 spread for one row); a row gets the very same figures whether the series is computed
     whole (in chunks), or the row comes with just its history, as the server sends it."""
-    from anomaly_mlops.features import CHUNK_ROWS, FeatureTransform
+    from anomaly_mlops.model.features import CHUNK_ROWS, FeatureTransform
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(CHUNK_ROWS + 500, 2)) * [3, 1e4] + [50, 1e9]
@@ -88,7 +88,7 @@ def test_principal_basis_rotates_the_fitted_rows_and_serves_the_same_features():
     was fitted on, every component kept, a constant metric harmless); a refit of the same
     rows gives the same axes; it survives metadata.json exactly; and a row's features are the
     same whole, with its history, or in the lean server's one pass over several series."""
-    from anomaly_mlops.features import FeatureTransform, MetricBasis
+    from anomaly_mlops.model.features import FeatureTransform, MetricBasis
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(600, 4)) @ rng.normal(size=(4, 4)) * [1, 10, 100, 1000] + [0, 5, 50, 500]
@@ -133,7 +133,7 @@ def test_principal_basis_lets_the_trees_see_a_broken_relation_between_metrics():
     they part (CPU busy with no requests) while each stays inside its training range. Trees
     cutting one raw metric at a time barely see those rows; on the principal axes they are
     extreme along the minor one."""
-    from anomaly_mlops.train import fit_scores
+    from anomaly_mlops.steps.train import fit_scores
 
     rng = np.random.default_rng(1)
     load = rng.uniform(0.1, 0.9, size=3000)
@@ -172,9 +172,9 @@ def test_tune_averages_every_candidate_over_its_seeds_and_gates_each_seed(monkey
     """--tune-seeds: each candidate's figures are the mean of the single-seed runs, and a
     candidate passes the synthetic gates only if it passes them with every seed (a small
     grid and small series stand in for the real ones)."""
-    from anomaly_mlops import evaluate as ev
-    from anomaly_mlops.data import generate_synthetic
-    from anomaly_mlops.schema import DEFAULT_FEATURES, LABEL_COLUMN
+    from anomaly_mlops.model.schema import DEFAULT_FEATURES, LABEL_COLUMN
+    from anomaly_mlops.sources.synthetic import generate_synthetic
+    from anomaly_mlops.steps import evaluate as ev
 
     for name, value in {
         "TUNE_WINDOWS": (0, 30),
@@ -213,7 +213,7 @@ def test_tune_averages_every_candidate_over_its_seeds_and_gates_each_seed(monkey
 
 
 def test_tune_defaults_to_the_seeds_the_defaults_were_chosen_with(monkeypatch, tmp_path):
-    from anomaly_mlops import evaluate as ev
+    from anomaly_mlops.steps import evaluate as ev
 
     seen = []
     monkeypatch.setattr(ev, "_load", lambda *args: [])
@@ -224,7 +224,7 @@ def test_tune_defaults_to_the_seeds_the_defaults_were_chosen_with(monkeypatch, t
 
 
 def test_average_over_seeds_keeps_means_and_worsts():
-    from anomaly_mlops.evaluate import average_over_seeds
+    from anomaly_mlops.steps.evaluate import average_over_seeds
 
     first = {"c": [{"roc_auc": 0.9, "pr_auc": 0.5, "f1": 0.4, "threshold_method": "quantile"}]}
     second = {"c": [{"roc_auc": 0.7, "pr_auc": 0.3, "f1": 0.2, "threshold_method": "quantile"}]}
@@ -319,7 +319,7 @@ def test_cli_evaluates_nab_and_honours_the_feature_window(tmp_path):
 
 
 def test_candidates_equal_on_the_tuning_series_are_told_apart_by_the_synthetic_draws():
-    from anomaly_mlops.evaluate import best_candidate
+    from anomaly_mlops.steps.evaluate import best_candidate
 
     same = {"f1": 0.2, "pr_auc": 0.3}
     measured = {
@@ -336,8 +336,8 @@ def test_candidates_equal_on_the_tuning_series_are_told_apart_by_the_synthetic_d
 
 
 def test_evaluate_takes_datasets_from_every_dataset_flag(monkeypatch, tmp_path):
-    from anomaly_mlops import cli
-    from anomaly_mlops import evaluate as evaluate_module
+    from anomaly_mlops.adapters import cli
+    from anomaly_mlops.steps import evaluate as evaluate_module
 
     seen = []
     monkeypatch.setattr(evaluate_module, "evaluate", lambda root, datasets, *a, **k: seen.append(datasets) or {})

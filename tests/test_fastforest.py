@@ -6,8 +6,8 @@ from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from anomaly_mlops.artifacts import FAST_SCORING_MAX_ROWS, load_model_dir
-from anomaly_mlops.fastforest import CHUNK_ROWS, CompiledForest, compile_forest
+from anomaly_mlops.model.artifacts import FAST_SCORING_MAX_ROWS, load_model_dir
+from anomaly_mlops.model.fastforest import CHUNK_ROWS, CompiledForest, compile_forest
 
 
 def fitted(X, **params):
@@ -43,9 +43,9 @@ def test_trees_grown_on_the_raw_metrics_join_one_forest_that_every_reader_scores
     mean of the two forests' scores); scikit-learn, the flattened forest and skops agree."""
     import skops.io as skops_io
 
-    from anomaly_mlops.features import FeatureTransform
+    from anomaly_mlops.model.features import FeatureTransform
     from anomaly_mlops.params import TrainParams
-    from anomaly_mlops.train import _isolation_forest, fit_forest
+    from anomaly_mlops.steps.train import _isolation_forest, fit_forest
 
     rng = np.random.default_rng(4)
     X = rng.normal(size=(2000, 4)) * [1, 5, 20, 0.1]
@@ -120,7 +120,7 @@ def test_gpu_path_code_matches_scikit_learn(model_dir, prepared, windowed, devic
     )
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device visible to torch: the CUDA parity test runs on a GPU node")
-    from anomaly_mlops.gpu_scoring import TorchForest, measure_gpu_path
+    from anomaly_mlops.model.gpu_scoring import TorchForest, measure_gpu_path
 
     model = load_model_dir(model_dir)
     X = pd.read_parquet(prepared.holdout_path)[list(model.schema.features)].to_numpy()
@@ -142,12 +142,12 @@ def test_gpu_path_code_matches_scikit_learn(model_dir, prepared, windowed, devic
 
 
 def test_gpu_path_says_why_it_was_not_measured(model_dir):
-    from anomaly_mlops.gpu_scoring import measure_gpu_path
+    from anomaly_mlops.model.gpu_scoring import measure_gpu_path
 
     model = load_model_dir(model_dir)
     X = np.zeros((10, len(model.schema)))
     result = measure_gpu_path(model.fast, X, np.zeros(10))
-    from anomaly_mlops.gpu_scoring import nvidia_device_visible
+    from anomaly_mlops.model.gpu_scoring import nvidia_device_visible
 
     if not nvidia_device_visible():  # decided without importing torch
         assert result == {"measured": False, "reason": "no GPU was seen on this node (no /dev/nvidia* device)"}

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from anomaly_mlops import publish as publish_module
 from anomaly_mlops.errors import ArtifactError, StorageError
-from anomaly_mlops.publish import download_model, publish
-from anomaly_mlops.storage import S3Settings
+from anomaly_mlops.store import releases as publish_module
+from anomaly_mlops.store.releases import download_model, publish
+from anomaly_mlops.store.s3 import S3Settings
 
 from fault_proxy import Fault, FaultProxy
 
@@ -153,7 +153,7 @@ def test_no_secret_in_logs_outputs_compiled_pipelines_or_manifests(tmp_path, s3_
         [
             sys.executable,
             "-m",
-            "anomaly_mlops.cli",
+            "anomaly_mlops.adapters.cli",
             "--log-level",
             "DEBUG",
             "publish",
@@ -172,7 +172,7 @@ def test_no_secret_in_logs_outputs_compiled_pipelines_or_manifests(tmp_path, s3_
         [
             sys.executable,
             "-m",
-            "anomaly_mlops.cli",
+            "anomaly_mlops.adapters.cli",
             "publish",
             "--model",
             str(model_dir),
@@ -204,9 +204,9 @@ def test_no_secret_in_logs_outputs_compiled_pipelines_or_manifests(tmp_path, s3_
 
 
 def test_no_secret_in_reports(tmp_path, s3_env, monkeypatch):
-    from anomaly_mlops.local_run import LocalRunConfig, run_local
-    from anomaly_mlops.validate import LatencyPlan
-    from anomaly_mlops.verify import VerifyPlan
+    from anomaly_mlops.adapters.local_run import LocalRunConfig, run_local
+    from anomaly_mlops.steps.validate import LatencyPlan
+    from anomaly_mlops.steps.verify import VerifyPlan
 
     summary = run_local(
         LocalRunConfig(

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from anomaly_mlops.history import EntityHistory
+from anomaly_mlops.serving.history import EntityHistory
 
 
 class Clock:

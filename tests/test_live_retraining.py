@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_mlops import cli
-from anomaly_mlops.data import generate_synthetic
+from anomaly_mlops.adapters import cli
 from anomaly_mlops.errors import DataError
-from anomaly_mlops.prometheus import PrometheusSource, fetch_prometheus
-from anomaly_mlops.schema import FeatureSchema
+from anomaly_mlops.model.schema import FeatureSchema
+from anomaly_mlops.sources.prometheus import PrometheusSource, fetch_prometheus
+from anomaly_mlops.sources.synthetic import generate_synthetic
 
 from conftest import running_prometheus
 
@@ -227,11 +227,11 @@ def live_data(live_prometheus, tmp_path_factory):
 
 
 def test_a_worse_challenger_is_refused_and_a_better_one_released(live_data, s3_env, tmp_path, monkeypatch):
-    from anomaly_mlops.champion import latest_release
-    from anomaly_mlops.publish import publish
-    from anomaly_mlops.storage import S3Settings
-    from anomaly_mlops.train import TrainParams, train
-    from anomaly_mlops.validate import Gates, LatencyPlan, validate
+    from anomaly_mlops.steps.champion import latest_release
+    from anomaly_mlops.steps.train import TrainParams, train
+    from anomaly_mlops.steps.validate import Gates, LatencyPlan, validate
+    from anomaly_mlops.store.releases import publish
+    from anomaly_mlops.store.s3 import S3Settings
 
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
@@ -284,7 +284,7 @@ def test_a_worse_challenger_is_refused_and_a_better_one_released(live_data, s3_e
     publish(good, name, "v2", S3Settings.from_env())  # often within the same second as v1: a tie on time
     assert latest_release(name).endswith(f"/{name}/v2/")
 
-    from anomaly_mlops.champion import resolve_champion
+    from anomaly_mlops.steps.champion import resolve_champion
 
     champion = resolve_champion("latest", name, tmp_path / "cache")
     worse = validate(weak, str(live_data / "holdout.parquet"), tmp_path / "worse", gates, fast, champion)
@@ -296,9 +296,9 @@ def test_a_worse_challenger_is_refused_and_a_better_one_released(live_data, s3_e
 
 
 def test_without_labels_the_score_shift_from_the_champion_is_gated(live_data, tmp_path):
-    from anomaly_mlops.artifacts import load_model_dir
-    from anomaly_mlops.train import TrainParams, train
-    from anomaly_mlops.validate import Gates, LatencyPlan, validate
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.steps.train import TrainParams, train
+    from anomaly_mlops.steps.validate import Gates, LatencyPlan, validate
 
     # A scheduled retraining without alert labels: neither part is labelled.
     unlabelled = pd.read_parquet(live_data / "holdout.parquet").drop(columns=["is_anomaly"])
@@ -334,9 +334,9 @@ def test_a_champion_with_other_tree_sizes_is_not_held_to_the_score_shift_gate(li
     """The first retraining after the default trees grew (256 -> 4096 rows) scores on another
     scale than its champion: without labels the shift gate is skipped, saying why, and the
     flagged-rate gate still judges the challenger."""
-    from anomaly_mlops.artifacts import load_model_dir
-    from anomaly_mlops.train import TrainParams, train
-    from anomaly_mlops.validate import Gates, LatencyPlan, validate
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.steps.train import TrainParams, train
+    from anomaly_mlops.steps.validate import Gates, LatencyPlan, validate
 
     # Without alert labels, like the scheduled run it stands for: neither part is labelled.
     unlabelled = pd.read_parquet(live_data / "holdout.parquet").drop(columns=["is_anomaly"])

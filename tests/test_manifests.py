@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from anomaly_mlops.cli import build_parser
-from anomaly_mlops.deploy import CUSTOM_MODEL_FORMAT, CUSTOM_RUNTIME, DeploySpec, build_inference_service
-from anomaly_mlops.storage import ENV_KEYS
+from anomaly_mlops.adapters.cli import build_parser
+from anomaly_mlops.steps.deploy import CUSTOM_MODEL_FORMAT, CUSTOM_RUNTIME, DeploySpec, build_inference_service
+from anomaly_mlops.store.s3 import ENV_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -125,7 +125,7 @@ def test_rbac_is_least_privilege():
 
 def test_the_role_grants_exactly_what_deploy_uses():
     """The verbs our client sends (tests/k8s_fake.py records them) equal the verbs granted."""
-    from anomaly_mlops.deploy import InferenceServiceClient, deploy
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, deploy
 
     from k8s_fake import FakeKubeAPI, ready_controller
 

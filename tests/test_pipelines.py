@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anomaly_mlops.adapters.submit import check_cron, make_client, schedule, submit_run
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.pipelines.compile import COMPONENTS_OUT, PIPELINES_OUT, stale_files
 from anomaly_mlops.pipelines.definitions import PIPELINES, PipelineOptions, build_training_pipeline
-from anomaly_mlops.storage import ENV_KEYS
-from anomaly_mlops.submit import check_cron, make_client, schedule, submit_run
+from anomaly_mlops.store.s3 import ENV_KEYS
 
 from kfp_fake import FakeKFP
 
@@ -79,7 +79,7 @@ def test_gpu_placement_is_configurable(tmp_path):
 def test_validate_image_is_a_compile_option(tmp_path):
     """--validate-image puts validate alone on the image with torch (the GPU path), in the
     pipelines and in the component spec; empty, every step runs on --image."""
-    from anomaly_mlops.cli import _pipeline_options, build_parser
+    from anomaly_mlops.adapters.cli import _pipeline_options, build_parser
     from anomaly_mlops.pipelines.compile import compile_all
 
     args = build_parser().parse_args(
@@ -307,11 +307,11 @@ def test_the_kfp_fake_refuses_what_the_api_refuses(dsp):
     from kfp_server_api.exceptions import ApiException
 
     client = make_client(dsp.url, dsp.token, "anomaly")
-    with mock.patch("anomaly_mlops.submit.check_arguments"):
+    with mock.patch("anomaly_mlops.adapters.submit.check_arguments"):
         with pytest.raises(ApiException) as info:
             submit_run(client, TRAINING, {"data_connection": "x"}, "r", "anomaly-detector", "anomaly")
     assert info.value.status == 400 and "unrecognized input parameter(s) ['data_connection']" in info.value.body
-    with mock.patch("anomaly_mlops.submit.check_cron", side_effect=lambda c: c):
+    with mock.patch("anomaly_mlops.adapters.submit.check_cron", side_effect=lambda c: c):
         with pytest.raises(ApiException) as info:
             schedule(client, TRAINING, "bad", "0 61 3 * * *", {}, "anomaly-detector", "anomaly")
     assert info.value.status == 400 and "not a supported format" in info.value.body
@@ -342,8 +342,8 @@ def test_good_cron_forms_pass():
 
 
 def test_cli_schedule_checks_cron_and_parameters_before_contacting_the_server(tmp_path):
-    from anomaly_mlops import cli
-    from anomaly_mlops.local_services import free_port
+    from anomaly_mlops.adapters import cli
+    from anomaly_mlops.adapters.local_services import free_port
 
     host = f"http://127.0.0.1:{free_port()}"  # nothing listens: a contact would be a connection error
     assert cli.main(["schedule", "--host", host, "--package", str(TRAINING), "--cron", "0 3 * * *"]) == 2

@@ -7,13 +7,13 @@ import pytest
 import requests
 import v2_schema
 
-from anomaly_mlops.artifacts import load_model_dir
-from anomaly_mlops.data import load_dataset
+from anomaly_mlops.adapters.local_services import model_server
 from anomaly_mlops.errors import AnomalyMLOpsError
-from anomaly_mlops.local_services import model_server
-from anomaly_mlops.publish import publish
-from anomaly_mlops.schema import DEFAULT_FEATURES
-from anomaly_mlops.storage import S3Settings
+from anomaly_mlops.model.artifacts import load_model_dir
+from anomaly_mlops.model.schema import DEFAULT_FEATURES
+from anomaly_mlops.sources.files import load_dataset
+from anomaly_mlops.store.releases import publish
+from anomaly_mlops.store.s3 import S3Settings
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_rows_outside_the_training_range_are_counted_on_metrics(served, holdout,
 
 @pytest.mark.skipif(not v2_schema.available(), reason="../shared/schemas/open-inference-protocol not found")
 def test_v2_bodies_follow_the_open_inference_openapi(served, holdout, model_dir, request):
-    from anomaly_mlops.publish import default_version
+    from anomaly_mlops.store.releases import default_version
 
     url, name = served
     kserve = request.node.callspec.params["served"] == "kserve"
@@ -267,7 +267,7 @@ def test_windowed_model_streamed_row_by_row_matches_offline_scoring(prepared, ho
     V2 interleaved, two entities interleaved) is scored exactly as offline scoring of the
     whole series; rows with less history than the model needs are marked, and a lone row
     with no entity is refused with an answer that says what to send."""
-    from anomaly_mlops.train import TrainParams, train
+    from anomaly_mlops.steps.train import TrainParams, train
 
     trained = train(
         str(prepared.train_path), tmp_path / "ts", TrainParams(n_estimators=40, feature_window=20, score_smoothing=5)
@@ -338,7 +338,7 @@ def test_concurrent_streams_of_many_entities_match_offline_scoring(served, holdo
 
 
 def test_v2_metadata_lists_inputs_outputs_and_the_version(served, model_dir):
-    from anomaly_mlops.publish import default_version
+    from anomaly_mlops.store.releases import default_version
 
     url, name = served
     metadata = requests.get(f"{url}/v2/models/{name}", timeout=5).json()
@@ -360,7 +360,7 @@ def test_a_body_not_sent_as_json_is_told_so(served):
 
 
 def test_lean_server_refuses_a_version_it_does_not_serve(served, request, model_dir):
-    from anomaly_mlops.publish import default_version
+    from anomaly_mlops.store.releases import default_version
 
     if request.node.callspec.params["served"] != "lean":
         pytest.skip("KServe 0.21 answers versioned paths 501: model versioning not supported")

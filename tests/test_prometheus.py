@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from anomaly_mlops.data import generate_synthetic
+from anomaly_mlops.adapters.local_services import free_port
 from anomaly_mlops.errors import ConfigError, DataError
-from anomaly_mlops.local_services import free_port
-from anomaly_mlops.prometheus import fetch_range, load_queries, parse_duration
-from anomaly_mlops.schema import DEFAULT_FEATURES
+from anomaly_mlops.model.schema import DEFAULT_FEATURES
+from anomaly_mlops.sources.prometheus import fetch_range, load_queries, parse_duration
+from anomaly_mlops.sources.synthetic import generate_synthetic
 
 QUERIES = {f: f'mlops_{f}{{instance="node-1"}}' for f in DEFAULT_FEATURES}
 
@@ -75,7 +75,7 @@ def test_several_series_become_entities(prometheus):
 
 def test_long_windows_are_fetched_in_pieces(prometheus):
     """6 hours at 1 s is 21,601 steps: more than one query_range may return (11,000)."""
-    from anomaly_mlops.prometheus import PrometheusClient
+    from anomaly_mlops.sources.prometheus import PrometheusClient
 
     url, end, expected = prometheus
     client = PrometheusClient(url)
@@ -108,7 +108,7 @@ def test_data_step_from_prometheus_with_a_labelled_holdout(prometheus, tmp_path)
         [
             sys.executable,
             "-m",
-            "anomaly_mlops.cli",
+            "anomaly_mlops.adapters.cli",
             "data",
             "--source",
             "prometheus",

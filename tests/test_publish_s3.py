@@ -5,11 +5,11 @@ import uuid
 
 import pytest
 
-from anomaly_mlops.artifacts import MANIFEST_FILE, load_model_dir, write_manifest
+from anomaly_mlops.adapters.local_services import free_port
 from anomaly_mlops.errors import ArtifactError, ConfigError, StorageError, VersionConflictError
-from anomaly_mlops.local_services import free_port
-from anomaly_mlops.publish import download_model, publish
-from anomaly_mlops.storage import S3Settings
+from anomaly_mlops.model.artifacts import MANIFEST_FILE, load_model_dir, write_manifest
+from anomaly_mlops.store.releases import download_model, publish
+from anomaly_mlops.store.s3 import S3Settings
 
 
 def keys(raw, bucket, prefix):

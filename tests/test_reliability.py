@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import requests
 
-from anomaly_mlops import cli
-from anomaly_mlops.artifacts import METADATA_FILE, SAFE_MODEL_FILE, load_model_dir, write_manifest
+from anomaly_mlops.adapters import cli
+from anomaly_mlops.adapters.local_services import model_server
 from anomaly_mlops.errors import AnomalyMLOpsError, ArtifactError, ConfigError, DataError, VersionConflictError
-from anomaly_mlops.local_services import model_server
-from anomaly_mlops.publish import claim_key, download_model, publish
-from anomaly_mlops.schema import DEFAULT_FEATURES
-from anomaly_mlops.storage import S3Settings
+from anomaly_mlops.model.artifacts import METADATA_FILE, SAFE_MODEL_FILE, load_model_dir, write_manifest
+from anomaly_mlops.model.schema import DEFAULT_FEATURES
+from anomaly_mlops.store.releases import claim_key, download_model, publish
+from anomaly_mlops.store.s3 import S3Settings
 
 from fault_proxy import Fault, FaultProxy
 
@@ -187,7 +187,7 @@ def _consistent_model(copy_model, obj, label: str) -> Path:
 
 
 def _fitted_on(n_features: int):
-    from anomaly_mlops.train import TrainParams, fit_detector
+    from anomaly_mlops.steps.train import TrainParams, fit_detector
 
     params = TrainParams(n_estimators=10, feature_window=0)
     return fit_detector(np.random.default_rng(0).normal(size=(256, n_features)), params).pipeline
@@ -228,7 +228,7 @@ def test_forest_arrays_that_cannot_score_stop_the_lean_server(copy_model, tmp_pa
 
 
 def test_a_fast_scorer_that_disagrees_with_scikit_learn_is_refused(model_dir, monkeypatch):
-    from anomaly_mlops import fastforest
+    from anomaly_mlops.model import fastforest
 
     real = fastforest.compile_forest
 
@@ -273,7 +273,7 @@ def test_loading_never_runs_code_from_the_pickle_or_skops_file(copy_model, model
 def test_the_pickle_for_the_sklearn_runtime_scores_like_the_skops_model(model_dir, prepared):
     import joblib
 
-    from anomaly_mlops.data import load_dataset
+    from anomaly_mlops.sources.files import load_dataset
 
     rows = load_dataset(str(prepared.holdout_path)).X
     pickled = joblib.load(model_dir / "model.joblib")
@@ -477,7 +477,7 @@ def test_max_samples_must_be_auto_or_positive(capsys, tmp_path, prepared, value)
 
 
 def test_train_checks_its_output_before_fitting(tmp_path, prepared, monkeypatch):
-    from anomaly_mlops import train as train_module
+    from anomaly_mlops.steps import train as train_module
 
     out = tmp_path / "used"
     out.mkdir()
@@ -490,8 +490,8 @@ def test_train_checks_its_output_before_fitting(tmp_path, prepared, monkeypatch)
 def test_datetime_and_timedelta_columns_are_not_features(tmp_path):
     import pandas as pd
 
-    from anomaly_mlops.data import frame_to_dataset
-    from anomaly_mlops.schema import FeatureSchema
+    from anomaly_mlops.model.schema import FeatureSchema
+    from anomaly_mlops.sources.files import frame_to_dataset
 
     frame = pd.DataFrame(
         {
@@ -543,7 +543,7 @@ class _EchoingProxy:
 def test_deploy_errors_never_carry_the_bearer_token():
     from kubernetes import client
 
-    from anomaly_mlops.deploy import DeploySpec, InferenceServiceClient
+    from anomaly_mlops.steps.deploy import DeploySpec, InferenceServiceClient
 
     token = "sha256~TOKENthatMustNeverBePrinted0123456789"
     proxy = _EchoingProxy()
@@ -563,7 +563,7 @@ def test_deploy_errors_never_carry_the_bearer_token():
 
 
 def test_credentials_in_the_s3_endpoint_are_never_printed(capsys, model_dir, monkeypatch):
-    from anomaly_mlops.local_services import free_port
+    from anomaly_mlops.adapters.local_services import free_port
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "key")

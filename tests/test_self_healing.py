@@ -13,19 +13,13 @@ import pandas as pd
 import pytest
 import requests
 
-from anomaly_mlops import cli
+from anomaly_mlops.adapters import cli
+from anomaly_mlops.adapters.local_services import model_server
 from anomaly_mlops.errors import DataError
-from anomaly_mlops.local_services import model_server
-from anomaly_mlops.prometheus import PrometheusClient, time_grid
-from anomaly_mlops.schema import FeatureSchema
-from anomaly_mlops.self_healing import (
-    BASE_METRICS,
-    ENGINE_DEFAULT_ROW,
-    FEATURES,
-    engine_features,
-    engine_request_rows,
-    fetch_platform_frame,
-)
+from anomaly_mlops.model.platform import BASE_METRICS, ENGINE_DEFAULT_ROW, FEATURES
+from anomaly_mlops.model.schema import FeatureSchema
+from anomaly_mlops.sources.prometheus import PrometheusClient, time_grid
+from anomaly_mlops.sources.self_healing import engine_features, engine_request_rows, fetch_platform_frame
 
 from conftest import running_prometheus
 
@@ -95,7 +89,7 @@ def test_data_whose_columns_do_not_match_the_named_schema_is_refused(tmp_path, p
     frame = pd.read_parquet(platform_data / "train.parquet").drop(columns=["pod_memory_usage_std_5m"])
     frame.to_parquet(tmp_path / "short.parquet")
     with pytest.raises(DataError, match=r"missing feature columns \['pod_memory_usage_std_5m'\]"):
-        from anomaly_mlops.data import load_dataset
+        from anomaly_mlops.sources.files import load_dataset
 
         load_dataset(str(tmp_path / "short.parquet"), FeatureSchema.parse("self-healing-platform"))
 
@@ -221,7 +215,7 @@ def test_the_cli_reads_the_platform_schema_from_prometheus(platform_prometheus, 
 
 @pytest.fixture(scope="module")
 def platform_model(platform_data, tmp_path_factory):
-    from anomaly_mlops.train import TrainParams, train
+    from anomaly_mlops.steps.train import TrainParams, train
 
     out = tmp_path_factory.mktemp("platform-model") / "model"
     return train(
@@ -286,8 +280,8 @@ def test_the_engine_contract_on_what_the_engine_really_sends(platform_model, tmp
 def test_a_model_trained_on_the_features_as_computed_alarms_on_scoped_requests(platform_data, platform_model, tmp_path):
     """--fixed-engine (how every model of this schema was trained before) flags most ordinary
     scoped rows: the engine's node defaults are far from any node row it was fitted on."""
-    from anomaly_mlops.artifacts import load_model_dir
-    from anomaly_mlops.train import TrainParams, train
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.steps.train import TrainParams, train
 
     fixed = train(
         str(platform_data / "train.parquet"),
@@ -305,8 +299,8 @@ def test_a_model_trained_on_the_features_as_computed_alarms_on_scoped_requests(p
 
 
 def test_the_sklearn_runtime_is_refused_for_the_scoped_threshold(platform_model):
-    from anomaly_mlops.deploy import check_runtime_serves
     from anomaly_mlops.errors import ConfigError
+    from anomaly_mlops.model.artifacts import check_runtime_serves
 
     with pytest.raises(
         ConfigError, match="its own threshold for the platform engine's scoped requests.*--fixed-engine"
@@ -369,7 +363,7 @@ def platform_api():
 
 
 def _platform_spec(version: str, **overrides):
-    from anomaly_mlops.deploy import PROFILES, DeploySpec
+    from anomaly_mlops.steps.deploy import PROFILES, DeploySpec
 
     values = {
         **PROFILES["self-healing-platform"],
@@ -381,7 +375,8 @@ def _platform_spec(version: str, **overrides):
 
 
 def test_an_argocd_owned_service_is_refused_without_take_over(platform_api):
-    from anomaly_mlops.deploy import DeployError, InferenceServiceClient
+    from anomaly_mlops.errors import DeployError
+    from anomaly_mlops.steps.deploy import InferenceServiceClient
 
     with pytest.raises(
         DeployError, match=r"managed by another tool \(ArgoCD: annotation argocd.argoproj.io/tracking-id"
@@ -391,7 +386,12 @@ def test_an_argocd_owned_service_is_refused_without_take_over(platform_api):
 
 
 def test_take_over_converts_the_custom_container_and_rollback_restores_it(platform_api):
-    from anomaly_mlops.deploy import MODEL_VERSION_ANNOTATION, TAKEN_OVER_ANNOTATION, InferenceServiceClient, deploy
+    from anomaly_mlops.steps.deploy import (
+        MODEL_VERSION_ANNOTATION,
+        TAKEN_OVER_ANNOTATION,
+        InferenceServiceClient,
+        deploy,
+    )
 
     client = InferenceServiceClient(platform_api.api())
     before = _platform_isvc()["spec"]["predictor"]
@@ -423,7 +423,7 @@ def test_take_over_converts_the_custom_container_and_rollback_restores_it(platfo
 
 def test_take_over_on_openshift_ai_3_4_where_the_mode_is_called_standard(platform_api):
     """KServe 0.17+ stores the platform's RawDeployment as Standard: still the same mode."""
-    from anomaly_mlops.deploy import InferenceServiceClient, deploy
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, deploy
 
     platform_api.kserve_017 = True
     platform = platform_api.objects[(PLATFORM_NS, "anomaly-detector")]
@@ -442,7 +442,8 @@ def test_take_over_on_openshift_ai_3_4_where_the_mode_is_called_standard(platfor
 
 
 def test_the_deployment_mode_of_an_existing_service_is_not_changed(platform_api):
-    from anomaly_mlops.deploy import DeployError, InferenceServiceClient
+    from anomaly_mlops.errors import DeployError
+    from anomaly_mlops.steps.deploy import InferenceServiceClient
 
     with pytest.raises(
         DeployError,
@@ -459,9 +460,9 @@ def test_the_deployment_mode_of_an_existing_service_is_not_changed(platform_api)
 def test_publishing_into_a_mounted_volume_keeps_the_release_rules(model_dir, copy_model, tmp_path):
     import threading
 
-    from anomaly_mlops.artifacts import load_model_dir, write_manifest
     from anomaly_mlops.errors import VersionConflictError
-    from anomaly_mlops.publish import publish_to_directory
+    from anomaly_mlops.model.artifacts import load_model_dir, write_manifest
+    from anomaly_mlops.store.releases import publish_to_directory
 
     volume = tmp_path / "pvc"
     volume.mkdir()

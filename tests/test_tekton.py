@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_mlops.local_services import model_server
-from anomaly_mlops.storage import ENV_KEYS
+from anomaly_mlops.adapters.local_services import model_server
+from anomaly_mlops.store.s3 import ENV_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 TEKTON = ROOT / "manifests" / "tekton"

@@ -5,9 +5,9 @@ import asyncio
 
 import numpy as np
 
-from anomaly_mlops.history import EntityHistory
-from anomaly_mlops.lean_server import Metrics, TickBatcher
-from anomaly_mlops.predictor import begin_scoring, score_rows
+from anomaly_mlops.serving.history import EntityHistory
+from anomaly_mlops.serving.lean_server import Metrics, TickBatcher
+from anomaly_mlops.serving.protocol import begin_scoring, score_rows
 
 
 class CountingModel:
@@ -46,7 +46,7 @@ def test_requests_of_one_tick_share_one_walk_and_score_as_alone(windowed):
 def test_a_tick_of_warm_entities_computes_its_windows_in_one_pass(windowed, monkeypatch):
     """One row each from entities with a full window of history (the serving norm): their
     window statistics are computed together, and every figure equals the one-by-one answer."""
-    from anomaly_mlops.features import FeatureTransform
+    from anomaly_mlops.model.features import FeatureTransform
 
     model, X = windowed
     entities = [f"node-{i}" for i in range(6)]

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import sklearn
 
-from anomaly_mlops.artifacts import MANIFEST_FILE, load_model_dir, verify_model_dir, write_manifest
-from anomaly_mlops.data import load_dataset
 from anomaly_mlops.errors import ArtifactError, ConfigError
-from anomaly_mlops.train import TrainParams, train
-from anomaly_mlops.validate import Gates, LatencyPlan, evaluate_gates, validate
+from anomaly_mlops.model.artifacts import MANIFEST_FILE, load_model_dir, verify_model_dir, write_manifest
+from anomaly_mlops.sources.files import load_dataset
+from anomaly_mlops.steps.train import TrainParams, train
+from anomaly_mlops.steps.validate import Gates, LatencyPlan, evaluate_gates, validate
 
 FAST_LATENCY = LatencyPlan(single_row_repeats=30, batch_sizes=(100,), batch_repeats=3, warmup=2)
 
@@ -34,7 +34,7 @@ def test_threshold_comes_from_held_back_training_scores(model_dir, prepared):
     """The forest never saw the last 20% of the training rows; the threshold comes from
     their scores alone, no label sets it: by default the (1 - contamination) quantile, with
     threshold="pot" the peaks-over-threshold level (risk 0.001)."""
-    from anomaly_mlops.train import pot_threshold
+    from anomaly_mlops.steps.train import pot_threshold
 
     model = load_model_dir(model_dir)
     train = load_dataset(str(prepared.train_path))
@@ -72,8 +72,8 @@ def test_rows_labelled_anomalous_are_neither_fitted_nor_calibrated_on(model_dir,
 def test_rows_whose_window_holds_a_labelled_row_are_left_out_of_the_fit_only(prepared, tmp_path):
     """Their window columns describe the incident: not fitted on. Served rows after an
     incident look the same, so they still count among the held-back rows."""
-    from anomaly_mlops.features import smooth_scores
-    from anomaly_mlops.train import calibration_mask, rows_whose_window_holds
+    from anomaly_mlops.model.features import smooth_scores
+    from anomaly_mlops.steps.train import calibration_mask, rows_whose_window_holds
 
     marked = np.array([0, 1, 0, 0, 0, 0, 1, 0, 0], dtype=bool)
     entities = np.array(["a"] * 6 + ["b"] * 3)
@@ -100,7 +100,7 @@ def test_too_few_rows_not_labelled_anomalous_is_a_clear_error(tmp_path):
     import pandas as pd
 
     from anomaly_mlops.errors import DataError
-    from anomaly_mlops.schema import FeatureSchema
+    from anomaly_mlops.model.schema import FeatureSchema
 
     schema = FeatureSchema(("a", "b", "c"))
     frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 3)), columns=list(schema.features))
@@ -129,10 +129,10 @@ def test_too_few_rows_not_labelled_anomalous_is_a_clear_error(tmp_path):
 
 
 def test_a_tail_too_thin_for_a_pot_fit_falls_back_to_the_quantile_and_says_so(caplog):
-    from anomaly_mlops.train import POT_FALLBACK, fit_detector
+    from anomaly_mlops.steps.train import POT_FALLBACK, fit_detector
 
     X = np.random.default_rng(3).normal(size=(400, 4))  # 80 held-back rows: 2 above their 98th percentile
-    with caplog.at_level("WARNING", logger="anomaly_mlops.train"):
+    with caplog.at_level("WARNING", logger="anomaly_mlops.steps.train"):
         fitted = fit_detector(X, TrainParams(n_estimators=20, threshold="pot"))
     assert fitted.threshold_detail["method"] == POT_FALLBACK
     assert fitted.threshold == pytest.approx(np.quantile(fitted.calibration_scores, 0.98), abs=1e-12)
@@ -253,9 +253,9 @@ def test_training_data_shorter_than_the_window_is_refused(tmp_path, caplog):
     """No series longer than the feature window: no row has a complete window, so the forest
     would judge served rows by features it never saw. Refused, nothing written; a short
     series among longer ones is fitted with a warning."""
-    from anomaly_mlops.data import generate_synthetic
     from anomaly_mlops.errors import DataError
-    from anomaly_mlops.train import check_series_cover_the_window
+    from anomaly_mlops.sources.synthetic import generate_synthetic
+    from anomaly_mlops.steps.train import check_series_cover_the_window
 
     path = tmp_path / "short.csv"
     generate_synthetic(rows=100, seed=1).to_csv(path, index=False)
@@ -285,7 +285,16 @@ def test_validate_refuses_a_model_the_named_runtime_cannot_serve(model_dir, prep
     assert not (tmp_path / "refused").exists()
     assert validate(windowed, str(prepared.holdout_path), tmp_path / "custom", latency=fast, runtime="custom").passed
     assert validate(model_dir, str(prepared.holdout_path), tmp_path / "raw", latency=fast, runtime="sklearn").passed
-    cli = [sys.executable, "-m", "anomaly_mlops.cli", "validate", "--model", str(windowed), "--runtime", "sklearn"]
+    cli = [
+        sys.executable,
+        "-m",
+        "anomaly_mlops.adapters.cli",
+        "validate",
+        "--model",
+        str(windowed),
+        "--runtime",
+        "sklearn",
+    ]
     result = subprocess.run(
         [*cli, "--holdout", str(prepared.holdout_path), "--out", str(tmp_path / "cli")],
         capture_output=True,
@@ -340,7 +349,7 @@ def test_without_labels_validation_gates_on_what_it_can_measure(model_dir, prepa
 
 def test_time_series_feature_model_end_to_end(prepared, tmp_path):
     """feature_window: trained on causal features, recorded in metadata, applied on load."""
-    from anomaly_mlops.features import FeatureTransform
+    from anomaly_mlops.model.features import FeatureTransform
 
     result = train(
         str(prepared.train_path),
@@ -379,8 +388,8 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     """window_columns and raw_tree_share reach metadata.json; both loaders (scikit-learn from
     skops, the flattened forest for the lean server) score the model alike; validate names
     them among the settings that put scores on another scale."""
-    from anomaly_mlops.artifacts import load_serving_model
-    from anomaly_mlops.validate import describe_detector, detector_differences
+    from anomaly_mlops.model.artifacts import load_serving_model
+    from anomaly_mlops.steps.validate import describe_detector, detector_differences
 
     params = TrainParams(n_estimators=40, feature_window=30, window_columns="std,deviation", raw_tree_share=0.5)
     result = train(str(prepared.train_path), tmp_path / "m", params)
@@ -414,8 +423,8 @@ def test_the_default_basis_is_fitted_recorded_and_checked_on_load(prepared, tmp_
     is fitted on the rows the forest is fitted on, recorded in metadata.json, applied by both
     loaders alike, and a basis that does not fit the schema is refused on load. Without a
     window the model stays row-wise on the raw metrics (the upstream sklearn runtime's kind)."""
-    from anomaly_mlops.artifacts import ArtifactError, load_serving_model, write_manifest
-    from anomaly_mlops.features import MetricBasis
+    from anomaly_mlops.model.artifacts import ArtifactError, load_serving_model, write_manifest
+    from anomaly_mlops.model.features import MetricBasis
 
     result = train(str(prepared.train_path), tmp_path / "m", TrainParams(n_estimators=30, feature_window=30))
     meta = json.loads((result.model_dir / "metadata.json").read_text())
@@ -440,7 +449,7 @@ def test_the_trees_are_described_as_grown_not_as_asked(prepared, tmp_path):
     """A one-tree windowed forest has no tree to spare for the raw metrics (one tree must see
     every column): metadata, the report line and the scale comparison say so. Models written
     before "forest" was recorded fall back to the share asked for."""
-    from anomaly_mlops.validate import describe_detector, raw_tree_share
+    from anomaly_mlops.steps.validate import describe_detector, raw_tree_share
 
     result = train(str(prepared.train_path), tmp_path / "one", TrainParams(n_estimators=1, feature_window=30))
     meta = json.loads((result.model_dir / "metadata.json").read_text())
@@ -459,7 +468,7 @@ def test_the_lean_server_loads_the_forest_arrays_without_scikit_learn(model_dir,
     import subprocess
     import sys
 
-    from anomaly_mlops.artifacts import load_serving_model
+    from anomaly_mlops.model.artifacts import load_serving_model
 
     rows = load_dataset(str(prepared.holdout_path)).X
     lean, full = load_serving_model(model_dir), load_model_dir(model_dir)
@@ -467,7 +476,7 @@ def test_the_lean_server_loads_the_forest_arrays_without_scikit_learn(model_dir,
     np.testing.assert_allclose(lean.anomaly_scores(rows), full.anomaly_scores(rows), rtol=0, atol=1e-12)
     np.testing.assert_allclose(lean.raw_scores(rows), -full.pipeline.score_samples(rows), rtol=0, atol=1e-12)
     probe = (
-        "import sys; from anomaly_mlops.artifacts import load_serving_model; "
+        "import sys; from anomaly_mlops.model.artifacts import load_serving_model; "
         f"load_serving_model({str(model_dir)!r}); "
         "print(sorted(m for m in ('sklearn', 'skops', 'joblib', 'scipy') if m in sys.modules))"
     )
@@ -477,7 +486,7 @@ def test_the_lean_server_loads_the_forest_arrays_without_scikit_learn(model_dir,
 
 
 def test_forest_arrays_that_disagree_with_scikit_learn_are_refused(copy_model):
-    from anomaly_mlops.artifacts import load_serving_model, write_manifest
+    from anomaly_mlops.model.artifacts import load_serving_model, write_manifest
 
     model = copy_model()
     with np.load(model / "forest.npz") as arrays:

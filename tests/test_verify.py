@@ -7,12 +7,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from anomaly_mlops.artifacts import load_model_dir
-from anomaly_mlops.data import load_dataset
+from anomaly_mlops.adapters.local_services import free_port
 from anomaly_mlops.errors import VerificationError
-from anomaly_mlops.local_services import free_port
-from anomaly_mlops.train import TrainParams, train
-from anomaly_mlops.verify import VerifyPlan, raise_on_failure, verify
+from anomaly_mlops.model.artifacts import load_model_dir
+from anomaly_mlops.sources.files import load_dataset
+from anomaly_mlops.steps.train import TrainParams, train
+from anomaly_mlops.steps.verify import VerifyPlan, raise_on_failure, verify
 
 QUICK = VerifyPlan(requests=40, readiness_timeout_s=5)
 

@@ -38,3 +38,9 @@ class VerificationError(AnomalyMLOpsError):
     """Post-deployment verification of the served model failed."""
 
     exit_code = 4
+
+
+class DeployError(AnomalyMLOpsError):
+    """The Kubernetes API server or KServe refused or failed a deployment."""
+
+    exit_code = 5

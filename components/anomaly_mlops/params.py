@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from anomaly_mlops.errors import ConfigError
 
 DEFAULT_IMAGE = "image-registry.openshift-image-registry.svc:5000/anomaly-mlops/anomaly-mlops:0.1.0"
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -32,7 +32,9 @@ DEFAULT_MAX_SCORE_PSI = 4.0
 DEFAULT_FEATURE_WINDOW_MIN = 120
 DEFAULT_SCORE_SMOOTHING_MIN = 10
 DEFAULT_MAX_SAMPLES = 4096
-DEFAULT_WINDOW_COLUMNS = "deviation,std"  # of features.WINDOW_COLUMNS, spelled as the CLI takes it
+# What a feature window adds to each metric (model.features computes them).
+WINDOW_COLUMNS = ("delta", "deviation", "std")
+DEFAULT_WINDOW_COLUMNS = "deviation,std"  # of WINDOW_COLUMNS, spelled as the CLI takes it
 DEFAULT_RAW_TREE_SHARE = 0.5
 DEFAULT_THRESHOLD = "quantile"
 DEFAULT_METRIC_BASIS = "principal"
@@ -70,7 +72,7 @@ class TrainParams:
     # the client builds, such as self-healing-platform).
     feature_window: int | None = None
     score_smoothing: int | None = None
-    # With a feature window: the window columns each metric gains (features.WINDOW_COLUMNS),
+    # With a feature window: the window columns each metric gains (WINDOW_COLUMNS),
     # and the share of trees grown on the raw metrics alone (the rest see every column), so
     # that the window columns, three times as many, do not drown the raw metrics' signal.
     window_columns: str = DEFAULT_WINDOW_COLUMNS
@@ -134,8 +136,6 @@ class TrainParams:
             minutes = getattr(self, name)
             if minutes is not None and (isinstance(minutes, bool) or minutes < 0):
                 raise ConfigError(f"{name} is in minutes and must be >= 0, got {minutes}")
-        from .features import parse_window_columns
-
         try:
             parse_window_columns(self.window_columns)
         except ValueError as exc:
@@ -198,3 +198,15 @@ class VerifyPlan:
     readiness_timeout_s: float = 120.0
     request_timeout_s: float = 10.0
     parity_rows: int = 64
+
+
+def parse_window_columns(text) -> tuple[str, ...]:
+    """Window columns from "delta,deviation,std" (any order, any non-empty subset) or a
+    sequence of names; returned in WINDOW_COLUMNS order."""
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n) for n in text]
+    unknown = [n for n in names if n not in WINDOW_COLUMNS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(
+            f"window columns must be a non-empty list of distinct names from {', '.join(WINDOW_COLUMNS)}; got {text!r}"
+        )
+    return tuple(c for c in WINDOW_COLUMNS if c in names)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .fastforest import CompiledForest
+from anomaly_mlops.model.fastforest import CompiledForest
 
 
 class TorchForest:

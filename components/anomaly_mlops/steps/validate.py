@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import ANOMALY, LoadedModel, load_model_dir
-from .data import Dataset, load_dataset
-from .drift import TOP_METRICS, describe_outside, outside_training_range
-from .errors import DataError
-from .features import FeatureTransform
-from .params import Gates, LatencyPlan
+from anomaly_mlops.errors import DataError
+from anomaly_mlops.model.artifacts import ANOMALY, LoadedModel, load_model_dir
+from anomaly_mlops.model.drift import TOP_METRICS, describe_outside, outside_training_range
+from anomaly_mlops.model.features import FeatureTransform
+from anomaly_mlops.params import Gates, LatencyPlan
+from anomaly_mlops.sources.files import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def describe_device() -> dict:
 def measure_latency(model: LoadedModel, X: np.ndarray, plan: LatencyPlan) -> tuple[dict, np.ndarray]:
     """Single rows as the server scores them (a windowed model after the entity's kept
     history), and batches of rows scored as one series."""
-    from .history import history_for
+    from anomaly_mlops.serving.history import history_for
 
     rng = np.random.default_rng(0)
     rows = X[rng.integers(0, len(X), size=plan.single_row_repeats + plan.warmup)]
@@ -268,7 +268,7 @@ def champion_metrics(
     """The champion scored on the same rows: its accuracy (with labels), flagged rate and
     the PSI of the challenger's scores against its scores. The PSI is marked not comparable
     when the two detectors score on different scales (``detector_differences``)."""
-    from .champion import psi
+    from anomaly_mlops.steps.champion import psi
 
     if champion is None:
         return {"compared": False, "note": note or "no champion"}
@@ -318,7 +318,7 @@ def validate(
     latency = latency or LatencyPlan()
     model = load_model_dir(model_dir)  # checksums verified before its metadata is trusted
     if runtime:
-        from .deploy import check_runtime_serves
+        from anomaly_mlops.model.artifacts import check_runtime_serves
 
         check_runtime_serves(runtime, model_dir)
     dataset = holdout if isinstance(holdout, Dataset) else load_dataset(holdout, model.schema)
@@ -327,7 +327,7 @@ def validate(
             f"holdout columns {list(dataset.schema.features)} differ from the model's schema {list(model.schema.features)}"
         )
     if model.metadata.get("engine_features") == "engine fallbacks":
-        from .self_healing import engine_view
+        from anomaly_mlops.sources.self_healing import engine_view
 
         dataset, _ = engine_view(dataset, scoped_copies=False)  # measured on what the engine sends
     labelled = dataset.y is not None and 0 < int(dataset.y.sum()) < dataset.n_rows
@@ -366,7 +366,7 @@ def validate(
     metrics["score_smoothing_rows"] = model.smoothing
     metrics["device"] = describe_device()
     metrics["latency"], single = measure_latency(model, dataset.X, latency)
-    from .gpu_scoring import measure_gpu_path
+    from anomaly_mlops.model.gpu_scoring import measure_gpu_path
 
     features = model.transform.apply_by_entity(dataset.X, dataset.entities)
     metrics["latency"]["gpu"] = measure_gpu_path(model.fast, features, model.raw_scores(features))
@@ -400,8 +400,8 @@ def validate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = _figures(dataset.y if labelled else None, scores, model.threshold, roc, metrics, single, out)
-    from .artifacts import MANIFEST_FILE
-    from .publish import default_version
+    from anomaly_mlops.model.artifacts import MANIFEST_FILE
+    from anomaly_mlops.store.releases import default_version
 
     manifest_sha = hashlib.sha256((Path(model_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
     document = {

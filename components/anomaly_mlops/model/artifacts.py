@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtifactError
-from .features import FeatureTransform, smooth_by_entity
-from .schema import FeatureSchema
-from .self_healing import is_engine_scoped_row
+from anomaly_mlops.errors import ArtifactError, ConfigError
+from anomaly_mlops.model.features import FeatureTransform, smooth_by_entity
+from anomaly_mlops.model.platform import is_engine_scoped_row
+from anomaly_mlops.model.schema import FeatureSchema
 
 MODEL_FILE = "model.joblib"
 SAFE_MODEL_FILE = "model.skops"
@@ -249,7 +249,7 @@ def load_serving_model(model_dir: str | Path) -> LoadedModel:
     pickle, no scikit-learn or skops import: a fast cold start), checked against the
     scikit-learn scores of probe rows recorded at training. Without forest.npz (older
     models), load_model_dir."""
-    from .fastforest import CompiledForest
+    from anomaly_mlops.model.fastforest import CompiledForest
 
     model_dir = Path(model_dir)
     if not (model_dir / FOREST_FILE).is_file():
@@ -304,7 +304,7 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
         )
     pipeline = _load_skops(model_dir / SAFE_MODEL_FILE)
     _check_pipeline(pipeline, len(transform.names(schema.features)), model_dir)
-    from .fastforest import compile_forest
+    from anomaly_mlops.model.fastforest import compile_forest
 
     model = LoadedModel(
         pipeline=pipeline,
@@ -378,4 +378,37 @@ def _check_scores(model: LoadedModel) -> None:
         raise ArtifactError(
             f"{model.model_dir}: the fast scorer disagrees with scikit-learn on probe rows "
             f"(max difference {np.max(np.abs(fast - exact)):.3g}); refusing to serve"
+        )
+
+
+def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
+    """Refuse before anything is applied what the upstream sklearn runtime would serve
+    wrongly: it scores each row alone on the columns a client sends, so a model with a
+    feature window (expecting more columns), the principal metric basis (trees cut rotated
+    metrics) or score smoothing (labels from a moving mean) needs our runtime. Reads the
+    model's metadata.json only (nothing unpickled)."""
+    if runtime != "sklearn":
+        return
+    path = Path(model_dir) / METADATA_FILE
+    try:
+        metadata = json.loads(path.read_text())
+        transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
+        smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
+        scoped_offset = float(metadata.get("engine_scoped_offset") or 0.0)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
+    needs = [
+        f"a {transform.window}-row feature window" if transform.window else "",
+        "metrics on their principal axes" if transform.basis is not None else "",
+        f"{smoothing}-row score smoothing" if smoothing > 1 else "",
+        "its own threshold for the platform engine's scoped requests" if scoped_offset else "",
+    ]
+    if any(needs):
+        raise ConfigError(
+            f"--runtime sklearn scores each row alone on the metrics as sent, but this model uses "
+            f"{', '.join(n for n in needs if n)}: deploy it with --runtime custom (our runtime keeps each "
+            "entity's history and applies the model's features), or train a row-wise model for the sklearn "
+            "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw"
+            + (", and --fixed-engine: the upstream runtime has one threshold" if scoped_offset else "")
+            + ")"
         )

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from anomaly_mlops.errors import DataError
 
 # Node-level operational metrics, one row a minute.
 DEFAULT_FEATURES: tuple[str, ...] = (
@@ -79,7 +79,7 @@ class FeatureSchema:
         if name == "default":
             return cls()
         if name == "self-healing-platform":
-            from .self_healing import FEATURES, SCHEMA_NAME
+            from anomaly_mlops.model.platform import FEATURES, SCHEMA_NAME
 
             return cls(FEATURES, SCHEMA_NAME)
         raise DataError(f"unknown schema name {name!r}; named schemas: {', '.join(NAMED_SCHEMAS)}")

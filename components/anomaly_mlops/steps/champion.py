@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from anomaly_mlops.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ def latest_release(model_name: str, root_prefix: str = "", settings=None) -> str
     """s3:// URI of the newest released version of ``model_name``; None when none is.
     Newest: the latest manifest write; S3 keeps that to the second, so a tie goes to the
     greater version name (default names begin with the training time)."""
-    from .artifacts import MANIFEST_FILE
-    from .publish import version_prefix
-    from .storage import S3Settings, describe_client_error
+    from anomaly_mlops.model.artifacts import MANIFEST_FILE
+    from anomaly_mlops.store.releases import version_prefix
+    from anomaly_mlops.store.s3 import S3Settings, describe_client_error
 
     settings = settings or S3Settings.from_env()
     prefix = version_prefix(model_name, "x", root_prefix)[: -len("x/")]
@@ -48,8 +48,8 @@ def latest_release(model_name: str, root_prefix: str = "", settings=None) -> str
 
 def serving_release(reference: str, settings=None) -> str:
     """s3:// URI of what ``<namespace>/<name>``'s InferenceService serves."""
-    from .deploy import InferenceServiceClient, load_custom_objects_api, storage_of
-    from .storage import S3Settings
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, load_custom_objects_api, storage_of
+    from anomaly_mlops.store.s3 import S3Settings
 
     namespace, _, name = reference.partition("/")
     if not (namespace and name):
@@ -68,8 +68,8 @@ def serving_release(reference: str, settings=None) -> str:
 
 def resolve_champion(spec: str | None, model_name: str, cache_dir: str | Path, root_prefix: str = ""):
     """The champion as a LoadedModel, or None (with the reason logged)."""
-    from .artifacts import load_model_dir
-    from .predictor import resolve_model_dir
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.store.releases import resolve_model_dir
 
     if not spec:
         return None

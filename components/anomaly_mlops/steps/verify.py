@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import LoadedModel
-from .errors import VerificationError
-from .params import VerifyPlan
+from anomaly_mlops.errors import VerificationError
+from anomaly_mlops.model.artifacts import LoadedModel
+from anomaly_mlops.params import VerifyPlan
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def verify_rollout(
     that passed, roll back one that failed. ``url`` must reach that revision alone (the
     deploy step's ``candidate_url``: during a canary, the ``latest`` tag's URL); the service
     URL of a canary sends most checks to the previous model."""
-    from .deploy import InferenceServiceClient
+    from anomaly_mlops.steps.deploy import InferenceServiceClient
 
     result = verify(url, model_name or isvc_name, rows, reference, **verify_kwargs)
     client = client or InferenceServiceClient()

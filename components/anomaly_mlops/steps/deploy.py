@@ -35,9 +35,8 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .errors import AnomalyMLOpsError, ConfigError
+from anomaly_mlops.errors import AnomalyMLOpsError, ConfigError, DeployError
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +126,6 @@ def mode_of(isvc: dict) -> str | None:
         isvc.get("status") or {}
     ).get("deploymentMode")
     return MODE_NAMES.get(name, name) if name else None
-
-
-class DeployError(AnomalyMLOpsError):
-    exit_code = 5
 
 
 @dataclass
@@ -230,42 +225,6 @@ def _drop_unset(patch: dict, current: dict) -> None:
             patch[key] = None
         elif isinstance(value, dict) and isinstance(patch[key], dict):
             _drop_unset(patch[key], value)
-
-
-def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
-    """Refuse before anything is applied what the upstream sklearn runtime would serve
-    wrongly: it scores each row alone on the columns a client sends, so a model with a
-    feature window (expecting more columns), the principal metric basis (trees cut rotated
-    metrics) or score smoothing (labels from a moving mean) needs our runtime. Reads the
-    model's metadata.json only (nothing unpickled)."""
-    from .artifacts import METADATA_FILE
-    from .features import FeatureTransform
-
-    if runtime != "sklearn":
-        return
-    path = Path(model_dir) / METADATA_FILE
-    try:
-        metadata = json.loads(path.read_text())
-        transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
-        smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
-        scoped_offset = float(metadata.get("engine_scoped_offset") or 0.0)
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
-    needs = [
-        f"a {transform.window}-row feature window" if transform.window else "",
-        "metrics on their principal axes" if transform.basis is not None else "",
-        f"{smoothing}-row score smoothing" if smoothing > 1 else "",
-        "its own threshold for the platform engine's scoped requests" if scoped_offset else "",
-    ]
-    if any(needs):
-        raise ConfigError(
-            f"--runtime sklearn scores each row alone on the metrics as sent, but this model uses "
-            f"{', '.join(n for n in needs if n)}: deploy it with --runtime custom (our runtime keeps each "
-            "entity's history and applies the model's features), or train a row-wise model for the sklearn "
-            "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw"
-            + (", and --fixed-engine: the upstream runtime has one threshold" if scoped_offset else "")
-            + ")"
-        )
 
 
 def build_inference_service(spec: DeploySpec) -> dict:
@@ -413,7 +372,7 @@ def _api_error(exc, action: str, name: str, namespace: str) -> AnomalyMLOpsError
 def _status_message(body) -> str:
     """The API server's own message from a Kubernetes Status body, redacted. Any other body
     (a proxy's page, an echo of our request headers) is not shown: it may hold the token."""
-    from .redact import redact
+    from anomaly_mlops.redact import redact
 
     try:
         status = json.loads(body)

@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import AnomalyMLOpsError
-from .params import (
+from anomaly_mlops.errors import AnomalyMLOpsError
+from anomaly_mlops.params import (
     DEFAULT_FEATURE_WINDOW_MIN,
     DEFAULT_MAX_ENTITIES,
     DEFAULT_METRIC_BASIS,
@@ -24,13 +24,13 @@ from .params import (
     THRESHOLD_METHODS,
     read_token,
 )
-from .redact import redact
+from anomaly_mlops.redact import redact
 
 log = logging.getLogger("anomaly_mlops")
 
 
 def _gates_from(args):
-    from .params import Gates
+    from anomaly_mlops.params import Gates
 
     return Gates.with_negatives_off(
         min_roc_auc=args.min_roc_auc,
@@ -44,7 +44,7 @@ def _gates_from(args):
 
 
 def _add_gate_flags(parser: argparse.ArgumentParser) -> None:
-    from .params import Gates
+    from anomaly_mlops.params import Gates
 
     defaults = Gates()
     group = parser.add_argument_group("release gates (a negative value switches a gate off)")
@@ -90,7 +90,7 @@ def _add_gate_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    from .params import TrainParams
+    from anomaly_mlops.params import TrainParams
 
     d = TrainParams()
     parser.add_argument("--n-estimators", type=int, default=d.n_estimators, help="trees in the forest")
@@ -189,7 +189,7 @@ def _minutes(text: str) -> int | None:
 
 
 def _window_columns(text: str) -> str:
-    from .features import parse_window_columns
+    from anomaly_mlops.params import parse_window_columns
 
     try:
         return ",".join(parse_window_columns(text))
@@ -206,7 +206,7 @@ def _max_samples(text: str) -> int | str:
 
 
 def _train_params(args):
-    from .params import TrainParams
+    from anomaly_mlops.params import TrainParams
 
     return TrainParams(
         n_estimators=args.n_estimators,
@@ -227,12 +227,12 @@ def _train_params(args):
 
 
 def cmd_data(args) -> dict:
-    from .data import prepare_data
-    from .schema import FeatureSchema
+    from anomaly_mlops.model.schema import FeatureSchema
+    from anomaly_mlops.steps.data import prepare_data
 
     live = None
     if args.source == "prometheus" or (args.source == "synthetic" and args.prometheus_url):
-        from .prometheus import PrometheusSource
+        from anomaly_mlops.sources.prometheus import PrometheusSource
 
         live = PrometheusSource(
             url=args.prometheus_url,
@@ -277,8 +277,8 @@ def cmd_data(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    from .schema import FeatureSchema
-    from .train import provenance, train
+    from anomaly_mlops.model.schema import FeatureSchema
+    from anomaly_mlops.steps.train import provenance, train
 
     result = train(
         args.data,
@@ -298,9 +298,9 @@ def cmd_train(args) -> dict:
 def cmd_validate(args) -> dict:
     import tempfile
 
-    from .champion import resolve_champion
-    from .errors import GateFailedError
-    from .validate import LatencyPlan, describe_gate_failure, validate
+    from anomaly_mlops.errors import GateFailedError
+    from anomaly_mlops.steps.champion import resolve_champion
+    from anomaly_mlops.steps.validate import LatencyPlan, describe_gate_failure, validate
 
     plan = LatencyPlan(single_row_repeats=args.latency_repeats)
     with tempfile.TemporaryDirectory(prefix="anomaly-champion-") as cache:
@@ -332,7 +332,7 @@ def cmd_validate(args) -> dict:
 
 
 def cmd_publish(args) -> dict:
-    from .publish import publish, publish_to_directory
+    from anomaly_mlops.store.releases import publish, publish_to_directory
 
     if args.to_dir:
         result = publish_to_directory(args.model, args.to_dir, args.model_name, args.version, args.pvc_claim)
@@ -348,13 +348,13 @@ def cmd_publish(args) -> dict:
 
 
 def cmd_download(args) -> dict:
-    from .publish import download_model
+    from anomaly_mlops.store.releases import download_model
 
     return {"model_dir": str(download_model(args.uri, args.out))}
 
 
 def cmd_serve(args) -> None:
-    from .predictor import serve
+    from anomaly_mlops.serving.serve import serve
 
     serve(
         args.model_name,
@@ -374,10 +374,10 @@ def cmd_serve(args) -> None:
 def cmd_verify(args) -> dict:
     import tempfile
 
-    from .artifacts import load_model_dir
-    from .data import load_dataset
-    from .predictor import resolve_model_dir
-    from .verify import VerifyPlan, raise_on_failure, verify
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.sources.files import load_dataset
+    from anomaly_mlops.steps.verify import VerifyPlan, raise_on_failure, verify
+    from anomaly_mlops.store.releases import resolve_model_dir
 
     with tempfile.TemporaryDirectory(prefix="anomaly-reference-") as cache:
         reference = load_model_dir(resolve_model_dir(args.reference, cache)) if args.reference else None
@@ -408,13 +408,13 @@ def cmd_verify(args) -> dict:
 
 
 def _namespace(args) -> str:
-    from .deploy import current_namespace
+    from anomaly_mlops.steps.deploy import current_namespace
 
     return current_namespace(args.namespace)
 
 
 def _isvc_client(args):
-    from .deploy import InferenceServiceClient, load_custom_objects_api
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, load_custom_objects_api
 
     return InferenceServiceClient(load_custom_objects_api(args.kubeconfig, args.context))
 
@@ -422,7 +422,8 @@ def _isvc_client(args):
 def cmd_deploy(args) -> dict:
     from dataclasses import asdict
 
-    from .deploy import PROFILES, DeploySpec, check_runtime_serves, deploy
+    from anomaly_mlops.model.artifacts import check_runtime_serves
+    from anomaly_mlops.steps.deploy import PROFILES, DeploySpec, deploy
 
     profile = PROFILES[args.profile] if args.profile else {}
     runtime = args.runtime or profile.get("runtime", "custom")
@@ -473,7 +474,7 @@ def _seed_list(text: str) -> tuple[int, ...]:
 
 
 def cmd_evaluate(args) -> dict:
-    from .evaluate import evaluate
+    from anomaly_mlops.steps.evaluate import evaluate
 
     result = evaluate(
         args.data_dir,
@@ -521,7 +522,7 @@ def cmd_compile(args) -> dict:
 
 
 def _dsp_client(args):
-    from .submit import make_client
+    from anomaly_mlops.adapters.submit import make_client
 
     return make_client(args.host, read_token(args.token_file), args.namespace, args.ca_bundle)
 
@@ -530,7 +531,7 @@ def _dsp_call(args, call):
     """kfp.Client prints links on stdout; keep stdout for our JSON result."""
     import contextlib
 
-    from .submit import api_error
+    from anomaly_mlops.adapters.submit import api_error
 
     try:
         with contextlib.redirect_stdout(sys.stderr):
@@ -542,7 +543,7 @@ def _dsp_call(args, call):
 
 
 def cmd_submit(args) -> dict:
-    from .submit import check_arguments, parse_params, submit_run
+    from anomaly_mlops.adapters.submit import check_arguments, parse_params, submit_run
 
     params = parse_params(args.param)
     check_arguments(args.package, params)  # before any connection
@@ -555,7 +556,7 @@ def cmd_submit(args) -> dict:
 def cmd_schedule(args) -> dict:
     from dataclasses import asdict
 
-    from .submit import check_arguments, check_cron, parse_params, schedule
+    from anomaly_mlops.adapters.submit import check_arguments, check_cron, parse_params, schedule
 
     params = parse_params(args.param)
     check_cron(args.cron)  # cheap checks first: nothing is contacted when these fail
@@ -579,7 +580,7 @@ def cmd_schedule(args) -> dict:
 
 
 def cmd_run(args) -> dict:
-    from .local_run import LocalRunConfig, run_local
+    from anomaly_mlops.adapters.local_run import LocalRunConfig, run_local
 
     if not args.local:
         raise AnomalyMLOpsError("only --local runs are done by this command; on a cluster submit the KFP pipeline")
@@ -605,14 +606,20 @@ class _Help(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     import importlib.util
 
-    from .params import DEFAULT_IMAGE, DEFAULT_MAX_BYTES, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_ROWS, VerifyPlan
+    from anomaly_mlops.params import (
+        DEFAULT_IMAGE,
+        DEFAULT_MAX_BYTES,
+        DEFAULT_MAX_INSTANCES,
+        DEFAULT_MAX_ROWS,
+        VerifyPlan,
+    )
 
     # Shipped as package data (an editable install maps the package to the repository's pipelines/).
     # Not found where the source tree runs uninstalled (PYTHONPATH=components): then --package is required.
     spec = importlib.util.find_spec("anomaly_mlops.pipelines")  # finds, does not import (no kfp)
     shipped_pipeline = Path(spec.submodule_search_locations[0]) / "compiled" / "training.yaml" if spec else None
 
-    from . import __version__
+    from anomaly_mlops import __version__
 
     parser = argparse.ArgumentParser(prog="anomaly-mlops", description=__doc__.split("\n")[0], formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -806,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--kubeconfig", help="default: in-cluster config, else $KUBECONFIG or ~/.kube/config")
         p.add_argument("--context")
 
-    from .deploy import CUSTOM_RUNTIME, PROFILES, DeploySpec
+    from anomaly_mlops.steps.deploy import CUSTOM_RUNTIME, PROFILES, DeploySpec
 
     d = DeploySpec(name="x", namespace="x")
     p = sub.add_parser("deploy", help="create or update the KServe InferenceService and wait until Ready")

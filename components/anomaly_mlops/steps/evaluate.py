@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .drift import outside_training_range, training_ranges
-from .errors import ConfigError, DataError
-from .features import FeatureTransform, smoothing_rows
-from .params import TrainParams
-from .train import POT_FALLBACK
+from anomaly_mlops.errors import ConfigError, DataError
+from anomaly_mlops.model.drift import outside_training_range, training_ranges
+from anomaly_mlops.model.features import FeatureTransform, smoothing_rows
+from anomaly_mlops.params import TrainParams
+from anomaly_mlops.steps.train import POT_FALLBACK
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _fit(series: Series, params: TrainParams, window_minutes: int):
     """Fitted as train fits (train.fit_scores) on the training part: raw scores of the
     training part then the test part (one continuous series), the calibration mask and the
     mask of the rows the forest was fitted on."""
-    from .train import fit_scores
+    from anomaly_mlops.steps.train import fit_scores
 
     X = np.vstack([series.train, series.test])
     left_out = None if series.train_labels is None or params.fit_labelled_anomalies else series.train_labels == 1
@@ -142,7 +142,7 @@ def _measure(series: Series, raw: np.ndarray, held: np.ndarray, params: TrainPar
     """Smoothing and threshold as train sets them (train.calibrate), measured on the test part."""
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
-    from .train import calibrate
+    from anomaly_mlops.steps.train import calibrate
 
     scores, threshold, detail = calibrate(raw, held, params, smoothing_rows(smoothing_minutes, series.interval_s))
     test_scores = scores[len(series.train) :]
@@ -255,8 +255,8 @@ SYNTHETIC_DRAWS = ((42, 20_160), (42, 10_080), (3, 4_000), (7, 8_000))
 def _synthetic_series(draws=None) -> list[Series]:
     """Synthetic sets, (seed, rows) each (default: SYNTHETIC_DRAWS, read at call time), split
     in time as the local run splits them (last 30% held out)."""
-    from .data import generate_synthetic
-    from .schema import DEFAULT_FEATURES, LABEL_COLUMN
+    from anomaly_mlops.model.schema import DEFAULT_FEATURES, LABEL_COLUMN
+    from anomaly_mlops.sources.synthetic import generate_synthetic
 
     found = []
     for seed, rows in draws or SYNTHETIC_DRAWS:
@@ -311,7 +311,7 @@ def average_over_seeds(per_seed: list[dict]) -> tuple[dict, dict]:
 def _tune(
     series: list[Series], params: TrainParams, datasets, resample_minutes: int, tune_on=("nab",), seeds=(42,)
 ) -> dict:
-    from .params import Gates
+    from anomaly_mlops.params import Gates
 
     forests = _tune_forests()
     # A candidate: (window, window columns, raw tree share, max_samples, basis, smoothing, threshold).

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, DataError
-from .params import read_token
-from .redact import redact
-from .schema import ENTITY_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+from anomaly_mlops.errors import ConfigError, DataError
+from anomaly_mlops.model.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+from anomaly_mlops.params import read_token
+from anomaly_mlops.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +305,13 @@ class PrometheusSource:
     incidents: str | None = None  # CSV/Parquet of incident windows (start, end, entity), local or s3://
 
 
-def fetch_prometheus(source: PrometheusSource, schema: FeatureSchema) -> tuple[pd.DataFrame, FeatureSchema, dict]:
-    """The labelled (or explicitly unlabelled) frame, its schema and the labels report."""
-    from .data import apply_labels, read_table
+def fetch_prometheus(
+    source: PrometheusSource, schema: FeatureSchema, fetch_frame=None
+) -> tuple[pd.DataFrame, FeatureSchema, dict]:
+    """The labelled (or explicitly unlabelled) frame, its schema and the labels report.
+    ``fetch_frame(client, grid=, step_s=, max_gap_steps=)`` builds the frame instead of the
+    queries (the platform's schema: sources.self_healing.fetch_platform_frame)."""
+    from anomaly_mlops.sources.files import apply_labels, read_table
 
     if not source.url:
         raise ConfigError("the Prometheus source needs a URL (--prometheus-url)")
@@ -315,10 +319,8 @@ def fetch_prometheus(source: PrometheusSource, schema: FeatureSchema) -> tuple[p
     lookback_s, step_s = parse_duration(source.lookback), parse_duration(source.step)
     grid = time_grid(lookback_s, step_s, source.end)
     client = PrometheusClient(source.url, token, ca_bundle=source.ca_bundle)
-    if schema.name == "self-healing-platform" and not source.queries:
-        from .self_healing import fetch_platform_frame
-
-        frame = fetch_platform_frame(client, grid=grid, step_s=step_s, max_gap_steps=source.max_gap_steps)
+    if fetch_frame is not None:
+        frame = fetch_frame(client, grid=grid, step_s=step_s, max_gap_steps=source.max_gap_steps)
     else:
         if source.queries is None and schema.features != FeatureSchema().features:
             raise ConfigError(

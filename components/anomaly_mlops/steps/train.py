@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .artifacts import (
+from anomaly_mlops import __version__
+from anomaly_mlops.errors import ConfigError, DataError
+from anomaly_mlops.model.artifacts import (
     ARTIFACT_FORMAT,
     FOREST_FILE,
     MANIFEST_FILE,
@@ -23,10 +24,8 @@ from .artifacts import (
     SAFE_MODEL_FILE,
     write_manifest,
 )
-from .data import Dataset, load_dataset
-from .drift import training_ranges
-from .errors import ConfigError, DataError
-from .features import (
+from anomaly_mlops.model.drift import training_ranges
+from anomaly_mlops.model.features import (
     DEFAULT_SAMPLE_INTERVAL_S,
     FeatureTransform,
     MetricBasis,
@@ -36,10 +35,11 @@ from .features import (
     smoothing_rows,
     window_rows,
 )
-from .params import TrainParams
-from .schema import FeatureSchema
-from .self_healing import SCHEMA_NAME as SELF_HEALING_SCHEMA
-from .self_healing import engine_view
+from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
+from anomaly_mlops.model.schema import FeatureSchema
+from anomaly_mlops.params import TrainParams
+from anomaly_mlops.sources.files import Dataset, load_dataset
+from anomaly_mlops.sources.self_healing import engine_view
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ def fit_detector(
 def write_forest_arrays(pipeline, path: Path, seed: int = 0, probes: int = 64) -> None:
     """forest.npz: the flattened forest and probe rows (training mean and spread, random
     draws around it) with scikit-learn's scores, which the loader must reproduce."""
-    from .fastforest import CompiledForest
+    from anomaly_mlops.model.fastforest import CompiledForest
 
     forest = CompiledForest(pipeline)
     rng = np.random.default_rng(seed)

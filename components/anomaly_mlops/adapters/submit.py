@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AnomalyMLOpsError, ConfigError
+from anomaly_mlops.errors import AnomalyMLOpsError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def api_error(exc: Exception, host: str) -> AnomalyMLOpsError:
             f"Data Science Pipelines at {host} refused the token ({status}): pass a valid "
             "--token-file (oc whoami -t) with access to the project"
         )
-    from .redact import redact
+    from anomaly_mlops.redact import redact
 
     return AnomalyMLOpsError(
         f"Data Science Pipelines at {redact(host)} failed: {type(exc).__name__}: {redact(str(exc))[:300]}"

@@ -59,9 +59,9 @@ def prepare_data(
     import shutil
     import tempfile
 
-    from anomaly_mlops.data import prepare_data as prepare
-    from anomaly_mlops.prometheus import PrometheusSource
-    from anomaly_mlops.schema import FeatureSchema
+    from anomaly_mlops.model.schema import FeatureSchema
+    from anomaly_mlops.sources.prometheus import PrometheusSource
+    from anomaly_mlops.steps.data import prepare_data as prepare
 
     live = (
         PrometheusSource(
@@ -139,8 +139,8 @@ def train_model(
             platform's engine sends, its lag fallback and node defaults included).
         run_id: the pipeline run's id, recorded in metadata.json with the image's git commit.
     """
-    from anomaly_mlops.schema import FeatureSchema
-    from anomaly_mlops.train import TrainParams, provenance, train
+    from anomaly_mlops.model.schema import FeatureSchema
+    from anomaly_mlops.steps.train import TrainParams, provenance, train
 
     params = TrainParams(
         n_estimators=n_estimators,
@@ -210,8 +210,8 @@ def validate_model(
     import shutil
     import tempfile
 
-    from anomaly_mlops.champion import resolve_champion
-    from anomaly_mlops.validate import Gates, LatencyPlan, validate
+    from anomaly_mlops.steps.champion import resolve_champion
+    from anomaly_mlops.steps.validate import Gates, LatencyPlan, validate
 
     out = tempfile.mkdtemp()
     gates = Gates.with_negatives_off(
@@ -271,7 +271,7 @@ def publish_model(
     """
     from collections import namedtuple
 
-    from anomaly_mlops.publish import publish
+    from anomaly_mlops.store.releases import publish
 
     result = publish(model.path, model_name, version or None, root_prefix=root_prefix)
     return namedtuple("PublishOutputs", ["uri", "version", "storage_path", "status"])(
@@ -295,8 +295,8 @@ def fetch_model(
     """
     from collections import namedtuple
 
-    from anomaly_mlops.publish import download_model, version_prefix
-    from anomaly_mlops.storage import S3Settings
+    from anomaly_mlops.store.releases import download_model, version_prefix
+    from anomaly_mlops.store.s3 import S3Settings
 
     settings = S3Settings.from_env()
     prefix = version_prefix(model_name, version, root_prefix)
@@ -340,7 +340,8 @@ def deploy_model(
     """
     from collections import namedtuple
 
-    from anomaly_mlops.deploy import DeploySpec, check_runtime_serves, current_namespace, deploy
+    from anomaly_mlops.model.artifacts import check_runtime_serves
+    from anomaly_mlops.steps.deploy import DeploySpec, current_namespace, deploy
 
     check_runtime_serves(runtime, model.path)
     spec = DeploySpec(
@@ -396,10 +397,10 @@ def verify_deployment(
     """
     from pathlib import Path
 
-    from anomaly_mlops.artifacts import load_model_dir
-    from anomaly_mlops.data import load_dataset
-    from anomaly_mlops.deploy import current_namespace
-    from anomaly_mlops.verify import VerifyPlan, raise_on_failure, verify_rollout
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.sources.files import load_dataset
+    from anomaly_mlops.steps.deploy import current_namespace
+    from anomaly_mlops.steps.verify import VerifyPlan, raise_on_failure, verify_rollout
 
     token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     reference = load_model_dir(model.path)
@@ -426,7 +427,7 @@ def rollback_deployment(isvc_name: str = "anomaly-detector", namespace: str = ""
         isvc_name: InferenceService to roll back.
         namespace: its namespace; empty: the pod's own.
     """
-    from anomaly_mlops.deploy import InferenceServiceClient, current_namespace
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, current_namespace
 
     return InferenceServiceClient().rollback(isvc_name, current_namespace(namespace))
 

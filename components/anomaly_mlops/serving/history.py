@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .artifacts import LoadedModel, PendingScores
-from .features import DEFAULT_SAMPLE_INTERVAL_S, smooth_scores
-from .params import DEFAULT_MAX_ENTITIES
+from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
+from anomaly_mlops.model.features import DEFAULT_SAMPLE_INTERVAL_S, smooth_scores
+from anomaly_mlops.params import DEFAULT_MAX_ENTITIES
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import AnomalyMLOpsError
+from anomaly_mlops.errors import AnomalyMLOpsError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def model_server(
     command = [
         sys.executable,
         "-m",
-        "anomaly_mlops.cli",
+        "anomaly_mlops.adapters.cli",
         "serve",
         "--model-name",
         model_name,

@@ -10,15 +10,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import load_model_dir
-from .data import load_dataset, prepare_data
-from .errors import GateFailedError
-from .local_services import embedded_s3, model_server
-from .publish import publish
-from .storage import S3Settings
-from .train import TrainParams, train
-from .validate import Gates, LatencyPlan, describe_gate_failure, validate
-from .verify import VerifyPlan, raise_on_failure, verify
+from anomaly_mlops.adapters.local_services import embedded_s3, model_server
+from anomaly_mlops.errors import GateFailedError
+from anomaly_mlops.model.artifacts import load_model_dir
+from anomaly_mlops.sources.files import load_dataset
+from anomaly_mlops.steps.data import prepare_data
+from anomaly_mlops.steps.train import TrainParams, train
+from anomaly_mlops.steps.validate import Gates, LatencyPlan, describe_gate_failure, validate
+from anomaly_mlops.steps.verify import VerifyPlan, raise_on_failure, verify
+from anomaly_mlops.store.releases import publish
+from anomaly_mlops.store.s3 import S3Settings
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import MANIFEST_FILE, METADATA_FILE, parse_manifest, verify_model_dir
-from .errors import ArtifactError, ConfigError, StorageError, VersionConflictError
-from .storage import S3Settings, describe_client_error, parse_s3_uri
+from anomaly_mlops.errors import ArtifactError, ConfigError, StorageError, VersionConflictError
+from anomaly_mlops.model.artifacts import MANIFEST_FILE, METADATA_FILE, parse_manifest, verify_model_dir
+from anomaly_mlops.store.s3 import S3Settings, describe_client_error, parse_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -514,3 +514,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def resolve_model_dir(model_uri: str, cache_dir: str | Path) -> Path:
+    """A local directory as is; an s3:// prefix downloaded and verified into ``cache_dir``
+    (the caller owns and removes it)."""
+    if model_uri.startswith("s3://"):
+        from anomaly_mlops.store.releases import download_model
+
+        return download_model(model_uri, Path(cache_dir) / "model")
+    return Path(model_uri)
+
+
+def served_version(model_uri: str, local: Path) -> str:
+    """The release name: the version segment of an s3:// URI, else what publish would name it."""
+    if model_uri.startswith("s3://"):
+        return model_uri.rstrip("/").rsplit("/", 1)[-1]
+    return default_version(local)

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from .errors import ConfigError, StorageError
-from .redact import redact
+from anomaly_mlops.errors import ConfigError, StorageError
+from anomaly_mlops.redact import redact
 
 ENV_KEYS = (
     "AWS_ACCESS_KEY_ID",

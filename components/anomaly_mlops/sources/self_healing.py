@@ -38,24 +38,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import DataError
-from .schema import ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN
+from anomaly_mlops.errors import DataError
+from anomaly_mlops.model.platform import (
+    BASE_METRICS,
+    FEATURES,
+    NODE_COLUMNS,
+    NODE_DEFAULTS,
+    NODE_METRICS,
+    SCHEMA_NAME,
+    engine_lag_fallback,
+)
+from anomaly_mlops.model.schema import ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-SCHEMA_NAME = "self-healing-platform"
-BASE_METRICS = (
-    "node_cpu_utilization",
-    "node_memory_utilization",
-    "pod_cpu_usage",
-    "pod_memory_usage",
-    "container_restart_count",
-)
-STATISTICS = ("value", "mean_5m", "std_5m", "min_5m", "max_5m", "lag_1", "lag_5", "diff", "pct_change")
-FEATURES = tuple(f"{metric}_{stat}" for metric in BASE_METRICS for stat in STATISTICS)
 # The engine's PromQL for q (DESIGN.md); units: ratios 0-1, CPU cores, a cumulative counter.
 ENGINE_QUERIES = {
     "node_cpu_utilization": 'avg(1 - rate(node_cpu_seconds_total{mode="idle"}[5m]))',
@@ -65,11 +64,6 @@ ENGINE_QUERIES = {
     '/ sum(kube_pod_container_resource_limits{resource="memory"}) by (pod)',
     "container_restart_count": "sum(kube_pod_container_status_restarts_total{}) by (pod)",
 }
-NODE_METRICS = ("node_cpu_utilization", "node_memory_utilization")
-# The engine's fallback for a metric it could not query, in STATISTICS order (anomaly.go l.472-487).
-ENGINE_DEFAULT_FRAGMENT = (0.5, 0.5, 0.1, 0.3, 0.7, 0.5, 0.5, 0.0, 0.0)
-ENGINE_DEFAULT_ROW = np.tile(np.asarray(ENGINE_DEFAULT_FRAGMENT, dtype=np.float64), len(BASE_METRICS))
-NODE_DEFAULTS = np.tile(np.asarray(ENGINE_DEFAULT_FRAGMENT, dtype=np.float64), len(NODE_METRICS))
 SCOPED_ENTITY_SUFFIX = "@scoped"  # training copies of rows as a scoped request sends them
 WINDOW_SAMPLES = 6  # [5m:] at 1-minute resolution, both ends included (Prometheus 2.x)
 HISTORY_MINUTES = 5  # lag_5 needs five earlier minutes
@@ -121,25 +115,6 @@ def engine_features(base: np.ndarray) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def _columns(metrics, stats) -> list[int]:
-    return [i for i, name in enumerate(FEATURES) for m in metrics for st in stats if name == f"{m}_{st}"]
-
-
-LAG_COLUMNS = _columns(BASE_METRICS, ("lag_1", "lag_5"))
-CHANGE_COLUMNS = _columns(BASE_METRICS, ("diff", "pct_change"))
-VALUE_COLUMNS = [FEATURES.index(f"{m}_value") for m in BASE_METRICS for _ in range(2)]
-NODE_COLUMNS = _columns(NODE_METRICS, STATISTICS)
-
-
-def engine_lag_fallback(X: np.ndarray) -> np.ndarray:
-    """The rows as the engine sends them when Prometheus refuses its lag queries (always):
-    lag_1 = lag_5 = value, diff = pct_change = 0."""
-    out = np.array(X, dtype=np.float64, copy=True)
-    out[:, LAG_COLUMNS] = out[:, VALUE_COLUMNS]
-    out[:, CHANGE_COLUMNS] = 0.0
-    return out
-
-
 def engine_view(dataset, scoped_copies: bool = True):
     """(``dataset`` as the engine sends it, copies mask): ``dataset`` (a data.Dataset of this
     schema) with the lag fallback on every row, plus (``scoped_copies``) each row again as a
@@ -165,16 +140,6 @@ def engine_view(dataset, scoped_copies: bool = True):
         ),
         copies,
     )
-
-
-def is_engine_scoped_row(X: np.ndarray) -> np.ndarray:
-    """Rows whose node metrics are the engine's defaults (a scoped request, or Prometheus down)."""
-    return np.all(X[:, NODE_COLUMNS] == NODE_DEFAULTS, axis=1)
-
-
-def is_engine_default_row(X: np.ndarray) -> np.ndarray:
-    """Rows that are the engine's all-default row (Prometheus down): one bool per row."""
-    return np.all(X == ENGINE_DEFAULT_ROW, axis=1)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -233,7 +198,7 @@ def generate_platform_synthetic(
         raise DataError(f"anomaly_rate must be in [0, 0.5), got {anomaly_rate}")
     import pandas as pd  # here, not at the top: the model servers import this module
 
-    from .data import daily_load
+    from anomaly_mlops.sources.synthetic import daily_load
 
     rng = np.random.default_rng(seed)
     load = daily_load(minutes)
@@ -330,7 +295,7 @@ def fetch_platform_frame(client, *, grid: np.ndarray, step_s: int, max_gap_steps
     reason. ``client`` is a prometheus.PrometheusClient."""
     import pandas as pd
 
-    from .prometheus import _align
+    from anomaly_mlops.sources.prometheus import _align
 
     start, end = int(grid[0]), int(grid[-1])
     node: dict[str, np.ndarray] = {}

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from . import __version__
-from .artifacts import ANOMALY, LoadedModel, PendingScores, features_of
-from .history import history_for
-from .params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
-from .predictor import (
+from anomaly_mlops import __version__
+from anomaly_mlops.model.artifacts import ANOMALY, LoadedModel, PendingScores, features_of
+from anomaly_mlops.params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
+from anomaly_mlops.serving.history import history_for
+from anomaly_mlops.serving.protocol import (
     NOT_JSON,
     SMALL_BATCH_ROWS,
     InputProblem,

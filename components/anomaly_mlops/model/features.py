@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anomaly_mlops.params import WINDOW_COLUMNS, parse_window_columns
+
 CHUNK_ROWS = 8192  # bounds the (rows x metrics x window) view
-WINDOW_COLUMNS = ("delta", "deviation", "std")
 DEFAULT_SAMPLE_INTERVAL_S = 60.0
 
 
@@ -96,18 +97,6 @@ def _window_stats(X: np.ndarray, begin: int, end: int, w: int, spread: bool = Tr
         centered[:, :short] *= np.arange(w) >= pad - np.arange(short)[:, None]
     var = np.einsum("ijk,ijk->ij", centered, centered) / np.maximum(count - 1, 1)
     return mean.T, np.where(count > 1, np.sqrt(var), 0.0).T
-
-
-def parse_window_columns(text) -> tuple[str, ...]:
-    """Window columns from "delta,deviation,std" (any order, any non-empty subset) or a
-    sequence of names; returned in WINDOW_COLUMNS order."""
-    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n) for n in text]
-    unknown = [n for n in names if n not in WINDOW_COLUMNS]
-    if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(
-            f"window columns must be a non-empty list of distinct names from {', '.join(WINDOW_COLUMNS)}; got {text!r}"
-        )
-    return tuple(c for c in WINDOW_COLUMNS if c in names)
 
 
 # eq=False: compared and hashed by identity, as features_of groups requests by their

@@ -1,4 +1,4 @@
-"""The KServe custom predictor: labels and anomaly scores over V1 and Open Inference (V2).
+"""The request protocol both servers speak: labels and anomaly scores over V1 and Open Inference (V2).
 
 One pass through the forest per request (score_samples once; the label is a comparison
 with the stored threshold), where the design record's sample called predict and
@@ -28,28 +28,23 @@ readiness probe.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import logging
 import math
-import shutil
-import sys
-import tempfile
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .artifacts import ANOMALY, NORMAL, LoadedModel, PendingScores, load_model_dir, load_serving_model
-from .errors import ConfigError
-from .features import smooth_scores
-from .history import MAX_ENTITY_ID_CHARS, EntityHistory, history_for
-from .params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
-from .self_healing import SCHEMA_NAME as SELF_HEALING_SCHEMA
-from .self_healing import is_engine_default_row
+from anomaly_mlops.model.artifacts import (
+    NORMAL,
+    LoadedModel,
+    PendingScores,
+)
+from anomaly_mlops.model.features import smooth_scores
+from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
+from anomaly_mlops.model.platform import is_engine_default_row
+from anomaly_mlops.serving.history import MAX_ENTITY_ID_CHARS, EntityHistory
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +66,6 @@ def default_max_body_bytes(max_instances: int, n_features: int) -> int:
 
 class InputProblem(ValueError):
     """Raised by parse_instances; the server turns it into kserve's InvalidInput (400)."""
-
-
-def resolve_model_dir(model_uri: str, cache_dir: str | Path) -> Path:
-    """A local directory as is; an s3:// prefix downloaded and verified into ``cache_dir``
-    (the caller owns and removes it)."""
-    if model_uri.startswith("s3://"):
-        from .publish import download_model
-
-        return download_model(model_uri, Path(cache_dir) / "model")
-    return Path(model_uri)
 
 
 NOT_JSON = "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
@@ -339,7 +324,7 @@ class ServedRowCounters:
     self-healing-platform schema, the engine's all-default rows."""
 
     def __init__(self, model: LoadedModel, model_name: str, counters: tuple):
-        from .drift import RangeCheck
+        from anomaly_mlops.model.drift import RangeCheck
 
         self.check = RangeCheck.of_model(model.metadata)
         rows, per_metric, defaults = counters
@@ -498,247 +483,3 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-async def _invalid_json_handler(request, exc):
-    """FastAPI answers an unparsable V2 body with 422; the protocol's error for bad input is 400."""
-    from fastapi.responses import JSONResponse
-
-    problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:5])
-    return JSONResponse(status_code=400, content={"error": f"invalid request: {problems}"[:1000]})
-
-
-def build_model_class():
-    """Defined lazily so importing this module needs no kserve (and parses no argv)."""
-    import kserve
-    from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-    from prometheus_client import Counter
-
-    rows_scored = Counter("anomaly_detector_rows_scored", "Rows scored by the anomaly detector", ["model"])
-    rows_flagged = Counter("anomaly_detector_rows_flagged", "Rows the anomaly detector flagged anomalous", ["model"])
-    outside_counters = outside_range_counters()
-
-    class AnomalyDetectorModel(kserve.Model):
-        def __init__(
-            self,
-            name: str,
-            model_uri: str,
-            max_instances: int = DEFAULT_MAX_INSTANCES,
-            cache_dir: str | Path | None = None,
-            scoring: str = "fast",
-            max_entities: int = DEFAULT_MAX_ENTITIES,
-        ):
-            super().__init__(name)
-            self.max_entities = max_entities
-            self.model_uri = model_uri
-            self.max_instances = max_instances
-            self.cache_dir = cache_dir
-            self.scoring = scoring
-            self.detector: LoadedModel | None = None
-            # One thread: large batches queue behind each other instead of taking every core.
-            self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
-
-        def load(self) -> bool:
-            local = resolve_model_dir(self.model_uri, self.cache_dir or tempfile.mkdtemp(prefix="anomaly-model-"))
-            self.detector = load_model_dir(local)
-            self.model_version = served_version(self.model_uri, local)
-            self.expected = self.detector.schema.describe()  # for wrong-length rows; built once, not per request
-            if self.scoring == "sklearn":
-                self.detector.fast = None
-            self.history = history_for(self.detector, self.max_entities)
-            self.outside = ServedRowCounters(self.detector, self.name, outside_counters)
-            meta = self.detector.metadata
-            log.info(
-                "loaded model %s from %s: %d features, threshold %.5f, trained %s",
-                self.name,
-                self.model_uri,
-                len(self.detector.schema),
-                self.detector.threshold,
-                meta.get("created_at"),
-            )
-            self.ready = True
-            return self.ready
-
-        def get_input_types(self):
-            """V2 metadata: one [n, features] matrix (per-feature [n] tensors named after the features also work)."""
-            return input_types(self.detector)
-
-        def get_output_types(self):
-            return output_types(self.detector)
-
-        async def predict(self, payload, headers=None, response_headers=None):
-            if claimed_rows(payload, isinstance(payload, InferRequest)) > SMALL_BATCH_ROWS:
-                return await asyncio.get_running_loop().run_in_executor(self.batch_pool, self.score_request, payload)
-            return self.score_request(payload)
-
-        def score_request(self, payload):
-            is_v2 = isinstance(payload, InferRequest)
-            try:
-                predictions, scores, complete = score_payload(
-                    self.detector, self.history, payload, is_v2, self.max_instances, self.expected, self.outside
-                )
-            except InputProblem as exc:
-                raise InvalidInput(str(exc)) from None
-            rows_scored.labels(self.name).inc(len(scores))
-            rows_flagged.labels(self.name).inc(int(np.count_nonzero(predictions == ANOMALY)))
-            if not is_v2:
-                return v1_answer(predictions, scores, complete)
-            outputs = [InferOutput(**tensor) for tensor in v2_outputs(predictions, scores, complete)]
-            return InferResponse(
-                model_name=self.name, infer_outputs=outputs, response_id=payload.id or str(uuid.uuid4())
-            )
-
-    return AnomalyDetectorModel
-
-
-def serve(
-    model_name: str,
-    model_uri: str,
-    http_port: int = 8080,
-    grpc_port: int | None = None,
-    workers: int = 1,
-    max_instances: int = DEFAULT_MAX_INSTANCES,
-    scoring: str = "fast",
-    host: str = "0.0.0.0",
-    max_body_bytes: int | None = None,
-    max_entities: int = DEFAULT_MAX_ENTITIES,
-    server: str = "lean",
-) -> None:
-    """Load, verify and serve until SIGTERM. Blocks. ``server``: "lean" (lean_server.py) or
-    "kserve" (the KServe model server; also gRPC). A model fetched from S3 lives in a
-    temporary directory removed when the server stops."""
-    if server not in ("lean", "kserve"):
-        raise ConfigError(f"server must be 'lean' or 'kserve', got {server!r}")
-    if server == "lean" and grpc_port is not None:
-        raise ConfigError("the lean server speaks REST only; use --server kserve for gRPC")
-    cache = tempfile.mkdtemp(prefix="anomaly-model-")
-    try:
-        if server == "lean":
-            from .lean_server import serve_lean
-
-            local = resolve_model_dir(model_uri, cache)
-            model = load_model_dir(local) if scoring == "sklearn" else load_serving_model(local)
-            if scoring == "sklearn":
-                model.fast = None
-            log.info(
-                "loaded model %s from %s: %s, threshold %.5f",
-                model_name,
-                model_uri,
-                model.schema.describe(),
-                model.threshold,
-            )
-            serve_lean(
-                model_name,
-                model,
-                served_version(model_uri, local),
-                http_port,
-                host,
-                max_instances,
-                max_body_bytes,
-                max_entities,
-                workers,
-            )
-            return
-        _serve_kserve(
-            model_name,
-            model_uri,
-            cache,
-            http_port,
-            grpc_port,
-            workers,
-            max_instances,
-            scoring,
-            host,
-            max_body_bytes,
-            max_entities,
-        )
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-
-
-def _serve_kserve(
-    model_name,
-    model_uri,
-    cache,
-    http_port,
-    grpc_port,
-    workers,
-    max_instances,
-    scoring,
-    host,
-    max_body_bytes,
-    max_entities,
-) -> None:
-    # kserve parses sys.argv at import time; keep our CLI flags away from it.
-    saved_argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        import kserve
-        import kserve.model_server as kserve_server
-        from fastapi.exceptions import RequestValidationError
-
-        model_class = build_model_class()
-    finally:
-        sys.argv = saved_argv
-    model = model_class(
-        model_name,
-        model_uri,
-        max_instances=max_instances,
-        scoring=scoring,
-        cache_dir=cache,
-        max_entities=max_entities,
-    )
-    model.load()
-    limit = max_body_bytes or default_max_body_bytes(max_instances, len(model.detector.schema))
-    kserve_server.app.add_middleware(BodySizeLimit, max_bytes=limit)
-    kserve_server.app.add_exception_handler(RequestValidationError, _invalid_json_handler)
-    _bind_host(kserve_server, host)
-    _add_versions_to_metadata()
-    log.info(
-        "serving %s on %s:%d (KServe model server, request bodies up to %d bytes)", model_name, host, http_port, limit
-    )
-    server = kserve.ModelServer(
-        http_port=http_port,
-        grpc_port=grpc_port or 8081,
-        enable_grpc=grpc_port is not None,
-        workers=workers,
-    )
-    server.start([model])
-
-
-def served_version(model_uri: str, local: Path) -> str:
-    """The release name: the version segment of an s3:// URI, else what publish would name it."""
-    if model_uri.startswith("s3://"):
-        return model_uri.rstrip("/").rsplit("/", 1)[-1]
-    from .publish import default_version
-
-    return default_version(local)
-
-
-def _add_versions_to_metadata() -> None:
-    """kserve 0.21 answers GET /v2/models/<m> without versions; add the served version."""
-    from kserve.protocol.dataplane import DataPlane
-
-    original = DataPlane.model_metadata
-    if getattr(original, "adds_versions", False):
-        return
-
-    async def model_metadata(self, model_name: str):
-        metadata = await original(self, model_name)
-        version = getattr(self.get_model_from_registry(model_name), "model_version", None)
-        return {**metadata, "versions": [version]} if version else metadata
-
-    model_metadata.adds_versions = True
-    DataPlane.model_metadata = model_metadata
-
-
-def _bind_host(kserve_server, host: str) -> None:
-    """kserve 0.21 binds its REST server to 0.0.0.0 unconditionally; set the address it binds."""
-    base = kserve_server.RESTServer
-
-    class HostBoundRESTServer(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.config.host = host
-
-    kserve_server.RESTServer = HostBoundRESTServer

@@ -1,15 +1,10 @@
-"""The data step: read or generate operational metrics, check them against the feature
-schema, split them in time into train and holdout, and write both as Parquet.
-
-Sources: a CSV/Parquet file (local path or s3://) or the synthetic generator.
-"""
+"""Metrics from files: CSV or Parquet, local or s3://, checked strictly against the feature
+schema (columns, NaN/inf, sizes) into a Dataset; labels from alert history or incident windows."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
-from .params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
-from .schema import DEFAULT_FEATURES, ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+from anomaly_mlops.errors import DataError
+from anomaly_mlops.model.schema import ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+from anomaly_mlops.params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
 
 log = logging.getLogger(__name__)
-
-ANOMALY_KINDS = ("spike", "dip", "level_shift", "slow_leak", "stuck", "contention")
 
 
 @dataclass
@@ -43,114 +36,6 @@ class Dataset:
     @property
     def n_rows(self) -> int:
         return int(self.X.shape[0])
-
-
-# --------------------------------------------------------------------------- synthetic
-
-
-def daily_load(minutes: int) -> np.ndarray:
-    """0-1 load, one value a minute: busy in the afternoon, quiet at night; weekends quieter."""
-    t = np.arange(minutes)
-    return 0.5 * (1 - np.cos(2 * np.pi * (t % 1440) / 1440 - np.pi / 6)) * np.where((t // 1440) % 7 >= 5, 0.7, 1.0)
-
-
-def generate_synthetic(
-    rows: int = 20_160,
-    seed: int = 42,
-    anomaly_rate: float = 0.03,
-    start: str = "2026-01-05T00:00:00Z",
-) -> pd.DataFrame:
-    """Node metrics at one row a minute with daily seasonality and labelled anomalies.
-
-    Anomalies are events of several minutes of one of ANOMALY_KINDS, placed without
-    overlap until about ``anomaly_rate`` of the rows are labelled. Same seed, same frame.
-    """
-    if rows < 60:
-        raise DataError(f"synthetic data needs at least 60 rows, got {rows}")
-    if not 0.0 <= anomaly_rate < 0.5:
-        raise DataError(f"anomaly_rate must be in [0, 0.5), got {anomaly_rate}")
-    rng = np.random.default_rng(seed)
-    load = daily_load(rows)
-
-    cpu = 20 + 45 * load + rng.normal(0, 3.0, rows)
-    memory = 50 + 12 * load + np.cumsum(rng.normal(0, 0.05, rows)).clip(-5, 5) + rng.normal(0, 1.0, rows)
-    disk = 15 + 25 * load + rng.gamma(2.0, 2.0, rows)
-    rx = 40 + 80 * load + 0.5 * (cpu - 40) + rng.normal(0, 5.0, rows)
-    tx = 0.6 * rx + rng.normal(0, 3.0, rows)
-    restarts = rng.poisson(0.005, rows).astype(float)
-    frame = {
-        "cpu_usage_pct": cpu,
-        "memory_usage_pct": memory,
-        "disk_io_mbps": disk,
-        "network_rx_mbps": rx,
-        "network_tx_mbps": tx,
-        "restart_count": restarts,
-    }
-    labels = np.zeros(rows, dtype=np.int8)
-    kinds = np.full(rows, "", dtype=object)
-
-    target = int(anomaly_rate * rows)
-    attempts = 0
-    while labels.sum() < target and attempts < 10_000:
-        attempts += 1
-        kind = ANOMALY_KINDS[rng.integers(len(ANOMALY_KINDS))]
-        length = {
-            "spike": rng.integers(1, 6),
-            "dip": rng.integers(5, 16),
-            "level_shift": rng.integers(30, 91),
-            "slow_leak": rng.integers(60, 181),
-            "stuck": rng.integers(30, 61),
-            "contention": rng.integers(10, 31),
-        }[kind]
-        length = int(min(length, max(1, target - labels.sum()) + 5, rows // 10))
-        begin = int(rng.integers(0, rows - length))
-        window = slice(begin, begin + length)
-        # Keep one normal minute on each side so events stay distinct.
-        if labels[max(0, begin - 1) : begin + length + 1].any():
-            continue
-        _inject(frame, kind, window, length, rng)
-        labels[window] = 1
-        kinds[window] = kind
-
-    for name in ("cpu_usage_pct", "memory_usage_pct"):
-        frame[name] = np.clip(frame[name], 0, 100)
-    for name in ("disk_io_mbps", "network_rx_mbps", "network_tx_mbps", "restart_count"):
-        frame[name] = np.clip(frame[name], 0, None)
-
-    df = pd.DataFrame(frame)
-    df.insert(0, TIMESTAMP_COLUMN, pd.date_range(start=start, periods=rows, freq="min"))
-    df[LABEL_COLUMN] = labels
-    df["anomaly_kind"] = kinds.astype(str)
-    return df
-
-
-def _inject(frame: dict, kind: str, window: slice, length: int, rng: np.random.Generator) -> None:
-    if kind == "spike":
-        name = ("cpu_usage_pct", "disk_io_mbps", "network_rx_mbps")[rng.integers(3)]
-        frame[name][window] += rng.uniform(3, 6) * frame[name].std()
-    elif kind == "dip":
-        frame["network_rx_mbps"][window] *= rng.uniform(0.0, 0.1)
-        frame["network_tx_mbps"][window] *= rng.uniform(0.0, 0.1)
-        frame["cpu_usage_pct"][window] *= 0.3
-    elif kind == "level_shift":
-        frame["memory_usage_pct"][window] += rng.uniform(15, 30)
-    elif kind == "slow_leak":
-        frame["memory_usage_pct"][window] += np.linspace(0, rng.uniform(25, 40), length)
-    elif kind == "stuck":
-        name = ("cpu_usage_pct", "network_rx_mbps")[rng.integers(2)]
-        frame[name][window] = frame[name][window.start]
-        # A stuck exporter also reports zero traffic on its twin metric.
-        frame["network_tx_mbps"][window] = 0.0
-    elif kind == "contention":
-        frame["cpu_usage_pct"][window] += rng.uniform(30, 50)
-        frame["disk_io_mbps"][window] += rng.uniform(40, 80)
-        frame["network_rx_mbps"][window] *= 0.5
-        frame["restart_count"][window] += rng.poisson(1.0, length)
-    else:  # pragma: no cover - ANOMALY_KINDS is closed
-        raise ValueError(kind)
-
-
-# --------------------------------------------------------------------------- loading
 
 
 def read_table(
@@ -181,7 +66,7 @@ def read_table(
 
 
 def _sha256_of(path: Path, source: str) -> str:
-    from .artifacts import sha256_file
+    from anomaly_mlops.model.artifacts import sha256_file
 
     try:
         return sha256_file(path)
@@ -213,7 +98,7 @@ def _parse_file(path: Path, source: str) -> pd.DataFrame:
 
 
 def _download_s3(uri: str, local: Path, max_bytes: int, s3_env: dict | None) -> None:
-    from .storage import S3Settings, describe_client_error, parse_s3_uri
+    from anomaly_mlops.store.s3 import S3Settings, describe_client_error, parse_s3_uri
 
     bucket, key = parse_s3_uri(uri)
     settings = S3Settings.from_env(s3_env, need_bucket=False)
@@ -399,130 +284,3 @@ def apply_labels(
     if not report["labelled"]:
         log.warning(report["note"])
     return frame, report
-
-
-# --------------------------------------------------------------------------- the step
-
-
-@dataclass
-class PreparedData:
-    train_path: Path
-    holdout_path: Path
-    schema: FeatureSchema
-    train_rows: int
-    holdout_rows: int
-    holdout_anomalies: int
-    labelled: bool = True
-    labels: dict | None = None  # what each label source labelled (live data), as in labels.json
-
-
-def prepare_data(
-    out_dir: str | os.PathLike,
-    *,
-    source: str = "synthetic",
-    schema: FeatureSchema | None = None,
-    holdout_fraction: float = 0.3,
-    rows: int = 20_160,
-    seed: int = 42,
-    anomaly_rate: float = 0.03,
-    max_rows: int = DEFAULT_MAX_ROWS,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    frame: pd.DataFrame | None = None,
-    holdout_source: str | None = None,
-    labels_report: dict | None = None,
-    prometheus=None,
-) -> PreparedData:
-    """Write ``train.parquet``, ``holdout.parquet``, ``schema.json`` (and ``labels.json``
-    for labelled live data) into ``out_dir``.
-
-    The split is in time (the holdout is the latest part), as the model will meet the
-    future, not a shuffled past. ``frame`` is data already fetched (e.g. from Prometheus);
-    with ``holdout_source`` all of it trains and the labelled holdout is read from there.
-    """
-    if not 0.0 < holdout_fraction < 1.0:
-        raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    schema = schema or FeatureSchema()
-    if prometheus is not None:  # a prometheus.PrometheusSource: live metrics, labels from alert history
-        from .prometheus import fetch_prometheus
-        from .redact import redact
-
-        frame, schema, labels_report = fetch_prometheus(prometheus, schema)
-        source = f"prometheus {redact(prometheus.url)}"
-    if frame is not None:
-        log.info("using %d rows from %s", len(frame), source)
-    elif source == "synthetic" and schema.name == "self-healing-platform":
-        from .self_healing import generate_platform_synthetic
-
-        frame = generate_platform_synthetic(rows=rows, seed=seed, anomaly_rate=anomaly_rate)
-        log.info("generated %d synthetic rows of the %s schema (seed %d)", len(frame), schema.name, seed)
-    elif source == "synthetic":
-        if schema.features != DEFAULT_FEATURES:
-            raise DataError("the synthetic generator produces the default schema and the self-healing-platform schema")
-        frame = generate_synthetic(rows=rows, seed=seed, anomaly_rate=anomaly_rate)
-        log.info("generated %d synthetic rows (seed %d, anomaly rate %.3f)", len(frame), seed, anomaly_rate)
-    else:
-        frame, _ = read_table(source, max_bytes=max_bytes)
-        log.info("read %d rows from %s", len(frame), source)
-    # Validates the whole frame before anything is written.
-    frame_to_dataset(frame, schema, source=source, max_rows=max_rows)
-    if TIMESTAMP_COLUMN in frame.columns:
-        frame = frame.sort_values(TIMESTAMP_COLUMN, kind="stable").reset_index(drop=True)
-    if holdout_source:
-        holdout, _ = read_table(holdout_source, max_bytes=max_bytes)
-        frame_to_dataset(holdout, schema, source=holdout_source, require_labels=True, max_rows=max_rows)
-        train_part = frame
-    else:
-        cut = int(round(len(frame) * (1 - holdout_fraction)))
-        if cut < 10 or len(frame) - cut < 10:
-            raise DataError(
-                f"{len(frame)} rows are too few to split {holdout_fraction:.0%} into a holdout; need 10+ on each side"
-            )
-        train_part, holdout = frame.iloc[:cut], frame.iloc[cut:]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train_path, holdout_path = out / "train.parquet", out / "holdout.parquet"
-    _atomic_parquet(train_part[_kept_columns(train_part, schema)], train_path)
-    _atomic_parquet(holdout[_kept_columns(holdout, schema)], holdout_path)
-    (out / "schema.json").write_text(json.dumps(schema.to_dict(), indent=2) + "\n")
-    if labels_report is not None:
-        (out / "labels.json").write_text(json.dumps(labels_report, indent=2) + "\n")
-    else:  # a reused folder must not keep an earlier run's report
-        (out / "labels.json").unlink(missing_ok=True)
-    holdout_anomalies = int(holdout[LABEL_COLUMN].sum()) if LABEL_COLUMN in holdout.columns else 0
-    log.info(
-        "wrote %s (%d rows) and %s (%d rows, %d labelled anomalous)",
-        train_path,
-        len(train_part),
-        holdout_path,
-        len(holdout),
-        holdout_anomalies,
-    )
-    return PreparedData(
-        train_path,
-        holdout_path,
-        schema,
-        len(train_part),
-        len(holdout),
-        holdout_anomalies,
-        labelled=LABEL_COLUMN in holdout.columns,
-        labels=labels_report,
-    )
-
-
-def _kept_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[str]:
-    return [
-        c
-        for c in (TIMESTAMP_COLUMN, ENTITY_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind")
-        if c in frame.columns
-    ]
-
-
-def _atomic_parquet(frame: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

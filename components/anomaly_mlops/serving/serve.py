@@ -1,0 +1,82 @@
+"""``serve``: load a released model (a directory or an s3:// version, checksums verified) and
+serve it with the lean server (default) or the KServe model server. Only the CLI imports this."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+
+from anomaly_mlops.errors import ConfigError
+from anomaly_mlops.model.artifacts import load_model_dir, load_serving_model
+from anomaly_mlops.params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
+from anomaly_mlops.store.releases import resolve_model_dir, served_version
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    model_name: str,
+    model_uri: str,
+    http_port: int = 8080,
+    grpc_port: int | None = None,
+    workers: int = 1,
+    max_instances: int = DEFAULT_MAX_INSTANCES,
+    scoring: str = "fast",
+    host: str = "0.0.0.0",
+    max_body_bytes: int | None = None,
+    max_entities: int = DEFAULT_MAX_ENTITIES,
+    server: str = "lean",
+) -> None:
+    """Load, verify and serve until SIGTERM. Blocks. ``server``: "lean" (lean_server.py) or
+    "kserve" (the KServe model server; also gRPC). A model fetched from S3 lives in a
+    temporary directory removed when the server stops."""
+    if server not in ("lean", "kserve"):
+        raise ConfigError(f"server must be 'lean' or 'kserve', got {server!r}")
+    if server == "lean" and grpc_port is not None:
+        raise ConfigError("the lean server speaks REST only; use --server kserve for gRPC")
+    cache = tempfile.mkdtemp(prefix="anomaly-model-")
+    try:
+        if server == "lean":
+            from anomaly_mlops.serving.lean_server import serve_lean
+
+            local = resolve_model_dir(model_uri, cache)
+            model = load_model_dir(local) if scoring == "sklearn" else load_serving_model(local)
+            if scoring == "sklearn":
+                model.fast = None
+            log.info(
+                "loaded model %s from %s: %s, threshold %.5f",
+                model_name,
+                model_uri,
+                model.schema.describe(),
+                model.threshold,
+            )
+            serve_lean(
+                model_name,
+                model,
+                served_version(model_uri, local),
+                http_port,
+                host,
+                max_instances,
+                max_body_bytes,
+                max_entities,
+                workers,
+            )
+            return
+        from anomaly_mlops.serving.kserve_model import serve_kserve
+
+        serve_kserve(
+            model_name,
+            model_uri,
+            cache,
+            http_port,
+            grpc_port,
+            workers,
+            max_instances,
+            scoring,
+            host,
+            max_body_bytes,
+            max_entities,
+        )
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
