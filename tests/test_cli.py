@@ -159,6 +159,106 @@ def test_run_local_end_to_end(tmp_path):
         "model-server.log",
     ):
         assert (run_dir / produced).exists(), produced
-    for step in ("[1/5] data", "[3/5] validate", "[5/5] serve"):
+    for step in ("[1/5] data", "[3/5] validate", "[5/5] serve from S3 with the lean model server"):
         assert step in result.stderr
+    assert "KServe" not in result.stderr  # the lean server runs: the banner says so
+    seconds = summary["seconds"]
+    parts = sum(v for k, v in seconds.items() if k != "total")
+    assert abs(parts - seconds["total"]) <= 0.05 * len(seconds), seconds  # rounding only
+    assert {"start Python, import libraries", "start embedded S3", "stop embedded S3"} <= set(seconds)
     assert "local-embedded-secret" not in result.stderr + result.stdout
+
+
+def test_every_flag_has_help_and_the_help_has_no_markup():
+    import argparse
+
+    from anomaly_mlops.adapters.cli import build_parser
+
+    parser = build_parser()
+    missing = []
+
+    def walk(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, [*path, name])
+            elif action.option_strings and action.dest != "help" and not action.help:
+                missing.append(" ".join([*path, action.option_strings[0]]))
+
+    walk(parser, [])
+    assert missing == []
+    top = parser.format_help()
+    assert "``" not in top and "exit codes: 0 done" in top and "6 the model server could not start" in top
+
+
+@pytest.mark.parametrize(
+    "args, hint",
+    [
+        (["trian"], "did you mean 'train'?"),
+        (["train", "--data", "x", "--out", "y", "--seeds", "3"], "did you mean '--seeds' -> '--seed'?"),
+        (["serve", "--htp-port", "9"], "did you mean '--htp-port' -> '--http-port'?"),
+    ],
+)
+def test_a_mistyped_step_or_flag_gets_a_suggestion(args, hint):
+    result = run(*args, check=False)
+    assert result.returncode == 2 and hint in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("server", ["lean", "kserve"])
+def test_a_busy_port_is_its_own_exit_code_and_nothing_says_serving(model_dir, server):
+    """Not 3 (the release gate's code, which uvicorn's start-up failure used to give)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(
+            "serve",
+            "--server",
+            server,
+            "--model-dir",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(port),
+            check=False,
+        )
+    assert result.returncode == 6, result.stderr[-2000:]
+    assert result.stderr.splitlines()[-1] == f"error: cannot serve on 127.0.0.1:{port}: Address already in use"
+    assert "serving" not in result.stderr.replace("serving.", "")
+
+
+def test_a_port_out_of_range_is_refused():
+    result = run("serve", "--model-dir", "/nowhere", "--http-port", "99999", check=False)
+    assert result.returncode == 2 and "--http-port must be a TCP port, 1-65535, got 99999" in result.stderr
+
+
+def test_an_unreachable_api_server_is_one_line(tmp_path):
+    """urllib3's retry warnings are not printed; the step's one-line error says it all."""
+    import socket
+
+    import yaml
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
+    result = run("rollback", "--namespace", "ns", "--kubeconfig", str(kubeconfig), check=False)
+    assert result.returncode == 5
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("error: cannot reach the Kubernetes API")
+    ]

@@ -64,3 +64,14 @@ def test_the_layer_check_can_fail(tmp_path):
     ]
     assert violations([("anomaly_mlops.serving.protocol", "anomaly_mlops.sources.files")]) != []
     assert violations([("anomaly_mlops.steps.deploy", "anomaly_mlops.steps.verify")]) == []
+
+
+def test_every_subpackage_is_installed():
+    """A non-editable install (the image) ships only the packages pyproject.toml lists."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(["anomaly_mlops", *init.parent.relative_to(PACKAGE).parts]) for init in PACKAGE.rglob("__init__.py")
+    }
+    assert found - listed == set()

@@ -79,7 +79,8 @@ def test_gpu_placement_is_configurable(tmp_path):
 def test_validate_image_is_a_compile_option(tmp_path):
     """--validate-image puts validate alone on the image with torch (the GPU path), in the
     pipelines and in the component spec; empty, every step runs on --image."""
-    from anomaly_mlops.adapters.cli import _pipeline_options, build_parser
+    from anomaly_mlops.adapters.cli import build_parser
+    from anomaly_mlops.adapters.cli.pipelines import _pipeline_options
     from anomaly_mlops.pipelines.compile import compile_all
 
     args = build_parser().parse_args(

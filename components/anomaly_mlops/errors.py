@@ -44,3 +44,9 @@ class DeployError(AnomalyMLOpsError):
     """The Kubernetes API server or KServe refused or failed a deployment."""
 
     exit_code = 5
+
+
+class ServeError(AnomalyMLOpsError):
+    """The model server could not start serving (its port in use, an address not available)."""
+
+    exit_code = 6

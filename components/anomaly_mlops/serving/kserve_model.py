@@ -166,8 +166,15 @@ def serve_kserve(
     kserve_server.app.add_exception_handler(RequestValidationError, _invalid_json_handler)
     _bind_host(kserve_server, host)
     _add_versions_to_metadata()
+    from anomaly_mlops.serving.sockets import bind
+
+    bind(host, http_port).close()  # a busy port is a ServeError (exit 6) before KServe starts
     log.info(
-        "serving %s on %s:%d (KServe model server, request bodies up to %d bytes)", model_name, host, http_port, limit
+        "starting the KServe model server for %s on %s:%d (request bodies up to %d bytes)",
+        model_name,
+        host,
+        http_port,
+        limit,
     )
     server = kserve.ModelServer(
         http_port=http_port,

@@ -404,13 +404,16 @@ def serve_lean(
     # handler that was there before: make that an exit, so the caller's cleanup runs.
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: sys.exit(0))
+    from anomaly_mlops.serving.sockets import bind
+
     app = LeanApp(model_name, model, version, max_instances, max_body_bytes, max_entities)
     if workers != 1:
         log.warning("the lean server runs one process; scale with replicas (--workers %d ignored)", workers)
+    sock = bind(host, http_port)  # a busy port is a ServeError (exit 6), said before anything serves
     log.info(
         "serving %s on %s:%d (lean server, bodies up to %d bytes)", model_name, host, http_port, app.max_body_bytes
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=http_port,
@@ -421,3 +424,4 @@ def serve_lean(
         lifespan="off",
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=[sock])

@@ -35,6 +35,9 @@ def serve(
         raise ConfigError(f"server must be 'lean' or 'kserve', got {server!r}")
     if server == "lean" and grpc_port is not None:
         raise ConfigError("the lean server speaks REST only; use --server kserve for gRPC")
+    for name, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError(f"{name} must be a TCP port, 1-65535, got {port}")
     cache = tempfile.mkdtemp(prefix="anomaly-model-")
     try:
         if server == "lean":

@@ -1,0 +1,141 @@
+"""``anomaly-mlops deploy|promote|rollback``: the KServe InferenceService."""
+
+from __future__ import annotations
+
+import argparse
+
+from anomaly_mlops.adapters.cli.parsing import SubParsers
+
+
+def _namespace(args) -> str:
+    from anomaly_mlops.steps.deploy import current_namespace
+
+    return current_namespace(args.namespace)
+
+
+def _isvc_client(args):
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, load_custom_objects_api
+
+    return InferenceServiceClient(load_custom_objects_api(args.kubeconfig, args.context))
+
+
+def cmd_deploy(args) -> dict:
+    from dataclasses import asdict
+
+    from anomaly_mlops.model.artifacts import check_runtime_serves
+    from anomaly_mlops.steps.deploy import PROFILES, DeploySpec, deploy
+
+    profile = PROFILES[args.profile] if args.profile else {}
+    runtime = args.runtime or profile.get("runtime", "custom")
+    if args.model_dir:
+        check_runtime_serves(runtime, args.model_dir)
+    spec = DeploySpec(
+        name=args.name or profile.get("name", "anomaly-detector"),
+        namespace=args.namespace or profile.get("namespace") or _namespace(args),
+        runtime=runtime,
+        serving_runtime=args.serving_runtime,
+        storage_key=args.storage_key,
+        storage_path=args.storage_path,
+        storage_uri=args.storage_uri,
+        model_version=args.model_version,
+        deployment_mode=args.mode or profile.get("deployment_mode", "RawDeployment"),
+        take_over=args.take_over,
+        canary_traffic_percent=None if args.canary_percent < 0 else args.canary_percent,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        scale_target=args.scale_target,
+        scale_metric=args.scale_metric,
+        cpu_request=args.cpu_request,
+        memory_request=args.memory_request,
+        cpu_limit=args.cpu_limit,
+        memory_limit=args.memory_limit,
+        logger_url=args.logger_url,
+    )
+    return asdict(deploy(spec, _isvc_client(args), timeout_s=args.timeout))
+
+
+def cmd_promote(args) -> dict:
+    _isvc_client(args).promote(args.name, _namespace(args))
+    return {"promoted": args.name}
+
+
+def cmd_rollback(args) -> dict:
+    return {"rolled_back": args.name, "action": _isvc_client(args).rollback(args.name, _namespace(args))}
+
+
+def register(sub: SubParsers) -> None:
+
+    def kube_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--name", default="anomaly-detector", help="InferenceService name (at most 36 characters)")
+        p.add_argument("--namespace", help="default: the pod's namespace")
+        p.add_argument("--kubeconfig", help="default: in-cluster config, else $KUBECONFIG or ~/.kube/config")
+        p.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+    from anomaly_mlops.steps.deploy import CUSTOM_RUNTIME, PROFILES, DeploySpec
+
+    d = DeploySpec(name="x", namespace="x")
+    p = sub.add_parser("deploy", help="create or update the KServe InferenceService and wait until Ready")
+    kube_flags(p)
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="where a known platform serves the model: self-healing-platform = RawDeployment "
+        "'anomaly-detector' in 'self-healing-platform' (flags given explicitly win)",
+    )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="update an InferenceService that ArgoCD/Helm manages, removing its tracking marks "
+        "(take it out of that tool first, or it reverts us)",
+    )
+    p.add_argument("--runtime", choices=["custom", "sklearn"], help="default: custom")
+    p.add_argument(
+        "--model-dir",
+        help="the model being deployed (its metadata.json): --runtime sklearn is refused for a model "
+        "that needs history (feature window or score smoothing)",
+    )
+    p.add_argument("--serving-runtime", default=CUSTOM_RUNTIME, help="ServingRuntime name for --runtime custom")
+    p.add_argument("--storage-key", help="data connection secret name, e.g. aws-connection-models")
+    p.add_argument("--storage-path", help="key prefix in that bucket, e.g. anomaly-detector/v1/")
+    p.add_argument(
+        "--storage-uri",
+        help="alternative to --storage-key/--storage-path: s3://bucket/prefix/ or pvc://<claim>/<path>/",
+    )
+    p.add_argument("--model-version", help="recorded in the anomaly-mlops.io/model-version annotation")
+    p.add_argument(
+        "--mode",
+        choices=["RawDeployment", "Standard", "Serverless", "Knative"],
+        help="default: RawDeployment (or the profile's); Standard and Knative are KServe 0.17+'s names for "
+        "RawDeployment and Serverless",
+    )
+    p.add_argument(
+        "--canary-percent",
+        type=int,
+        default=d.canary_traffic_percent,
+        help="traffic share of a new model on a live Serverless service; negative: all at once",
+    )
+    p.add_argument("--min-replicas", type=int, default=d.min_replicas, help="0 allows scale to zero (Serverless)")
+    p.add_argument("--max-replicas", type=int, default=d.max_replicas, help="autoscaling ceiling")
+    p.add_argument("--scale-target", type=int, help="autoscaling target of --scale-metric")
+    p.add_argument(
+        "--scale-metric",
+        choices=["concurrency", "rps", "cpu", "memory"],
+        help="Serverless: concurrency or rps; RawDeployment: cpu or memory (KServe's rule)",
+    )
+    p.add_argument("--cpu-request", default=d.cpu_request, help="predictor CPU request")
+    p.add_argument("--memory-request", default=d.memory_request, help="predictor memory request")
+    p.add_argument("--cpu-limit", default=d.cpu_limit, help="predictor CPU limit")
+    p.add_argument("--memory-limit", default=d.memory_limit, help="predictor memory limit")
+    p.add_argument("--logger-url", help="send request/response events to this URL (KServe logger)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("promote", help="send all traffic to the latest revision (after verify passed)")
+    kube_flags(p)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser(
+        "rollback", help="Serverless: pin the previous revision; RawDeployment: restore the previous path"
+    )
+    kube_flags(p)
+    p.set_defaults(func=cmd_rollback)
