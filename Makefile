@@ -4,13 +4,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean prometheus kfp-protos lint image image-gpu
+.PHONY: setup run test compile lock clean prometheus kfp-protos lint docs image image-gpu
 
+# One line per stage; pip itself stays quiet (its full log would be ~300 lines).
 $(STAMP): pyproject.toml requirements.lock
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
-	touch $(STAMP)
+	@echo "==> creating $(VENV) with $$($(PYTHON) --version)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "==> upgrading pip in $(VENV)"
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "==> installing anomaly-mlops and the pinned dependencies (requirements.lock) into $(VENV): about 3 minutes on a fresh machine"
+	@$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 setup: $(STAMP)
 
@@ -18,9 +23,13 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/anomaly-mlops run --local --workdir runs/local
 
-## The test suite (what .ci/run calls).
-test: $(STAMP) prometheus kfp-protos lint
-	$(BIN)/python -m pytest -q tests
+## The test suite (what .ci/run calls): lint, the docs site built strictly, then pytest.
+test: $(STAMP) prometheus kfp-protos lint docs
+	$(BIN)/python -m pytest -q --durations=15 tests
+
+## The docs site (docs/, mkdocs.yml), strictly: every page in the nav, every link and anchor resolving.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 ## A real Prometheus server for the data-source tests (Debian package; needs root/apt).
 ## Without it those tests are skipped, saying so.
