@@ -23,9 +23,11 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/anomaly-mlops run --local --workdir runs/local
 
-## The test suite (what .ci/run calls): lint, the docs site built strictly, then pytest.
+## The test suite (what .ci/run calls): lint, the docs site built strictly, then pytest with
+## its test files spread over two processes (each file's tests stay together: they share
+## module fixtures; servers take free ports and temporary folders).
 test: $(STAMP) prometheus kfp-protos lint docs
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 ## The docs site (docs/, mkdocs.yml), strictly: every page in the nav, every link and anchor resolving.
 docs: $(STAMP)
