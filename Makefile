@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml requirements.lock
 	@echo "==> upgrading pip in $(VENV)"
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "==> installing anomaly-mlops and the pinned dependencies (requirements.lock) into $(VENV): about 3 minutes on a fresh machine"
-	@$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@# setuptools notes every editable install of a mapped package dir ("be careful with folders
+	@# named like your package"; there is none): an informational UserWarning, not shown.
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
 	@touch $(STAMP)
 	@echo "==> $(VENV) is ready"
 

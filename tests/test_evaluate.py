@@ -252,7 +252,7 @@ def test_smd_quality_of_the_defaults_and_of_time_series_features():
     # Plain StandardScaler + IsolationForest: the design record's reference is about 0.76.
     assert 0.65 < plain["mean"]["smd"]["roc_auc"] < 0.85
     # Smoothing ranks better than plain; the time-series features with raw-metric trees (the
-    # default) better still, on every measure (README: 0.846 / 0.433 against 0.808 / 0.410).
+    # default) better still, on every measure (docs/evidence/quality.md).
     assert raw["mean"]["smd"]["roc_auc"] > plain["mean"]["smd"]["roc_auc"] + 0.02
     assert default["mean"]["smd"]["roc_auc"] > raw["mean"]["smd"]["roc_auc"] + 0.02
     assert default["mean"]["smd"]["pr_auc"] > raw["mean"]["smd"]["pr_auc"]
@@ -260,7 +260,7 @@ def test_smd_quality_of_the_defaults_and_of_time_series_features():
     assert {series["threshold_method"] for series in raw["series"]} == {"pot"}
     for series in default["series"]:
         assert 0 <= series["f1"] <= 1 and series["anomalies"] > 0 and series["interval_s"] == 60
-    # The machine whose levels moved between its training and test weeks (README: it flags
+    # The machine whose levels moved between its training and test weeks (docs/evidence/quality.md: it flags
     # most of its test rows) is the one the range check names.
     moved = max(default["series"], key=lambda s: s["test_rows_outside_training_range"])
     assert moved["series"] == "machine-1-6" and moved["test_rows_outside_training_range"] > 0.5

@@ -323,7 +323,7 @@ def test_without_labels_the_score_shift_from_the_champion_is_gated(live_data, tm
     assert ok_gates["score_psi_vs_champion"]["passed"] and "skipped" not in ok_gates["score_psi_vs_champion"]
     assert 0 < ok.metrics["champion"]["score_psi"] < gates.max_score_psi
     # This holdout (2.6% anomalies, unlabelled here) is flagged at 7.7% by the default, over
-    # the flagged-rate gate's 6% (3.8-3.9% with --metric-basis raw): README, Detection quality.
+    # the flagged-rate gate's 6% (3.8-3.9% with --metric-basis raw): docs/evidence/quality.md.
     assert [name for name, g in ok_gates.items() if not g["passed"]] in ([], ["flagged_rate"])
     assert not bad.passed and {"score_psi_vs_champion", "flagged_rate"} <= {
         g["gate"] for g in bad.gates if not g["passed"]

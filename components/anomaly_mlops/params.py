@@ -17,7 +17,7 @@ DEFAULT_MAX_ENTITIES = 10_000  # series whose history a server keeps (history.py
 # the champion's deciles reached 2.2 for a healthy retraining (over half above the textbook
 # 0.25); broken challengers (metrics scaled, columns swapped, rows shuffled) gave 8.3.
 DEFAULT_MAX_SCORE_PSI = 4.0
-# Detector defaults, chosen by `anomaly-mlops evaluate --tune` (README "Detection quality"):
+# Detector defaults, chosen by `anomaly-mlops evaluate --tune` (docs/evidence/quality.md):
 # among the candidates that pass the default release gates on the project's synthetic data
 # with each of four seeds, the best F1 on NAB averaged over them, reported on SMD machines
 # the choice never saw. Each metric with its deviation from the mean and its spread over the
@@ -28,7 +28,7 @@ DEFAULT_MAX_SCORE_PSI = 4.0
 # (NAB cannot tell it from "pot", the synthetic draws prefer it). The metric basis is the one
 # default NAB cannot judge at all (one metric per series): "principal" was chosen by leaving
 # SMD machines out, each scored with the basis better on the other four
-# (benchmarks/basis_choice.py; README).
+# (benchmarks/basis_choice.py; docs/evidence/quality.md).
 DEFAULT_FEATURE_WINDOW_MIN = 120
 DEFAULT_SCORE_SMOOTHING_MIN = 10
 DEFAULT_MAX_SAMPLES = 4096

@@ -4,7 +4,7 @@ A row whose metric lies beyond every fitted row's value is isolated as quickly a
 extreme of them, in every tree that splits on that metric; when many rows do so at once
 (a level that moved since the training rows), the forest flags them all. On SMD's
 machine-1-6, 84% of the normal test rows hold such a metric and the default flags 84% of
-the rows (README "Detection quality"). train records each metric's range over the fitted
+the rows (docs/evidence/quality.md). train records each metric's range over the fitted
 rows; validate and evaluate say which metrics left it, so an over-flagging release is
 explained by the data rather than guessed at.
 """

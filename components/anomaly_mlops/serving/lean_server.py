@@ -1,8 +1,8 @@
 """The lean model server: KServe's REST protocol surface (V1 and Open Inference V2, health,
 metadata, Prometheus metrics) as one small ASGI app on uvicorn, without KServe's FastAPI,
-pydantic and logging layers on the hot path (README "Serving performance" measures both).
+pydantic and logging layers on the hot path (docs/evidence/performance.md measures both).
 
-The same parsing, scoring and per-entity history as the KServe predictor (predictor.py):
+The same parsing, scoring and per-entity history as the KServe model server (kserve_model.py, both over protocol.py):
 the two servers pass the same protocol tests. Nothing from kserve is imported here.
 """
 

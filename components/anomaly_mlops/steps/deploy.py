@@ -682,7 +682,7 @@ def _check_owner_and_mode(spec: DeploySpec, current: dict) -> None:
     if evidence and not spec.take_over:
         raise DeployError(
             f"InferenceService {where} is managed by another tool ({evidence}), which would revert "
-            "our changes; take it out of that tool (see README, Running on the Self-Healing Platform) "
+            "our changes; take it out of that tool (docs/reference/self-healing-platform.md) "
             "and pass --take-over"
         )
     # Without the annotation the cluster's default mode applies; status names it once reconciled.

@@ -44,7 +44,7 @@ TUNE_SMOOTHING = (0, 5, 10, 30)
 TUNE_THRESHOLDS = ("pot", "quantile")
 TUNE_MAX_SAMPLES = ("auto", 1024, 4096)
 TUNE_METRIC_BASES = ("raw", "principal")
-# One seed's choice moves with the seed (README): the defaults are the choice averaged over these.
+# One seed's choice moves with the seed (docs/evidence/quality.md): the defaults are the choice averaged over these.
 TUNE_SEEDS = (42, 7, 1, 2)
 
 
@@ -293,7 +293,7 @@ def best_candidate(pool, measured: dict, indices, tie_break) -> tuple:
 
 def average_over_seeds(per_seed: list[dict]) -> tuple[dict, dict]:
     """Several seeds' measurements (candidate -> per-series dicts) as one: the mean of each
-    figure, which the rule ranks on (one seed's choice moves with the seed: README), and
+    figure, which the rule ranks on (one seed's choice moves with the seed: docs/evidence/quality.md), and
     the worst of each metric, which the gates hold."""
     mean, lowest = {}, {}
     for c, rows in per_seed[0].items():

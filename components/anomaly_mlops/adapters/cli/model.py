@@ -355,7 +355,7 @@ def register(sub: SubParsers) -> None:
         "--tune",
         action="store_true",
         help="choose window and its columns, raw-metric trees, smoothing, threshold method and tree size by "
-        "leaving series out (README)",
+        "leaving series out (docs/evidence/quality.md)",
     )
     p.add_argument(
         "--tune-on",
