@@ -230,9 +230,18 @@ def test_a_busy_port_is_its_own_exit_code_and_nothing_says_serving(model_dir, se
     assert "serving" not in result.stderr.replace("serving.", "")
 
 
-def test_a_port_out_of_range_is_refused():
-    result = run("serve", "--model-dir", "/nowhere", "--http-port", "99999", check=False)
-    assert result.returncode == 2 and "--http-port must be a TCP port, 1-65535, got 99999" in result.stderr
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--http-port", "99999", "--http-port must be a TCP port, 1-65535, got 99999"),
+        ("--max-instances", "0", "--max-instances must be at least 1, got 0"),
+        ("--max-body-bytes", "-5", "--max-body-bytes must be at least 1, got -5"),
+        ("--max-entities", "0", "--max-entities must be at least 1, got 0"),
+    ],
+)
+def test_serve_flags_out_of_range_are_refused_before_anything_loads(flag, value, message):
+    result = run("serve", "--model-dir", "/nowhere", flag, value, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {message}"]
 
 
 def test_an_unreachable_api_server_is_one_line(tmp_path):

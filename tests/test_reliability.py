@@ -227,6 +227,53 @@ def test_forest_arrays_that_cannot_score_stop_the_lean_server(copy_model, tmp_pa
     assert len(errors) == 1 and "feature indices outside the inputs" in errors[0] and "Traceback" not in str(info.value)
 
 
+def _rewrite_forest(model: Path, **changes) -> None:
+    """forest.npz with ``changes`` (None: drop the member), its manifest rewritten to match, as
+    a careless or hostile publisher could."""
+    with np.load(model / "forest.npz") as arrays:
+        stored = {k: arrays[k] for k in arrays.files}
+    stored.update(changes)
+    np.savez_compressed(model / "forest.npz", **{k: v for k, v in stored.items() if v is not None})
+    write_manifest(model)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # Would walk 10**12 levels per score: the server spun at load, before the probe check.
+        ({"depth": np.asarray(10**12)}, "depth 1000000000000 outside 0-64"),
+        ({"denominator": np.asarray(-1.0)}, "denominator -1.0 is not a positive number"),
+        ({"extra": np.zeros(8)}, r"members \['extra'\] not expected"),
+        ({"probe_scores": None}, r"\['probe_scores'\] missing"),
+    ],
+)
+def test_a_malformed_forest_is_refused_at_load_with_one_line(copy_model, changes, message):
+    from anomaly_mlops.model.artifacts import load_serving_model
+
+    model = copy_model("hostile-forest")
+    _rewrite_forest(model, **changes)
+    started = time.monotonic()
+    with pytest.raises(ArtifactError, match=message):
+        load_serving_model(model)
+    assert time.monotonic() - started < 5
+
+
+def test_a_forest_member_too_large_is_refused_before_it_is_decompressed(copy_model, monkeypatch):
+    """An extra 3 GiB member was decompressed at load; the size in the zip's directory is read
+    first (a small limit here stands for the real 512 MiB)."""
+    from anomaly_mlops.model import artifacts
+
+    model = copy_model("large-forest")
+    _rewrite_forest(model)
+    limit = 1024
+    monkeypatch.setattr(artifacts, "MAX_FOREST_MEMBER_BYTES", limit)
+    read = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: read.append(a) or (_ for _ in ()).throw(AssertionError("read")))
+    with pytest.raises(ArtifactError, match=r"members larger than 1,024 bytes: .*probe \("):
+        artifacts.load_serving_model(model)
+    assert read == []
+
+
 def test_a_fast_scorer_that_disagrees_with_scikit_learn_is_refused(model_dir, monkeypatch):
     from anomaly_mlops.model import fastforest
 

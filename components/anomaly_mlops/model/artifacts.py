@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_mlops.errors import ArtifactError, ConfigError
+from anomaly_mlops.model.fastforest import ARRAYS as FOREST_NODE_ARRAYS
 from anomaly_mlops.model.features import FeatureTransform, smooth_by_entity
 from anomaly_mlops.model.platform import is_engine_scoped_row
 from anomaly_mlops.model.schema import FeatureSchema
@@ -244,6 +246,32 @@ def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransfo
     return metadata, schema, transform, smoothing, threshold
 
 
+# forest.npz: what it holds, and how large a member may be once decompressed (a 4096-row
+# tree has at most 8,191 nodes; 10,000 such trees' node arrays stay far below this).
+FOREST_MEMBERS = frozenset({*FOREST_NODE_ARRAYS, "depth", "denominator", "probe", "probe_scores"})
+MAX_FOREST_MEMBER_BYTES = 512 * 1024 * 1024
+
+
+def read_forest_arrays(path: Path) -> dict:
+    """forest.npz's arrays, read only after its members are checked: exactly the expected
+    names, each at most MAX_FOREST_MEMBER_BYTES decompressed (nothing else is decompressed).
+    Raises ValueError naming the problem."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+    unknown, missing = set(members) - FOREST_MEMBERS, FOREST_MEMBERS - set(members)
+    if unknown or missing:
+        raise ValueError(f"members {sorted(unknown)} not expected, {sorted(missing)} missing")
+    large = [
+        f"{name} ({info.file_size:,} bytes)"
+        for name, info in members.items()
+        if info.file_size > MAX_FOREST_MEMBER_BYTES
+    ]
+    if large:
+        raise ValueError(f"members larger than {MAX_FOREST_MEMBER_BYTES:,} bytes: {', '.join(large)}")
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in FOREST_MEMBERS}
+
+
 def load_serving_model(model_dir: str | Path) -> LoadedModel:
     """What the lean server loads: the flattened forest from forest.npz (numpy arrays, no
     pickle, no scikit-learn or skops import: a fast cold start), checked against the
@@ -256,11 +284,10 @@ def load_serving_model(model_dir: str | Path) -> LoadedModel:
         return load_model_dir(model_dir)
     metadata, schema, transform, smoothing, threshold = _read_metadata(model_dir)
     try:
-        with np.load(model_dir / FOREST_FILE, allow_pickle=False) as arrays:
-            stored = {name: arrays[name] for name in arrays.files}
+        stored = read_forest_arrays(model_dir / FOREST_FILE)
         forest = CompiledForest.from_arrays(stored)
         probe, expected = stored["probe"], stored["probe_scores"]
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ArtifactError(f"{model_dir / FOREST_FILE} is not a usable forest: {type(exc).__name__}: {exc}") from exc
     inputs = len(transform.names(schema.features))
     if len(forest.mean) != inputs or probe.ndim != 2 or probe.shape[1] != inputs:

@@ -24,6 +24,9 @@ CHUNK_ROWS = 4096
 
 
 ARRAYS = ("mean", "scale", "feature", "threshold", "left", "right", "leaf_value", "roots")
+# Deeper than any isolation tree (scikit-learn caps depth at ceil(log2(max_samples)), 20 for
+# a million rows): a larger stored depth is a damaged or hostile file, which would spin.
+MAX_DEPTH = 64
 
 
 class CompiledForest:
@@ -42,6 +45,10 @@ class CompiledForest:
         forest.depth = int(arrays["depth"])
         forest.denominator = float(arrays["denominator"])
         n_nodes = len(forest.threshold)
+        if not 0 <= forest.depth <= min(MAX_DEPTH, max(n_nodes, 1)):
+            raise ValueError(f"depth {forest.depth} outside 0-{min(MAX_DEPTH, max(n_nodes, 1))}")
+        if not (np.isfinite(forest.denominator) and forest.denominator > 0):
+            raise ValueError(f"denominator {forest.denominator} is not a positive number")
         if not all(len(getattr(forest, a)) == n_nodes for a in ("feature", "left", "right", "leaf_value")):
             raise ValueError("node arrays of different lengths")
         if n_nodes and (

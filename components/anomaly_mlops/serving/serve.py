@@ -38,6 +38,16 @@ def serve(
     for name, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
         if port is not None and not 1 <= port <= 65535:
             raise ConfigError(f"{name} must be a TCP port, 1-65535, got {port}")
+    # Each of these at 0 or below gave a ready server that refused everything or, for
+    # --max-entities, silently kept no history.
+    for name, value in (
+        ("--max-instances", max_instances),
+        ("--max-entities", max_entities),
+        ("--workers", workers),
+        ("--max-body-bytes", 1 if max_body_bytes is None else max_body_bytes),
+    ):
+        if isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
     cache = tempfile.mkdtemp(prefix="anomaly-model-")
     try:
         if server == "lean":
