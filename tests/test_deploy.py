@@ -582,3 +582,33 @@ def test_a_canary_without_tag_routing_has_no_candidate_url():
     assert candidate_url(isvc) is None
     isvc["spec"]["predictor"].pop("canaryTrafficPercent")
     assert candidate_url(isvc) == "http://split"
+
+
+def test_a_model_with_entity_history_is_deployed_as_one_replica(windowed, model_dir):
+    """Behind several replicas each server holds part of an entity's rows (no affinity in
+    Knative or KServe's raw Service: DESIGN.md, platform rules) and answers wrongly."""
+    from anomaly_mlops.model.artifacts import check_replicas
+
+    assert DeploySpec("x", NS, storage_uri="s3://b/x/v1/").max_replicas == 1
+    with pytest.raises(ConfigError, match="behind 3 replicas each would see part of an entity's rows"):
+        check_replicas(3, windowed[0].model_dir)
+    check_replicas(1, windowed[0].model_dir)
+    check_replicas(5, model_dir)  # row-wise: scales out
+
+
+def test_cli_deploy_refuses_replicas_for_a_windowed_model_before_anything_is_sent(fake, tmp_path, windowed):
+    from test_cli import run
+
+    result = run(
+        "deploy",
+        "--namespace",
+        NS,
+        "--storage-uri",
+        "s3://b/x/v1/",
+        "--model-dir",
+        str(windowed[0].model_dir),
+        "--max-replicas",
+        "3",
+        check=False,
+    )
+    assert result.returncode == 2 and "--max-replicas 1" in result.stderr and fake.requests == []

@@ -317,7 +317,7 @@ def deploy_model(
     deployment_mode: str = "RawDeployment",
     canary_traffic_percent: int = 10,
     min_replicas: int = 1,
-    max_replicas: int = 3,
+    max_replicas: int = 1,
     timeout_s: float = 600.0,
 ) -> NamedTuple(
     "DeployOutputs", [("url", str), ("service_url", str), ("revision", str), ("canary", bool), ("action", str)]
@@ -335,15 +335,16 @@ def deploy_model(
         deployment_mode: 'RawDeployment' (also 'Standard') or 'Serverless' (also 'Knative': canary, revisions).
         canary_traffic_percent: traffic share of a new model on a live Serverless service.
         min_replicas: lowest replica count (0: scale to zero, Serverless).
-        max_replicas: autoscaling ceiling.
+        max_replicas: autoscaling ceiling; above 1 only for a row-wise model (per-entity history lives in one server).
         timeout_s: seconds to wait for Ready.
     """
     from collections import namedtuple
 
-    from anomaly_mlops.model.artifacts import check_runtime_serves
+    from anomaly_mlops.model.artifacts import check_replicas, check_runtime_serves
     from anomaly_mlops.steps.deploy import DeploySpec, current_namespace, deploy
 
     check_runtime_serves(runtime, model.path)
+    check_replicas(max_replicas, model.path)
     spec = DeploySpec(
         name=isvc_name,
         namespace=current_namespace(namespace),

@@ -408,14 +408,9 @@ def _check_scores(model: LoadedModel) -> None:
         )
 
 
-def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
-    """Refuse before anything is applied what the upstream sklearn runtime would serve
-    wrongly: it scores each row alone on the columns a client sends, so a model with a
-    feature window (expecting more columns), the principal metric basis (trees cut rotated
-    metrics) or score smoothing (labels from a moving mean) needs our runtime. Reads the
-    model's metadata.json only (nothing unpickled)."""
-    if runtime != "sklearn":
-        return
+def _serving_needs(model_dir: str | Path) -> tuple[FeatureTransform, int, float]:
+    """(transform, smoothing rows, engine scoped offset) from the model's metadata.json only
+    (nothing unpickled): what a server must do beyond scoring each row alone."""
     path = Path(model_dir) / METADATA_FILE
     try:
         metadata = json.loads(path.read_text())
@@ -424,6 +419,18 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
         scoped_offset = float(metadata.get("engine_scoped_offset") or 0.0)
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
+    return transform, smoothing, scoped_offset
+
+
+def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
+    """Refuse before anything is applied what the upstream sklearn runtime would serve
+    wrongly: it scores each row alone on the columns a client sends, so a model with a
+    feature window (expecting more columns), the principal metric basis (trees cut rotated
+    metrics) or score smoothing (labels from a moving mean) needs our runtime. Reads the
+    model's metadata.json only (nothing unpickled)."""
+    if runtime != "sklearn":
+        return
+    transform, smoothing, scoped_offset = _serving_needs(model_dir)
     needs = [
         f"a {transform.window}-row feature window" if transform.window else "",
         "metrics on their principal axes" if transform.basis is not None else "",
@@ -438,4 +445,23 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
             "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw"
             + (", and --fixed-engine: the upstream runtime has one threshold" if scoped_offset else "")
             + ")"
+        )
+
+
+def check_replicas(max_replicas: int, model_dir: str | Path) -> None:
+    """A model whose scores depend on an entity's earlier rows is served from history a
+    server keeps in its own memory. Behind several replicas each holds part of an entity's
+    rows and answers wrongly (Knative and KServe's raw Service route without affinity):
+    such a model runs as one replica."""
+    transform, smoothing, _ = _serving_needs(model_dir)
+    if max_replicas > 1 and (transform.window or smoothing > 1):
+        uses = [
+            f"a {transform.window}-row feature window" if transform.window else "",
+            f"{smoothing}-row score smoothing" if smoothing > 1 else "",
+        ]
+        raise ConfigError(
+            f"this model scores each row with its entity's earlier rows ({', '.join(u for u in uses if u)}), "
+            f"which a server keeps in its own memory: behind {max_replicas} replicas each would see part of an "
+            "entity's rows and answer wrongly. Deploy it with --max-replicas 1, or train a row-wise model "
+            "(--feature-window 0 --score-smoothing 0) to scale out"
         )

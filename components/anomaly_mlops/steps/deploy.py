@@ -141,7 +141,9 @@ class DeploySpec:
     deployment_mode: str = RAW  # or Serverless; Standard and Knative are the same modes
     canary_traffic_percent: int | None = 10
     min_replicas: int = 1
-    max_replicas: int = 3
+    # One: a model with per-entity history (the default) is served from one process's memory
+    # (model.artifacts.check_replicas); a row-wise model may scale out.
+    max_replicas: int = 1
     scale_target: int | None = None
     scale_metric: str | None = None  # "concurrency", "rps", "cpu", "memory"
     cpu_request: str = "500m"

@@ -22,13 +22,14 @@ def _isvc_client(args):
 def cmd_deploy(args) -> dict:
     from dataclasses import asdict
 
-    from anomaly_mlops.model.artifacts import check_runtime_serves
+    from anomaly_mlops.model.artifacts import check_replicas, check_runtime_serves
     from anomaly_mlops.steps.deploy import PROFILES, DeploySpec, deploy
 
     profile = PROFILES[args.profile] if args.profile else {}
     runtime = args.runtime or profile.get("runtime", "custom")
     if args.model_dir:
         check_runtime_serves(runtime, args.model_dir)
+        check_replicas(args.max_replicas, args.model_dir)
     spec = DeploySpec(
         name=args.name or profile.get("name", "anomaly-detector"),
         namespace=args.namespace or profile.get("namespace") or _namespace(args),
@@ -91,8 +92,8 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--runtime", choices=["custom", "sklearn"], help="default: custom")
     p.add_argument(
         "--model-dir",
-        help="the model being deployed (its metadata.json): --runtime sklearn is refused for a model "
-        "that needs history (feature window or score smoothing)",
+        help="the model being deployed (its metadata.json): --runtime sklearn, and --max-replicas above 1, "
+        "are refused for a model that needs history (feature window or score smoothing)",
     )
     p.add_argument("--serving-runtime", default=CUSTOM_RUNTIME, help="ServingRuntime name for --runtime custom")
     p.add_argument("--storage-key", help="data connection secret name, e.g. aws-connection-models")
@@ -115,7 +116,12 @@ def register(sub: SubParsers) -> None:
         help="traffic share of a new model on a live Serverless service; negative: all at once",
     )
     p.add_argument("--min-replicas", type=int, default=d.min_replicas, help="0 allows scale to zero (Serverless)")
-    p.add_argument("--max-replicas", type=int, default=d.max_replicas, help="autoscaling ceiling")
+    p.add_argument(
+        "--max-replicas",
+        type=int,
+        default=d.max_replicas,
+        help="autoscaling ceiling; above 1 only for a row-wise model (per-entity history lives in one server's memory)",
+    )
     p.add_argument("--scale-target", type=int, help="autoscaling target of --scale-metric")
     p.add_argument(
         "--scale-metric",
