@@ -21,8 +21,14 @@ import orjson
 
 from anomaly_mlops import __version__
 from anomaly_mlops.model.artifacts import ANOMALY, LoadedModel, PendingScores, features_of
-from anomaly_mlops.params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
+from anomaly_mlops.params import (
+    DEFAULT_HEAD_TIMEOUT_S,
+    DEFAULT_MAX_ENTITIES,
+    DEFAULT_MAX_HEAD_BYTES,
+    DEFAULT_MAX_INSTANCES,
+)
 from anomaly_mlops.serving.history import history_for
+from anomaly_mlops.serving.http_guard import guarded_protocol
 from anomaly_mlops.serving.protocol import (
     NOT_JSON,
     SMALL_BATCH_ROWS,
@@ -394,6 +400,8 @@ def serve_lean(
     max_body_bytes: int | None,
     max_entities: int,
     workers: int = 1,
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
 ) -> None:
     import signal
     import sys
@@ -413,15 +421,30 @@ def serve_lean(
     log.info(
         "serving %s on %s:%d (lean server, bodies up to %d bytes)", model_name, host, http_port, app.max_body_bytes
     )
+    _raise_open_file_limit()
     config = uvicorn.Config(
         app,
         host=host,
         port=http_port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(max_head_bytes, head_timeout_s),
         access_log=False,
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _raise_open_file_limit() -> None:
+    """Every connection holds a file descriptor: the soft limit (often 1,024) up to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard)
+            )
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit above %d: %s", soft, exc)

@@ -9,7 +9,12 @@ import tempfile
 
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.model.artifacts import load_model_dir, load_serving_model
-from anomaly_mlops.params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
+from anomaly_mlops.params import (
+    DEFAULT_HEAD_TIMEOUT_S,
+    DEFAULT_MAX_ENTITIES,
+    DEFAULT_MAX_HEAD_BYTES,
+    DEFAULT_MAX_INSTANCES,
+)
 from anomaly_mlops.store.releases import resolve_model_dir, served_version
 
 log = logging.getLogger(__name__)
@@ -27,6 +32,8 @@ def serve(
     max_body_bytes: int | None = None,
     max_entities: int = DEFAULT_MAX_ENTITIES,
     server: str = "lean",
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
 ) -> None:
     """Load, verify and serve until SIGTERM. Blocks. ``server``: "lean" (lean_server.py) or
     "kserve" (the KServe model server; also gRPC). A model fetched from S3 lives in a
@@ -45,9 +52,12 @@ def serve(
         ("--max-entities", max_entities),
         ("--workers", workers),
         ("--max-body-bytes", 1 if max_body_bytes is None else max_body_bytes),
+        ("--max-header-bytes", max_head_bytes),
     ):
         if isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if not head_timeout_s > 0:
+        raise ConfigError(f"--request-head-timeout must be above 0 seconds, got {head_timeout_s}")
     cache = tempfile.mkdtemp(prefix="anomaly-model-")
     try:
         if server == "lean":
@@ -74,6 +84,8 @@ def serve(
                 max_body_bytes,
                 max_entities,
                 workers,
+                max_head_bytes,
+                head_timeout_s,
             )
             return
         from anomaly_mlops.serving.kserve_model import serve_kserve

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from anomaly_mlops.adapters.cli.parsing import SubParsers
 from anomaly_mlops.params import (
+    DEFAULT_HEAD_TIMEOUT_S,
     DEFAULT_MAX_ENTITIES,
+    DEFAULT_MAX_HEAD_BYTES,
     read_token,
 )
 
@@ -24,6 +26,8 @@ def cmd_serve(args) -> None:
         max_body_bytes=args.max_body_bytes,
         max_entities=args.max_entities,
         server=args.server,
+        max_head_bytes=args.max_header_bytes,
+        head_timeout_s=args.request_head_timeout,
     )
 
 
@@ -100,6 +104,18 @@ def register(sub: SubParsers) -> None:
         type=int,
         default=DEFAULT_MAX_ENTITIES,
         help="windowed models: entities whose recent rows are kept (least recently seen dropped first)",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=DEFAULT_MAX_HEAD_BYTES,
+        help="lean server: a request line and headers larger than this are answered 431 and the connection closed",
+    )
+    p.add_argument(
+        "--request-head-timeout",
+        type=float,
+        default=DEFAULT_HEAD_TIMEOUT_S,
+        help="lean server: seconds a request's line and headers may take (a silent or trickling client gets 408)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -1,0 +1,85 @@
+"""uvicorn's httptools protocol, guarded against careless and hostile clients: a request head
+(request line and headers) larger than ``max_head_bytes`` is answered 431 and the connection
+closed as soon as the limit is passed, so a huge header never sits in memory; a request head
+not complete within ``head_timeout_s`` of the connection or of the request's first byte (a
+silent or trickling client) is answered 408 and closed. Idle keep-alive connections between
+requests are closed by uvicorn's own ``timeout_keep_alive``."""
+
+from __future__ import annotations
+
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from anomaly_mlops.params import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES
+
+log = logging.getLogger(__name__)
+
+
+def _answer(status: str, reason: str) -> bytes:
+    body = reason.encode()
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def guarded_protocol(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S):
+    """The protocol class for uvicorn.Config(http=...), with these limits."""
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._head_bytes = 0
+            self._in_head = True  # waiting for (the rest of) a request line and headers
+            self._rejected = False
+            self._head_timer = None
+            self._arm_head_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # Bytes of a head still incomplete after parsing them: its partial header is
+            # buffered, so a huge one is cut off here, at most one read past the limit.
+            if self._in_head and not self._rejected and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head_bytes:
+                    self._reject("431 Request Header Fields Too Large", f"request head over {max_head_bytes} bytes")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_bytes = 0
+            self._in_head = True
+            self._arm_head_timer()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._cancel_head_timer()
+            super().on_headers_complete()
+
+        def _reject(self, status: str, reason: str) -> None:
+            self._rejected = True
+            self._cancel_head_timer()
+            if not self.transport.is_closing():
+                self.transport.write(_answer(status, reason))
+                self.transport.close()
+            log.info("%s from %s: %s", status.split()[0], self.client, reason)
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(head_timeout_s, self._head_timed_out)
+
+        def _cancel_head_timer(self) -> None:
+            if getattr(self, "_head_timer", None) is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._in_head and not self._rejected:
+                self._reject("408 Request Timeout", f"request head not received within {head_timeout_s:g} s")
+
+    return GuardedHttpToolsProtocol

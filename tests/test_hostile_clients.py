@@ -1,0 +1,105 @@
+"""The lean server against careless and hostile clients, over real sockets: a huge header, a
+silent connection, a client that trickles its request head. Each is answered and closed, and
+the server stays ready for everyone else."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import requests
+
+from anomaly_mlops.adapters.local_services import model_server
+
+HEAD_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def guarded(model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("hostile") / "server.log"
+    with model_server(
+        "detector", str(model_dir), log_path=log, extra_args=("--request-head-timeout", str(HEAD_TIMEOUT_S))
+    ) as url:
+        yield url
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ready(url: str) -> bool:
+    return requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
+
+
+def test_a_huge_header_is_answered_431_before_it_is_read_whole(guarded):
+    """A 148 MiB header was accepted with a 200 (+150 MiB RSS); now 431 past 64 KiB."""
+    with _connect(guarded) as sock:
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        try:
+            for _ in range(64):  # up to 4 MiB, bounded by count
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert sent < 4 * 2**20  # the server hung up before taking it all
+    assert _ready(guarded)
+
+
+def test_a_silent_connection_is_closed_after_the_head_timeout(guarded):
+    with _connect(guarded) as sock:
+        started = time.monotonic()
+        answer = _read_all(sock)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and HEAD_TIMEOUT_S * 0.5 <= waited < HEAD_TIMEOUT_S + 5
+
+
+def test_a_trickled_request_head_is_closed_after_the_head_timeout(guarded):
+    with _connect(guarded) as sock:
+        sock.sendall(b"POST /v1/models/detector:predict HTTP/1.1\r\nHost: x\r\n")
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert _ready(guarded)
+
+
+def test_many_idle_connections_do_not_keep_readiness_from_answering(guarded):
+    """Connections that never send a request are closed by the head timeout; meanwhile the
+    readiness route answers (bounded: 200 connections)."""
+    idle = [_connect(guarded) for _ in range(200)]
+    try:
+        assert _ready(guarded)
+        time.sleep(HEAD_TIMEOUT_S + 1)
+        closed = 0
+        for sock in idle:
+            sock.settimeout(5)
+            if _read_all(sock).startswith(b"HTTP/1.1 408 "):
+                closed += 1
+        assert closed == len(idle)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert _ready(guarded)
+
+
+def test_ordinary_requests_are_unaffected(guarded):
+    session = requests.Session()
+    for _ in range(20):
+        answer = session.post(f"{guarded}/v1/models/detector:predict", json={"instances": [[1.0] * 6]}, timeout=5)
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
