@@ -103,3 +103,32 @@ def test_ordinary_requests_are_unaffected(guarded):
     for _ in range(20):
         answer = session.post(f"{guarded}/v1/models/detector:predict", json={"instances": [[1.0] * 6]}, timeout=5)
         assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+
+
+def test_large_requests_beyond_the_admission_bound_get_503_with_retry_after(model_dir, tmp_path):
+    """300 concurrent 10,000-row requests took the server from 327 to 1,408 MiB; now at most
+    --max-large-requests are read and scored at once, the rest are told to retry, before their
+    body is read (bounded: 8 requests, one admitted at a time)."""
+    import concurrent.futures
+
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(50, 10, size=(10_000, 6)).tolist()
+    with model_server(
+        "detector", str(model_dir), log_path=tmp_path / "log", extra_args=("--max-large-requests", "1")
+    ) as url:
+
+        def post(_):
+            return requests.post(f"{url}/v1/models/detector:predict", json={"instances": rows}, timeout=60)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, range(8)))
+        assert _ready(url)
+        statuses = sorted(a.status_code for a in answers)
+        refused = [a for a in answers if a.status_code == 503]
+        assert set(statuses) <= {200, 503} and 200 in statuses and refused, statuses
+        assert all(a.headers["retry-after"] == "1" and "retry" in a.json()["error"] for a in refused)
+        assert all(len(a.json()["predictions"]) == 10_000 for a in answers if a.status_code == 200)
+        assert post(0).status_code == 200  # retried when the server is free: answered
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
+    assert f'anomaly_detector_large_requests_refused_total{{model="detector"}} {float(len(refused))}' in metrics

@@ -26,6 +26,7 @@ from anomaly_mlops.params import (
     DEFAULT_MAX_ENTITIES,
     DEFAULT_MAX_HEAD_BYTES,
     DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_LARGE_REQUESTS,
 )
 from anomaly_mlops.serving.history import history_for
 from anomaly_mlops.serving.http_guard import guarded_protocol
@@ -158,6 +159,12 @@ class Metrics:
         self.entities = Gauge(
             "anomaly_detector_entities", "Entities whose history is kept", ["model"], registry=self.registry
         ).labels(model_name)
+        self.large_refused = Counter(
+            "anomaly_detector_large_requests_refused",
+            "Large requests answered 503 (Retry-After) because as many were being scored already",
+            ["model"],
+            registry=self.registry,
+        ).labels(model_name)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         """Count and time one request; label children are looked up once per (endpoint, status)."""
@@ -236,6 +243,7 @@ class LeanApp:
         max_instances: int = DEFAULT_MAX_INSTANCES,
         max_body_bytes: int | None = None,
         max_entities: int = DEFAULT_MAX_ENTITIES,
+        max_large_requests: int = DEFAULT_MAX_LARGE_REQUESTS,
     ):
         self.name = model_name
         self.model = model
@@ -249,6 +257,12 @@ class LeanApp:
         self.batcher = TickBatcher(model, self.metrics)
         # One thread: large batches queue behind each other instead of taking every core.
         self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        # Admission of large requests (a body that may hold more than SMALL_BATCH_ROWS rows, or of
+        # unknown length): at most this many are read, decoded and scored at once; others get
+        # 503 with Retry-After before their body is read, so memory stays bounded under a flood.
+        self.large_body_bytes = default_max_body_bytes(SMALL_BATCH_ROWS, len(model.schema))
+        self.max_large_requests = max_large_requests
+        self.large_requests = 0
         self.metadata = orjson.dumps(
             {
                 "name": model_name,
@@ -269,6 +283,8 @@ class LeanApp:
             headers[0] = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         if status == 413:
             headers.append((b"connection", b"close"))
+        elif status == 503:
+            headers += [(b"retry-after", b"1"), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.metrics.observe(endpoint, status, time.perf_counter() - started)
@@ -330,24 +346,43 @@ class LeanApp:
             await _drain(receive)
             return endpoint, *_no_model(model_name)
         headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        large = not length.isdigit() or int(length) > self.large_body_bytes
+        if not large:
+            return endpoint, *await self._infer(headers, receive, v2, large=False)
+        if self.large_requests >= self.max_large_requests:
+            self.metrics.large_refused.inc()
+            return endpoint, *_error(
+                503, f"{self.large_requests} large requests are being scored (at most {self.max_large_requests}): retry"
+            )
+        self.large_requests += 1
+        try:
+            return endpoint, *await self._infer(headers, receive, v2, large=True)
+        finally:
+            self.large_requests -= 1
+
+    async def _infer(self, headers: dict, receive, v2: bool, large: bool) -> tuple[int, bytes]:
         body, refused = await read_body_capped(headers, receive, self.max_body_bytes)
         if refused:
-            return endpoint, *_error(413, too_large(refused, self.max_body_bytes))
+            return _error(413, too_large(refused, self.max_body_bytes))
         content_type = headers.get(b"content-type", b"")
         if not content_type.startswith(b"application/json"):
-            return endpoint, *_error(400, NOT_JSON)
+            return _error(400, NOT_JSON)
+        loop = asyncio.get_running_loop()
         try:
-            payload = orjson.loads(body or b"")
+            # A large body is decoded on the batch thread, not on the event loop.
+            payload = (
+                await loop.run_in_executor(self.batch_pool, orjson.loads, body) if large else orjson.loads(body or b"")
+            )
         except orjson.JSONDecodeError as exc:
-            return endpoint, *_error(400, f"the request body is not valid JSON: {exc}"[:500])
+            return _error(400, f"the request body is not valid JSON: {exc}"[:500])
         if claimed_rows(payload, v2) > SMALL_BATCH_ROWS:
-            loop = asyncio.get_running_loop()
-            return endpoint, *await loop.run_in_executor(self.batch_pool, self.answer, payload, v2)
+            return await loop.run_in_executor(self.batch_pool, self.answer, payload, v2)
         try:
             request, pending = self.begin(payload, v2)
         except InputProblem as exc:
-            return endpoint, *_error(400, str(exc))
-        return endpoint, *self.reply(request, await self.batcher.score(pending), v2)
+            return _error(400, str(exc))
+        return self.reply(request, await self.batcher.score(pending), v2)
 
     def begin(self, payload, v2: bool) -> tuple[object, PendingScores]:
         request = read_v2(payload) if v2 else payload
@@ -402,6 +437,7 @@ def serve_lean(
     workers: int = 1,
     max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+    max_large_requests: int = DEFAULT_MAX_LARGE_REQUESTS,
 ) -> None:
     import signal
     import sys
@@ -414,7 +450,7 @@ def serve_lean(
         signal.signal(number, lambda *_: sys.exit(0))
     from anomaly_mlops.serving.sockets import bind
 
-    app = LeanApp(model_name, model, version, max_instances, max_body_bytes, max_entities)
+    app = LeanApp(model_name, model, version, max_instances, max_body_bytes, max_entities, max_large_requests)
     if workers != 1:
         log.warning("the lean server runs one process; scale with replicas (--workers %d ignored)", workers)
     sock = bind(host, http_port)  # a busy port is a ServeError (exit 6), said before anything serves

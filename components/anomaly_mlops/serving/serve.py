@@ -14,6 +14,7 @@ from anomaly_mlops.params import (
     DEFAULT_MAX_ENTITIES,
     DEFAULT_MAX_HEAD_BYTES,
     DEFAULT_MAX_INSTANCES,
+    DEFAULT_MAX_LARGE_REQUESTS,
 )
 from anomaly_mlops.store.releases import resolve_model_dir, served_version
 
@@ -34,6 +35,7 @@ def serve(
     server: str = "lean",
     max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+    max_large_requests: int = DEFAULT_MAX_LARGE_REQUESTS,
 ) -> None:
     """Load, verify and serve until SIGTERM. Blocks. ``server``: "lean" (lean_server.py) or
     "kserve" (the KServe model server; also gRPC). A model fetched from S3 lives in a
@@ -53,6 +55,7 @@ def serve(
         ("--workers", workers),
         ("--max-body-bytes", 1 if max_body_bytes is None else max_body_bytes),
         ("--max-header-bytes", max_head_bytes),
+        ("--max-large-requests", max_large_requests),
     ):
         if isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -86,6 +89,7 @@ def serve(
                 workers,
                 max_head_bytes,
                 head_timeout_s,
+                max_large_requests,
             )
             return
         from anomaly_mlops.serving.kserve_model import serve_kserve

@@ -7,6 +7,7 @@ from anomaly_mlops.params import (
     DEFAULT_HEAD_TIMEOUT_S,
     DEFAULT_MAX_ENTITIES,
     DEFAULT_MAX_HEAD_BYTES,
+    DEFAULT_MAX_LARGE_REQUESTS,
     read_token,
 )
 
@@ -28,6 +29,7 @@ def cmd_serve(args) -> None:
         server=args.server,
         max_head_bytes=args.max_header_bytes,
         head_timeout_s=args.request_head_timeout,
+        max_large_requests=args.max_large_requests,
     )
 
 
@@ -116,6 +118,13 @@ def register(sub: SubParsers) -> None:
         type=float,
         default=DEFAULT_HEAD_TIMEOUT_S,
         help="lean server: seconds a request's line and headers may take (a silent or trickling client gets 408)",
+    )
+    p.add_argument(
+        "--max-large-requests",
+        type=int,
+        default=DEFAULT_MAX_LARGE_REQUESTS,
+        help="lean server: large requests (over 512 rows' worth of body) read and scored at once; more get 503 "
+        "with Retry-After",
     )
     p.set_defaults(func=cmd_serve)
 
