@@ -206,3 +206,14 @@ def test_the_submit_task_may_get_the_dsp_route_and_nothing_more():
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "anomaly-mlops-pipeline", "namespace": "anomaly-mlops"}
     ]
+
+
+def test_the_runtime_drains_within_the_pods_grace_period():
+    """preStop keeps the pod answering while it leaves the Service's endpoints; then SIGTERM
+    and the lean server's graceful shutdown; all within Kubernetes' default 30 s."""
+    from anomaly_mlops.serving.lean_server import GRACEFUL_SHUTDOWN_S
+
+    runtime = by_kind(kustomize("kserve/overlays/raw"), "ServingRuntime")
+    (container,) = runtime["spec"]["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and int(command[1]) + GRACEFUL_SHUTDOWN_S < 30

@@ -49,6 +49,10 @@ from anomaly_mlops.serving.protocol import (
 
 log = logging.getLogger(__name__)
 
+# On SIGTERM: stop accepting, finish the requests already taken, at most this long. With the
+# ServingRuntime's 5 s preStop it stays within Kubernetes' default 30 s grace period.
+GRACEFUL_SHUTDOWN_S = 10
+
 _V1_MODEL = re.compile(r"^/v1/models/([^/:]+)(:predict)?$")
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready|/infer)?$")
 _V2_DATATYPES = {
@@ -467,7 +471,7 @@ def serve_lean(
         access_log=False,
         log_level="warning",
         lifespan="off",
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
