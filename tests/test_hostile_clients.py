@@ -4,6 +4,7 @@ the server stays ready for everyone else."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -132,3 +133,40 @@ def test_large_requests_beyond_the_admission_bound_get_503_with_retry_after(mode
         assert post(0).status_code == 200  # retried when the server is free: answered
         metrics = requests.get(f"{url}/metrics", timeout=5).text
     assert f'anomaly_detector_large_requests_refused_total{{model="detector"}} {float(len(refused))}' in metrics
+
+
+def test_a_small_request_after_a_large_one_of_its_entity_is_scored_after_it(windowed, tmp_path):
+    """Large requests are decoded and scored on the one batch thread. A small request of the
+    same entity that arrived while its large one waited there (behind other entities' large
+    requests) used to be begun and smoothed first, so both answers matched no sequential
+    order. Now it waits for the large one: both equal offline scoring in arrival order."""
+    import concurrent.futures
+
+    import numpy as np
+
+    model, X = windowed
+    rng = np.random.default_rng(5)
+    large = np.tile(X[:500], (20, 1)) + rng.normal(0, 0.01, (10_000, X.shape[1]))
+    small = X[500:501]
+    offline = model.anomaly_scores(np.vstack([large, small]))
+
+    def body(rows, entity: str) -> bytes:  # encoded beforehand: each is on the wire in milliseconds
+        return json.dumps({"instances": rows.tolist(), "entity": entity}).encode()
+
+    sent = [body(large, "busy-1"), body(large, "busy-2"), body(large, "n1"), body(small, "n1")]
+    with model_server("detector", str(model.model_dir), log_path=tmp_path / "log") as url:
+        predict = f"{url}/v1/models/detector:predict"
+
+        def post(data):
+            return requests.post(predict, data=data, headers={"Content-Type": "application/json"}, timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(len(sent)) as pool:
+            futures = []
+            for data in sent:  # two other entities keep the batch thread busy while n1's arrive
+                futures.append(pool.submit(post, data))
+                time.sleep(0.02)
+            answers = [f.result() for f in futures]
+    assert [a.status_code for a in answers] == [200] * 4
+    large_answer, small_answer = answers[2].json(), answers[3].json()
+    np.testing.assert_allclose(large_answer["anomaly_scores"], offline[:-1], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(small_answer["anomaly_scores"], offline[-1:], rtol=0, atol=1e-9)

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -267,6 +267,11 @@ class LeanApp:
         self.large_body_bytes = default_max_body_bytes(SMALL_BATCH_ROWS, len(model.schema))
         self.max_large_requests = max_large_requests
         self.large_requests = 0
+        # One processing order per entity whatever the request sizes: a large request is begun
+        # on the batch thread, later than a small one that arrived after it would be; so a
+        # request first waits for the earlier large ones of its entity (arrival tickets).
+        self._tickets = 0
+        self._large: dict[int, _LargeInFlight] = {}
         self.metadata = orjson.dumps(
             {
                 "name": model_name,
@@ -372,21 +377,52 @@ class LeanApp:
         content_type = headers.get(b"content-type", b"")
         if not content_type.startswith(b"application/json"):
             return _error(400, NOT_JSON)
-        loop = asyncio.get_running_loop()
+        # A request's place in its entity's order is when its body was in: a slow upload
+        # holds up nobody else.
+        self._tickets += 1
+        ticket = self._tickets
+        if not large:
+            try:
+                payload = orjson.loads(body or b"")
+            except orjson.JSONDecodeError as exc:
+                return _error(400, f"the request body is not valid JSON: {exc}"[:500])
+            if self._large:
+                await self._after_earlier_large(ticket, _entity_of(payload, v2))
+            return await self._score(payload, v2)
+        record = self._large[ticket] = _LargeInFlight()
         try:
-            # A large body is decoded on the batch thread, not on the event loop.
-            payload = (
-                await loop.run_in_executor(self.batch_pool, orjson.loads, body) if large else orjson.loads(body or b"")
-            )
-        except orjson.JSONDecodeError as exc:
-            return _error(400, f"the request body is not valid JSON: {exc}"[:500])
+            loop = asyncio.get_running_loop()
+            try:  # decoded on the batch thread, not on the event loop
+                payload = await loop.run_in_executor(self.batch_pool, orjson.loads, body)
+            except orjson.JSONDecodeError as exc:
+                return _error(400, f"the request body is not valid JSON: {exc}"[:500])
+            record.entity = _entity_of(payload, v2)
+            record.decoded.set()
+            await self._after_earlier_large(ticket, record.entity)
+            return await self._score(payload, v2)
+        finally:
+            record.decoded.set()
+            record.done.set()
+            del self._large[ticket]
+
+    async def _score(self, payload, v2: bool) -> tuple[int, bytes]:
         if claimed_rows(payload, v2) > SMALL_BATCH_ROWS:
-            return await loop.run_in_executor(self.batch_pool, self.answer, payload, v2)
+            return await asyncio.get_running_loop().run_in_executor(self.batch_pool, self.answer, payload, v2)
         try:
             request, pending = self.begin(payload, v2)
         except InputProblem as exc:
             return _error(400, str(exc))
         return self.reply(request, await self.batcher.score(pending), v2)
+
+    async def _after_earlier_large(self, ticket: int, entity) -> None:
+        """Wait until every large request that arrived before ``ticket`` and belongs to
+        ``entity`` (known once it is decoded) is answered; other entities' do not hold it up."""
+        for earlier, record in list(self._large.items()):
+            if earlier >= ticket:
+                continue
+            await record.decoded.wait()
+            if entity is not None and record.entity == entity:
+                await record.done.wait()
 
     def begin(self, payload, v2: bool) -> tuple[object, PendingScores]:
         request = read_v2(payload) if v2 else payload
@@ -412,6 +448,23 @@ class LeanApp:
         if self.version:
             answer["model_version"] = self.version
         return 200, orjson.dumps(answer)
+
+
+@dataclass
+class _LargeInFlight:
+    decoded: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    entity: object = None
+
+
+def _entity_of(payload, v2: bool):
+    """The entity a decoded body names, as sent (checked later by the protocol), or None."""
+    if not isinstance(payload, dict):
+        return None
+    if v2:
+        parameters = payload.get("parameters")
+        return parameters.get("entity") if isinstance(parameters, dict) else None
+    return payload.get("entity")
 
 
 def _error(status: int, message: str) -> tuple[int, bytes]:
