@@ -115,12 +115,18 @@ def test_large_requests_beyond_the_admission_bound_get_503_with_retry_after(mode
     import numpy as np
 
     rows = np.random.default_rng(0).normal(50, 10, size=(10_000, 6)).tolist()
+    body = json.dumps({"instances": rows}).encode()  # encoded once: the eight go out together
     with model_server(
         "detector", str(model_dir), log_path=tmp_path / "log", extra_args=("--max-large-requests", "1")
     ) as url:
 
         def post(_):
-            return requests.post(f"{url}/v1/models/detector:predict", json={"instances": rows}, timeout=60)
+            return requests.post(
+                f"{url}/v1/models/detector:predict",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(post, range(8)))
@@ -138,7 +144,7 @@ def test_large_requests_beyond_the_admission_bound_get_503_with_retry_after(mode
 def test_a_small_request_after_a_large_one_of_its_entity_is_scored_after_it(windowed, tmp_path):
     """Large requests are decoded and scored on the one batch thread. A small request of the
     same entity that arrived while its large one waited there (behind other entities' large
-    requests) used to be begun and smoothed first, so both answers matched no sequential
+    requests) was begun and smoothed first, so both answers matched no sequential
     order. Now it waits for the large one: both equal offline scoring in arrival order."""
     import concurrent.futures
 
@@ -153,7 +159,15 @@ def test_a_small_request_after_a_large_one_of_its_entity_is_scored_after_it(wind
     def body(rows, entity: str) -> bytes:  # encoded beforehand: each is on the wire in milliseconds
         return json.dumps({"instances": rows.tolist(), "entity": entity}).encode()
 
-    sent = [body(large, "busy-1"), body(large, "busy-2"), body(large, "n1"), body(small, "n1")]
+    # Three other entities keep the batch thread busy while n1's large request waits there;
+    # n1's small one comes in well after the large one's body (its place is after it).
+    sent = [
+        (body(large, "busy-1"), 0.02),
+        (body(large, "busy-2"), 0.02),
+        (body(large, "busy-3"), 0.02),
+        (body(large, "n1"), 0.1),
+        (body(small, "n1"), 0),
+    ]
     with model_server("detector", str(model.model_dir), log_path=tmp_path / "log") as url:
         predict = f"{url}/v1/models/detector:predict"
 
@@ -162,11 +176,11 @@ def test_a_small_request_after_a_large_one_of_its_entity_is_scored_after_it(wind
 
         with concurrent.futures.ThreadPoolExecutor(len(sent)) as pool:
             futures = []
-            for data in sent:  # two other entities keep the batch thread busy while n1's arrive
+            for data, pause in sent:
                 futures.append(pool.submit(post, data))
-                time.sleep(0.02)
+                time.sleep(pause)
             answers = [f.result() for f in futures]
-    assert [a.status_code for a in answers] == [200] * 4
-    large_answer, small_answer = answers[2].json(), answers[3].json()
+    assert [a.status_code for a in answers] == [200] * 5
+    large_answer, small_answer = answers[3].json(), answers[4].json()
     np.testing.assert_allclose(large_answer["anomaly_scores"], offline[:-1], rtol=0, atol=1e-9)
     np.testing.assert_allclose(small_answer["anomaly_scores"], offline[-1:], rtol=0, atol=1e-9)
