@@ -385,7 +385,7 @@ class LeanApp:
             try:
                 payload = orjson.loads(body or b"")
             except orjson.JSONDecodeError as exc:
-                return _error(400, f"the request body is not valid JSON: {exc}"[:500])
+                return _not_json(exc)
             if self._large:
                 await self._after_earlier_large(ticket, _entity_of(payload, v2))
             return await self._score(payload, v2)
@@ -393,9 +393,9 @@ class LeanApp:
         try:
             loop = asyncio.get_running_loop()
             try:  # decoded on the batch thread, not on the event loop
-                payload = await loop.run_in_executor(self.batch_pool, orjson.loads, body)
+                payload = await loop.run_in_executor(self.batch_pool, orjson.loads, body or b"")
             except orjson.JSONDecodeError as exc:
-                return _error(400, f"the request body is not valid JSON: {exc}"[:500])
+                return _not_json(exc)
             record.entity = _entity_of(payload, v2)
             record.decoded.set()
             await self._after_earlier_large(ticket, record.entity)
@@ -465,6 +465,10 @@ def _entity_of(payload, v2: bool):
         parameters = payload.get("parameters")
         return parameters.get("entity") if isinstance(parameters, dict) else None
     return payload.get("entity")
+
+
+def _not_json(exc: orjson.JSONDecodeError) -> tuple[int, bytes]:
+    return _error(400, f"the request body is not valid JSON: {exc}"[:500])
 
 
 def _error(status: int, message: str) -> tuple[int, bytes]:

@@ -793,16 +793,14 @@ def deploy(
     applied = client.apply(spec)
     try:
         ready = client.wait_ready(spec.name, spec.namespace, timeout_s, poll_s)
+        if applied.canary and ready.candidate_url is None:
+            raise DeployError(
+                f"{spec.namespace}/{spec.name}: the canary revision has no URL of its own (annotation "
+                f"{TAG_ROUTING_ANNOTATION} missing?); the service URL would verify mostly the previous model"
+            )
     except DeployError:
         if applied.action == "updated":
             client.rollback(spec.name, spec.namespace)
         raise
     ready.action, ready.canary, ready.previous_storage = applied.action, applied.canary, applied.previous_storage
-    if applied.canary and ready.candidate_url is None:
-        if applied.action == "updated":
-            client.rollback(spec.name, spec.namespace)
-        raise DeployError(
-            f"{spec.namespace}/{spec.name}: the canary revision has no URL of its own (annotation "
-            f"{TAG_ROUTING_ANNOTATION} missing?); the service URL would verify mostly the previous model"
-        )
     return ready
