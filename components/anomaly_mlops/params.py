@@ -16,6 +16,8 @@ DEFAULT_MAX_ENTITIES = 10_000  # series whose history a server keeps (history.py
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_HEAD_TIMEOUT_S = 10.0
 DEFAULT_MAX_LARGE_REQUESTS = 4  # large requests read, decoded and scored at once
+# serve's --history-url from the environment: a URL with a password comes from a secret, not argv.
+HISTORY_URL_ENV = "ANOMALY_MLOPS_HISTORY_URL"
 # The unlabelled score-shift gate (benchmarks/score_shift.py): two healthy forests score the
 # same rows on slightly different scales, and their scores crowd a narrow band, so PSI over
 # the champion's deciles reached 2.2 for a healthy retraining (over half above the textbook

@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -122,13 +122,16 @@ class PendingScores:
     """Rows on their way through the forest: their ``features`` (``transform`` of the last
     ``last`` of ``rows``, the rows before being their history; all rows when ``last`` is
     None) go through ``raw_scores`` (alone or stacked with other requests' rows, see
-    ``features_of``), then ``finish(raw)`` gives (predictions, scores, history_complete or None)."""
+    ``features_of``), then ``finish(raw)`` gives (predictions, scores, history_complete or None).
+    With ``prepare`` (history in a shared store), ``await prepare()`` first fetches the
+    history and sets ``rows``, ``last`` and what ``finish`` does."""
 
     rows: np.ndarray
     finish: Callable[[np.ndarray], tuple]
     transform: FeatureTransform = FeatureTransform()
     last: int | None = None
     computed: np.ndarray | None = field(default=None, repr=False)
+    prepare: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
 
     @property
     def n_rows(self) -> int:
@@ -139,6 +142,13 @@ class PendingScores:
         if self.computed is None:
             self.computed = self.transform.apply(self.rows, self.last)
         return self.computed
+
+    async def ready(self) -> PendingScores:
+        """These scores with their history fetched (at once for history kept in process)."""
+        if self.prepare is not None:
+            prepare, self.prepare = self.prepare, None
+            await prepare()
+        return self
 
     def score_alone(self, model: LoadedModel) -> tuple:
         """Walk the forest for these rows only and finish."""
@@ -171,6 +181,11 @@ class LoadedModel:
     fast: object | None = None  # fastforest.CompiledForest
     transform: FeatureTransform = FeatureTransform()
     smoothing: int = 1  # rows of score smoothing (1: none)
+
+    @cached_property
+    def manifest_digest(self) -> str:
+        """sha256 of the manifest: what the loaded files are, whatever the version is called."""
+        return hashlib.sha256((Path(self.model_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
 
     @property
     def history_rows(self) -> int:

@@ -36,9 +36,22 @@ class _State:
     last_seen: float
 
 
-def history_for(model: LoadedModel, max_entities: int = DEFAULT_MAX_ENTITIES) -> EntityHistory | None:
-    """The per-entity history a model needs: None for one whose scores depend on each row alone."""
-    return EntityHistory(model, max_entities) if model.history_rows else None
+def history_for(
+    model: LoadedModel,
+    max_entities: int = DEFAULT_MAX_ENTITIES,
+    url: str | None = None,
+    model_name: str = "",
+    version: str | None = None,
+):
+    """The per-entity history a model needs: None for one whose scores depend on each row
+    alone; in the store at ``url`` (shared_history.SharedHistory) when given, else in process."""
+    if not model.history_rows:
+        return None
+    if url:
+        from anomaly_mlops.serving.shared_history import SharedHistory
+
+        return SharedHistory(model, url, model_name, version)
+    return EntityHistory(model, max_entities)
 
 
 class EntityHistory:

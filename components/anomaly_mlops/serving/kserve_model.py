@@ -23,15 +23,16 @@ from anomaly_mlops.serving.protocol import (
     BodySizeLimit,
     InputProblem,
     ServedRowCounters,
+    begin_request,
     claimed_rows,
     default_max_body_bytes,
     input_types,
     output_types,
     outside_range_counters,
-    score_payload,
     v1_answer,
     v2_outputs,
 )
+from anomaly_mlops.serving.shared_history import HistoryUnavailable
 from anomaly_mlops.store.releases import resolve_model_dir, served_version
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ async def _invalid_json_handler(request, exc):
 
     problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:5])
     return JSONResponse(status_code=400, content={"error": f"invalid request: {problems}"[:1000]})
+
+
+async def _history_unavailable_handler(request, exc):
+    """The shared history store did not answer: 503 with Retry-After, as the lean server says it."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=503, content={"error": str(exc)}, headers={"Retry-After": "1"})
 
 
 def build_model_class():
@@ -65,9 +73,11 @@ def build_model_class():
             cache_dir: str | Path | None = None,
             scoring: str = "fast",
             max_entities: int = DEFAULT_MAX_ENTITIES,
+            history_url: str | None = None,
         ):
             super().__init__(name)
             self.max_entities = max_entities
+            self.history_url = history_url
             self.model_uri = model_uri
             self.max_instances = max_instances
             self.cache_dir = cache_dir
@@ -83,7 +93,10 @@ def build_model_class():
             self.expected = self.detector.schema.describe()  # for wrong-length rows; built once, not per request
             if self.scoring == "sklearn":
                 self.detector.fast = None
-            self.history = history_for(self.detector, self.max_entities)
+            # A shared store's client connects on first use, on the serving loop.
+            self.history = history_for(
+                self.detector, self.max_entities, self.history_url, self.name, self.model_version
+            )
             self.outside = ServedRowCounters(self.detector, self.name, outside_counters)
             meta = self.detector.metadata
             log.info(
@@ -105,18 +118,31 @@ def build_model_class():
             return output_types(self.detector)
 
         async def predict(self, payload, headers=None, response_headers=None):
-            if claimed_rows(payload, isinstance(payload, InferRequest)) > SMALL_BATCH_ROWS:
-                return await asyncio.get_running_loop().run_in_executor(self.batch_pool, self.score_request, payload)
-            return self.score_request(payload)
-
-        def score_request(self, payload):
             is_v2 = isinstance(payload, InferRequest)
-            try:
-                predictions, scores, complete = score_payload(
-                    self.detector, self.history, payload, is_v2, self.max_instances, self.expected, self.outside
+            loop = asyncio.get_running_loop()
+            large = claimed_rows(payload, is_v2) > SMALL_BATCH_ROWS
+            try:  # a large request is parsed and scored on the batch thread
+                pending = (
+                    await loop.run_in_executor(self.batch_pool, self.begin, payload, is_v2)
+                    if large
+                    else self.begin(payload, is_v2)
                 )
+                await pending.ready()  # HistoryUnavailable: 503 (_history_unavailable_handler)
             except InputProblem as exc:
                 raise InvalidInput(str(exc)) from None
+            if large:
+                result = await loop.run_in_executor(self.batch_pool, pending.score_alone, self.detector)
+            else:
+                result = pending.score_alone(self.detector)
+            return self.answer(payload, is_v2, result)
+
+        def begin(self, payload, is_v2: bool):
+            return begin_request(
+                self.detector, self.history, payload, is_v2, self.max_instances, self.expected, self.outside
+            )
+
+        def answer(self, payload, is_v2: bool, result):
+            predictions, scores, complete = result
             rows_scored.labels(self.name).inc(len(scores))
             rows_flagged.labels(self.name).inc(int(np.count_nonzero(predictions == ANOMALY)))
             if not is_v2:
@@ -141,6 +167,7 @@ def serve_kserve(
     host,
     max_body_bytes,
     max_entities,
+    history_url=None,
 ) -> None:
     # kserve parses sys.argv at import time; keep our CLI flags away from it.
     saved_argv, sys.argv = sys.argv, sys.argv[:1]
@@ -159,11 +186,13 @@ def serve_kserve(
         scoring=scoring,
         cache_dir=cache,
         max_entities=max_entities,
+        history_url=history_url,
     )
     model.load()
     limit = max_body_bytes or default_max_body_bytes(max_instances, len(model.detector.schema))
     kserve_server.app.add_middleware(BodySizeLimit, max_bytes=limit)
     kserve_server.app.add_exception_handler(RequestValidationError, _invalid_json_handler)
+    kserve_server.app.add_exception_handler(HistoryUnavailable, _history_unavailable_handler)
     _bind_host(kserve_server, host)
     _add_versions_to_metadata()
     from anomaly_mlops.serving.sockets import bind

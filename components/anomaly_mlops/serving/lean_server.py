@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import re
 import time
 import uuid
@@ -46,6 +47,7 @@ from anomaly_mlops.serving.protocol import (
     v1_answer,
     v2_outputs,
 )
+from anomaly_mlops.serving.shared_history import HistoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,17 @@ class Metrics:
         )
         self._children: dict = {}
         self.entities = Gauge(
-            "anomaly_detector_entities", "Entities whose history is kept", ["model"], registry=self.registry
+            "anomaly_detector_entities",
+            "Entities whose history is kept in process",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        ).labels(model_name)
+        self.history_unavailable = Counter(
+            "anomaly_detector_history_unavailable",
+            "Requests answered 503 because the shared entity-history store did not answer",
+            ["model"],
+            registry=self.registry,
         ).labels(model_name)
         self.large_refused = Counter(
             "anomaly_detector_large_requests_refused",
@@ -183,9 +195,17 @@ class Metrics:
         children[1].observe(seconds)
 
     def render(self) -> bytes:
-        from prometheus_client import generate_latest
+        """This process's metrics; with several worker processes, all of theirs summed
+        (prometheus_client's multiprocess mode: a scrape reaches any one worker)."""
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        return generate_latest(self.registry)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 class TickBatcher:
@@ -248,13 +268,15 @@ class LeanApp:
         max_body_bytes: int | None = None,
         max_entities: int = DEFAULT_MAX_ENTITIES,
         max_large_requests: int = DEFAULT_MAX_LARGE_REQUESTS,
+        history_url: str | None = None,
     ):
         self.name = model_name
         self.model = model
         self.version = version
         self.max_instances = max_instances
         self.max_body_bytes = max_body_bytes or default_max_body_bytes(max_instances, len(model.schema))
-        self.history = history_for(model, max_entities)
+        # In process, or in the store at history_url (several replicas or worker processes).
+        self.history = history_for(model, max_entities, history_url, model_name, version)
         self.expected = model.schema.describe()
         self.metrics = Metrics(model_name)
         self.outside = ServedRowCounters(model, model_name, outside_range_counters(self.metrics.registry))
@@ -406,12 +428,22 @@ class LeanApp:
             del self._large[ticket]
 
     async def _score(self, payload, v2: bool) -> tuple[int, bytes]:
-        if claimed_rows(payload, v2) > SMALL_BATCH_ROWS:
-            return await asyncio.get_running_loop().run_in_executor(self.batch_pool, self.answer, payload, v2)
-        try:
-            request, pending = self.begin(payload, v2)
+        large = claimed_rows(payload, v2) > SMALL_BATCH_ROWS
+        loop = asyncio.get_running_loop()
+        try:  # a large request is parsed and scored on the batch thread, on its own
+            request, pending = (
+                await loop.run_in_executor(self.batch_pool, self.begin, payload, v2)
+                if large
+                else self.begin(payload, v2)
+            )
+            await pending.ready()
         except InputProblem as exc:
             return _error(400, str(exc))
+        except HistoryUnavailable as exc:
+            self.metrics.history_unavailable.inc()
+            return _error(503, str(exc))
+        if large:
+            return self.reply(request, await loop.run_in_executor(self.batch_pool, pending.score_alone, self.model), v2)
         return self.reply(request, await self.batcher.score(pending), v2)
 
     async def _after_earlier_large(self, ticket: int, entity) -> None:
@@ -428,14 +460,6 @@ class LeanApp:
         request = read_v2(payload) if v2 else payload
         pending = begin_request(self.model, self.history, request, v2, self.max_instances, self.expected, self.outside)
         return request, pending
-
-    def answer(self, payload, v2: bool) -> tuple[int, bytes]:
-        """A large request, on the batch thread: parsed and scored on its own."""
-        try:
-            request, pending = self.begin(payload, v2)
-        except InputProblem as exc:
-            return _error(400, str(exc))
-        return self.reply(request, pending.score_alone(self.model), v2)
 
     def reply(self, request, result, v2: bool) -> tuple[int, bytes]:
         predictions, scores, complete = result
@@ -499,30 +523,50 @@ def serve_lean(
     max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
     max_large_requests: int = DEFAULT_MAX_LARGE_REQUESTS,
+    history_url: str | None = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT: one process, or ``workers`` processes forked after the
+    model is loaded (its arrays shared copy-on-write) accepting on one listening socket."""
     import signal
     import sys
 
-    import uvicorn
-
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal into the
-    # handler that was there before: make that an exit, so the caller's cleanup runs.
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: sys.exit(0))
     from anomaly_mlops.serving.sockets import bind
 
-    app = LeanApp(model_name, model, version, max_instances, max_body_bytes, max_entities, max_large_requests)
-    if workers != 1:
-        log.warning("the lean server runs one process; scale with replicas (--workers %d ignored)", workers)
     sock = bind(host, http_port)  # a busy port is a ServeError (exit 6), said before anything serves
-    log.info(
-        "serving %s on %s:%d (lean server, bodies up to %d bytes)", model_name, host, http_port, app.max_body_bytes
-    )
     _raise_open_file_limit()
+    log.info(
+        "serving %s on %s:%d (lean server, %d process%s, bodies up to %d bytes)",
+        model_name,
+        host,
+        http_port,
+        workers,
+        "es" if workers > 1 else "",
+        max_body_bytes or default_max_body_bytes(max_instances, len(model.schema)),
+    )
+
+    def run() -> None:
+        app = LeanApp(
+            model_name, model, version, max_instances, max_body_bytes, max_entities, max_large_requests, history_url
+        )
+        _run_uvicorn(app, sock, max_head_bytes, head_timeout_s)
+
+    if workers == 1:
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal into the
+        # handler that was there before: make that an exit, so the caller's cleanup runs.
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: sys.exit(0))
+        run()
+        return
+    from anomaly_mlops.serving.workers import supervise
+
+    supervise(workers, run)
+
+
+def _run_uvicorn(app: LeanApp, sock, max_head_bytes: int, head_timeout_s: float) -> None:
+    import uvicorn
+
     config = uvicorn.Config(
         app,
-        host=host,
-        port=http_port,
         loop="uvloop",
         http=guarded_protocol(max_head_bytes, head_timeout_s),
         access_log=False,

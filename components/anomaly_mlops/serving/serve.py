@@ -36,10 +36,12 @@ def serve(
     max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
     max_large_requests: int = DEFAULT_MAX_LARGE_REQUESTS,
+    history_url: str | None = None,
 ) -> None:
     """Load, verify and serve until SIGTERM. Blocks. ``server``: "lean" (lean_server.py) or
     "kserve" (the KServe model server; also gRPC). A model fetched from S3 lives in a
-    temporary directory removed when the server stops."""
+    temporary directory removed when the server stops. ``history_url``: the Redis/Valkey
+    store that keeps entity history for every replica and worker (shared_history.py)."""
     if server not in ("lean", "kserve"):
         raise ConfigError(f"server must be 'lean' or 'kserve', got {server!r}")
     if server == "lean" and grpc_port is not None:
@@ -61,6 +63,16 @@ def serve(
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if not head_timeout_s > 0:
         raise ConfigError(f"--request-head-timeout must be above 0 seconds, got {head_timeout_s}")
+    if server == "kserve" and workers > 1:
+        # kserve's own --workers pickles the model class into spawned processes and binds 0.0.0.0.
+        raise ConfigError(
+            "--workers above 1 is for the lean server; the KServe model server runs one process per pod: "
+            "scale it with replicas (and --history-url for a windowed model)"
+        )
+    if history_url:
+        from anomaly_mlops.serving.shared_history import check_history_url
+
+        check_history_url(history_url)
     cache = tempfile.mkdtemp(prefix="anomaly-model-")
     try:
         if server == "lean":
@@ -70,6 +82,12 @@ def serve(
             model = load_model_dir(local) if scoring == "sklearn" else load_serving_model(local)
             if scoring == "sklearn":
                 model.fast = None
+            if workers > 1 and model.history_rows and not history_url:
+                raise ConfigError(
+                    f"--workers {workers}: this model scores each row with the {model.history_rows} rows before it, "
+                    "and each process would keep its own share of an entity's rows: give --history-url "
+                    "(a Redis/Valkey store the workers share) or serve with one worker"
+                )
             log.info(
                 "loaded model %s from %s: %s, threshold %.5f",
                 model_name,
@@ -90,6 +108,7 @@ def serve(
                 max_head_bytes,
                 head_timeout_s,
                 max_large_requests,
+                history_url,
             )
             return
         from anomaly_mlops.serving.kserve_model import serve_kserve
@@ -106,6 +125,7 @@ def serve(
             host,
             max_body_bytes,
             max_entities,
+            history_url,
         )
     finally:
         shutil.rmtree(cache, ignore_errors=True)

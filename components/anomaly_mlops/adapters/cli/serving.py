@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from anomaly_mlops.adapters.cli.parsing import SubParsers
 from anomaly_mlops.params import (
     DEFAULT_HEAD_TIMEOUT_S,
     DEFAULT_MAX_ENTITIES,
     DEFAULT_MAX_HEAD_BYTES,
     DEFAULT_MAX_LARGE_REQUESTS,
+    HISTORY_URL_ENV,
     read_token,
 )
 
@@ -30,6 +33,7 @@ def cmd_serve(args) -> None:
         max_head_bytes=args.max_header_bytes,
         head_timeout_s=args.request_head_timeout,
         max_large_requests=args.max_large_requests,
+        history_url=args.history_url,
     )
 
 
@@ -88,7 +92,18 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to bind; 127.0.0.1 for this machine only")
     p.add_argument("--http-port", type=int, default=8080, help="REST port (V1 and V2)")
     p.add_argument("--grpc-port", type=int, help="also serve gRPC on this port")
-    p.add_argument("--workers", type=int, default=1, help="server processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="lean server: processes sharing the port (a windowed model needs --history-url for more than one)",
+    )
+    p.add_argument(
+        "--history-url",
+        default=os.environ.get(HISTORY_URL_ENV) or None,
+        help=f"redis://HOST:PORT/DB (Redis/Valkey): entity history shared by every replica and worker process "
+        f"(default: ${HISTORY_URL_ENV}, else kept in process: one replica, one process)",
+    )
     p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES, help="rows per request")
     p.add_argument(
         "--max-body-bytes",
