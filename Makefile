@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean prometheus kfp-protos lint docs image image-gpu
+.PHONY: setup run test compile lock clean prometheus redis kfp-protos lint docs image image-gpu
 
 # One line per stage; pip itself stays quiet (its full log would be ~300 lines).
 $(STAMP): pyproject.toml requirements.lock
@@ -28,7 +28,7 @@ run: $(STAMP)
 ## The test suite (what .ci/run calls): lint, the docs site built strictly, then pytest with
 ## its test files spread over two processes (each file's tests stay together: they share
 ## module fixtures; servers take free ports and temporary folders).
-test: $(STAMP) prometheus kfp-protos lint docs
+test: $(STAMP) prometheus redis kfp-protos lint docs
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 ## The docs site (docs/, mkdocs.yml), strictly: every page in the nav, every link and anchor resolving.
@@ -41,6 +41,13 @@ prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
 	    || echo "warning: could not install prometheus; tests/test_prometheus.py will be skipped"; }
+
+## A real Redis server for the shared entity-history tests (Debian package; needs root/apt);
+## the tests start their own on loopback. Without it those tests are skipped, saying so.
+redis:
+	@command -v redis-server >/dev/null || command -v valkey-server >/dev/null || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) \
+	    || echo "warning: could not install redis-server; tests/test_shared_history.py will be skipped"; }
 
 ## The kubernetes platform protos of the oldest supported KFP backends, each in its own venv,
 ## for tests/test_kfp_backends.py: kfp-kubernetes 1.0.0 (what KFP 2.0.5, DSP 2.0-2.6, parses)

@@ -118,7 +118,6 @@ class SharedHistory:
         self._client = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, single_connection_client=True
         )
-        self._sha: str | None = None
         self._queue: list[tuple[str, np.ndarray, asyncio.Future]] = []
         self._sending = False
         log.info(
@@ -172,38 +171,27 @@ class SharedHistory:
                 try:
                     answers = await asyncio.wait_for(self._append_all(batch), self.timeout_s * 2)
                 except Exception as exc:  # noqa: BLE001 - every waiting request answers 503
-                    error = self._unavailable(exc)
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
+                    answers = [exc] * len(batch)
                 for (*_, future), answer in zip(batch, answers):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(answer, BaseException):
+                        future.set_exception(self._unavailable(answer))
+                    else:
                         future.set_result(answer)
         finally:
             self._sending = False
 
     async def _append_all(self, batch) -> list:
-        import redis.exceptions
-
-        if self._sha is None:
-            self._sha = await self._client.script_load(APPEND_SCRIPT)
-        for attempt in (1, 2):
-            pipe = self._client.pipeline(transaction=False)
-            ttl_ms = str(max(int(self.ttl_s * 1000), 1))
-            for entity, X, _ in batch:
-                tail = np.ascontiguousarray(X[max(len(X) - self._keep_rows, 0) :], dtype="<f8").tobytes()
-                pipe.execute_command(
-                    "EVALSHA", self._sha, 1, self.prefix + entity, self._keep_bytes, ttl_ms, len(X), tail
-                )
-            try:
-                return await pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                # The store restarted or flushed its scripts: load it again, once.
-                self._sha = await self._client.script_load(APPEND_SCRIPT)
-        raise AssertionError("unreachable")
+        """The script's answer (or the store's error) for each request, in order. EVAL with
+        the script's text, not EVALSHA: a store restarted without its scripts would answer
+        NOSCRIPT, and redis-py leaves a connection unusable after an error in a pipeline."""
+        ttl_ms = str(max(int(self.ttl_s * 1000), 1))
+        pipe = self._client.pipeline(transaction=False)
+        for entity, X, _ in batch:
+            tail = np.ascontiguousarray(X[max(len(X) - self._keep_rows, 0) :], dtype="<f8").tobytes()
+            pipe.execute_command("EVAL", APPEND_SCRIPT, 1, self.prefix + entity, self._keep_bytes, ttl_ms, len(X), tail)
+        return await pipe.execute(raise_on_error=False)
 
     def _unavailable(self, exc: BaseException) -> HistoryUnavailable:
         reason = "timed out" if isinstance(exc, TimeoutError | asyncio.TimeoutError) else str(exc) or type(exc).__name__

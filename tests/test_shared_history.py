@@ -1,0 +1,323 @@
+"""Entity history shared by replicas and worker processes (serving/shared_history.py), with
+real parts: a real Redis server, real server processes, a round-robin proxy on loopback.
+
+Without a shared store, three replicas behind round-robin routing scored 6-9% of one entity's
+rows with full history and got every score wrong; here every replica appends to and reads
+from one record per entity, and the answers equal one server's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import requests
+from redis_server import RedisServer, redis_binary
+
+from anomaly_mlops.adapters.local_services import free_port, model_server
+
+ENTITIES = ("node-a", "node-b")
+ROWS = 48  # per entity: the windowed fixture needs 17 rows of history, so 31 complete rows each
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    redis_binary()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+class Replica:
+    """One `anomaly-mlops serve` process (its handle kept, to be killed mid-stream)."""
+
+    def __init__(self, model_dir, log_path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "anomaly_mlops.adapters.cli", "serve", "--model-name", "detector"]
+        command += ["--model-dir", str(model_dir), "--host", "127.0.0.1", "--http-port", str(self.port), *args]
+        self.log_path = log_path
+        self.process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 90
+        while not _ready(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+class RoundRobinProxy:
+    """Each request to the next backend in turn, as a Service without session affinity
+    spreads them; a backend that refuses the connection is skipped (its endpoint removed)."""
+
+    def __init__(self, backends: list[str]):
+        self.backends = backends
+        self.turn = itertools.count()
+        self.hits = {b: 0 for b in backends}
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                for _ in range(len(proxy.backends)):
+                    backend = proxy.backends[next(proxy.turn) % len(proxy.backends)]
+                    try:
+                        answer = requests.post(
+                            backend + self.path, data=body, headers={"Content-Type": "application/json"}, timeout=10
+                        )
+                        break
+                    except requests.ConnectionError:
+                        continue
+                else:
+                    self.send_error(502)
+                    return
+                proxy.hits[backend] += 1
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def stream(url: str, entity: str, rows: np.ndarray, each=None) -> list[dict]:
+    """One entity's rows one at a time, each after the previous answer (a client's stream)."""
+    answers = []
+    with requests.Session() as session:
+        for i, row in enumerate(rows):
+            if each:
+                each(i)
+            r = session.post(
+                f"{url}/v1/models/detector:predict", json={"instances": [row.tolist()], "entity": entity}, timeout=10
+            )
+            answers.append({"status": r.status_code, **r.json()})
+    return answers
+
+
+def stream_entities(url: str, series: dict[str, np.ndarray], each=None) -> dict[str, list[dict]]:
+    """Both entities at once, each in its own order."""
+    with ThreadPoolExecutor(len(series)) as pool:
+        futures = {
+            e: pool.submit(stream, url, e, rows, each if e == ENTITIES[0] else None) for e, rows in series.items()
+        }
+        return {e: f.result() for e, f in futures.items()}
+
+
+def figures(answers: list[dict]) -> tuple[list[float], list[bool]]:
+    return [a["anomaly_scores"][0] for a in answers], [a["history_complete"][0] for a in answers]
+
+
+@pytest.fixture(scope="module")
+def series(windowed):
+    _, X = windowed
+    return {ENTITIES[0]: X[:ROWS], ENTITIES[1]: X[500 : 500 + ROWS]}
+
+
+@pytest.fixture(scope="module")
+def one_server(windowed, series, tmp_path_factory):
+    """The reference: one server keeping history in process, streamed the same way."""
+    model, _ = windowed
+    with model_server("detector", str(model.model_dir), log_path=tmp_path_factory.mktemp("one") / "log") as url:
+        answers = stream_entities(url, series)
+    for entity, rows in series.items():  # itself equal to offline scoring of each whole series
+        np.testing.assert_allclose(figures(answers[entity])[0], model.score(rows)[1], rtol=0, atol=1e-12)
+    return answers
+
+
+def test_three_replicas_behind_round_robin_answer_as_one_server_bit_for_bit(
+    windowed, redis, series, one_server, tmp_path
+):
+    model, _ = windowed
+    redis.command("FLUSHALL")
+    replicas = [Replica(model.model_dir, tmp_path / f"r{i}.log", "--history-url", redis.url) for i in range(3)]
+    proxy = RoundRobinProxy([r.url for r in replicas])
+    try:
+        answers = stream_entities(proxy.url, series)
+    finally:
+        proxy.stop()
+        for replica in replicas:
+            replica.stop()
+    assert min(proxy.hits.values()) >= ROWS * 2 // 3 - 1  # every replica took its share
+    for entity in ENTITIES:
+        assert figures(answers[entity]) == figures(one_server[entity])  # == on floats: bit for bit
+        assert sum(figures(answers[entity])[1]) == ROWS - model.history_rows
+
+
+def test_a_replica_killed_mid_stream_leaves_the_others_right(windowed, redis, series, one_server, tmp_path):
+    model, _ = windowed
+    redis.command("FLUSHALL")
+    replicas = [Replica(model.model_dir, tmp_path / f"r{i}.log", "--history-url", redis.url) for i in range(3)]
+    proxy = RoundRobinProxy([r.url for r in replicas])
+
+    def kill_one(i):
+        if i == ROWS // 2:
+            replicas[1].process.kill()
+            replicas[1].process.wait(10)
+
+    try:
+        answers = stream_entities(proxy.url, series, each=kill_one)
+    finally:
+        proxy.stop()
+        for replica in replicas:
+            replica.stop()
+    for entity in ENTITIES:
+        assert figures(answers[entity]) == figures(one_server[entity])
+
+
+def test_the_kserve_and_lean_servers_share_one_history(windowed, redis, series, one_server, tmp_path):
+    model, _ = windowed
+    redis.command("FLUSHALL")
+    replicas = [
+        Replica(model.model_dir, tmp_path / "lean.log", "--history-url", redis.url),
+        Replica(model.model_dir, tmp_path / "kserve.log", "--server", "kserve", "--history-url", redis.url),
+    ]
+    proxy = RoundRobinProxy([r.url for r in replicas])
+    try:
+        answers = stream_entities(proxy.url, {ENTITIES[0]: series[ENTITIES[0]]})
+    finally:
+        proxy.stop()
+        for replica in replicas:
+            replica.stop()
+    assert figures(answers[ENTITIES[0]]) == figures(one_server[ENTITIES[0]])
+
+
+def test_two_worker_processes_share_history_and_report_summed_metrics(windowed, redis, series, one_server, tmp_path):
+    model, _ = windowed
+    redis.command("FLUSHALL")
+    server = Replica(model.model_dir, tmp_path / "w.log", "--workers", "2", "--history-url", redis.url)
+    try:
+        # A new connection per request: the kernel hands each to either worker.
+        answers = {e: [] for e in ENTITIES}
+        for i in range(ROWS):
+            for entity in ENTITIES:
+                r = requests.post(
+                    f"{server.url}/v1/models/detector:predict",
+                    json={"instances": [series[entity][i].tolist()], "entity": entity},
+                    headers={"Connection": "close"},
+                    timeout=10,
+                )
+                answers[entity].append(r.json())
+        scrapes = [requests.get(f"{server.url}/metrics", headers={"Connection": "close"}).text for _ in range(6)]
+    finally:
+        server.stop()
+    for entity in ENTITIES:
+        assert figures(answers[entity]) == figures(one_server[entity])
+    for text in scrapes:  # whichever worker answered, the count is both workers' sum
+        assert f'anomaly_detector_rows_scored_total{{model="detector"}} {2 * ROWS}.0' in text
+    assert server.process.returncode == 0
+
+
+def test_a_stopped_store_gives_503_never_a_score_without_history(windowed, tmp_path):
+    model, X = windowed
+    store = RedisServer(tmp_path).start()
+    server = Replica(model.model_dir, tmp_path / "s.log", "--history-url", store.url)
+    url = f"{server.url}/v1/models/detector:predict"
+
+    def post(i):
+        return requests.post(url, json={"instances": [X[i].tolist()], "entity": "e"}, timeout=10)
+
+    try:
+        before = [post(i) for i in range(20)]
+        assert [r.json()["history_complete"][0] for r in before][-1] is True
+        store.stop()
+        down = post(20)
+        started = time.monotonic()
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200
+        assert time.monotonic() - started < 1
+        store.start()  # back, empty (no persistence): the entity starts again, marked incomplete
+        after = post(21)
+        metrics = requests.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+        store.stop()
+    assert down.status_code == 503
+    assert down.headers["Retry-After"] == "1"
+    assert "history store" in down.json()["error"] and "not scored" in down.json()["error"]
+    assert "anomaly_scores" not in down.json()
+    assert after.status_code == 200 and after.json()["history_complete"] == [False]
+    assert 'anomaly_detector_history_unavailable_total{model="detector"} 1.0' in metrics
+
+
+def test_versions_never_read_each_others_history(windowed, redis, tmp_path):
+    """Two models (a canary and the stable version) on one store, one entity: each answers
+    as if it were alone."""
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.steps.train import TrainParams, train
+
+    model, X = windowed
+    other_dir = tmp_path / "other"
+    csv = tmp_path / "train.csv"
+    import pandas as pd
+
+    pd.DataFrame(X[:1500], columns=list(model.schema.features)).to_csv(csv, index=False)
+    train(str(csv), other_dir, TrainParams(n_estimators=20, feature_window=15, score_smoothing=4, seed=9))
+    other = load_model_dir(other_dir)
+    redis.command("FLUSHALL")
+    a = Replica(model.model_dir, tmp_path / "a.log", "--history-url", redis.url)
+    b = Replica(other_dir, tmp_path / "b.log", "--history-url", redis.url)
+    try:
+        scores = {a.url: [], b.url: []}
+        for i in range(30):
+            for replica in (a, b):
+                r = requests.post(
+                    f"{replica.url}/v1/models/detector:predict",
+                    json={"instances": [X[i].tolist()], "entity": "shared-name"},
+                    timeout=10,
+                )
+                scores[replica.url].append(r.json()["anomaly_scores"][0])
+    finally:
+        a.stop()
+        b.stop()
+    np.testing.assert_allclose(scores[a.url], model.score(X[:30])[1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores[b.url], other.score(X[:30])[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "2"], "give --history-url"),
+        (["--server", "kserve", "--workers", "2"], "the KServe model server runs one process per pod"),
+        (["--history-url", "http://cache:6379"], "--history-url must be redis://"),
+        (["--history-url", "redis://cache:6379/zero"], "database must be a number"),
+    ],
+)
+def test_serve_refuses_what_cannot_keep_history_right(windowed, args, message):
+    model, _ = windowed
+    done = subprocess.run(
+        [sys.executable, "-m", "anomaly_mlops.adapters.cli", "serve", "--model-dir", str(model.model_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr
