@@ -321,3 +321,85 @@ def test_serve_refuses_what_cannot_keep_history_right(windowed, args, message):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr
+
+
+def test_rows_of_a_split_stream_never_count_as_complete_history(windowed, series, tmp_path):
+    """Two servers that each keep history in process, taking one entity's rows in turn (the
+    split that gave 144 wrong answers marked complete): with timestamps, each sees a gap of two
+    sample intervals between its rows, so no answer says its history is complete."""
+    model, _ = windowed
+    rows = series[ENTITIES[0]]
+    times = 1_700_000_000 + 60.0 * np.arange(len(rows))
+    a = Replica(model.model_dir, tmp_path / "a.log")
+    b = Replica(model.model_dir, tmp_path / "b.log")
+    try:
+        marks = []
+        for i, row in enumerate(rows):
+            r = requests.post(
+                f"{(a, b)[i % 2].url}/v1/models/detector:predict",
+                json={"instances": [row.tolist()], "entity": "split", "timestamps": [times[i]]},
+                timeout=10,
+            )
+            marks.append(r.json()["history_complete"][0])
+    finally:
+        a.stop()
+        b.stop()
+    assert not any(marks)
+
+
+@pytest.mark.parametrize("store", ["in-process", "shared"])
+def test_order_and_gaps_by_timestamp_in_either_store(windowed, redis, store):
+    """A row not after the entity's newest is refused (400) and changes nothing; a gap over
+    1.5 sample intervals starts the history again; both stores answer alike."""
+    import asyncio
+
+    from anomaly_mlops.serving.history import EntityHistory
+    from anomaly_mlops.serving.problems import InputProblem
+    from anomaly_mlops.serving.shared_history import SharedHistory
+
+    model, X = windowed
+    redis.command("FLUSHALL")
+    t = 1_700_000_000 + 60.0 * np.arange(200)
+    t[60:] += 600  # ten minutes missing before row 60
+
+    async def run():
+        history = EntityHistory(model) if store == "in-process" else SharedHistory(model, redis.url, "m", "v")
+
+        async def score(rows, times):
+            pending = await history.begin("e", X[rows], None if times is None else t[times]).ready()
+            return pending.score_alone(model)
+
+        out = [await score(slice(i, i + 1), slice(i, i + 1)) for i in range(40)]
+        with pytest.raises(InputProblem, match="not after the entity's newest row"):
+            await score(slice(40, 41), slice(39, 40))
+        out += [await score(slice(40, 60), slice(40, 60))]  # unchanged by the refused row
+        out += [await score(slice(60, 80), slice(60, 80))]  # after the gap
+        out += [await score(slice(80, 81), None)]  # without timestamps: the run goes on
+        if store == "shared":
+            await history.close()
+        return out
+
+    out = asyncio.run(run())
+    marks = np.concatenate([o[2] for o in out])
+    expected = [i >= model.history_rows for i in range(60)] + [i >= model.history_rows for i in range(21)]
+    assert marks.tolist() == expected
+    scores = np.concatenate([o[1] for o in out])
+    np.testing.assert_allclose(scores[:60], model.score(X[:60])[1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores[60:], model.score(X[60:81])[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "timestamps, message",
+    [
+        ([1.0, 1.0], "'timestamps' must increase"),
+        ([1.0], "'timestamps' holds 1 values for 2 rows"),
+        ([1.0, "2"], "must be a list of numbers"),
+        ([1.7e12, 1.7e12 + 60_000], "not milliseconds"),
+    ],
+)
+def test_bad_timestamps_are_refused_with_the_reason(windowed, timestamps, message):
+    from anomaly_mlops.serving.problems import InputProblem
+    from anomaly_mlops.serving.protocol import parse_timestamps
+
+    with pytest.raises(InputProblem, match=message):
+        parse_timestamps(timestamps, 2)

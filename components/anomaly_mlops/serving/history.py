@@ -22,18 +22,51 @@ import numpy as np
 from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
 from anomaly_mlops.model.features import DEFAULT_SAMPLE_INTERVAL_S, smooth_scores
 from anomaly_mlops.params import DEFAULT_MAX_ENTITIES
+from anomaly_mlops.serving.problems import InputProblem
 
 log = logging.getLogger(__name__)
 
 MAX_ENTITY_ID_CHARS = 256
 
 
+# Rows further apart than this many sample intervals are a gap: history starts again after it.
+GAP_INTERVALS = 1.5
+
+
+def sample_interval_s(model: LoadedModel) -> float:
+    return float((model.metadata.get("feature_transform") or {}).get("sample_interval_s") or DEFAULT_SAMPLE_INTERVAL_S)
+
+
+def max_gap_s(model: LoadedModel) -> float:
+    """The most time between two rows of an entity that still counts as one series."""
+    return GAP_INTERVALS * sample_interval_s(model)
+
+
+def history_marks(seen: int, n_rows: int, history_rows: int, times, max_gap: float) -> np.ndarray:
+    """Which of a request's rows have the full history: ``seen`` rows of the entity before
+    them, and no gap above ``max_gap`` seconds between its rows since (a split stream, or
+    missed samples, makes a window span more time than the model was trained on)."""
+    run = seen + np.arange(n_rows)
+    if times is not None and n_rows > 1:
+        for start in np.flatnonzero(np.diff(times) > max_gap) + 1:
+            run[start:] = np.arange(n_rows - start)
+    return run >= history_rows
+
+
+def not_newer(entity: str, first: float, newest: float) -> InputProblem:
+    return InputProblem(
+        f"entity {entity!r}: the request's first row is at {first:g}, not after the entity's newest row "
+        f"({newest:g}); an entity's rows must come oldest first, and these were not scored"
+    )
+
+
 @dataclass
 class _State:
     rows: np.ndarray  # the last (window - 1) metric rows
     raw: np.ndarray  # the last (smoothing - 1) raw scores
-    seen: int  # rows received so far
+    seen: int  # rows received so far (since a gap)
     last_seen: float
+    newest: float | None = None  # the newest row's timestamp, when requests carry them
 
 
 def history_for(
@@ -60,11 +93,9 @@ class EntityHistory:
     ):
         self.model = model
         self.max_entities = max_entities
-        interval = float(
-            (model.metadata.get("feature_transform") or {}).get("sample_interval_s") or DEFAULT_SAMPLE_INTERVAL_S
-        )
         # Five missed samples end a series: its window would otherwise span the gap.
-        self.ttl_s = ttl_s if ttl_s is not None else 5 * interval
+        self.ttl_s = ttl_s if ttl_s is not None else 5 * sample_interval_s(model)
+        self.max_gap_s = max_gap_s(model)
         self.clock = clock or time.monotonic
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._lock = threading.Lock()
@@ -84,28 +115,39 @@ class EntityHistory:
     def bytes_per_entity(self) -> int:
         return 8 * (self._keep_rows * len(self.model.schema) + self._keep_raw) + 200
 
-    def score(self, entity: str, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Score ``X`` (the entity's next rows, oldest first) after its kept history:
-        (predictions, scores, complete), where complete marks rows scored with the full
-        history the model was trained with."""
-        return self.begin(entity, X).score_alone(self.model)
+    def score(self, entity: str, X: np.ndarray, times=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Score ``X`` (the entity's next rows, oldest first; ``times`` their timestamps, or
+        None) after its kept history: (predictions, scores, complete), where complete marks
+        rows scored with the full history the model was trained with. Rows not after the
+        entity's newest are refused (InputProblem); after a gap, history starts again."""
+        return self.begin(entity, X, times).score_alone(self.model)
 
-    def begin(self, entity: str, X: np.ndarray) -> PendingScores:
+    def begin(self, entity: str, X: np.ndarray, times=None) -> PendingScores:
         """``score`` in two steps, so the forest can walk several requests' rows at once:
         the features of ``X`` after the entity's kept rows now; the smoothing over its kept
         raw scores in ``finish``. Requests of one entity must finish in the order they began."""
         model = self.model
         now = self.clock()
         with self._lock:
-            state = self._states.pop(entity, None)
-            if state is None or now - state.last_seen > self.ttl_s:
+            state = self._states.get(entity)
+            if state is not None and times is not None and state.newest is not None and times[0] <= state.newest:
+                raise not_newer(entity, times[0], state.newest)  # nothing kept changes
+            self._states.pop(entity, None)
+            gap = state is not None and times is not None and state.newest is not None
+            if (
+                state is None
+                or now - state.last_seen > self.ttl_s
+                or (gap and times[0] - state.newest > self.max_gap_s)
+            ):
                 state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
             rows = np.vstack([state.rows, X]) if self._keep_rows else X
-            complete = state.seen + np.arange(len(X)) >= model.history_rows
+            complete = history_marks(state.seen, len(X), model.history_rows, times, self.max_gap_s)
             # Copies: a view would keep the whole request's rows alive and break the memory bound.
             state.rows = rows[max(len(rows) - self._keep_rows, 0) :].copy()
-            state.seen += len(X)
+            state.seen = run_after(state.seen, len(X), times, self.max_gap_s)
             state.last_seen = now
+            if times is not None:
+                state.newest = float(times[-1])
             self._states[entity] = state
             while len(self._states) > self.max_entities:
                 self._states.popitem(last=False)
@@ -123,3 +165,12 @@ class EntityHistory:
 
         # Features outside the lock, and for a tick of requests together (artifacts.features_of).
         return PendingScores(rows, finish, model.transform, last=len(X))
+
+
+def run_after(seen: int, n_rows: int, times, max_gap: float) -> int:
+    """Rows of the entity's current run (since its last gap) once these rows are in."""
+    if times is not None and n_rows > 1:
+        breaks = np.flatnonzero(np.diff(times) > max_gap)
+        if breaks.size:
+            return n_rows - int(breaks[-1]) - 1
+    return seen + n_rows

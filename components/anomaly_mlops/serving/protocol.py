@@ -44,7 +44,8 @@ from anomaly_mlops.model.artifacts import (
 from anomaly_mlops.model.features import smooth_scores
 from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
 from anomaly_mlops.model.platform import is_engine_default_row
-from anomaly_mlops.serving.history import MAX_ENTITY_ID_CHARS, EntityHistory
+from anomaly_mlops.serving.history import MAX_ENTITY_ID_CHARS, EntityHistory, history_marks, max_gap_s
+from anomaly_mlops.serving.problems import InputProblem
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ BODY_BYTES_PER_VALUE = 32
 def default_max_body_bytes(max_instances: int, n_features: int) -> int:
     """The largest legal request (max_instances rows) with room to spare, and no more."""
     return max_instances * n_features * BODY_BYTES_PER_VALUE + 64 * 1024
-
-
-class InputProblem(ValueError):
-    """Raised by parse_instances; the server turns it into kserve's InvalidInput (400)."""
 
 
 NOT_JSON = "the request body was not read as JSON: send it with the header 'Content-Type: application/json'"
@@ -216,12 +213,33 @@ def parse_entity(value) -> str | None:
     return value
 
 
-def score_rows(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None):
+MAX_TIMESTAMP = 1e12  # seconds since the epoch: year 33658; a millisecond clock sent by mistake is beyond it
+
+
+def parse_timestamps(values, n_rows: int) -> np.ndarray | None:
+    """The rows' times (seconds since the epoch, oldest first): V1 "timestamps", V2 input
+    "timestamp". Optional; with them an entity's rows are checked for order and gaps."""
+    if values is None:
+        return None
+    if not isinstance(values, list) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise InputProblem("'timestamps' must be a list of numbers (seconds since the epoch), one per row")
+    if len(values) != n_rows:
+        raise InputProblem(f"'timestamps' holds {len(values)} values for {n_rows} rows")
+    times = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(times)) or np.any(times < 0) or np.any(times > MAX_TIMESTAMP):
+        raise InputProblem("'timestamps' must be seconds since the epoch (finite, not milliseconds)")
+    if np.any(np.diff(times) <= 0):
+        i = int(np.flatnonzero(np.diff(times) <= 0)[0]) + 1
+        raise InputProblem(f"'timestamps' must increase: row {i} is at {times[i]:g}, not after row {i - 1}")
+    return times
+
+
+def score_rows(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None, times=None):
     """(predictions, scores, history_complete or None): ``begin_scoring`` and its finish."""
-    return begin_scoring(model, history, X, entity).score_alone(model)
+    return begin_scoring(model, history, X, entity, times).score_alone(model)
 
 
-def begin_scoring(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None):
+def begin_scoring(model: LoadedModel, history: EntityHistory | None, X: np.ndarray, entity: str | None, times=None):
     """The rows' features, ready for the forest, and how to finish their scores. For a
     windowed model the rows are one series, oldest first: after the entity's kept history
     when ``entity`` is given, else on their own; rows scored with less history than the
@@ -230,7 +248,7 @@ def begin_scoring(model: LoadedModel, history: EntityHistory | None, X: np.ndarr
     if history is None:
         return PendingScores(X, lambda raw: (model.label(raw), raw, None))
     if entity is not None:
-        return history.begin(entity, X)
+        return history.begin(entity, X, times)
     if len(X) == 1:
         raise InputProblem(
             f"this model scores each row together with the {model.history_rows} rows before it "
@@ -238,20 +256,35 @@ def begin_scoring(model: LoadedModel, history: EntityHistory | None, X: np.ndarr
             "the series so the server keeps its history, or send the preceding rows with this one, oldest first"
         )
 
+    complete = history_marks(0, len(X), model.history_rows, times, max_gap_s(model))
+
     def finish(raw):
         scores = smooth_scores(raw, model.smoothing)
-        return model.label(scores), scores, np.arange(len(X)) >= model.history_rows
+        return model.label(scores), scores, complete
 
     return PendingScores(X, finish, model.transform)
 
 
 def parse_payload(model: LoadedModel, payload, v2: bool, max_instances: int, expected: str):
-    """The rows and entity of a V1 body or a V2 request (``.inputs`` and ``.parameters``),
-    as both servers read them. Raises InputProblem."""
+    """The rows, entity and timestamps (or None) of a V1 body or a V2 request (``.inputs``
+    and ``.parameters``), as both servers read them. Raises InputProblem."""
     features = model.schema.features
     if v2:
-        return parse_v2(payload, features, max_instances), parse_entity((payload.parameters or {}).get("entity"))
-    return parse_v1(payload, features, max_instances, expected), parse_entity(payload.get("entity"))
+        times = [t for t in payload.inputs or [] if getattr(t, "name", None) == "timestamp"]
+        if times:  # a tensor beside the metrics, not one of them
+            payload.inputs = [t for t in payload.inputs if t is not times[0]]
+        X = parse_v2(payload, features, max_instances)
+        stamps = _timestamp_tensor(times[0], len(X)) if times else None
+        return X, parse_entity((payload.parameters or {}).get("entity")), stamps
+    X = parse_v1(payload, features, max_instances, expected)
+    return X, parse_entity(payload.get("entity")), parse_timestamps(payload.get("timestamps"), len(X))
+
+
+def _timestamp_tensor(tensor, n_rows: int) -> np.ndarray:
+    _check_tensor(tensor)
+    if len(list(tensor.shape)) != 1:
+        raise InputProblem(f"input 'timestamp' has shape {list(tensor.shape)}; expected [{n_rows}]")
+    return parse_timestamps(_as_numpy(tensor).reshape(-1).tolist(), n_rows)
 
 
 def begin_request(
@@ -261,8 +294,8 @@ def begin_request(
     ``outside`` (ServedRowCounters) once they are accepted for scoring, and rows it finds to
     carry no information (the platform engine's all-default row) are answered normal.
     Raises InputProblem."""
-    X, entity = parse_payload(model, payload, v2, max_instances, expected)
-    pending = begin_scoring(model, history, X, entity)
+    X, entity, times = parse_payload(model, payload, v2, max_instances, expected)
+    pending = begin_scoring(model, history, X, entity, times)
     if outside is not None:
         uninformative = outside.observe(X)
         if uninformative is not None:

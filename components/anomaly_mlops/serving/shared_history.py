@@ -34,25 +34,40 @@ import numpy as np
 
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
-from anomaly_mlops.model.features import DEFAULT_SAMPLE_INTERVAL_S, smooth_scores
+from anomaly_mlops.model.features import smooth_scores
+from anomaly_mlops.serving.history import history_marks, max_gap_s, not_newer, run_after, sample_interval_s
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: the entity's record, "<rows seen>|<rows, packed float64>".
-# ARGV: bytes of rows to keep, TTL in ms, rows in this request, this request's last rows.
-# Returns {rows seen before this request, the kept rows before it}.
+# KEYS[1]: the entity's record, "<rows in its run>|<newest row's timestamp, or empty>|<rows, packed float64>".
+# ARGV: bytes of rows to keep, TTL in ms, rows in this request, this request's last rows,
+# its first and last timestamps (empty without), the largest gap in seconds, and the run
+# length after it when the request itself holds a gap (else empty).
+# Returns {rows in the run before this request, the kept rows before it} (both reset after a
+# gap), or {-1, newest timestamp} for rows not after the entity's newest: nothing written.
 APPEND_SCRIPT = """
 local record = redis.call('GET', KEYS[1])
-local seen, prior = 0, ''
+local seen, newest, stamp, prior = 0, nil, '', ''
 if record then
-  local bar = string.find(record, '|', 1, true)
-  seen = tonumber(string.sub(record, 1, bar - 1))
-  prior = string.sub(record, bar + 1)
+  local a = string.find(record, '|', 1, true)
+  local b = string.find(record, '|', a + 1, true)
+  seen = tonumber(string.sub(record, 1, a - 1))
+  stamp = string.sub(record, a + 1, b - 1)
+  newest = tonumber(stamp)
+  prior = string.sub(record, b + 1)
 end
+local first = tonumber(ARGV[5])
+if first and newest then
+  if first <= newest then return {-1, stamp} end
+  if first - newest > tonumber(ARGV[7]) then seen, prior = 0, '' end
+end
+local run = seen + tonumber(ARGV[3])
+if ARGV[8] ~= '' then run = tonumber(ARGV[8]) end
+if ARGV[6] ~= '' then stamp = ARGV[6] end
 local keep = tonumber(ARGV[1])
 local joined = prior .. ARGV[4]
 local kept = string.sub(joined, math.max(#joined - keep + 1, 1))
-redis.call('SET', KEYS[1], tostring(seen + tonumber(ARGV[3])) .. '|' .. kept, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], string.format('%d', run) .. '|' .. stamp .. '|' .. kept, 'PX', ARGV[2])
 return {seen, prior}
 """
 
@@ -106,10 +121,8 @@ class SharedHistory:
         self.url = check_history_url(url)
         self.where = redact_url(url)
         self.timeout_s = timeout_s
-        interval = float(
-            (model.metadata.get("feature_transform") or {}).get("sample_interval_s") or DEFAULT_SAMPLE_INTERVAL_S
-        )
-        self.ttl_s = ttl_s if ttl_s is not None else 5 * interval
+        self.ttl_s = ttl_s if ttl_s is not None else 5 * sample_interval_s(model)
+        self.max_gap_s = max_gap_s(model)
         self.width = len(model.schema)
         self._keep_rows = model.history_rows  # the window's rows and those whose raw scores the smoothing needs
         self._redo = model.smoothing - 1
@@ -118,7 +131,7 @@ class SharedHistory:
         self._client = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, single_connection_client=True
         )
-        self._queue: list[tuple[str, np.ndarray, asyncio.Future]] = []
+        self._queue: list[tuple] = []  # (entity, rows, timestamps or None, future)
         self._sending = False
         log.info(
             "entity history in %s under %s*: the last %d rows of each entity, forgotten after %.0f s unseen",
@@ -131,7 +144,7 @@ class SharedHistory:
     def __len__(self) -> int:  # entities are the store's to count (its keyspace), not this process's
         return 0
 
-    def begin(self, entity: str, X: np.ndarray) -> PendingScores:
+    def begin(self, entity: str, X: np.ndarray, times=None) -> PendingScores:
         """history.EntityHistory.begin with the history in the store: ``await pending.ready()``
         appends ``X`` (the entity's next rows, oldest first) to its record and sets the rows
         before them; it raises HistoryUnavailable when the store does not answer. Call it
@@ -143,14 +156,16 @@ class SharedHistory:
         async def prepare() -> None:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
-            self._queue.append((entity, X, future))
+            self._queue.append((entity, X, times, future))
             if not self._sending:
                 self._sending = True
                 loop.create_task(self._send())
             seen, prior = await future
+            if seen == -1:  # not after the entity's newest row: refused, nothing written
+                raise not_newer(entity, float(times[0]), float(prior))
             before = np.frombuffer(prior, dtype="<f8").reshape(-1, self.width)
             redo = min(self._redo, len(before))  # earlier rows whose raw scores the smoothing needs
-            complete = seen + np.arange(len(X)) >= model.history_rows
+            complete = history_marks(seen, len(X), model.history_rows, times, self.max_gap_s)
 
             def finish(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 scores = smooth_scores(raw, model.smoothing)[redo:] if model.smoothing > 1 else raw
@@ -188,9 +203,28 @@ class SharedHistory:
         NOSCRIPT, and redis-py leaves a connection unusable after an error in a pipeline."""
         ttl_ms = str(max(int(self.ttl_s * 1000), 1))
         pipe = self._client.pipeline(transaction=False)
-        for entity, X, _ in batch:
+        gap = repr(self.max_gap_s)
+        for entity, X, times, _ in batch:
             tail = np.ascontiguousarray(X[max(len(X) - self._keep_rows, 0) :], dtype="<f8").tobytes()
-            pipe.execute_command("EVAL", APPEND_SCRIPT, 1, self.prefix + entity, self._keep_bytes, ttl_ms, len(X), tail)
+            first = last = run = ""
+            if times is not None:
+                first, last = repr(float(times[0])), repr(float(times[-1]))
+                after = run_after(-(10**9), len(X), times, self.max_gap_s)  # negative: no gap inside
+                run = str(after) if after >= 0 else ""
+            pipe.execute_command(
+                "EVAL",
+                APPEND_SCRIPT,
+                1,
+                self.prefix + entity,
+                self._keep_bytes,
+                ttl_ms,
+                len(X),
+                tail,
+                first,
+                last,
+                gap,
+                run,
+            )
         return await pipe.execute(raise_on_error=False)
 
     def _unavailable(self, exc: BaseException) -> HistoryUnavailable:
