@@ -596,6 +596,32 @@ def test_a_model_with_entity_history_is_deployed_as_one_replica(windowed, model_
     check_replicas(5, model_dir)  # row-wise: scales out
 
 
+def test_a_windowed_model_scales_out_with_a_shared_history_store(windowed):
+    """With --history-secret the replicas keep entity history in one store
+    (tests/test_shared_history.py), so several are allowed; the URL (it may hold a password)
+    reaches the server from the Secret through the environment, never in the object."""
+    import crd_schema
+
+    from anomaly_mlops.model.artifacts import check_replicas
+    from anomaly_mlops.params import HISTORY_URL_ENV
+    from anomaly_mlops.steps.deploy import build_inference_service
+
+    check_replicas(4, windowed[0].model_dir, shared_history=True)
+    spec = DeploySpec("x", NS, storage_uri="s3://b/x/v1/", max_replicas=4, history_secret="anomaly-history")
+    spec.check()
+    isvc = build_inference_service(spec)
+    env = isvc["spec"]["predictor"]["model"]["env"]
+    assert env == [{"name": HISTORY_URL_ENV, "valueFrom": {"secretKeyRef": {"name": "anomaly-history", "key": "url"}}}]
+    if crd_schema.available():
+        assert crd_schema.errors(isvc) == []
+    for bad in (
+        DeploySpec("x", NS, storage_uri="s3://b/x/v1/", history_secret="Not_A_Name"),
+        DeploySpec("x", NS, storage_uri="s3://b/x/v1/", history_secret="h", runtime="sklearn"),
+    ):
+        with pytest.raises(ConfigError, match="history_secret"):
+            bad.check()
+
+
 def test_cli_deploy_refuses_replicas_for_a_windowed_model_before_anything_is_sent(fake, tmp_path, windowed):
     from test_cli import run
 

@@ -170,7 +170,7 @@ def test_secret_template_holds_placeholders_only():
 
 
 @pytest.mark.skipif(not __import__("crd_schema").available(), reason="../shared/schemas not found beside the checkout")
-@pytest.mark.parametrize("overlay", ["serverless", "raw"])
+@pytest.mark.parametrize("overlay", ["serverless", "raw", "shared-history"])
 def test_kserve_objects_validate_against_the_crd_schemas_openshift_ai_ships(overlay):
     """ServingRuntime and InferenceService of each overlay against odh-v2.25's CRDs, and
     the webhook rules the fake applies (scale metric per mode)."""
@@ -217,3 +217,55 @@ def test_the_runtime_drains_within_the_pods_grace_period():
     (container,) = runtime["spec"]["containers"]
     command = container["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep" and int(command[1]) + GRACEFUL_SHUTDOWN_S < 30
+
+
+def test_replicas_follow_where_history_lives():
+    """In-process history (base, raw, serverless): one replica, one process. With the shared
+    store (shared-history): several replicas of two processes each, the URL from the Secret
+    through the environment, as deploy --history-secret writes it."""
+    from anomaly_mlops.params import HISTORY_URL_ENV
+
+    for overlay in ("raw", "serverless"):
+        isvc = by_kind(kustomize(f"kserve/overlays/{overlay}"), "InferenceService")
+        assert isvc["spec"]["predictor"]["maxReplicas"] == 1
+        assert "env" not in isvc["spec"]["predictor"]["model"]
+    docs = kustomize("kserve/overlays/shared-history")
+    isvc, runtime = by_kind(docs, "InferenceService"), by_kind(docs, "ServingRuntime")
+    predictor = isvc["spec"]["predictor"]
+    built = build_inference_service(
+        DeploySpec(
+            "anomaly-detector",
+            "ns",
+            storage_key="aws-connection-models",
+            storage_path="anomaly-detector/REPLACE-WITH-VERSION/",
+            max_replicas=predictor["maxReplicas"],
+            history_secret="anomaly-history",
+            scale_metric="cpu",
+            scale_target=70,
+        )
+    )
+    assert predictor["maxReplicas"] > 1 and predictor["model"]["env"] == built["spec"]["predictor"]["model"]["env"]
+    assert predictor["model"]["env"][0]["name"] == HISTORY_URL_ENV
+    (container,) = runtime["spec"]["containers"]
+    args = build_parser().parse_args([a.replace("{{.Name}}", "anomaly-detector") for a in container["args"]])
+    assert args.workers == 2 and args.history_url is None  # the URL comes from the environment
+
+
+def test_the_history_store_bounds_memory_and_matches_its_secret():
+    docs = kustomize("history-store")
+    (secret,) = yaml.safe_load_all((MANIFESTS / "history-store/history-store-secret.template.yaml").read_text())
+    for doc in [*docs, secret]:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    deployment, service = by_kind(docs, "Deployment"), by_kind(docs, "Service")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = dict(zip(container["args"][::2], container["args"][1::2]))
+    assert args["--maxmemory-policy"].startswith("volatile-")  # records have TTLs; one key per entity
+    assert args["--save"] == "" and args["--appendonly"] == "no"
+    assert args["--requirepass"] == "$(HISTORY_PASSWORD)"
+    assert container["securityContext"]["runAsNonRoot"] is True
+    from anomaly_mlops.serving.shared_history import check_history_url
+
+    url = secret["stringData"]["url"]
+    check_history_url(url)
+    assert f"@{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/" in url
+    assert set(secret["stringData"].values()) <= {"REPLACE_ME", url} and "REPLACE_ME" in url

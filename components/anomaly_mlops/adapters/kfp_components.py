@@ -318,6 +318,7 @@ def deploy_model(
     canary_traffic_percent: int = 10,
     min_replicas: int = 1,
     max_replicas: int = 1,
+    history_secret: str = "",
     timeout_s: float = 600.0,
 ) -> NamedTuple(
     "DeployOutputs", [("url", str), ("service_url", str), ("revision", str), ("canary", bool), ("action", str)]
@@ -335,7 +336,8 @@ def deploy_model(
         deployment_mode: 'RawDeployment' (also 'Standard') or 'Serverless' (also 'Knative': canary, revisions).
         canary_traffic_percent: traffic share of a new model on a live Serverless service.
         min_replicas: lowest replica count (0: scale to zero, Serverless).
-        max_replicas: autoscaling ceiling; above 1 only for a row-wise model (per-entity history lives in one server).
+        max_replicas: autoscaling ceiling; above 1 for a windowed model only with history_secret.
+        history_secret: a Secret whose key 'url' is the Redis/Valkey URL the replicas keep entity history in.
         timeout_s: seconds to wait for Ready.
     """
     from collections import namedtuple
@@ -344,7 +346,7 @@ def deploy_model(
     from anomaly_mlops.steps.deploy import DeploySpec, current_namespace, deploy
 
     check_runtime_serves(runtime, model.path)
-    check_replicas(max_replicas, model.path)
+    check_replicas(max_replicas, model.path, shared_history=bool(history_secret))
     spec = DeploySpec(
         name=isvc_name,
         namespace=current_namespace(namespace),
@@ -356,6 +358,7 @@ def deploy_model(
         canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
         min_replicas=min_replicas,
         max_replicas=max_replicas,
+        history_secret=history_secret or None,
     )
     result = deploy(spec, timeout_s=timeout_s)
     # url reaches the new revision alone (a canary's `latest` tag URL): what verify checks.

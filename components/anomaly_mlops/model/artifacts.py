@@ -463,13 +463,14 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
         )
 
 
-def check_replicas(max_replicas: int, model_dir: str | Path) -> None:
+def check_replicas(max_replicas: int, model_dir: str | Path, shared_history: bool = False) -> None:
     """A model whose scores depend on an entity's earlier rows is served from history a
-    server keeps in its own memory. Behind several replicas each holds part of an entity's
-    rows and answers wrongly (Knative and KServe's raw Service route without affinity):
-    such a model runs as one replica."""
+    server keeps in its own memory, unless the replicas share a store (``shared_history``:
+    serve --history-url). Behind several replicas each would hold part of an entity's rows
+    and answer wrongly (Knative and KServe's raw Service route without affinity): without a
+    shared store such a model runs as one replica."""
     transform, smoothing, _ = _serving_needs(model_dir)
-    if max_replicas > 1 and (transform.window or smoothing > 1):
+    if max_replicas > 1 and not shared_history and (transform.window or smoothing > 1):
         uses = [
             f"a {transform.window}-row feature window" if transform.window else "",
             f"{smoothing}-row score smoothing" if smoothing > 1 else "",
@@ -477,6 +478,7 @@ def check_replicas(max_replicas: int, model_dir: str | Path) -> None:
         raise ConfigError(
             f"this model scores each row with its entity's earlier rows ({', '.join(u for u in uses if u)}), "
             f"which a server keeps in its own memory: behind {max_replicas} replicas each would see part of an "
-            "entity's rows and answer wrongly. Deploy it with --max-replicas 1, or train a row-wise model "
-            "(--feature-window 0 --score-smoothing 0) to scale out"
+            "entity's rows and answer wrongly. Deploy it with --max-replicas 1, give the replicas a shared "
+            "history store (--history-secret: a Secret whose key 'url' is redis://...), or train a row-wise "
+            "model (--feature-window 0 --score-smoothing 0)"
         )

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 
 from anomaly_mlops.errors import AnomalyMLOpsError, ConfigError, DeployError
+from anomaly_mlops.params import HISTORY_URL_ENV
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ MAX_NAME_LENGTH = 36  # OpenShift AI limit on InferenceService names
 CUSTOM_RUNTIME = "anomaly-detector-runtime"
 CUSTOM_MODEL_FORMAT = "anomaly-isolation-forest"
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+HISTORY_SECRET_KEY = "url"
 # The CRD's pattern for resource quantities (requests and limits).
 _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -142,8 +145,10 @@ class DeploySpec:
     canary_traffic_percent: int | None = 10
     min_replicas: int = 1
     # One: a model with per-entity history (the default) is served from one process's memory
-    # (model.artifacts.check_replicas); a row-wise model may scale out.
+    # (model.artifacts.check_replicas) unless history_secret names a shared store; a row-wise model may scale out.
     max_replicas: int = 1
+    # A Secret whose key "url" is the Redis/Valkey URL the replicas keep entity history in (serve --history-url).
+    history_secret: str | None = None
     scale_target: int | None = None
     scale_metric: str | None = None  # "concurrency", "rps", "cpu", "memory"
     cpu_request: str = "500m"
@@ -167,6 +172,11 @@ class DeploySpec:
             )
         if self.runtime not in ("custom", "sklearn"):
             raise ConfigError(f"runtime must be 'custom' or 'sklearn', got {self.runtime!r}")
+        if self.history_secret and (self.runtime != "custom" or not _DNS1123_SUBDOMAIN.match(self.history_secret)):
+            raise ConfigError(
+                f"history_secret {self.history_secret!r} must name a Secret (a DNS-1123 subdomain) and needs "
+                "runtime 'custom' (the upstream runtime keeps no history)"
+            )
         if bool(self.storage_uri) == bool(self.storage_key and self.storage_path):
             raise ConfigError("give either storage_key and storage_path (OpenShift AI data connection) or storage_uri")
         if self.storage_uri and not re.match(r"^(s3|pvc)://[^/]+/.+", self.storage_uri):
@@ -243,6 +253,9 @@ def build_inference_service(spec: DeploySpec) -> dict:
     }
     if spec.runtime == "custom":
         model["runtime"] = spec.serving_runtime
+    if spec.history_secret:  # read from the environment, so the URL's password is in no manifest or argv
+        ref = {"secretKeyRef": {"name": spec.history_secret, "key": HISTORY_SECRET_KEY}}
+        model["env"] = [{"name": HISTORY_URL_ENV, "valueFrom": ref}]
     if spec.storage_uri:
         model["storageUri"] = spec.storage_uri
     else:

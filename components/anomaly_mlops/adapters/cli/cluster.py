@@ -29,7 +29,7 @@ def cmd_deploy(args) -> dict:
     runtime = args.runtime or profile.get("runtime", "custom")
     if args.model_dir:
         check_runtime_serves(runtime, args.model_dir)
-        check_replicas(args.max_replicas, args.model_dir)
+        check_replicas(args.max_replicas, args.model_dir, shared_history=bool(args.history_secret))
     spec = DeploySpec(
         name=args.name or profile.get("name", "anomaly-detector"),
         namespace=args.namespace or profile.get("namespace") or _namespace(args),
@@ -44,6 +44,7 @@ def cmd_deploy(args) -> dict:
         canary_traffic_percent=None if args.canary_percent < 0 else args.canary_percent,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
+        history_secret=args.history_secret,
         scale_target=args.scale_target,
         scale_metric=args.scale_metric,
         cpu_request=args.cpu_request,
@@ -120,7 +121,13 @@ def register(sub: SubParsers) -> None:
         "--max-replicas",
         type=int,
         default=d.max_replicas,
-        help="autoscaling ceiling; above 1 only for a row-wise model (per-entity history lives in one server's memory)",
+        help="autoscaling ceiling; above 1 for a windowed model only with --history-secret (else each replica "
+        "would keep part of an entity's rows)",
+    )
+    p.add_argument(
+        "--history-secret",
+        help="a Secret whose key 'url' is redis://... : the replicas keep entity history there "
+        "(manifests/history-store), so a windowed model may scale out",
     )
     p.add_argument("--scale-target", type=int, help="autoscaling target of --scale-metric")
     p.add_argument(
