@@ -1,7 +1,9 @@
 """Serving throughput, latency and cold start, side by side in one run, load from wrk.
 
-Servers (one process each, loopback, the same 100-tree default model):
-  ours (lean)          `anomaly-mlops serve` (lean_server.py)
+Servers (one process each unless said, loopback, the same 100-tree default model):
+  ours (lean)          `anomaly-mlops serve` (lean_server.py), entity history in process
+  ours (lean, Redis history)             the same with --history-url (a redis-server started here)
+  ours (lean, 2 workers, Redis history)  two worker processes sharing that history
   ours (KServe)        `anomaly-mlops serve --server kserve`
   KServe, constant     the KServe model server with a model that returns a constant (its ceiling)
   ASGI, constant       uvicorn + httptools + uvloop answering a constant (the stack's limit)
@@ -10,7 +12,8 @@ Servers (one process each, loopback, the same 100-tree default model):
   MLServer             mlserver + mlserver-sklearn, in its own venv (V2 only)
 For each: cold start (process start to the first 200 from its readiness route), then with wrk
 at --connections: single-row V1, single-row V2, and 100-row V1 batches; medians of --rounds
-rounds of --seconds. Before the load, our servers are checked: parity with scikit-learn
+rounds of --seconds, the rounds alternating between the servers (all up at once). V1 figures
+are also given as a share of the constant-answer ASGI app (the stack's ceiling). Before the load, our servers are checked: parity with scikit-learn
 (<= 1e-6), 400 for a bad row, 413 for an oversized body.
 
 Setup: wrk comes from the Debian package (installed here with apt-get when missing, as the
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -145,8 +149,30 @@ def wrk(binary: str, url: str, body: bytes, connections: int, seconds: float) ->
     }
 
 
-def median_round(binary, url, body, connections, seconds, rounds) -> dict:
-    results = [wrk(binary, url, body, connections, seconds) for _ in range(rounds)]
+def start_redis():
+    """(process, URL) of a redis-server on loopback without persistence, or None without one."""
+    binary = shutil.which("redis-server") or shutil.which("valkey-server")
+    if not binary:
+        return None
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    stop(process)
+    return None
+
+
+def median(results: list[dict]) -> dict | None:
+    """The round with the median rate (the first failure, if any round failed)."""
+    if not results:
+        return None
     failed = [r for r in results if "failed" in r]
     if failed:
         return failed[0]
@@ -199,7 +225,10 @@ def main():
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--no-references", action="store_true", help="skip the sklearn runtime and MLServer")
-    parser.add_argument("--only", help="run only the servers whose label contains this text, e.g. 'lean'")
+    parser.add_argument(
+        "--only",
+        help="run only the servers whose label contains one of these texts (comma-separated), e.g. 'lean,ASGI'",
+    )
     parser.add_argument(
         "--kserve-src",
         help="a KServe source tree (git checkout or archive) to install sklearnserver from, "
@@ -225,12 +254,25 @@ def main():
 
     py = sys.executable
 
-    def ours(server: str):
+    def ours(server: str, *extra: str):
         return lambda p: [py, "-m", "anomaly_mlops.adapters.cli", "serve", "--server", server, "--model-dir", str(model_dir),
-                          "--host", "127.0.0.1", "--http-port", str(p)]  # fmt: skip
+                          "--host", "127.0.0.1", "--http-port", str(p), *extra]  # fmt: skip
 
+    store = start_redis()
     servers = [
         ("ours (lean)", ours("lean"), "ours"),
+        *(
+            [
+                ("ours (lean, Redis history)", ours("lean", "--history-url", store[1]), "ours"),
+                (
+                    "ours (lean, 2 workers, Redis history)",
+                    ours("lean", "--workers", "2", "--history-url", store[1]),
+                    "ours",
+                ),
+            ]
+            if store
+            else []
+        ),
         ("ours (KServe)", ours("kserve"), "ours"),
         (
             "KServe, constant model",
@@ -316,65 +358,85 @@ def main():
         "|---|---|---|---|---|---|---|---|"
     )
     lines = [header]
-    for label, command, kind in servers:
-        if opts.only and opts.only not in label:
-            continue
-        colds, checks = [], ""
-        for _ in range(opts.cold_starts):
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            ready = f"{base}/v2/health/ready" if kind == "v2-only" else f"{base}/v1/models/{NAME}"
-            try:
-                process, seconds = start(command(port), ready)
-            except RuntimeError as exc:
-                notes.append(f"{label}: {exc}")
-                break
-            colds.append(seconds)
+    # Cold starts one server at a time; then every server up at once and the load in
+    # alternating rounds (each round visits every server), so a slow spell of the machine
+    # falls on all of them alike.
+    running = []
+    try:
+        for label, command, kind in servers:
+            if opts.only and not any(part in label for part in opts.only.split(",")):
+                continue
+            colds = []
+            for _ in range(opts.cold_starts):
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                ready = f"{base}/v2/health/ready" if kind == "v2-only" else f"{base}/v1/models/{NAME}"
+                try:
+                    process, seconds = start(command(port), ready)
+                except RuntimeError as exc:
+                    notes.append(f"{label}: {exc}")
+                    break
+                colds.append(seconds)
+                if len(colds) < opts.cold_starts:
+                    stop(process)
             if len(colds) < opts.cold_starts:
-                stop(process)
-        if len(colds) < opts.cold_starts:
-            continue
-        try:
-            if kind == "ours":
-                checks = check_ours(base, rows[:200], offline)
-            v1 = (
-                None
-                if kind == "v2-only"
-                else median_round(
-                    binary, f"{base}/v1/models/{NAME}:predict", v1_row, opts.connections, opts.seconds, opts.rounds
+                continue
+            checks = check_ours(base, rows[:200], offline) if kind == "ours" else ""
+            running.append({"label": label, "kind": kind, "base": base, "process": process, "colds": colds,
+                            "checks": checks, "V1": [], "V2": [], "batch": []})  # fmt: skip
+        for _ in range(opts.rounds):
+            for server in running:
+                base, kind = server["base"], server["kind"]
+                if kind != "v2-only":
+                    server["V1"].append(
+                        wrk(binary, f"{base}/v1/models/{NAME}:predict", v1_row, opts.connections, opts.seconds)
+                    )
+                server["V2"].append(
+                    wrk(binary, f"{base}/v2/models/{NAME}/infer", v2_row, opts.connections, opts.seconds)
                 )
-            )
-            v2 = median_round(
-                binary, f"{base}/v2/models/{NAME}/infer", v2_row, opts.connections, opts.seconds, opts.rounds
-            )
-            batch = (
-                None
-                if kind == "v2-only"
-                else median_round(
-                    binary, f"{base}/v1/models/{NAME}:predict", v1_batch, opts.connections, opts.seconds, opts.rounds
-                )
-            )
-        finally:
-            stop(process)
+                if kind != "v2-only":
+                    server["batch"].append(
+                        wrk(binary, f"{base}/v1/models/{NAME}:predict", v1_batch, opts.connections, opts.seconds)
+                    )
+    finally:
+        for server in running:
+            stop(server["process"])
+    ceiling = None
+    for server in running:
+        v1, v2, batch = (median(server[w]) for w in ("V1", "V2", "batch"))
+        checks = server["checks"]
         for workload, r in (("V1", v1), ("V2", v2), ("batch", batch)):
             if r and "failed" in r:
                 checks += f" {workload}: wrk failed ({r['failed']})"
             elif r and r["errors"]:
                 checks += f" {workload}: {r['errors']} non-2xx answers"
+        if server["label"] == "ASGI, constant" and v1 and "failed" not in v1:
+            ceiling = v1["rps"]
+        server["v1"] = v1
 
         def cell(r, key, fmt):
             # Not served, failed, or answered with errors: no figure.
             return "-" if r is None or "failed" in r or r["errors"] else format(r[key], fmt)
 
         lines.append(
-            f"| {label} | {cell(v1, 'rps', ',.0f')} | {cell(v1, 'p99', '.2f')} | {cell(v2, 'rps', ',.0f')} | "
+            f"| {server['label']} | {cell(v1, 'rps', ',.0f')} | {cell(v1, 'p99', '.2f')} | {cell(v2, 'rps', ',.0f')} | "
             f"{cell(v2, 'p99', '.2f')} | {cell(batch and {**batch, 'rows': batch.get('rps', 0) * 100}, 'rows', ',.0f')} | "
-            f"{statistics.median(colds):.2f} | {checks} |"
+            f"{statistics.median(server['colds']):.2f} | {checks} |"
         )
-        print(lines[-1], flush=True)
+    if ceiling:
+        lines.append("")
+        lines.append("V1 req/s as a share of the constant-answer ASGI ceiling:")
+        for server in running:
+            v1 = server["v1"]
+            if v1 and "failed" not in v1 and not v1["errors"]:
+                lines.append(f"- {server['label']}: {v1['rps'] / ceiling:.2f}")
     print("\n" + "\n".join(lines))
     for note in notes:
         print(f"note: {note}")
+    if store:
+        stop(store[0])
+    else:
+        print("note: redis-server not found (Debian package redis-server): the Redis history rows were skipped")
 
 
 if __name__ == "__main__":
