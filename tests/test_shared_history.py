@@ -403,3 +403,34 @@ def test_bad_timestamps_are_refused_with_the_reason(windowed, timestamps, messag
 
     with pytest.raises(InputProblem, match=message):
         parse_timestamps(timestamps, 2)
+
+
+def test_a_row_still_being_scored_elsewhere_is_recomputed_not_waited_for(windowed, redis):
+    """Process B gets the entity's next row while process A has not written back the raw
+    score of the row before (still scoring it): B recomputes that score from the rows it got,
+    and both answers equal offline scoring."""
+    import asyncio
+
+    from anomaly_mlops.serving.history import EntityHistory
+    from anomaly_mlops.serving.shared_history import SharedHistory
+
+    model, X = windowed
+    redis.command("FLUSHALL")
+
+    async def run():
+        a, b = (SharedHistory(model, redis.url, "m", "v") for _ in range(2))
+        first = await a.begin("e", X[:20]).ready()
+        out = [first.score_alone(model)]
+        await asyncio.sleep(0.05)  # A's write-back reaches the store
+        held = await a.begin("e", X[20:21]).ready()  # A scores row 20 later
+        later = await b.begin("e", X[21:22]).ready()
+        assert later.last == model.smoothing  # its row and the smoothing's earlier rows, recomputed
+        out += [held.score_alone(model), later.score_alone(model)]
+        await a.close()
+        await b.close()
+        return out
+
+    out = asyncio.run(run())
+    one = EntityHistory(model)  # one server, the same requests
+    expected = [one.score("e", X[:20]), one.score("e", X[20:21]), one.score("e", X[21:22])]
+    np.testing.assert_array_equal(np.concatenate([o[1] for o in out]), np.concatenate([e[1] for e in expected]))

@@ -3,12 +3,13 @@ serves one model version (``serve --history-url redis://HOST:PORT/DB``).
 
 Round-robin routing sends an entity's rows to any replica, so no process can keep its
 history alone (history.py keeps it in process memory: one replica, one process). Here each
-request appends its rows to the entity's record with one atomic script that returns the rows
-before them: the record's order is the order the store ran the appends, whichever process
-sent them. A record holds the rows the model's window and smoothing reach back to, and the
-count of rows seen; the raw scores the smoothing needs are recomputed from those rows, so
-no process waits for a score another process has not written yet, and the answer is the
-one history.py gives for the same order of rows (tests/test_shared_history.py).
+request appends its rows to the entity's record with one atomic script that returns what
+was there before: the record's order is the order the store ran the appends, whichever
+process sent them. A record holds the rows the model's window and smoothing reach back to,
+and the raw scores of the last rows as the process that scored them wrote them back; a raw
+score not written yet (another process is still scoring that row) is recomputed from the
+rows. Either way the answer is the one history.py gives for the same order of rows, bit for
+bit (tests/test_shared_history.py).
 
 - The key holds the model name, version and manifest digest: a canary and the stable
   version, or two rollouts, never read each other's rows.
@@ -18,17 +19,18 @@ one history.py gives for the same order of rows (tests/test_shared_history.py).
   one key, so an eviction drops an entity whole, never half of it).
 - A store that is unreachable, slow or refusing raises HistoryUnavailable: the servers
   answer 503 with Retry-After; they never score a row without the history it needs.
-- One process sends its appends in arrival order over one connection (the requests of an
-  event-loop tick in one pipeline, the next tick's after it), so per-entity order holds
-  within a process as it does across processes.
+- One process sends its commands in arrival order on one connection, pipelined (the
+  requests of an event-loop tick in one write, without waiting for earlier replies), so
+  per-entity order holds within a process as it does across processes. The client is a few
+  lines over hiredis' reply parser: the Redis protocol needs no more here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from urllib.parse import urlsplit
+from collections import deque
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 
@@ -39,37 +41,94 @@ from anomaly_mlops.serving.history import history_marks, max_gap_s, not_newer, r
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: the entity's record, "<rows in its run>|<newest row's timestamp, or empty>|<rows, packed float64>".
-# ARGV: bytes of rows to keep, TTL in ms, rows in this request, this request's last rows,
-# its first and last timestamps (empty without), the largest gap in seconds, and the run
-# length after it when the request itself holds a gap (else empty).
-# Returns {rows in the run before this request, the kept rows before it} (both reset after a
-# gap), or {-1, newest timestamp} for rows not after the entity's newest: nothing written.
-APPEND_SCRIPT = """
-local record = redis.call('GET', KEYS[1])
-local seen, newest, stamp, prior = 0, nil, '', ''
-if record then
+# A record: "<generation>|<rows in the current run>|<rows appended in this generation>|<newest
+# row's timestamp, or empty>|<rows kept>|" then the kept rows (packed float64) then the raw
+# scores of the last of them (float64, NaN until written back). A generation starts with the
+# record and at every gap, so a late write-back never lands in another series.
+_PARSE = """
+local function parse(record, rowbytes)
   local a = string.find(record, '|', 1, true)
   local b = string.find(record, '|', a + 1, true)
-  seen = tonumber(string.sub(record, 1, a - 1))
-  stamp = string.sub(record, a + 1, b - 1)
-  newest = tonumber(stamp)
-  prior = string.sub(record, b + 1)
+  local c = string.find(record, '|', b + 1, true)
+  local d = string.find(record, '|', c + 1, true)
+  local e = string.find(record, '|', d + 1, true)
+  local nrows = tonumber(string.sub(record, d + 1, e - 1))
+  local rows_end = e + nrows * rowbytes
+  return string.sub(record, 1, a - 1), tonumber(string.sub(record, a + 1, b - 1)),
+    tonumber(string.sub(record, b + 1, c - 1)), string.sub(record, c + 1, d - 1), nrows,
+    string.sub(record, e + 1, rows_end), string.sub(record, rows_end + 1), rows_end
 end
-local first = tonumber(ARGV[5])
+"""
+
+# KEYS[1]: the record. ARGV: 1 rows to keep, 2 bytes per row, 3 raw scores to keep, 4 TTL ms,
+# 5 rows in this request, 6 its last rows, 7-8 its first and last timestamps (empty without),
+# 9 the largest gap in seconds, 10 the run length after it when the request holds a gap
+# (else empty), 11 an unknown raw score (NaN, 8 bytes).
+# Returns {rows in the run before, generation, rows appended before, kept rows, their raw
+# scores} (after a gap: an empty run), or {-1, newest timestamp} for rows not after the
+# entity's newest: nothing written.
+APPEND_SCRIPT = (
+    _PARSE
+    + """
+local rowbytes = tonumber(ARGV[2])
+local gen, run, total, stamp, rows, raws = nil, 0, 0, '', '', ''
+local record = redis.call('GET', KEYS[1])
+if record then
+  local nrows
+  gen, run, total, stamp, nrows, rows, raws = parse(record, rowbytes)
+end
+local newest, first = tonumber(stamp), tonumber(ARGV[7])
 if first and newest then
   if first <= newest then return {-1, stamp} end
-  if first - newest > tonumber(ARGV[7]) then seen, prior = 0, '' end
+  if first - newest > tonumber(ARGV[9]) then gen, run, total, rows, raws = nil, 0, 0, '', '' end
 end
-local run = seen + tonumber(ARGV[3])
-if ARGV[8] ~= '' then run = tonumber(ARGV[8]) end
-if ARGV[6] ~= '' then stamp = ARGV[6] end
-local keep = tonumber(ARGV[1])
-local joined = prior .. ARGV[4]
-local kept = string.sub(joined, math.max(#joined - keep + 1, 1))
-redis.call('SET', KEYS[1], string.format('%d', run) .. '|' .. stamp .. '|' .. kept, 'PX', ARGV[2])
-return {seen, prior}
+if not gen then
+  local now = redis.call('TIME')
+  gen = now[1] .. '.' .. now[2]
+end
+local n = tonumber(ARGV[5])
+local after = run + n
+if ARGV[10] ~= '' then after = tonumber(ARGV[10]) end
+if ARGV[8] ~= '' then stamp = ARGV[8] end
+local joined = rows .. ARGV[6]
+local kept = string.sub(joined, math.max(#joined - tonumber(ARGV[1]) * rowbytes + 1, 1))
+local nkept = #kept / rowbytes
+local k = math.min(tonumber(ARGV[3]), nkept)
+local scores = raws .. string.rep(ARGV[11], math.min(n, tonumber(ARGV[3])))
+scores = string.sub(scores, math.max(#scores - k * 8 + 1, 1))
+redis.call('SET', KEYS[1], gen .. '|' .. string.format('%d', after) .. '|' .. string.format('%d', total + n) ..
+  '|' .. stamp .. '|' .. string.format('%d', nkept) .. '|' .. kept .. scores, 'PX', ARGV[4])
+return {run, gen, total, rows, raws}
 """
+)
+
+# KEYS[1]: the record. ARGV: 1 generation, 2 index (rows appended before) of the first score
+# sent, 3 the raw scores (float64), 4 bytes per row. Fills those of the kept raw scores it
+# covers; nothing when the record is another generation (expired, or a gap came between).
+WRITE_BACK_SCRIPT = (
+    _PARSE
+    + """
+local record = redis.call('GET', KEYS[1])
+if not record then return 0 end
+local gen, run, total, stamp, nrows, rows, raws, rows_end = parse(record, tonumber(ARGV[4]))
+if gen ~= ARGV[1] then return 0 end
+local first, sent = tonumber(ARGV[2]), ARGV[3]
+local lowest = total - #raws / 8
+local out = {}
+for j = 0, #raws / 8 - 1 do
+  local i = lowest + j - first
+  if i >= 0 and i < #sent / 8 then
+    out[#out + 1] = string.sub(sent, i * 8 + 1, i * 8 + 8)
+  else
+    out[#out + 1] = string.sub(raws, j * 8 + 1, j * 8 + 8)
+  end
+end
+redis.call('SET', KEYS[1], string.sub(record, 1, rows_end) .. table.concat(out), 'KEEPTTL')
+return 1
+"""
+)
+
+UNKNOWN_RAW = np.array([np.nan], dtype="<f8").tobytes()
 
 DEFAULT_HISTORY_TIMEOUT_S = 0.5
 
@@ -100,11 +159,55 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-class SharedHistory:
-    """Per-entity history in a Redis/Valkey store; ``await begin(entity, X)`` in place of
-    history.EntityHistory.begin."""
+class _Replies(asyncio.Protocol):
+    """One connection to the store: commands written in order, replies (parsed by hiredis)
+    handed to the futures waiting for them in the same order; None for a command whose reply
+    nobody waits for."""
 
-    shared = True
+    def __init__(self):
+        import hiredis
+
+        self.reader = hiredis.Reader()
+        self.waiting: deque[asyncio.Future | None] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.broken = False
+        self.reason = "the connection closed"
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.feed(data)
+            while (reply := self.reader.gets()) is not False:
+                future = self.waiting.popleft()
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except Exception as exc:  # noqa: BLE001 - a reply we cannot read: the connection is useless
+            self.abort(f"unreadable reply: {exc}")
+
+    def connection_lost(self, exc) -> None:
+        self.broken = True
+        error = ConnectionError(str(exc) if exc else self.reason)
+        while self.waiting:
+            future = self.waiting.popleft()
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    def send(self, payload: bytes, futures: list) -> None:
+        self.waiting.extend(futures)
+        self.transport.write(payload)
+
+    def abort(self, reason: str) -> None:
+        self.reason = reason
+        self.broken = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class SharedHistory:
+    """Per-entity history in a Redis/Valkey store: history.EntityHistory's ``begin``, with
+    the store's round trip in ``await pending.ready()``."""
 
     def __init__(
         self,
@@ -115,8 +218,6 @@ class SharedHistory:
         timeout_s: float = DEFAULT_HISTORY_TIMEOUT_S,
         ttl_s: float | None = None,
     ):
-        import redis.asyncio
-
         self.model = model
         self.url = check_history_url(url)
         self.where = redact_url(url)
@@ -124,15 +225,22 @@ class SharedHistory:
         self.ttl_s = ttl_s if ttl_s is not None else 5 * sample_interval_s(model)
         self.max_gap_s = max_gap_s(model)
         self.width = len(model.schema)
+        self._window_rows = max(model.transform.window - 1, 0)
         self._keep_rows = model.history_rows  # the window's rows and those whose raw scores the smoothing needs
-        self._redo = model.smoothing - 1
-        self._keep_bytes = 8 * self.width * self._keep_rows
-        self.prefix = f"anomaly-mlops:history:{model_name}:{version or '-'}:{model.manifest_digest[:16]}:"
-        self._client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, single_connection_client=True
+        self._keep_raw = model.smoothing - 1
+        self._row_bytes = str(8 * self.width).encode()
+        self._fixed = (
+            str(self._keep_rows).encode(),
+            self._row_bytes,
+            str(self._keep_raw).encode(),
+            str(max(int(self.ttl_s * 1000), 1)).encode(),
         )
-        self._queue: list[tuple] = []  # (entity, rows, timestamps or None, future)
-        self._sending = False
+        self._gap = repr(self.max_gap_s).encode()
+        self.prefix = f"anomaly-mlops:history:{model_name}:{version or '-'}:{model.manifest_digest[:16]}:"
+        self._queue: list[tuple[tuple, asyncio.Future | None]] = []
+        self._flush_scheduled = False
+        self._connecting = False
+        self._connection: _Replies | None = None
         log.info(
             "entity history in %s under %s*: the last %d rows of each entity, forgotten after %.0f s unseen",
             self.where,
@@ -147,101 +255,155 @@ class SharedHistory:
     def begin(self, entity: str, X: np.ndarray, times=None) -> PendingScores:
         """history.EntityHistory.begin with the history in the store: ``await pending.ready()``
         appends ``X`` (the entity's next rows, oldest first) to its record and sets the rows
-        before them; it raises HistoryUnavailable when the store does not answer. Call it
-        on the event loop in the order the requests arrived."""
+        before them; it raises HistoryUnavailable when the store does not answer, and
+        InputProblem for rows not after the entity's newest. Call ``ready`` on the event
+        loop in the order the requests arrived."""
         model = self.model
         finishing = {}  # set by prepare; finish may be wrapped before (protocol.begin_request)
         pending = PendingScores(X, lambda raw: finishing["finish"](raw), model.transform, last=len(X))
+        key = (self.prefix + entity).encode()
 
         async def prepare() -> None:
-            loop = asyncio.get_running_loop()
-            future = loop.create_future()
-            self._queue.append((entity, X, times, future))
-            if not self._sending:
-                self._sending = True
-                loop.create_task(self._send())
-            seen, prior = await future
-            if seen == -1:  # not after the entity's newest row: refused, nothing written
-                raise not_newer(entity, float(times[0]), float(prior))
+            future = asyncio.get_running_loop().create_future()
+            self._send(self._append_command(key, X, times), future)
+            try:
+                answer = await future
+            except Exception as exc:  # noqa: BLE001
+                raise self._unavailable(exc) from None
+            if not isinstance(answer, list):  # the store's error
+                raise self._unavailable(answer)
+            if answer[0] == -1:  # not after the entity's newest row: refused, nothing written
+                raise not_newer(entity, float(times[0]), float(answer[1]))
+            run, generation, total, prior, prior_raw = answer
             before = np.frombuffer(prior, dtype="<f8").reshape(-1, self.width)
-            redo = min(self._redo, len(before))  # earlier rows whose raw scores the smoothing needs
-            complete = history_marks(seen, len(X), model.history_rows, times, self.max_gap_s)
+            known = np.frombuffer(prior_raw, dtype="<f8")
+            need = min(self._keep_raw, len(before))  # earlier raw scores the smoothing needs
+            complete = history_marks(run, len(X), model.history_rows, times, self.max_gap_s)
+            if need and (len(known) < need or np.isnan(known[-need:]).any()):
+                # A raw score not written back yet: recomputed with the rows before it.
+                pending.rows = np.vstack([before, X])
+                pending.last, redo = need + len(X), need
+            else:
+                window = before[max(len(before) - self._window_rows, 0) :] if self._window_rows else before[:0]
+                pending.rows = np.vstack([window, X]) if len(window) else X
+                pending.last, redo = len(X), 0
+            earlier = known[len(known) - need :] if need and not redo else known[:0]
 
             def finish(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                scores = smooth_scores(raw, model.smoothing)[redo:] if model.smoothing > 1 else raw
+                own = raw[redo:]
+                if self._keep_raw:
+                    self._write_back(key, generation, total, own)
+                    joined = np.concatenate([earlier, raw]) if len(earlier) else raw
+                    scores = smooth_scores(joined, model.smoothing)[len(joined) - len(own) :]
+                else:
+                    scores = own
                 return model.label(scores), scores, complete
 
-            pending.rows = np.vstack([before, X]) if len(before) else X
-            pending.last = redo + len(X)
             finishing["finish"] = finish
 
         pending.prepare = prepare
         return pending
 
-    async def _send(self) -> None:
-        """Sends what the queue holds in one pipeline, in arrival order; then what came meanwhile."""
+    def _append_command(self, key: bytes, X: np.ndarray, times) -> tuple:
+        tail = np.ascontiguousarray(X[max(len(X) - self._keep_rows, 0) :], dtype="<f8").tobytes()
+        first = last = run = b""
+        if times is not None:
+            first, last = repr(float(times[0])).encode(), repr(float(times[-1])).encode()
+            after = run_after(-(10**9), len(X), times, self.max_gap_s)  # negative: no gap inside
+            run = str(after).encode() if after >= 0 else b""
+        keep_rows, row_bytes, keep_raw, ttl_ms = self._fixed
+        return (b"EVAL", APPEND_SCRIPT, b"1", key, keep_rows, row_bytes, keep_raw, ttl_ms, str(len(X)).encode(),
+                tail, first, last, self._gap, run, UNKNOWN_RAW)  # fmt: skip
+
+    def _write_back(self, key: bytes, generation: bytes, total: int, raw: np.ndarray) -> None:
+        """The rows' raw scores into the record (no reply awaited): the next request of the
+        entity, in whatever process, smooths with them instead of recomputing."""
+        sent = raw[max(len(raw) - self._keep_raw, 0) :]
+        first = total + len(raw) - len(sent)
+        payload = np.ascontiguousarray(sent, dtype="<f8").tobytes()
+        command = (b"EVAL", WRITE_BACK_SCRIPT, b"1", key, generation, str(first).encode(), payload, self._row_bytes)
+        self._send(command, None)
+
+    def _send(self, command: tuple, future: asyncio.Future | None) -> None:
+        """Queue a command; the queue is written at the end of this event-loop tick."""
+        self._queue.append((command, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        import hiredis
+
+        self._flush_scheduled = False
+        if self._connecting or not self._queue:
+            return  # the connection, once made, writes the queue
+        connection = self._connection
+        if connection is None or connection.broken:
+            self._connecting = True
+            asyncio.get_running_loop().create_task(self._connect())
+            return
+        batch, self._queue = self._queue, []
+        futures = [future for _, future in batch]
+        connection.send(b"".join(hiredis.pack_command(command) for command, _ in batch), futures)
+        waited = [f for f in futures if f is not None]
+        if waited:  # replies late: the connection is dropped, failing every request waiting on it
+            asyncio.get_running_loop().call_later(self.timeout_s, self._expire, connection, waited)
+
+    @staticmethod
+    def _expire(connection: _Replies, futures: list) -> None:
+        if any(not f.done() for f in futures):
+            connection.abort("timed out")
+
+    async def _connect(self) -> None:
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    answers = await asyncio.wait_for(self._append_all(batch), self.timeout_s * 2)
-                except Exception as exc:  # noqa: BLE001 - every waiting request answers 503
-                    answers = [exc] * len(batch)
-                for (*_, future), answer in zip(batch, answers):
-                    if future.done():
-                        continue
-                    if isinstance(answer, BaseException):
-                        future.set_exception(self._unavailable(answer))
-                    else:
-                        future.set_result(answer)
+            self._connection = await asyncio.wait_for(self._open(), self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - every queued request answers 503
+            batch, self._queue = self._queue, []
+            error = ConnectionError("timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__)
+            for _, future in batch:
+                if future is not None and not future.done():
+                    future.set_exception(error)
         finally:
-            self._sending = False
+            self._connecting = False
+        self._flush()
 
-    async def _append_all(self, batch) -> list:
-        """The script's answer (or the store's error) for each request, in order. EVAL with
-        the script's text, not EVALSHA: a store restarted without its scripts would answer
-        NOSCRIPT, and redis-py leaves a connection unusable after an error in a pipeline."""
-        ttl_ms = str(max(int(self.ttl_s * 1000), 1))
-        pipe = self._client.pipeline(transaction=False)
-        gap = repr(self.max_gap_s)
-        for entity, X, times, _ in batch:
-            tail = np.ascontiguousarray(X[max(len(X) - self._keep_rows, 0) :], dtype="<f8").tobytes()
-            first = last = run = ""
-            if times is not None:
-                first, last = repr(float(times[0])), repr(float(times[-1]))
-                after = run_after(-(10**9), len(X), times, self.max_gap_s)  # negative: no gap inside
-                run = str(after) if after >= 0 else ""
-            pipe.execute_command(
-                "EVAL",
-                APPEND_SCRIPT,
-                1,
-                self.prefix + entity,
-                self._keep_bytes,
-                ttl_ms,
-                len(X),
-                tail,
-                first,
-                last,
-                gap,
-                run,
-            )
-        return await pipe.execute(raise_on_error=False)
+    async def _open(self) -> _Replies:
+        """A connection, authenticated and on the URL's database."""
+        import hiredis
 
-    def _unavailable(self, exc: BaseException) -> HistoryUnavailable:
-        reason = "timed out" if isinstance(exc, TimeoutError | asyncio.TimeoutError) else str(exc) or type(exc).__name__
+        loop = asyncio.get_running_loop()
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            _, connection = await loop.create_unix_connection(_Replies, parts.path)
+        else:
+            import ssl
+
+            tls = ssl.create_default_context() if parts.scheme == "rediss" else None
+            _, connection = await loop.create_connection(_Replies, parts.hostname, parts.port or 6379, ssl=tls)
+        setup = []
+        if parts.password is not None:
+            user = unquote(parts.username) if parts.username else None
+            setup.append(("AUTH", *([user] if user else []), unquote(parts.password)))
+        db = parts.path.strip("/") if parts.scheme != "unix" else dict(parse_qsl(parts.query)).get("db", "")
+        if db and db != "0":
+            setup.append(("SELECT", db))
+        if setup:
+            futures = [loop.create_future() for _ in setup]
+            connection.send(b"".join(hiredis.pack_command(c) for c in setup), futures)
+            for command, future in zip(setup, futures):
+                reply = await future
+                if isinstance(reply, Exception):
+                    connection.abort("refused")
+                    raise ConnectionError(f"{command[0]} refused: {reply}")
+        return connection
+
+    def _unavailable(self, exc) -> HistoryUnavailable:
+        reason = str(exc) or type(exc).__name__
         log.warning("history store %s: %s", self.where, reason)
         return HistoryUnavailable(
             f"the entity history store ({self.where}) did not answer ({reason}); the rows were not scored: retry"
         )
 
-    async def ping(self) -> float:
-        """Seconds for one round trip to the store; raises HistoryUnavailable."""
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(self._client.ping(), self.timeout_s)
-        except Exception as exc:  # noqa: BLE001
-            raise self._unavailable(exc) from None
-        return time.perf_counter() - started
-
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._connection is not None and self._connection.transport is not None:
+            self._connection.transport.close()
