@@ -600,11 +600,11 @@ def test_a_windowed_model_scales_out_with_a_shared_history_store(windowed):
     """With --history-secret the replicas keep entity history in one store
     (tests/test_shared_history.py), so several are allowed; the URL (it may hold a password)
     reaches the server from the Secret through the environment, never in the object."""
-    import crd_schema
-
     from anomaly_mlops.model.artifacts import check_replicas
     from anomaly_mlops.params import HISTORY_URL_ENV
     from anomaly_mlops.steps.deploy import build_inference_service
+
+    import crd_schema
 
     check_replicas(4, windowed[0].model_dir, shared_history=True)
     spec = DeploySpec("x", NS, storage_uri="s3://b/x/v1/", max_replicas=4, history_secret="anomaly-history")
