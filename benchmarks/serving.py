@@ -11,7 +11,8 @@ Servers (one process each unless said, loopback, the same 100-tree default model
   sklearn runtime      KServe's upstream sklearnserver, in its own venv (KServe's git tag or --kserve-src)
   MLServer             mlserver + mlserver-sklearn, in its own venv (V2 only)
 For each: cold start (process start to the first 200 from its readiness route), then with wrk
-at --connections: single-row V1, single-row V2, and 100-row V1 batches; medians of --rounds
+at --connections: single-row V1, single-row V2 (each request for the next of 64 entities in
+turn), and 100-row V1 batches; medians of --rounds
 rounds of --seconds, the rounds alternating between the servers (all up at once). V1 figures
 are also given as a share of the constant-answer ASGI app (the stack's ceiling). Before the load, our servers are checked: parity with scikit-learn
 (<= 1e-6), 400 for a bad row, 413 for an oversized body.
@@ -51,6 +52,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 BENCH_VENVS = ROOT / ".venv-bench"
 NAME = "anomaly-detector"
+ENTITIES = 64
 
 
 def ensure_wrk() -> str:
@@ -125,11 +127,15 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk(binary: str, url: str, body: bytes, connections: int, seconds: float) -> dict:
+def wrk(binary: str, url: str, body: bytes | list[bytes], connections: int, seconds: float) -> dict:
+    """wrk's figures for POSTs of ``body`` (a list: each request the next body, in turn)."""
+    bodies = body if isinstance(body, list) else [body]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(body.decode())}\n"
+            f"bodies = {{{', '.join(json.dumps(b.decode()) for b in bodies)}}}\n"
+            "i = 0\nrequest = function()\n  i = i % #bodies + 1\n"
+            "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
         )
     run = subprocess.run(
         [binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", script.name, url],
@@ -243,13 +249,18 @@ def main():
     offline = model.anomaly_scores(rows[:200])
     row = rows[0].tolist()
     # A model with score smoothing needs the series a row belongs to; others ignore the key.
-    v1_row = json.dumps({"instances": [row], "entity": "bench"}).encode()
-    v2_row = json.dumps(
-        {
-            "inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "FP64", "data": row}],
-            "parameters": {"entity": "bench"},
-        }
-    ).encode()
+    # Requests go to ENTITIES series in turn, as many nodes' streams would: no two requests of
+    # one series are in flight together (16 connections), as in a stream row by row.
+    v1_row = [json.dumps({"instances": [row], "entity": f"bench-{e}"}).encode() for e in range(ENTITIES)]
+    v2_row = [
+        json.dumps(
+            {
+                "inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "FP64", "data": row}],
+                "parameters": {"entity": f"bench-{e}"},
+            }
+        ).encode()
+        for e in range(ENTITIES)
+    ]
     v1_batch = json.dumps({"instances": rows[:100].tolist()}).encode()
 
     py = sys.executable

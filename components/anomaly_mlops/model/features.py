@@ -21,6 +21,7 @@ Windows are set in minutes and turned into rows with the data's sample interval,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,22 @@ def smooth_scores(raw: np.ndarray, rows: int) -> np.ndarray:
     end = np.arange(1, raw.size + 1)
     start = np.maximum(end - rows, 0)
     return (total[end] - total[start]) / (end - start)
+
+
+def smooth_after(earlier: np.ndarray, raw: np.ndarray, rows: int) -> np.ndarray:
+    """The smoothed scores of ``raw``, the series' next raw scores after ``earlier`` (at least
+    the last ``rows - 1`` before them, or all there are): what a server answers while
+    streaming. One score (a single-row request, the serving norm) is the exactly rounded
+    mean of its window (math.fsum), without numpy's per-call cost; several go through
+    smooth_scores. Either agrees with smooth_scores of the whole series to about 1e-16."""
+    if rows <= 1:
+        return raw
+    if len(raw) == 1:
+        window = earlier[max(len(earlier) - rows + 1, 0) :].tolist()
+        window.append(float(raw[0]))
+        return np.array([math.fsum(window) / len(window)])
+    joined = np.concatenate([earlier, raw]) if len(earlier) else raw
+    return smooth_scores(joined, rows)[len(joined) - len(raw) :]
 
 
 def smooth_by_entity(raw: np.ndarray, entities: np.ndarray | None, rows: int) -> np.ndarray:

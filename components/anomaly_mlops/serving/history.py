@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
-from anomaly_mlops.model.features import DEFAULT_SAMPLE_INTERVAL_S, smooth_scores
+from anomaly_mlops.model.features import DEFAULT_SAMPLE_INTERVAL_S, smooth_after
 from anomaly_mlops.params import DEFAULT_MAX_ENTITIES
 from anomaly_mlops.serving.problems import InputProblem
 
@@ -46,8 +46,10 @@ def history_marks(seen: int, n_rows: int, history_rows: int, times, max_gap: flo
     """Which of a request's rows have the full history: ``seen`` rows of the entity before
     them, and no gap above ``max_gap`` seconds between its rows since (a split stream, or
     missed samples, makes a window span more time than the model was trained on)."""
+    if n_rows == 1:
+        return np.array([seen >= history_rows])
     run = seen + np.arange(n_rows)
-    if times is not None and n_rows > 1:
+    if times is not None:
         for start in np.flatnonzero(np.diff(times) > max_gap) + 1:
             run[start:] = np.arange(n_rows - start)
     return run >= history_rows
@@ -140,7 +142,7 @@ class EntityHistory:
                 or (gap and times[0] - state.newest > self.max_gap_s)
             ):
                 state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
-            rows = np.vstack([state.rows, X]) if self._keep_rows else X
+            rows = np.concatenate([state.rows, X]) if self._keep_rows else X
             complete = history_marks(state.seen, len(X), model.history_rows, times, self.max_gap_s)
             # Copies: a view would keep the whole request's rows alive and break the memory bound.
             state.rows = rows[max(len(rows) - self._keep_rows, 0) :].copy()
@@ -156,9 +158,9 @@ class EntityHistory:
             with self._lock:
                 kept = state.raw
                 if self._keep_raw:
+                    scores = smooth_after(kept, raw, model.smoothing)
                     joined = np.concatenate([kept, raw])
                     state.raw = joined[max(len(joined) - self._keep_raw, 0) :].copy()
-                    scores = smooth_scores(joined, model.smoothing)[len(kept) :]
                 else:
                     scores = raw
             return model.label(scores), scores, complete

@@ -36,7 +36,7 @@ import numpy as np
 
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
-from anomaly_mlops.model.features import smooth_scores
+from anomaly_mlops.model.features import smooth_after
 from anomaly_mlops.serving.history import history_marks, max_gap_s, not_newer, run_after, sample_interval_s
 
 log = logging.getLogger(__name__)
@@ -293,8 +293,8 @@ class SharedHistory:
                 own = raw[redo:]
                 if self._keep_raw:
                     self._write_back(key, generation, total, own)
-                    joined = np.concatenate([earlier, raw]) if len(earlier) else raw
-                    scores = smooth_scores(joined, model.smoothing)[len(joined) - len(own) :]
+                    # the earlier scores: written back (earlier) or recomputed (raw[:redo])
+                    scores = smooth_after(np.concatenate([earlier, raw[:redo]]), own, model.smoothing)
                 else:
                     scores = own
                 return model.label(scores), scores, complete
