@@ -43,6 +43,20 @@ def _read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole response (head and content-length body) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length"))
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return data
+
+
 def _ready(url: str) -> bool:
     return requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
 
@@ -184,3 +198,53 @@ def test_a_small_request_after_a_large_one_of_its_entity_is_scored_after_it(wind
     large_answer, small_answer = answers[3].json(), answers[4].json()
     np.testing.assert_allclose(large_answer["anomaly_scores"], offline[:-1], rtol=0, atol=1e-9)
     np.testing.assert_allclose(small_answer["anomaly_scores"], offline[-1:], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_requests_written_on_kept_alive_connections_at_sigterm_are_answered(model_dir, tmp_path, workers):
+    """Clients that write their next request on a kept-alive connection while the server shuts
+    down (5-24 of them got no answer: uvicorn closes idle connections at once): for
+    DRAIN_IDLE_S each is still read and answered, and only then is the connection closed;
+    the server exits 0."""
+    import signal
+    import subprocess
+    import sys
+
+    from anomaly_mlops.adapters.local_services import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "anomaly_mlops.adapters.cli", "serve", "--model-name", "detector",
+               "--model-dir", str(model_dir), "--host", "127.0.0.1", "--http-port", str(port), "--workers", workers]  # fmt: skip
+    process = subprocess.Popen(command, stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
+    body = json.dumps({"instances": [[50, 60, 30, 80, 50, 0]]}).encode()
+    request = (
+        f"POST /v1/models/detector:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _ready(url):
+                    break
+            except requests.RequestException:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-2000:]
+            time.sleep(0.1)
+        connections = [_connect(url) for _ in range(24)]
+        for sock in connections:  # one answered request each: now idle and kept alive
+            sock.sendall(request)
+            assert _read_response(sock).startswith(b"HTTP/1.1 200")
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # the server has begun to shut down: it no longer accepts connections
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/v2/health/ready", timeout=2)
+        for sock in connections:  # the clients' pooled connections still look open to them
+            sock.sendall(request)
+        answers = [_read_all(sock) for sock in connections]
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert [a[:15] for a in answers] == [b"HTTP/1.1 200 OK"] * len(connections)  # then closed: recv saw its end

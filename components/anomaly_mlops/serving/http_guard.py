@@ -3,7 +3,12 @@
 closed as soon as the limit is passed, so a huge header never sits in memory; a request head
 not complete within ``head_timeout_s`` of the connection or of the request's first byte (a
 silent or trickling client) is answered 408 and closed. Idle keep-alive connections between
-requests are closed by uvicorn's own ``timeout_keep_alive``."""
+requests are closed by uvicorn's own ``timeout_keep_alive``.
+
+On shutdown an idle keep-alive connection is not closed at once, as uvicorn would: a client
+may have written its next request already, and closing would drop it unanswered. The
+connection is read for ``DRAIN_IDLE_S`` more; a request that comes is answered with
+``Connection: close``, then the connection closes."""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from anomaly_mlops.params import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES
 
 log = logging.getLogger(__name__)
+
+DRAIN_IDLE_S = 1.0
 
 
 def _answer(status: str, reason: str) -> bytes:
@@ -34,7 +41,19 @@ def guarded_protocol(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, head_timeout_
             self._in_head = True  # waiting for (the rest of) a request line and headers
             self._rejected = False
             self._head_timer = None
+            self._draining = False
             self._arm_head_timer()
+
+        def shutdown(self) -> None:
+            self._draining = True
+            if self.cycle is None or self.cycle.response_complete:
+                self.loop.call_later(DRAIN_IDLE_S, self._close_if_idle)
+            else:
+                self.cycle.keep_alive = False
+
+        def _close_if_idle(self) -> None:
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
 
         def connection_lost(self, exc) -> None:
             self._cancel_head_timer()
@@ -59,6 +78,8 @@ def guarded_protocol(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, head_timeout_
             self._in_head = False
             self._cancel_head_timer()
             super().on_headers_complete()
+            if self._draining and self.cycle is not None:
+                self.cycle.keep_alive = False  # answered, then closed
 
         def _reject(self, status: str, reason: str) -> None:
             self._rejected = True

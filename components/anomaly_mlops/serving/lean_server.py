@@ -559,7 +559,7 @@ def serve_lean(
         return
     from anomaly_mlops.serving.workers import supervise
 
-    supervise(workers, run)
+    supervise(workers, run, sock)
 
 
 def _run_uvicorn(app: LeanApp, sock, max_head_bytes: int, head_timeout_s: float) -> None:

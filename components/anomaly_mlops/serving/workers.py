@@ -33,9 +33,11 @@ RESTART_WINDOW_S = 60.0
 STOP_GRACE_S = 12.0
 
 
-def supervise(workers: int, run: Callable[[], None]) -> None:
+def supervise(workers: int, run: Callable[[], None], listening=None) -> None:
     """Fork ``workers`` processes that each call ``run()``; return once all have stopped
-    after SIGTERM/SIGINT. Raises ServeError when a worker keeps dying."""
+    after SIGTERM/SIGINT. Raises ServeError when a worker keeps dying. ``listening``: the
+    socket the workers accept on, closed here at SIGTERM (with the workers' copies) so that
+    new connections are refused, not left in a backlog nobody reads."""
     metrics_dir = tempfile.mkdtemp(prefix="anomaly-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     children: dict[int, int] = {}
@@ -64,6 +66,8 @@ def supervise(workers: int, run: Callable[[], None]) -> None:
     def stop(*_) -> None:
         nonlocal stopping
         stopping = True
+        if listening is not None:
+            listening.close()
         for pid in list(children):
             _signal(pid, signal.SIGTERM)
 
