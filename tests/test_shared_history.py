@@ -434,3 +434,42 @@ def test_a_row_still_being_scored_elsewhere_is_recomputed_not_waited_for(windowe
     one = EntityHistory(model)  # one server, the same requests
     expected = [one.score("e", X[:20]), one.score("e", X[20:21]), one.score("e", X[21:22])]
     np.testing.assert_array_equal(np.concatenate([o[1] for o in out]), np.concatenate([e[1] for e in expected]))
+
+
+def _children(pid: int) -> set[int]:
+    from pathlib import Path
+
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_worker_is_started_again_and_the_others_serve_on(model_dir, tmp_path):
+    import signal
+
+    server = Replica(model_dir, tmp_path / "w.log", "--workers", "2")  # a row-wise model: no store needed
+    url = f"{server.url}/v1/models/detector:predict"
+    try:
+        workers = _children(server.process.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        import os
+
+        os.kill(victim, signal.SIGKILL)
+        answers = [requests.post(url, json={"instances": [[50, 60, 30, 80, 50, 0]]}, timeout=10) for _ in range(20)]
+        deadline = time.monotonic() + 10
+        while len(_children(server.process.pid) - {victim}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        replaced = _children(server.process.pid)
+    finally:
+        server.stop()
+    assert [a.status_code for a in answers] == [200] * 20
+    assert len(replaced) == 2 and victim not in replaced
+    assert "starting it again" in server.log_path.read_text()
+    assert server.process.returncode == 0
