@@ -473,3 +473,27 @@ def test_a_killed_worker_is_started_again_and_the_others_serve_on(model_dir, tmp
     assert len(replaced) == 2 and victim not in replaced
     assert "starting it again" in server.log_path.read_text()
     assert server.process.returncode == 0
+
+
+def test_a_store_that_lost_its_scripts_answers_503_once_then_history_goes_on(windowed, redis, tmp_path):
+    """SCRIPT FLUSH (an operator, or a failover to a replica without them): the request that
+    meets it is answered 503, the connection is made again with the scripts loaded, and the
+    entity's history, still in the store, goes on."""
+    model, X = windowed
+    redis.command("FLUSHALL")
+    server = Replica(model.model_dir, tmp_path / "s.log", "--history-url", redis.url)
+    url = f"{server.url}/v1/models/detector:predict"
+
+    def post(i):
+        return requests.post(url, json={"instances": [X[i].tolist()], "entity": "e"}, timeout=10)
+
+    try:
+        before = [post(i).status_code for i in range(20)]
+        assert redis.command("SCRIPT", "FLUSH") == b"+OK"
+        refused = post(20)
+        after = [post(i) for i in range(20, 25)]
+    finally:
+        server.stop()
+    assert before == [200] * 20 and refused.status_code == 503
+    assert [a.status_code for a in after] == [200] * 5
+    assert all(a.json()["history_complete"] == [True] for a in after)

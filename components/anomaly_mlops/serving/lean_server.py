@@ -526,13 +526,17 @@ def serve_lean(
     history_url: str | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT: one process, or ``workers`` processes forked after the
-    model is loaded (its arrays shared copy-on-write) accepting on one listening socket."""
+    model is loaded (its arrays shared copy-on-write), each listening on the port with
+    SO_REUSEPORT, so the kernel spreads connections evenly over them (on one shared socket
+    the first worker to wake takes most of a burst of new connections)."""
     import signal
     import sys
 
     from anomaly_mlops.serving.sockets import bind
 
-    sock = bind(host, http_port)  # a busy port is a ServeError (exit 6), said before anything serves
+    # A busy port is a ServeError (exit 6), said before anything serves. With workers this
+    # socket only holds the port: each worker listens on its own.
+    sock = bind(host, http_port, reuse_port=workers > 1, listen=workers == 1)
     _raise_open_file_limit()
     log.info(
         "serving %s on %s:%d (lean server, %d process%s, bodies up to %d bytes)",
@@ -545,10 +549,11 @@ def serve_lean(
     )
 
     def run() -> None:
+        listening = sock if workers == 1 else bind(host, http_port, reuse_port=True)
         app = LeanApp(
             model_name, model, version, max_instances, max_body_bytes, max_entities, max_large_requests, history_url
         )
-        _run_uvicorn(app, sock, max_head_bytes, head_timeout_s)
+        _run_uvicorn(app, listening, max_head_bytes, head_timeout_s)
 
     if workers == 1:
         # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal into the

@@ -28,6 +28,7 @@ bit (tests/test_shared_history.py).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import deque
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -41,24 +42,11 @@ from anomaly_mlops.serving.history import history_marks, max_gap_s, not_newer, r
 
 log = logging.getLogger(__name__)
 
-# A record: "<generation>|<rows in the current run>|<rows appended in this generation>|<newest
-# row's timestamp, or empty>|<rows kept>|" then the kept rows (packed float64) then the raw
-# scores of the last of them (float64, NaN until written back). A generation starts with the
-# record and at every gap, so a late write-back never lands in another series.
-_PARSE = """
-local function parse(record, rowbytes)
-  local a = string.find(record, '|', 1, true)
-  local b = string.find(record, '|', a + 1, true)
-  local c = string.find(record, '|', b + 1, true)
-  local d = string.find(record, '|', c + 1, true)
-  local e = string.find(record, '|', d + 1, true)
-  local nrows = tonumber(string.sub(record, d + 1, e - 1))
-  local rows_end = e + nrows * rowbytes
-  return string.sub(record, 1, a - 1), tonumber(string.sub(record, a + 1, b - 1)),
-    tonumber(string.sub(record, b + 1, c - 1)), string.sub(record, c + 1, d - 1), nrows,
-    string.sub(record, e + 1, rows_end), string.sub(record, rows_end + 1), rows_end
-end
-"""
+# A record is one hash (one key: an eviction drops an entity whole): "h" = "<generation>|<rows
+# in the current run>|<rows appended in this generation>|<newest row's timestamp, or empty>",
+# "r" = the kept rows (packed float64), "s" = the raw scores of the last of them (float64,
+# NaN until written back). A generation starts with the record and at every gap, so a late
+# write-back never lands in another series.
 
 # KEYS[1]: the record. ARGV: 1 rows to keep, 2 bytes per row, 3 raw scores to keep, 4 TTL ms,
 # 5 rows in this request, 6 its last rows, 7-8 its first and last timestamps (empty without),
@@ -67,15 +55,18 @@ end
 # Returns {rows in the run before, generation, rows appended before, kept rows, their raw
 # scores} (after a gap: an empty run), or {-1, newest timestamp} for rows not after the
 # entity's newest: nothing written.
-APPEND_SCRIPT = (
-    _PARSE
-    + """
+APPEND_SCRIPT = """
 local rowbytes = tonumber(ARGV[2])
 local gen, run, total, stamp, rows, raws = nil, 0, 0, '', '', ''
-local record = redis.call('GET', KEYS[1])
-if record then
-  local nrows
-  gen, run, total, stamp, nrows, rows, raws = parse(record, rowbytes)
+local record = redis.call('HMGET', KEYS[1], 'h', 'r', 's')
+if record[1] then
+  local h = record[1]
+  local a = string.find(h, '|', 1, true)
+  local b = string.find(h, '|', a + 1, true)
+  local c = string.find(h, '|', b + 1, true)
+  gen, run, total, stamp = string.sub(h, 1, a - 1), tonumber(string.sub(h, a + 1, b - 1)),
+    tonumber(string.sub(h, b + 1, c - 1)), string.sub(h, c + 1)
+  rows, raws = record[2] or '', record[3] or ''
 end
 local newest, first = tonumber(stamp), tonumber(ARGV[7])
 if first and newest then
@@ -92,26 +83,27 @@ if ARGV[10] ~= '' then after = tonumber(ARGV[10]) end
 if ARGV[8] ~= '' then stamp = ARGV[8] end
 local joined = rows .. ARGV[6]
 local kept = string.sub(joined, math.max(#joined - tonumber(ARGV[1]) * rowbytes + 1, 1))
-local nkept = #kept / rowbytes
-local k = math.min(tonumber(ARGV[3]), nkept)
+local k = math.min(tonumber(ARGV[3]), #kept / rowbytes)
 local scores = raws .. string.rep(ARGV[11], math.min(n, tonumber(ARGV[3])))
 scores = string.sub(scores, math.max(#scores - k * 8 + 1, 1))
-redis.call('SET', KEYS[1], gen .. '|' .. string.format('%d', after) .. '|' .. string.format('%d', total + n) ..
-  '|' .. stamp .. '|' .. string.format('%d', nkept) .. '|' .. kept .. scores, 'PX', ARGV[4])
+redis.call('HSET', KEYS[1], 'h', gen .. '|' .. string.format('%d', after) .. '|' .. string.format('%d', total + n) ..
+  '|' .. stamp, 'r', kept, 's', scores)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {run, gen, total, rows, raws}
 """
-)
 
 # KEYS[1]: the record. ARGV: 1 generation, 2 index (rows appended before) of the first score
-# sent, 3 the raw scores (float64), 4 bytes per row. Fills those of the kept raw scores it
-# covers; nothing when the record is another generation (expired, or a gap came between).
-WRITE_BACK_SCRIPT = (
-    _PARSE
-    + """
-local record = redis.call('GET', KEYS[1])
-if not record then return 0 end
-local gen, run, total, stamp, nrows, rows, raws, rows_end = parse(record, tonumber(ARGV[4]))
-if gen ~= ARGV[1] then return 0 end
+# sent, 3 the raw scores (float64). Fills those of the kept raw scores it covers; nothing when
+# the record is another generation (expired, or a gap came between).
+WRITE_BACK_SCRIPT = """
+local record = redis.call('HMGET', KEYS[1], 'h', 's')
+if not record[1] then return 0 end
+local h, raws = record[1], record[2] or ''
+local a = string.find(h, '|', 1, true)
+if string.sub(h, 1, a - 1) ~= ARGV[1] then return 0 end
+local b = string.find(h, '|', a + 1, true)
+local c = string.find(h, '|', b + 1, true)
+local total = tonumber(string.sub(h, b + 1, c - 1))
 local first, sent = tonumber(ARGV[2]), ARGV[3]
 local lowest = total - #raws / 8
 local out = {}
@@ -123,10 +115,12 @@ for j = 0, #raws / 8 - 1 do
     out[#out + 1] = string.sub(raws, j * 8 + 1, j * 8 + 8)
   end
 end
-redis.call('SET', KEYS[1], string.sub(record, 1, rows_end) .. table.concat(out), 'KEEPTTL')
+redis.call('HSET', KEYS[1], 's', table.concat(out))
 return 1
 """
-)
+
+SCRIPTS = {name: hashlib.sha1(text.encode()).hexdigest().encode() for name, text in
+           (("append", APPEND_SCRIPT), ("write_back", WRITE_BACK_SCRIPT))}  # fmt: skip
 
 UNKNOWN_RAW = np.array([np.nan], dtype="<f8").tobytes()
 
@@ -271,6 +265,8 @@ class SharedHistory:
             except Exception as exc:  # noqa: BLE001
                 raise self._unavailable(exc) from None
             if not isinstance(answer, list):  # the store's error
+                if "NOSCRIPT" in str(answer) and self._connection is not None:
+                    self._connection.abort("the store lost its scripts")  # reloaded on the next connection
                 raise self._unavailable(answer)
             if answer[0] == -1:  # not after the entity's newest row: refused, nothing written
                 raise not_newer(entity, float(times[0]), float(answer[1]))
@@ -312,7 +308,7 @@ class SharedHistory:
             after = run_after(-(10**9), len(X), times, self.max_gap_s)  # negative: no gap inside
             run = str(after).encode() if after >= 0 else b""
         keep_rows, row_bytes, keep_raw, ttl_ms = self._fixed
-        return (b"EVAL", APPEND_SCRIPT, b"1", key, keep_rows, row_bytes, keep_raw, ttl_ms, str(len(X)).encode(),
+        return (b"EVALSHA", SCRIPTS["append"], b"1", key, keep_rows, row_bytes, keep_raw, ttl_ms, str(len(X)).encode(),
                 tail, first, last, self._gap, run, UNKNOWN_RAW)  # fmt: skip
 
     def _write_back(self, key: bytes, generation: bytes, total: int, raw: np.ndarray) -> None:
@@ -321,7 +317,7 @@ class SharedHistory:
         sent = raw[max(len(raw) - self._keep_raw, 0) :]
         first = total + len(raw) - len(sent)
         payload = np.ascontiguousarray(sent, dtype="<f8").tobytes()
-        command = (b"EVAL", WRITE_BACK_SCRIPT, b"1", key, generation, str(first).encode(), payload, self._row_bytes)
+        command = (b"EVALSHA", SCRIPTS["write_back"], b"1", key, generation, str(first).encode(), payload)
         self._send(command, None)
 
     def _send(self, command: tuple, future: asyncio.Future | None) -> None:
@@ -387,14 +383,17 @@ class SharedHistory:
         db = parts.path.strip("/") if parts.scheme != "unix" else dict(parse_qsl(parts.query)).get("db", "")
         if db and db != "0":
             setup.append(("SELECT", db))
-        if setup:
-            futures = [loop.create_future() for _ in setup]
-            connection.send(b"".join(hiredis.pack_command(c) for c in setup), futures)
-            for command, future in zip(setup, futures):
-                reply = await future
-                if isinstance(reply, Exception):
-                    connection.abort("refused")
-                    raise ConnectionError(f"{command[0]} refused: {reply}")
+        # Loaded on every connection: a store restarted (scripts gone) is a new connection.
+        setup += [("SCRIPT", "LOAD", APPEND_SCRIPT), ("SCRIPT", "LOAD", WRITE_BACK_SCRIPT)]
+        futures = [loop.create_future() for _ in setup]
+        connection.send(b"".join(hiredis.pack_command(c) for c in setup), futures)
+        for command, future in zip(setup, futures):
+            reply = await future
+            if isinstance(reply, Exception):
+                connection.abort("refused")
+                raise ConnectionError(
+                    f"{' '.join(command[:2]) if command[0] == 'SCRIPT' else command[0]} refused: {reply}"
+                )
         return connection
 
     def _unavailable(self, exc) -> HistoryUnavailable:

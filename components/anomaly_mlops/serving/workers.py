@@ -1,6 +1,6 @@
 """Several server processes in one pod (``serve --workers N``): forked after the model is
-loaded, so its arrays are shared copy-on-write, all accepting on the listening socket the
-parent bound. The parent only supervises:
+loaded, so its arrays are shared copy-on-write, each listening on the port with SO_REUSEPORT
+(the kernel spreads new connections evenly). The parent only supervises:
 
 - SIGTERM/SIGINT is passed to every worker, which drains as a single server does
   (lean_server.GRACEFUL_SHUTDOWN_S); a worker still running after that is killed.
@@ -33,11 +33,10 @@ RESTART_WINDOW_S = 60.0
 STOP_GRACE_S = 12.0
 
 
-def supervise(workers: int, run: Callable[[], None], listening=None) -> None:
+def supervise(workers: int, run: Callable[[], None], port_holder=None) -> None:
     """Fork ``workers`` processes that each call ``run()``; return once all have stopped
-    after SIGTERM/SIGINT. Raises ServeError when a worker keeps dying. ``listening``: the
-    socket the workers accept on, closed here at SIGTERM (with the workers' copies) so that
-    new connections are refused, not left in a backlog nobody reads."""
+    after SIGTERM/SIGINT. Raises ServeError when a worker keeps dying. ``port_holder``: the
+    parent's socket on the port (bound, not listening), closed at SIGTERM."""
     metrics_dir = tempfile.mkdtemp(prefix="anomaly-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     children: dict[int, int] = {}
@@ -66,8 +65,8 @@ def supervise(workers: int, run: Callable[[], None], listening=None) -> None:
     def stop(*_) -> None:
         nonlocal stopping
         stopping = True
-        if listening is not None:
-            listening.close()
+        if port_holder is not None:
+            port_holder.close()
         for pid in list(children):
             _signal(pid, signal.SIGTERM)
 
