@@ -578,6 +578,10 @@ def _run_uvicorn(app: LeanApp, sock, max_head_bytes: int, head_timeout_s: float)
         log_level="warning",
         lifespan="off",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Nothing here reads the client's address, so no X-Forwarded-For rewriting on every
+        # request; no "server: uvicorn" header (the Date header stays: HTTP requires it).
+        proxy_headers=False,
+        server_header=False,
     )
     uvicorn.Server(config).run(sockets=[sock])
 
