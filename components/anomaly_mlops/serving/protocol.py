@@ -44,8 +44,9 @@ from anomaly_mlops.model.artifacts import (
 from anomaly_mlops.model.features import smooth_scores
 from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
 from anomaly_mlops.model.platform import is_engine_default_row
-from anomaly_mlops.serving.history import MAX_ENTITY_ID_CHARS, EntityHistory, history_marks, max_gap_s
+from anomaly_mlops.serving.history import MAX_ENTITY_ID_CHARS, EntityHistory
 from anomaly_mlops.serving.problems import InputProblem
+from anomaly_mlops.serving.series import history_marks, max_gap_s
 
 log = logging.getLogger(__name__)
 

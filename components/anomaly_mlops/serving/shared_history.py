@@ -38,7 +38,7 @@ import numpy as np
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
 from anomaly_mlops.model.features import smooth_after
-from anomaly_mlops.serving.history import history_marks, max_gap_s, not_newer, run_after, sample_interval_s
+from anomaly_mlops.serving.series import history_marks, max_gap_s, not_newer, run_after, sample_interval_s
 
 log = logging.getLogger(__name__)
 
