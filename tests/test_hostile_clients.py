@@ -207,31 +207,17 @@ def test_requests_written_on_kept_alive_connections_at_sigterm_are_answered(mode
     DRAIN_IDLE_S each is still read and answered, and only then is the connection closed;
     the server exits 0."""
     import signal
-    import subprocess
-    import sys
 
-    from anomaly_mlops.adapters.local_services import free_port
+    from server_process import ServerProcess
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "anomaly_mlops.adapters.cli", "serve", "--model-name", "detector",
-               "--model-dir", str(model_dir), "--host", "127.0.0.1", "--http-port", str(port), "--workers", workers]  # fmt: skip
-    process = subprocess.Popen(command, stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT)
+    server = ServerProcess(model_dir, tmp_path / "log", "--workers", workers)
+    url, process = server.url, server.process
     body = json.dumps({"instances": [[50, 60, 30, 80, 50, 0]]}).encode()
     request = (
         f"POST /v1/models/detector:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _ready(url):
-                    break
-            except requests.RequestException:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()[-2000:]
-            time.sleep(0.1)
         connections = [_connect(url) for _ in range(24)]
         for sock in connections:  # one answered request each: now idle and kept alive
             sock.sendall(request)

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import requests
 from redis_server import RedisServer, redis_binary
+from server_process import ServerProcess as Replica
 
-from anomaly_mlops.adapters.local_services import free_port, model_server
+from anomaly_mlops.adapters.local_services import model_server
 
 ENTITIES = ("node-a", "node-b")
 ROWS = 48  # per entity: the windowed fixture needs 17 rows of history, so 31 complete rows each
@@ -33,35 +34,6 @@ def redis(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
-
-
-class Replica:
-    """One `anomaly-mlops serve` process (its handle kept, to be killed mid-stream)."""
-
-    def __init__(self, model_dir, log_path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "anomaly_mlops.adapters.cli", "serve", "--model-name", "detector"]
-        command += ["--model-dir", str(model_dir), "--host", "127.0.0.1", "--http-port", str(self.port), *args]
-        self.log_path = log_path
-        self.process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while not _ready(self.url):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/v2/health/ready", timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 class RoundRobinProxy:
@@ -462,6 +434,9 @@ def test_a_killed_worker_is_started_again_and_the_others_serve_on(model_dir, tmp
         import os
 
         os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{victim}") and time.monotonic() < deadline:
+            time.sleep(0.02)  # connections queued to the dying worker's socket are lost with it
         answers = [requests.post(url, json={"instances": [[50, 60, 30, 80, 50, 0]]}, timeout=10) for _ in range(20)]
         deadline = time.monotonic() + 10
         while len(_children(server.process.pid) - {victim}) < 2 and time.monotonic() < deadline:
