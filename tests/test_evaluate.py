@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_mlops.errors import DataError
+from anomaly_mlops.errors import ConfigError, DataError
 from anomaly_mlops.model.artifacts import load_model_dir
 from anomaly_mlops.model.drift import training_ranges
 from anomaly_mlops.model.features import smooth_scores, smoothing_rows
@@ -348,3 +348,38 @@ def test_evaluate_takes_datasets_from_every_dataset_flag(monkeypatch, tmp_path):
     ):
         assert cli.main(["evaluate", "--data-dir", str(tmp_path), *argv]) == 0
         assert seen.pop() == expected
+
+
+def _smd_layout(root, rows=1200, metrics=3, seed=0):
+    """One machine in SMD's layout (no timestamps): train, test, test_label."""
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    for part in ("train", "test", "test_label"):
+        (root / "smd" / part).mkdir(parents=True, exist_ok=True)
+    train = rng.normal(50, 5, (rows, metrics))
+    test = rng.normal(50, 5, (rows, metrics))
+    labels = np.zeros(rows, dtype=np.int8)
+    test[600:660] += 40
+    labels[600:660] = 1
+    for part, X in (("train", train), ("test", test)):
+        with gzip.open(root / "smd" / part / "m-1.txt.gz", "wt") as handle:
+            np.savetxt(handle, X, delimiter=",")
+    np.savetxt(root / "smd" / "test_label" / "m-1.txt", labels, fmt="%d")
+
+
+def test_sample_interval_is_honoured_for_the_smd_layout(tmp_path):
+    """5-minute rows in SMD's layout (which has no timestamps) were read as 1-minute rows, so
+    every window in minutes covered five times the time it should."""
+    from anomaly_mlops.steps.evaluate import evaluate
+
+    _smd_layout(tmp_path)
+    params = TrainParams(n_estimators=20, sample_interval_s=300)
+    (one,) = evaluate(tmp_path, ("smd",), params)["series"]
+    assert one["interval_s"] == 300.0
+    (resampled,) = evaluate(tmp_path, ("smd",), params, resample_minutes=10)["series"]
+    assert resampled["interval_s"] == 600.0  # two 5-minute rows each
+    (default,) = evaluate(tmp_path, ("smd",), TrainParams(n_estimators=20))["series"]
+    assert default["interval_s"] == 60.0  # SMD's own spacing when nothing is said
+    with pytest.raises(ConfigError, match="not a whole number of 300-second rows"):
+        evaluate(tmp_path, ("smd",), params, resample_minutes=7)

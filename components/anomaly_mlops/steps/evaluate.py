@@ -73,13 +73,16 @@ def _resample(X: np.ndarray, factor: int, how: str = "mean") -> np.ndarray:
     return blocks.mean(axis=1) if how == "mean" else blocks.max(axis=1)
 
 
-def load_smd(root: Path, resample_minutes: int = 0):
-    """One Series per machine; ``resample_minutes`` > 1 averages rows (labels: any)."""
+def load_smd(root: Path, resample_minutes: int = 0, interval_s: float | None = None):
+    """One Series per machine, its rows ``interval_s`` apart (SMD's own: one minute; the same
+    layout holds other data, at its own interval); ``resample_minutes`` averages rows into
+    that many minutes (labels: any)."""
     smd = root / "smd"
     machines = sorted(p.name.removesuffix(".txt.gz") for p in (smd / "test").glob("*.txt.gz"))
     if not machines:
         raise DataError(f"no SMD machines under {smd}/test")
-    factor = max(int(resample_minutes), 1)
+    base = float(interval_s or SMD_INTERVAL_S)
+    factor = _resample_factor(resample_minutes, base)
     for machine in machines:
 
         def read(part, machine=machine):
@@ -90,11 +93,22 @@ def load_smd(root: Path, resample_minutes: int = 0):
         train, test = read("train"), read("test")
         if factor > 1:
             train, test, labels = _resample(train, factor), _resample(test, factor), _resample(labels, factor, "max")
-        yield Series("smd", machine, train, test, labels, SMD_INTERVAL_S * factor)
+        yield Series("smd", machine, train, test, labels, base * factor)
 
 
-def load_nab(root: Path, resample_minutes: int = 0):
-    """One Series per NAB series: the probationary first 15% trains."""
+def _resample_factor(resample_minutes: int, interval_s: float) -> int:
+    """Rows averaged into one for ``resample_minutes`` of ``interval_s`` rows (1: none)."""
+    if not resample_minutes:
+        return 1
+    rows = resample_minutes * 60 / interval_s
+    if rows < 1 or abs(rows - round(rows)) > 1e-9:
+        raise ConfigError(f"--resample {resample_minutes} minutes is not a whole number of {interval_s:g}-second rows")
+    return int(round(rows))
+
+
+def load_nab(root: Path, resample_minutes: int = 0, interval_s: float | None = None):
+    """One Series per NAB series: the probationary first 15% trains; rows ``interval_s``
+    apart when given, else as the timestamps say."""
     nab = root / "nab"
     windows = json.loads((nab / "labels" / "combined_windows.json").read_text())
     for path in sorted(nab.glob("real*/*.csv")):
@@ -107,7 +121,7 @@ def load_nab(root: Path, resample_minutes: int = 0):
             labels[(frame.timestamp >= pd.Timestamp(start)) & (frame.timestamp <= pd.Timestamp(end))] = 1
         cut = int(len(frame) * NAB_TRAIN_FRACTION)
         X = frame[["value"]].to_numpy(dtype=np.float64)
-        interval = float(frame.timestamp.diff().median().total_seconds())
+        interval = float(interval_s or frame.timestamp.diff().median().total_seconds())
         yield Series("nab", key.removesuffix(".csv"), X[:cut], X[cut:], labels[cut:], interval)
 
 
@@ -184,12 +198,12 @@ def _means(rows: list[dict], datasets) -> dict:
     return means
 
 
-def _load(root: Path, datasets, resample_minutes: int) -> list[Series]:
+def _load(root: Path, datasets, resample_minutes: int, interval_s: float | None = None) -> list[Series]:
     if not root.is_dir():
         raise DataError(f"labelled data not found at {root} (expected smd/ and nab/ as in ../shared/data)")
     found = []
     for dataset in datasets:
-        for series in LOADERS[dataset](root, resample_minutes):
+        for series in LOADERS[dataset](root, resample_minutes, interval_s):
             if series.labels.sum() in (0, len(series.labels)):
                 log.warning("skipping %s: its test part has one class only", series.name)
                 continue
@@ -216,7 +230,8 @@ def evaluate(
             f"--tune chooses on {list(tune_on)} and reports on the other datasets: evaluate at least one of "
             f"each (got {list(datasets)})"
         )
-    series = _load(Path(data_dir), datasets, resample_minutes)
+    # --sample-interval: the rows' spacing for every layout (SMD's has no timestamps).
+    series = _load(Path(data_dir), datasets, resample_minutes, params.sample_interval_s)
     window, smoothing = params.windows_for(client_built_features=False)
     params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
     if not tune:
