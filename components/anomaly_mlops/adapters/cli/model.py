@@ -167,6 +167,19 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def duration_s(text: str) -> float:
+    """Seconds in '7d', '24h', '90m', '3600s' or a plain number of seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 7d, 24h, 90m or 3600s, got {text!r}") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"a duration must be above 0, got {text!r}")
+    return seconds
+
+
 def _minutes(text: str) -> int | None:
     """Whole minutes, or 'default' for the schema's default."""
     if text == "default":
@@ -290,6 +303,8 @@ def cmd_evaluate(args) -> dict:
         tune_on=tuple(args.tune_on or ["nab"]),
         resample_minutes=args.resample,
         tune_seeds=args.tune_seeds,
+        retrain_every_s=args.retrain_every,
+        train_window_s=args.train_window,
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -373,6 +388,14 @@ def register(sub: SubParsers) -> None:
     p.add_argument(
         "--resample", type=int, default=0, metavar="MINUTES", help="SMD: average rows into this many minutes"
     )
+    p.add_argument(
+        "--retrain-every",
+        type=duration_s,
+        metavar="DURATION",
+        help="also backtest the system as it runs: retrain this often (e.g. 7d, 24h, 90m) on --train-window of "
+        "past rows, leaving out the rows the serving model flagged, and score the next period with each model",
+    )
+    p.add_argument("--train-window", type=duration_s, metavar="DURATION", help="the backtest's training window")
     _add_train_flags(p)
     p.add_argument("--out", help="write per-series results as JSON here")
     p.set_defaults(func=cmd_evaluate)
