@@ -1,6 +1,9 @@
-"""Training and validation at scale: 1M rows x 16 metrics through the CLI steps (as
-containers run them), with wall time and peak memory of each step's process.
-Usage: .venv/bin/python benchmarks/scale.py [--rows 1000000]"""
+"""Training and validation at scale: 1M rows x 16 metrics (or the 6 default ones) through the
+CLI steps (as containers run them), with wall time and peak memory of each step's process,
+and beside train the reference it is held to: a plain StandardScaler + IsolationForest fit of
+the same training rows (benchmarks/plain_fit.py), with scikit-learn's default trees and with
+train's tree size.
+Usage: .venv/bin/python benchmarks/scale.py [--rows 1000000] [--metrics 16|6]"""
 
 import argparse
 import json
@@ -53,13 +56,30 @@ def run_step(args, log):
     return time.perf_counter() - start, usage.ru_maxrss / 1024, json.loads(out)
 
 
+HERE = Path(__file__).parent
+
+
+def run_script(args, log):
+    """Wall seconds and peak RSS (MiB) of a Python script in its own process."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.DEVNULL, stderr=log)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{args[0]} failed; see {log.name}")
+    return time.perf_counter() - start, usage.ru_maxrss / 1024
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--metrics", type=int, choices=(6, 16), default=16)
     opts = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="anomaly-scale-"))
     start = time.perf_counter()
     frame, features = sixteen_metrics(opts.rows, seed=1)
+    if opts.metrics == 6:
+        features = list(DEFAULT_FEATURES)
+        frame = frame[["timestamp", *features, "is_anomaly"]]
     source = root / "metrics.parquet"
     frame.to_parquet(source, index=False)
     print(
@@ -95,10 +115,17 @@ def main():
                 ],
             ),
         ]
-        print(f"{'step':10s} {'wall s':>8s} {'peak RSS MiB':>13s}")
+        print(f"{'step':40s} {'wall s':>8s} {'peak RSS MiB':>13s}")
         for name, args in steps:
             seconds, rss, result = run_step(args, log)
-            print(f"{name:10s} {seconds:8.1f} {rss:13.0f}")
+            print(f"{name:40s} {seconds:8.1f} {rss:13.0f}")
+            if name == "train":
+                tree_rows = json.loads((root / "model/metadata.json").read_text())["params"]["max_samples"]
+                for label, size in (("plain fit, scikit-learn's default trees", "auto"),
+                                    (f"plain fit, train's trees ({tree_rows} rows)", str(tree_rows))):  # fmt: skip
+                    seconds, rss = run_script([HERE / "plain_fit.py", root / "data/train.parquet", ",".join(features),
+                                               size], log)  # fmt: skip
+                    print(f"{label:40s} {seconds:8.1f} {rss:13.0f}")
         print(f"\nvalidate: ROC-AUC {result['roc_auc']}, PR-AUC {result['pr_auc']}, F1 {result['f1']}")
     metrics = json.loads((root / "validation/metrics.json").read_text())["metrics"]
     print(

@@ -133,17 +133,20 @@ def time_features(X: np.ndarray, window: int = 30) -> np.ndarray:
     return FeatureTransform(window).apply(X)
 
 
-def _fit(series: Series, params: TrainParams, window_minutes: int):
+def _fit(series: Series, params: TrainParams, window_minutes: int, smoothing: int | None = None):
     """Fitted as train fits (train.fit_scores) on the training part: raw scores of the
     training part then the test part (one continuous series), the calibration mask and the
-    mask of the rows the forest was fitted on."""
+    mask of the rows the forest was fitted on. With ``smoothing`` (rows), of the training part
+    only what the calibration needs is scored, as train does; without, every row (the
+    tuning measures several smoothings on one fit)."""
     from anomaly_mlops.steps.train import fit_scores
 
     X = np.vstack([series.train, series.test])
     left_out = None if series.train_labels is None or params.fit_labelled_anomalies else series.train_labels == 1
     _, _, raw, held, fitted = fit_scores(
-        X, params, window_minutes, series.interval_s, train_rows=len(series.train), labelled_anomalous=left_out
-    )
+        X, params, window_minutes, series.interval_s, train_rows=len(series.train), labelled_anomalous=left_out,
+        smoothing=smoothing,
+    )  # fmt: skip
     return raw, held, fitted
 
 
@@ -308,7 +311,7 @@ def evaluate(
     if not tune:
         rows = []
         for one in series:
-            raw, held, fitted = _fit(one, params, window)
+            raw, held, fitted = _fit(one, params, window, smoothing_rows(smoothing, one.interval_s))
             measured = _measure(one, raw, held, params, smoothing)
             outside = outside_training_range(one.test, training_ranges(one.train[fitted]), range(one.test.shape[1]))
             extra = {"test_rows_outside_training_range": outside["rows_share"]}

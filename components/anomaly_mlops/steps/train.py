@@ -231,6 +231,7 @@ def fit_scores(
     train_rows: int | None = None,
     labelled_anomalous: np.ndarray | None = None,
     fit_only: np.ndarray | None = None,
+    smoothing: int | None = None,
 ) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray, np.ndarray]:
     """The forest and its raw scores: features of ``X`` over time (per entity), a forest
     fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
@@ -240,7 +241,10 @@ def fit_scores(
     left out as ``training_masks`` says; they still serve as history for their neighbours'
     features. Returns (pipeline, transform, raw scores, held, fitted), masks over the first
     ``train_rows``: ``held`` the calibration rows (held back, not labelled anomalous),
-    ``fitted`` the rows the forest was fitted on. Rows marked in ``fit_only`` are never held back."""
+    ``fitted`` the rows the forest was fitted on. Rows marked in ``fit_only`` are never held back.
+    With ``smoothing`` (the rows calibrate will smooth over), of the first ``train_rows`` only the
+    calibration part and the ``smoothing - 1`` rows before it are scored (the rest are 0 and
+    unused): scoring every training row cost twice the fit itself."""
     transform = detector_transform(params, window_minutes, sample_interval_s)
     n = len(X) if train_rows is None else train_rows
     fitted, held = training_masks(n, None if entities is None else entities[:n], params, labelled_anomalous, transform)
@@ -250,7 +254,16 @@ def fit_scores(
         transform = replace(transform, basis=MetricBasis.fit(X[:n][fitted]))
     F = transform.apply_by_entity(X, entities)
     pipeline = fit_forest(F[:n][fitted], params, raw_columns=X.shape[1])
-    return pipeline, transform, -pipeline.score_samples(F), held, fitted
+    if smoothing is None:
+        return pipeline, transform, -pipeline.score_samples(F), held, fitted
+    needed = np.ones(len(X), dtype=bool)
+    calibration = calibration_mask(n, None if entities is None else entities[:n], params.calibration_fraction)
+    needed[:n] = calibration
+    for shift in range(1, smoothing):  # the rows each calibration row's smoothing reaches back to
+        needed[: n - shift] |= calibration[shift:]
+    raw = np.zeros(len(X))
+    raw[needed] = -pipeline.score_samples(F[needed])
+    return pipeline, transform, raw, held, fitted
 
 
 def training_masks(
@@ -385,8 +398,9 @@ def fit_detector(
     check_series_cover_the_window(entities, len(X), window_rows(window_minutes, interval), window_minutes)
     left_out = None if labels is None or params.fit_labelled_anomalies else np.asarray(labels) == 1
     pipeline, transform, raw, held, fitted = fit_scores(
-        X, params, window_minutes, interval, entities=entities, labelled_anomalous=left_out, fit_only=fit_only
-    )
+        X, params, window_minutes, interval, entities=entities, labelled_anomalous=left_out, fit_only=fit_only,
+        smoothing=k,
+    )  # fmt: skip
     scores, threshold, detail = calibrate(raw, held, params, k, entities)
     if detail["method"] == POT_FALLBACK:
         log.warning("too few calibration rows for a peaks-over-threshold fit; using the quantile threshold")
