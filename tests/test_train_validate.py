@@ -523,3 +523,23 @@ def test_training_scores_only_the_rows_the_threshold_needs():
     scores_part, threshold_part, _ = calibrate(part[2], held, params, k)
     assert threshold_part == pytest.approx(threshold_full, abs=1e-12)
     np.testing.assert_allclose(scores_part[held], scores_full[held], rtol=0, atol=1e-12)
+
+
+def test_window_columns_written_in_place_equal_their_blocks():
+    """The window columns are written into the result block by block (no full-size mean,
+    deviation and spread matrices beside it); the figures are those of their definition."""
+    from anomaly_mlops.model.features import FeatureTransform
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(20_000, 3))
+    for columns in (("deviation", "std"), ("delta", "std"), ("std",), ("deviation",)):
+        F = FeatureTransform(50, columns).apply(X)
+        assert F.shape == (20_000, 3 * (1 + len(columns)))
+        np.testing.assert_array_equal(F[:, :3], X)
+        i = 12_345  # a row in the second chunk
+        window = X[i - 49 : i + 1]
+        for k, column in enumerate(columns):
+            block = F[i, 3 * (k + 1) : 3 * (k + 2)]
+            expected = {"deviation": X[i] - window.mean(axis=0), "std": window.std(axis=0, ddof=1),
+                        "delta": X[i] - X[i - 1]}[column]  # fmt: skip
+            np.testing.assert_allclose(block, expected, rtol=0, atol=1e-12)

@@ -210,15 +210,25 @@ class FeatureTransform:
         if not self.window:
             return X if last is None else X[len(X) - last :]
         first = 0 if last is None else len(X) - last
-        tail = X[first:]
-        blocks = {}
-        if "delta" in self.columns:
+        n, m = len(X) - first, X.shape[1]
+        # Written block by block into the result: full-size mean, deviation and spread
+        # matrices beside it were most of train's peak memory.
+        out = np.empty((n, m * (1 + len(self.columns))))
+        out[:, :m] = X[first:]
+        slot = {c: slice(m * (i + 1), m * (i + 2)) for i, c in enumerate(self.columns)}
+        if "delta" in slot:
             delta = np.diff(X[max(first - 1, 0) :], axis=0, prepend=X[max(first - 1, 0) : max(first, 1)])
-            blocks["delta"] = delta[len(delta) - (len(X) - first) :]
-        if "deviation" in self.columns or "std" in self.columns:
-            mean, std = self._rolling(X, first, spread="std" in self.columns)
-            blocks["deviation"], blocks["std"] = tail - mean, std
-        return np.hstack([tail, *(blocks[c] for c in self.columns)])
+            out[:, slot["delta"]] = delta[len(delta) - n :]
+        if "deviation" in slot or "std" in slot:
+            spread = "std" in slot
+            for start in range(0, n, CHUNK_ROWS):
+                stop = min(start + CHUNK_ROWS, n)
+                mean, std = _window_stats(X, first + start, first + stop, self.window, spread)
+                if "deviation" in slot:
+                    np.subtract(X[first + start : first + stop], mean, out=out[start:stop, slot["deviation"]])
+                if spread:
+                    out[start:stop, slot["std"]] = std
+        return out
 
     def apply_each(self, series: list[np.ndarray], last: int) -> list[np.ndarray]:
         """``apply(X, last)`` for each of several series of the same shape, in one pass: set
@@ -235,18 +245,6 @@ class FeatureTransform:
         # last x (blocks x series x metrics)
         per_series = wide.reshape(last, 1 + len(self.columns), len(series), n_metrics).transpose(2, 0, 1, 3)
         return list(per_series.reshape(len(series), last, self.width(n_metrics)))
-
-    def _rolling(self, X: np.ndarray, first: int, spread: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Mean and standard deviation (None without ``spread``: a deviation-only model does
-        not pay for it) of the last ``window`` rows (fewer at the start), for rows ``first``.."""
-        n = len(X) - first
-        mean, std = np.empty((n, X.shape[1])), np.empty((n, X.shape[1])) if spread else None
-        for start in range(0, n, CHUNK_ROWS):
-            stop = min(start + CHUNK_ROWS, n)
-            mean[start:stop], chunk_std = _window_stats(X, first + start, first + stop, self.window, spread)
-            if spread:
-                std[start:stop] = chunk_std
-        return mean, std
 
     def apply_by_entity(self, X: np.ndarray, entities: np.ndarray | None = None) -> np.ndarray:
         """Features of several series stacked in one matrix: each entity's rows only see

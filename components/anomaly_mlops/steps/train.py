@@ -164,15 +164,16 @@ def _add_raw_trees(forest, raw_forest, raw_columns: int):
     return forest
 
 
-def fit_forest(F: np.ndarray, params: TrainParams, raw_columns: int | None = None):
+def fit_forest(F: np.ndarray, params: TrainParams, raw_columns: int | None = None, overwrite: bool = False):
     """StandardScaler + IsolationForest on ``F``; with ``raw_columns`` (the metrics ahead of
     their window columns) and params.raw_tree_share > 0, that share of the trees is grown on
-    the raw metrics alone."""
+    the raw metrics alone. ``overwrite``: F is the caller's own copy, scaled in place (a
+    second matrix of its size was a third of train's peak memory)."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(F)
-    Z = scaler.transform(F)
+    Z = scaler.transform(F, copy=not overwrite)  # the fitted scaler keeps copy=True for serving
     n_raw = raw_tree_count(params, F.shape[1], raw_columns)
     forest = _isolation_forest(params, params.n_estimators - n_raw, len(F), params.seed).fit(Z)
     if n_raw:
@@ -252,17 +253,20 @@ def fit_scores(
         held &= ~fit_only[:n]
     if params.basis_for(window_minutes) == "principal":
         transform = replace(transform, basis=MetricBasis.fit(X[:n][fitted]))
+    needed = np.ones(len(X), dtype=bool)  # the rows to score
+    if smoothing is not None:
+        calibration = calibration_mask(n, None if entities is None else entities[:n], params.calibration_fraction)
+        needed[:n] = calibration
+        for shift in range(1, smoothing):  # the rows each calibration row's smoothing reaches back to
+            needed[: n - shift] |= calibration[shift:]
     F = transform.apply_by_entity(X, entities)
-    pipeline = fit_forest(F[:n][fitted], params, raw_columns=X.shape[1])
-    if smoothing is None:
-        return pipeline, transform, -pipeline.score_samples(F), held, fitted
-    needed = np.ones(len(X), dtype=bool)
-    calibration = calibration_mask(n, None if entities is None else entities[:n], params.calibration_fraction)
-    needed[:n] = calibration
-    for shift in range(1, smoothing):  # the rows each calibration row's smoothing reaches back to
-        needed[: n - shift] |= calibration[shift:]
+    # The fitted rows and the rows to score, each a copy; the whole matrix goes before the fit.
+    fit_rows, score_rows = F[:n][fitted], (F if needed.all() else F[needed])
+    del F
+    pipeline = fit_forest(fit_rows, params, raw_columns=X.shape[1], overwrite=True)
+    del fit_rows
     raw = np.zeros(len(X))
-    raw[needed] = -pipeline.score_samples(F[needed])
+    raw[needed] = -pipeline.score_samples(score_rows)
     return pipeline, transform, raw, held, fitted
 
 
