@@ -157,24 +157,25 @@ def _raw_scores(series: Series, params: TrainParams, window_minutes: int):
 
 def _measure(series: Series, raw: np.ndarray, held: np.ndarray, params: TrainParams, smoothing_minutes: int) -> dict:
     """Smoothing and threshold as train sets them (train.calibrate), measured on the test part."""
-    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
-
     from anomaly_mlops.steps.train import calibrate
 
     scores, threshold, detail = calibrate(raw, held, params, smoothing_rows(smoothing_minutes, series.interval_s))
     test_scores = scores[len(series.train) :]
-    flagged = test_scores > threshold
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        series.labels, flagged, average="binary", zero_division=0
-    )
+    return _figures(series.labels, test_scores, test_scores > threshold) | {"threshold_method": detail["method"]}
+
+
+def _figures(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dict:
+    """Ranking (ROC-AUC, PR-AUC) of the scores, and precision, recall, F1 and share of the flags."""
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
+
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, flagged, average="binary", zero_division=0)
     return {
-        "roc_auc": float(roc_auc_score(series.labels, test_scores)),
-        "pr_auc": float(average_precision_score(series.labels, test_scores)),
+        "roc_auc": float(roc_auc_score(labels, scores)),
+        "pr_auc": float(average_precision_score(labels, scores)),
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
-        "flagged_share": float(flagged.mean()),
-        "threshold_method": detail["method"],
+        "flagged_share": float(np.mean(flagged)),
     }
 
 
@@ -189,8 +190,6 @@ def _backtest(
     to fit and calibrate on, on all its rows (a model that flags everything would otherwise
     never be replaced), counted. Measured as _measure measures,
     on the flags each period's own threshold gave."""
-    from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
-
     from anomaly_mlops.steps.train import calibrate, fit_scores
 
     X = np.vstack([series.train, series.test])
@@ -224,17 +223,7 @@ def _backtest(
         flagged[start:stop] = part > threshold
         retrained += start > len(series.train)
         start = stop
-    test_flags = flagged[len(series.train) :]
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        series.labels, test_flags, average="binary", zero_division=0
-    )
-    return {
-        "roc_auc": float(roc_auc_score(series.labels, scores)),
-        "pr_auc": float(average_precision_score(series.labels, scores)),
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "flagged_share": float(test_flags.mean()),
+    return _figures(series.labels, scores, flagged[len(series.train) :]) | {
         "retrainings": int(retrained),
         # windows with too few unflagged rows to fit and calibrate on: fitted on all of them
         "retrainings_on_flagged_rows": int(unfiltered),
