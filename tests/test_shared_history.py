@@ -11,10 +11,9 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -23,6 +22,8 @@ from redis_server import RedisServer, redis_binary
 from server_process import ServerProcess as Replica
 
 from anomaly_mlops.adapters.local_services import model_server
+
+from fake_http import JsonFakeServer
 
 ENTITIES = ("node-a", "node-b")
 ROWS = 48  # per entity: the windowed fixture needs 17 rows of history, so 31 complete rows each
@@ -36,14 +37,18 @@ def redis(tmp_path_factory):
     server.stop()
 
 
-class RoundRobinProxy:
+class RoundRobinProxy(JsonFakeServer):
     """Each request to the next backend in turn, as a Service without session affinity
-    spreads them; a backend that refuses the connection is skipped (its endpoint removed)."""
+    spreads them; a backend that refuses the connection is skipped (its endpoint removed).
+    The API fakes' server lifecycle, with a forwarding handler of its own."""
 
     def __init__(self, backends: list[str]):
         self.backends = backends
         self.turn = itertools.count()
         self.hits = {b: 0 for b in backends}
+        super().__init__()
+
+    def _handler(self):
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,13 +78,7 @@ class RoundRobinProxy:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        return Handler
 
 
 def stream(url: str, entity: str, rows: np.ndarray, each=None) -> list[dict]:
@@ -280,6 +279,7 @@ def test_versions_never_read_each_others_history(windowed, redis, tmp_path):
         (["--workers", "2"], "give --history-url"),
         (["--server", "kserve", "--workers", "2"], "the KServe model server runs one process per pod"),
         (["--history-url", "http://cache:6379"], "--history-url must be redis://"),
+        (["--history-url", "http://user:s3cret@cache:6379"], "--history-url must be redis://"),
         (["--history-url", "redis://cache:6379/zero"], "database must be a number"),
     ],
 )
@@ -293,6 +293,7 @@ def test_serve_refuses_what_cannot_keep_history_right(windowed, args, message):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr
+    assert "s3cret" not in done.stderr
 
 
 def test_rows_of_a_split_stream_never_count_as_complete_history(windowed, series, tmp_path):

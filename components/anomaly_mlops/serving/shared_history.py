@@ -38,6 +38,7 @@ import numpy as np
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
 from anomaly_mlops.model.features import smooth_after
+from anomaly_mlops.redact import redact
 from anomaly_mlops.serving.series import history_marks, max_gap_s, not_newer, run_after, sample_interval_s
 
 log = logging.getLogger(__name__)
@@ -135,22 +136,15 @@ def check_history_url(url: str) -> str:
     """A redis://, rediss:// or unix:// URL, or a ConfigError saying what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"--history-url must be redis://HOST:PORT/DB, rediss://... or unix://PATH, got {url!r}")
+        raise ConfigError(
+            f"--history-url must be redis://HOST:PORT/DB, rediss://... or unix://PATH, got {redact(url)!r}"
+        )
     if parts.scheme != "unix" and not parts.hostname:
-        raise ConfigError(f"--history-url names no host: {redact_url(url)}")
+        raise ConfigError(f"--history-url names no host: {redact(url)}")
     db = parts.path.strip("/")
     if db and not db.isdigit():
         raise ConfigError(f"--history-url's database must be a number, got {db!r}")
     return url
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
 
 
 class _Replies(asyncio.Protocol):
@@ -214,7 +208,7 @@ class SharedHistory:
     ):
         self.model = model
         self.url = check_history_url(url)
-        self.where = redact_url(url)
+        self.where = redact(url)
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s if ttl_s is not None else 5 * sample_interval_s(model)
         self.max_gap_s = max_gap_s(model)
@@ -222,10 +216,9 @@ class SharedHistory:
         self._window_rows = max(model.transform.window - 1, 0)
         self._keep_rows = model.history_rows  # the window's rows and those whose raw scores the smoothing needs
         self._keep_raw = model.smoothing - 1
-        self._row_bytes = str(8 * self.width).encode()
         self._fixed = (
             str(self._keep_rows).encode(),
-            self._row_bytes,
+            str(8 * self.width).encode(),
             str(self._keep_raw).encode(),
             str(max(int(self.ttl_s * 1000), 1)).encode(),
         )
