@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -148,11 +150,40 @@ def wrk(binary: str, url: str, body: bytes | list[bytes], connections: int, seco
         return {"failed": (run.stderr or out).strip()[-200:]}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
         "p99": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
         "errors": int(errors.group(1)) if errors else 0,
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (a server's workers)."""
+    try:
+        process = psutil.Process(pid)
+        total = 0.0
+        for one in [process, *process.children(recursive=True)]:
+            times = one.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
+def wrk_with_cpu(binary: str, url: str, body, connections: int, seconds: float, pids: dict) -> dict:
+    """wrk's figures and the CPU microseconds per request of each of ``pids`` (name -> pid)
+    and of wrk itself, measured around the run."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = wrk(binary, url, body, connections, seconds)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if "failed" in result or not result["requests"]:
+        return result
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    used["wrk"] = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    result["cpu_us"] = {name: 1e6 * s / result["requests"] for name, s in used.items()}
+    return result
 
 
 def start_redis():
@@ -399,8 +430,13 @@ def main():
             for server in running:
                 base, kind = server["base"], server["kind"]
                 if kind != "v2-only":
+                    pids = {"server": server["process"].pid}
+                    if "Redis" in server["label"]:
+                        pids["store"] = store[0].pid
                     server["V1"].append(
-                        wrk(binary, f"{base}/v1/models/{NAME}:predict", v1_row, opts.connections, opts.seconds)
+                        wrk_with_cpu(
+                            binary, f"{base}/v1/models/{NAME}:predict", v1_row, opts.connections, opts.seconds, pids
+                        )
                     )
                 server["V2"].append(
                     wrk(binary, f"{base}/v2/models/{NAME}/infer", v2_row, opts.connections, opts.seconds)
@@ -441,6 +477,17 @@ def main():
             v1 = server["v1"]
             if v1 and "failed" not in v1 and not v1["errors"]:
                 lines.append(f"- {server['label']}: {v1['rps'] / ceiling:.2f}")
+    lines.append("")
+    lines.append(
+        f"CPU per single-row V1 request, microseconds (the median round; {os.cpu_count()} cores = "
+        f"{1e6 * (os.cpu_count() or 1):,.0f} us of CPU a second between them):"
+    )
+    for server in running:
+        v1 = server["v1"]
+        if v1 and "cpu_us" in v1:
+            parts = ", ".join(f"{name} {us:.0f}" for name, us in v1["cpu_us"].items())
+            busy = sum(v1["cpu_us"].values()) * v1["rps"] / 1e6
+            lines.append(f"- {server['label']}: {parts}; {busy:.2f} cores busy at {v1['rps']:,.0f} req/s")
     print("\n" + "\n".join(lines))
     for note in notes:
         print(f"note: {note}")
