@@ -18,6 +18,7 @@ CRDS = {
     ("tekton.dev", "Task"): "tekton-pipeline/task.yaml",
     ("tekton.dev", "Pipeline"): "tekton-pipeline/pipeline.yaml",
     ("tekton.dev", "PipelineRun"): "tekton-pipeline/pipelinerun.yaml",
+    ("monitoring.coreos.com", "PrometheusRule"): "prometheus-operator/v0.93.0/prometheusrules.yaml",
 }
 
 

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 from test_train_validate import FAST_LATENCY
 
-from anomaly_mlops.model.artifacts import METADATA_FILE, write_manifest
-from anomaly_mlops.model.drift import describe_outside, outside_training_range, training_ranges
+from anomaly_mlops.errors import ArtifactError
+from anomaly_mlops.model.artifacts import METADATA_FILE, load_model_dir, write_manifest
+from anomaly_mlops.model.drift import ScoreReference, describe_outside, outside_training_range, training_ranges
 from anomaly_mlops.sources.files import load_dataset
 from anomaly_mlops.steps.train import calibration_mask
 from anomaly_mlops.steps.validate import Gates, validate
@@ -110,3 +111,62 @@ def test_a_model_trained_before_ranges_were_recorded_still_validates(copy_model,
     assert result.metrics["outside_training_range"] is None and result.passed
     assert "does not record its training ranges" in caplog.text
     assert "Not recorded: this model's train step did not record each metric's range" in result.report_path.read_text()
+
+
+def test_train_records_the_calibration_scores_deciles_as_the_served_score_reference(model_dir):
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    reference = ScoreReference.of_model(meta)
+    assert len(reference.shares) == 10 and sum(reference.shares) == pytest.approx(1.0)
+    assert all(abs(share - 0.1) < 0.01 for share in reference.shares)  # deciles: a tenth each
+    assert reference.flagged_share == pytest.approx(meta["threshold_method"]["calibration_flagged_share"], abs=1e-6)
+    assert meta["calibration_score_quantiles"]["0.5"] == pytest.approx(reference.edges[4])
+
+
+def test_score_reference_psi_is_the_champion_gates_psi():
+    """The PSI the served-score bins give is the one validate gates on (steps/champion.psi)."""
+    from anomaly_mlops.steps.champion import psi
+
+    rng = np.random.default_rng(3)
+    calibration, served = rng.gamma(2.0, 0.1, 4000), rng.gamma(2.5, 0.1, 900)
+    reference = ScoreReference.of_scores(calibration, threshold=0.5)
+    assert reference.flagged_share == pytest.approx(np.mean(calibration > 0.5))
+    assert reference.psi(reference.counts(served)) == pytest.approx(psi(calibration, served), rel=1e-12)
+    assert reference.psi(reference.counts(calibration)) == pytest.approx(0.0, abs=1e-12)
+    # the bins: below the first edge, between edges (left-closed), at or above the last
+    edges = reference.edges
+    assert list(reference.bin_of(np.array([edges[0] - 1, edges[0], edges[-1], edges[-1] + 1]))) == [0, 1, 9, 9]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"bin_edges": [0.3, 0.2], "bin_shares": [0.3, 0.3, 0.4], "flagged_share": 0.02},
+        {"bin_edges": [0.2, 0.3], "bin_shares": [0.5, 0.5], "flagged_share": 0.02},
+        {"bin_edges": [0.2, "NaN"], "bin_shares": [0.3, 0.3, 0.4], "flagged_share": 0.02},
+        {"bin_edges": [0.2, 0.3], "bin_shares": [0.3, 0.3, 0.4]},
+    ],
+)
+def test_a_malformed_score_reference_stops_the_model_from_loading(copy_model, broken):
+    model = copy_model()
+    meta = json.loads((model / METADATA_FILE).read_text())
+    meta["score_reference"] = broken
+    (model / METADATA_FILE).write_text(json.dumps(meta))
+    write_manifest(model)
+    with pytest.raises(ArtifactError, match="score_reference"):
+        load_model_dir(model)
+
+
+def test_a_model_without_a_score_reference_counts_rows_but_no_bins(model_dir):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from anomaly_mlops.serving.protocol import ServedScoreCounters, served_score_counters
+
+    model = load_model_dir(model_dir)
+    del model.metadata["score_reference"]
+    registry = CollectorRegistry()
+    counters = ServedScoreCounters(model, "m", "v3", served_score_counters(registry))
+    counters.observe(np.array([-1, 1, 1], dtype=np.int8), np.array([0.9, 0.1, 0.2]))
+    text = generate_latest(registry).decode()
+    assert 'anomaly_detector_rows_scored_total{model="m",version="v3"} 3.0' in text
+    assert 'anomaly_detector_rows_flagged_total{model="m",version="v3"} 1.0' in text
+    assert "score_bin_rows_total{" not in text and "calibrated_flagged_share{" not in text

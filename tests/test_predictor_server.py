@@ -194,6 +194,54 @@ def test_rows_outside_the_training_range_are_counted_on_metrics(served, holdout,
     assert added == {"rows": 5, DEFAULT_FEATURES[1]: 4, DEFAULT_FEATURES[0]: 1}
 
 
+def served_score_metrics(url: str, name: str) -> dict:
+    """The served-score metrics of model ``name`` from /metrics, summed over versions:
+    {"scored", "flagged", "calibrated", ("bin", i), ("reference", i)}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    keys = {
+        "anomaly_detector_rows_scored_total": "scored",
+        "anomaly_detector_rows_flagged_total": "flagged",
+        "anomaly_detector_calibrated_flagged_share": "calibrated",
+        "anomaly_detector_score_bin_rows_total": "bin",
+        "anomaly_detector_score_bin_reference_share": "reference",
+    }
+    found = {}
+    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name in keys and sample.labels.get("model") == name:
+                key = keys[sample.name]
+                key = (key, int(sample.labels["bin"])) if "bin" in sample.labels else key
+                found[key] = found.get(key, 0.0) + sample.value
+    return found
+
+
+def test_served_scores_are_counted_against_the_calibration_reference(served, holdout, offline):
+    """Both servers count each scored row in the bin of the model's calibration deciles its
+    answered score falls in, with the reference shares and the calibrated flagged share
+    beside: what the drift rules compare (manifests/monitoring)."""
+    from anomaly_mlops.model.drift import ScoreReference
+
+    url, name = served
+    reference = ScoreReference.of_model(offline.metadata)
+    before = served_score_metrics(url, name)
+    assert before["calibrated"] == pytest.approx(reference.flagged_share)
+    assert [before[("reference", i)] for i in range(len(reference.shares))] == pytest.approx(reference.shares)
+    answers = [v1(served, {"instances": holdout.X[:40].tolist()}).json()]
+    for row in holdout.X[40:43]:
+        tensor = {"name": "input-0", "shape": [1, 6], "datatype": "FP64", "data": row.tolist()}
+        outputs = {o["name"]: o["data"] for o in v2(served, {"inputs": [tensor]}).json()["outputs"]}
+        answers.append({"predictions": outputs["predictions"], "anomaly_scores": outputs["anomaly_scores"]})
+    assert v1(served, {"instances": [[1.0, 2.0]]}).status_code == 400  # refused rows are not counted
+    after = served_score_metrics(url, name)
+    scores = np.concatenate([a["anomaly_scores"] for a in answers])
+    flagged = sum(p == -1 for a in answers for p in a["predictions"])
+    assert after["scored"] - before["scored"] == 43
+    assert after["flagged"] - before["flagged"] == flagged
+    counted = [after[("bin", i)] - before.get(("bin", i), 0.0) for i in range(len(reference.shares))]
+    assert counted == list(reference.counts(scores))
+
+
 @pytest.mark.skipif(not v2_schema.available(), reason="../shared/schemas/open-inference-protocol not found")
 def test_v2_bodies_follow_the_open_inference_openapi(served, holdout, model_dir, request):
     from anomaly_mlops.store.releases import default_version

@@ -204,8 +204,23 @@ def test_two_worker_processes_share_history_and_report_summed_metrics(windowed, 
     for entity in ENTITIES:
         assert figures(answers[entity]) == figures(one_server[entity])
     for text in scrapes:  # whichever worker answered, the count is both workers' sum
-        assert f'anomaly_detector_rows_scored_total{{model="detector"}} {2 * ROWS}.0' in text
+        assert metric_sum(text, "anomaly_detector_rows_scored_total") == 2 * ROWS
+        assert metric_sum(text, "anomaly_detector_score_bin_rows_total") == 2 * ROWS
+        # a constant of the model, not multiplied by the workers
+        assert metric_sum(text, "anomaly_detector_score_bin_reference_share") == pytest.approx(1.0)
     assert server.process.returncode == 0
+
+
+def metric_sum(text: str, name: str) -> float:
+    """The sum of a metric's samples in a /metrics text (model "detector")."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("model") == "detector"
+    )
 
 
 def test_a_stopped_store_gives_503_never_a_score_without_history(windowed, tmp_path):

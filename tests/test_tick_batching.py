@@ -7,7 +7,7 @@ import numpy as np
 
 from anomaly_mlops.serving.history import EntityHistory
 from anomaly_mlops.serving.lean_server import Metrics, TickBatcher
-from anomaly_mlops.serving.protocol import begin_scoring, score_rows
+from anomaly_mlops.serving.protocol import ServedScoreCounters, begin_scoring, score_rows, served_score_counters
 
 
 class CountingModel:
@@ -21,6 +21,13 @@ class CountingModel:
         return self.model.raw_scores(features)
 
 
+def batcher_for(model, scored_by=None) -> TickBatcher:
+    """A TickBatcher with its own metrics; ``scored_by`` walks the forest (default: ``model``)."""
+    metrics = Metrics("m")
+    served = ServedScoreCounters(model, "m", None, served_score_counters(metrics.registry))
+    return TickBatcher(scored_by or model, metrics, served)
+
+
 def test_requests_of_one_tick_share_one_walk_and_score_as_alone(windowed):
     model, X = windowed
     counting = CountingModel(model)
@@ -31,12 +38,21 @@ def test_requests_of_one_tick_share_one_walk_and_score_as_alone(windowed):
     expected = [score_rows(model, alone_history, rows, entity) for entity, rows in requests]
 
     async def one_tick():
-        batcher = TickBatcher(counting, Metrics("m"))
+        batcher = batcher_for(model, counting)
         futures = [batcher.score(begin_scoring(model, batched_history, rows, e)) for e, rows in requests]
         return await asyncio.gather(*futures), batcher
 
     results, batcher = asyncio.run(one_tick())
     assert counting.walks == [1 + 1 + 1 + 30 + 3]
+    # the tick's rows counted once, in the bins of the answered scores
+    labels = {"model": "m", "version": ""}
+    assert batcher.metrics.registry.get_sample_value("anomaly_detector_rows_scored_total", labels) == 36
+    bins = [
+        batcher.metrics.registry.get_sample_value("anomaly_detector_score_bin_rows_total", {**labels, "bin": str(i)})
+        for i in range(10)
+    ]
+    answered = np.concatenate([scores for _, scores, _ in results])
+    assert bins == list(batcher.served.reference.counts(answered))
     for (labels, scores, complete), (want_labels, want_scores, want_complete) in zip(results, expected):
         assert scores.tolist() == want_scores.tolist()  # bit for bit: each row walks the same trees
         assert labels.tolist() == want_labels.tolist() and complete.tolist() == want_complete.tolist()
@@ -63,7 +79,7 @@ def test_a_tick_of_warm_entities_computes_its_windows_in_one_pass(windowed, monk
     )
 
     async def one_tick():
-        batcher = TickBatcher(model, Metrics("m"))
+        batcher = batcher_for(model)
         return await asyncio.gather(*[batcher.score(begin_scoring(model, batched_history, r, e)) for e, r in tick])
 
     results = asyncio.run(one_tick())
@@ -82,7 +98,7 @@ def test_streamed_entities_over_many_ticks_match_offline_scoring(windowed):
     streamed = {e: [] for e in series}
 
     async def stream():
-        batcher = TickBatcher(counting, Metrics("m"))
+        batcher = batcher_for(model, counting)
         sends = [(entity, row) for row in range(40) for entity in series]  # a, b, c interleaved
         tick_sizes = iter([1, 2, 3, 5, 8] * 10)
         while sends:
@@ -106,7 +122,7 @@ def test_a_failing_walk_fails_only_that_tick(windowed):
             raise RuntimeError("walk failed")
 
     async def run():
-        batcher = TickBatcher(Broken(), Metrics("m"))
+        batcher = batcher_for(model, Broken())
         futures = [batcher.score(begin_scoring(model, EntityHistory(model), X[:5], None)) for _ in range(2)]
         return await asyncio.gather(*futures, return_exceptions=True)
 

@@ -3,6 +3,7 @@ builds its parser (and --help) from these without loading numpy, pandas, kfp or 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from anomaly_mlops.errors import ConfigError
@@ -216,3 +217,36 @@ def parse_window_columns(text) -> tuple[str, ...]:
             f"window columns must be a non-empty list of distinct names from {', '.join(WINDOW_COLUMNS)}; got {text!r}"
         )
     return tuple(c for c in WINDOW_COLUMNS if c in names)
+
+
+_PROMETHEUS_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")  # Prometheus' duration syntax
+
+
+@dataclass(frozen=True)
+class DriftAlertParams:
+    """The drift alerts' settings (serving/alert_rules.py, `anomaly-mlops alert-rules`)."""
+
+    window: str = "1h"
+    hold: str = "15m"
+    flagged_ratio: float = 5.0
+    max_psi: float = 0.25
+    min_rows: int = 500
+    name: str = "anomaly-detector-drift"
+    severity: str = "warning"
+
+    def check(self) -> None:
+        for flag, value in (("--window", self.window), ("--for", self.hold)):
+            if not _PROMETHEUS_DURATION.match(value):
+                raise ConfigError(f"{flag} must be a Prometheus duration such as 30m or 1h, got {value!r}")
+        if not self.flagged_ratio > 1:
+            raise ConfigError(f"--flagged-ratio must be above 1 (times the calibrated share), got {self.flagged_ratio}")
+        if not self.max_psi > 0:
+            raise ConfigError(f"--max-psi must be above 0, got {self.max_psi}")
+        if self.min_rows < 1:
+            raise ConfigError(f"--min-rows must be at least 1, got {self.min_rows}")
+        if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", self.name) or len(self.name) > 253:
+            raise ConfigError(f"--name must be a Kubernetes object name (lower case, digits, '-'), got {self.name!r}")
+
+    def recorded(self, what: str) -> str:
+        """The name of a recording rule over this window."""
+        return f"anomaly_detector:{what}:{self.window}"

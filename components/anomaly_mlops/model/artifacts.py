@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_mlops.errors import ArtifactError, ConfigError
+from anomaly_mlops.model.drift import ScoreReference
 from anomaly_mlops.model.fastforest import ARRAYS as FOREST_NODE_ARRAYS
 from anomaly_mlops.model.features import FeatureTransform, smooth_by_entity
 from anomaly_mlops.model.platform import is_engine_scoped_row
@@ -250,6 +251,7 @@ def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransfo
         offset = metadata.get("engine_scoped_offset")
         if offset is not None and not (isinstance(offset, int | float) and np.isfinite(offset) and len(schema) == 45):
             raise ValueError(f"engine_scoped_offset must be a finite number on the 45-feature schema, got {offset!r}")
+        ScoreReference.of_model(metadata)  # ValueError for a malformed one
         if transform.basis is not None and len(transform.basis.center) != len(schema):
             raise ValueError(
                 f"its metric basis is over {len(transform.basis.center)} metrics, the schema has {len(schema)}"

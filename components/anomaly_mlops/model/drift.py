@@ -11,6 +11,8 @@ explained by the data rather than guessed at.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 TOP_METRICS = 5  # metrics named in logs and reports
@@ -73,3 +75,83 @@ def describe_outside(found: dict, top: int = TOP_METRICS) -> str:
     return f"{100 * found['rows_share']:.1f}% of rows" + (
         f" (by metric: {named}{f', and {more} more' if more > 0 else ''})" if named else ""
     )
+
+
+# Served scores against the scores the threshold was calibrated on: the bins are the
+# calibration scores' deciles, so each holds a tenth of them (fewer bins where scores tie).
+SCORE_BINS = 10
+# An empty bin's share, so that a PSI stays finite (as a 1-in-10,000 row).
+PSI_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class ScoreReference:
+    """What the released model's calibration scores look like (metadata.json
+    ``score_reference``): the inner edges of their deciles, each bin's share of them, and the
+    share above the threshold. Served scores counted in the same bins give the PSI of the
+    served traffic against training, and the flagged share against the calibrated one."""
+
+    edges: tuple[float, ...]  # inner edges, ascending: len(shares) - 1 of them
+    shares: tuple[float, ...]
+    flagged_share: float
+    _edge_array: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_edge_array", np.asarray(self.edges, dtype=np.float64))
+
+    @classmethod
+    def of_scores(cls, scores: np.ndarray, threshold: float, bins: int = SCORE_BINS) -> ScoreReference:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.size == 0 or not np.isfinite(scores).all():
+            raise ValueError("a score reference needs finite calibration scores")
+        # the deciles' inner edges, ties merged (as steps/champion.psi bins)
+        edges = np.unique(np.quantile(scores, np.linspace(0, 1, bins + 1)))[1:-1]
+        counts = np.bincount(np.searchsorted(edges, scores, side="right"), minlength=len(edges) + 1)
+        return cls(
+            tuple(float(e) for e in edges),
+            tuple(float(c) for c in counts / scores.size),
+            float(np.mean(scores > threshold)),
+        )
+
+    def bin_of(self, scores: np.ndarray) -> np.ndarray:
+        """Each score's bin: 0 below the first edge; bin i holds edges[i-1] <= s < edges[i]."""
+        return np.searchsorted(self._edge_array, scores, side="right")
+
+    def counts(self, scores: np.ndarray) -> np.ndarray:
+        return np.bincount(self.bin_of(scores), minlength=len(self.shares))
+
+    def psi(self, counts: np.ndarray) -> float:
+        """Population stability index of served rows (counts per bin) against the reference."""
+        counts = np.asarray(counts, dtype=np.float64)
+        if counts.sum() == 0:
+            return 0.0
+        actual = np.maximum(counts / counts.sum(), PSI_FLOOR)
+        expected = np.maximum(np.asarray(self.shares), PSI_FLOOR)
+        return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+    def to_dict(self) -> dict:
+        return {"bin_edges": list(self.edges), "bin_shares": list(self.shares), "flagged_share": self.flagged_share}
+
+    @classmethod
+    def of_model(cls, metadata: dict) -> ScoreReference | None:
+        """The model's reference; None for a model trained before it was recorded."""
+        data = metadata.get("score_reference")
+        if not data:
+            return None
+        try:
+            reference = cls(
+                tuple(float(e) for e in data["bin_edges"]),
+                tuple(float(s) for s in data["bin_shares"]),
+                float(data["flagged_share"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"score_reference needs bin_edges, bin_shares and flagged_share: {exc}") from exc
+        edges = np.asarray(reference.edges)
+        if (
+            len(reference.shares) != len(edges) + 1
+            or not np.isfinite(edges).all()
+            or np.any(np.diff(edges) <= 0)
+            or not 0.0 <= reference.flagged_share <= 1.0
+        ):
+            raise ValueError("score_reference: bin_edges must be finite and ascending, one fewer than bin_shares")
+        return reference

@@ -13,9 +13,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
-
-from anomaly_mlops.model.artifacts import ANOMALY, LoadedModel, load_model_dir
+from anomaly_mlops.model.artifacts import LoadedModel, load_model_dir
 from anomaly_mlops.params import DEFAULT_MAX_ENTITIES, DEFAULT_MAX_INSTANCES
 from anomaly_mlops.serving.history import history_for
 from anomaly_mlops.serving.protocol import (
@@ -23,12 +21,14 @@ from anomaly_mlops.serving.protocol import (
     BodySizeLimit,
     InputProblem,
     ServedRowCounters,
+    ServedScoreCounters,
     begin_request,
     claimed_rows,
     default_max_body_bytes,
     input_types,
     output_types,
     outside_range_counters,
+    served_score_counters,
     v1_answer,
     v2_outputs,
 )
@@ -58,11 +58,9 @@ def build_model_class():
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-    from prometheus_client import Counter
 
-    rows_scored = Counter("anomaly_detector_rows_scored", "Rows scored by the anomaly detector", ["model"])
-    rows_flagged = Counter("anomaly_detector_rows_flagged", "Rows the anomaly detector flagged anomalous", ["model"])
     outside_counters = outside_range_counters()
+    score_counters = served_score_counters()
 
     class AnomalyDetectorModel(kserve.Model):
         def __init__(
@@ -98,6 +96,7 @@ def build_model_class():
                 self.detector, self.max_entities, self.history_url, self.name, self.model_version
             )
             self.outside = ServedRowCounters(self.detector, self.name, outside_counters)
+            self.served = ServedScoreCounters(self.detector, self.name, self.model_version, score_counters)
             meta = self.detector.metadata
             log.info(
                 "loaded model %s from %s: %d features, threshold %.5f, trained %s",
@@ -143,8 +142,7 @@ def build_model_class():
 
         def answer(self, payload, is_v2: bool, result):
             predictions, scores, complete = result
-            rows_scored.labels(self.name).inc(len(scores))
-            rows_flagged.labels(self.name).inc(int(np.count_nonzero(predictions == ANOMALY)))
+            self.served.observe(predictions, scores)
             if not is_v2:
                 return v1_answer(predictions, scores, complete)
             outputs = [InferOutput(**tensor) for tensor in v2_outputs(predictions, scores, complete)]

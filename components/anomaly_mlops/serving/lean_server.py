@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from anomaly_mlops import __version__
-from anomaly_mlops.model.artifacts import ANOMALY, LoadedModel, PendingScores, features_of
+from anomaly_mlops.model.artifacts import LoadedModel, PendingScores, features_of
 from anomaly_mlops.params import (
     DEFAULT_HEAD_TIMEOUT_S,
     DEFAULT_MAX_ENTITIES,
@@ -36,6 +36,7 @@ from anomaly_mlops.serving.protocol import (
     SMALL_BATCH_ROWS,
     InputProblem,
     ServedRowCounters,
+    ServedScoreCounters,
     begin_request,
     claimed_rows,
     default_max_body_bytes,
@@ -43,6 +44,7 @@ from anomaly_mlops.serving.protocol import (
     output_types,
     outside_range_counters,
     read_body_capped,
+    served_score_counters,
     too_large,
     v1_answer,
     v2_outputs,
@@ -149,12 +151,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.rows_scored = Counter(
-            "anomaly_detector_rows_scored", "Rows scored", ["model"], registry=self.registry
-        ).labels(model_name)
-        self.rows_flagged = Counter(
-            "anomaly_detector_rows_flagged", "Rows flagged anomalous", ["model"], registry=self.registry
-        ).labels(model_name)
         self.requests_per_walk = Histogram(
             "anomaly_detector_requests_per_walk",
             "Requests scored together in one forest walk (those that reached the server in the same event-loop tick)",
@@ -214,9 +210,10 @@ class TickBatcher:
     request pays a fraction of it, and alone it waits for nothing (no timer: the batch is
     scored as soon as the loop has run the requests that were ready with it)."""
 
-    def __init__(self, model: LoadedModel, metrics: Metrics):
+    def __init__(self, model: LoadedModel, metrics: Metrics, served: ServedScoreCounters):
         self.model = model
         self.metrics = metrics
+        self.served = served
         self.pending: list[tuple[PendingScores, asyncio.Future]] = []
 
     def score(self, pending: PendingScores) -> asyncio.Future:
@@ -238,14 +235,26 @@ class TickBatcher:
                 _settle(future, exception=exc)
             return
         start = 0
+        answered = []
         # In arrival order: an entity's smoothing must see its earlier requests' scores.
         for pending, future in batch:
             stop = start + pending.n_rows
             try:
-                _settle(future, result=pending.finish(raw[start:stop]))
+                result = pending.finish(raw[start:stop])
+                answered.append(result)
+                _settle(future, result=result)
             except Exception as exc:  # noqa: BLE001
                 _settle(future, exception=exc)
             start = stop
+        if answered:
+            self.served.observe(*_joined(answered))
+
+
+def _joined(results: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """The predictions and scores of several answers, one array each."""
+    if len(results) == 1:
+        return results[0][0], results[0][1]
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
 def _settle(future: asyncio.Future, result=None, exception: BaseException | None = None) -> None:
@@ -280,7 +289,8 @@ class LeanApp:
         self.expected = model.schema.describe()
         self.metrics = Metrics(model_name)
         self.outside = ServedRowCounters(model, model_name, outside_range_counters(self.metrics.registry))
-        self.batcher = TickBatcher(model, self.metrics)
+        self.served = ServedScoreCounters(model, model_name, version, served_score_counters(self.metrics.registry))
+        self.batcher = TickBatcher(model, self.metrics, self.served)
         # One thread: large batches queue behind each other instead of taking every core.
         self.batch_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
         # Admission of large requests (a body that may hold more than SMALL_BATCH_ROWS rows, or of
@@ -443,7 +453,9 @@ class LeanApp:
             self.metrics.history_unavailable.inc()
             return _error(503, str(exc))
         if large:
-            return self.reply(request, await loop.run_in_executor(self.batch_pool, pending.score_alone, self.model), v2)
+            result = await loop.run_in_executor(self.batch_pool, pending.score_alone, self.model)
+            self.served.observe(result[0], result[1])
+            return self.reply(request, result, v2)
         return self.reply(request, await self.batcher.score(pending), v2)
 
     async def _after_earlier_large(self, ticket: int, entity) -> None:
@@ -463,8 +475,6 @@ class LeanApp:
 
     def reply(self, request, result, v2: bool) -> tuple[int, bytes]:
         predictions, scores, complete = result
-        self.metrics.rows_scored.inc(len(scores))
-        self.metrics.rows_flagged.inc(int(np.count_nonzero(predictions == ANOMALY)))
         if not v2:
             return 200, orjson.dumps(v1_answer(predictions, scores, complete))
         outputs = v2_outputs(predictions, scores, complete)

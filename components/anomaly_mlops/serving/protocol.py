@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from anomaly_mlops.model.artifacts import (
+    ANOMALY,
     NORMAL,
     LoadedModel,
     PendingScores,
@@ -391,6 +392,74 @@ class ServedRowCounters:
             for j in np.flatnonzero(outside.any(axis=0)):
                 self.per_metric[j].inc(int(np.count_nonzero(outside[:, j])))
         return uninformative
+
+
+# What served traffic looks like against what the model was calibrated on, per model version
+# (drift.ScoreReference; manifests/monitoring turns these into the flagged share and the score
+# PSI over a sliding window, summed over replicas and worker processes, and alerts on them).
+SCORED_ROWS_METRIC = ("anomaly_detector_rows_scored", "Rows scored")
+FLAGGED_ROWS_METRIC = ("anomaly_detector_rows_flagged", "Rows flagged anomalous")
+SCORE_BIN_ROWS_METRIC = (
+    "anomaly_detector_score_bin_rows",
+    "Rows scored, by bin of the calibration scores' deciles (score_bin_reference_share: each bin's share there)",
+)
+SCORE_BIN_REFERENCE_METRIC = (
+    "anomaly_detector_score_bin_reference_share",
+    "Share of the model's calibration scores in this bin (rows served in the same bins: score_bin_rows)",
+)
+CALIBRATED_FLAGGED_METRIC = (
+    "anomaly_detector_calibrated_flagged_share",
+    "Share of the model's calibration rows above its threshold: the flagged share served traffic should show",
+)
+
+
+def served_score_counters(registry=None) -> tuple:
+    """The Prometheus metrics ServedScoreCounters needs (in ``registry``, else the default one
+    KServe serves). The gauges are constants of the model: the largest of the worker processes'."""
+    from prometheus_client import Counter, Gauge
+
+    where = {} if registry is None else {"registry": registry}
+    labels = ["model", "version"]
+    return (
+        Counter(*SCORED_ROWS_METRIC, labels, **where),
+        Counter(*FLAGGED_ROWS_METRIC, labels, **where),
+        Counter(*SCORE_BIN_ROWS_METRIC, [*labels, "bin"], **where),
+        Gauge(*SCORE_BIN_REFERENCE_METRIC, [*labels, "bin"], multiprocess_mode="max", **where),
+        Gauge(*CALIBRATED_FLAGGED_METRIC, labels, multiprocess_mode="max", **where),
+    )
+
+
+class ServedScoreCounters:
+    """Counts the rows a model version scored and flagged and, for a model with a score
+    reference (trained with one recorded), its served scores per reference bin. Called once
+    per forest walk with every row scored in it: no allocation that grows with traffic."""
+
+    def __init__(self, model: LoadedModel, model_name: str, version: str | None, counters: tuple):
+        from anomaly_mlops.model.drift import ScoreReference
+
+        labels = (model_name, version or "")
+        scored, flagged, bins, reference_share, calibrated = counters
+        self.scored = scored.labels(*labels)
+        self.flagged = flagged.labels(*labels)
+        self.reference = ScoreReference.of_model(model.metadata)
+        self.bins = []
+        if self.reference is not None:
+            for i, share in enumerate(self.reference.shares):
+                self.bins.append(bins.labels(*labels, str(i)))
+                reference_share.labels(*labels, str(i)).set(share)
+            calibrated.labels(*labels).set(self.reference.flagged_share)
+
+    def observe(self, predictions: np.ndarray, scores: np.ndarray) -> None:
+        if not len(scores):
+            return
+        self.scored.inc(len(scores))
+        flagged = int(np.count_nonzero(predictions == ANOMALY))
+        if flagged:
+            self.flagged.inc(flagged)
+        if self.reference is not None:
+            counts = self.reference.counts(scores)
+            for i in np.flatnonzero(counts):
+                self.bins[i].inc(int(counts[i]))
 
 
 def v1_answer(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_mlops.errors import ConfigError
+from anomaly_mlops.model.drift import ScoreReference
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,7 @@ def resolve_champion(spec: str | None, model_name: str, cache_dir: str | Path, r
 def psi(reference: np.ndarray, candidate: np.ndarray, bins: int = 10) -> float:
     """Population stability index of ``candidate`` against ``reference``, over the
     reference's deciles (a small floor keeps empty bins finite)."""
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
-    if len(edges) < 3:
+    if len(np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))) < 3:
         return 0.0 if np.allclose(reference.mean(), candidate.mean()) else float("inf")
-    edges[0], edges[-1] = -np.inf, np.inf
-    expected = np.histogram(reference, edges)[0] / len(reference)
-    actual = np.histogram(candidate, edges)[0] / len(candidate)
-    expected, actual = np.maximum(expected, 1e-4), np.maximum(actual, 1e-4)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
+    deciles = ScoreReference.of_scores(reference, np.inf, bins)
+    return deciles.psi(deciles.counts(candidate))

@@ -24,7 +24,7 @@ from anomaly_mlops.model.artifacts import (
     SAFE_MODEL_FILE,
     write_manifest,
 )
-from anomaly_mlops.model.drift import training_ranges
+from anomaly_mlops.model.drift import ScoreReference, training_ranges
 from anomaly_mlops.model.features import (
     DEFAULT_SAMPLE_INTERVAL_S,
     FeatureTransform,
@@ -559,6 +559,8 @@ def train(
             **({"engine_scoped_offset": scoped_offset} if scoped_offset is not None else {}),
             "data": {"source": dataset.source, "sha256": dataset.sha256, "rows": dataset.n_rows},
             "library_versions": library_versions(),
+            # what served traffic is compared with (served-score bins and flagged share on /metrics)
+            "score_reference": ScoreReference.of_scores(fitted.calibration_scores, threshold).to_dict(),
             "calibration_score_quantiles": {
                 q: float(np.quantile(fitted.calibration_scores, float(q))) for q in ("0.5", "0.9", "0.99")
             },

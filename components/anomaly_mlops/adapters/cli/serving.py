@@ -1,4 +1,4 @@
-"""``anomaly-mlops serve|verify``: serve a model; check a served one."""
+"""``anomaly-mlops serve|verify|alert-rules``: serve a model; check a served one; the drift alerts on it."""
 
 from __future__ import annotations
 
@@ -71,6 +71,31 @@ def cmd_verify(args) -> dict:
         "latency_ms": result.latency_ms,
         "report": str(result.report_path) if result.report_path else None,
     }
+
+
+def cmd_alert_rules(args) -> dict | None:
+    import sys
+
+    import yaml
+
+    from anomaly_mlops.params import DriftAlertParams
+    from anomaly_mlops.serving.alert_rules import prometheus_rule, rule_groups
+
+    params = DriftAlertParams(
+        window=args.window,
+        hold=args.hold,
+        flagged_ratio=args.flagged_ratio,
+        max_psi=args.max_psi,
+        min_rows=args.min_rows,
+        name=args.name,
+    )
+    document = rule_groups(params) if args.rule_file else prometheus_rule(params, args.namespace)
+    text = yaml.safe_dump(document, sort_keys=False, width=120)
+    if args.out is None:
+        sys.stdout.write(text)
+        return None
+    args.out.write_text(text)
+    return {"written": str(args.out)}
 
 
 def register(sub: SubParsers) -> None:
@@ -162,3 +187,34 @@ def register(sub: SubParsers) -> None:
     )
     p.add_argument("--out", help="directory for verify.json")
     p.set_defaults(func=cmd_verify)
+
+    from pathlib import Path
+
+    from anomaly_mlops.params import DriftAlertParams
+
+    rules = DriftAlertParams()
+    p = sub.add_parser(
+        "alert-rules",
+        help="the drift alerts on the served models' /metrics, as a PrometheusRule (or a Prometheus rule file)",
+    )
+    p.add_argument("--window", default=rules.window, help="the sliding window the shares and the PSI are taken over")
+    p.add_argument("--for", dest="hold", default=rules.hold, help="how long a condition holds before its alert fires")
+    p.add_argument(
+        "--flagged-ratio",
+        type=float,
+        default=rules.flagged_ratio,
+        help="alert when the flagged share is above this many times the share the model was calibrated to flag",
+    )
+    p.add_argument(
+        "--max-psi", type=float, default=rules.max_psi, help="alert when the served scores' PSI is above this"
+    )
+    p.add_argument(
+        "--min-rows", type=int, default=rules.min_rows, help="rows a window needs before either alert can fire"
+    )
+    p.add_argument("--name", default=rules.name, help="the PrometheusRule's name (and the rule group's)")
+    p.add_argument("--namespace", help="the PrometheusRule's namespace (default: none; kustomize or kubectl sets it)")
+    p.add_argument(
+        "--rule-file", action="store_true", help="write a plain Prometheus rule file instead of a PrometheusRule"
+    )
+    p.add_argument("--out", type=Path, help="write here instead of stdout")
+    p.set_defaults(func=cmd_alert_rules)
