@@ -1,0 +1,147 @@
+"""Alarms that might hold under drift, against the shipped static threshold, machine by
+machine: every shared SMD machine and NAB series fitted as `anomaly-mlops evaluate` fits it
+(the default detector, forest seeds --seeds), then the test part's flags under each rule:
+
+  static                 the model's own threshold (what the servers answer today)
+  hold, H h              per entity, an exponential average of the flags with a half-life of
+                         H hours; above 0.5 the entity is "in drift" and its rows are not
+                         flagged until the average falls below 0.25 (one episode, said once)
+  window-mean hold       rows whose feature window's mean lies outside the range of the
+                         fitted rows' window means are drift, not flagged
+  adaptive quantile      the threshold rises to the 98th percentile of the entity's scores over
+                         the previous day (calibration from recent unlabelled rows)
+  PCA error              squared reconstruction error of the standardized metrics from the
+                         principal axes that explain 90% of their variance, smoothed as the
+                         scores are, its 98th calibration percentile as threshold (multivariate
+                         series only)
+  IF or PCA              flagged when either score is above its 99th calibration percentile
+
+Labels are never used to set a rule. Printed per dataset: mean F1, the worst series, the
+series the rule loses on against static, the PR-AUC of its scores, the share of rows flagged.
+Usage: .venv/bin/python benchmarks/alarm_candidates.py [--data-dir ../shared/data] [--seeds 42,7,1]"""
+
+import argparse
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anomaly_mlops.model.features import smooth_scores, smoothing_rows
+from anomaly_mlops.params import TrainParams
+from anomaly_mlops.steps.evaluate import _figures, _load
+from anomaly_mlops.steps.train import calibrate, fit_scores
+
+HALF_LIVES_H = (6, 24, 72)
+
+
+def ema_hold(flagged: np.ndarray, half_life_rows: float, start: float) -> np.ndarray:
+    """Rows held (not flagged) by the exponential-average episode rule."""
+    rate = 1 - 0.5 ** (1 / max(half_life_rows, 1.0))
+    average, holding = start, False
+    held = np.empty(len(flagged), dtype=bool)
+    for i, flag in enumerate(flagged):
+        holding = average > (0.25 if holding else 0.5)
+        held[i] = holding
+        average += rate * (flag - average)
+    return held
+
+
+def window_mean_drift(transform, X: np.ndarray, fitted: np.ndarray, n_train: int) -> np.ndarray | None:
+    """Test rows whose window mean (features minus deviations) lies outside the fitted rows'."""
+    if "deviation" not in transform.columns:
+        return None
+    F = transform.apply(X)
+    m = X.shape[1]
+    i = transform.columns.index("deviation")
+    means = F[:, :m] - F[:, m * (1 + i) : m * (2 + i)]
+    lo, hi = means[:n_train][fitted].min(axis=0), means[:n_train][fitted].max(axis=0)
+    return (((means[n_train:] < lo) | (means[n_train:] > hi)) & (hi > lo)).any(axis=1)
+
+
+def pca_error(X: np.ndarray, fitted: np.ndarray, n_train: int, smoothing: int) -> np.ndarray:
+    fit = X[:n_train][fitted]
+    center, scale = fit.mean(axis=0), fit.std(axis=0)
+    scale[scale == 0] = 1.0
+    values, axes = np.linalg.eigh(np.cov(((fit - center) / scale).T))
+    order = np.argsort(values)[::-1]
+    values, axes = values[order], axes[:, order]
+    kept = axes[:, : int(np.searchsorted(np.cumsum(values) / values.sum(), 0.9) + 1)]
+    Z = (X - center) / scale
+    return smooth_scores(((Z - Z @ kept @ kept.T) ** 2).sum(axis=1), smoothing)
+
+
+def rules_for(series, params: TrainParams, window: int, smoothing: int) -> dict:
+    X = np.vstack([series.train, series.test])
+    n = len(series.train)
+    k = smoothing_rows(smoothing, series.interval_s)
+    left_out = None if series.train_labels is None or params.fit_labelled_anomalies else series.train_labels == 1
+    _, transform, raw, held, fitted = fit_scores(
+        X, params, window, series.interval_s, train_rows=n, labelled_anomalous=left_out
+    )
+    scores, threshold, _ = calibrate(raw, held, params, k)
+    test = scores[n:]
+    flagged = test > threshold
+    labels = series.labels
+    out = {"static": _figures(labels, test, flagged)}
+    calibrated = float(np.mean(scores[:n][held] > threshold))
+    for hours in HALF_LIVES_H:
+        hold = ema_hold(flagged, hours * 3600 / series.interval_s, calibrated)
+        out[f"hold, {hours} h"] = _figures(labels, test, flagged & ~hold)
+    drift = window_mean_drift(transform, X, fitted, n)
+    if drift is not None:
+        out["window-mean hold"] = _figures(labels, test, flagged & ~drift)
+    day = int(86400 / series.interval_s)
+    recent = pd.Series(scores).rolling(day, min_periods=day // 4).quantile(0.98).shift(1).to_numpy()[n:]
+    out["adaptive quantile"] = _figures(labels, test, test > np.fmax(threshold, recent))
+    if X.shape[1] >= 2:
+        error = pca_error(X, fitted, n, k)
+        out["PCA error"] = _figures(labels, error[n:], error[n:] > np.quantile(error[:n][held], 0.98))
+        either = np.maximum(test / np.quantile(scores[:n][held], 0.99), error[n:] / np.quantile(error[:n][held], 0.99))
+        out["IF or PCA"] = _figures(labels, either, either > 1)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--seeds", default="42,7,1")
+    opts = parser.parse_args()
+    logging.disable(logging.WARNING)
+    seeds = [int(s) for s in opts.seeds.split(",")]
+    series = _load(Path(opts.data_dir), ("smd", "nab"), 0)
+    results: dict = {}
+    for seed in seeds:
+        params = TrainParams(seed=seed)
+        window, smoothing = params.windows_for(client_built_features=False)
+        params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+        for one in series:
+            for rule, figures in rules_for(one, params, window, smoothing).items():
+                results.setdefault(rule, {}).setdefault((one.dataset, one.name), []).append(
+                    [figures["f1"], figures["pr_auc"], figures["flagged_share"]]
+                )
+    print(f"seeds {seeds}; seed means per series; F1 at each rule's own flags\n")
+    for dataset in ("smd", "nab"):
+        keys = [k for k in results["static"] if k[0] == dataset]
+        print(f"## {dataset} ({len(keys)} series)")
+        print("| rule | mean F1 | worst (series) | series lost to static | PR-AUC | flagged |")
+        print("|---|---|---|---|---|---|")
+        static = {k: np.mean(results["static"][k], axis=0) for k in keys}
+        for rule, per in results.items():
+            if not all(k in per for k in keys):
+                print(f"| {rule} | (univariate series: not applicable) | | | | |")
+                continue
+            figures = {k: np.mean(per[k], axis=0) for k in keys}
+            f1 = np.array([figures[k][0] for k in keys])
+            worst = keys[int(np.argmin(f1))][1]
+            lost = sum(figures[k][0] < static[k][0] - 1e-9 for k in keys)
+            print(
+                f"| {rule} | {f1.mean():.3f} | {f1.min():.3f} ({worst}) | {lost if rule != 'static' else '-'} | "
+                f"{np.mean([figures[k][1] for k in keys]):.3f} | {np.mean([figures[k][2] for k in keys]):.1%} |"
+            )
+        print()
+
+
+if __name__ == "__main__":
+    main()
