@@ -17,6 +17,8 @@ import logging
 
 import numpy as np
 
+from anomaly_mlops.model.chunks import map_chunks
+
 log = logging.getLogger(__name__)
 
 # Rows per vectorized pass: bounds the (rows x trees) work arrays (~ 8 MB at 100 trees).
@@ -113,7 +115,7 @@ class CompiledForest:
         X = np.asarray(X, dtype=np.float64)
         if len(X) <= CHUNK_ROWS:
             return self._scores(X)
-        return np.concatenate([self._scores(X[i : i + CHUNK_ROWS]) for i in range(0, len(X), CHUNK_ROWS)])
+        return np.concatenate(map_chunks(lambda i: self._scores(X[i : i + CHUNK_ROWS]), range(0, len(X), CHUNK_ROWS)))
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         scaled = ((X - self.mean) / self.scale).astype(np.float32).ravel()

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anomaly_mlops.model.chunks import map_chunks, thread_count
 from anomaly_mlops.params import WINDOW_COLUMNS, parse_window_columns
 
 CHUNK_ROWS = 8192  # bounds the (rows x metrics x window) view
+THREAD_CHUNK_ROWS = 1024  # the same, per thread (model/chunks.py)
 DEFAULT_SAMPLE_INTERVAL_S = 60.0
 
 
@@ -221,13 +223,19 @@ class FeatureTransform:
             out[:, slot["delta"]] = delta[len(delta) - n :]
         if "deviation" in slot or "std" in slot:
             spread = "std" in slot
-            for start in range(0, n, CHUNK_ROWS):
-                stop = min(start + CHUNK_ROWS, n)
+            # Threads take smaller chunks: each chunk's (rows x metrics x window) work array is
+            # freed into its thread's own heap, so the sum in flight is kept below one-thread's.
+            rows = CHUNK_ROWS if thread_count() == 1 else THREAD_CHUNK_ROWS
+
+            def chunk(start: int) -> None:
+                stop = min(start + rows, n)
                 mean, std = _window_stats(X, first + start, first + stop, self.window, spread)
                 if "deviation" in slot:
                     np.subtract(X[first + start : first + stop], mean, out=out[start:stop, slot["deviation"]])
                 if spread:
                     out[start:stop, slot["std"]] = std
+
+            map_chunks(chunk, range(0, n, rows))
         return out
 
     def apply_each(self, series: list[np.ndarray], last: int) -> list[np.ndarray]:
