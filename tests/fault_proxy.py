@@ -19,7 +19,7 @@ from fake_http import JsonFakeServer
 class Fault:
     method: str
     path_pattern: str  # regex on path+query
-    status: int  # 0 = drop the connection; -1 = forward after delay_s
+    status: int  # 0 = drop the connection; -1 = forward after delay_s; -2 = forward, the body cut in half
     code: str = "InternalError"
     times: int = 10**9  # how many matching requests fail
     seen: int = 0
@@ -61,6 +61,7 @@ class FaultProxy(JsonFakeServer):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 fault = proxy._fault_for(self.command, self.path)
+                cut_short = fault is not None and fault.status == -2
                 if fault is not None and fault.status < 0:
                     time.sleep(fault.delay_s)
                     fault = None
@@ -94,7 +95,12 @@ class FaultProxy(JsonFakeServer):
                 length = response.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
                 self.send_header("Content-Length", length or "0")
                 self.end_headers()
-                if self.command != "HEAD":
+                if cut_short:  # the whole length announced, half of it sent
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 upstream.close()
 

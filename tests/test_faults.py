@@ -97,6 +97,24 @@ def test_download_retries_and_verifies(model_dir, through_proxy, proxy, tmp_path
     assert (local / "model.joblib").read_bytes() == (model_dir / "model.joblib").read_bytes()
 
 
+def test_small_reads_cut_short_are_read_again(model_dir, through_proxy, proxy, raw, tmp_path):
+    """A manifest or claim whose body stops halfway (the length announced, the connection
+    closed) is fetched again: the decisions publish and download take on it are never made
+    on half a file, nor given up for one cut."""
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    result = publish(model_dir, name, "v1", through_proxy)
+    proxy.faults.append(Fault("GET", r"MANIFEST\.sha256", -2, times=2))
+    assert publish(model_dir, name, "v1", through_proxy).status == "unchanged"
+    assert proxy.count("GET", r"MANIFEST\.sha256") >= 3
+    proxy.faults.append(Fault("GET", r"MANIFEST\.sha256", -2, times=1))
+    local = download_model(result.uri, tmp_path / "dl", through_proxy)
+    assert (local / "MANIFEST.sha256").read_bytes() == (model_dir / "MANIFEST.sha256").read_bytes()
+    proxy.faults.append(Fault("GET", r"MANIFEST\.sha256", -2))  # cut every time: a clear error, nothing written
+    with pytest.raises(StorageError, match="failed to read the manifest .*IncompleteRead"):
+        download_model(result.uri, tmp_path / "dl2", through_proxy)
+    assert not (tmp_path / "dl2").exists()
+
+
 # --------------------------------------------------------------------------- predictor under load
 
 

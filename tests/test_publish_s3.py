@@ -187,3 +187,92 @@ def test_incomplete_local_model_is_not_published(copy_model, settings):
     (model / MANIFEST_FILE).unlink()
     with pytest.raises(ArtifactError, match="incomplete"):
         publish(model, unique_name(), "v1", settings)
+
+
+def test_a_publisher_that_lost_its_claim_never_writes_under_the_version_again(
+    model_dir, copy_model, settings, raw, monkeypatch
+):
+    """Paused after its first file, this publisher looks dead: an operator deletes its claim
+    (as the conflict message advises) and another content is released as v1. Resumed, it
+    writes nothing more and says why; the released files are the other content's."""
+    from anomaly_mlops.store import releases
+
+    name = unique_name()
+    other = copy_model()
+    (other / "metadata.json").write_text(
+        (other / "metadata.json").read_text().replace('"threshold"', '"note": 1, "threshold"')
+    )
+    write_manifest(other)
+    real_upload, uploads = releases._upload, []
+
+    def paused_upload(target, file):
+        uploads.append((target.model_dir, file))
+        size = real_upload(target, file)
+        if len(uploads) == 1:  # the pause: the claim deleted, other content released meanwhile
+            raw.delete_object(Bucket=settings.bucket, Key=releases.claim_key(f"{name}/v1/"))
+            assert publish(other, name, "v1", settings).status == "published"
+        return size
+
+    monkeypatch.setattr(releases, "_upload", paused_upload)
+    with pytest.raises(VersionConflictError, match="already released with different content"):
+        publish(model_dir, name, "v1", settings)
+    mine = [file for folder, file in uploads if folder == model_dir]
+    assert len(mine) == 1  # nothing written after the pause
+    for file in ("forest.npz", "metadata.json", "model.joblib", "model.skops", MANIFEST_FILE):
+        body = raw.get_object(Bucket=settings.bucket, Key=f"{name}/v1/{file}")["Body"].read()
+        assert body == (other / file).read_bytes(), file
+
+
+def test_a_publisher_whose_claim_was_deleted_stops_before_its_next_write(model_dir, settings, raw, monkeypatch):
+    from anomaly_mlops.store import releases
+
+    name = unique_name()
+    real_upload, uploads = releases._upload, []
+
+    def upload_then_lose_the_claim(target, file):
+        uploads.append(file)
+        size = real_upload(target, file)
+        raw.delete_object(Bucket=settings.bucket, Key=releases.claim_key(f"{name}/v1/"))
+        return size
+
+    monkeypatch.setattr(releases, "_upload", upload_then_lose_the_claim)
+    with pytest.raises(VersionConflictError, match="claim .* was deleted or replaced while it uploaded"):
+        publish(model_dir, name, "v1", settings)
+    assert len(uploads) == 1
+    assert f"{name}/v1/{MANIFEST_FILE}" not in keys(raw, settings.bucket, name)
+
+
+def test_a_first_release_whose_manifest_write_answered_500_reports_published(model_dir, settings, raw, monkeypatch):
+    """The store wrote the manifest but answered 500; the client's retry then finds it there
+    (412). The version was released by this publish: "published", not "unchanged"."""
+    from botocore.awsrequest import AWSResponse
+
+    name = unique_name()
+    real_client = S3Settings.client
+    answered = []
+
+    class Body:
+        def stream(self):
+            yield b"<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>"
+
+    def client(self):
+        c = real_client(self)
+
+        def written_then_500(request, **_):
+            if request.method == "PUT" and request.url.split("?")[0].endswith(MANIFEST_FILE) and not answered:
+                answered.append(500)
+                raw.put_object(Bucket=settings.bucket, Key=f"{name}/v1/{MANIFEST_FILE}", Body=request.body)
+                return AWSResponse(request.url, 500, {}, Body())
+            return None
+
+        c.meta.events.register("before-send.s3.PutObject", written_then_500)
+        return c
+
+    monkeypatch.setattr(S3Settings, "client", client)
+    result = publish(model_dir, name, "v1", settings)
+    assert answered == [500]
+    assert result.status == "published"
+    assert (
+        raw.get_object(Bucket=settings.bucket, Key=f"{name}/v1/{MANIFEST_FILE}")["Body"].read()
+        == (model_dir / MANIFEST_FILE).read_bytes()
+    )

@@ -511,3 +511,38 @@ def test_publishing_into_a_mounted_volume_keeps_the_release_rules(model_dir, cop
     [t.join(30) for t in threads]
     assert sorted(outcomes) == ["conflict", "published"]
     load_model_dir(volume / "anomaly-detector" / "v3")
+
+
+@pytest.mark.parametrize("claim", ["", '{"manifest_sha256": "ab', "[]"])
+def test_a_cut_short_volume_claim_is_refused_with_what_to_do(model_dir, tmp_path, claim):
+    from anomaly_mlops.errors import VersionConflictError
+    from anomaly_mlops.store.releases import publish_to_directory
+
+    volume = tmp_path / "pvc"
+    (volume / "anomaly-detector" / ".claims").mkdir(parents=True)
+    path = volume / "anomaly-detector" / ".claims" / "v1.json"
+    path.write_text(claim)
+    with pytest.raises(VersionConflictError, match=r"its claim .*v1\.json is (empty|not a whole claim).*delete"):
+        publish_to_directory(model_dir, volume, "anomaly-detector", "v1")
+    assert not (volume / "anomaly-detector" / "v1").exists()
+    path.unlink()
+    assert publish_to_directory(model_dir, volume, "anomaly-detector", "v1").status == "published"
+
+
+def test_a_killed_volume_publishers_staging_folder_is_removed_by_the_next_publish(model_dir, tmp_path):
+    import os
+    import time
+
+    from anomaly_mlops.store.releases import STALE_STAGING_S, publish_to_directory
+
+    volume = tmp_path / "pvc"
+    folder = volume / "anomaly-detector"
+    dead, live = folder / ".staging-v1-deadbeef", folder / ".staging-v1-c0ffee00"
+    for leftover in (dead, live):
+        leftover.mkdir(parents=True)
+        (leftover / "model.joblib").write_bytes(b"half a model")
+    past = time.time() - STALE_STAGING_S - 60
+    os.utime(dead, (past, past))
+    assert publish_to_directory(model_dir, volume, "anomaly-detector", "v1").status == "published"
+    assert not dead.exists()
+    assert live.exists()  # recent: perhaps a publisher of the same content still copying

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from anomaly_mlops.errors import ArtifactError, ConfigError, StorageError, VersionConflictError
 from anomaly_mlops.model.artifacts import MANIFEST_FILE, METADATA_FILE, parse_manifest, verify_model_dir
-from anomaly_mlops.store.s3 import S3Settings, describe_client_error, parse_s3_uri
+from anomaly_mlops.store.s3 import S3Settings, describe_client_error, parse_s3_uri, read_small_object
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ _SEGMENT = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 # Files above this go up in parts; a failed part aborts the whole multipart upload.
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 CLAIMS_FOLDER = ".claims"
+STALE_STAGING_S = 3600  # a volume publisher's staging folder older than this is a dead one's
 _CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
 
 
@@ -154,9 +155,17 @@ def publish(
     _abort_leftover_uploads(target)
     log.info("publishing %s to %s (%d files)", model_dir, target.uri, len(entries))
     for number, name in enumerate(sorted(entries), 1):
+        # Before every write: the claim may have been deleted (a publisher paused for long
+        # looks dead) and the version released with other content since the last one.
+        released = _recheck_claim(target, manifest_sha)
+        if released is not None:
+            return result(_settle_released(target, released, manifest_bytes))
         size = _upload(target, name)
         log.info("  [%d/%d] %s (%d bytes)", number, len(entries), name, size)
 
+    released = _recheck_claim(target, manifest_sha)
+    if released is not None:
+        return result(_settle_released(target, released, manifest_bytes))
     try:
         target.client.put_object(
             Bucket=target.bucket,
@@ -170,7 +179,10 @@ def publish(
         if _error_code(exc) in _CONDITION_FAILED:
             released = _read_manifest(target)
             if released is not None:
-                return result(_settle_released(target, released, manifest_bytes))
+                # Our content, released while we held the claim: by our own write whose answer
+                # was lost (a 500 after the write, retried), or a co-publisher of the same bytes.
+                _settle_released(target, released, manifest_bytes)
+                return result("published")
         raise target.fail(exc, f"write the manifest of {target.uri}") from exc
     damaged = _audit(target)
     if damaged:
@@ -279,7 +291,7 @@ def _repair(target: _Target, damaged: dict[str, str]) -> None:
 
 def _read_manifest(target: _Target) -> bytes | None:
     try:
-        return target.client.get_object(Bucket=target.bucket, Key=target.prefix + MANIFEST_FILE)["Body"].read()
+        return read_small_object(target.client, target.bucket, target.prefix + MANIFEST_FILE)
     except Exception as exc:
         if _is_missing(exc):
             return None
@@ -323,7 +335,7 @@ def _claim(target: _Target, manifest_sha: str) -> None:
         if _error_code(exc) not in _CONDITION_FAILED:
             raise target.fail(exc, f"claim {target.uri} (s3://{target.bucket}/{key})") from exc
     try:
-        held = json.loads(target.client.get_object(Bucket=target.bucket, Key=key)["Body"].read())
+        held = json.loads(read_small_object(target.client, target.bucket, key))
     except Exception as exc:
         raise target.fail(exc, f"read the claim s3://{target.bucket}/{key}") from exc
     if held.get("manifest_sha256") == manifest_sha:
@@ -335,6 +347,31 @@ def _claim(target: _Target, manifest_sha: str) -> None:
         f"If that publisher died before releasing, delete s3://{target.bucket}/{key} and the unreleased objects "
         f"under {target.uri}"
     )
+
+
+def _recheck_claim(target: _Target, manifest_sha: str) -> bytes | None:
+    """Right before a write under the version: the released manifest if the version was
+    released meanwhile (nothing more is written then), else None once the claim is checked
+    to still name this content; VersionConflictError when it is gone or names other content."""
+    released = _read_manifest(target)
+    if released is not None:
+        return released
+    key = claim_key(target.prefix)
+    try:
+        held = json.loads(read_small_object(target.client, target.bucket, key))
+    except json.JSONDecodeError:
+        held = None
+    except Exception as exc:
+        if not _is_missing(exc):
+            raise target.fail(exc, f"read the claim s3://{target.bucket}/{key}") from exc
+        held = None
+    if not isinstance(held, dict) or held.get("manifest_sha256") != manifest_sha:
+        raise VersionConflictError(
+            f"{target.uri}: this publisher's claim s3://{target.bucket}/{key} was deleted or replaced while it "
+            "uploaded, so it stopped before writing again; the version is not released by it. Publish again "
+            "(under a new version if other content now holds this one)"
+        )
+    return None
 
 
 def _abort_leftover_uploads(target: _Target) -> None:
@@ -365,7 +402,7 @@ def download_model(uri: str, dest: str | Path, settings: S3Settings | None = Non
     settings = settings or S3Settings.from_env(need_bucket=False)
     client = settings.client()
     try:
-        manifest = client.get_object(Bucket=bucket, Key=prefix + MANIFEST_FILE)["Body"].read()
+        manifest = read_small_object(client, bucket, prefix + MANIFEST_FILE)
     except Exception as exc:
         if _is_missing(exc):
             raise ArtifactError(
@@ -430,6 +467,7 @@ def publish_to_directory(
         if (target / MANIFEST_FILE).is_file():
             return result(_settle_directory(target, model_dir, manifest_bytes, uri))
         _claim_file(root / claim_key(relative), manifest_sha, uri)
+        _remove_stale_staging(target, version)
         staging = target.with_name(f".staging-{version}-{uuid.uuid4().hex[:8]}")
         staging.mkdir(parents=True)
         try:
@@ -452,6 +490,19 @@ def publish_to_directory(
     verify_model_dir(target)
     log.info("released %s (manifest %s…)", uri, manifest_sha[:12])
     return result("published")
+
+
+def _remove_stale_staging(target: Path, version: str) -> None:
+    """A publisher killed mid-copy leaves its staging folder: only publishers of this content
+    (the claim's) stage this version, and none takes an hour to copy a model."""
+    for leftover in target.parent.glob(f".staging-{version}-*"):
+        try:
+            age = time.time() - leftover.stat().st_mtime
+        except FileNotFoundError:
+            continue  # its publisher just finished
+        if age > STALE_STAGING_S:
+            log.info("removing %s, left %.0f min ago by a publisher that did not finish", leftover, age / 60)
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _settle_directory(target: Path, model_dir: Path, local: bytes, uri: str) -> str:
@@ -493,7 +544,17 @@ def _claim_file(path: Path, manifest_sha: str, uri: str) -> None:
             os.fsync(handle.fileno())
         return
     except FileExistsError:
-        held = json.loads(path.read_text() or "{}")
+        text = path.read_text()
+    try:
+        held = json.loads(text)
+    except json.JSONDecodeError:
+        held = None
+    if not isinstance(held, dict) or "manifest_sha256" not in held:
+        raise VersionConflictError(
+            f"{uri}: its claim {path} is {'empty' if not text.strip() else 'not a whole claim'} (a publisher killed "
+            f"while writing it?), so nothing is published under it. If no publisher of {uri} is running, delete "
+            f"{path} and publish again"
+        )
     if held.get("manifest_sha256") != manifest_sha:
         raise VersionConflictError(
             f"{uri} is being published with different content (claimed by {held.get('publisher')} at "

@@ -7,12 +7,19 @@ logged: ``S3Settings.__repr__`` redacts them.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from anomaly_mlops.errors import ConfigError, StorageError
 from anomaly_mlops.redact import redact
+
+log = logging.getLogger(__name__)
+
+# botocore retries a request until its answer's headers are in; a body cut short after them
+# is read again here, for the small objects the release protocol decides on.
+SMALL_READ_TRIES = 3
 
 ENV_KEYS = (
     "AWS_ACCESS_KEY_ID",
@@ -81,6 +88,23 @@ class S3Settings:
     def describe(self) -> str:
         """Where, never who: safe for logs."""
         return f"endpoint={redact(self.endpoint) if self.endpoint else 'AWS default'} bucket={self.bucket}"
+
+
+def read_small_object(client, bucket: str, key: str) -> bytes:
+    """The whole body of a small object (a manifest, a claim). A GET that fails raises as
+    the client raises it; one whose body is cut short is made again, SMALL_READ_TRIES times."""
+    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+    from urllib3.exceptions import HTTPError as TransportError
+
+    for attempt in range(1, SMALL_READ_TRIES + 1):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            return body.read()
+        except (IncompleteReadError, ResponseStreamingError, TransportError, ConnectionError) as exc:
+            if attempt == SMALL_READ_TRIES:
+                raise
+            log.warning("s3://%s/%s: the body was cut short (%s); reading it again", bucket, key, type(exc).__name__)
+    raise AssertionError("unreachable")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
