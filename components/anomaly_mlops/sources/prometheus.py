@@ -14,9 +14,12 @@ entity the alert names (the same label) or, when it names none, for every entity
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,9 @@ log = logging.getLogger(__name__)
 
 MAX_POINTS = 11_000  # Prometheus refuses more points per series in one query_range
 MAX_ROWS_PER_SERIES = 2_000_000  # ~3.8 years at 60 s: beyond this, a config mistake
+# One answer (one piece of one query) is read whole before it is parsed: bounded, so that a
+# query matching thousands of series fails with advice instead of exhausting the step's memory.
+MAX_ANSWER_BYTES = 64 * 2**20
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -68,12 +74,18 @@ class PrometheusClient:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        self._token = token
         if ca_bundle:
             if not Path(ca_bundle).is_file():
                 raise ConfigError(f"CA bundle not found: {ca_bundle}")
             self.session.verify = ca_bundle
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def _clean(self, text: str) -> str:
+        """``text`` for an error message: credentials redacted, our token wherever it is echoed."""
+        text = redact(text)
+        return text.replace(self._token, "[redacted]") if self._token else text
 
     def range(self, promql: str, start: int, end: int, step_s: int, what: str, allow_empty: bool = False) -> list[dict]:
         """Every series the query returns (``metric`` labels and ``values``), fetched in
@@ -92,37 +104,108 @@ class PrometheusClient:
         return list(merged.values())
 
     def _range_once(self, promql: str, start: int, end: int, step_s: int, what: str) -> list[dict]:
-        import requests
-
-        try:
-            response = self.session.get(
-                f"{self.url}/api/v1/query_range",
-                timeout=self.timeout_s,
-                params={"query": promql, "start": start, "end": end, "step": step_s},
-            )
-        except requests.exceptions.SSLError as exc:
+        status, text = self._get(
+            "/api/v1/query_range", {"query": promql, "start": start, "end": end, "step": step_s}, what
+        )
+        if status in (401, 403):
             raise DataError(
-                f"TLS to Prometheus at {redact(self.url)} failed (pass the service CA with --ca-bundle): "
-                f"{redact(str(exc))[:300]}"
-            ) from exc
-        except requests.RequestException as exc:
-            raise DataError(f"cannot reach Prometheus at {redact(self.url)}: {redact(str(exc))[:300]}") from exc
-        if response.status_code in (401, 403):
-            raise DataError(
-                f"Prometheus at {redact(self.url)} refused the request ({response.status_code}): pass a "
+                f"Prometheus at {redact(self.url)} refused the request ({status}): pass a "
                 "token that may read metrics (--token-file; in a pod the service account token, with "
                 "cluster-monitoring-view for Thanos Querier)"
             )
         try:
-            body = response.json()
+            body = json.loads(text)
         except ValueError:
-            body = {}
-        if response.status_code != 200 or body.get("status") != "success":
+            body = None
+        if status == 200 and not (isinstance(body, dict) and body.get("status") == "success"):
             raise DataError(
-                f"Prometheus refused the query for {what} ({response.status_code} "
-                f"{body.get('errorType', '')}: {body.get('error', redact(response.text[:200]))}): {promql}"
+                f"Prometheus answered the query for {what} with something that is not a query result: "
+                f"{self._clean(text[:200].decode('utf-8', 'replace'))}: {promql}"
             )
-        return body["data"]["result"]
+        if status != 200 or body.get("status") != "success":
+            detail = (
+                f"{body.get('errorType', '')}: {body.get('error', '')}"
+                if isinstance(body, dict)
+                else text[:200].decode("utf-8", "replace")
+            )
+            raise DataError(
+                f"Prometheus refused the query for {what} ({status} {self._clean(str(detail))[:300]}): {promql}"
+            )
+        return _series_of(body, what, promql)
+
+    def _get(self, path: str, params: dict, what: str) -> tuple[int, bytes]:
+        """(status, body) of one GET, read whole within ``timeout_s`` in all (a server that
+        trickles its answer is cut off at the deadline) and at most MAX_ANSWER_BYTES."""
+        import requests
+
+        timed_out = threading.Event()
+        response = None
+
+        def expire() -> None:
+            timed_out.set()
+            sock = getattr(getattr(getattr(response, "raw", None), "connection", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # unblocks the read in progress
+                except OSError:
+                    pass
+
+        too_slow = DataError(
+            f"Prometheus at {redact(self.url)} did not answer the query for {what} within {self.timeout_s:.0f}s"
+        )
+        timer = threading.Timer(self.timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            try:
+                response = self.session.get(f"{self.url}{path}", timeout=self.timeout_s, params=params, stream=True)
+                chunks, size = [], 0
+                for chunk in response.iter_content(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise DataError(
+                            f"Prometheus answered more than {MAX_ANSWER_BYTES >> 20} MiB for {what}: aggregate the "
+                            "query to fewer series (sum by the entity label), or fetch a shorter lookback or a "
+                            "longer step"
+                        )
+                    chunks.append(chunk)
+                return response.status_code, b"".join(chunks)
+            except requests.exceptions.SSLError as exc:
+                raise DataError(
+                    f"TLS to Prometheus at {redact(self.url)} failed (pass the service CA with --ca-bundle): "
+                    f"{self._clean(str(exc))[:300]}"
+                ) from exc
+            except requests.RequestException as exc:
+                if timed_out.is_set():
+                    raise too_slow from exc
+                raise DataError(
+                    f"cannot reach Prometheus at {redact(self.url)}: {self._clean(str(exc))[:300]}"
+                ) from exc
+        finally:
+            timer.cancel()
+            if response is not None:
+                response.close()
+
+
+def _series_of(body: dict, what: str, promql: str) -> list[dict]:
+    """The matrix result of a query_range answer, its shape checked: a list of series, each
+    with a ``metric`` object and ``values`` of [time, "value"] pairs."""
+    data = body.get("data")
+    result = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(result, list):
+        raise DataError(f"Prometheus answered the query for {what} without a list of series in data.result: {promql}")
+    for one in result:
+        values = one.get("values") if isinstance(one, dict) else None
+        if (
+            not isinstance(values, list)
+            or not isinstance(one.get("metric", {}), dict)
+            or not all(isinstance(pair, list) and len(pair) == 2 for pair in values)
+        ):
+            raise DataError(
+                f"Prometheus answered the query for {what} with a series that is not a metric and a list of "
+                f"[time, value] pairs (a range query's matrix): {str(one)[:200]}: {promql}"
+            )
+    return result
 
 
 def time_grid(lookback_s: int, step_s: int, end: float | None) -> np.ndarray:
@@ -251,8 +334,17 @@ def alert_labels(
 
 
 def _align(feature, promql, values, grid, step_s, max_gap_steps) -> np.ndarray:
-    stamps = np.array([int(round(float(t))) for t, _ in values], dtype=np.int64)
-    samples = np.array([float(v) for _, v in values], dtype=np.float64)  # "NaN", "+Inf" parse too
+    try:
+        stamps = np.array([int(round(float(t))) for t, _ in values], dtype=np.int64)
+        samples = np.array([float(v) for _, v in values], dtype=np.float64)  # "NaN", "+Inf" parse too
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"the query for {feature!r} returned a sample that is not a number ({exc}): {promql}") from exc
+    repeated = np.flatnonzero(np.diff(np.sort(stamps)) == 0)
+    if repeated.size:
+        raise DataError(
+            f"the query for {feature!r} returned {repeated.size} sample(s) at a time it already had a sample for, "
+            f"first at {_iso(np.sort(stamps)[repeated[0]])} (two sources joined behind a proxy?): {promql}"
+        )
     bad = ~np.isfinite(samples)
     if bad.any():
         raise DataError(
