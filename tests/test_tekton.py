@@ -123,29 +123,41 @@ def test_triggers_resolve():
     kinds = {}
     for obj in OBJECTS:
         kinds.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
-    (template,) = kinds["TriggerTemplate"].values()
-    tt_params = {p["name"] for p in template["spec"]["params"]}
-    for resource in template["spec"]["resourcetemplates"]:
-        assert refs(resource, "tt.params.") <= tt_params
-        check_pipeline_run(resource, "TriggerTemplate")
-        validate = resource["spec"]["taskRunSpecs"][0]
-        assert validate["pipelineTaskName"] == "validate"
-        assert validate["computeResources"] == {"limits": {"nvidia.com/gpu": "1"}}
-        run_level = resource["spec"]["taskRunTemplate"]["podTemplate"]  # where the affinity assistant looks
-        assert run_level["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-        assert run_level["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    for binding in kinds["TriggerBinding"].values():
-        assert {p["name"] for p in binding["spec"]["params"]} == tt_params
-    (listener,) = kinds["EventListener"].values()
-    for trigger in listener["spec"]["triggers"]:
-        assert trigger["template"]["ref"] in kinds["TriggerTemplate"]
-        assert all(b["ref"] in kinds["TriggerBinding"] for b in trigger["bindings"])
-        provider, cel = trigger["interceptors"]
-        assert provider["ref"]["name"] in ("github", "gitlab")
-        secret = {p["name"]: p["value"] for p in provider["params"]}["secretRef"]
-        assert secret == {"secretName": "anomaly-mlops-webhook", "secretKey": "token"}  # webhook secret required
-        cel_filter = cel["params"][0]["value"]
-        assert "refs/heads/main" in cel_filter and "components/" in cel_filter
+    assert set(kinds["EventListener"]) == {"anomaly-mlops", "anomaly-mlops-drift"}
+    for listener in kinds["EventListener"].values():
+        for trigger in listener["spec"]["triggers"]:
+            template = kinds["TriggerTemplate"][trigger["template"]["ref"]]
+            tt_params = {p["name"] for p in template["spec"]["params"]}
+            for resource in template["spec"]["resourcetemplates"]:
+                assert refs(resource, "tt.params.") <= tt_params
+                check_pipeline_run(resource, "TriggerTemplate")
+                validate = resource["spec"]["taskRunSpecs"][0]
+                assert validate["pipelineTaskName"] == "validate"
+                assert validate["computeResources"] == {"limits": {"nvidia.com/gpu": "1"}}
+                run_level = resource["spec"]["taskRunTemplate"]["podTemplate"]  # where the affinity assistant looks
+                assert run_level["tolerations"] == [
+                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                ]
+                assert run_level["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+            bound = set()
+            for binding in trigger["bindings"]:
+                bound |= {p["name"] for p in kinds["TriggerBinding"][binding["ref"]]["spec"]["params"]}
+            assert bound == tt_params, trigger["name"]
+            if listener["metadata"]["name"] == "anomaly-mlops":  # commits: signed by the git host
+                provider, cel = trigger["interceptors"]
+                assert provider["ref"]["name"] in ("github", "gitlab")
+                secret = {p["name"]: p["value"] for p in provider["params"]}["secretRef"]
+                assert secret == {
+                    "secretName": "anomaly-mlops-webhook",
+                    "secretKey": "token",
+                }  # webhook secret required
+                cel_filter = cel["params"][0]["value"]
+                assert "refs/heads/main" in cel_filter and "components/" in cel_filter
+            else:  # drift alerts: Alertmanager's bearer token (tests/test_drift_trigger.py runs the filter)
+                (cel,) = trigger["interceptors"]
+                assert cel["params"][0]["value"].startswith(
+                    "header.canonical('Authorization').compareSecret('authorization', 'anomaly-mlops-alerts') &&"
+                )
 
 
 def test_pipelines_as_code_run_resolves():
