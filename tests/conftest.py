@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from anomaly_mlops.adapters.local_services import embedded_s3, model_server
 from anomaly_mlops.steps.data import prepare_data
@@ -80,9 +81,13 @@ def copy_model(model_dir, tmp_path):
 
 
 @contextmanager
-def running_prometheus(root: Path, openmetrics_lines: list[str]):
+def running_prometheus(
+    root: Path, openmetrics_lines: list[str], *, interval: str = "1m", scrape: str = "[]", rules=(), alerting=None
+):
     """A real Prometheus on loopback whose history is back-filled from OpenMetrics lines
-    (promtool); evaluation interval 1m, so a subquery's resolution is one minute."""
+    (promtool); scrape and evaluation interval 1m by default, so a subquery's resolution is
+    one minute. ``scrape``: its scrape_configs (YAML); ``rules``: rule files to evaluate;
+    ``alerting``: an Alertmanager URL to send alerts to."""
     import subprocess
     import time
 
@@ -101,9 +106,15 @@ def running_prometheus(root: Path, openmetrics_lines: list[str]):
         capture_output=True,
         timeout=120,
     )
-    (root / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1m\n  evaluation_interval: 1m\nscrape_configs: []\n"
-    )
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": yaml.safe_load(scrape),
+        "rule_files": [str(r) for r in rules],
+    }
+    if alerting:
+        target = alerting.split("://", 1)[1]
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [target]}]}]}
+    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = subprocess.Popen(
         [

@@ -14,7 +14,13 @@ import yaml
 from anomaly_mlops.adapters.cli import main
 from anomaly_mlops.model.drift import ScoreReference
 from anomaly_mlops.params import DriftAlertParams
-from anomaly_mlops.serving.alert_rules import FLAGGING_ALERT, SCORE_DRIFT_ALERT, prometheus_rule, rule_groups
+from anomaly_mlops.serving.alert_rules import (
+    DRIFT_ALERTS,
+    FLAGGING_ALERT,
+    SCORE_DRIFT_ALERT,
+    prometheus_rule,
+    rule_groups,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "manifests" / "monitoring" / "prometheus-rule.yaml"
@@ -39,6 +45,7 @@ def test_the_prometheus_rule_validates_against_the_operators_crd():
     assert [doc["kind"] for doc in built] == ["PrometheusRule"]
     assert crd_schema.errors(built[0]) == []
     tuned = prometheus_rule(DriftAlertParams(window="30m", hold="5m", flagged_ratio=3, max_psi=0.5), "models")
+    assert [r.get("alert") for r in tuned["spec"]["groups"][0]["rules"] if "alert" in r] == list(DRIFT_ALERTS)
     assert crd_schema.errors(tuned) == []
     broken = prometheus_rule()
     broken["spec"]["groups"][0]["rules"][-1]["for"] = "fifteen minutes"
@@ -52,6 +59,7 @@ def test_the_prometheus_rule_validates_against_the_operators_crd():
         (["--for=-5m"], "--for must be a Prometheus duration"),
         (["--flagged-ratio", "1"], "--flagged-ratio must be above 1"),
         (["--max-psi", "0"], "--max-psi must be above 0"),
+        (["--max-psi", "-1"], "--max-psi must be above 0"),
         (["--min-rows", "0"], "--min-rows must be at least 1"),
         (["--name", "Drift_Rules"], "--name must be a Kubernetes object name"),
     ],
@@ -68,7 +76,10 @@ def test_prometheus_accepts_the_rule_file(tmp_path):
     assert main(["alert-rules", "--rule-file", "--out", str(path)]) == 0
     checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 7 rules found" in checked.stdout
+    assert "SUCCESS: 6 rules found" in checked.stdout  # five recorded series, the flagging alert
+    path.write_text(yaml.safe_dump(rule_groups(DriftAlertParams(max_psi=2.0))))
+    checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert "SUCCESS: 7 rules found" in checked.stdout, checked.stdout + checked.stderr
 
 
 # The scenario promtool plays, one sample a minute. Model version v1: ordinary traffic (served
@@ -132,7 +143,7 @@ def _drift_psi() -> float:
 
 @needs_promtool
 def test_each_alert_fires_once_per_drift_episode_with_the_version_it_concerns(tmp_path):
-    params = DriftAlertParams()
+    params = DriftAlertParams(window="1h", hold="15m", flagged_ratio=5, max_psi=0.25)
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups(params)))
     v1 = {"namespace": "models", "model": "anomaly-detector", "version": "v1"}
     alert_labels = {**v1, "severity": "warning", "component": "anomaly-detector"}
@@ -202,7 +213,7 @@ def test_each_alert_fires_once_per_drift_episode_with_the_version_it_concerns(tm
 def test_the_episode_test_fails_against_a_rule_that_alerts_on_every_row(tmp_path):
     """The promtool scenario can fail: a rule without the hold and the row floor fires for
     the low-traffic version too."""
-    params = DriftAlertParams(hold="0m", min_rows=1)
+    params = DriftAlertParams(window="1h", hold="0m", flagged_ratio=5, min_rows=1)
     groups = rule_groups(params)
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(groups))
     test = {

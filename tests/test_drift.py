@@ -170,3 +170,30 @@ def test_a_model_without_a_score_reference_counts_rows_but_no_bins(model_dir):
     assert 'anomaly_detector_rows_scored_total{model="m",version="v3"} 3.0' in text
     assert 'anomaly_detector_rows_flagged_total{model="m",version="v3"} 1.0' in text
     assert "score_bin_rows_total{" not in text and "calibrated_flagged_share{" not in text
+
+
+@pytest.mark.parametrize(
+    "champion_flags, challenger_flags, psi_gated",
+    [
+        (0.90, 0.03, False),  # the champion storms on these rows, the challenger fits them: the shift is the repair
+        (0.10, 0.03, True),  # the champion a little over the gate: still the reference
+        (0.90, 0.20, True),  # the challenger over-flags too: the shift is no repair
+    ],
+)
+def test_a_champion_that_storms_on_the_holdout_is_no_reference_for_the_score_shift(
+    champion_flags, challenger_flags, psi_gated
+):
+    from anomaly_mlops.steps.validate import Gates, evaluate_gates
+
+    metrics = {
+        "roc_auc": None,
+        "flagged_rate": challenger_flags,
+        "expected_contamination": 0.02,
+        "latency": {"single_row_ms": {"p99": 1.0}, "batches": {}},
+        "champion": {"compared": True, "flagged_rate": champion_flags, "score_psi": 7.9},
+    }
+    (gate,) = [g for g in evaluate_gates(metrics, Gates()) if g["gate"] == "score_psi_vs_champion"]
+    if psi_gated:
+        assert "skipped" not in gate and not gate["passed"]
+    else:
+        assert gate["passed"] and "the champion no longer fits these rows" in gate["skipped"]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from tekton_listener import ROOT, DriftListener, Refused, alertmanager_message
 
+from anomaly_mlops.params import DriftAlertParams
 from anomaly_mlops.serving.alert_rules import DRIFT_ALERTS, rule_groups
 
 import crd_schema
@@ -129,7 +130,7 @@ def test_the_alertmanager_route_groups_the_drift_alerts_by_the_labels_the_trigge
         "credentials": {"name": "anomaly-mlops-alerts", "key": "token"},
     }
     # the alerts carry the matched label and the grouped ones
-    alerts = [r for r in rule_groups()["groups"][0]["rules"] if "alert" in r]
+    alerts = [r for r in rule_groups(DriftAlertParams(max_psi=2.0))["groups"][0]["rules"] if "alert" in r]
     assert sorted(r["alert"] for r in alerts) == sorted(DRIFT_ALERTS)
     for rule in alerts:
         (matcher,) = route["matchers"]

@@ -202,6 +202,20 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
     checks.append(
         ("flagged_rate", metrics.get("flagged_rate"), "<=", gates.max_flagged_rate_ratio, flagged_limit, for_unlabelled)
     )
+    # A champion that flags more than twice what the flagged-rate gate allows on these rows,
+    # where the challenger keeps within it, no longer fits them (the machines moved: what a
+    # drift alert retrains on); a shift away from its scores is then the repair, not a fault.
+    champion_storms = (
+        f"the champion flags {champion['flagged_rate']:.1%} of these rows, more than twice the "
+        f"{flagged_limit:.1%} the flagged-rate gate allows, and this model keeps within it: the champion no "
+        "longer fits these rows"
+        if flagged_limit is not None
+        and champion.get("flagged_rate") is not None
+        and champion["flagged_rate"] > 2 * flagged_limit
+        and metrics.get("flagged_rate") is not None
+        and metrics["flagged_rate"] <= flagged_limit
+        else None
+    )
     checks.append(
         (
             "score_psi_vs_champion",
@@ -209,7 +223,7 @@ def evaluate_gates(metrics: dict, gates: Gates) -> list[dict]:
             "<=",
             gates.max_score_psi,
             gates.max_score_psi,
-            no_champion or for_unlabelled or champion.get("score_psi_not_comparable"),
+            no_champion or for_unlabelled or champion.get("score_psi_not_comparable") or champion_storms,
         )
     )
     results = []

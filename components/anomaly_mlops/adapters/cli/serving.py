@@ -206,7 +206,11 @@ def register(sub: SubParsers) -> None:
         help="alert when the flagged share is above this many times the share the model was calibrated to flag",
     )
     p.add_argument(
-        "--max-psi", type=float, default=rules.max_psi, help="alert when the served scores' PSI is above this"
+        "--max-psi",
+        type=float,
+        default=rules.max_psi,
+        help="also alert when the served scores' PSI against the calibration scores is above this (default: no "
+        "PSI alert; the PSI is recorded)",
     )
     p.add_argument(
         "--min-rows", type=int, default=rules.min_rows, help="rows a window needs before either alert can fire"
