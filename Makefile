@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test compile lock clean prometheus redis kfp-protos lint docs image image-gpu
+.PHONY: setup run test compile lock clean prometheus alertmanager redis kfp-protos lint docs image image-gpu
 
 # One line per stage; pip itself stays quiet (its full log would be ~300 lines).
 $(STAMP): pyproject.toml requirements.lock
@@ -28,7 +28,7 @@ run: $(STAMP)
 ## The test suite (what .ci/run calls): lint, the docs site built strictly, then pytest with
 ## its test files spread over two processes (each file's tests stay together: they share
 ## module fixtures; servers take free ports and temporary folders).
-test: $(STAMP) prometheus redis kfp-protos lint docs
+test: $(STAMP) prometheus alertmanager redis kfp-protos lint docs
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 ## The docs site (docs/, mkdocs.yml), strictly: every page in the nav, every link and anchor resolving.
@@ -41,6 +41,13 @@ prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
 	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
 	    || echo "warning: could not install prometheus; tests/test_prometheus.py will be skipped"; }
+
+## A real Alertmanager for the self-healing loop test (Debian package; needs root/apt).
+## Without it that test is skipped, saying so.
+alertmanager:
+	@command -v prometheus-alertmanager >/dev/null || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager) \
+	    || echo "warning: could not install prometheus-alertmanager; tests/test_self_healing_loop.py will be skipped"; }
 
 ## A real Redis server for the shared entity-history tests (Debian package; needs root/apt);
 ## the tests start their own on loopback. Without it those tests are skipped, saying so.

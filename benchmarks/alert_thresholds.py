@@ -19,7 +19,8 @@ import numpy as np
 
 from anomaly_mlops.model.drift import ScoreReference
 from anomaly_mlops.model.features import smoothing_rows
-from anomaly_mlops.params import TrainParams
+from anomaly_mlops.params import DriftAlertParams, TrainParams
+from anomaly_mlops.serving.alert_rules import CALIBRATED_FLOOR
 from anomaly_mlops.sources.prometheus import parse_duration
 from anomaly_mlops.steps.evaluate import _fit, _load
 from anomaly_mlops.steps.train import calibrate
@@ -44,7 +45,7 @@ def windows_of(series, params, window_s: float) -> list[tuple[float, float, bool
         out.append(
             (
                 reference.psi(reference.counts(part)),
-                share / max(reference.flagged_share, 1e-9),
+                share / max(reference.flagged_share, CALIBRATED_FLOOR),  # as the recording rule floors it
                 bool(series.labels[start : start + rows].any()),
             )
         )
@@ -89,6 +90,14 @@ def main():
                 with_anomaly = fired[labelled].mean() if labelled.any() else float("nan")
                 without = fired[~labelled].mean() if (~labelled).any() else float("nan")
                 print(f"| {name} | {with_anomaly:.0%} | {without:.0%} | {on} of {len(per_series)} |")
+            ratio_default = DriftAlertParams().flagged_ratio
+            print(
+                f"\nshare of each series' windows with flagged > {ratio_default:g}x calibrated (the default): "
+                + ", ".join(
+                    f"{name.split('/')[-1][:28]} {np.mean([q > ratio_default for _, q, _ in ws]):.0%}"
+                    for name, ws in per_series.items()
+                )
+            )
             print()
 
 
