@@ -252,3 +252,8 @@ class DriftAlertParams:
     def recorded(self, what: str) -> str:
         """The name of a recording rule over this window."""
         return f"anomaly_detector:{what}:{self.window}"
+
+
+# steps/trustyai.py: the drift metrics scheduled and the training rows uploaded as the reference.
+TRUSTYAI_DRIFT_METRICS = "meanshift,kstest"
+TRUSTYAI_REFERENCE_ROWS = 1000

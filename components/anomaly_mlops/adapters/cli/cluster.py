@@ -65,6 +65,35 @@ def cmd_rollback(args) -> dict:
     return {"rolled_back": args.name, "action": _isvc_client(args).rollback(args.name, _namespace(args))}
 
 
+def cmd_trustyai_register(args) -> dict:
+    import tempfile
+    from dataclasses import asdict
+
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.params import read_token
+    from anomaly_mlops.sources.files import load_dataset
+    from anomaly_mlops.steps.trustyai import register_with_trustyai
+    from anomaly_mlops.store.releases import resolve_model_dir, served_version
+
+    with tempfile.TemporaryDirectory(prefix="anomaly-trustyai-") as cache:
+        local = resolve_model_dir(args.model_dir, cache)
+        model = load_model_dir(local)
+        rows = load_dataset(args.data, model.schema).X
+        registration = register_with_trustyai(
+            model,
+            rows,
+            args.url,
+            args.model_id,
+            args.version or served_version(args.model_dir, local),
+            metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+            rows=args.rows,
+            batch_size=args.batch_size,
+            token=read_token(args.token_file),
+            ca_bundle=args.ca_bundle,
+        )
+    return asdict(registration)
+
+
 def register(sub: SubParsers) -> None:
 
     def kube_flags(p: argparse.ArgumentParser) -> None:
@@ -152,3 +181,23 @@ def register(sub: SubParsers) -> None:
     )
     kube_flags(p)
     p.set_defaults(func=cmd_rollback)
+
+    from anomaly_mlops.params import TRUSTYAI_DRIFT_METRICS, TRUSTYAI_REFERENCE_ROWS
+
+    p = sub.add_parser(
+        "trustyai-register",
+        help="optional: the version's training reference in TrustyAI, and its drift metrics scheduled",
+    )
+    p.add_argument("--url", required=True, help="the TrustyAI service, e.g. https://trustyai-service.<namespace>.svc")
+    p.add_argument("--model-id", required=True, help="the InferenceService's name (TrustyAI's model id)")
+    p.add_argument("--model-dir", required=True, help="the released version: local directory or s3:// prefix")
+    p.add_argument("--data", required=True, help="the rows it was trained on (the data step's train.parquet)")
+    p.add_argument("--version", help="the version's name (default: the s3:// version segment, or publish's name)")
+    p.add_argument(
+        "--metrics", default=TRUSTYAI_DRIFT_METRICS, help="drift metrics: meanshift, kstest, approxkstest, fouriermmd"
+    )
+    p.add_argument("--rows", type=int, default=TRUSTYAI_REFERENCE_ROWS, help="training rows uploaded as the reference")
+    p.add_argument("--batch-size", type=int, help="served rows each drift computation looks at (default: TrustyAI's)")
+    p.add_argument("--token-file", help="bearer token for the service (never logged)")
+    p.add_argument("--ca-bundle", help="CA bundle for HTTPS")
+    p.set_defaults(func=cmd_trustyai_register)
