@@ -195,6 +195,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         verify_requests: int = 200,
         slo_p99_ms: float = 100.0,
         use_service_account_token: bool = False,
+        trustyai_url: str = "",
     ):
         if options.final_status:
             summary = c["pipeline_final_status"](model_name=model_name)
@@ -267,6 +268,17 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 published.set_display_name("publish to S3").set_caching_options(False).set_retry(**NETWORK_RETRY)
                 _s3_env(published, options)
                 _resources(published, "250m", "512Mi", "1", "1Gi")
+                with dsl.If(trustyai_url != "", name="trustyai-enabled"):
+                    registered = c["register_with_trustyai"](
+                        model=trained.outputs["model"],
+                        train_data=data.outputs["train_data"],
+                        trustyai_url=trustyai_url,
+                        model_id=isvc_name,
+                        version=published.outputs["version"],
+                    )
+                    registered.set_display_name("register with TrustyAI").set_caching_options(False)
+                    registered.set_retry(**NETWORK_RETRY)
+                    _resources(registered, "250m", "512Mi", "1", "1Gi")
                 with dsl.If(deploy == True, name="deploy-enabled"):  # noqa: E712
                     _deploy_and_verify(
                         c,

@@ -170,8 +170,19 @@ def local_training(s3_env, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_training_pipeline_runs_locally_and_publishes(local_training, s3_env, raw, tmp_path):
     """kfp.local SubprocessRunner runs the same components in this venv; deploy is off
-    (no cluster here), so the run ends after publish."""
-    local_training(rows=4000, n_estimators=30, deploy=False, version="kfp-local", model_name="kfp-model")
+    (no cluster here), so the run ends after publish and the optional TrustyAI registration."""
+    from trustyai_fake import FakeTrustyAI
+
+    trustyai = FakeTrustyAI()
+    try:
+        local_training(
+            rows=4000, n_estimators=30, deploy=False, version="kfp-local", model_name="kfp-model",
+            trustyai_url=trustyai.url,
+        )  # fmt: skip
+    finally:
+        trustyai.stop()
+    assert trustyai.tags() == {"anomaly-detector": {"TRAINING-kfp-local": 1000}}
+    assert [len(trustyai.requests[m]) for m in ("meanshift", "kstest")] == [1, 1]
     keys = {o["Key"] for o in raw.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
     assert keys == {
         f"kfp-model/kfp-local/{f}"

@@ -424,6 +424,51 @@ def verify_deployment(
     raise_on_failure(result)
 
 
+def register_with_trustyai(
+    model: Input[Model],
+    train_data: Input[Dataset],
+    trustyai_url: str,
+    model_id: str,
+    version: str,
+    metrics: str = "meanshift,kstest",
+    rows: int = 1000,
+    use_service_account_token: bool = True,
+) -> str:
+    """Optional: the released version's training reference in TrustyAI, its drift metrics scheduled.
+
+    Args:
+        model: the released model directory.
+        train_data: the rows it was trained on.
+        trustyai_url: the TrustyAI service, e.g. https://trustyai-service.<namespace>.svc.
+        model_id: the InferenceService's name (TrustyAI's model id).
+        version: the released version (publish's).
+        metrics: drift metrics to schedule: meanshift, kstest, approxkstest, fouriermmd.
+        rows: training rows uploaded as the reference.
+        use_service_account_token: send the pod's token.
+    """
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.sources.files import load_dataset
+    from anomaly_mlops.steps.trustyai import register_with_trustyai as register
+
+    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    loaded = load_model_dir(model.path)
+    registration = register(
+        loaded,
+        load_dataset(train_data.path, loaded.schema).X,
+        trustyai_url,
+        model_id,
+        version,
+        metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+        rows=rows,
+        token=token_file.read_text().strip() if use_service_account_token and token_file.is_file() else None,
+    )
+    return json.dumps(asdict(registration))
+
+
 def rollback_deployment(isvc_name: str = "anomaly-detector", namespace: str = "") -> str:
     """Serverless: pin the previous revision; RawDeployment: restore the previous predictor.
 
@@ -481,6 +526,7 @@ STEP_FUNCTIONS = (
     fetch_model,
     deploy_model,
     verify_deployment,
+    register_with_trustyai,
     rollback_deployment,
     pipeline_summary,
     pipeline_final_status,
