@@ -1,8 +1,12 @@
-"""``anomaly-mlops publish|download``: immutable released versions on S3 or a mounted volume."""
+"""``anomaly-mlops publish|download|register``: immutable released versions on S3 or a mounted
+volume, and their entries in the Model Registry."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from anomaly_mlops.adapters.cli.parsing import SubParsers
+from anomaly_mlops.errors import ConfigError
 
 
 def cmd_publish(args) -> dict:
@@ -27,6 +31,36 @@ def cmd_download(args) -> dict:
     return {"model_dir": str(download_model(args.uri, args.out))}
 
 
+def cmd_register(args) -> dict:
+    import json
+    import tempfile
+    from dataclasses import asdict
+
+    from anomaly_mlops.params import read_token
+    from anomaly_mlops.steps.registry import Lineage, register_version
+    from anomaly_mlops.store.releases import resolve_model_dir
+
+    validation = None
+    if args.validation:
+        try:
+            validation = json.loads(Path(args.validation).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--validation {args.validation}: not a readable metrics.json ({exc})") from exc
+    with tempfile.TemporaryDirectory(prefix="anomaly-register-") as cache:
+        registration = register_version(
+            args.registry_url,
+            resolve_model_dir(args.model_dir, cache),
+            args.model_name,
+            args.version,
+            args.uri,
+            storage_key=args.storage_key,
+            validation=validation,
+            lineage=Lineage(args.source_kind, args.run_id, args.run_name, args.namespace, args.git_commit),
+            token=read_token(args.token_file),
+        )
+    return asdict(registration)
+
+
 def register(sub: SubParsers) -> None:
 
     p = sub.add_parser("publish", help="upload a model directory to an immutable S3 version (AWS_* env)")
@@ -46,3 +80,19 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--uri", required=True, help="the released version, s3://<bucket>/<prefix>/<model>/<version>/")
     p.add_argument("--out", required=True, help="directory to download into (must not exist or be empty)")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("register", help="optional: a released version in the Kubeflow Model Registry (idempotent)")
+    p.add_argument("--registry-url", required=True, help="the registry's REST endpoint, e.g. https://HOST:443")
+    p.add_argument("--model-dir", required=True, help="the released version: local directory or s3:// prefix")
+    p.add_argument("--model-name", required=True, help="the registered model (publish's --model-name)")
+    p.add_argument("--version", required=True, help="the released version's name")
+    p.add_argument("--uri", required=True, help="the released version's s3:// prefix (publish's uri)")
+    p.add_argument("--storage-key", default="aws-connection-models", help="the data connection KServe reads it with")
+    p.add_argument("--validation", help="validate's metrics.json: its metrics go on the version")
+    p.add_argument("--source-kind", default="local", help="what made it: kfp, tekton or local")
+    p.add_argument("--run-id", default="", help="the pipeline run's id")
+    p.add_argument("--run-name", default="", help="the pipeline run's name")
+    p.add_argument("--namespace", default="", help="where the run ran")
+    p.add_argument("--git-commit", default="", help="the commit the code came from (default: the model's provenance)")
+    p.add_argument("--token-file", help="bearer token for the registry (never logged)")
+    p.set_defaults(func=cmd_register)
