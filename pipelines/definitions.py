@@ -196,6 +196,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         slo_p99_ms: float = 100.0,
         use_service_account_token: bool = False,
         trustyai_url: str = "",
+        registry_url: str = "",
     ):
         if options.final_status:
             summary = c["pipeline_final_status"](model_name=model_name)
@@ -268,6 +269,22 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 published.set_display_name("publish to S3").set_caching_options(False).set_retry(**NETWORK_RETRY)
                 _s3_env(published, options)
                 _resources(published, "250m", "512Mi", "1", "1Gi")
+                with dsl.If(registry_url != "", name="registry-enabled"):
+                    registered_version = c["register_in_model_registry"](
+                        model=trained.outputs["model"],
+                        validation=validated.outputs["metrics"],
+                        registry_url=registry_url,
+                        model_name=model_name,
+                        version=published.outputs["version"],
+                        uri=published.outputs["uri"],
+                        storage_key=options.data_connection,
+                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                        namespace=namespace,
+                    )
+                    registered_version.set_display_name("register in the Model Registry").set_caching_options(False)
+                    registered_version.set_retry(**NETWORK_RETRY)
+                    _resources(registered_version, "250m", "512Mi", "1", "1Gi")
                 with dsl.If(trustyai_url != "", name="trustyai-enabled"):
                     registered = c["register_with_trustyai"](
                         model=trained.outputs["model"],

@@ -170,19 +170,27 @@ def local_training(s3_env, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_training_pipeline_runs_locally_and_publishes(local_training, s3_env, raw, tmp_path):
     """kfp.local SubprocessRunner runs the same components in this venv; deploy is off
-    (no cluster here), so the run ends after publish and the optional TrustyAI registration."""
+    (no cluster here), so the run ends after publish and the optional registrations with the
+    Model Registry and TrustyAI."""
+    from registry_fake import FakeModelRegistry
     from trustyai_fake import FakeTrustyAI
 
-    trustyai = FakeTrustyAI()
+    trustyai, registry = FakeTrustyAI(), FakeModelRegistry()
     try:
         local_training(
             rows=4000, n_estimators=30, deploy=False, version="kfp-local", model_name="kfp-model",
-            trustyai_url=trustyai.url,
+            trustyai_url=trustyai.url, registry_url=registry.url,
         )  # fmt: skip
     finally:
         trustyai.stop()
+        registry.stop()
     assert trustyai.tags() == {"anomaly-detector": {"TRAINING-kfp-local": 1000}}
     assert [len(trustyai.requests[m]) for m in ("meanshift", "kstest")] == [1, 1]
+    (version,) = registry.versions.values()
+    (artifact,) = registry.artifacts.values()
+    assert version["name"] == "kfp-local" and artifact["uri"].endswith("/kfp-model/kfp-local/")
+    assert artifact["modelSourceKind"] == "kfp" and artifact["storageKey"] == "aws-connection-models"
+    assert "roc_auc" in version["customProperties"] and "gates_passed" in version["customProperties"]
     keys = {o["Key"] for o in raw.list_objects_v2(Bucket=s3_env["AWS_S3_BUCKET"], Prefix="kfp-model/")["Contents"]}
     assert keys == {
         f"kfp-model/kfp-local/{f}"

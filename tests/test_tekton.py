@@ -60,6 +60,7 @@ def test_api_versions():
         "anomaly-train",
         "anomaly-validate",
         "anomaly-publish",
+        "anomaly-register",
         "anomaly-deploy",
         "anomaly-verify",
         "anomaly-submit-kfp",
@@ -257,6 +258,24 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
         "Metadata"
     ]
     assert released["git-commit"] == cloned["commit"] and released["run-id"] == "retrain-abc12"
+    from registry_fake import FakeModelRegistry
+
+    registry = FakeModelRegistry()
+    try:
+        registered = run_task(
+            "anomaly-register",
+            {"registry-url": registry.url, "version": published["version"], "uri": published["uri"],
+             "run-name": "retraining-x1", "git-commit": cloned["commit"]},
+            work,
+            {},
+        )  # fmt: skip
+    finally:
+        registry.stop()
+    (version,) = registry.versions.values()
+    assert registered["model-version-id"] == version["id"] and version["name"] == "tekton-v1"
+    (artifact,) = registry.artifacts.values()
+    assert artifact["modelSourceKind"] == "tekton" and artifact["modelSourceName"] == "retraining-x1"
+    assert version["customProperties"]["git_commit"]["string_value"] == cloned["commit"]
 
     kube = FakeKubeAPI()
     kubeconfig = tmp_path / "kubeconfig"

@@ -424,6 +424,65 @@ def verify_deployment(
     raise_on_failure(result)
 
 
+def register_in_model_registry(
+    model: Input[Model],
+    validation: Input[Metrics],
+    registry_url: str,
+    model_name: str,
+    version: str,
+    uri: str,
+    storage_key: str = "aws-connection-models",
+    run_id: str = "",
+    run_name: str = "",
+    namespace: str = "",
+    use_service_account_token: bool = True,
+) -> str:
+    """Optional: the released version in the Kubeflow Model Registry (idempotent).
+
+    Args:
+        model: the released model directory.
+        validation: validate's metrics (they go on the version).
+        registry_url: the registry's REST endpoint, e.g. https://HOST:443.
+        model_name: the registered model (publish's model name).
+        version: the released version (publish's).
+        uri: the released version's s3:// prefix (publish's).
+        storage_key: the data connection KServe reads it with.
+        run_id: this pipeline run's id.
+        run_name: this pipeline run's name.
+        namespace: where the run runs; empty: the pod's own.
+        use_service_account_token: send the pod's token.
+    """
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from anomaly_mlops.errors import ConfigError
+    from anomaly_mlops.steps.deploy import current_namespace
+    from anomaly_mlops.steps.registry import Lineage, register_version
+
+    try:
+        where = current_namespace(namespace)
+    except ConfigError:  # not in a pod (kfp.local): lineage without it
+        where = ""
+    logged = dict(validation.metadata or {})
+    measured = {k: logged[k] for k in ("roc_auc", "pr_auc", "f1", "flagged_rate") if k in logged}
+    if "gate_passed" in logged:
+        measured["passed"] = bool(logged["gate_passed"])
+    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    registration = register_version(
+        registry_url,
+        model.path,
+        model_name,
+        version,
+        uri,
+        storage_key=storage_key,
+        validation=measured,
+        lineage=Lineage("kfp", run_id, run_name, where),
+        token=token_file.read_text().strip() if use_service_account_token and token_file.is_file() else None,
+    )
+    return json.dumps(asdict(registration))
+
+
 def register_with_trustyai(
     model: Input[Model],
     train_data: Input[Dataset],
@@ -526,6 +585,7 @@ STEP_FUNCTIONS = (
     fetch_model,
     deploy_model,
     verify_deployment,
+    register_in_model_registry,
     register_with_trustyai,
     rollback_deployment,
     pipeline_summary,
