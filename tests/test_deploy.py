@@ -638,3 +638,60 @@ def test_cli_deploy_refuses_replicas_for_a_windowed_model_before_anything_is_sen
         check=False,
     )
     assert result.returncode == 2 and "--max-replicas 1" in result.stderr and fake.requests == []
+
+
+@pytest.mark.skipif(not __import__("registry_fake").available(), reason="../shared/schemas/model-registry not found")
+def test_deploy_from_the_registry_labels_the_inference_service_with_its_ids(
+    fake, tmp_path, model_dir, settings, s3_env
+):
+    """`deploy --from-registry NAME[:VERSION]` takes the storage from the version's model
+    artifact and puts the registry's labels on the InferenceService; without a version, the
+    newest LIVE one."""
+    import json
+
+    import yaml
+    from registry_fake import FakeModelRegistry
+    from test_cli import run
+
+    from anomaly_mlops.steps.registry import LABEL_MODEL_ID, LABEL_REGISTRY, LABEL_VERSION_ID, register_version
+    from anomaly_mlops.store.releases import publish
+
+    registry = FakeModelRegistry()
+    try:
+        for version in ("v1", "v2"):
+            release = publish(model_dir, "reg-deploy", version, settings)
+            register_version(
+                registry.url, model_dir, "reg-deploy", version, release.uri, storage_key="aws-connection-models"
+            )
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+                    "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                    "users": [{"name": "sa", "user": {"token": fake.token}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "sa"}}],
+                }
+            )
+        )  # fmt: skip
+        common = ["--namespace", NS, "--kubeconfig", str(kubeconfig), "--timeout", "10", "--registry-url",
+                  registry.url, "--registry-name", "modelregistry-public"]  # fmt: skip
+        out = json.loads(run("deploy", *common, "--from-registry", "reg-deploy").stdout)
+        assert out["action"] == "created"
+        isvc = stored(fake)
+        newest = [v for v in registry.versions.values() if v["name"] == "v2"][0]
+        assert isvc["metadata"]["labels"][LABEL_VERSION_ID] == newest["id"]
+        assert isvc["metadata"]["labels"][LABEL_MODEL_ID] == newest["registeredModelId"]
+        assert isvc["metadata"]["labels"][LABEL_REGISTRY] == "modelregistry-public"
+        assert isvc["spec"]["predictor"]["model"]["storage"] == {
+            "key": "aws-connection-models",
+            "path": "reg-deploy/v2/",
+        }
+        run("deploy", *common, "--from-registry", "reg-deploy:v1")
+        assert stored(fake)["spec"]["predictor"]["model"]["storage"]["path"] == "reg-deploy/v1/"
+        missing = run("deploy", *common, "--from-registry", "reg-deploy:v9", check=False)
+        assert missing.returncode == 2 and "has no version 'v9'" in missing.stderr
+        unnamed = run("deploy", "--namespace", NS, "--kubeconfig", str(kubeconfig), "--from-registry", "x", check=False)
+        assert unnamed.returncode == 2 and "needs --registry-url and --registry-name" in unnamed.stderr
+    finally:
+        registry.stop()

@@ -183,3 +183,61 @@ def _client(parts, token: str | None, author: str, later: str):
 def _reason(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return redact(f"{type(exc).__name__}: {text}")[:200]
+
+
+# The labels OpenShift AI's Model Registry controller reads on an InferenceService deployed
+# from the registry (and writes itself on one deployed from the dashboard).
+LABEL_MODEL_ID = "modelregistry.kubeflow.org/registered-model-id"
+LABEL_VERSION_ID = "modelregistry.kubeflow.org/model-version-id"
+LABEL_REGISTRY = "modelregistry.kubeflow.org/name"
+
+
+@dataclass
+class RegisteredVersion:
+    registered_model_id: str
+    model_version_id: str
+    name: str
+    version: str
+    uri: str
+    storage_key: str | None
+    storage_path: str | None
+
+    def labels(self, registry_name: str) -> dict[str, str]:
+        """The InferenceService labels that link it to this version of ``registry_name``."""
+        return {LABEL_MODEL_ID: self.registered_model_id, LABEL_VERSION_ID: self.model_version_id,
+                LABEL_REGISTRY: registry_name}  # fmt: skip
+
+
+def resolve_registered(url: str, reference: str, token: str | None = None) -> RegisteredVersion:
+    """``NAME[:VERSION]`` in the registry: that version, or the newest LIVE one, with its
+    model artifact's storage."""
+    name, _, version = reference.partition(":")
+    if not name:
+        raise ConfigError(f"--from-registry takes NAME[:VERSION], got {reference!r}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--registry-url must be http(s)://HOST[:PORT], got {redact(url)!r}")
+    client = _client(parts, token, "anomaly-mlops", "nothing was changed")
+    try:
+        model = client.get_registered_model(name)
+        if model is None:
+            raise ConfigError(f"the Model Registry has no registered model {name!r}")
+        if version:
+            found = client.get_model_version(name, version)
+        else:
+            live = [v for v in client.get_model_versions(name) if str(v.state).endswith("LIVE")]
+            found = max(live, key=lambda v: int(v.create_time_since_epoch or 0)) if live else None
+        if found is None:
+            raise ConfigError(f"the Model Registry has no {'version ' + repr(version) if version else 'LIVE version'} "
+                              f"of {name!r}")  # fmt: skip
+        artifact = client.get_model_artifact(name, found.name)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise RegistryError(
+            f"the Model Registry at {redact(url)} could not resolve {reference} ({_reason(exc)})"
+        ) from exc
+    if artifact is None or not artifact.uri:
+        raise ConfigError(f"{name} {found.name} has no model artifact with a URI in the Model Registry")
+    return RegisteredVersion(model.id, found.id, name, found.name, artifact.uri, artifact.storage_key,
+                             artifact.storage_path)  # fmt: skip

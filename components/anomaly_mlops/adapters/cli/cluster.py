@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from anomaly_mlops.adapters.cli.parsing import SubParsers
+from anomaly_mlops.errors import ConfigError
 
 
 def _namespace(args) -> str:
@@ -27,6 +28,22 @@ def cmd_deploy(args) -> dict:
 
     profile = PROFILES[args.profile] if args.profile else {}
     runtime = args.runtime or profile.get("runtime", "custom")
+    labels = {}
+    if args.from_registry:
+        from anomaly_mlops.params import read_token
+        from anomaly_mlops.steps.registry import resolve_registered
+
+        if not (args.registry_url and args.registry_name):
+            raise ConfigError("--from-registry needs --registry-url and --registry-name (the Model Registry's name)")
+        if args.storage_path or args.storage_uri:
+            raise ConfigError("--from-registry takes the storage from the registry: drop --storage-path/--storage-uri")
+        found = resolve_registered(args.registry_url, args.from_registry, read_token(args.registry_token_file))
+        labels = found.labels(args.registry_name)
+        args.model_version = args.model_version or found.version
+        if found.storage_key and found.storage_path:
+            args.storage_key, args.storage_path = found.storage_key, found.storage_path
+        else:
+            args.storage_uri = found.uri
     if args.model_dir:
         check_runtime_serves(runtime, args.model_dir)
         check_replicas(args.max_replicas, args.model_dir, shared_history=bool(args.history_secret))
@@ -52,6 +69,7 @@ def cmd_deploy(args) -> dict:
         cpu_limit=args.cpu_limit,
         memory_limit=args.memory_limit,
         logger_url=args.logger_url,
+        labels=labels,
     )
     return asdict(deploy(spec, _isvc_client(args), timeout_s=args.timeout))
 
@@ -169,6 +187,14 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--cpu-limit", default=d.cpu_limit, help="predictor CPU limit")
     p.add_argument("--memory-limit", default=d.memory_limit, help="predictor memory limit")
     p.add_argument("--logger-url", help="send request/response events to this URL (KServe logger)")
+    p.add_argument(
+        "--from-registry",
+        metavar="NAME[:VERSION]",
+        help="deploy a version from the Model Registry (default: its newest LIVE one), labelled with its ids",
+    )
+    p.add_argument("--registry-url", help="the Model Registry's REST endpoint, for --from-registry")
+    p.add_argument("--registry-name", help="the Model Registry's name (the label OpenShift AI reads)")
+    p.add_argument("--registry-token-file", help="bearer token for the registry (never logged)")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready")
     p.set_defaults(func=cmd_deploy)
 
