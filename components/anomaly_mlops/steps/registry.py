@@ -62,6 +62,9 @@ def version_properties(model_dir: Path, validation: dict | None, lineage: Lineag
     """The custom properties a version carries: metrics, data, schema, threshold, lineage."""
     import hashlib
 
+    from anomaly_mlops.steps.validate import summarize_validation
+
+    validation = summarize_validation(validation)
     metadata = json.loads((model_dir / METADATA_FILE).read_text())
     data = metadata.get("data") or {}
     provenance = metadata.get("provenance") or {}
@@ -100,6 +103,7 @@ def register_version(
     lineage: Lineage | None = None,
     token: str | None = None,
     author: str = "anomaly-mlops",
+    model_card: str | None = None,
 ) -> Registration:
     """Register the released version at ``uri`` (idempotent; see the module's docstring)."""
     lineage = lineage or Lineage()
@@ -113,6 +117,8 @@ def register_version(
         raise ConfigError(f"--registry-url must be http(s)://HOST[:PORT], got {redact(url)!r}")
     model_dir = Path(model_dir)
     properties = version_properties(model_dir, validation, lineage)
+    if model_card:
+        properties["model_card"] = model_card
     later = (
         f"the release {uri} is published and safe; register it later with `anomaly-mlops register "
         f"--registry-url URL --model-dir DIR --model-name {model_name} --version {version} --uri {uri}`"

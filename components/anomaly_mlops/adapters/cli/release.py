@@ -57,8 +57,34 @@ def cmd_register(args) -> dict:
             validation=validation,
             lineage=Lineage(args.source_kind, args.run_id, args.run_name, args.namespace, args.git_commit),
             token=read_token(args.token_file),
+            model_card=args.model_card_uri,
         )
     return asdict(registration)
+
+
+def cmd_model_card(args) -> dict:
+    import json
+    import tempfile
+
+    from anomaly_mlops.steps.model_card import build_card, publish_card
+    from anomaly_mlops.store.releases import resolve_model_dir
+
+    validation = None
+    if args.validation:
+        try:
+            validation = json.loads(Path(args.validation).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--validation {args.validation}: not a readable metrics.json ({exc})") from exc
+    with tempfile.TemporaryDirectory(prefix="anomaly-card-") as cache:
+        card = build_card(resolve_model_dir(args.model_dir, cache), args.version, validation, args.approval)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model-card.md").write_text(card.markdown)
+    (out / "model-card.html").write_text(card.html)
+    result = {"markdown": str(out / "model-card.md"), "html": str(out / "model-card.html")}
+    if args.upload:
+        result["uri"] = publish_card(card, args.model_name, args.version, root_prefix=args.root_prefix)
+    return result
 
 
 def register(sub: SubParsers) -> None:
@@ -95,4 +121,20 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--namespace", default="", help="where the run ran")
     p.add_argument("--git-commit", default="", help="the commit the code came from (default: the model's provenance)")
     p.add_argument("--token-file", help="bearer token for the registry (never logged)")
+    p.add_argument("--model-card-uri", help="the version's model card (model-card --upload's uri), linked from it")
     p.set_defaults(func=cmd_register)
+
+    p = sub.add_parser(
+        "model-card", help="a released version's model card, Markdown and HTML (optionally beside it in S3)"
+    )
+    p.add_argument("--model-dir", required=True, help="the released version: local directory or s3:// prefix")
+    p.add_argument("--version", required=True, help="the released version's name")
+    p.add_argument("--validation", help="validate's metrics.json: the metrics and gates on the card")
+    p.add_argument(
+        "--approval", default="not required", help="not required, pending, approved or rejected (the approval gate's)"
+    )
+    p.add_argument("--out", required=True, help="folder for model-card.md and model-card.html")
+    p.add_argument("--upload", action="store_true", help="also write it to <model>/.cards/<version>/ in the bucket")
+    p.add_argument("--model-name", default="anomaly-detector", help="with --upload: the released model's name")
+    p.add_argument("--root-prefix", default="", help="with --upload: the key prefix before <model>/")
+    p.set_defaults(func=cmd_model_card)

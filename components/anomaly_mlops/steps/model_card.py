@@ -1,0 +1,202 @@
+"""A model card per released version (``anomaly-mlops model-card``): what the model is for,
+what it was trained on, how it measured against its gates, its known limits, where it came
+from and whether it is approved, as Markdown and HTML.
+
+Cards live beside the version, never in it: ``<model>/.cards/<version>/model-card.{md,html}``
+in the bucket. A version's prefix holds exactly the files its manifest lists (KServe's storage
+initializer downloads the whole prefix and the servers refuse extra files), and a card may be
+written again when the approval changes, while a released version never is. The Model
+Registry links to it (the version's ``model_card`` property, steps/registry.py).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from anomaly_mlops.errors import ConfigError
+from anomaly_mlops.model.artifacts import MANIFEST_FILE, METADATA_FILE
+from anomaly_mlops.redact import redact
+
+CARDS_FOLDER = ".cards"
+APPROVAL_STATES = ("not required", "pending", "approved", "rejected")
+INTENDED_USE = (
+    "Flags anomalous rows of operational metrics (CPU, memory, disk, network, restarts) of the "
+    "nodes and pods of an OpenShift cluster, for the Self-Healing Platform's coordination engine "
+    "and for people watching those machines. Answers each row with a prediction (-1 anomalous, "
+    "1 normal) and an anomaly score. Not for other kinds of data, and not a root-cause analysis."
+)
+
+
+@dataclass
+class ModelCard:
+    markdown: str
+    html: str
+
+
+def card_key(model_name: str, version: str, root_prefix: str = "") -> str:
+    """``[<root>/]<model>/.cards/<version>/``, beside the version's prefix, outside it."""
+    from anomaly_mlops.store.releases import version_prefix
+
+    version_prefix(model_name, version, root_prefix)  # the release's naming rules
+    root = f"{root_prefix.strip('/')}/" if root_prefix.strip("/") else ""
+    return f"{root}{model_name}/{CARDS_FOLDER}/{version}/"
+
+
+def build_card(
+    model_dir: str | Path, version: str, validation: dict | None = None, approval: str = "not required"
+) -> ModelCard:
+    """The card of the model at ``model_dir`` (released as ``version``), with validate's
+    metrics.json when given."""
+    import hashlib
+
+    if approval not in APPROVAL_STATES:
+        raise ConfigError(f"--approval must be one of {', '.join(APPROVAL_STATES)}, got {approval!r}")
+    from anomaly_mlops.steps.validate import summarize_validation
+
+    validation = summarize_validation(validation)
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / METADATA_FILE).read_text())
+    transform = meta.get("feature_transform") or {}
+    smoothing = meta.get("score_smoothing") or {}
+    data = meta.get("data") or {}
+    provenance = meta.get("provenance") or {}
+    method = meta.get("threshold_method") or {}
+    window = transform.get("window_minutes") or 0
+    sections: list[tuple[str, list]] = []
+    sections.append(("Intended use", [INTENDED_USE]))
+    sections.append(
+        (
+            "Model",
+            [
+                [
+                    ("type", f"{meta.get('model_type')} ({meta['params'].get('n_estimators')} trees)"),
+                    ("features", ", ".join(meta["schema"]["features"])),
+                    ("feature window", f"{window} min ({', '.join(transform.get('columns') or [])})" if window else "none"),
+                    ("metric basis", (transform.get("basis") or {}).get("kind", "raw metrics")),
+                    ("score smoothing", f"{smoothing.get('minutes', 0)} min"),
+                    ("threshold", f"{meta['threshold']:.5f} ({method.get('method', '?')}, "
+                                  f"{100 * float(method.get('calibration_flagged_share', 0)):.1f}% of calibration rows above)"),
+                ]
+            ],
+        )
+    )  # fmt: skip
+    sections.append(
+        (
+            "Data",
+            [
+                [
+                    ("source", redact(str(data.get("source", "?")))),
+                    ("rows", str(data.get("rows", "?"))),
+                    ("sha256", str(data.get("sha256", "?"))),
+                ]
+            ],
+        )
+    )
+    if validation:
+        rows = [
+            (k, f"{validation[k]:.4f}")
+            for k in ("roc_auc", "pr_auc", "f1", "flagged_rate")
+            if isinstance(validation.get(k), int | float)
+        ]
+        gates = [
+            (g["gate"], f"{g.get('value')} {g.get('op')} {g.get('threshold')}: "
+                        f"{'skipped (' + g['skipped'] + ')' if g.get('skipped') else 'passed' if g.get('passed') else 'FAILED'}")
+            for g in validation.get("gates") or []
+        ]  # fmt: skip
+        sections.append(("Measured on the holdout", [rows + gates or [("metrics", "none recorded")]]))
+    else:
+        sections.append(("Measured on the holdout", ["Not given: build the card with validate's metrics.json."]))
+    limits = [
+        "The threshold is set to flag about the calibrated share of ordinary rows; a machine that moves "
+        "to a new normal is flagged row after row until a retraining (the drift alert says so once).",
+        "Rows whose metrics leave the ranges the model was fitted on are counted on /metrics; scores "
+        "there are less reliable.",
+    ]
+    if window or int(smoothing.get("rows", 1)) > 1:
+        limits.insert(
+            0,
+            "Windowed: each row is scored with its entity's earlier rows. Clients send an entity; one replica "
+            "keeps history in process, several need a shared store (--history-url). The upstream sklearn "
+            "runtime cannot serve it.",
+        )
+    sections.append(("Known limits", [limits]))
+    manifest = hashlib.sha256((model_dir / MANIFEST_FILE).read_bytes()).hexdigest()
+    sections.append(
+        (
+            "Provenance",
+            [
+                [
+                    ("version", version),
+                    ("trained at", str(meta.get("created_at", "?"))),
+                    ("git commit", str(provenance.get("git_commit") or "not recorded")),
+                    ("run id", str(provenance.get("run_id") or "not recorded")),
+                    ("manifest sha256", manifest),
+                    (
+                        "libraries",
+                        ", ".join(f"{k} {v}" for k, v in sorted((meta.get("library_versions") or {}).items())),
+                    ),
+                ]
+            ],
+        )
+    )
+    sections.append(("Approval", [f"Status: **{approval}**."]))
+    title = f"Model card: anomaly detector {version}"
+    return ModelCard(_markdown(title, sections), _html(title, sections))
+
+
+def _markdown(title: str, sections) -> str:
+    out = [f"# {title}", ""]
+    for heading, blocks in sections:
+        out += [f"## {heading}", ""]
+        for block in blocks:
+            if isinstance(block, str):
+                out += [block, ""]
+            elif block and isinstance(block[0], tuple):
+                out += ["| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in block] + [""]
+            else:
+                out += [f"- {item}" for item in block] + [""]
+    return "\n".join(out)
+
+
+def _html(title: str, sections) -> str:
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+           "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:.2em .6em;"
+           "border-bottom:1px solid #ddd;text-align:left;vertical-align:top}</style></head><body>",
+           f"<h1>{e(title)}</h1>"]  # fmt: skip
+    for heading, blocks in sections:
+        out.append(f"<h2>{e(heading)}</h2>")
+        for block in blocks:
+            if isinstance(block, str):
+                out.append(f"<p>{e(block).replace('**', '')}</p>")
+            elif block and isinstance(block[0], tuple):
+                out.append(
+                    "<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in block) + "</table>"
+                )
+            else:
+                out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in block) + "</ul>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def publish_card(card: ModelCard, model_name: str, version: str, settings=None, root_prefix: str = "") -> str:
+    """Write the card beside the released version (over an earlier card of it); its s3:// URI."""
+    from anomaly_mlops.store.s3 import S3Settings, describe_client_error
+
+    settings = settings or S3Settings.from_env()
+    prefix = card_key(model_name, version, root_prefix)
+    client = settings.client()
+    for name, body, kind in (
+        ("model-card.md", card.markdown, "text/markdown"),
+        ("model-card.html", card.html, "text/html"),
+    ):
+        try:
+            client.put_object(Bucket=settings.bucket, Key=prefix + name, Body=body.encode(), ContentType=kind)
+        except Exception as exc:
+            raise describe_client_error(
+                exc, f"write the model card s3://{settings.bucket}/{prefix}{name}", settings
+            ) from exc
+    return f"s3://{settings.bucket}/{prefix}model-card.html"
