@@ -642,7 +642,7 @@ def test_cli_deploy_refuses_replicas_for_a_windowed_model_before_anything_is_sen
 
 @pytest.mark.skipif(not __import__("registry_fake").available(), reason="../shared/schemas/model-registry not found")
 def test_deploy_from_the_registry_labels_the_inference_service_with_its_ids(
-    fake, tmp_path, model_dir, settings, s3_env
+    fake, tmp_path, model_dir, settings, s3_env, monkeypatch
 ):
     """`deploy --from-registry NAME[:VERSION]` takes the storage from the version's model
     artifact and puts the registry's labels on the InferenceService; without a version, the
@@ -689,6 +689,26 @@ def test_deploy_from_the_registry_labels_the_inference_service_with_its_ids(
         }
         run("deploy", *common, "--from-registry", "reg-deploy:v1")
         assert stored(fake)["spec"]["predictor"]["model"]["storage"]["path"] == "reg-deploy/v1/"
+        # the registry says what serves: promote marks v1 LIVE and serving ...
+        kube = ["--namespace", NS, "--kubeconfig", str(kubeconfig), "--registry-url", registry.url,
+                "--registry-model-name", "reg-deploy"]  # fmt: skip
+        promoted = json.loads(run("promote", *kube).stdout)
+        assert promoted["registry_states"] == {"v2": "ARCHIVED", "v1": "LIVE"}  # v1 serves, v2 was before it
+        by_name = {v["name"]: v for v in registry.versions.values()}
+        assert by_name["v1"]["state"] == "LIVE" and by_name["v2"]["state"] == "ARCHIVED"
+        assert by_name["v1"]["customProperties"]["serving"]["string_value"] == "true"
+        # ... a rollback the other way round, and champion registry:NAME follows it
+        rolled = json.loads(run("rollback", *kube).stdout)
+        assert rolled["registry_states"] == {"v1": "ARCHIVED", "v2": "LIVE"}
+
+        from anomaly_mlops.steps.champion import resolve_champion
+        from anomaly_mlops.steps.registry import serving_from_registry
+
+        monkeypatch.setenv("ANOMALY_MLOPS_REGISTRY_URL", registry.url)
+        for key, value in s3_env.items():
+            monkeypatch.setenv(key, value)
+        assert serving_from_registry("reg-deploy") == f"s3://{settings.bucket}/reg-deploy/v2/"
+        assert resolve_champion("registry:reg-deploy", "reg-deploy", tmp_path / "cache") is not None
         missing = run("deploy", *common, "--from-registry", "reg-deploy:v9", check=False)
         assert missing.returncode == 2 and "has no version 'v9'" in missing.stderr
         unnamed = run("deploy", "--namespace", NS, "--kubeconfig", str(kubeconfig), "--from-registry", "x", check=False)

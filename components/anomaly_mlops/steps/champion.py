@@ -81,6 +81,10 @@ def resolve_champion(spec: str | None, model_name: str, cache_dir: str | Path, r
             return None
     elif spec.startswith("serving:"):
         uri = serving_release(spec[len("serving:") :])
+    elif spec.startswith("registry:"):
+        from anomaly_mlops.steps.registry import serving_from_registry
+
+        uri = serving_from_registry(spec[len("registry:") :])
     else:
         uri = spec
     log.info("champion: %s", uri)

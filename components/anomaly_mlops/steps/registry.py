@@ -247,3 +247,79 @@ def resolve_registered(url: str, reference: str, token: str | None = None) -> Re
         raise ConfigError(f"{name} {found.name} has no model artifact with a URI in the Model Registry")
     return RegisteredVersion(model.id, found.id, name, found.name, artifact.uri, artifact.storage_key,
                              artifact.storage_path)  # fmt: skip
+
+
+REGISTRY_URL_ENV = "ANOMALY_MLOPS_REGISTRY_URL"  # where champion "registry:NAME" looks
+REGISTRY_TOKEN_FILE_ENV = "ANOMALY_MLOPS_REGISTRY_TOKEN_FILE"
+
+
+def set_serving_state(
+    url: str, model_name: str, serving: str | None, retired: str | None, token: str | None = None
+) -> dict[str, str]:
+    """After a promote or a rollback: the version now serving LIVE, the one it replaced
+    ARCHIVED, so the registry says what serves. Versions the registry does not hold are left
+    out (deployed before registration was on). Returns {version: state} as set."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--registry-url must be http(s)://HOST[:PORT], got {redact(url)!r}")
+    from model_registry.types import ModelVersionState
+
+    client = _client(parts, token, "anomaly-mlops", "the deployment itself is done")
+    changed: dict[str, str] = {}
+    try:
+        if client.get_registered_model(model_name) is None:
+            return changed
+        for version, state in ((retired, ModelVersionState.ARCHIVED), (serving, ModelVersionState.LIVE)):
+            if not version or version == serving and state is ModelVersionState.ARCHIVED:
+                continue
+            found = client.get_model_version(model_name, version)
+            if found is None:
+                continue
+            found.state = state
+            found.custom_properties = {
+                **(found.custom_properties or {}),
+                "serving": str(state is ModelVersionState.LIVE).lower(),
+            }
+            client.update(found)
+            changed[version] = state.value
+    except Exception as exc:  # noqa: BLE001
+        raise RegistryError(
+            f"the Model Registry at {redact(url)} could not record what serves ({_reason(exc)}); the deployment "
+            "itself is done"
+        ) from exc
+    return changed
+
+
+def serving_from_registry(model_name: str) -> str:
+    """Champion ``registry:NAME``: the s3:// URI of the version the registry says serves (marked
+    ``serving`` by the last promote or rollback), from the registry at $ANOMALY_MLOPS_REGISTRY_URL."""
+    import os
+
+    from anomaly_mlops.params import read_token
+
+    url = os.environ.get(REGISTRY_URL_ENV)
+    if not url:
+        raise ConfigError(
+            f"champion 'registry:{model_name}' needs ${REGISTRY_URL_ENV} (the Model Registry's REST endpoint)"
+        )
+    parts = urlsplit(url)
+    client = _client(parts, read_token(os.environ.get(REGISTRY_TOKEN_FILE_ENV)), "anomaly-mlops", "nothing was changed")
+    try:
+        if client.get_registered_model(model_name) is None:
+            raise ConfigError(f"the Model Registry has no registered model {model_name!r}: no champion")
+        serving = [
+            v for v in client.get_model_versions(model_name) if (v.custom_properties or {}).get("serving") == "true"
+        ]
+        if not serving:
+            raise ConfigError(f"no version of {model_name!r} is marked serving in the Model Registry (no promote yet)")
+        newest = max(serving, key=lambda v: int(v.last_update_time_since_epoch or 0))
+        artifact = client.get_model_artifact(model_name, newest.name)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise RegistryError(
+            f"the Model Registry at {redact(url)} could not name the serving version ({_reason(exc)})"
+        ) from exc
+    if artifact is None or not artifact.uri:
+        raise ConfigError(f"{model_name} {newest.name} has no model artifact with a URI in the Model Registry")
+    return artifact.uri

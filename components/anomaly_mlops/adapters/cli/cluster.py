@@ -75,12 +75,39 @@ def cmd_deploy(args) -> dict:
 
 
 def cmd_promote(args) -> dict:
+    before = _versions(args)
     _isvc_client(args).promote(args.name, _namespace(args))
-    return {"promoted": args.name}
+    return {"promoted": args.name, **_record_serving(args, serving=before[0], retired=before[1])}
 
 
 def cmd_rollback(args) -> dict:
-    return {"rolled_back": args.name, "action": _isvc_client(args).rollback(args.name, _namespace(args))}
+    before = _versions(args)
+    done = _isvc_client(args).rollback(args.name, _namespace(args))
+    return {"rolled_back": args.name, "action": done, **_record_serving(args, serving=before[1], retired=before[0])}
+
+
+def _versions(args) -> tuple[str | None, str | None]:
+    """(model version, previous model version) the InferenceService records, when the
+    registry is to be told what serves."""
+    if not args.registry_url:
+        return None, None
+    from anomaly_mlops.steps.deploy import MODEL_VERSION_ANNOTATION, PREVIOUS_VERSION_ANNOTATION
+
+    isvc = _isvc_client(args).get(args.name, _namespace(args)) or {}
+    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(MODEL_VERSION_ANNOTATION), annotations.get(PREVIOUS_VERSION_ANNOTATION)
+
+
+def _record_serving(args, serving: str | None, retired: str | None) -> dict:
+    if not args.registry_url:
+        return {}
+    from anomaly_mlops.params import read_token
+    from anomaly_mlops.steps.registry import set_serving_state
+
+    states = set_serving_state(
+        args.registry_url, args.registry_model_name or args.name, serving, retired, read_token(args.registry_token_file)
+    )
+    return {"registry_states": states}
 
 
 def cmd_trustyai_register(args) -> dict:
@@ -198,14 +225,24 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for Ready")
     p.set_defaults(func=cmd_deploy)
 
+    def registry_flags(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group(
+            "the Model Registry (optional): record the version now serving LIVE, the other ARCHIVED"
+        )
+        g.add_argument("--registry-url", help="the registry's REST endpoint")
+        g.add_argument("--registry-model-name", help="the registered model (default: --name)")
+        g.add_argument("--registry-token-file", help="bearer token for the registry (never logged)")
+
     p = sub.add_parser("promote", help="send all traffic to the latest revision (after verify passed)")
     kube_flags(p)
+    registry_flags(p)
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser(
         "rollback", help="Serverless: pin the previous revision; RawDeployment: restore the previous path"
     )
     kube_flags(p)
+    registry_flags(p)
     p.set_defaults(func=cmd_rollback)
 
     from anomaly_mlops.params import TRUSTYAI_DRIFT_METRICS, TRUSTYAI_REFERENCE_ROWS
