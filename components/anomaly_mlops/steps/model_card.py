@@ -36,6 +36,20 @@ class ModelCard:
     html: str
 
 
+def summarize_validation(document: dict | None) -> dict:
+    """validate's metrics.json (or an already flat dict of metrics) as {metric: value, ...,
+    "passed": bool, "gates": [...]}: what the registry and the model card show."""
+    if not document:
+        return {}
+    flat = dict(document.get("metrics") or document)
+    passed = document.get("gate_passed", document.get("passed"))
+    if passed is not None:
+        flat["passed"] = bool(passed)
+    if document.get("gates"):
+        flat["gates"] = document["gates"]
+    return flat
+
+
 def card_key(model_name: str, version: str, root_prefix: str = "") -> str:
     """``[<root>/]<model>/.cards/<version>/``, beside the version's prefix, outside it."""
     from anomaly_mlops.store.releases import version_prefix
@@ -54,8 +68,6 @@ def build_card(
 
     if approval not in APPROVAL_STATES:
         raise ConfigError(f"--approval must be one of {', '.join(APPROVAL_STATES)}, got {approval!r}")
-    from anomaly_mlops.steps.validate import summarize_validation
-
     validation = summarize_validation(validation)
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / METADATA_FILE).read_text())

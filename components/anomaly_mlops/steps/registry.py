@@ -62,7 +62,7 @@ def version_properties(model_dir: Path, validation: dict | None, lineage: Lineag
     """The custom properties a version carries: metrics, data, schema, threshold, lineage."""
     import hashlib
 
-    from anomaly_mlops.steps.validate import summarize_validation
+    from anomaly_mlops.steps.model_card import summarize_validation
 
     validation = summarize_validation(validation)
     metadata = json.loads((model_dir / METADATA_FILE).read_text())

@@ -687,17 +687,3 @@ def _gpu_section(gpu: dict) -> str:
         f"{gpu['max_abs_diff_vs_cpu']:.3g}. Times include host-device copies.</p>"
         f"<table><tr><th>batch rows</th><th>p50 ms</th><th>p99 ms</th><th>rows/s</th></tr>{rows}</table>"
     )
-
-
-def summarize_validation(document: dict | None) -> dict:
-    """validate's metrics.json (or an already flat dict of metrics) as {metric: value, ...,
-    "passed": bool, "gates": [...]}: what the registry and the model card show."""
-    if not document:
-        return {}
-    flat = dict(document.get("metrics") or document)
-    passed = document.get("gate_passed", document.get("passed"))
-    if passed is not None:
-        flat["passed"] = bool(passed)
-    if document.get("gates"):
-        flat["gates"] = document["gates"]
-    return flat
