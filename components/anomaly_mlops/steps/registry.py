@@ -214,9 +214,12 @@ class RegisteredVersion:
                 LABEL_REGISTRY: registry_name}  # fmt: skip
 
 
-def resolve_registered(url: str, reference: str, token: str | None = None) -> RegisteredVersion:
-    """``NAME[:VERSION]`` in the registry: that version, or the newest LIVE one, with its
-    model artifact's storage."""
+def resolve_registered(
+    url: str, reference: str, token: str | None = None, *, serving: bool = False
+) -> RegisteredVersion:
+    """``NAME[:VERSION]`` in the registry, with its model artifact's storage: that version;
+    without one, the newest LIVE version, or with ``serving`` the one marked serving by the last
+    promote or rollback (set_serving_state)."""
     name, _, version = reference.partition(":")
     if not name:
         raise ConfigError(f"--from-registry takes NAME[:VERSION], got {reference!r}")
@@ -230,12 +233,19 @@ def resolve_registered(url: str, reference: str, token: str | None = None) -> Re
             raise ConfigError(f"the Model Registry has no registered model {name!r}")
         if version:
             found = client.get_model_version(name, version)
+            wanted = f"version {version!r}"
         else:
-            live = [v for v in client.get_model_versions(name) if str(v.state).endswith("LIVE")]
-            found = max(live, key=lambda v: int(v.create_time_since_epoch or 0)) if live else None
+            if serving:  # the one marked last
+                candidates = [
+                    v for v in client.get_model_versions(name) if (v.custom_properties or {}).get("serving") == "true"
+                ]
+                wanted, when = "version marked serving (no promote yet)", "last_update_time_since_epoch"
+            else:  # the newest
+                candidates = [v for v in client.get_model_versions(name) if str(v.state).endswith("LIVE")]
+                wanted, when = "LIVE version", "create_time_since_epoch"
+            found = max(candidates, key=lambda v: int(getattr(v, when) or 0)) if candidates else None
         if found is None:
-            raise ConfigError(f"the Model Registry has no {'version ' + repr(version) if version else 'LIVE version'} "
-                              f"of {name!r}")  # fmt: skip
+            raise ConfigError(f"the Model Registry has no {wanted} of {name!r}")
         artifact = client.get_model_artifact(name, found.name)
     except ConfigError:
         raise
@@ -302,24 +312,5 @@ def serving_from_registry(model_name: str) -> str:
         raise ConfigError(
             f"champion 'registry:{model_name}' needs ${REGISTRY_URL_ENV} (the Model Registry's REST endpoint)"
         )
-    parts = urlsplit(url)
-    client = _client(parts, read_token(os.environ.get(REGISTRY_TOKEN_FILE_ENV)), "anomaly-mlops", "nothing was changed")
-    try:
-        if client.get_registered_model(model_name) is None:
-            raise ConfigError(f"the Model Registry has no registered model {model_name!r}: no champion")
-        serving = [
-            v for v in client.get_model_versions(model_name) if (v.custom_properties or {}).get("serving") == "true"
-        ]
-        if not serving:
-            raise ConfigError(f"no version of {model_name!r} is marked serving in the Model Registry (no promote yet)")
-        newest = max(serving, key=lambda v: int(v.last_update_time_since_epoch or 0))
-        artifact = client.get_model_artifact(model_name, newest.name)
-    except ConfigError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise RegistryError(
-            f"the Model Registry at {redact(url)} could not name the serving version ({_reason(exc)})"
-        ) from exc
-    if artifact is None or not artifact.uri:
-        raise ConfigError(f"{model_name} {newest.name} has no model artifact with a URI in the Model Registry")
-    return artifact.uri
+    token = read_token(os.environ.get(REGISTRY_TOKEN_FILE_ENV))
+    return resolve_registered(url, model_name, token, serving=True).uri

@@ -32,7 +32,6 @@ def cmd_download(args) -> dict:
 
 
 def cmd_register(args) -> dict:
-    import json
     import tempfile
     from dataclasses import asdict
 
@@ -40,12 +39,7 @@ def cmd_register(args) -> dict:
     from anomaly_mlops.steps.registry import Lineage, register_version
     from anomaly_mlops.store.releases import resolve_model_dir
 
-    validation = None
-    if args.validation:
-        try:
-            validation = json.loads(Path(args.validation).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--validation {args.validation}: not a readable metrics.json ({exc})") from exc
+    validation = _read_validation(args.validation)
     with tempfile.TemporaryDirectory(prefix="anomaly-register-") as cache:
         registration = register_version(
             args.registry_url,
@@ -63,18 +57,12 @@ def cmd_register(args) -> dict:
 
 
 def cmd_model_card(args) -> dict:
-    import json
     import tempfile
 
     from anomaly_mlops.steps.model_card import build_card, publish_card
     from anomaly_mlops.store.releases import resolve_model_dir
 
-    validation = None
-    if args.validation:
-        try:
-            validation = json.loads(Path(args.validation).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"--validation {args.validation}: not a readable metrics.json ({exc})") from exc
+    validation = _read_validation(args.validation)
     with tempfile.TemporaryDirectory(prefix="anomaly-card-") as cache:
         card = build_card(resolve_model_dir(args.model_dir, cache), args.version, validation, args.approval)
     out = Path(args.out)
@@ -85,6 +73,18 @@ def cmd_model_card(args) -> dict:
     if args.upload:
         result["uri"] = publish_card(card, args.model_name, args.version, root_prefix=args.root_prefix)
     return result
+
+
+def _read_validation(path: str | None) -> dict | None:
+    """validate's metrics.json, for --validation."""
+    import json
+
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--validation {path}: not a readable metrics.json ({exc})") from exc
 
 
 def register(sub: SubParsers) -> None:
