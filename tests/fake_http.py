@@ -23,8 +23,13 @@ class JsonFakeServer:
         self.server.shutdown()
         self.server.server_close()
 
-    def handle(self, method: str, path: str, headers, body) -> tuple[int, dict]:
+    def handle(self, method: str, path: str, headers, body) -> tuple:
+        """(status, payload) written as JSON, or (status, text, content type) for a text answer."""
         raise NotImplementedError
+
+    def invalid_json(self) -> tuple:
+        """The answer to a body that is not JSON."""
+        return 400, {"error": "the body is not valid JSON"}
 
     def _handler(self):
         fake = self
@@ -32,11 +37,17 @@ class JsonFakeServer:
         class Handler(BaseHTTPRequestHandler):
             def _serve(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                code, payload = fake.handle(self.command, self.path, self.headers, body)
-                data = json.dumps(payload).encode()
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    answer = fake.invalid_json()
+                else:
+                    answer = fake.handle(self.command, self.path, self.headers, body)
+                code, payload, kind = answer if len(answer) == 3 else (*answer, "application/json")
+                data = (json.dumps(payload) if kind == "application/json" else payload).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

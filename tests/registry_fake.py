@@ -8,14 +8,14 @@ names within a model (409), unknown ids and failed finds 404, errors as the spec
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+
+from fake_http import JsonFakeServer
 
 SPEC = (
     Path(__file__).resolve().parents[2] / "shared" / "schemas" / "model-registry" / "bd07139a" / "model-registry.yaml"
@@ -52,7 +52,7 @@ class SpecValidator:
         return [f"{'.'.join(map(str, e.absolute_path)) or '(body)'}: {e.message}" for e in validator.iter_errors(body)]
 
 
-class FakeModelRegistry:
+class FakeModelRegistry(JsonFakeServer):
     def __init__(self, token: str | None = None):
         self.token = token
         self.validator = SpecValidator()
@@ -63,43 +63,7 @@ class FakeModelRegistry:
         self.next_id = 1
         self.lock = threading.Lock()
         self.calls: list[tuple[str, str]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                fake.calls.append((self.command, self.path))
-                if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
-                    return self._send(401, {"code": "Unauthorized", "message": "unauthorized"})
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    return self._send(400, {"code": "Bad Request", "message": "invalid JSON"})
-                with fake.lock:
-                    code, payload = fake.handle(self.command, self.path, body)
-                self._send(code, payload)
-
-            def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PATCH = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     # ---------------------------------------------------------------- state
 
@@ -110,6 +74,9 @@ class FakeModelRegistry:
         self.next_id += 1
         return entity
 
+    def invalid_json(self) -> tuple[int, dict]:
+        return self._error(400, "invalid JSON")
+
     @staticmethod
     def _error(code: int, message: str) -> tuple[int, dict]:
         names = {400: "Bad Request", 404: "Not Found", 409: "Conflict"}
@@ -119,7 +86,14 @@ class FakeModelRegistry:
         problems = self.validator.errors(schema, body)
         return self._error(400, f"invalid {schema}: " + "; ".join(problems[:5])) if problems else None
 
-    def handle(self, method: str, target: str, body) -> tuple[int, dict]:
+    def handle(self, method: str, target: str, headers, body) -> tuple[int, dict]:
+        self.calls.append((method, target))
+        if self.token and headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, {"code": "Unauthorized", "message": "unauthorized"}
+        with self.lock:
+            return self._handle(method, target, body)
+
+    def _handle(self, method: str, target: str, body) -> tuple[int, dict]:
         url = urlparse(target)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path.removeprefix(BASE)

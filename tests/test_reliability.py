@@ -25,6 +25,7 @@ from anomaly_mlops.model.schema import DEFAULT_FEATURES
 from anomaly_mlops.store.releases import claim_key, download_model, publish
 from anomaly_mlops.store.s3 import S3Settings
 
+from fake_http import JsonFakeServer
 from fault_proxy import Fault, FaultProxy
 
 
@@ -555,36 +556,15 @@ def test_datetime_and_timedelta_columns_are_not_features(tmp_path):
 # --------------------------------------------------------------------------- 7. secrets
 
 
-class _EchoingProxy:
+class _EchoingProxy(JsonFakeServer):
     """An HTTP server that answers every request with 500 and the request headers in the
     body, as a misconfigured proxy in front of the API server might."""
 
-    def __init__(self):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    def handle(self, method, path, headers, body):
+        return 500, "upstream failed; request was:\n" + str(headers), "text/plain"
 
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
-                body = ("upstream failed; request was:\n" + str(self.headers)).encode()
-                self.send_response(500)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PATCH = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def invalid_json(self):
+        return 500, "upstream failed", "text/plain"
 
 
 def test_deploy_errors_never_carry_the_bearer_token():

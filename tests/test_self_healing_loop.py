@@ -12,9 +12,7 @@ import json
 import math
 import shutil
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -34,6 +32,7 @@ from anomaly_mlops.steps.validate import validate
 from anomaly_mlops.store.releases import publish
 
 from conftest import running_prometheus
+from fake_http import JsonFakeServer
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
@@ -55,35 +54,22 @@ def drifted(frame):
     return moved
 
 
-class Receiver:
-    """The drift EventListener's Service: every post goes through the listener's rules."""
+class Receiver(JsonFakeServer):
+    """The drift EventListener's Service: every post goes through the listener's rules, and
+    is accepted (202) as an EventListener accepts before it processes."""
 
     def __init__(self):
         self.listener = DriftListener({("anomaly-mlops-alerts", "authorization"): f"Bearer {TOKEN}"})
         self.posts = []
-        receiver = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                receiver.posts.append(body)
-                try:
-                    receiver.listener.receive(body, dict(self.headers.items()))
-                except Refused:
-                    pass
-                self.send_response(202)  # an EventListener accepts, then processes
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-
-    def stop(self):
-        self.server.shutdown()
+    def handle(self, method, path, headers, body):
+        self.posts.append(body)
+        try:
+            self.listener.receive(body, dict(headers.items()))
+        except Refused:
+            pass
+        return 202, {"eventListener": "anomaly-mlops-drift"}
 
 
 def alertmanager_config(url: str) -> dict:
@@ -198,7 +184,7 @@ def test_drift_in_served_traffic_starts_one_validated_retraining_that_heals_the_
     # the shipped rules (the flagging alert) with a window and hold the test can wait for
     rules.write_text(yaml.safe_dump(rule_groups(DriftAlertParams(window="1m", hold="2s", min_rows=100))))
     receiver = Receiver()
-    alertmanager, alertmanager_url = start_alertmanager(tmp_path, receiver.url)
+    alertmanager, alertmanager_url = start_alertmanager(tmp_path, receiver.url + "/")
     try:
         with model_server(MODEL, released.uri, env=s3_env, log_path=tmp_path / "v1.log") as served:
             served_version = requests.get(f"{served}/v2/models/{MODEL}", timeout=5).json()["versions"][0]

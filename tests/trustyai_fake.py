@@ -16,10 +16,10 @@ service's own validators apply (trustyai-explainability 8c01552e, read from the 
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fake_http import JsonFakeServer
 
 DRIFT_FIELDS = {
     "modelId", "referenceTag", "requestName", "batchSize", "thresholdDelta", "fitColumns", "metricName", "@type",
@@ -28,50 +28,14 @@ PER_METRIC = {"meanshift": {"fitting"}, "kstest": set(), "approxkstest": {"epsil
               "fouriermmd": {"parameters", "gamma", "fitting"}}  # fmt: skip
 
 
-class FakeTrustyAI:
+class FakeTrustyAI(JsonFakeServer):
     def __init__(self, token: str | None = None):
         self.token = token
         self.rows: dict[str, list[tuple[str, dict]]] = {}  # model -> [(tag, row by column)]
         self.requests: dict[str, dict[str, dict]] = {m: {} for m in PER_METRIC}  # metric -> id -> request
         self.calls: list[tuple[str, str]] = []
         self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                fake.calls.append((self.command, self.path))
-                if fake.token and self.headers.get("Authorization") != f"Bearer {fake.token}":
-                    return self._send(401, "text/plain", "Unauthorized")
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    return self._send(400, "text/plain", "Unable to process JSON")
-                with fake.lock:
-                    code, kind, payload = fake.handle(self.command, self.path, body)
-                self._send(code, kind, payload)
-
-            def _send(self, code, kind, payload):
-                data = (json.dumps(payload) if kind == "application/json" else payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__()
 
     def tags(self) -> dict:
         out: dict[str, dict[str, int]] = {}
@@ -81,7 +45,19 @@ class FakeTrustyAI:
                 out[model][tag] += 1
         return out
 
-    def handle(self, method: str, path: str, body):
+    def invalid_json(self) -> tuple:
+        return 400, "Unable to process JSON", "text/plain"
+
+    def handle(self, method: str, path: str, headers, body) -> tuple:
+        """(status, payload, content type): the service answers text or JSON by endpoint."""
+        self.calls.append((method, path))
+        if self.token and headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, "Unauthorized", "text/plain"
+        with self.lock:
+            code, kind, payload = self._handle(method, path, body)
+        return code, payload, kind
+
+    def _handle(self, method: str, path: str, body):
         text, as_json = "text/plain", "application/json"
         if (method, path) == ("GET", "/info/tags"):
             return 200, as_json, self.tags()

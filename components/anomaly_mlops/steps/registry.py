@@ -112,9 +112,7 @@ def register_version(
     storage_path = version_prefix(model_name, version)  # the release's naming rules, before any write
     if not uri.startswith("s3://") or not uri.rstrip("/").endswith(storage_path.rstrip("/")):
         raise ConfigError(f"--uri must be the released version's s3:// prefix (…/{storage_path}), got {uri!r}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--registry-url must be http(s)://HOST[:PORT], got {redact(url)!r}")
+    parts = _registry_address(url)
     model_dir = Path(model_dir)
     properties = version_properties(model_dir, validation, lineage)
     if model_card:
@@ -160,6 +158,14 @@ def register_version(
         ) from exc
     log.info("registered %s %s in the Model Registry (version id %s)", model_name, version, registered.id)
     return Registration(model.id, registered.id, model_name, version, "registered")
+
+
+def _registry_address(url: str):
+    """``url`` split, or a ConfigError when it is no http(s) address."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--registry-url must be http(s)://HOST[:PORT], got {redact(url)!r}")
+    return parts
 
 
 def _client(parts, token: str | None, author: str, later: str):
@@ -223,9 +229,7 @@ def resolve_registered(
     name, _, version = reference.partition(":")
     if not name:
         raise ConfigError(f"--from-registry takes NAME[:VERSION], got {reference!r}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--registry-url must be http(s)://HOST[:PORT], got {redact(url)!r}")
+    parts = _registry_address(url)
     client = _client(parts, token, "anomaly-mlops", "nothing was changed")
     try:
         model = client.get_registered_model(name)
@@ -269,9 +273,7 @@ def set_serving_state(
     """After a promote or a rollback: the version now serving LIVE, the one it replaced
     ARCHIVED, so the registry says what serves. Versions the registry does not hold are left
     out (deployed before registration was on). Returns {version: state} as set."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--registry-url must be http(s)://HOST[:PORT], got {redact(url)!r}")
+    parts = _registry_address(url)
     from model_registry.types import ModelVersionState
 
     client = _client(parts, token, "anomaly-mlops", "the deployment itself is done")
