@@ -3,10 +3,12 @@
 - ``training``: data (synthetic, a file, or live Prometheus metrics labelled by alert
   history when ``prometheus_url`` is set) -> train -> validate (GPU node; against the
   champion, ``latest`` released by default) -> If(gate passed) -> publish ->
-  If(deploy) -> deploy -> verify (promote the canary, or roll back); an exit handler
-  prints a summary whatever happened.
+  If(registry_url) -> register; If(deploy) -> deploy -> verify (promote the canary, or roll
+  back; with ``require_approval`` the rollout that passed is left for the approval); an exit
+  handler prints a summary whatever happened.
 - ``deploy-only``: an already released version: fetch (verified) -> deploy -> verify.
 - ``rollback``: pin the previous revision / restore the previous storage path.
+- ``promote-when-approved``: the approval gate's recurring check (KFP has no manual step).
 
 Node placement, the image and the data connection are compile options (``PipelineOptions``);
 everything else a run may change is a pipeline parameter. (No postponed annotations: KFP
@@ -114,6 +116,9 @@ def _deploy_and_verify(
     verify_requests,
     slo_p99_ms,
     use_service_account_token,
+    registry_url,
+    model_name,
+    hold_for_approval=False,
 ):
     deployed = c["deploy_model"](
         model=model,
@@ -125,6 +130,8 @@ def _deploy_and_verify(
         runtime=runtime,
         deployment_mode=deployment_mode,
         canary_traffic_percent=canary_traffic_percent,
+        hold_for_approval=hold_for_approval,
+        registry_url=registry_url,
     ).set_display_name("deploy InferenceService")
     deployed.set_caching_options(False).set_retry(**NETWORK_RETRY)
     _resources(deployed, "100m", "256Mi", "500m", "512Mi")
@@ -138,6 +145,9 @@ def _deploy_and_verify(
         slo_p99_ms=slo_p99_ms,
         canary=deployed.outputs["canary"],
         use_service_account_token=use_service_account_token,
+        hold_for_approval=hold_for_approval,
+        registry_url=registry_url,
+        registry_model_name=model_name,
     ).set_display_name("verify served model")
     verified.set_caching_options(False)
     _resources(verified, "250m", "512Mi", "1", "1Gi")
@@ -197,6 +207,8 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         use_service_account_token: bool = False,
         trustyai_url: str = "",
         registry_url: str = "",
+        require_approval: bool = False,
+        approval_timeout_hours: float = 24.0,
     ):
         if options.final_status:
             summary = c["pipeline_final_status"](model_name=model_name)
@@ -281,6 +293,8 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                         run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                         namespace=namespace,
+                        require_approval=require_approval,
+                        approval_timeout_hours=approval_timeout_hours,
                     )
                     registered_version.set_display_name("register in the Model Registry").set_caching_options(False)
                     registered_version.set_retry(**NETWORK_RETRY)
@@ -312,6 +326,9 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                         verify_requests=verify_requests,
                         slo_p99_ms=slo_p99_ms,
                         use_service_account_token=use_service_account_token,
+                        registry_url=registry_url,
+                        model_name=model_name,
+                        hold_for_approval=require_approval,
                     )
 
     return training
@@ -338,6 +355,7 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
         verify_requests: int = 200,
         slo_p99_ms: float = 100.0,
         use_service_account_token: bool = False,
+        registry_url: str = "",
     ):
         fetched = c["fetch_model"](model_name=model_name, version=version, root_prefix=root_prefix)
         fetched.set_display_name("fetch released version").set_caching_options(False).set_retry(**NETWORK_RETRY)
@@ -360,6 +378,8 @@ def build_deploy_pipeline(options: PipelineOptions = PipelineOptions()):
             verify_requests=verify_requests,
             slo_p99_ms=slo_p99_ms,
             use_service_account_token=use_service_account_token,
+            registry_url=registry_url,
+            model_name=model_name,
         )
 
     return deploy_only
@@ -373,12 +393,36 @@ def build_rollback_pipeline(options: PipelineOptions = PipelineOptions()):
         description="Serverless: pin traffic to the previous revision. RawDeployment: restore the "
         "previous storage path.",
     )
-    def rollback(isvc_name: str = "anomaly-detector", namespace: str = ""):
-        task = c["rollback_deployment"](isvc_name=isvc_name, namespace=namespace).set_display_name("roll back")
+    def rollback(isvc_name: str = "anomaly-detector", namespace: str = "", registry_url: str = "",
+                 model_name: str = "anomaly-detector"):  # fmt: skip
+        task = c["rollback_deployment"](
+            isvc_name=isvc_name, namespace=namespace, registry_url=registry_url, model_name=model_name
+        ).set_display_name("roll back")
         task.set_caching_options(False).set_retry(**NETWORK_RETRY)
         _resources(task, "100m", "256Mi", "500m", "512Mi")
 
     return rollback
+
+
+def build_promote_when_approved_pipeline(options: PipelineOptions = PipelineOptions()):
+    c = make_components(options.image, options.validate_image)
+
+    @dsl.pipeline(
+        name="anomaly-detector-promote-when-approved",
+        description="The approval gate's recurring check: promote the version awaiting approval once it is "
+        "approved in the Model Registry; roll it back once rejected or past its deadline.",
+    )
+    def promote_when_approved(
+        registry_url: str, isvc_name: str = "anomaly-detector", namespace: str = "",
+        model_name: str = "anomaly-detector",
+    ):  # fmt: skip
+        task = c["promote_when_approved"](
+            registry_url=registry_url, isvc_name=isvc_name, namespace=namespace, model_name=model_name
+        ).set_display_name("promote when approved")
+        task.set_caching_options(False).set_retry(**NETWORK_RETRY)
+        _resources(task, "100m", "256Mi", "500m", "512Mi")
+
+    return promote_when_approved
 
 
 def build_training_final_status_pipeline(options: PipelineOptions = PipelineOptions()):
@@ -391,4 +435,5 @@ PIPELINES = {
     "training-final-status": build_training_final_status_pipeline,
     "deploy-only": build_deploy_pipeline,
     "rollback": build_rollback_pipeline,
+    "promote-when-approved": build_promote_when_approved_pipeline,
 }

@@ -20,6 +20,10 @@ the latest gets the tag ``latest`` and its own URL only with the annotation
 ``serving.kserve.io/enable-tag-routing: "true"``. Without Knative (``knative=False``) a
 Serverless InferenceService gets no condition, only a ``ServerlessModeRejected`` event
 (controller.go), listed under /api/v1/namespaces/<ns>/events.
+
+ApprovalTasks (OpenShift Pipelines' manual approval gate, openshift-pipelines.org/v1alpha1)
+are listed by label selector from ``approval_tasks``; without the gate installed
+(``approval_gate=False``) the API server answers 404 for the resource.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import crd_schema
 from fake_http import JsonFakeServer
 
 EVENTS_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/events(?:\?(.*))?$")
+APPROVALS_PATH = re.compile(r"^/apis/openshift-pipelines\.org/v1alpha1/namespaces/([^/]+)/approvaltasks/?(?:\?(.*))?$")
 PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?/?(?:\?.*)?$")
 
 
@@ -158,6 +163,8 @@ class FakeKubeAPI(JsonFakeServer):
         self.requests: list[tuple[str, str, dict | None]] = []
         self.delay_s = 0.0  # answer this late (a hung API server)
         self.kserve_017 = False  # the mutating webhook renames RawDeployment/Serverless
+        self.approval_tasks: list[dict] = []  # ApprovalTask objects, listed by label selector
+        self.approval_gate = True  # the manual approval gate's CRD is installed
         self._rv = 1000
         self._lock = threading.Lock()
         super().__init__()
@@ -187,6 +194,9 @@ class FakeKubeAPI(JsonFakeServer):
         events = EVENTS_PATH.match(path)
         if events and method == "GET":
             return self._events(events.group(1), events.group(2) or "")
+        approvals = APPROVALS_PATH.match(path)
+        if approvals and method == "GET" and self.approval_gate:
+            return self._approval_tasks(approvals.group(1), approvals.group(2) or "")
         match = PATH.match(path)
         if not self.crd_installed or not match:
             return 404, status(404, "NotFound", "the server could not find the requested resource")
@@ -222,6 +232,20 @@ class FakeKubeAPI(JsonFakeServer):
             if event["metadata"]["namespace"] == namespace and all(fields.get(k) == v for k, v in selector.items()):
                 items.append(event)
         return 200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}
+
+    def _approval_tasks(self, namespace: str, query: str):
+        from urllib.parse import parse_qs
+
+        wanted = (parse_qs(query).get("labelSelector") or [""])[0]
+        selector = dict(part.split("=", 1) for part in wanted.split(",") if "=" in part)
+        items = [
+            copy.deepcopy(task)
+            for task in self.approval_tasks
+            if task["metadata"]["namespace"] == namespace
+            and all(task["metadata"].get("labels", {}).get(k) == v for k, v in selector.items())
+        ]
+        return 200, {"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTaskList", "metadata": {},
+                     "items": items}  # fmt: skip
 
     def _get(self, namespace, name):
         key = (namespace, name)

@@ -320,6 +320,8 @@ def deploy_model(
     max_replicas: int = 1,
     history_secret: str = "",
     timeout_s: float = 600.0,
+    hold_for_approval: bool = False,
+    registry_url: str = "",
 ) -> NamedTuple(
     "DeployOutputs", [("url", str), ("service_url", str), ("revision", str), ("canary", bool), ("action", str)]
 ):
@@ -339,12 +341,17 @@ def deploy_model(
         max_replicas: autoscaling ceiling; above 1 for a windowed model only with history_secret.
         history_secret: a Secret whose key 'url' is the Redis/Valkey URL the replicas keep entity history in.
         timeout_s: seconds to wait for Ready.
+        hold_for_approval: the rollout waits for approval: refused without registry_url, where it is recorded.
+        registry_url: the Model Registry (checked here only: verify and promote tell it what serves).
     """
     from collections import namedtuple
 
+    from anomaly_mlops.errors import ConfigError
     from anomaly_mlops.model.artifacts import check_replicas, check_runtime_serves
     from anomaly_mlops.steps.deploy import DeploySpec, current_namespace, deploy
 
+    if hold_for_approval and not registry_url:
+        raise ConfigError("require_approval records the approval in the Model Registry: set registry_url")
     check_runtime_serves(runtime, model.path)
     check_replicas(max_replicas, model.path, shared_history=bool(history_secret))
     spec = DeploySpec(
@@ -381,6 +388,9 @@ def verify_deployment(
     use_service_account_token: bool = False,
     canary: bool = False,
     rollback_on_failure: bool = True,
+    hold_for_approval: bool = False,
+    registry_url: str = "",
+    registry_model_name: str = "",
 ):
     """Post-deployment checks; on failure roll back, on success promote a canary.
 
@@ -398,15 +408,21 @@ def verify_deployment(
         use_service_account_token: send the pod's token (OpenShift AI with auth on).
         canary: the deployment went out as a canary (promote it when checks pass).
         rollback_on_failure: roll back when a check fails.
+        hold_for_approval: leave a rollout that passed as it is: `promote --when-approved` ends it.
+        registry_url: the Model Registry to tell what serves; empty: none.
+        registry_model_name: the registered model; empty: isvc_name.
     """
     from pathlib import Path
 
     from anomaly_mlops.model.artifacts import load_model_dir
     from anomaly_mlops.sources.files import load_dataset
     from anomaly_mlops.steps.deploy import current_namespace
+    from anomaly_mlops.steps.rollout import RegistryTarget
     from anomaly_mlops.steps.verify import VerifyPlan, raise_on_failure, verify_rollout
 
     token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    token = token_file.read_text().strip() if token_file.is_file() else None
+    registry = RegistryTarget(registry_url, registry_model_name or isvc_name, token) if registry_url else None
     reference = load_model_dir(model.path)
     result = verify_rollout(
         url,
@@ -417,7 +433,9 @@ def verify_deployment(
         canary=canary,
         model_name=model_name or isvc_name,
         rollback_on_failure=rollback_on_failure,
-        token=token_file.read_text().strip() if use_service_account_token else None,
+        registry=registry,
+        hold_for_approval=hold_for_approval,
+        token=token if use_service_account_token else None,
         plan=VerifyPlan(requests=requests, slo_p99_ms=slo_p99_ms, max_error_rate=max_error_rate),
         out_dir=verification.path,
     )
@@ -436,6 +454,8 @@ def register_in_model_registry(
     run_name: str = "",
     namespace: str = "",
     use_service_account_token: bool = True,
+    require_approval: bool = False,
+    approval_timeout_hours: float = 24.0,
 ) -> str:
     """Optional: the released version in the Kubeflow Model Registry (idempotent).
 
@@ -451,12 +471,15 @@ def register_in_model_registry(
         run_name: this pipeline run's name.
         namespace: where the run runs; empty: the pod's own.
         use_service_account_token: send the pod's token.
+        require_approval: register it awaiting approval (promote --when-approved acts on the decision).
+        approval_timeout_hours: after this, an undecided approval counts as rejected.
     """
     import json
     from dataclasses import asdict
     from pathlib import Path
 
     from anomaly_mlops.errors import ConfigError
+    from anomaly_mlops.steps.approval import pending_approval
     from anomaly_mlops.steps.deploy import current_namespace
     from anomaly_mlops.steps.registry import Lineage, register_version
 
@@ -479,6 +502,7 @@ def register_in_model_registry(
         validation=measured,
         lineage=Lineage("kfp", run_id, run_name, where),
         token=token_file.read_text().strip() if use_service_account_token and token_file.is_file() else None,
+        approval=pending_approval(approval_timeout_hours) if require_approval else None,
     )
     return json.dumps(asdict(registration))
 
@@ -528,16 +552,52 @@ def register_with_trustyai(
     return json.dumps(asdict(registration))
 
 
-def rollback_deployment(isvc_name: str = "anomaly-detector", namespace: str = "") -> str:
+def rollback_deployment(
+    isvc_name: str = "anomaly-detector", namespace: str = "", registry_url: str = "", model_name: str = ""
+) -> str:
     """Serverless: pin the previous revision; RawDeployment: restore the previous predictor.
 
     Args:
         isvc_name: InferenceService to roll back.
         namespace: its namespace; empty: the pod's own.
+        registry_url: the Model Registry to tell what serves; empty: none.
+        model_name: the registered model; empty: isvc_name.
     """
-    from anomaly_mlops.steps.deploy import InferenceServiceClient, current_namespace
+    import json
+    from pathlib import Path
 
-    return InferenceServiceClient().rollback(isvc_name, current_namespace(namespace))
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, current_namespace
+    from anomaly_mlops.steps.rollout import RegistryTarget, rollback
+
+    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    token = token_file.read_text().strip() if token_file.is_file() else None
+    registry = RegistryTarget(registry_url, model_name or isvc_name, token) if registry_url else None
+    return json.dumps(rollback(InferenceServiceClient(), isvc_name, current_namespace(namespace), registry))
+
+
+def promote_when_approved(
+    registry_url: str, isvc_name: str = "anomaly-detector", namespace: str = "", model_name: str = "anomaly-detector"
+) -> str:
+    """The approval gate's recurring check: promote the version under approval once approved in
+    the Model Registry, roll it back once rejected or past its deadline, else change nothing.
+
+    Args:
+        registry_url: the Model Registry's REST endpoint.
+        isvc_name: the InferenceService serving the version under approval.
+        namespace: its namespace; empty: the pod's own.
+        model_name: the registered model.
+    """
+    import json
+    from pathlib import Path
+
+    from anomaly_mlops.steps.deploy import InferenceServiceClient, current_namespace
+    from anomaly_mlops.steps.rollout import RegistryTarget, release_when_approved
+
+    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    token = token_file.read_text().strip() if token_file.is_file() else None
+    registry = RegistryTarget(registry_url, model_name, token)
+    done = release_when_approved(InferenceServiceClient(), isvc_name, current_namespace(namespace), registry)
+    return json.dumps(done)
 
 
 def pipeline_summary(model_name: str = "anomaly-detector", run_name: str = "") -> str:
@@ -588,6 +648,7 @@ STEP_FUNCTIONS = (
     register_in_model_registry,
     register_with_trustyai,
     rollback_deployment,
+    promote_when_approved,
     pipeline_summary,
     pipeline_final_status,
 )

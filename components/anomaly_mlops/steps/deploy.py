@@ -615,6 +615,11 @@ class InferenceServiceClient:
             predictor = isvc.get("spec", {}).get("predictor", {})
             mode = mode_of(isvc)
             if mode == SERVERLESS:
+                if not annotations.get(PREVIOUS_STORAGE_ANNOTATION) and not annotations.get(
+                    PREVIOUS_PREDICTOR_ANNOTATION
+                ):
+                    # KServe sends all traffic to the only revision whatever the percent says.
+                    raise DeployError(f"{where} has served one model only: nothing to roll back to")
                 if predictor.get("canaryTrafficPercent") == 0:
                     raise DeployError(f"{where}: traffic is already pinned to the previous revision; nothing changed")
                 return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}

@@ -104,6 +104,7 @@ def register_version(
     token: str | None = None,
     author: str = "anomaly-mlops",
     model_card: str | None = None,
+    approval=None,
 ) -> Registration:
     """Register the released version at ``uri`` (idempotent; see the module's docstring)."""
     lineage = lineage or Lineage()
@@ -117,6 +118,8 @@ def register_version(
     properties = version_properties(model_dir, validation, lineage)
     if model_card:
         properties["model_card"] = model_card
+    if approval is not None:  # steps/approval.Approval: the gate's pending request
+        properties.update(approval.properties())
     later = (
         f"the release {uri} is published and safe; register it later with `anomaly-mlops register "
         f"--registry-url URL --model-dir DIR --model-name {model_name} --version {version} --uri {uri}`"
@@ -268,38 +271,72 @@ REGISTRY_TOKEN_FILE_ENV = "ANOMALY_MLOPS_REGISTRY_TOKEN_FILE"
 
 
 def set_serving_state(
-    url: str, model_name: str, serving: str | None, retired: str | None, token: str | None = None
+    url: str,
+    model_name: str,
+    serving: str | None,
+    retired: str | None,
+    token: str | None = None,
+    properties: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, str]:
     """After a promote or a rollback: the version now serving LIVE, the one it replaced
-    ARCHIVED, so the registry says what serves. Versions the registry does not hold are left
-    out (deployed before registration was on). Returns {version: state} as set."""
-    parts = _registry_address(url)
+    ARCHIVED, so the registry says what serves; ``properties`` adds custom properties per
+    version (the approval decision). Versions the registry does not hold are left out
+    (deployed before registration was on). Returns {version: state} as set."""
     from model_registry.types import ModelVersionState
 
-    client = _client(parts, token, "anomaly-mlops", "the deployment itself is done")
+    properties = properties or {}
+    changes = {}
+    for version, state in ((retired, ModelVersionState.ARCHIVED), (serving, ModelVersionState.LIVE)):
+        if version and not (version == serving and state is ModelVersionState.ARCHIVED):
+            serving_flag = {"serving": str(state is ModelVersionState.LIVE).lower()}
+            changes[version] = (state, {**properties.get(version, {}), **serving_flag})
+    for version, extra in properties.items():
+        changes.setdefault(version, (None, extra))
+    return update_versions(url, model_name, changes, token, "the deployment itself is done")
+
+
+def update_versions(
+    url: str, model_name: str, changes: dict[str, tuple], token: str | None, done: str
+) -> dict[str, str]:
+    """Per version name, (state or None, custom properties to set). Versions the registry does
+    not hold are left out. Returns {version: state} for those changed; ``done`` says, in an
+    error, what already happened and stays."""
+    client = _client(_registry_address(url), token, "anomaly-mlops", done)
     changed: dict[str, str] = {}
     try:
         if client.get_registered_model(model_name) is None:
             return changed
-        for version, state in ((retired, ModelVersionState.ARCHIVED), (serving, ModelVersionState.LIVE)):
-            if not version or version == serving and state is ModelVersionState.ARCHIVED:
-                continue
+        for version, (state, properties) in changes.items():
             found = client.get_model_version(model_name, version)
             if found is None:
                 continue
-            found.state = state
-            found.custom_properties = {
-                **(found.custom_properties or {}),
-                "serving": str(state is ModelVersionState.LIVE).lower(),
-            }
+            if state is not None:
+                found.state = state
+            found.custom_properties = {**(found.custom_properties or {}), **properties}
             client.update(found)
-            changed[version] = state.value
+            changed[version] = str(getattr(found.state, "value", found.state))
     except Exception as exc:  # noqa: BLE001
         raise RegistryError(
-            f"the Model Registry at {redact(url)} could not record what serves ({_reason(exc)}); the deployment "
-            "itself is done"
+            f"the Model Registry at {redact(url)} could not record the change to {model_name} ({_reason(exc)}); {done}"
         ) from exc
     return changed
+
+
+def version_properties_of(url: str, model_name: str, version: str, token: str | None = None) -> dict | None:
+    """The custom properties (and ``state``) of one registered version; None when the registry
+    does not hold it."""
+    client = _client(_registry_address(url), token, "anomaly-mlops", "nothing was changed")
+    try:
+        if client.get_registered_model(model_name) is None:
+            return None
+        found = client.get_model_version(model_name, version)
+    except Exception as exc:  # noqa: BLE001
+        raise RegistryError(
+            f"the Model Registry at {redact(url)} could not read {model_name} {version} ({_reason(exc)})"
+        ) from exc
+    if found is None:
+        return None
+    return {**(found.custom_properties or {}), "state": str(getattr(found.state, "value", found.state))}
 
 
 def serving_from_registry(model_name: str) -> str:

@@ -278,20 +278,28 @@ def verify_rollout(
     client=None,
     model_name: str | None = None,
     rollback_on_failure: bool = True,
+    registry=None,
+    hold_for_approval: bool = False,
     **verify_kwargs,
 ) -> VerifyResult:
     """Verify the revision just deployed, then decide on its own results: promote a canary
-    that passed, roll back one that failed. ``url`` must reach that revision alone (the
+    that passed (unless it is held for approval), roll back one that failed; ``registry``
+    (rollout.RegistryTarget) is told what serves. ``url`` must reach that revision alone (the
     deploy step's ``candidate_url``: during a canary, the ``latest`` tag's URL); the service
     URL of a canary sends most checks to the previous model."""
+    from anomaly_mlops.steps import rollout
     from anomaly_mlops.steps.deploy import InferenceServiceClient
 
     result = verify(url, model_name or isvc_name, rows, reference, **verify_kwargs)
     client = client or InferenceServiceClient()
     if not result.passed and rollback_on_failure:
-        client.rollback(isvc_name, namespace)
+        rollout.rollback(client, isvc_name, namespace, registry)
+    elif result.passed and hold_for_approval:
+        log.info("%s/%s passed its checks and waits for approval", namespace, isvc_name)
     elif result.passed and canary:
-        client.promote(isvc_name, namespace)
+        rollout.promote(client, isvc_name, namespace, registry)
+    elif result.passed:
+        rollout.record_serving(client, isvc_name, namespace, registry)
     return result
 
 

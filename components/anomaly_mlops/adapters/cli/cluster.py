@@ -1,4 +1,5 @@
-"""``anomaly-mlops deploy|promote|rollback``: the KServe InferenceService."""
+"""``anomaly-mlops deploy|promote|rollback|approve|reject``: the KServe InferenceService and the
+approval gate."""
 
 from __future__ import annotations
 
@@ -75,39 +76,57 @@ def cmd_deploy(args) -> dict:
 
 
 def cmd_promote(args) -> dict:
-    before = _versions(args)
-    _isvc_client(args).promote(args.name, _namespace(args))
-    return {"promoted": args.name, **_record_serving(args, serving=before[0], retired=before[1])}
+    from anomaly_mlops.steps import rollout
+
+    client, namespace, registry = _isvc_client(args), _namespace(args), _registry_target(args)
+    if args.when_approved:
+        if registry is None:
+            raise ConfigError("--when-approved reads the approval from the Model Registry: give --registry-url")
+        return rollout.release_when_approved(client, args.name, namespace, registry)
+    return rollout.promote(client, args.name, namespace, registry, _approval_task(args, namespace))
 
 
 def cmd_rollback(args) -> dict:
-    before = _versions(args)
-    done = _isvc_client(args).rollback(args.name, _namespace(args))
-    return {"rolled_back": args.name, "action": done, **_record_serving(args, serving=before[1], retired=before[0])}
+    from anomaly_mlops.steps import rollout
+
+    namespace = _namespace(args)
+    approval = _approval_task(args, namespace)
+    return rollout.rollback(_isvc_client(args), args.name, namespace, _registry_target(args), approval)
 
 
-def _versions(args) -> tuple[str | None, str | None]:
-    """(model version, previous model version) the InferenceService records, when the
-    registry is to be told what serves."""
+def _registry_target(args):
     if not args.registry_url:
-        return None, None
-    from anomaly_mlops.steps.deploy import MODEL_VERSION_ANNOTATION, PREVIOUS_VERSION_ANNOTATION
-
-    isvc = _isvc_client(args).get(args.name, _namespace(args)) or {}
-    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
-    return annotations.get(MODEL_VERSION_ANNOTATION), annotations.get(PREVIOUS_VERSION_ANNOTATION)
-
-
-def _record_serving(args, serving: str | None, retired: str | None) -> dict:
-    if not args.registry_url:
-        return {}
+        return None
     from anomaly_mlops.params import read_token
-    from anomaly_mlops.steps.registry import set_serving_state
+    from anomaly_mlops.steps.rollout import RegistryTarget
 
-    states = set_serving_state(
-        args.registry_url, args.registry_model_name or args.name, serving, retired, read_token(args.registry_token_file)
+    return RegistryTarget(
+        args.registry_url, args.registry_model_name or args.name, read_token(args.registry_token_file)
     )
-    return {"registry_states": states}
+
+
+def _approval_task(args, namespace: str):
+    """The manual approval gate's decision for this PipelineRun (Tekton), or None."""
+    if not args.approval_task_of:
+        return None
+    from anomaly_mlops.steps.approval import approval_from_task
+    from anomaly_mlops.steps.deploy import load_custom_objects_api
+
+    api = load_custom_objects_api(args.kubeconfig, args.context)
+    return approval_from_task(api, namespace, args.approval_task_of, args.approval_pipeline_task)
+
+
+def cmd_decide(args) -> dict:
+    from dataclasses import asdict
+
+    from anomaly_mlops.params import read_token
+    from anomaly_mlops.steps.approval import decide
+
+    decided = decide(
+        args.registry_url, args.model_name, args.version, approve=args.decision == "approve",
+        by=args.by, message=args.message, token=read_token(args.token_file),
+    )  # fmt: skip
+    return {"model": args.model_name, "version": args.version, **asdict(decided)}
 
 
 def cmd_trustyai_register(args) -> dict:
@@ -232,10 +251,22 @@ def register(sub: SubParsers) -> None:
         g.add_argument("--registry-url", help="the registry's REST endpoint")
         g.add_argument("--registry-model-name", help="the registered model (default: --name)")
         g.add_argument("--registry-token-file", help="bearer token for the registry (never logged)")
+        g = p.add_argument_group("the approval gate (Tekton): record the manual approval gate's decision")
+        g.add_argument(
+            "--approval-task-of", metavar="PIPELINERUN",
+            help="read the ApprovalTask of this PipelineRun; promote refuses unless it is approved",
+        )  # fmt: skip
+        g.add_argument("--approval-pipeline-task", default="approve", help="the approval's pipeline task name")
 
     p = sub.add_parser("promote", help="send all traffic to the latest revision (after verify passed)")
     kube_flags(p)
     registry_flags(p)
+    p.add_argument(
+        "--when-approved",
+        action="store_true",
+        help="the recurring check: promote the version under approval once approved in the registry, roll it "
+        "back once rejected or past its deadline, else change nothing",
+    )
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser(
@@ -244,6 +275,16 @@ def register(sub: SubParsers) -> None:
     kube_flags(p)
     registry_flags(p)
     p.set_defaults(func=cmd_rollback)
+
+    for decision, verb in (("approve", "approve"), ("reject", "reject")):
+        p = sub.add_parser(decision, help=f"{verb} a registered version awaiting approval (the registry records who)")
+        p.add_argument("--registry-url", required=True, help="the Model Registry's REST endpoint")
+        p.add_argument("--model-name", required=True, help="the registered model")
+        p.add_argument("--version", required=True, help="the version awaiting approval")
+        p.add_argument("--by", required=True, help="who decides (recorded on the version)")
+        p.add_argument("--message", default="", help="why (recorded on the version)")
+        p.add_argument("--token-file", help="bearer token for the registry (never logged)")
+        p.set_defaults(func=cmd_decide, decision=decision)
 
     from anomaly_mlops.params import TRUSTYAI_DRIFT_METRICS, TRUSTYAI_REFERENCE_ROWS
 

@@ -36,6 +36,7 @@ def cmd_register(args) -> dict:
     from dataclasses import asdict
 
     from anomaly_mlops.params import read_token
+    from anomaly_mlops.steps.approval import pending_approval
     from anomaly_mlops.steps.registry import Lineage, register_version
     from anomaly_mlops.store.releases import resolve_model_dir
 
@@ -52,6 +53,7 @@ def cmd_register(args) -> dict:
             lineage=Lineage(args.source_kind, args.run_id, args.run_name, args.namespace, args.git_commit),
             token=read_token(args.token_file),
             model_card=args.model_card_uri,
+            approval=pending_approval(args.approval_timeout_hours) if args.require_approval else None,
         )
     return asdict(registration)
 
@@ -122,6 +124,17 @@ def register(sub: SubParsers) -> None:
     p.add_argument("--git-commit", default="", help="the commit the code came from (default: the model's provenance)")
     p.add_argument("--token-file", help="bearer token for the registry (never logged)")
     p.add_argument("--model-card-uri", help="the version's model card (model-card --upload's uri), linked from it")
+    p.add_argument(
+        "--require-approval",
+        action="store_true",
+        help="register it awaiting approval: promote refuses it until `anomaly-mlops approve` (or the gate) approves",
+    )
+    p.add_argument(
+        "--approval-timeout-hours",
+        type=float,
+        default=24.0,
+        help="after this, an undecided approval counts as rejected",
+    )
     p.set_defaults(func=cmd_register)
 
     p = sub.add_parser(
