@@ -55,7 +55,9 @@ def pac_copies() -> dict[str, str]:
     holds: each a verbatim copy of its manifests/tekton source under a header."""
     source = TEKTON_SOURCE / PAC_PIPELINE
     pipeline = yaml.safe_load(source.read_text())
-    wanted = {t["taskRef"]["name"] for t in pipeline["spec"]["tasks"] + pipeline["spec"].get("finally", [])}
+    # Custom tasks (the approval gate's ApprovalTask) are the cluster's: PaC uses them as they are.
+    everything = pipeline["spec"]["tasks"] + pipeline["spec"].get("finally", [])
+    wanted = {t["taskRef"]["name"] for t in everything if "name" in t["taskRef"]}
     tasks = {
         yaml.safe_load(f.read_text())["metadata"]["name"]: f for f in sorted((TEKTON_SOURCE / "tasks").glob("*.yaml"))
     }

@@ -131,7 +131,7 @@ def test_kfp_flow_an_undecided_version_times_out_and_is_rolled_back(kube, regist
     the previous predictor exactly."""
     client = InferenceServiceClient(kube.api())
     release(kube, registry, model_dir, "v1", gated=False, mode="RawDeployment")
-    rollout.record_serving(client, "anomaly-detector", NS, target)
+    rollout.promote(client, "anomaly-detector", NS, target)  # all traffic already: the registry only
     asked = datetime(2026, 12, 7, 6, 0, tzinfo=UTC)
     release(kube, registry, model_dir, "v2", gated=True, mode="RawDeployment", now=asked)
     assert predictor(kube)["model"]["storage"]["path"] == f"{MODEL}/v2/"

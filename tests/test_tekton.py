@@ -63,6 +63,7 @@ def test_api_versions():
         "anomaly-register",
         "anomaly-deploy",
         "anomaly-verify",
+        "anomaly-rollout",
         "anomaly-submit-kfp",
     }
 
@@ -99,13 +100,29 @@ def check_pipeline_run(run: dict, where: str):
     assert {w["name"] for w in run["spec"]["workspaces"]} == {w["name"] for w in pipeline["workspaces"]}, where
 
 
+def is_custom(task: dict) -> bool:
+    """A custom task (the approval gate's ApprovalTask), run by its own controller."""
+    return not task["taskRef"].get("apiVersion", "tekton.dev").startswith("tekton.dev")
+
+
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_pipeline_references_resolve(name):
     spec = PIPELINES[name]["spec"]
     params = {p["name"] for p in spec["params"]}
-    by_name = {t["name"]: t for t in spec["tasks"]}
-    assert refs(spec["tasks"], "params.") <= params
-    for task in spec["tasks"]:
+    everything = spec["tasks"] + spec.get("finally", [])
+    by_name = {t["name"]: t for t in everything}
+    assert {p.removesuffix("[*]") for p in refs(everything, "params.")} <= params
+    for task in everything:
+        for after in task.get("runAfter", []):
+            assert after in by_name
+        for ref in refs(task, "tasks."):
+            producer, _, result = ref.partition(".results.")
+            if ref.endswith(".status") and task in spec.get("finally", []):  # a finally task may read any status
+                assert ref.removesuffix(".status") in by_name, ref
+                continue
+            assert result in {r["name"] for r in TASKS[by_name[producer]["taskRef"]["name"]]["spec"]["results"]}, ref
+        if is_custom(task):
+            continue
         target = TASKS[task["taskRef"]["name"]]["spec"]
         declared = {p["name"]: p for p in target.get("params", [])}
         passed = {p["name"] for p in task.get("params", [])}
@@ -113,11 +130,6 @@ def test_pipeline_references_resolve(name):
         assert {n for n, p in declared.items() if "default" not in p} <= passed, task["name"]
         assert {w["name"] for w in task.get("workspaces", [])} == {w["name"] for w in target.get("workspaces", [])}
         assert {w["workspace"] for w in task.get("workspaces", [])} <= {w["name"] for w in spec["workspaces"]}
-        for after in task.get("runAfter", []):
-            assert after in by_name
-        for ref in refs(task, "tasks."):
-            producer, _, result = ref.partition(".results.")
-            assert result in {r["name"] for r in TASKS[by_name[producer]["taskRef"]["name"]]["spec"]["results"]}, ref
 
 
 def test_triggers_resolve():
@@ -320,6 +332,9 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
         assert second["url"] == "http://latest-anomaly-detector.example.test"  # the canary's own URL
         # The ISVC URL exists only in the fake; verify talks to a real local model server.
         with model_server("anomaly-detector", str(work / "model"), log_path=tmp_path / "server.log") as url:
+            held = {"url": url, "namespace": "ns", "canary": "true", "requests": "10", "hold-for-approval": "true"}
+            run_task("anomaly-verify", held, work, kube_env)
+            assert kube.objects[("ns", "anomaly-detector")]["spec"]["predictor"]["canaryTrafficPercent"] == 10
             run_task(
                 "anomaly-verify",
                 {"url": url, "namespace": "ns", "canary": second["canary"], "requests": "30"},
@@ -400,3 +415,111 @@ def test_the_train_task_fits_labelled_rows_only_when_asked(tmp_path):
         assert (meta["labelled_anomalous_rows_left_out"] is not None) is left_out
         assert meta["params"]["fit_labelled_anomalies"] is not left_out
     run_task("anomaly-train", {"fit-labelled-anomalies": "yes"}, work, {}, expect_rc=2)
+
+
+# --------------------------------------------------------------------------- the approval gate
+
+
+def test_the_approval_gate_sits_between_verify_and_promotion():
+    """approve (the manual approval gate's ApprovalTask) runs after verify, only when asked;
+    promote after it; a rejected or timed-out gate fails the CustomRun, which the finally task
+    reads as `$(tasks.approve.status)` == Failed (tektoncd/pipeline v1.15.0
+    pkg/reconciler/pipelinerun/resources/pipelinerunstate.go l.704-721 with
+    pipelinerunresolution.go l.403-413: a custom task's failed run counts) and rolls back."""
+    import approval_gate
+
+    spec = PIPELINES["anomaly-mlops-retraining"]["spec"]
+    tasks = {t["name"]: t for t in spec["tasks"]}
+    approve, promote = tasks["approve"], tasks["promote"]
+    assert approve["taskRef"] == {"apiVersion": "openshift-pipelines.org/v1alpha1", "kind": "ApprovalTask"}
+    assert approve["runAfter"] == ["verify"] and promote["runAfter"] == ["approve"]
+    gated = {"input": "$(params.require-approval)", "operator": "in", "values": ["true"]}
+    assert gated in approve["when"] and gated in promote["when"]
+    verify = {p["name"]: p["value"] for p in tasks["verify"]["params"]}
+    assert verify["hold-for-approval"] == "$(params.require-approval)"  # verify leaves the canary alone
+    (finally_task,) = spec["finally"]
+    assert finally_task["when"] == [{"input": "$(tasks.approve.status)", "operator": "in", "values": ["Failed"]}]
+    assert {p["name"]: p["value"] for p in finally_task["params"]}["action"] == "rollback"
+    # The gate's controller accepts the params the pipeline passes with its defaults (utils.go
+    # l.96-129); approvers must be an array: a string passes validation as JSON yet creates no
+    # approvers (createApprovalTask reads ArrayVal only, utils.go l.353-383).
+    declared = {p["name"]: p for p in spec["params"]}
+    assert declared["approvers"]["type"] == "array"
+    passed = {p["name"]: p["value"] for p in approve["params"]}
+    assert passed["approvers"] == "$(params.approvers[*])"
+    resolved = {"approvers": declared["approvers"]["default"],
+                "numberOfApprovalsRequired": declared["approvals-required"]["default"]}  # fmt: skip
+    assert approval_gate.validate_params(resolved) == []
+    assert approval_gate.validate_params({**resolved, "numberOfApprovalsRequired": "0"}) != []
+    assert approval_gate.validate_params({"approvers": ["group: sre"]}) != []
+
+
+def test_the_gates_wait_fits_the_runs_timeouts():
+    """Inside a Pipeline the gate's `timeout` param is ignored: Tekton sets the CustomRun's
+    spec.timeout from the pipeline task's timeout, else from the PipelineRun's when that is
+    above the 60 min default (tektoncd/pipeline v1.15.0 pkg/reconciler/pipelinerun/pipelinerun.go
+    l.1519-1526 and l.1759-1785), and the gate reads its param only when spec.timeout is unset
+    (manual-approval-gate v0.9.0 pkg/reconciler/approvaltask/approvaltask.go l.139-155). So the
+    approve task carries the timeout, every PipelineRun we ship leaves room for it, and every
+    other task has its own (or it would inherit the PipelineRun's 26h)."""
+    from test_tekton_rules import pipeline_runs
+
+    def hours(duration: str) -> float:
+        match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", duration)
+        assert match and duration, duration
+        h, m, sec = (int(x or 0) for x in match.groups())
+        return h + m / 60 + sec / 3600
+
+    spec = PIPELINES["anomaly-mlops-retraining"]["spec"]
+    tasks = {t["name"]: t for t in spec["tasks"]}
+    assert hours(tasks["approve"]["timeout"]) == 24
+    assert "timeout" not in {p["name"] for p in tasks["approve"]["params"]}
+    others = sum(hours(t["timeout"]) for name, t in tasks.items() if name != "approve")
+    assert all(hours(t["timeout"]) <= 1 for name, t in tasks.items() if name != "approve")
+    runs = [run for _, run in pipeline_runs()]
+    assert len(runs) == 3
+    for run in runs:
+        assert hours(run["spec"]["timeouts"]["pipeline"]) >= 24 + 2, run["metadata"]
+        assert hours(run["spec"]["timeouts"]["pipeline"]) <= 24 + others
+
+
+@pytest.mark.slow
+def test_the_rollout_task_promotes_on_approval_and_rolls_back_on_rejection(tmp_path, model_dir):
+    import approval_gate
+    from registry_fake import FakeModelRegistry
+    from test_approval import NS, kubeconfig_for, release, state_of
+
+    from k8s_fake import FakeKubeAPI
+
+    kube, registry = FakeKubeAPI(), FakeModelRegistry()
+    env = {"KUBECONFIG": str(kubeconfig_for(kube, tmp_path))}
+    common = {"namespace": NS, "registry-url": registry.url, "model-name": "gated-detector",
+              "pipeline-run-namespace": NS}  # fmt: skip
+    labels = {"tekton.dev/pipelineTask": "approve"}
+    try:
+        release(kube, registry, model_dir, "v1", gated=False)
+        release(kube, registry, model_dir, "v2", gated=True)
+        gate = approval_gate.create("run-1-approve", NS, {"approvers": ["alice"]},
+                                    {**labels, "tekton.dev/pipelineRun": "run-1"})  # fmt: skip
+        kube.approval_tasks.append(gate)
+        # promote refuses while the gate is pending (exit 7), then promotes once alice approves
+        run_task("anomaly-rollout", {**common, "action": "promote", "pipeline-run": "run-1"}, tmp_path, env, 7)
+        assert kube.objects[(NS, "anomaly-detector")]["spec"]["predictor"]["canaryTrafficPercent"] == 10
+        approval_gate.respond(gate, "alice", "approve", "checked the canary")
+        run_task("anomaly-rollout", {**common, "action": "promote", "pipeline-run": "run-1"}, tmp_path, env)
+        assert "canaryTrafficPercent" not in kube.objects[(NS, "anomaly-detector")]["spec"]["predictor"]
+        assert state_of(registry, "v2")[1]["approval_by"] == "alice"
+        # the next release is rejected: the finally task rolls it back and records who rejected it
+        release(kube, registry, model_dir, "v3", gated=True)
+        rejected = approval_gate.create("run-2-approve", NS, {"approvers": ["alice", "bob"]},
+                                        {**labels, "tekton.dev/pipelineRun": "run-2"})  # fmt: skip
+        kube.approval_tasks.append(approval_gate.respond(rejected, "bob", "reject", "too many flags"))
+        run_task("anomaly-rollout", {**common, "action": "rollback", "pipeline-run": "run-2"}, tmp_path, env)
+        assert kube.objects[(NS, "anomaly-detector")]["spec"]["predictor"]["canaryTrafficPercent"] == 0
+        state, properties = state_of(registry, "v3")
+        assert state == "ARCHIVED" and properties["approval"] == "rejected" and properties["approval_by"] == "bob"
+        assert state_of(registry, "v2")[0] == "LIVE"
+        run_task("anomaly-rollout", {**common, "action": "sideways", "pipeline-run": "run-2"}, tmp_path, env, 2)
+    finally:
+        kube.stop()
+        registry.stop()

@@ -34,23 +34,31 @@ class RegistryTarget:
 
 def served_versions(client, name: str, namespace: str) -> tuple[str | None, str | None]:
     """(model version, previous model version) the InferenceService's annotations record."""
+    version, previous, _ = _served(client, name, namespace)
+    return version, previous
+
+
+def _served(client, name: str, namespace: str) -> tuple[str | None, str | None, bool]:
     from anomaly_mlops.steps.deploy import MODEL_VERSION_ANNOTATION, PREVIOUS_VERSION_ANNOTATION
 
     isvc = client.get(name, namespace)
     if isvc is None:
         raise DeployError(f"InferenceService {namespace}/{name} does not exist")
     annotations = (isvc.get("metadata") or {}).get("annotations") or {}
-    return annotations.get(MODEL_VERSION_ANNOTATION), annotations.get(PREVIOUS_VERSION_ANNOTATION)
+    split = "canaryTrafficPercent" in ((isvc.get("spec") or {}).get("predictor") or {})
+    return annotations.get(MODEL_VERSION_ANNOTATION), annotations.get(PREVIOUS_VERSION_ANNOTATION), split
 
 
 def promote(
     client, name: str, namespace: str, registry: RegistryTarget | None = None, approval: Approval | None = None
 ) -> dict:
-    """All traffic to the latest revision; with ``approval``, only when it is approved."""
-    version, previous = served_versions(client, name, namespace)
+    """All traffic to the latest revision; with ``approval``, only when it is approved. A
+    rollout that already has all traffic (RawDeployment, a first release) is not written to."""
+    version, previous, split = _served(client, name, namespace)
     if approval is not None and approval.state != APPROVED:
         raise ApprovalError(f"{namespace}/{name} {version}: the approval is {approval.describe()}; not promoted")
-    client.promote(name, namespace)
+    if split:
+        client.promote(name, namespace)
     out: dict = {"promoted": name, "version": version}
     if approval is not None:
         out["approval"] = approval.describe()
@@ -58,15 +66,6 @@ def promote(
         extra = {version: approval.properties()} if approval and version else None
         out["registry_states"] = _record(registry, version, previous, extra)
     return out
-
-
-def record_serving(client, name: str, namespace: str, registry: RegistryTarget | None) -> dict[str, str]:
-    """A rollout that took all traffic without a canary (RawDeployment, a first release): the
-    registry marks it serving, the version it replaced ARCHIVED."""
-    if registry is None:
-        return {}
-    version, previous = served_versions(client, name, namespace)
-    return _record(registry, version, previous, None)
 
 
 def rollback(

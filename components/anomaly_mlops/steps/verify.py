@@ -296,10 +296,8 @@ def verify_rollout(
         rollout.rollback(client, isvc_name, namespace, registry)
     elif result.passed and hold_for_approval:
         log.info("%s/%s passed its checks and waits for approval", namespace, isvc_name)
-    elif result.passed and canary:
+    elif result.passed and (canary or registry):  # without a canary, promote only tells the registry
         rollout.promote(client, isvc_name, namespace, registry)
-    elif result.passed:
-        rollout.record_serving(client, isvc_name, namespace, registry)
     return result
 
 

@@ -83,15 +83,14 @@ def cmd_promote(args) -> dict:
         if registry is None:
             raise ConfigError("--when-approved reads the approval from the Model Registry: give --registry-url")
         return rollout.release_when_approved(client, args.name, namespace, registry)
-    return rollout.promote(client, args.name, namespace, registry, _approval_task(args, namespace))
+    return rollout.promote(client, args.name, namespace, registry, _approval_task(args))
 
 
 def cmd_rollback(args) -> dict:
     from anomaly_mlops.steps import rollout
 
-    namespace = _namespace(args)
-    approval = _approval_task(args, namespace)
-    return rollout.rollback(_isvc_client(args), args.name, namespace, _registry_target(args), approval)
+    approval = _approval_task(args)
+    return rollout.rollback(_isvc_client(args), args.name, _namespace(args), _registry_target(args), approval)
 
 
 def _registry_target(args):
@@ -105,7 +104,7 @@ def _registry_target(args):
     )
 
 
-def _approval_task(args, namespace: str):
+def _approval_task(args):
     """The manual approval gate's decision for this PipelineRun (Tekton), or None."""
     if not args.approval_task_of:
         return None
@@ -113,7 +112,14 @@ def _approval_task(args, namespace: str):
     from anomaly_mlops.steps.deploy import load_custom_objects_api
 
     api = load_custom_objects_api(args.kubeconfig, args.context)
-    return approval_from_task(api, namespace, args.approval_task_of, args.approval_pipeline_task)
+    where = _namespace_of(args.approval_namespace)  # the PipelineRun's: by default this pod's own
+    return approval_from_task(api, where, args.approval_task_of, args.approval_pipeline_task)
+
+
+def _namespace_of(explicit: str | None) -> str:
+    from anomaly_mlops.steps.deploy import current_namespace
+
+    return current_namespace(explicit)
 
 
 def cmd_decide(args) -> dict:
@@ -257,6 +263,7 @@ def register(sub: SubParsers) -> None:
             help="read the ApprovalTask of this PipelineRun; promote refuses unless it is approved",
         )  # fmt: skip
         g.add_argument("--approval-pipeline-task", default="approve", help="the approval's pipeline task name")
+        g.add_argument("--approval-namespace", help="the PipelineRun's namespace (default: this pod's own)")
 
     p = sub.add_parser("promote", help="send all traffic to the latest revision (after verify passed)")
     kube_flags(p)
