@@ -276,7 +276,13 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
 
             with dsl.If(validated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
                 published = c["publish_model"](
-                    model=trained.outputs["model"], model_name=model_name, version=version, root_prefix=root_prefix
+                    model=trained.outputs["model"],
+                    validation=validated.outputs["metrics"],
+                    validation_report=validated.outputs["report"],
+                    model_name=model_name,
+                    version=version,
+                    root_prefix=root_prefix,
+                    require_approval=require_approval,
                 )
                 published.set_display_name("publish to S3").set_caching_options(False).set_retry(**NETWORK_RETRY)
                 _s3_env(published, options)
@@ -295,6 +301,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                         namespace=namespace,
                         require_approval=require_approval,
                         approval_timeout_hours=approval_timeout_hours,
+                        model_card=published.outputs["model_card"],
                     )
                     registered_version.set_display_name("register in the Model Registry").set_caching_options(False)
                     registered_version.set_retry(**NETWORK_RETRY)
@@ -420,6 +427,7 @@ def build_promote_when_approved_pipeline(options: PipelineOptions = PipelineOpti
             registry_url=registry_url, isvc_name=isvc_name, namespace=namespace, model_name=model_name
         ).set_display_name("promote when approved")
         task.set_caching_options(False).set_retry(**NETWORK_RETRY)
+        _s3_env(task, options)  # the decision goes on the version's model card
         _resources(task, "100m", "256Mi", "500m", "512Mi")
 
     return promote_when_approved

@@ -126,9 +126,13 @@ def test_kfp_flow_a_rejected_canary_is_rolled_back_once(kube, registry, target, 
         decide(registry.url, MODEL, "v2", approve=True, by="carol")
 
 
-def test_kfp_flow_an_undecided_version_times_out_and_is_rolled_back(kube, registry, target, model_dir):
+def test_kfp_flow_an_undecided_version_times_out_and_is_rolled_back(kube, registry, model_dir, settings, raw):
     """RawDeployment has no canary: the version serves while it waits, and a timeout restores
-    the previous predictor exactly."""
+    the previous predictor exactly. The timeout goes on the version's model card."""
+    from anomaly_mlops.steps.model_card import card_key, publish_release_card
+
+    target = rollout.RegistryTarget(registry.url, MODEL, cards=settings)
+    publish_release_card(model_dir, MODEL, "v2", None, "pending", settings)
     client = InferenceServiceClient(kube.api())
     release(kube, registry, model_dir, "v1", gated=False, mode="RawDeployment")
     rollout.promote(client, "anomaly-detector", NS, target)  # all traffic already: the registry only
@@ -141,6 +145,8 @@ def test_kfp_flow_an_undecided_version_times_out_and_is_rolled_back(kube, regist
     state, properties = state_of(registry, "v2")
     assert state == "ARCHIVED" and properties["approval"] == TIMED_OUT
     assert properties["approval_via"] == "anomaly-mlops promote --when-approved"
+    card = raw.get_object(Bucket=settings.bucket, Key=card_key(MODEL, "v2") + "model-card.md")["Body"].read().decode()
+    assert "Status: **timed-out**." in card and "Decided 2026-12-08T06:00:01Z through anomaly-mlops promote" in card
     assert check(kube, target)["reason"] == "the version was released without the approval gate"  # v1 serves again
     with pytest.raises(ApprovalError, match="already timed-out"):
         decide(registry.url, MODEL, "v2", approve=True, by="alice")

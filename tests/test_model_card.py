@@ -82,3 +82,23 @@ def test_the_cli_writes_both_files(model_dir, validated, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "card" / "model-card.md").read_text().startswith("# Model card: anomaly detector v3")
     assert (tmp_path / "card" / "model-card.html").read_text().startswith("<!doctype html>")
+
+
+def test_a_decided_approval_renders_the_stored_card_again(model_dir, validated, settings, raw):
+    from anomaly_mlops.errors import ConfigError
+    from anomaly_mlops.steps.model_card import publish_release_card, refresh_approval
+
+    name = f"card-{uuid.uuid4().hex[:6]}"
+    assert refresh_approval(name, "v1", "approved", settings=settings) is None  # no card written: nothing to do
+    publish_release_card(model_dir, name, "v1", validated, "pending", settings)
+    before = raw.get_object(Bucket=settings.bucket, Key=f"{name}/.cards/v1/model-card.html")["Body"].read().decode()
+    refresh_approval(name, "v1", "approved", "Decided by alice.", settings)
+    after = raw.get_object(Bucket=settings.bucket, Key=f"{name}/.cards/v1/model-card.html")["Body"].read().decode()
+    # Everything but the approval is as it was, tables included; the approval says who decided.
+    assert before.split("<h2>Approval</h2>")[0] == after.split("<h2>Approval</h2>")[0]
+    assert "<p>Status: approved.</p>" in after and "<p>Decided by alice.</p>" in after
+    with pytest.raises(ConfigError, match="--approval must be one of"):
+        refresh_approval(name, "v1", "maybe", settings=settings)
+    raw.put_object(Bucket=settings.bucket, Key=f"{name}/.cards/v1/model-card.json", Body=b"[1, 2]")
+    with pytest.raises(ConfigError, match="is not a model card's sections"):
+        refresh_approval(name, "v1", "approved", settings=settings)

@@ -195,7 +195,14 @@ def test_training_pipeline_runs_locally_and_publishes(local_training, s3_env, ra
     assert keys == {
         f"kfp-model/kfp-local/{f}"
         for f in ("MANIFEST.sha256", "forest.npz", "metadata.json", "model.joblib", "model.skops")
-    } | {"kfp-model/.claims/kfp-local.json"}
+    } | {"kfp-model/.claims/kfp-local.json"} | {
+        f"kfp-model/.cards/kfp-local/model-card.{x}" for x in ("md", "html", "json")
+    }
+    card = raw.get_object(Bucket=s3_env["AWS_S3_BUCKET"], Key="kfp-model/.cards/kfp-local/model-card.md")["Body"]
+    card = card.read().decode()
+    assert "| roc_auc_vs_champion | " in card and "Status: **not required**." in card  # validate's gates on it
+    linked = version["customProperties"]["model_card"]["string_value"]
+    assert linked == f"s3://{s3_env['AWS_S3_BUCKET']}/kfp-model/.cards/kfp-local/model-card.html"
     (report,) = tmp_path.glob("*/validate-model/report")
     assert "Release gate PASSED" in report.read_text()
     (metrics_meta,) = tmp_path.glob("*/validate-model/executor_output.json")

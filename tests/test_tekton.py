@@ -260,11 +260,14 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
     assert metadata["provenance"] == {"git_commit": cloned["commit"], "run_id": "retrain-abc12"}
     validated = run_task("anomaly-validate", {}, work, s3_env)  # champion: latest (none released yet)
     assert validated["gate-passed"] == "true" and float(validated["roc-auc"]) > 0.8
-    published = run_task("anomaly-publish", {"version": "tekton-v1"}, work, s3_env)
+    published = run_task("anomaly-publish", {"version": "tekton-v1", "require-approval": "true"}, work, s3_env)
+    card = raw.get_object(Bucket=s3_env["AWS_S3_BUCKET"], Key="anomaly-detector/.cards/tekton-v1/model-card.md")
+    assert "Status: **pending**." in card["Body"].read().decode()
     assert published == {
         "uri": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/tekton-v1/",
         "version": "tekton-v1",
         "storage-path": "anomaly-detector/tekton-v1/",
+        "model-card": f"s3://{s3_env['AWS_S3_BUCKET']}/anomaly-detector/.cards/tekton-v1/model-card.html",
     }
     released = raw.head_object(Bucket=s3_env["AWS_S3_BUCKET"], Key="anomaly-detector/tekton-v1/MANIFEST.sha256")[
         "Metadata"
@@ -277,7 +280,8 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
         registered = run_task(
             "anomaly-register",
             {"registry-url": registry.url, "version": published["version"], "uri": published["uri"],
-             "run-name": "retraining-x1", "git-commit": cloned["commit"]},
+             "run-name": "retraining-x1", "git-commit": cloned["commit"], "model-card": published["model-card"],
+             "require-approval": "true"},
             work,
             {},
         )  # fmt: skip
@@ -288,6 +292,8 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
     (artifact,) = registry.artifacts.values()
     assert artifact["modelSourceKind"] == "tekton" and artifact["modelSourceName"] == "retraining-x1"
     assert version["customProperties"]["git_commit"]["string_value"] == cloned["commit"]
+    assert version["customProperties"]["model_card"]["string_value"] == published["model-card"]
+    assert version["customProperties"]["approval"]["string_value"] == "pending"
 
     kube = FakeKubeAPI()
     kubeconfig = tmp_path / "kubeconfig"
@@ -484,15 +490,27 @@ def test_the_gates_wait_fits_the_runs_timeouts():
 
 
 @pytest.mark.slow
-def test_the_rollout_task_promotes_on_approval_and_rolls_back_on_rejection(tmp_path, model_dir):
+def test_the_rollout_task_promotes_on_approval_and_rolls_back_on_rejection(tmp_path, model_dir, fresh_bucket, raw):
+    """The decision goes on the version in the registry and on its model card."""
     import approval_gate
     from registry_fake import FakeModelRegistry
-    from test_approval import NS, kubeconfig_for, release, state_of
+    from test_approval import MODEL, NS, kubeconfig_for, release, state_of
+
+    from anomaly_mlops.steps.model_card import publish_release_card
+    from anomaly_mlops.store.s3 import S3Settings
 
     from k8s_fake import FakeKubeAPI
 
     kube, registry = FakeKubeAPI(), FakeModelRegistry()
-    env = {"KUBECONFIG": str(kubeconfig_for(kube, tmp_path))}
+    env = {"KUBECONFIG": str(kubeconfig_for(kube, tmp_path)), **fresh_bucket}
+    settings = S3Settings.from_env(fresh_bucket)
+    for version in ("v2", "v3"):
+        publish_release_card(model_dir, MODEL, version, None, "pending", settings)
+
+    def card(version: str) -> str:
+        body = raw.get_object(Bucket=fresh_bucket["AWS_S3_BUCKET"], Key=f"{MODEL}/.cards/{version}/model-card.md")
+        return body["Body"].read().decode()
+
     common = {"namespace": NS, "registry-url": registry.url, "model-name": "gated-detector",
               "pipeline-run-namespace": NS}  # fmt: skip
     labels = {"tekton.dev/pipelineTask": "approve"}
@@ -509,6 +527,8 @@ def test_the_rollout_task_promotes_on_approval_and_rolls_back_on_rejection(tmp_p
         run_task("anomaly-rollout", {**common, "action": "promote", "pipeline-run": "run-1"}, tmp_path, env)
         assert "canaryTrafficPercent" not in kube.objects[(NS, "anomaly-detector")]["spec"]["predictor"]
         assert state_of(registry, "v2")[1]["approval_by"] == "alice"
+        assert "Status: **approved**." in card("v2") and "by alice through ApprovalTask" in card("v2")
+        assert "| threshold |" in card("v2")  # the rest of the card renders as before
         # the next release is rejected: the finally task rolls it back and records who rejected it
         release(kube, registry, model_dir, "v3", gated=True)
         rejected = approval_gate.create("run-2-approve", NS, {"approvers": ["alice", "bob"]},
@@ -519,6 +539,8 @@ def test_the_rollout_task_promotes_on_approval_and_rolls_back_on_rejection(tmp_p
         state, properties = state_of(registry, "v3")
         assert state == "ARCHIVED" and properties["approval"] == "rejected" and properties["approval_by"] == "bob"
         assert state_of(registry, "v2")[0] == "LIVE"
+        assert "Status: **rejected**." in card("v3")
+        assert "by bob through ApprovalTask anomaly/run-2-approve: bob: too many flags." in card("v3")
         run_task("anomaly-rollout", {**common, "action": "sideways", "pipeline-run": "run-2"}, tmp_path, env, 2)
     finally:
         kube.stop()

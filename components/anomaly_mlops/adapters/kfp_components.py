@@ -257,25 +257,38 @@ def validate_model(
 
 def publish_model(
     model: Input[Model],
+    validation: Input[Metrics],
+    validation_report: Input[HTML],
     model_name: str = "anomaly-detector",
     version: str = "",
     root_prefix: str = "",
-) -> NamedTuple("PublishOutputs", [("uri", str), ("version", str), ("storage_path", str), ("status", str)]):
-    """Upload to the immutable S3 version prefix; credentials from the data connection env.
+    require_approval: bool = False,
+) -> NamedTuple(
+    "PublishOutputs", [("uri", str), ("version", str), ("storage_path", str), ("status", str), ("model_card", str)]
+):
+    """Upload to the immutable S3 version prefix, and the version's model card beside it;
+    credentials from the data connection env.
 
     Args:
         model: the validated model directory.
+        validation: validate's metrics (on the model card).
+        validation_report: validate's report (its gates, on the model card).
         model_name: the first key segment: <model>/<version>/.
         version: the release name; empty: v<training time>-<manifest digest>.
         root_prefix: key prefix before <model>/ in the bucket.
+        require_approval: the card says the version awaits approval.
     """
     from collections import namedtuple
 
+    from anomaly_mlops.steps.model_card import publish_release_card, validation_from_logged
     from anomaly_mlops.store.releases import publish
 
     result = publish(model.path, model_name, version or None, root_prefix=root_prefix)
-    return namedtuple("PublishOutputs", ["uri", "version", "storage_path", "status"])(
-        result.uri, result.version, result.prefix, result.status
+    measured = validation_from_logged(validation.metadata, (validation_report.metadata or {}).get("gates"))
+    approval = "pending" if require_approval else "not required"
+    card = publish_release_card(model.path, model_name, result.version, measured, approval, root_prefix=root_prefix)
+    return namedtuple("PublishOutputs", ["uri", "version", "storage_path", "status", "model_card"])(
+        result.uri, result.version, result.prefix, result.status, card
     )
 
 
@@ -456,6 +469,7 @@ def register_in_model_registry(
     use_service_account_token: bool = True,
     require_approval: bool = False,
     approval_timeout_hours: float = 24.0,
+    model_card: str = "",
 ) -> str:
     """Optional: the released version in the Kubeflow Model Registry (idempotent).
 
@@ -473,6 +487,7 @@ def register_in_model_registry(
         use_service_account_token: send the pod's token.
         require_approval: register it awaiting approval (promote --when-approved acts on the decision).
         approval_timeout_hours: after this, an undecided approval counts as rejected.
+        model_card: the version's model card (publish's), linked from the version.
     """
     import json
     from dataclasses import asdict
@@ -481,16 +496,14 @@ def register_in_model_registry(
     from anomaly_mlops.errors import ConfigError
     from anomaly_mlops.steps.approval import pending_approval
     from anomaly_mlops.steps.deploy import current_namespace
+    from anomaly_mlops.steps.model_card import validation_from_logged
     from anomaly_mlops.steps.registry import Lineage, register_version
 
     try:
         where = current_namespace(namespace)
     except ConfigError:  # not in a pod (kfp.local): lineage without it
         where = ""
-    logged = dict(validation.metadata or {})
-    measured = {k: logged[k] for k in ("roc_auc", "pr_auc", "f1", "flagged_rate") if k in logged}
-    if "gate_passed" in logged:
-        measured["passed"] = bool(logged["gate_passed"])
+    measured = validation_from_logged(validation.metadata)
     token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     registration = register_version(
         registry_url,
@@ -503,6 +516,7 @@ def register_in_model_registry(
         lineage=Lineage("kfp", run_id, run_name, where),
         token=token_file.read_text().strip() if use_service_account_token and token_file.is_file() else None,
         approval=pending_approval(approval_timeout_hours) if require_approval else None,
+        model_card=model_card or None,
     )
     return json.dumps(asdict(registration))
 
@@ -576,7 +590,11 @@ def rollback_deployment(
 
 
 def promote_when_approved(
-    registry_url: str, isvc_name: str = "anomaly-detector", namespace: str = "", model_name: str = "anomaly-detector"
+    registry_url: str,
+    isvc_name: str = "anomaly-detector",
+    namespace: str = "",
+    model_name: str = "anomaly-detector",
+    update_model_card: bool = True,
 ) -> str:
     """The approval gate's recurring check: promote the version under approval once approved in
     the Model Registry, roll it back once rejected or past its deadline, else change nothing.
@@ -586,16 +604,18 @@ def promote_when_approved(
         isvc_name: the InferenceService serving the version under approval.
         namespace: its namespace; empty: the pod's own.
         model_name: the registered model.
+        update_model_card: put the decision on the version's model card (the data connection's bucket).
     """
     import json
     from pathlib import Path
 
     from anomaly_mlops.steps.deploy import InferenceServiceClient, current_namespace
     from anomaly_mlops.steps.rollout import RegistryTarget, release_when_approved
+    from anomaly_mlops.store.s3 import S3Settings
 
     token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     token = token_file.read_text().strip() if token_file.is_file() else None
-    registry = RegistryTarget(registry_url, model_name, token)
+    registry = RegistryTarget(registry_url, model_name, token, S3Settings.from_env() if update_model_card else None)
     done = release_when_approved(InferenceServiceClient(), isvc_name, current_namespace(namespace), registry)
     return json.dumps(done)
 

@@ -3,7 +3,8 @@ what it was trained on, how it measured against its gates, its known limits, whe
 from and whether it is approved, as Markdown and HTML.
 
 Cards live beside the version, never in it: ``<model>/.cards/<version>/model-card.{md,html}``
-in the bucket. A version's prefix holds exactly the files its manifest lists (KServe's storage
+(and ``model-card.json``, its sections, from which ``refresh_approval`` renders it again when
+the approval is decided) in the bucket. A version's prefix holds exactly the files its manifest lists (KServe's storage
 initializer downloads the whole prefix and the servers refuse extra files), and a card may be
 written again when the approval changes, while a released version never is. The Model
 Registry links to it (the version's ``model_card`` property, steps/registry.py).
@@ -21,7 +22,8 @@ from anomaly_mlops.model.artifacts import MANIFEST_FILE, METADATA_FILE
 from anomaly_mlops.redact import redact
 
 CARDS_FOLDER = ".cards"
-APPROVAL_STATES = ("not required", "pending", "approved", "rejected")
+APPROVAL_STATES = ("not required", "pending", "approved", "rejected", "timed-out")
+APPROVAL_HEADING = "Approval"
 INTENDED_USE = (
     "Flags anomalous rows of operational metrics (CPU, memory, disk, network, restarts) of the "
     "nodes and pods of an OpenShift cluster, for the Self-Healing Platform's coordination engine "
@@ -34,6 +36,26 @@ INTENDED_USE = (
 class ModelCard:
     markdown: str
     html: str
+    title: str = ""
+    sections: list | None = None
+
+    @classmethod
+    def render(cls, title: str, sections: list) -> ModelCard:
+        return cls(_markdown(title, sections), _html(title, sections), title, sections)
+
+
+def approval_section(approval: str, detail: str = "") -> tuple[str, list]:
+    """The card's approval section: the state, and who decided, when and through what."""
+    if approval not in APPROVAL_STATES:
+        raise ConfigError(f"--approval must be one of {', '.join(APPROVAL_STATES)}, got {approval!r}")
+    lines = [f"Status: **{approval}**."]
+    if approval == "pending":
+        lines.append(
+            "Promotion waits for the approvers; the decision is recorded on the version in the Model Registry."
+        )
+    if detail:
+        lines.append(detail)
+    return (APPROVAL_HEADING, lines)
 
 
 def summarize_validation(document: dict | None) -> dict:
@@ -48,6 +70,27 @@ def summarize_validation(document: dict | None) -> dict:
     if document.get("gates"):
         flat["gates"] = document["gates"]
     return flat
+
+
+def validation_from_logged(logged: dict | None, gates: list | None = None) -> dict:
+    """validate's KFP Metrics metadata (and its report's gates) as summarize_validation's dict."""
+    logged = dict(logged or {})
+    measured: dict = {k: logged[k] for k in ("roc_auc", "pr_auc", "f1", "flagged_rate") if k in logged}
+    if "gate_passed" in logged:
+        measured["passed"] = bool(logged["gate_passed"])
+    if gates:
+        measured["gates"] = gates
+    return measured
+
+
+def publish_release_card(
+    model_dir: str | Path, model_name: str, version: str, validation: dict | None, approval: str,
+    settings=None, root_prefix: str = "",
+) -> str:  # fmt: skip
+    """Build the released version's card and write it beside the version; its s3:// URI. The
+    release itself is already safe when this fails: `anomaly-mlops model-card --upload` redoes it."""
+    card = build_card(model_dir, version, validation, approval)
+    return publish_card(card, model_name, version, settings, root_prefix)
 
 
 def card_key(model_name: str, version: str, root_prefix: str = "") -> str:
@@ -154,9 +197,8 @@ def build_card(
             ],
         )
     )
-    sections.append(("Approval", [f"Status: **{approval}**."]))
-    title = f"Model card: anomaly detector {version}"
-    return ModelCard(_markdown(title, sections), _html(title, sections))
+    sections.append(approval_section(approval))
+    return ModelCard.render(f"Model card: anomaly detector {version}", sections)
 
 
 def _markdown(title: str, sections) -> str:
@@ -201,10 +243,12 @@ def publish_card(card: ModelCard, model_name: str, version: str, settings=None, 
     settings = settings or S3Settings.from_env()
     prefix = card_key(model_name, version, root_prefix)
     client = settings.client()
-    for name, body, kind in (
-        ("model-card.md", card.markdown, "text/markdown"),
-        ("model-card.html", card.html, "text/html"),
-    ):
+    files = [("model-card.md", card.markdown, "text/markdown"), ("model-card.html", card.html, "text/html")]
+    if card.sections is not None:
+        files.append(
+            ("model-card.json", json.dumps({"title": card.title, "sections": card.sections}), "application/json")
+        )
+    for name, body, kind in files:
         try:
             client.put_object(Bucket=settings.bucket, Key=prefix + name, Body=body.encode(), ContentType=kind)
         except Exception as exc:
@@ -212,3 +256,40 @@ def publish_card(card: ModelCard, model_name: str, version: str, settings=None, 
                 exc, f"write the model card s3://{settings.bucket}/{prefix}{name}", settings
             ) from exc
     return f"s3://{settings.bucket}/{prefix}model-card.html"
+
+
+def refresh_approval(
+    model_name: str, version: str, approval: str, detail: str = "", settings=None, root_prefix: str = ""
+) -> str | None:
+    """Render the version's card again with the approval decided; None when the version has no
+    card written by this step (its sections are read back from model-card.json)."""
+    from anomaly_mlops.store.s3 import S3Settings, describe_client_error, read_small_object
+
+    settings = settings or S3Settings.from_env()
+    key = card_key(model_name, version, root_prefix) + "model-card.json"
+    try:
+        body = read_small_object(settings.client(), settings.bucket, key)
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise describe_client_error(exc, f"read the model card s3://{settings.bucket}/{key}", settings) from exc
+    try:
+        stored = json.loads(body)
+        sections = [(heading, blocks) for heading, blocks in stored["sections"] if heading != APPROVAL_HEADING]
+        title = str(stored["title"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"s3://{settings.bucket}/{key} is not a model card's sections ({exc})") from exc
+    sections = [(h, _rows(b)) for h, b in sections]
+    sections.append(approval_section(approval, detail))
+    return publish_card(ModelCard.render(title, sections), model_name, version, settings, root_prefix)
+
+
+def _rows(blocks: list) -> list:
+    """JSON turns the tables' (key, value) tuples into lists: back to tuples, so they render as tables."""
+    out = []
+    for block in blocks:
+        if isinstance(block, list) and block and all(isinstance(r, list) and len(r) == 2 for r in block):
+            out.append([tuple(r) for r in block])
+        else:
+            out.append(block)
+    return out

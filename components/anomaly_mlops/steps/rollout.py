@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RegistryTarget:
-    """Where promote and rollback record what serves: the registry and the registered model."""
+    """Where promote and rollback record what serves: the registry and the registered model;
+    with ``cards`` (the S3 settings of the releases), the decision also goes on the version's
+    model card."""
 
     url: str
     model_name: str
     token: str | None = None
+    cards: object | None = None
 
 
 def served_versions(client, name: str, namespace: str) -> tuple[str | None, str | None]:
@@ -65,6 +68,7 @@ def promote(
     if registry:
         extra = {version: approval.properties()} if approval and version else None
         out["registry_states"] = _record(registry, version, previous, extra)
+        _card(registry, version, approval, out)
     return out
 
 
@@ -80,6 +84,7 @@ def rollback(
     except DeployError as exc:
         if registry and extra:
             _record(registry, None, None, extra)
+            _card(registry, version, approval, {})
         if approval is not None and not previous:
             raise DeployError(
                 f"{namespace}/{name}: {version} is {approval.describe()}, but nothing served before it, so it still "
@@ -91,6 +96,7 @@ def rollback(
         out["approval"] = approval.describe()
     if registry:
         out["registry_states"] = _record(registry, previous, version, extra)
+        _card(registry, version, approval, out)
     return out
 
 
@@ -98,6 +104,19 @@ def _record(registry: RegistryTarget, serving, retired, extra) -> dict[str, str]
     from anomaly_mlops.steps.registry import set_serving_state
 
     return set_serving_state(registry.url, registry.model_name, serving, retired, registry.token, properties=extra)
+
+
+def _card(registry: RegistryTarget, version: str | None, approval: Approval | None, out: dict) -> None:
+    """The decision on the version's model card, when the card store is given."""
+    if registry.cards is None or approval is None or not version:
+        return
+    from anomaly_mlops.steps.model_card import refresh_approval
+
+    who = f" by {', '.join(approval.by)}" if approval.by else ""
+    via = f" through {approval.via}" if approval.via else ""
+    said = f": {approval.message}" if approval.message else ""
+    detail = f"Decided {approval.decided_at or 'now'}{who}{via}{said}."
+    out["model_card"] = refresh_approval(registry.model_name, version, approval.state, detail, registry.cards)
 
 
 def release_when_approved(

@@ -99,9 +99,13 @@ def _registry_target(args):
     from anomaly_mlops.params import read_token
     from anomaly_mlops.steps.rollout import RegistryTarget
 
-    return RegistryTarget(
-        args.registry_url, args.registry_model_name or args.name, read_token(args.registry_token_file)
-    )
+    cards = None
+    if args.update_model_card:
+        from anomaly_mlops.store.s3 import S3Settings
+
+        cards = S3Settings.from_env()
+    token = read_token(args.registry_token_file)
+    return RegistryTarget(args.registry_url, args.registry_model_name or args.name, token, cards)
 
 
 def _approval_task(args):
@@ -257,6 +261,11 @@ def register(sub: SubParsers) -> None:
         g.add_argument("--registry-url", help="the registry's REST endpoint")
         g.add_argument("--registry-model-name", help="the registered model (default: --name)")
         g.add_argument("--registry-token-file", help="bearer token for the registry (never logged)")
+        g.add_argument(
+            "--update-model-card",
+            action="store_true",
+            help="also put the approval decision on the version's model card (S3 settings from the AWS_* env)",
+        )
         g = p.add_argument_group("the approval gate (Tekton): record the manual approval gate's decision")
         g.add_argument(
             "--approval-task-of", metavar="PIPELINERUN",

@@ -12,17 +12,27 @@ from anomaly_mlops.errors import ConfigError
 def cmd_publish(args) -> dict:
     from anomaly_mlops.store.releases import publish, publish_to_directory
 
+    if args.model_card and args.to_dir:
+        raise ConfigError("--model-card writes beside the version in S3: not with --to-dir")
     if args.to_dir:
         result = publish_to_directory(args.model, args.to_dir, args.model_name, args.version, args.pvc_claim)
     else:
         result = publish(args.model, args.model_name, args.version, root_prefix=args.root_prefix)
-    return {
+    out = {
         "uri": result.uri,
         "version": result.version,
         "status": result.status,
         "key_prefix": result.prefix,
         "manifest_sha256": result.manifest_sha256,
     }
+    if args.model_card:
+        from anomaly_mlops.steps.model_card import publish_release_card
+
+        validation = _read_validation(args.validation)
+        out["model_card"] = publish_release_card(
+            args.model, args.model_name, result.version, validation, args.approval, root_prefix=args.root_prefix
+        )
+    return out
 
 
 def cmd_download(args) -> dict:
@@ -101,6 +111,11 @@ def register(sub: SubParsers) -> None:
         "--pvc-claim",
         help="with --to-dir: the claim mounted there; the result's uri is then "
         "pvc://<claim>/<model>/<version>/ for deploy --storage-uri",
+    )
+    p.add_argument("--model-card", action="store_true", help="also write the version's model card beside it")
+    p.add_argument("--validation", help="with --model-card: validate's metrics.json (the metrics and gates on it)")
+    p.add_argument(
+        "--approval", default="not required", help="with --model-card: not required, or pending (the approval gate's)"
     )
     p.set_defaults(func=cmd_publish)
 
