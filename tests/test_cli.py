@@ -150,6 +150,8 @@ def test_run_local_end_to_end(tmp_path):
     assert summary["published_uri"].startswith("s3://models/anomaly-detector/v")
     assert summary["verify"]["passed"] is True
     run_dir = Path(summary["run_dir"])
+    card = (run_dir / "model-card.md").read_text()
+    assert summary["model_card"] == str(run_dir / "model-card.html") and "| roc_auc | " in card
     for produced in (
         "data/train.parquet",
         "model/MANIFEST.sha256",

@@ -16,6 +16,7 @@ from anomaly_mlops.errors import GateFailedError
 from anomaly_mlops.model.artifacts import load_model_dir
 from anomaly_mlops.sources.files import load_dataset
 from anomaly_mlops.steps.data import prepare_data
+from anomaly_mlops.steps.model_card import build_card, publish_card
 from anomaly_mlops.steps.train import TrainParams, train
 from anomaly_mlops.steps.validate import Gates, LatencyPlan, describe_gate_failure, validate
 from anomaly_mlops.steps.verify import VerifyPlan, raise_on_failure, verify
@@ -87,8 +88,14 @@ def run_local(config: LocalRunConfig | None = None) -> dict:
         timings["start embedded S3"] = time.perf_counter() - started
         started = step(4, "publish: immutable version on the embedded S3 server")
         published = publish(trained.model_dir, config.model_name, settings=S3Settings.from_env(s3_env))
+        checked = {"metrics": validation.metrics, "gate_passed": validation.passed, "gates": validation.gates}
+        card = build_card(trained.model_dir, published.version, checked)
+        publish_card(card, config.model_name, published.version, S3Settings.from_env(s3_env))
+        (root / "model-card.md").write_text(card.markdown)  # the embedded S3 server goes with the run
+        (root / "model-card.html").write_text(card.html)
         timings["publish"] = time.perf_counter() - started
         summary["published_uri"] = published.uri
+        summary["model_card"] = str(root / "model-card.html")
 
         started = step(5, "serve from S3 with the lean model server, then verify")
         reference = load_model_dir(trained.model_dir)
