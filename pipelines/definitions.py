@@ -119,6 +119,8 @@ def _deploy_and_verify(
     registry_url,
     model_name,
     hold_for_approval=False,
+    registration="",
+    registry_name="",
 ):
     deployed = c["deploy_model"](
         model=model,
@@ -132,6 +134,8 @@ def _deploy_and_verify(
         canary_traffic_percent=canary_traffic_percent,
         hold_for_approval=hold_for_approval,
         registry_url=registry_url,
+        registration=registration,
+        registry_name=registry_name,
     ).set_display_name("deploy InferenceService")
     deployed.set_caching_options(False).set_retry(**NETWORK_RETRY)
     _resources(deployed, "100m", "256Mi", "500m", "512Mi")
@@ -207,6 +211,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         use_service_account_token: bool = False,
         trustyai_url: str = "",
         registry_url: str = "",
+        registry_name: str = "",
         require_approval: bool = False,
         approval_timeout_hours: float = 24.0,
     ):
@@ -287,25 +292,27 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                 published.set_display_name("publish to S3").set_caching_options(False).set_retry(**NETWORK_RETRY)
                 _s3_env(published, options)
                 _resources(published, "250m", "512Mi", "1", "1Gi")
-                with dsl.If(registry_url != "", name="registry-enabled"):
-                    registered_version = c["register_in_model_registry"](
-                        model=trained.outputs["model"],
-                        validation=validated.outputs["metrics"],
-                        registry_url=registry_url,
-                        model_name=model_name,
-                        version=published.outputs["version"],
-                        uri=published.outputs["uri"],
-                        storage_key=options.data_connection,
-                        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                        namespace=namespace,
-                        require_approval=require_approval,
-                        approval_timeout_hours=approval_timeout_hours,
-                        model_card=published.outputs["model_card"],
-                    )
-                    registered_version.set_display_name("register in the Model Registry").set_caching_options(False)
-                    registered_version.set_retry(**NETWORK_RETRY)
-                    _resources(registered_version, "250m", "512Mi", "1", "1Gi")
+                # Without a registry_url register does nothing; it runs anyway, so deploy can take
+                # the registration's ids from it (KFP refuses a dependency on a task inside a
+                # condition the dependent is not in).
+                registered_version = c["register_in_model_registry"](
+                    model=trained.outputs["model"],
+                    validation=validated.outputs["metrics"],
+                    registry_url=registry_url,
+                    model_name=model_name,
+                    version=published.outputs["version"],
+                    uri=published.outputs["uri"],
+                    storage_key=options.data_connection,
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    namespace=namespace,
+                    require_approval=require_approval,
+                    approval_timeout_hours=approval_timeout_hours,
+                    model_card=published.outputs["model_card"],
+                )
+                registered_version.set_display_name("register in the Model Registry").set_caching_options(False)
+                registered_version.set_retry(**NETWORK_RETRY)
+                _resources(registered_version, "250m", "512Mi", "1", "1Gi")
                 with dsl.If(trustyai_url != "", name="trustyai-enabled"):
                     registered = c["register_with_trustyai"](
                         model=trained.outputs["model"],
@@ -336,6 +343,8 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
                         registry_url=registry_url,
                         model_name=model_name,
                         hold_for_approval=require_approval,
+                        registration=registered_version.output,
+                        registry_name=registry_name,
                     )
 
     return training

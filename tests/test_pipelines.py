@@ -141,6 +141,35 @@ def test_gate_exit_handler_and_image():
         assert "pip install" not in " ".join(executor["container"]["command"])
 
 
+def test_deploy_takes_the_registration_and_waits_for_approval_when_asked():
+    """register runs whenever the gate passed (a no-op without a registry_url) so that deploy,
+    inside If(deploy), may read its output: KFP refuses a dependency on a task inside a
+    dsl.If the dependent is not in (InvalidTopologyException)."""
+    ir, _ = load(TRAINING)
+    tasks = all_tasks(ir)
+    deploy = tasks["deploy-model"]["inputs"]["parameters"]
+    assert deploy["registration"]["componentInputParameter"] == "pipelinechannel--register-in-model-registry-Output"
+    assert deploy["registry_name"]["componentInputParameter"] == "pipelinechannel--registry_name"
+    verify = tasks["verify-deployment"]["inputs"]["parameters"]
+    assert verify["hold_for_approval"]["componentInputParameter"] == "pipelinechannel--require_approval"
+    assert "triggerPolicy" not in tasks["register-in-model-registry"]  # no condition of its own
+    gate, _ = load(PIPELINES_OUT / "promote-when-approved.yaml")
+    (check,) = executors(gate).values()
+    assert "promote_when_approved" in " ".join(check["container"]["args"] + check["container"]["command"])
+
+
+def test_registry_labels_come_from_the_registration():
+    from anomaly_mlops.steps.registry import registry_labels
+
+    done = '{"registered_model_id": "3", "model_version_id": "8", "name": "m", "version": "v1", "status": "registered"}'
+    assert registry_labels(done, "modelregistry-public") == {
+        "modelregistry.kubeflow.org/registered-model-id": "3",
+        "modelregistry.kubeflow.org/model-version-id": "8",
+        "modelregistry.kubeflow.org/name": "modelregistry-public",
+    }
+    assert registry_labels("", "modelregistry-public") == {} and registry_labels(done, "") == {}
+
+
 def test_no_secret_values_in_compiled_files():
     text = "".join(p.read_text() for p in [*PIPELINES_OUT.glob("*.yaml"), *COMPONENTS_OUT.glob("*.yaml")])
     for marker in ("local-embedded-secret", "AKIA", "aws_secret_access_key:", "BEGIN PRIVATE KEY"):

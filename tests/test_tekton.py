@@ -285,8 +285,9 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
             work,
             {},
         )  # fmt: skip
-    finally:
+    except BaseException:
         registry.stop()
+        raise
     (version,) = registry.versions.values()
     assert registered["model-version-id"] == version["id"] and version["name"] == "tekton-v1"
     (artifact,) = registry.artifacts.values()
@@ -315,14 +316,21 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
             "anomaly-deploy",
             {
                 "namespace": "ns",
-                "storage-path": published["storage-path"],
+                "storage-path": "ignored/with/a/registry/",
                 "model-version": published["version"],
                 "mode": "Serverless",
+                "registry-url": registry.url,
+                "registry-name": "modelregistry-public",
             },
             work,
             kube_env,
         )
+        registry.stop()
         assert first["canary"] == "false" and first["url"].startswith("https://")
+        isvc = kube.objects[("ns", "anomaly-detector")]
+        assert isvc["spec"]["predictor"]["model"]["storage"]["path"] == published["storage-path"]  # the registered
+        assert isvc["metadata"]["labels"]["modelregistry.kubeflow.org/model-version-id"] == version["id"]
+        assert isvc["metadata"]["labels"]["modelregistry.kubeflow.org/name"] == "modelregistry-public"
         second = run_task(
             "anomaly-deploy",
             {
@@ -360,6 +368,7 @@ def test_task_scripts_run_end_to_end(tmp_path, fresh_bucket, raw):
             assert kube.objects[("ns", "anomaly-detector")]["spec"]["predictor"]["canaryTrafficPercent"] == 0
     finally:
         kube.stop()
+        registry.stop()
 
     dsp = FakeKFP()
     token = tmp_path / "token"

@@ -335,6 +335,8 @@ def deploy_model(
     timeout_s: float = 600.0,
     hold_for_approval: bool = False,
     registry_url: str = "",
+    registration: str = "",
+    registry_name: str = "",
 ) -> NamedTuple(
     "DeployOutputs", [("url", str), ("service_url", str), ("revision", str), ("canary", bool), ("action", str)]
 ):
@@ -356,15 +358,19 @@ def deploy_model(
         timeout_s: seconds to wait for Ready.
         hold_for_approval: the rollout waits for approval: refused without registry_url, where it is recorded.
         registry_url: the Model Registry (checked here only: verify and promote tell it what serves).
+        registration: register's output: the InferenceService gets the registry's labels with its ids.
+        registry_name: the Model Registry's name, the label OpenShift AI's dashboard reads; empty: no labels.
     """
     from collections import namedtuple
 
     from anomaly_mlops.errors import ConfigError
     from anomaly_mlops.model.artifacts import check_replicas, check_runtime_serves
     from anomaly_mlops.steps.deploy import DeploySpec, current_namespace, deploy
+    from anomaly_mlops.steps.registry import registry_labels
 
     if hold_for_approval and not registry_url:
         raise ConfigError("require_approval records the approval in the Model Registry: set registry_url")
+    labels = registry_labels(registration, registry_name)
     check_runtime_serves(runtime, model.path)
     check_replicas(max_replicas, model.path, shared_history=bool(history_secret))
     spec = DeploySpec(
@@ -379,6 +385,7 @@ def deploy_model(
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         history_secret=history_secret or None,
+        labels=labels,
     )
     result = deploy(spec, timeout_s=timeout_s)
     # url reaches the new revision alone (a canary's `latest` tag URL): what verify checks.
@@ -471,12 +478,13 @@ def register_in_model_registry(
     approval_timeout_hours: float = 24.0,
     model_card: str = "",
 ) -> str:
-    """Optional: the released version in the Kubeflow Model Registry (idempotent).
+    """Optional: the released version in the Kubeflow Model Registry (idempotent); nothing
+    without a registry_url.
 
     Args:
         model: the released model directory.
         validation: validate's metrics (they go on the version).
-        registry_url: the registry's REST endpoint, e.g. https://HOST:443.
+        registry_url: the registry's REST endpoint, e.g. https://HOST:443; empty: do nothing.
         model_name: the registered model (publish's model name).
         version: the released version (publish's).
         uri: the released version's s3:// prefix (publish's).
@@ -499,6 +507,8 @@ def register_in_model_registry(
     from anomaly_mlops.steps.model_card import validation_from_logged
     from anomaly_mlops.steps.registry import Lineage, register_version
 
+    if not registry_url:
+        return ""  # the registry is off: deploy then puts no registry labels on the InferenceService
     try:
         where = current_namespace(namespace)
     except ConfigError:  # not in a pod (kfp.local): lineage without it

@@ -223,6 +223,16 @@ class RegisteredVersion:
                 LABEL_REGISTRY: registry_name}  # fmt: skip
 
 
+def registry_labels(registration: str | dict, registry_name: str) -> dict[str, str]:
+    """The InferenceService labels for a registration (register's JSON output, or its dict);
+    none without one or without the registry's name."""
+    if not registration or not registry_name:
+        return {}
+    found = json.loads(registration) if isinstance(registration, str) else registration
+    return {LABEL_MODEL_ID: str(found["registered_model_id"]), LABEL_VERSION_ID: str(found["model_version_id"]),
+            LABEL_REGISTRY: registry_name}  # fmt: skip
+
+
 def resolve_registered(
     url: str, reference: str, token: str | None = None, *, serving: bool = False
 ) -> RegisteredVersion:
