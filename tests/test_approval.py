@@ -152,6 +152,13 @@ def test_kfp_flow_an_undecided_version_times_out_and_is_rolled_back(kube, regist
         decide(registry.url, MODEL, "v2", approve=True, by="alice")
 
 
+def test_the_check_leaves_a_version_the_registry_does_not_hold(kube, registry, target, model_dir):
+    spec = DeploySpec(name="anomaly-detector", namespace=NS, storage_key="k", storage_path=f"{MODEL}/v0/",
+                      model_version="v0", deployment_mode="Serverless")  # fmt: skip
+    deploy(spec, InferenceServiceClient(kube.api()), timeout_s=5, poll_s=0.01)
+    assert check(kube, target)["reason"] == "the Model Registry holds no version 'v0'"
+
+
 def test_a_rejected_first_release_is_recorded_and_said_to_still_serve(kube, registry, target, model_dir):
     release(kube, registry, model_dir, "v1", gated=True)
     decide(registry.url, MODEL, "v1", approve=False, by="bob")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from anomaly_mlops.errors import ConfigError, DeployError
-from anomaly_mlops.steps.approval import APPROVED, PENDING, Approval, ApprovalError, read_approval
+from anomaly_mlops.steps.approval import APPROVED, PENDING, Approval, ApprovalError
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,14 @@ def release_when_approved(
     version, _ = served_versions(client, name, namespace)
     if not version:
         raise ConfigError(f"{namespace}/{name} records no model version (annotation anomaly-mlops.io/model-version)")
-    approval, properties = read_approval(registry.url, registry.model_name, version, registry.token)
-    serving = properties.get("serving")
+    from anomaly_mlops.steps.registry import version_properties_of
+
     base = {"isvc": f"{namespace}/{name}", "version": version}
+    properties = version_properties_of(registry.url, registry.model_name, version, registry.token)
+    if properties is None:  # deployed before registration was on, or by hand
+        return {**base, "action": "none", "reason": f"the Model Registry holds no version {version!r}"}
+    approval = Approval.from_properties(properties)
+    serving = properties.get("serving")
     if approval is None:
         return {**base, "action": "none", "reason": "the version was released without the approval gate"}
     if approval.expired(now):
