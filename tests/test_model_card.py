@@ -30,8 +30,11 @@ def test_the_card_says_use_data_metrics_gates_limits_provenance_and_approval(mod
     meta = json.loads((model_dir / METADATA_FILE).read_text())
     assert "## Intended use" in text and "Self-Healing Platform" in text
     assert f"| roc_auc | {validated['metrics']['roc_auc']:.4f} |" in text
+    gates = text.split("Release gates:")[1].split("## ")[0]
     for gate in validated["gates"]:
-        assert f"| {gate['gate']} |" in text
+        shown = f"skipped ({gate['skipped']})" if gate.get("skipped") else ("passed" if gate["passed"] else "FAILED")
+        assert shown in gates.split(f"| {gate['gate']} |")[1].split("\n")[0]
+    assert ">= None" not in text and "None <=" not in text
     windowed = meta["feature_transform"].get("window") or meta["score_smoothing"].get("rows", 1) > 1
     assert ("Windowed: each row is scored with its entity's earlier rows" in text) == bool(windowed)
     assert str(meta["data"]["rows"]) in text and meta["created_at"] in text

@@ -156,12 +156,11 @@ def build_card(
             for k in ("roc_auc", "pr_auc", "f1", "flagged_rate")
             if isinstance(validation.get(k), int | float)
         ]
-        gates = [
-            (g["gate"], f"{g.get('value')} {g.get('op')} {g.get('threshold')}: "
-                        f"{'skipped (' + g['skipped'] + ')' if g.get('skipped') else 'passed' if g.get('passed') else 'FAILED'}")
-            for g in validation.get("gates") or []
-        ]  # fmt: skip
-        sections.append(("Measured on the holdout", [rows + gates or [("metrics", "none recorded")]]))
+        gates = [(g["gate"], _gate_outcome(g)) for g in validation.get("gates") or []]
+        blocks: list = [rows or [("metrics", "none recorded")]]
+        if gates:
+            blocks += ["Release gates:", gates]
+        sections.append(("Measured on the holdout", blocks))
     else:
         sections.append(("Measured on the holdout", ["Not given: build the card with validate's metrics.json."]))
     limits = [
@@ -199,6 +198,14 @@ def build_card(
     )
     sections.append(approval_section(approval))
     return ModelCard.render(f"Model card: anomaly detector {version}", sections)
+
+
+def _gate_outcome(gate: dict) -> str:
+    if gate.get("skipped"):
+        return f"skipped ({gate['skipped']})"
+    return (
+        f"{gate.get('value')} {gate.get('op')} {gate.get('threshold')}: {'passed' if gate.get('passed') else 'FAILED'}"
+    )
 
 
 def _markdown(title: str, sections) -> str:
