@@ -37,6 +37,36 @@ def test_scores_equal_sklearn(params, seed):
     )
 
 
+def test_the_c_walk_is_scikit_learns_arithmetic_bit_for_bit_and_numpy_agrees():
+    """The C walk sums the trees in scikit-learn's order: equal bit for bit, one row or many;
+    the numpy walk (installs without a C compiler) to 1e-15."""
+    from anomaly_mlops.model import fastforest
+
+    if fastforest._forest_walk is None:
+        pytest.skip("the C walk was not built (no C compiler at install): the numpy walk serves")
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(4000, 9))
+    X[:, 2] = rng.integers(0, 3, 4000)
+    pipeline = fitted(X, n_estimators=60, max_features=0.7)
+    forest = CompiledForest(pipeline)
+    probe = np.vstack([X[:700], rng.normal(size=(300, 9)) * 40])
+    expected = -pipeline.score_samples(probe)
+    np.testing.assert_array_equal(forest.anomaly_scores(probe), expected)
+    np.testing.assert_array_equal(np.concatenate([forest.anomaly_scores(r[None]) for r in probe[:50]]), expected[:50])
+    numpy_walk = 2.0 ** (-forest._depths_numpy(probe) / forest.denominator)
+    np.testing.assert_allclose(numpy_walk, expected, rtol=0, atol=1e-15)
+    # A damaged node array is an error, never a read outside the arrays.
+    intact = forest._nodes.copy()
+    for damage in ({"right": 10**9, "left": 10**9}, {"right": -5, "left": -5}, {"feature": 99}):
+        forest._nodes[:] = intact
+        for field, value in damage.items():
+            forest._nodes[field][forest.roots[1]] = value
+        with pytest.raises(ValueError, match="node or feature indices leave its arrays"):
+            forest.anomaly_scores(probe[:3])
+    forest._nodes[:] = intact
+    np.testing.assert_array_equal(forest.anomaly_scores(probe[:3]), expected[:3])
+
+
 def test_trees_grown_on_the_raw_metrics_join_one_forest_that_every_reader_scores_alike():
     """raw_tree_share: one IsolationForest whose score averages path lengths over the trees
     that saw every column and those grown on the raw metrics alone (a weighted geometric

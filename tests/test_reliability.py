@@ -283,6 +283,7 @@ def test_a_fast_scorer_that_disagrees_with_scikit_learn_is_refused(model_dir, mo
     def skewed(pipeline):
         forest = real(pipeline)
         forest.threshold = forest.threshold + 0.5  # what a change in sklearn's private tree layout would do
+        forest._link_children()  # the walk's packed nodes are built from the node arrays
         return forest
 
     monkeypatch.setattr(fastforest, "compile_forest", skewed)

@@ -2,13 +2,14 @@
 
 scikit-learn scores through ``joblib.Parallel`` and one ``tree.apply`` per tree, which
 costs milliseconds for a single row. Here all trees are flattened into node arrays and
-walked together, one vectorized step per tree level. It reproduces scikit-learn's
-arithmetic: the scaled input is cast to float32 before the ``x <= threshold`` tests (as
-the trees do), leaf values are the forest's own ``_decision_path_lengths +
-_average_path_length_per_tree - 1``, and the score is ``2 ** -(depth / (n_trees *
-c(max_samples)))``. Only the order of the per-tree sum differs (rounding at 1e-16).
-``tests/test_fastforest.py`` checks parity; anything it cannot compile falls back to
-scikit-learn.
+walked by ``_forest_walk`` (C: per row, each tree in turn; the GIL released) or, where the
+package was installed without a C compiler, with numpy, one vectorized step per tree level.
+Both reproduce scikit-learn's arithmetic: the scaled input is cast to float32 before the
+``x <= threshold`` tests (as the trees do), leaf values are the forest's own
+``_decision_path_lengths + _average_path_length_per_tree - 1``, and the score is
+``2 ** -(depth / (n_trees * c(max_samples)))``. The C walk sums the trees in scikit-learn's
+order (bit for bit); numpy's pairwise sum differs at 1e-16. ``tests/test_fastforest.py``
+checks parity; anything it cannot compile falls back to scikit-learn.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ import numpy as np
 
 from anomaly_mlops.model.chunks import map_chunks
 
+try:
+    from anomaly_mlops.model import _forest_walk
+except ImportError:  # installed without a C compiler: the numpy walk
+    _forest_walk = None
+
 log = logging.getLogger(__name__)
 
 # Rows per vectorized pass: bounds the (rows x trees) work arrays (~ 8 MB at 100 trees).
@@ -26,6 +32,8 @@ CHUNK_ROWS = 4096
 
 
 ARRAYS = ("mean", "scale", "feature", "threshold", "left", "right", "leaf_value", "roots")
+# A node as the C walk reads it (model/_forest_walk.c node_t): one cache line's share.
+NODE = np.dtype([("threshold", "<f8"), ("feature", "<i4"), ("right", "<i4"), ("left", "<i4"), ("pad", "<i4")])
 # Deeper than any isolation tree (scikit-learn caps depth at ceil(log2(max_samples)), 20 for
 # a million rows): a larger stored depth is a damaged or hostile file, which would spin.
 MAX_DEPTH = 64
@@ -39,11 +47,13 @@ class CompiledForest:
         for name in ARRAYS:
             setattr(forest, name, np.asarray(arrays[name]))
         forest.feature, forest.left, forest.right, forest.roots = (
-            forest.feature.astype(np.intp),
-            forest.left.astype(np.intp),
-            forest.right.astype(np.intp),
-            forest.roots.astype(np.intp),
+            np.ascontiguousarray(forest.feature, dtype=np.intp),
+            np.ascontiguousarray(forest.left, dtype=np.intp),
+            np.ascontiguousarray(forest.right, dtype=np.intp),
+            np.ascontiguousarray(forest.roots, dtype=np.intp),
         )
+        forest.threshold = np.ascontiguousarray(forest.threshold, dtype=np.float64)
+        forest.leaf_value = np.ascontiguousarray(forest.leaf_value, dtype=np.float64)
         forest.depth = int(arrays["depth"])
         forest.denominator = float(arrays["denominator"])
         n_nodes = len(forest.threshold)
@@ -109,6 +119,11 @@ class CompiledForest:
     def _link_children(self) -> None:
         # [right, left] per node: the next node is one flat take at 2 * node + go_left.
         self._children = np.column_stack([self.right, self.left]).ravel()
+        self._nodes = None
+        if _forest_walk is not None and len(self.threshold) < 2**31 and len(self.mean) < 2**31:
+            self._nodes = np.zeros(len(self.threshold), dtype=NODE)
+            for name in ("threshold", "feature", "right", "left"):
+                self._nodes[name] = getattr(self, name)
 
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
         """Equal to ``-pipeline.score_samples(X)`` (higher is more anomalous)."""
@@ -118,6 +133,18 @@ class CompiledForest:
         return np.concatenate(map_chunks(lambda i: self._scores(X[i : i + CHUNK_ROWS]), range(0, len(X), CHUNK_ROWS)))
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
+        if self.denominator == 0:  # a forest fitted on one sample: sklearn answers 1
+            return np.ones(len(X))
+        depths = self._depths_c(X) if self._nodes is not None else self._depths_numpy(X)
+        return 2.0 ** (-depths / self.denominator)
+
+    def _depths_c(self, X: np.ndarray) -> np.ndarray:
+        scaled = np.ascontiguousarray((X - self.mean) / self.scale, dtype=np.float32)
+        depths = np.empty(len(X))
+        _forest_walk.walk(scaled, self._nodes, self.roots, self.leaf_value, len(X), len(self.mean), self.depth, depths)
+        return depths
+
+    def _depths_numpy(self, X: np.ndarray) -> np.ndarray:
         scaled = ((X - self.mean) / self.scale).astype(np.float32).ravel()
         n_inputs = len(self.mean)
         # One flat (rows x trees) walk: take() on flat arrays beats 2-D fancy indexing.
@@ -131,10 +158,7 @@ class CompiledForest:
             for _ in range(self.depth):
                 go_left = scaled.take(row_base + self.feature.take(nodes)) <= self.threshold.take(nodes)
                 nodes = self._children.take(2 * nodes + go_left)
-        depths = self.leaf_value.take(nodes).reshape(len(X), len(self.roots)).sum(axis=1)
-        if self.denominator == 0:  # a forest fitted on one sample: sklearn answers 1
-            return np.ones(len(X))
-        return 2.0 ** (-depths / self.denominator)
+        return self.leaf_value.take(nodes).reshape(len(X), len(self.roots)).sum(axis=1)
 
 
 def compile_forest(pipeline) -> CompiledForest | None:
