@@ -49,6 +49,18 @@ METRIC_BASES = ("raw", "principal")  # features.MetricBasis is "principal"; None
 THRESHOLD_METHODS = ("pot", "quantile")
 
 
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def service_account_token() -> str | None:
+    """The pod's service-account token (what the KFP components send to in-cluster APIs); None
+    outside a pod."""
+    from pathlib import Path
+
+    path = Path(SERVICE_ACCOUNT_TOKEN)
+    return path.read_text().strip() if path.is_file() else None
+
+
 def read_token(path: str | None) -> str | None:
     """A bearer token from a file (never logged); None without a path."""
     from pathlib import Path

@@ -432,16 +432,14 @@ def verify_deployment(
         registry_url: the Model Registry to tell what serves; empty: none.
         registry_model_name: the registered model; empty: isvc_name.
     """
-    from pathlib import Path
-
     from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.params import service_account_token
     from anomaly_mlops.sources.files import load_dataset
     from anomaly_mlops.steps.deploy import current_namespace
     from anomaly_mlops.steps.rollout import RegistryTarget
     from anomaly_mlops.steps.verify import VerifyPlan, raise_on_failure, verify_rollout
 
-    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    token = token_file.read_text().strip() if token_file.is_file() else None
+    token = service_account_token()
     registry = RegistryTarget(registry_url, registry_model_name or isvc_name, token) if registry_url else None
     reference = load_model_dir(model.path)
     result = verify_rollout(
@@ -499,9 +497,9 @@ def register_in_model_registry(
     """
     import json
     from dataclasses import asdict
-    from pathlib import Path
 
     from anomaly_mlops.errors import ConfigError
+    from anomaly_mlops.params import service_account_token
     from anomaly_mlops.steps.approval import pending_approval
     from anomaly_mlops.steps.deploy import current_namespace
     from anomaly_mlops.steps.model_card import validation_from_logged
@@ -514,7 +512,6 @@ def register_in_model_registry(
     except ConfigError:  # not in a pod (kfp.local): lineage without it
         where = ""
     measured = validation_from_logged(validation.metadata)
-    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     registration = register_version(
         registry_url,
         model.path,
@@ -524,7 +521,7 @@ def register_in_model_registry(
         storage_key=storage_key,
         validation=measured,
         lineage=Lineage("kfp", run_id, run_name, where),
-        token=token_file.read_text().strip() if use_service_account_token and token_file.is_file() else None,
+        token=service_account_token() if use_service_account_token else None,
         approval=pending_approval(approval_timeout_hours) if require_approval else None,
         model_card=model_card or None,
     )
@@ -555,13 +552,12 @@ def register_with_trustyai(
     """
     import json
     from dataclasses import asdict
-    from pathlib import Path
 
     from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.params import service_account_token
     from anomaly_mlops.sources.files import load_dataset
     from anomaly_mlops.steps.trustyai import register_with_trustyai as register
 
-    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     loaded = load_model_dir(model.path)
     registration = register(
         loaded,
@@ -571,7 +567,7 @@ def register_with_trustyai(
         version,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         rows=rows,
-        token=token_file.read_text().strip() if use_service_account_token and token_file.is_file() else None,
+        token=service_account_token() if use_service_account_token else None,
     )
     return json.dumps(asdict(registration))
 
@@ -588,13 +584,12 @@ def rollback_deployment(
         model_name: the registered model; empty: isvc_name.
     """
     import json
-    from pathlib import Path
 
+    from anomaly_mlops.params import service_account_token
     from anomaly_mlops.steps.deploy import InferenceServiceClient, current_namespace
     from anomaly_mlops.steps.rollout import RegistryTarget, rollback
 
-    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    token = token_file.read_text().strip() if token_file.is_file() else None
+    token = service_account_token()
     registry = RegistryTarget(registry_url, model_name or isvc_name, token) if registry_url else None
     return json.dumps(rollback(InferenceServiceClient(), isvc_name, current_namespace(namespace), registry))
 
@@ -617,14 +612,13 @@ def promote_when_approved(
         update_model_card: put the decision on the version's model card (the data connection's bucket).
     """
     import json
-    from pathlib import Path
 
+    from anomaly_mlops.params import service_account_token
     from anomaly_mlops.steps.deploy import InferenceServiceClient, current_namespace
     from anomaly_mlops.steps.rollout import RegistryTarget, release_when_approved
     from anomaly_mlops.store.s3 import S3Settings
 
-    token_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    token = token_file.read_text().strip() if token_file.is_file() else None
+    token = service_account_token()
     registry = RegistryTarget(registry_url, model_name, token, S3Settings.from_env() if update_model_card else None)
     done = release_when_approved(InferenceServiceClient(), isvc_name, current_namespace(namespace), registry)
     return json.dumps(done)
