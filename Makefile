@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: setup run test compile lock clean prometheus alertmanager redis kfp-protos lint docs image image-gpu
 
 # One line per stage; pip itself stays quiet (its full log would be ~300 lines).
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock setup.py $(wildcard components/anomaly_mlops/model/*.c)
 	@echo "==> creating $(VENV) with $$($(PYTHON) --version)"
 	@$(PYTHON) -m venv $(VENV)
 	@echo "==> upgrading pip in $(VENV)"

@@ -49,3 +49,39 @@ def test_chunks_use_threads_only_inside_a_threads_block():
         names = set(map_chunks(where, range(8)))
         assert names and all(name.startswith("chunk") for name in names)
     assert set(map_chunks(where, range(8))) == {threading.current_thread().name}
+
+
+def test_window_columns_in_c_are_numpys_figures_bit_for_bit():
+    """The C window columns (model/_window_stats.c) sum in numpy's pairwise order: installs
+    with and without a C compiler train and serve the same features. Windows around numpy's
+    8-term unroll and 128-term block, rows inside the first window (zeros ahead), one row
+    after its history (the served request) and whole series."""
+    import pytest
+
+    from anomaly_mlops.model import features
+
+    if features.window_stats_c is None:
+        pytest.skip("the C window columns were not built (no C compiler at install): numpy computes them")
+    rng = np.random.default_rng(8)
+    checked = 0
+    for window in (2, 7, 8, 9, 120, 128, 129, 257, 600):
+        for columns in (("delta", "deviation", "std"), ("deviation",), ("std",)):
+            transform = FeatureTransform(window, columns)
+            X = rng.normal(size=(2 * window + 37, 4)) * rng.uniform(1e-3, 1e4) + rng.uniform(-1e5, 1e5)
+            X[::5, 2] = 0.0
+            for last in (None, 1, 3, window):
+                in_c = transform.apply(X, last)
+                features.window_stats_c, saved = None, features.window_stats_c
+                try:
+                    in_numpy = transform.apply(X, last)
+                finally:
+                    features.window_stats_c = saved
+                assert np.array_equal(in_c.view(np.uint64), in_numpy.view(np.uint64)), (window, columns, last)
+                checked += 1
+    assert checked == 108
+    # Sizes that do not match are an error, never a write outside the arrays.
+    out = np.empty((3, 8))
+    with pytest.raises(ValueError, match="buffer sizes"):
+        features.window_stats_c.window_columns(np.zeros((10, 4)), 10, 4, 7, 10, 5, out, 8, 6, -1)
+    with pytest.raises(ValueError, match="out of range"):
+        features.window_stats_c.window_columns(np.zeros((10, 4)), 10, 4, 7, 11, 5, out, 8, 4, -1)

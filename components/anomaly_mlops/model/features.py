@@ -29,6 +29,11 @@ import numpy as np
 from anomaly_mlops.model.chunks import map_chunks, thread_count
 from anomaly_mlops.params import WINDOW_COLUMNS, parse_window_columns
 
+try:  # built by setup.py where a C compiler is; the numpy path gives the same figures
+    from anomaly_mlops.model import _window_stats as window_stats_c
+except ImportError:  # pragma: no cover - installs without a compiler
+    window_stats_c = None
+
 CHUNK_ROWS = 8192  # bounds the (rows x metrics x window) view
 THREAD_CHUNK_ROWS = 1024  # the same, per thread (model/chunks.py)
 DEFAULT_SAMPLE_INTERVAL_S = 60.0
@@ -93,7 +98,9 @@ def entity_groups(entities: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
     return np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
 
 
-def _window_stats(X: np.ndarray, begin: int, end: int, w: int, spread: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _window_stats_numpy(
+    X: np.ndarray, begin: int, end: int, w: int, spread: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (None without ``spread``) over each of rows begin..end-1's windows. The series is
     laid out metrics x time, so every window is one contiguous run (numpy's fast reductions),
     with zeros ahead of the first row: they add nothing to a sum and are left out of the
@@ -114,8 +121,27 @@ def _window_stats(X: np.ndarray, begin: int, end: int, w: int, spread: bool = Tr
     short = min(pad, end - begin)  # rows whose window starts before the series
     if short:
         centered[:, :short] *= np.arange(w) >= pad - np.arange(short)[:, None]
-    var = np.einsum("ijk,ijk->ij", centered, centered) / np.maximum(count - 1, 1)
+    # squared, then numpy's pairwise sum over each window: the order _window_stats.c sums in
+    var = np.square(centered, out=centered).sum(axis=2) / np.maximum(count - 1, 1)
     return mean.T, np.where(count > 1, np.sqrt(var), 0.0).T
+
+
+def _fill_window_columns_numpy(X, w: int, first: int, start: int, stop: int, out: np.ndarray, slot: dict) -> None:
+    """Rows first+start..first+stop-1's deviation and spread columns, into out[start:stop]."""
+    mean, std = _window_stats_numpy(X, first + start, first + stop, w, "std" in slot)
+    if "deviation" in slot:
+        np.subtract(X[first + start : first + stop], mean, out=out[start:stop, slot["deviation"]])
+    if "std" in slot:
+        out[start:stop, slot["std"]] = std
+
+
+def _fill_window_columns_c(X, w: int, first: int, start: int, stop: int, out: np.ndarray, slot: dict) -> None:
+    """The same in C (_window_stats.c), the same bits, without the work arrays."""
+    dev = slot["deviation"].start if "deviation" in slot else -1
+    std = slot["std"].start if "std" in slot else -1
+    window_stats_c.window_columns(
+        X, len(X), X.shape[1], first + start, first + stop, w, out[start:stop], out.shape[1], dev, std
+    )
 
 
 # eq=False: compared and hashed by identity, as features_of groups requests by their
@@ -222,20 +248,17 @@ class FeatureTransform:
             delta = np.diff(X[max(first - 1, 0) :], axis=0, prepend=X[max(first - 1, 0) : max(first, 1)])
             out[:, slot["delta"]] = delta[len(delta) - n :]
         if "deviation" in slot or "std" in slot:
-            spread = "std" in slot
-            # Threads take smaller chunks: each chunk's (rows x metrics x window) work array is
-            # freed into its thread's own heap, so the sum in flight is kept below one-thread's.
+            # Threads take smaller chunks: each chunk's (rows x metrics x window) work array (numpy)
+            # is freed into its thread's own heap, so the sum in flight is kept below one-thread's.
             rows = CHUNK_ROWS if thread_count() == 1 else THREAD_CHUNK_ROWS
-
-            def chunk(start: int) -> None:
-                stop = min(start + rows, n)
-                mean, std = _window_stats(X, first + start, first + stop, self.window, spread)
-                if "deviation" in slot:
-                    np.subtract(X[first + start : first + stop], mean, out=out[start:stop, slot["deviation"]])
-                if spread:
-                    out[start:stop, slot["std"]] = std
-
-            map_chunks(chunk, range(0, n, rows))
+            fill = _fill_window_columns_c if window_stats_c is not None else _fill_window_columns_numpy
+            X = np.ascontiguousarray(X, dtype=np.float64)
+            if n <= rows:  # a request's rows: no chunks to hand out
+                fill(X, self.window, first, 0, n, out, slot)
+            else:
+                map_chunks(
+                    lambda start: fill(X, self.window, first, start, min(start + rows, n), out, slot), range(0, n, rows)
+                )
         return out
 
     def apply_each(self, series: list[np.ndarray], last: int) -> list[np.ndarray]:
