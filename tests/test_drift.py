@@ -156,6 +156,40 @@ def test_a_malformed_score_reference_stops_the_model_from_loading(copy_model, br
         load_model_dir(model)
 
 
+def test_single_row_walks_are_counted_in_the_bins_a_batch_gives(model_dir):
+    """A single-row walk (the serving norm) is counted without numpy: the same bin as
+    ScoreReference.counts gives it, scores on an edge included, and the same flagged count."""
+    from prometheus_client import CollectorRegistry
+
+    from anomaly_mlops.serving.protocol import ServedScoreCounters, served_score_counters
+
+    model = load_model_dir(model_dir)
+    edges = np.asarray(model.metadata["score_reference"]["bin_edges"])
+    scores = np.concatenate([edges, np.nextafter(edges, -np.inf), [0.0, 1.0, edges[0] - 0.1, edges[-1] + 0.1]])
+    predictions = model.label(scores)
+
+    def counted(observe_rows) -> list[float]:
+        registry = CollectorRegistry()
+        counters = ServedScoreCounters(model, "m", "v1", served_score_counters(registry))
+        observe_rows(counters)
+        values = {(s.name, s.labels.get("bin")): s.value for family in registry.collect() for s in family.samples}
+        bins = [values[("anomaly_detector_score_bin_rows_total", str(i))] for i in range(len(edges) + 1)]
+        return [
+            values[("anomaly_detector_rows_scored_total", None)],
+            values[("anomaly_detector_rows_flagged_total", None)],
+            *bins,
+        ]
+
+    def one_by_one(counters):
+        for i in range(len(scores)):
+            counters.observe(predictions[i : i + 1], scores[i : i + 1])
+
+    batched = counted(lambda counters: counters.observe(predictions, scores))
+    assert counted(one_by_one) == batched
+    reference = ScoreReference.of_model(model.metadata)
+    assert batched[2:] == list(reference.counts(scores)) and batched[0] == len(scores)
+
+
 def test_a_model_without_a_score_reference_counts_rows_but_no_bins(model_dir):
     from prometheus_client import CollectorRegistry, generate_latest
 

@@ -37,12 +37,17 @@ class RangeCheck:
         # a constant metric gets an unbounded range: never outside
         self.lo = np.where(self.varied, lo, -np.inf)
         self.hi = np.where(self.varied, hi, np.inf)
+        self._bounds = list(zip(self.lo.tolist(), self.hi.tolist()))
 
     @classmethod
     def of_model(cls, metadata: dict) -> RangeCheck | None:
         """The model's check; None for a model trained before ranges were recorded."""
         ranges = metadata.get("training_ranges")
         return cls(ranges) if ranges else None
+
+    def inside_row(self, row: list[float]) -> bool:
+        """Whether every metric of one row lies inside its range (``outside`` has no True)."""
+        return len(row) == len(self._bounds) and all(lo <= x <= hi for x, (lo, hi) in zip(row, self._bounds))
 
     def outside(self, X: np.ndarray) -> np.ndarray:
         """rows x metrics, True where the metric lies outside its training range."""

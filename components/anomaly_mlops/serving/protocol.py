@@ -28,6 +28,7 @@ readiness probe.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -199,11 +200,10 @@ def _check_count(n: int, max_instances: int) -> None:
 
 
 def _finite(X: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
-    bad = ~np.isfinite(X)
-    if bad.any():
-        i, j = (int(v) for v in np.argwhere(bad)[0])
-        raise InputProblem(f"instance {i}, feature {features[j]!r} is {X[i, j]}; values must be finite numbers")
-    return X
+    if np.isfinite(X).all():
+        return X
+    i, j = (int(v) for v in np.argwhere(~np.isfinite(X))[0])
+    raise InputProblem(f"instance {i}, feature {features[j]!r} is {X[i, j]}; values must be finite numbers")
 
 
 def parse_entity(value) -> str | None:
@@ -386,6 +386,8 @@ class ServedRowCounters:
                     )
         if self.check is None:
             return uninformative
+        if len(X) == 1 and self.check.inside_row(X[0].tolist()):  # the serving norm, without numpy's per-call cost
+            return uninformative
         outside = self.check.outside(X)
         if outside.any():
             self.rows.inc(int(np.count_nonzero(outside.any(axis=1))))
@@ -452,6 +454,9 @@ class ServedScoreCounters:
     def observe(self, predictions: np.ndarray, scores: np.ndarray) -> None:
         if not len(scores):
             return
+        if len(scores) == 1:  # a single-row walk (the serving norm), without numpy's per-call cost
+            self._observe_one(int(predictions[0]), float(scores[0]))
+            return
         self.scored.inc(len(scores))
         flagged = int(np.count_nonzero(predictions == ANOMALY))
         if flagged:
@@ -460,6 +465,14 @@ class ServedScoreCounters:
             counts = self.reference.counts(scores)
             for i in np.flatnonzero(counts):
                 self.bins[i].inc(int(counts[i]))
+
+    def _observe_one(self, prediction: int, score: float) -> None:
+        self.scored.inc()
+        if prediction == ANOMALY:
+            self.flagged.inc()
+        if self.reference is not None:
+            # the bin ScoreReference.bin_of gives it (numpy's searchsorted, side="right")
+            self.bins[bisect.bisect_right(self.reference.edges, score)].inc()
 
 
 def v1_answer(predictions: np.ndarray, scores: np.ndarray, complete: np.ndarray | None) -> dict:
