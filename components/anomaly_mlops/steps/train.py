@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import platform
 import shutil
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -495,10 +493,6 @@ def train(
 
     params = params or TrainParams()
     params.check()
-    # skops (model.skops) takes about a second to import on top of scikit-learn: do it while the
-    # data is read and the forest fitted, not after.
-    skops_import = threading.Thread(target=importlib.import_module, args=("skops.io",), daemon=True)
-    skops_import.start()
     out = Path(out_dir)
     staging = _prepare_output(out)
     try:
@@ -556,7 +550,6 @@ def train(
             100 * fitted.threshold_detail["calibration_flagged_share"],
         )
 
-        skops_import.join()
         import skops.io as skops_io
 
         joblib.dump(pipeline, staging / MODEL_FILE)
