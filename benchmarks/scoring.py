@@ -1,6 +1,7 @@
 """Model compute (no HTTP): one row and batches, scikit-learn vs the flattened forest, plus
 onnxruntime (skl2onnx) and treelite when they are installed, with parity against
-scikit-learn. Usage: .venv/bin/python benchmarks/scoring.py"""
+scikit-learn; then the window columns, C (model/_window_stats.c) vs numpy, for one served row
+and for 700,000 training rows on one thread. Usage: .venv/bin/python benchmarks/scoring.py"""
 
 import sys
 import time
@@ -75,6 +76,35 @@ def main():
         print(line)
     single = time_calls(model.anomaly_scores, [rows[i : i + 1] for i in range(1000)], 2000)
     print(f"\nLoadedModel.anomaly_scores (features and forest, no history), one row: {percentiles(single)}")
+    window_columns(model, rows)
+
+
+def window_columns(model, rows):
+    """The default transform's window columns in C and with numpy: the same bits, and the time."""
+    from anomaly_mlops.model import features
+    from anomaly_mlops.model.chunks import threads
+
+    transform, reach = model.transform, model.transform.window
+    if features.window_stats_c is None:
+        print("\nwindow columns: the C extension was not built (no C compiler at install); numpy only")
+        return
+    served = [rows[i : i + reach] for i in range(1000)]
+    training = np.tile(rows, (700_000 // len(rows) + 1, 1))[:700_000]
+    print(f"\nwindow columns ({transform.window}-row window, {', '.join(transform.columns)}):")
+    results, built = {}, features.window_stats_c
+    for label, module in (("C", built), ("numpy", None)):
+        features.window_stats_c = module
+        try:
+            one = time_calls(lambda r: transform.apply(r, last=1), served, 5000)
+            with threads(1):
+                start = time.perf_counter()
+                results[label] = transform.apply(training)
+                seconds = time.perf_counter() - start
+        finally:
+            features.window_stats_c = built
+        print(f"  {label:6s} one served row {percentiles(one)}; 700,000 rows on one thread {seconds:.2f} s")
+    same = np.array_equal(results["C"].view(np.uint64), results["numpy"].view(np.uint64))
+    print(f"  C and numpy bit for bit: {same}")
 
 
 if __name__ == "__main__":
