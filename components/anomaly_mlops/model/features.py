@@ -253,12 +253,9 @@ class FeatureTransform:
             rows = CHUNK_ROWS if thread_count() == 1 else THREAD_CHUNK_ROWS
             fill = _fill_window_columns_c if window_stats_c is not None else _fill_window_columns_numpy
             X = np.ascontiguousarray(X, dtype=np.float64)
-            if n <= rows:  # a request's rows: no chunks to hand out
-                fill(X, self.window, first, 0, n, out, slot)
-            else:
-                map_chunks(
-                    lambda start: fill(X, self.window, first, start, min(start + rows, n), out, slot), range(0, n, rows)
-                )
+            map_chunks(
+                lambda start: fill(X, self.window, first, start, min(start + rows, n), out, slot), range(0, n, rows)
+            )
         return out
 
     def apply_each(self, series: list[np.ndarray], last: int) -> list[np.ndarray]:

@@ -490,6 +490,7 @@ def train(
     """Fit and write a complete model directory (manifest last) at ``out_dir``.
     ``origin`` (see ``provenance``) is recorded in metadata.json."""
     import joblib
+    import skops.io as skops_io
 
     params = params or TrainParams()
     params.check()
@@ -549,8 +550,6 @@ def train(
             fitted.calibration_scores.size,
             100 * fitted.threshold_detail["calibration_flagged_share"],
         )
-
-        import skops.io as skops_io
 
         joblib.dump(pipeline, staging / MODEL_FILE)
         skops_io.dump(pipeline, staging / SAFE_MODEL_FILE)
