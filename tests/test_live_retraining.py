@@ -317,14 +317,14 @@ def test_without_labels_the_score_shift_from_the_champion_is_gated(live_data, tm
     gates = Gates(max_single_row_p99_ms=None)
     ok = validate(same, str(tmp_path / "recent.parquet"), tmp_path / "ok", gates, fast, champion)
     bad = validate(drifted, str(tmp_path / "recent.parquet"), tmp_path / "bad", gates, fast, champion)
-    # Another seed on the same rows shifts the scores too (PSI 0.16 here, 0.30 before the
+    # Another seed on the same rows shifts the scores too (PSI 0.30 here; 0.16 with the
     # principal basis): the gate sits above healthy retrainings (params.py).
     ok_gates = {g["gate"]: g for g in ok.gates}
     assert ok_gates["score_psi_vs_champion"]["passed"] and "skipped" not in ok_gates["score_psi_vs_champion"]
     assert 0 < ok.metrics["champion"]["score_psi"] < gates.max_score_psi
-    # This holdout (2.6% anomalies, unlabelled here) is flagged at 7.7% by the default, over
-    # the flagged-rate gate's 6% (3.8-3.9% with --metric-basis raw): docs/evidence/quality.md.
-    assert [name for name, g in ok_gates.items() if not g["passed"]] in ([], ["flagged_rate"])
+    # This holdout (2.6% anomalies, unlabelled here) is flagged at 3.8-3.9% by the default,
+    # within the flagged-rate gate's 6% (7.7% with --metric-basis principal): docs/evidence/quality.md.
+    assert [name for name, g in ok_gates.items() if not g["passed"]] == []
     assert not bad.passed and {"score_psi_vs_champion", "flagged_rate"} <= {
         g["gate"] for g in bad.gates if not g["passed"]
     }

@@ -391,7 +391,9 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     from anomaly_mlops.model.artifacts import load_serving_model
     from anomaly_mlops.steps.validate import describe_detector, detector_differences
 
-    params = TrainParams(n_estimators=40, feature_window=30, window_columns="std,deviation", raw_tree_share=0.5)
+    params = TrainParams(
+        n_estimators=40, feature_window=30, window_columns="std,deviation", raw_tree_share=0.5, metric_basis="principal"
+    )
     result = train(str(prepared.train_path), tmp_path / "m", params)
     meta = json.loads((result.model_dir / "metadata.json").read_text())
     assert meta["feature_transform"]["columns"] == ["deviation", "std"]
@@ -418,18 +420,23 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     assert "principal axes" not in describe_detector(json.loads((all_columns.model_dir / "metadata.json").read_text()))
 
 
-def test_the_default_basis_is_fitted_recorded_and_checked_on_load(prepared, tmp_path):
-    """With a feature window the metrics go onto their principal axes by default: the basis
-    is fitted on the rows the forest is fitted on, recorded in metadata.json, applied by both
-    loaders alike, and a basis that does not fit the schema is refused on load. Without a
-    window the model stays row-wise on the raw metrics (the upstream sklearn runtime's kind)."""
+def test_the_principal_basis_is_fitted_recorded_and_checked_on_load(prepared, tmp_path):
+    """The metrics go onto their principal axes when asked (the default is the raw metrics,
+    params.DEFAULT_METRIC_BASIS): the basis is fitted on the rows the forest is fitted on,
+    recorded in metadata.json, applied by both loaders alike, and a basis that does not fit the
+    schema is refused on load. Without a window the model stays row-wise on the raw metrics
+    (the upstream sklearn runtime's kind)."""
     from anomaly_mlops.model.artifacts import ArtifactError, load_serving_model, write_manifest
     from anomaly_mlops.model.features import MetricBasis
 
-    result = train(str(prepared.train_path), tmp_path / "m", TrainParams(n_estimators=30, feature_window=30))
+    default = train(str(prepared.train_path), tmp_path / "d", TrainParams(n_estimators=30, feature_window=30))
+    meta = json.loads((default.model_dir / "metadata.json").read_text())
+    assert meta["params"]["metric_basis"] is None and "basis" not in meta["feature_transform"]
+    params = TrainParams(n_estimators=30, feature_window=30, metric_basis="principal")
+    result = train(str(prepared.train_path), tmp_path / "m", params)
     meta = json.loads((result.model_dir / "metadata.json").read_text())
     basis = MetricBasis.from_dict(meta["feature_transform"]["basis"])
-    assert meta["params"]["metric_basis"] is None and len(basis.center) == len(meta["schema"]["features"])
+    assert meta["params"]["metric_basis"] == "principal" and len(basis.center) == len(meta["schema"]["features"])
     model, lean = load_model_dir(result.model_dir), load_serving_model(result.model_dir)
     assert model.transform.basis is not None and lean.transform.basis is not None
     X = load_dataset(str(prepared.holdout_path)).X

@@ -130,8 +130,8 @@ def train_model(
         feature_window: minutes of history behind each row's features; 0: raw metrics; -1: the schema's default.
         window_columns: with a feature window, the columns each metric gains: comma list of delta, deviation, std.
         raw_tree_share: with a feature window, share of the trees grown on the raw metrics alone, in [0, 1).
-        metric_basis: 'principal' (metrics on their principal axes over the training rows), 'raw', or '' (principal
-            with a feature window, raw without one).
+        metric_basis: 'principal' (metrics on their principal axes over the training rows), 'raw', or '' (the
+            default: raw).
         score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
         threshold: 'quantile' (of held-back training scores), 'pot' (extreme-value fit of them), or '' (quantile).
         fit_labelled_anomalies: fit and calibrate on rows labelled anomalous too (default: they are left out).

@@ -125,7 +125,7 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         default="default",
         help="principal: the metrics, standardized, on their principal axes over the training rows before the "
         f"window columns are computed (a row that breaks how metrics move together stands out); raw: as they "
-        f"come (default: {DEFAULT_METRIC_BASIS} with a feature window, raw without one: the upstream sklearn "
+        f"come (default: {DEFAULT_METRIC_BASIS}; without a feature window always raw: the upstream sklearn "
         "runtime serves only raw row-wise models)",
     )
     parser.add_argument(
