@@ -19,8 +19,8 @@ from anomaly_mlops.params import TrainParams
 from anomaly_mlops.steps.evaluate import _load, evaluate
 
 CANDIDATES = {
-    "default (principal basis)": {},
-    "raw basis": {"metric_basis": "raw"},
+    "default (raw basis)": {},
+    "principal basis": {"metric_basis": "principal"},
 }
 FIGURES = ("f1", "pr_auc", "flagged_share")
 
