@@ -23,6 +23,43 @@ typedef struct {
     int32_t pad;
 } node_t;
 
+/* Independent walks advanced together: each step's loads of one lane do not wait for another
+ * lane's, so the core overlaps them (one walk alone is a chain of dependent loads). Lane k reads
+ * its row at x + k * row_stride (stride 0: every lane walks the same row, in its own tree).
+ * Returns 1 when an index leaves the arrays. */
+#define LANES 16
+static inline int walk_lanes(intptr_t *node, const float *x, Py_ssize_t row_stride,
+                             const node_t *node_at, Py_ssize_t n_nodes, Py_ssize_t n_inputs, Py_ssize_t depth) {
+    for (int k = 0; k < LANES; k++)
+        if (node[k] < 0 || node[k] >= n_nodes) return 1;
+    for (Py_ssize_t d = 0; d < depth; d++) {
+        for (int k = 0; k < LANES; k++) {
+            const node_t *n = node_at + node[k];
+            if (n->feature < 0 || n->feature >= n_inputs) return 1;
+            /* float32 input against the float64 threshold, as numpy and the trees compare them */
+            intptr_t next = n->child[(double)x[k * row_stride + n->feature] <= n->threshold];
+            if (next < 0 || next >= n_nodes) return 1;
+            node[k] = next;
+        }
+    }
+    return 0;
+}
+
+/* One walk alone: the trees or rows left over after the lanes. */
+static inline int walk_one(intptr_t *node, const float *x, const node_t *node_at, Py_ssize_t n_nodes,
+                           Py_ssize_t n_inputs, Py_ssize_t depth) {
+    intptr_t at = *node;
+    if (at < 0 || at >= n_nodes) return 1;
+    for (Py_ssize_t d = 0; d < depth; d++) {
+        const node_t *n = node_at + at;
+        if (n->feature < 0 || n->feature >= n_inputs) return 1;
+        at = n->child[(double)x[n->feature] <= n->threshold];
+        if (at < 0 || at >= n_nodes) return 1;
+    }
+    *node = at;
+    return 0;
+}
+
 static PyObject *walk(PyObject *self, PyObject *args) {
     Py_buffer scaled, nodes, roots, leaf, out;
     Py_ssize_t n_rows, n_inputs, depth;
@@ -44,27 +81,39 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         int bad = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r = 0; r < n_rows; r++) depths[r] = 0.0;
-        /* Tree by tree over all rows: a tree's nodes stay in cache for the rows; each row still
-         * sums its trees in order, as scikit-learn does. */
-        for (Py_ssize_t t = 0; t < n_trees && !bad; t++) {
-            for (Py_ssize_t r = 0; r < n_rows; r++) {
+        if (n_rows < LANES) {
+            /* Few rows (serving): LANES trees of one row in lockstep, so their loads overlap. */
+            for (Py_ssize_t r = 0; r < n_rows && !bad; r++) {
                 const float *x = x_all + r * n_inputs;
-                intptr_t node = root[t];
-                for (Py_ssize_t d = 0; d < depth; d++) {
-                    if (node < 0 || node >= n_nodes) break;
-                    const node_t *n = node_at + node;
-                    if (n->feature < 0 || n->feature >= n_inputs) {
-                        node = -1;
-                        break;
-                    }
-                    /* float32 input against the float64 threshold, as numpy and the trees compare them */
-                    node = n->child[(double)x[n->feature] <= n->threshold];
+                Py_ssize_t t = 0;
+                for (; t + LANES <= n_trees && !bad; t += LANES) {
+                    intptr_t node[LANES];
+                    for (int k = 0; k < LANES; k++) node[k] = root[t + k];
+                    bad = walk_lanes(node, x, 0, node_at, n_nodes, n_inputs, depth);
+                    for (int k = 0; k < LANES && !bad; k++) depths[r] += value[node[k]];
                 }
-                if (node < 0 || node >= n_nodes) {
-                    bad = 1;
-                    break;
+                for (; t < n_trees && !bad; t++) {
+                    intptr_t node = root[t];
+                    bad = walk_one(&node, x, node_at, n_nodes, n_inputs, depth);
+                    if (!bad) depths[r] += value[node];
                 }
-                depths[r] += value[node];
+            }
+        } else {
+            /* Tree by tree over all rows, LANES rows in lockstep: a tree's nodes stay in cache
+             * for the rows; each row still sums its trees in order, as scikit-learn does. */
+            for (Py_ssize_t t = 0; t < n_trees && !bad; t++) {
+                Py_ssize_t r = 0;
+                for (; r + LANES <= n_rows && !bad; r += LANES) {
+                    intptr_t node[LANES];
+                    for (int k = 0; k < LANES; k++) node[k] = root[t];
+                    bad = walk_lanes(node, x_all + r * n_inputs, n_inputs, node_at, n_nodes, n_inputs, depth);
+                    for (int k = 0; k < LANES && !bad; k++) depths[r + k] += value[node[k]];
+                }
+                for (; r < n_rows && !bad; r++) {
+                    intptr_t node = root[t];
+                    bad = walk_one(&node, x_all + r * n_inputs, node_at, n_nodes, n_inputs, depth);
+                    if (!bad) depths[r] += value[node];
+                }
             }
         }
         Py_END_ALLOW_THREADS
