@@ -125,7 +125,7 @@ def test_unknown_pipelines_fall_back_to_sklearn(caplog):
     assert "using scikit-learn" in caplog.text
 
 
-def test_loaded_model_uses_the_fast_path_for_small_batches(model_dir, prepared):
+def test_loaded_model_walks_the_flat_forest_in_c_at_any_size_and_with_numpy_for_small_batches(model_dir, prepared):
     import pandas as pd
 
     model = load_model_dir(model_dir)
@@ -135,7 +135,15 @@ def test_loaded_model_uses_the_fast_path_for_small_batches(model_dir, prepared):
     np.testing.assert_allclose(model.raw_scores(small), -model.pipeline.score_samples(small), atol=1e-12)
     np.testing.assert_allclose(model.raw_scores(large), -model.pipeline.score_samples(large), atol=1e-12)
     calls = []
-    model.fast.anomaly_scores = lambda rows: calls.append(len(rows)) or -model.pipeline.score_samples(rows)
+    walk = model.fast.anomaly_scores
+    model.fast.anomaly_scores = lambda rows: calls.append(len(rows)) or walk(rows)
+    model.raw_scores(small)
+    model.raw_scores(large)
+    assert calls == (
+        [FAST_SCORING_MAX_ROWS, FAST_SCORING_MAX_ROWS + 1] if model.fast.walks_in_c else [FAST_SCORING_MAX_ROWS]
+    )
+    model.fast._nodes = None  # installed without a C compiler: the numpy walk, small batches only
+    calls.clear()
     model.raw_scores(small)
     model.raw_scores(large)
     assert calls == [FAST_SCORING_MAX_ROWS]

@@ -113,8 +113,9 @@ def verify_model_dir(model_dir: str | Path) -> dict[str, str]:
 # return them, and as the Self-Healing Platform's coordination engine reads them.
 ANOMALY, NORMAL = -1, 1
 
-# Up to this many rows the flattened forest is faster; above, scikit-learn's C tree walk is
-# (benchmarks/scoring.py measures both).
+# The flattened forest walked in C is faster than scikit-learn at every batch size; walked
+# with numpy (installed without a C compiler), up to this many rows, above which scikit-learn's
+# tree walk is (benchmarks/scoring.py measures them).
 FAST_SCORING_MAX_ROWS = 512
 
 
@@ -203,8 +204,9 @@ class LoadedModel:
     def raw_scores(self, features: np.ndarray) -> np.ndarray:
         """The forest's anomaly scores of transformed rows: the negated sklearn ``score_samples``
         (a scoped request's rows shifted by ``engine_scoped_offset``)."""
-        if self.fast is not None and (len(features) <= FAST_SCORING_MAX_ROWS or self.pipeline is None):
-            scores = self.fast.anomaly_scores(features)
+        fast = self.fast
+        if fast is not None and (fast.walks_in_c or len(features) <= FAST_SCORING_MAX_ROWS or self.pipeline is None):
+            scores = fast.anomaly_scores(features)
         else:
             scores = -self.pipeline.score_samples(features)
         if self.engine_scoped_offset:

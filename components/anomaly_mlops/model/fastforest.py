@@ -125,6 +125,10 @@ class CompiledForest:
             for name in ("threshold", "feature", "right", "left"):
                 self._nodes[name] = getattr(self, name)
 
+    @property
+    def walks_in_c(self) -> bool:
+        return self._nodes is not None
+
     def anomaly_scores(self, X: np.ndarray) -> np.ndarray:
         """Equal to ``-pipeline.score_samples(X)`` (higher is more anomalous)."""
         X = np.asarray(X, dtype=np.float64)
