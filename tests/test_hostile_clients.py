@@ -57,6 +57,16 @@ def _read_response(sock: socket.socket) -> bytes:
     return data
 
 
+def _read_head(sock: socket.socket) -> bytes:
+    """A response head alone (a HEAD answer, an interim 100): to its blank line."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {data!r}"
+        data += chunk
+    return data
+
+
 def _ready(url: str) -> bool:
     return requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200
 
@@ -92,6 +102,73 @@ def test_a_trickled_request_head_is_closed_after_the_head_timeout(guarded):
         answer = _read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert _ready(guarded)
+
+
+def test_a_later_request_head_on_a_kept_alive_connection_gets_its_whole_timeout(guarded):
+    """The connection's one head timer, armed for an earlier head, re-arms for the later
+    head's deadline instead of cutting it short."""
+    with _connect(guarded) as sock:
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(HEAD_TIMEOUT_S * 0.6)
+        started = time.monotonic()
+        sock.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        answer = _read_all(sock)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and HEAD_TIMEOUT_S * 0.95 <= waited < HEAD_TIMEOUT_S + 5, waited
+
+
+def test_head_requests_and_expect_100_continue_are_answered_on_one_connection(guarded):
+    """A response's head is held until its body is written (one write per response): a HEAD
+    answer, which has no body write, and the interim 100 Continue still leave at once."""
+    body = json.dumps({"instances": [[1.0] * 6]}).encode()
+    with _connect(guarded) as sock:
+        sock.sendall(b"HEAD /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = _read_head(sock)
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), head
+        sock.sendall(
+            b"POST /v1/models/detector:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        interim = _read_head(sock)
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(body)
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"predictions"' in answer
+
+
+def test_a_response_head_and_body_leave_in_one_write():
+    from anomaly_mlops.serving.http_guard import CONTINUE, _OneWritePerResponse
+
+    class Recording:
+        def __init__(self):
+            self.writes, self.closed = [], False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def close(self):
+            self.closed = True
+
+        def is_closing(self):
+            return self.closed
+
+    transport = Recording()
+    writer = _OneWritePerResponse(transport)
+    writer.next_response()
+    writer.write(CONTINUE)  # interim: at once
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.writes == [CONTINUE]
+    writer.write(b"{}")
+    assert transport.writes == [CONTINUE, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    writer.next_response()  # a HEAD answer: no body write; flushed when complete
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    writer.flush()
+    assert transport.writes[-1] == b"HTTP/1.1 200 OK\r\n\r\n"
+    writer.next_response()  # a response cut short: what is held is written before close
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n")
+    writer.close()
+    assert transport.writes[-1].startswith(b"HTTP/1.1 200 OK") and transport.closed and writer.is_closing()
 
 
 def test_many_idle_connections_do_not_keep_readiness_from_answering(guarded):

@@ -8,7 +8,10 @@ requests are closed by uvicorn's own ``timeout_keep_alive``.
 On shutdown an idle keep-alive connection is not closed at once, as uvicorn would: a client
 may have written its next request already, and closing would drop it unanswered. The
 connection is read for ``DRAIN_IDLE_S`` more; a request that comes is answered with
-``Connection: close``, then the connection closes."""
+``Connection: close``, then the connection closes.
+
+A response's head is held until its body is written, so both leave in one write: one send
+and one segment for the client to read, instead of two (_OneWritePerResponse)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,45 @@ from anomaly_mlops.params import DEFAULT_HEAD_TIMEOUT_S, DEFAULT_MAX_HEAD_BYTES
 log = logging.getLogger(__name__)
 
 DRAIN_IDLE_S = 1.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # uvicorn's interim answer: never held
+
+
+class _OneWritePerResponse:
+    """The connection's transport as uvicorn's request cycle sees it: the first write of a
+    response (its head) is held and joined to the next (its body); what is held is written
+    on ``flush`` (the response complete, as for HEAD with no body write) and before close."""
+
+    __slots__ = ("_transport", "_awaiting_head", "_head")
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._awaiting_head = False
+        self._head = None
+
+    def next_response(self) -> None:
+        self.flush()
+        self._awaiting_head = True
+
+    def write(self, data) -> None:
+        if self._awaiting_head and data != CONTINUE:
+            self._awaiting_head = False
+            self._head = bytes(data)
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
 
 
 def _answer(status: str, reason: str) -> bytes:
@@ -42,6 +84,7 @@ def guarded_protocol(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, head_timeout_
             self._rejected = False
             self._head_timer = None
             self._draining = False
+            self._writer = _OneWritePerResponse(transport)
             self._arm_head_timer()
 
         def shutdown(self) -> None:
@@ -56,7 +99,7 @@ def guarded_protocol(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, head_timeout_
                 self.transport.close()
 
         def connection_lost(self, exc) -> None:
-            self._cancel_head_timer()
+            self._stop_head_timer()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -76,31 +119,45 @@ def guarded_protocol(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, head_timeout_
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            self._cancel_head_timer()
             super().on_headers_complete()
-            if self._draining and self.cycle is not None:
-                self.cycle.keep_alive = False  # answered, then closed
+            if self.cycle is not None:
+                self.cycle.transport = self._writer
+                self._writer.next_response()
+                if self._draining:
+                    self.cycle.keep_alive = False  # answered, then closed
+
+        def on_response_complete(self) -> None:
+            self._writer.flush()
+            super().on_response_complete()
 
         def _reject(self, status: str, reason: str) -> None:
             self._rejected = True
-            self._cancel_head_timer()
+            self._stop_head_timer()
             if not self.transport.is_closing():
                 self.transport.write(_answer(status, reason))
                 self.transport.close()
             log.info("%s from %s: %s", status.split()[0], self.client, reason)
 
+        # One timer per connection, not one per request: a head sets its deadline, and the
+        # timer, when it fires, re-arms itself for a head still being received (it never fires
+        # after a deadline, since each deadline is later than the one it was armed for).
         def _arm_head_timer(self) -> None:
-            self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(head_timeout_s, self._head_timed_out)
+            self._head_deadline = self.loop.time() + head_timeout_s
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_at(self._head_deadline, self._head_timer_fired)
 
-        def _cancel_head_timer(self) -> None:
+        def _stop_head_timer(self) -> None:
             if getattr(self, "_head_timer", None) is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
 
-        def _head_timed_out(self) -> None:
+        def _head_timer_fired(self) -> None:
             self._head_timer = None
-            if self._in_head and not self._rejected:
-                self._reject("408 Request Timeout", f"request head not received within {head_timeout_s:g} s")
+            if not self._in_head or self._rejected or self.transport.is_closing():
+                return
+            if self.loop.time() < self._head_deadline:
+                self._head_timer = self.loop.call_at(self._head_deadline, self._head_timer_fired)
+                return
+            self._reject("408 Request Timeout", f"request head not received within {head_timeout_s:g} s")
 
     return GuardedHttpToolsProtocol

@@ -215,9 +215,12 @@ class TickBatcher:
         self.metrics = metrics
         self.served = served
         self.pending: list[tuple[PendingScores, asyncio.Future]] = []
+        self._loop = None
 
     def score(self, pending: PendingScores) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # asyncio's lookup costs a getpid() call
+            loop = self._loop = asyncio.get_running_loop()
         if not self.pending:
             loop.call_soon(self.flush)
         future = loop.create_future()
@@ -439,21 +442,21 @@ class LeanApp:
 
     async def _score(self, payload, v2: bool) -> tuple[int, bytes]:
         large = claimed_rows(payload, v2) > SMALL_BATCH_ROWS
-        loop = asyncio.get_running_loop()
         try:  # a large request is parsed and scored on the batch thread, on its own
             request, pending = (
-                await loop.run_in_executor(self.batch_pool, self.begin, payload, v2)
+                await asyncio.get_running_loop().run_in_executor(self.batch_pool, self.begin, payload, v2)
                 if large
                 else self.begin(payload, v2)
             )
-            await pending.ready()
+            if pending.prepare is not None:  # history in a shared store: fetched first
+                await pending.ready()
         except InputProblem as exc:
             return _error(400, str(exc))
         except HistoryUnavailable as exc:
             self.metrics.history_unavailable.inc()
             return _error(503, str(exc))
         if large:
-            result = await loop.run_in_executor(self.batch_pool, pending.score_alone, self.model)
+            result = await asyncio.get_running_loop().run_in_executor(self.batch_pool, pending.score_alone, self.model)
             self.served.observe(result[0], result[1])
             return self.reply(request, result, v2)
         return self.reply(request, await self.batcher.score(pending), v2)
