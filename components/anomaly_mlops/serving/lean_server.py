@@ -206,9 +206,10 @@ class Metrics:
 
 class TickBatcher:
     """Scores the rows of every request that reaches the event loop in the same tick with
-    one forest walk: a walk costs about the same for 16 rows as for one, so under load each
-    request pays a fraction of it, and alone it waits for nothing (no timer: the batch is
-    scored as soon as the loop has run the requests that were ready with it)."""
+    one forest walk: its fixed cost (calls into numpy and C, the features of same-shaped
+    requests in one pass) is paid once for them, and a request alone waits for nothing (no
+    timer: the batch is scored as soon as the loop has run the requests that were ready with
+    it)."""
 
     def __init__(self, model: LoadedModel, metrics: Metrics, served: ServedScoreCounters):
         self.model = model
