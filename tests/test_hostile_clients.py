@@ -137,6 +137,26 @@ def test_head_requests_and_expect_100_continue_are_answered_on_one_connection(gu
     assert answer.startswith(b"HTTP/1.1 200 ") and b'"predictions"' in answer
 
 
+def test_pipelined_requests_are_answered_in_order_each_whole(guarded):
+    """Two requests written at once on one connection (HTTP/1.1 pipelining): two whole
+    responses, in order, whatever is held between a response's head and body."""
+    body = json.dumps({"instances": [[1.0] * 6]}).encode()
+    predict = (
+        b"POST /v1/models/detector:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with _connect(guarded) as sock:
+        sock.sendall(predict + b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n" + predict)
+        data = b""
+        while data.count(b"HTTP/1.1 200 ") < 3 or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection closed after {data!r}"
+            data += chunk
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 3 and b'"predictions"' in answers[0] and b'{"ready":true}' in answers[1]
+    assert b'"predictions"' in answers[2]
+
+
 def test_a_response_head_and_body_leave_in_one_write():
     from anomaly_mlops.serving.http_guard import CONTINUE, _OneWritePerResponse
 
@@ -155,17 +175,17 @@ def test_a_response_head_and_body_leave_in_one_write():
 
     transport = Recording()
     writer = _OneWritePerResponse(transport)
-    writer.next_response()
     writer.write(CONTINUE)  # interim: at once
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
     assert transport.writes == [CONTINUE]
     writer.write(b"{}")
     assert transport.writes == [CONTINUE, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
-    writer.next_response()  # a HEAD answer: no body write; flushed when complete
-    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
-    writer.flush()
+    writer.response_complete()
+    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")  # a HEAD answer: no body write; written when complete
+    assert len(transport.writes) == 2  # held
+    writer.response_complete()
     assert transport.writes[-1] == b"HTTP/1.1 200 OK\r\n\r\n"
-    writer.next_response()  # a response cut short: what is held is written before close
+    # a response cut short: what is held is written before close
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n")
     writer.close()
     assert transport.writes[-1].startswith(b"HTTP/1.1 200 OK") and transport.closed and writer.is_closing()

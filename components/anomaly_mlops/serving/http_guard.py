@@ -28,18 +28,20 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"  # uvicorn's interim answer: never h
 
 
 class _OneWritePerResponse:
-    """The connection's transport as uvicorn's request cycle sees it: the first write of a
-    response (its head) is held and joined to the next (its body); what is held is written
-    on ``flush`` (the response complete, as for HEAD with no body write) and before close."""
+    """The connection's transport as uvicorn's request cycles see it: the first write of each
+    response (its head; an interim 100 Continue aside) is held and joined to the next (its
+    body); what is held is written when the response is complete (a HEAD answer has no body
+    write) and before close. Responses on one connection are written one after another, also
+    for pipelined requests (uvicorn runs a connection's cycles in turn)."""
 
     __slots__ = ("_transport", "_awaiting_head", "_head")
 
     def __init__(self, transport):
         self._transport = transport
-        self._awaiting_head = False
+        self._awaiting_head = True
         self._head = None
 
-    def next_response(self) -> None:
+    def response_complete(self) -> None:
         self.flush()
         self._awaiting_head = True
 
@@ -122,12 +124,11 @@ def guarded_protocol(max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, head_timeout_
             super().on_headers_complete()
             if self.cycle is not None:
                 self.cycle.transport = self._writer
-                self._writer.next_response()
                 if self._draining:
                     self.cycle.keep_alive = False  # answered, then closed
 
         def on_response_complete(self) -> None:
-            self._writer.flush()
+            self._writer.response_complete()
             super().on_response_complete()
 
         def _reject(self, status: str, reason: str) -> None:
