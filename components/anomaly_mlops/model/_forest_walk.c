@@ -26,14 +26,15 @@ typedef struct {
 /* Independent walks advanced together: each step's loads of one lane do not wait for another
  * lane's, so the core overlaps them (one walk alone is a chain of dependent loads). Lane k reads
  * its row at x + k * row_stride (stride 0: every lane walks the same row, in its own tree).
- * Returns 1 when an index leaves the arrays. */
+ * `lanes` is a constant at each call, so the compiler unrolls it. Returns 1 when an index
+ * leaves the arrays. */
 #define LANES 16
-static inline int walk_lanes(intptr_t *node, const float *x, Py_ssize_t row_stride,
+static inline int walk_lanes(int lanes, intptr_t *node, const float *x, Py_ssize_t row_stride,
                              const node_t *node_at, Py_ssize_t n_nodes, Py_ssize_t n_inputs, Py_ssize_t depth) {
-    for (int k = 0; k < LANES; k++)
+    for (int k = 0; k < lanes; k++)
         if (node[k] < 0 || node[k] >= n_nodes) return 1;
     for (Py_ssize_t d = 0; d < depth; d++) {
-        for (int k = 0; k < LANES; k++) {
+        for (int k = 0; k < lanes; k++) {
             const node_t *n = node_at + node[k];
             if (n->feature < 0 || n->feature >= n_inputs) return 1;
             /* float32 input against the float64 threshold, as numpy and the trees compare them */
@@ -42,21 +43,6 @@ static inline int walk_lanes(intptr_t *node, const float *x, Py_ssize_t row_stri
             node[k] = next;
         }
     }
-    return 0;
-}
-
-/* One walk alone: the trees or rows left over after the lanes. */
-static inline int walk_one(intptr_t *node, const float *x, const node_t *node_at, Py_ssize_t n_nodes,
-                           Py_ssize_t n_inputs, Py_ssize_t depth) {
-    intptr_t at = *node;
-    if (at < 0 || at >= n_nodes) return 1;
-    for (Py_ssize_t d = 0; d < depth; d++) {
-        const node_t *n = node_at + at;
-        if (n->feature < 0 || n->feature >= n_inputs) return 1;
-        at = n->child[(double)x[n->feature] <= n->threshold];
-        if (at < 0 || at >= n_nodes) return 1;
-    }
-    *node = at;
     return 0;
 }
 
@@ -89,12 +75,12 @@ static PyObject *walk(PyObject *self, PyObject *args) {
                 for (; t + LANES <= n_trees && !bad; t += LANES) {
                     intptr_t node[LANES];
                     for (int k = 0; k < LANES; k++) node[k] = root[t + k];
-                    bad = walk_lanes(node, x, 0, node_at, n_nodes, n_inputs, depth);
+                    bad = walk_lanes(LANES, node, x, 0, node_at, n_nodes, n_inputs, depth);
                     for (int k = 0; k < LANES && !bad; k++) depths[r] += value[node[k]];
                 }
                 for (; t < n_trees && !bad; t++) {
                     intptr_t node = root[t];
-                    bad = walk_one(&node, x, node_at, n_nodes, n_inputs, depth);
+                    bad = walk_lanes(1, &node, x, 0, node_at, n_nodes, n_inputs, depth); /* the trees left over */
                     if (!bad) depths[r] += value[node];
                 }
             }
@@ -106,12 +92,12 @@ static PyObject *walk(PyObject *self, PyObject *args) {
                 for (; r + LANES <= n_rows && !bad; r += LANES) {
                     intptr_t node[LANES];
                     for (int k = 0; k < LANES; k++) node[k] = root[t];
-                    bad = walk_lanes(node, x_all + r * n_inputs, n_inputs, node_at, n_nodes, n_inputs, depth);
+                    bad = walk_lanes(LANES, node, x_all + r * n_inputs, n_inputs, node_at, n_nodes, n_inputs, depth);
                     for (int k = 0; k < LANES && !bad; k++) depths[r + k] += value[node[k]];
                 }
                 for (; r < n_rows && !bad; r++) {
                     intptr_t node = root[t];
-                    bad = walk_one(&node, x_all + r * n_inputs, node_at, n_nodes, n_inputs, depth);
+                    bad = walk_lanes(1, &node, x_all + r * n_inputs, 0, node_at, n_nodes, n_inputs, depth); /* rows left over */
                     if (!bad) depths[r] += value[node];
                 }
             }

@@ -449,8 +449,7 @@ class LeanApp:
                 if large
                 else self.begin(payload, v2)
             )
-            if pending.prepare is not None:  # history in a shared store: fetched first
-                await pending.ready()
+            await pending.ready()
         except InputProblem as exc:
             return _error(400, str(exc))
         except HistoryUnavailable as exc:
