@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from anomaly_mlops.serving.history import EntityHistory
+from anomaly_mlops.model.artifacts import features_of
+from anomaly_mlops.serving.history import APPEND_ROWS, EntityHistory
 
 
 class Clock:
@@ -17,7 +18,7 @@ def test_streaming_in_any_chunking_equals_offline_scoring(windowed):
     model, X = windowed
     series = X[:200]
     labels, offline = model.score(series)
-    for chunk in (1, 3, 16, 200):
+    for chunk in (1, 3, 16, APPEND_ROWS, APPEND_ROWS + 1, 200):  # appended in place, or joined
         history = EntityHistory(model)
         parts = [history.score("node", series[i : i + chunk]) for i in range(0, len(series), chunk)]
         np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), offline, rtol=0, atol=1e-12)
@@ -36,7 +37,10 @@ def test_entities_do_not_mix_and_memory_is_bounded(windowed):
     history.score("c", X[:1])  # a third entity pushes out the least recently seen ("a")
     assert len(history) == 2
     assert history.score("a", X[40:41])[2].tolist() == [False]  # "a" starts again
-    assert history.bytes_per_entity() < 8 * (model.history_rows * X.shape[1] + model.history_rows) + 1000
+    # the rows and raw scores the model needs, and room to append small requests in place
+    assert (
+        history.bytes_per_entity() < 8 * ((model.history_rows + APPEND_ROWS) * X.shape[1] + model.history_rows) + 1000
+    )
 
 
 def test_history_expires_after_a_gap(windowed):
@@ -62,5 +66,20 @@ def test_a_large_request_leaves_only_the_bounded_history_behind(windowed):
     history = EntityHistory(model)
     history.score("a", X[:2000])
     state = history._states["a"]
-    assert state.rows.shape == (model.transform.window - 1, X.shape[1]) and state.rows.base is None
+    keep = model.transform.window - 1
+    assert state.rows.shape == (keep + APPEND_ROWS, X.shape[1]) and state.rows.base is None
+    np.testing.assert_array_equal(state.rows[: state.filled], X[2000 - keep : 2000])
     assert state.raw.shape == (model.smoothing - 1,) and state.raw.base is None
+
+
+def test_rows_handed_out_stay_intact_while_later_requests_are_appended(windowed):
+    """Requests of one entity begun before any is scored (one event-loop tick under load):
+    each keeps its own rows while later ones are appended and the buffer is replaced."""
+    model, X = windowed
+    labels, offline = model.score(X[:300])
+    history = EntityHistory(model)
+    history.score("node", X[:150])
+    pending = [history.begin("node", X[i : i + 1]) for i in range(150, 300)]  # > APPEND_ROWS: replaced
+    raw = model.raw_scores(features_of(pending))
+    scores = np.concatenate([p.finish(raw[i : i + 1])[1] for i, p in enumerate(pending)])
+    np.testing.assert_allclose(scores, offline[150:], rtol=0, atol=1e-12)

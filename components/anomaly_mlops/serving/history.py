@@ -27,15 +27,19 @@ from anomaly_mlops.serving.series import history_marks, max_gap_s, not_newer, ru
 log = logging.getLogger(__name__)
 
 MAX_ENTITY_ID_CHARS = 256
+# Rows an entity's buffer takes beyond its window before its kept rows are copied to a fresh
+# buffer: small requests are appended in place, without a copy of the window each time.
+APPEND_ROWS = 32
 
 
 @dataclass
 class _State:
-    rows: np.ndarray  # the last (window - 1) metric rows
+    rows: np.ndarray  # a buffer: its first ``filled`` rows end with the last (window - 1) metric rows
     raw: np.ndarray  # the last (smoothing - 1) raw scores
     seen: int  # rows received so far (since a gap)
     last_seen: float
     newest: float | None = None  # the newest row's timestamp, when requests carry them
+    filled: int = 0
 
 
 def history_for(
@@ -82,7 +86,31 @@ class EntityHistory:
         return len(self._states)
 
     def bytes_per_entity(self) -> int:
-        return 8 * (self._keep_rows * len(self.model.schema) + self._keep_raw) + 200
+        return 8 * ((self._keep_rows + APPEND_ROWS) * len(self.model.schema) + self._keep_raw) + 200
+
+    def _append(self, state: _State, X: np.ndarray) -> np.ndarray:
+        """The entity's kept rows followed by ``X``, as one array, and ``X`` kept after them.
+        A small request is written into the entity's buffer and the result is a view of it:
+        rows already handed out are never written again (a full buffer is replaced, not
+        reused), so a request still on its way to the forest keeps its rows. A large one is
+        joined in a new array and only the window's rows are kept (an owned copy: a view
+        would keep the whole request alive and break the memory bound)."""
+        keep = self._keep_rows
+        start = max(state.filled - keep, 0)
+        if len(X) > APPEND_ROWS:
+            rows = np.concatenate([state.rows[start : state.filled], X])
+            state.rows = np.empty((keep + APPEND_ROWS, X.shape[1]))
+            state.filled = min(len(rows), keep)
+            state.rows[: state.filled] = rows[len(rows) - state.filled :]
+            return rows
+        if state.filled + len(X) > len(state.rows):
+            fresh = np.empty((keep + APPEND_ROWS, X.shape[1]))
+            fresh[: state.filled - start] = state.rows[start : state.filled]
+            state.rows, state.filled, start = fresh, state.filled - start, 0
+        end = state.filled + len(X)
+        state.rows[state.filled : end] = X
+        state.filled = end
+        return state.rows[start:end]
 
     def score(self, entity: str, X: np.ndarray, times=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Score ``X`` (the entity's next rows, oldest first; ``times`` their timestamps, or
@@ -109,10 +137,8 @@ class EntityHistory:
                 or (gap and times[0] - state.newest > self.max_gap_s)
             ):
                 state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
-            rows = np.concatenate([state.rows, X]) if self._keep_rows else X
+            rows = self._append(state, X) if self._keep_rows else X
             complete = history_marks(state.seen, len(X), model.history_rows, times, self.max_gap_s)
-            # Copies: a view would keep the whole request's rows alive and break the memory bound.
-            state.rows = rows[max(len(rows) - self._keep_rows, 0) :].copy()
             state.seen = run_after(state.seen, len(X), times, self.max_gap_s)
             state.last_seen = now
             if times is not None:
