@@ -99,18 +99,21 @@ class EntityHistory:
         start = max(state.filled - keep, 0)
         if len(X) > APPEND_ROWS:
             rows = np.concatenate([state.rows[start : state.filled], X])
-            state.rows = np.empty((keep + APPEND_ROWS, X.shape[1]))
-            state.filled = min(len(rows), keep)
-            state.rows[: state.filled] = rows[len(rows) - state.filled :]
+            self._refill(state, rows[max(len(rows) - keep, 0) :])
             return rows
         if state.filled + len(X) > len(state.rows):
-            fresh = np.empty((keep + APPEND_ROWS, X.shape[1]))
-            fresh[: state.filled - start] = state.rows[start : state.filled]
-            state.rows, state.filled, start = fresh, state.filled - start, 0
+            self._refill(state, state.rows[start : state.filled])
+            start = 0
         end = state.filled + len(X)
         state.rows[state.filled : end] = X
         state.filled = end
         return state.rows[start:end]
+
+    def _refill(self, state: _State, kept: np.ndarray) -> None:
+        """A fresh buffer for the entity holding ``kept`` (its last rows, at most the window's)."""
+        state.rows = np.empty((self._keep_rows + APPEND_ROWS, kept.shape[1]))
+        state.rows[: len(kept)] = kept
+        state.filled = len(kept)
 
     def score(self, entity: str, X: np.ndarray, times=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Score ``X`` (the entity's next rows, oldest first; ``times`` their timestamps, or
