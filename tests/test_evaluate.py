@@ -1,6 +1,7 @@
 """Detection quality on the real labelled data in ../shared/data (skipped without it)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -385,26 +386,33 @@ def test_sample_interval_is_honoured_for_the_smd_layout(tmp_path):
         evaluate(tmp_path, ("smd",), params, resample_minutes=7)
 
 
+def _new_normal_machine(root, new_normal_from: int | None = 300, incident_rows: int = 60, incident_lift: float = 40):
+    """One SMD-layout machine at a row a minute: 1,500 training rows, 2,400 test rows that move
+    to a new normal at ``new_normal_from``, and a labelled incident from test row 2,000."""
+    import gzip
+
+    rng = np.random.default_rng(1)
+    for part in ("train", "test", "test_label"):
+        (root / "smd" / part).mkdir(parents=True)
+    train, test = rng.normal(50, 5, (1500, 3)), rng.normal(50, 5, (2400, 3))
+    if new_normal_from is not None:
+        test[new_normal_from:] += 25
+    labels = np.zeros(2400, dtype=np.int8)
+    test[2000 : 2000 + incident_rows] += incident_lift
+    labels[2000 : 2000 + incident_rows] = 1
+    for part, X in (("train", train), ("test", test)):
+        with gzip.open(root / "smd" / part / "m-1.txt.gz", "wt") as handle:
+            np.savetxt(handle, X, delimiter=",")
+    np.savetxt(root / "smd" / "test_label" / "m-1.txt", labels, fmt="%d")
+
+
 def test_backtest_retrains_on_a_sliding_window_and_follows_a_new_normal(tmp_path):
     """evaluate --retrain-every/--train-window: the static model flags most rows once the
     machine moves to a new normal; the backtest's models, refitted on recent rows, do not,
     and still catch the incident; static and backtest figures side by side."""
-    import gzip
-
     from anomaly_mlops.steps.evaluate import evaluate
 
-    rng = np.random.default_rng(1)
-    for part in ("train", "test", "test_label"):
-        (tmp_path / "smd" / part).mkdir(parents=True)
-    train, test = rng.normal(50, 5, (1500, 3)), rng.normal(50, 5, (2400, 3))
-    test[300:] += 25  # a new normal from row 300 on
-    labels = np.zeros(2400, dtype=np.int8)
-    test[2000:2060] += 40
-    labels[2000:2060] = 1
-    for part, X in (("train", train), ("test", test)):
-        with gzip.open(tmp_path / "smd" / part / "m-1.txt.gz", "wt") as handle:
-            np.savetxt(handle, X, delimiter=",")
-    np.savetxt(tmp_path / "smd" / "test_label" / "m-1.txt", labels, fmt="%d")
+    _new_normal_machine(tmp_path)
     params = TrainParams(n_estimators=30)
     result = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600, train_window_s=12 * 3600)
     (one,) = result["series"]
@@ -414,5 +422,113 @@ def test_backtest_retrains_on_a_sliding_window_and_follows_a_new_normal(tmp_path
     assert backtest["flagged_share"] < one["flagged_share"] / 2 and backtest["recall"] > 0.5
     assert backtest["retrainings_on_flagged_rows"] >= 1  # the window the old model had all flagged
     assert result["mean_backtest"]["smd"]["f1"] == backtest["f1"]
-    with pytest.raises(ConfigError, match="needs both"):
+    with pytest.raises(ConfigError, match="needs --train-window"):
         evaluate(tmp_path, ("smd",), params, retrain_every_s=3600)
+
+
+def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
+    """evaluate --retrain-on-drift: the shipped drift alert, judged on the serving model's
+    flags, starts a run once the machine has moved. That run holds the latest 30% of its window
+    out for validate, and the new normal lies there: a model fitted on the rows before flags it,
+    so the flagged-rate gate refuses it, the version keeps serving (the alarm storm goes on) and
+    starts no second drift run. With the recurring run as well, its retrainings are counted
+    apart from the drift runs'."""
+    from anomaly_mlops.steps.evaluate import evaluate
+
+    _new_normal_machine(tmp_path)
+    params = TrainParams(n_estimators=30)
+    result = evaluate(tmp_path, ("smd",), params, retrain_on_drift=True, train_window_s=12 * 3600)
+    (one,) = result["series"]
+    loop = one["backtest"]
+    assert one["flagged_share"] > 0.8  # the static model
+    assert (loop["retrainings"], loop["retrainings_on_drift"], loop["drift_retrainings_refused"]) == (0, 0, 1)
+    assert loop["flagged_share"] == one["flagged_share"] and loop["f1"] == one["f1"]
+    assert result["backtest"] == {"retrain_every_s": None, "train_window_s": 12 * 3600, "retrain_on_drift": True}
+    assert result["mean_backtest"]["smd"]["max_flagged_share"] == loop["flagged_share"]
+    both = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600, train_window_s=12 * 3600,
+                    retrain_on_drift=True)["series"][0]["backtest"]  # fmt: skip
+    scheduled = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600,
+                         train_window_s=12 * 3600)["series"][0]["backtest"]  # fmt: skip
+    assert scheduled["retrainings"] == 6 and scheduled["retrainings_on_drift"] == 0
+    assert both["retrainings"] > both["retrainings_on_drift"] >= 1 and both["drift_retrainings_refused"] >= 1
+    assert both["flagged_share"] < one["flagged_share"] / 2
+
+
+def test_a_drift_run_that_passes_validate_replaces_the_version(tmp_path):
+    """With a flagged-rate gate that lets it through, each drift run replaces the version that
+    alerted, which leaves the alarm storm sooner than the static model."""
+    from anomaly_mlops.params import Gates
+    from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+
+    _new_normal_machine(tmp_path)
+    params = TrainParams(n_estimators=30)
+    window, smoothing = params.windows_for(client_built_features=False)
+    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    (series,) = _load(tmp_path, ("smd",), 0)
+    refused = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns())
+    lenient = _backtest(
+        series, params, window, smoothing, None, 12 * 3600, DriftRuns(gates=Gates(max_flagged_rate_ratio=50))
+    )
+    assert refused["drift_retrainings_refused"] == 1 and lenient["drift_retrainings_refused"] == 0
+    assert lenient["retrainings"] == lenient["retrainings_on_drift"] >= 1
+    assert lenient["flagged_share"] < refused["flagged_share"] - 0.3
+
+
+def test_a_refused_drift_run_may_be_retried_while_the_alert_still_fires(tmp_path):
+    """DriftRuns(retry_s=...): the variant benchmarks/drift_loop.py measures. The first run is
+    refused as shipped; one started 6 hours after the alert, while it still fires, holds
+    enough of the new normal to pass, and the alarm storm ends."""
+    from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+
+    _new_normal_machine(tmp_path)
+    params = TrainParams(n_estimators=30)
+    window, smoothing = params.windows_for(client_built_features=False)
+    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    (series,) = _load(tmp_path, ("smd",), 0)
+    once = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns())
+    retried = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns(retry_s=6 * 3600))
+    assert once["drift_retrainings_refused"] == 1 and once["retrainings"] == 0
+    assert retried["drift_retrainings_refused"] >= 2 and retried["retrainings_on_drift"] >= 1
+    assert retried["flagged_share"] < once["flagged_share"] - 0.3
+
+
+def test_backtest_does_not_retrain_a_machine_that_stays_normal(tmp_path):
+    """A machine that keeps its level, with a brief, mild incident: no alert, no retraining.
+    (A sharp one fires it on one machine: the window columns keep the rows after it flagged
+    for up to two hours, over a fifth of six hours.)"""
+    from anomaly_mlops.steps.evaluate import evaluate
+
+    _new_normal_machine(tmp_path, new_normal_from=None, incident_rows=5, incident_lift=10)
+    (one,) = evaluate(tmp_path, ("smd",), TrainParams(n_estimators=30), retrain_on_drift=True,
+                      train_window_s=12 * 3600)["series"]  # fmt: skip
+    assert one["backtest"]["retrainings"] == 0
+    assert one["backtest"]["f1"] == one["f1"]  # the static model served throughout
+
+
+def test_the_backtest_drift_alert_keeps_the_shipped_rule():
+    """The alert as the PrometheusRule has it (alert_rules.py): the flagged share over the
+    window of the version's own rows above 10 times the calibrated share, floored at 1%, held
+    for 30 minutes, here on one machine at a row a minute (a 6-hour window of 360 rows)."""
+    from anomaly_mlops.steps.evaluate import _DriftAlert
+
+    alert = _DriftAlert.shipped(60.0)
+    assert (alert.window, alert.hold, alert.ratio, alert.min_rows, alert.delay) == (360, 30, 10.0, 180, 60)
+    some = np.zeros(2000, dtype=bool)
+    some[::8] = True  # 12.5% flagged
+    assert alert.first_firing(some, 0.02) is None  # below 10 x 2%
+    assert alert.first_firing(some, 0.01) is not None
+    fewer = np.zeros(2000, dtype=bool)
+    fewer[::14] = True  # 7.1%: over 10 x 0.5%, not over the 1% floor's 10%
+    assert alert.first_firing(fewer, 0.005) is None
+    storm = np.zeros(2000, dtype=bool)
+    storm[500:] = True
+    # it holds from the 37th flagged row (37 / 360 > 10 x 1%), and fires 30 rows (minutes) later
+    assert alert.first_firing(storm, 0.01) == 536 + 30
+    early = np.ones(400, dtype=bool)  # it holds only once the window has 180 rows (row 179)
+    assert alert.first_firing(early, 0.01) == 179 + 30
+    # The condition failing once restarts the hold (a one-row window: the condition is the flag).
+    tiny = _DriftAlert(window=1, hold=3, ratio=10.0, min_rows=1, delay=1, floor=0.01)
+    assert tiny.first_firing(np.array([1, 1, 1, 1, 1, 1, 1, 1], dtype=bool), 0.01) == 3
+    assert tiny.first_firing(np.array([1, 1, 1, 0, 1, 1, 1, 1], dtype=bool), 0.01) == 7
+    assert tiny.first_firing(np.array([1, 1, 1, 0, 1, 1, 1, 0], dtype=bool), 0.01) is None
+    assert tiny.first_firing(np.ones(8, dtype=bool), 0.01, after=5) == 5  # still firing at row 5

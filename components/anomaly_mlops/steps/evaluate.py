@@ -17,7 +17,7 @@ import itertools
 import json
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import pandas as pd
 from anomaly_mlops.errors import ConfigError, DataError
 from anomaly_mlops.model.drift import outside_training_range, training_ranges
 from anomaly_mlops.model.features import FeatureTransform, smoothing_rows
-from anomaly_mlops.params import TrainParams
+from anomaly_mlops.params import Gates, TrainParams
 from anomaly_mlops.steps.train import POT_FALLBACK
 
 log = logging.getLogger(__name__)
@@ -179,54 +179,183 @@ def _figures(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dic
     }
 
 
+# The backtest's drift retraining (--retrain-on-drift), as the shipped loop runs it: the drift
+# alert (DriftAlertParams' window, hold and flagged ratio) judged on one machine's served flags;
+# its 500-row floor is for fleets (one machine at a row a minute has 360 rows in 6 hours), so one
+# machine is held to half its window's rows. The run fetches --train-window of rows, holds the
+# latest DRIFT_HOLDOUT_FRACTION out (prepare_data's default), fits the rest, and validate's
+# flagged-rate gate (Gates) decides on the holdout; a version serves an hour after its alert
+# fired (Alertmanager, the run, the rollout). A refused run leaves the version serving, and no
+# second drift run starts for it (one PipelineRun name per version).
+DRIFT_RETRAIN_DELAY_S = 3600
+DRIFT_HOLDOUT_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class DriftRuns:
+    """How the backtest's drift runs go: as shipped by default. ``lookback_s``: the rows a run
+    fetches (None: the backtest's --train-window); ``retry_s``: a version whose run was refused
+    may start another this long after the alert that started it, while the alert still fires
+    (None: never, as one PipelineRun name per version allows); ``gates``: validate's."""
+
+    lookback_s: float | None = None
+    retry_s: float | None = None
+    gates: Gates = field(default_factory=Gates)
+
+
+@dataclass(frozen=True)
+class _DriftAlert:
+    """The drift alert over one version's flags, in rows of the series."""
+
+    window: int
+    hold: int
+    ratio: float
+    min_rows: int
+    delay: int
+    floor: float  # the least calibrated share the alert compares with
+
+    @classmethod
+    def shipped(cls, interval_s: float) -> _DriftAlert:
+        from anomaly_mlops.params import DriftAlertParams
+        from anomaly_mlops.serving.alert_rules import CALIBRATED_FLOOR
+        from anomaly_mlops.sources.prometheus import parse_duration
+
+        p = DriftAlertParams()
+        window = max(int(parse_duration(p.window) / interval_s), 1)
+        return cls(
+            window=window,
+            hold=int(parse_duration(p.hold) / interval_s),
+            ratio=p.flagged_ratio,
+            min_rows=min(p.min_rows, max(window // 2, 1)),
+            delay=int(round(DRIFT_RETRAIN_DELAY_S / interval_s)),
+            floor=CALIBRATED_FLOOR,
+        )
+
+    def first_firing(self, flagged: np.ndarray, calibrated_share: float, after: int = 0) -> int | None:
+        """The first row from ``after`` on at which the alert is firing for a version that
+        served ``flagged``: the share flagged over the trailing window of its own rows above
+        ``ratio`` times the calibrated share (at least ``floor``), with ``min_rows`` rows in the
+        window, having held for ``hold`` rows."""
+        counts = np.concatenate([[0], np.cumsum(flagged)])
+        ends = np.arange(1, len(flagged) + 1)
+        starts = np.maximum(ends - self.window, 0)
+        share = (counts[ends] - counts[starts]) / (ends - starts)
+        holds = (share > self.ratio * max(calibrated_share, self.floor)) & (ends - starts >= self.min_rows)
+        # rows since the condition last failed; the alert fires once that passes the hold
+        since = np.arange(len(holds)) - np.maximum.accumulate(np.where(holds, -1, np.arange(len(holds))))
+        firing = np.flatnonzero(since[after:] > self.hold)
+        return after + int(firing[0]) if len(firing) else None
+
+
+@dataclass
+class _Version:
+    """A model of the backtest serving rows ``start``..``end`` (its scores and threshold)."""
+
+    start: int
+    end: int
+    scores: np.ndarray
+    threshold: float
+    calibrated_share: float
+    holdout_flagged_share: float | None = None  # drift runs: on the rows held out for validate
+    alert_from: int | None = 0  # the first of its rows whose alert may start a drift run (None: none)
+
+    @property
+    def flags(self) -> np.ndarray:
+        return self.scores > self.threshold
+
+
 def _backtest(
-    series: Series, params: TrainParams, window_minutes: int, smoothing_minutes: int, retrain_every_s: float,
-    train_window_s: float,
+    series: Series, params: TrainParams, window_minutes: int, smoothing_minutes: int, retrain_every_s: float | None,
+    train_window_s: float, drift: DriftRuns | None = None,
 ) -> dict:  # fmt: skip
-    """The system as it runs: the test part in periods of ``retrain_every_s``; the first scored
-    by the model fitted on the training part, each later one by a model fitted on the
-    ``train_window_s`` of rows before it, leaving out the rows the model serving then flagged
-    (labels are never used: the scheduled retraining has none); where too few rows are left
-    to fit and calibrate on, on all its rows (a model that flags everything would otherwise
-    never be replaced), counted. Measured as _measure measures,
-    on the flags each period's own threshold gave."""
+    """The system as it runs: the test part scored first by the model fitted on the training
+    part, then by models fitted on the ``train_window_s`` of rows before each scheduled
+    retraining (every ``retrain_every_s``: the recurring run), leaving out the rows the model
+    serving then flagged (labels are never used: the retraining has none); where too few rows
+    are left to fit and calibrate on, on all its rows (a model that flags everything would
+    otherwise never be replaced), counted. With ``drift``, also the runs the drift alert
+    starts for the serving version, fetched and gated as the drift run is
+    (DRIFT_RETRAIN_DELAY_S and above). Measured as _measure measures, on the flags each
+    version's own threshold gave."""
     from anomaly_mlops.steps.train import calibrate, fit_scores
 
     X = np.vstack([series.train, series.test])
-    start, every = len(series.train), max(int(round(retrain_every_s / series.interval_s)), 1)
+    first = len(series.train)
+    every = None if retrain_every_s is None else max(int(round(retrain_every_s / series.interval_s)), 1)
     window_rows = max(int(round(train_window_s / series.interval_s)), 1)
+    alert = _DriftAlert.shipped(series.interval_s) if drift else None
+    if drift:
+        gate = drift.gates.max_flagged_rate_ratio * params.contamination
+        lookback = window_rows if drift.lookback_s is None else max(int(round(drift.lookback_s / series.interval_s)), 1)
+        retry = None if drift.retry_s is None else max(int(round(drift.retry_s / series.interval_s)), 1)
     k = smoothing_rows(smoothing_minutes, series.interval_s)
     flagged = np.zeros(len(X), dtype=bool)  # what the serving model flagged, row by row
     scores = np.empty(len(series.test))
-    retrained = unfiltered = 0
-    while start < len(X):
-        stop = min(start + every, len(X))
-        lo = 0 if start == len(series.train) else max(start - window_rows, 0)
-        left_out = flagged[lo:start] if start > len(series.train) else None
+    counts = Counter()
+
+    def next_schedule(row: int) -> int:
+        return len(X) if every is None else min(first + ((row - first) // every + 1) * every, len(X))
+
+    def fit(start: int, rows: int | None = None, fit_until: int | None = None) -> _Version:
+        """A model of the ``rows`` (default: the training window) before ``start`` (the
+        training part for the first), fitted on those before ``fit_until`` (default ``start``),
+        serving until the next scheduled run. A drift run (``fit_until``) fits every row it
+        fetched: the drift template passes no alert regex, so its rows carry no labels."""
+        lo = 0 if start == first else max(start - (rows or window_rows), 0)
+        cut = start if fit_until is None else fit_until
+        end = next_schedule(start)
+        left_out = flagged[lo:cut] if start > first and fit_until is None else None
         try:
             _, _, raw, held, _ = fit_scores(
-                X[lo:stop],
-                params,
-                window_minutes,
-                series.interval_s,
-                train_rows=start - lo,
-                labelled_anomalous=left_out,
+                X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo, labelled_anomalous=left_out
             )
         except DataError:  # too few unflagged rows to fit or calibrate on: all of them, counted
-            unfiltered += 1
-            _, _, raw, held, _ = fit_scores(
-                X[lo:stop], params, window_minutes, series.interval_s, train_rows=start - lo
-            )
+            counts["retrainings_on_flagged_rows"] += 1
+            _, _, raw, held, _ = fit_scores(X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo)
         smoothed, threshold, _ = calibrate(raw, held, params, k)
-        part = smoothed[start - lo :]
-        scores[start - len(series.train) : stop - len(series.train)] = part
-        flagged[start:stop] = part > threshold
-        retrained += start > len(series.train)
-        start = stop
+        calibrated = float(np.mean(smoothed[: cut - lo][held] > threshold))
+        holdout = smoothed[cut - lo : start - lo]
+        return _Version(
+            start, end, smoothed[start - lo :], threshold, calibrated,
+            float(np.mean(holdout > threshold)) if len(holdout) else None,
+        )  # fmt: skip
+
+    def serve(version: _Version, until: int) -> None:
+        rows = slice(version.start - first, until - first)
+        scores[rows] = version.scores[: until - version.start]
+        flagged[version.start : until] = version.flags[: until - version.start]
+
+    version = fit(first)
+    while True:
+        fired = (
+            None
+            if alert is None or version.alert_from is None
+            else alert.first_firing(version.flags, version.calibrated_share, after=version.alert_from)
+        )
+        if fired is not None and version.start + fired + alert.delay < version.end:
+            ready = version.start + fired + alert.delay
+            serve(version, ready)
+            lo = max(ready - lookback, 0)
+            challenger = fit(ready, lookback, fit_until=lo + int(round((ready - lo) * (1 - DRIFT_HOLDOUT_FRACTION))))
+            if challenger.holdout_flagged_share is not None and challenger.holdout_flagged_share <= gate:
+                counts["retrainings_on_drift"] += 1
+                version = challenger
+            else:  # validate refuses it: the version keeps serving
+                counts["drift_retrainings_refused"] += 1
+                version.alert_from = None if retry is None else fired + retry
+            continue
+        serve(version, version.end)
+        if version.end >= len(X):
+            break
+        counts["retrainings"] += 1
+        version = fit(version.end)
     return _figures(series.labels, scores, flagged[len(series.train) :]) | {
-        "retrainings": int(retrained),
+        "retrainings": counts["retrainings"] + counts["retrainings_on_drift"],
+        "retrainings_on_drift": counts["retrainings_on_drift"],
+        # drift runs validate refused at the flagged-rate gate on their holdout
+        "drift_retrainings_refused": counts["drift_retrainings_refused"],
         # windows with too few unflagged rows to fit and calibrate on: fitted on all of them
-        "retrainings_on_flagged_rows": int(unfiltered),
+        "retrainings_on_flagged_rows": counts["retrainings_on_flagged_rows"],
     }
 
 
@@ -250,6 +379,12 @@ def _means(rows: list[dict], datasets) -> dict:
             means[dataset] = {k: round(float(np.mean([r[k] for r in mine])), 4) for k in METRICS} | {
                 "series": len(mine)
             }
+            if all("flagged_share" in r for r in mine):  # an alarm storm on one series hides in a mean
+                shares = [r["flagged_share"] for r in mine]
+                means[dataset] |= {
+                    "flagged_share": round(float(np.mean(shares)), 4),
+                    "max_flagged_share": round(float(np.max(shares)), 4),
+                }
     return means
 
 
@@ -277,14 +412,20 @@ def evaluate(
     tune_seeds=None,
     retrain_every_s: float | None = None,
     train_window_s: float | None = None,
+    retrain_on_drift: bool = False,
 ) -> dict:
     """Per-series and mean ROC-AUC, PR-AUC and F1 at the model's own threshold. Without
     ``tune``, of exactly the detector ``params`` describe (defaults: what ``train`` fits).
-    With ``retrain_every_s`` and ``train_window_s``, also the backtest (_backtest) beside
-    the static figures."""
-    if (retrain_every_s is None) != (train_window_s is None):
-        raise ConfigError("a backtest needs both --retrain-every and --train-window")
-    if retrain_every_s is not None and (tune or not retrain_every_s > 0 or not train_window_s > 0):
+    With ``train_window_s`` and ``retrain_every_s`` or ``retrain_on_drift`` (or both), also
+    the backtest (_backtest) beside the static figures."""
+    backtest = retrain_every_s is not None or retrain_on_drift
+    if backtest != (train_window_s is not None):
+        raise ConfigError(
+            "a backtest needs --train-window and --retrain-every or --retrain-on-drift (or both)"
+            if backtest
+            else "--train-window is the backtest's: give --retrain-every or --retrain-on-drift with it"
+        )
+    if backtest and (tune or (retrain_every_s is not None and not retrain_every_s > 0) or not train_window_s > 0):
         raise ConfigError("--retrain-every and --train-window must be above 0, and are not for --tune")
     params = params or TrainParams()
     params.check()
@@ -304,11 +445,12 @@ def evaluate(
             measured = _measure(one, raw, held, params, smoothing)
             outside = outside_training_range(one.test, training_ranges(one.train[fitted]), range(one.test.shape[1]))
             extra = {"test_rows_outside_training_range": outside["rows_share"]}
-            if retrain_every_s is not None:
-                backtest = _backtest(one, params, window, smoothing, retrain_every_s, train_window_s)
-                extra["backtest"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in backtest.items()}
-                log.info("%s %-50s backtest F1 %.3f, %d retrainings", one.dataset, one.name, backtest["f1"],
-                         backtest["retrainings"])  # fmt: skip
+            if backtest:
+                figures = _backtest(one, params, window, smoothing, retrain_every_s, train_window_s,
+                                    DriftRuns() if retrain_on_drift else None)  # fmt: skip
+                extra["backtest"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+                log.info("%s %-50s backtest F1 %.3f, %d retrainings (%d on drift)", one.dataset, one.name,
+                         figures["f1"], figures["retrainings"], figures["retrainings_on_drift"])  # fmt: skip
             rows.append(_row(one, measured, **extra))
             log.info(
                 "%s %-50s ROC-AUC %.3f PR-AUC %.3f F1 %.3f", one.dataset, one.name, *(measured[k] for k in METRICS)
@@ -328,8 +470,12 @@ def evaluate(
             "mean": _means(rows, datasets),
             "series": rows,
         }
-        if retrain_every_s is not None:
-            result["backtest"] = {"retrain_every_s": retrain_every_s, "train_window_s": train_window_s}
+        if backtest:
+            result["backtest"] = {
+                "retrain_every_s": retrain_every_s,
+                "train_window_s": train_window_s,
+                "retrain_on_drift": retrain_on_drift,
+            }
             result["mean_backtest"] = _means([{**r, **r["backtest"]} for r in rows], datasets)
         return result
     return _tune(series, params, datasets, resample_minutes, tuple(tune_on), tuple(tune_seeds or TUNE_SEEDS))

@@ -305,6 +305,7 @@ def cmd_evaluate(args) -> dict:
         tune_seeds=args.tune_seeds,
         retrain_every_s=args.retrain_every,
         train_window_s=args.train_window,
+        retrain_on_drift=args.retrain_on_drift,
     )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -394,6 +395,12 @@ def register(sub: SubParsers) -> None:
         metavar="DURATION",
         help="also backtest the system as it runs: retrain this often (e.g. 7d, 24h, 90m) on --train-window of "
         "past rows, leaving out the rows the serving model flagged, and score the next period with each model",
+    )
+    p.add_argument(
+        "--retrain-on-drift",
+        action="store_true",
+        help="also backtest the self-healing loop: the runs the shipped drift alert starts for the serving model, "
+        "fetching --train-window and gated by validate as the drift run is; with or without --retrain-every",
     )
     p.add_argument("--train-window", type=duration_s, metavar="DURATION", help="the backtest's training window")
     _add_train_flags(p)

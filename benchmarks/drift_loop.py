@@ -1,0 +1,91 @@
+"""The self-healing loop as it runs on one machine, and variants of its drift runs: every
+shared SMD machine and NAB series fitted as `anomaly-mlops evaluate` fits it, its test part
+served by the static model, then by the backtest of `evaluate --retrain-on-drift` (the drift
+alert starts a run, validate's flagged-rate gate decides on the latest 30% of the rows it
+fetched; steps/evaluate.py DriftRuns) under each loop:
+
+  static                 no retraining
+  shipped                a run per alert, fetching 7 days; a refused run leaves the version
+                         serving, and it starts no second run (one PipelineRun name per version)
+  retry 12 h             a refused version may start another run 12 hours after the alert
+                         (Alertmanager's repeat interval) while the alert still fires
+  retry 12 h, 2 days     the same, each run fetching 2 days
+  retry 12 h, 1 day      the same, each run fetching 1 day
+
+Labels are never used by a loop. Printed per loop: mean F1, the worst series, the series lost
+against static, mean and largest flagged share, and the drift runs deployed and refused per
+series (seed means); then each SMD machine's F1 and flagged share.
+Usage: .venv/bin/python benchmarks/drift_loop.py [--data-dir ../shared/data] [--seeds 42,7,1]"""
+
+import argparse
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from anomaly_mlops.params import TrainParams
+from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+
+DAY, HOUR = 86400.0, 3600.0
+LOOPS = {
+    "shipped": DriftRuns(),
+    "retry 12 h": DriftRuns(retry_s=12 * HOUR),
+    "retry 12 h, 2 days": DriftRuns(lookback_s=2 * DAY, retry_s=12 * HOUR),
+    "retry 12 h, 1 day": DriftRuns(lookback_s=DAY, retry_s=12 * HOUR),
+}
+TRAIN_WINDOW_S = 7 * DAY  # the Prometheus source's lookback
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--seeds", default="42,7,1")
+    opts = parser.parse_args()
+    logging.disable(logging.WARNING)
+    seeds = [int(s) for s in opts.seeds.split(",")]
+    series = _load(Path(opts.data_dir), ("smd", "nab"), 0)
+    # results[loop][(dataset, series)] -> per seed [f1, flagged share, deployed, refused]
+    results: dict = {}
+    for seed in seeds:
+        params = TrainParams(seed=seed)
+        window, smoothing = params.windows_for(client_built_features=False)
+        params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+        for one in series:
+            key = (one.dataset, one.name)
+            for loop, drift in {"static": None, **LOOPS}.items():
+                # static: with neither schedule nor drift runs, the model fitted on the training part serves throughout
+                b = _backtest(one, params, window, smoothing, None, TRAIN_WINDOW_S, drift)
+                figures = [b["f1"], b["flagged_share"], b["retrainings_on_drift"], b["drift_retrainings_refused"]]
+                results.setdefault(loop, {}).setdefault(key, []).append(figures)
+    print(f"seeds {seeds}; seed means per series; F1 at each version's own threshold\n")
+    for dataset in ("smd", "nab"):
+        keys = [k for k in results["static"] if k[0] == dataset]
+        print(f"## {dataset} ({len(keys)} series)")
+        print(
+            "| loop | mean F1 | worst (series) | series lost to static | flagged: mean | largest | drift runs deployed | refused |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        static = {k: np.mean(results["static"][k], axis=0) for k in keys}
+        for loop, per in results.items():
+            m = {k: np.mean(per[k], axis=0) for k in keys}
+            f1 = np.array([m[k][0] for k in keys])
+            worst = keys[int(np.argmin(f1))][1]
+            lost = sum(m[k][0] < static[k][0] - 1e-9 for k in keys)
+            print(
+                f"| {loop} | {f1.mean():.3f} | {f1.min():.3f} ({worst}) | {lost if loop != 'static' else '-'} | "
+                f"{np.mean([m[k][1] for k in keys]):.1%} | {max(m[k][1] for k in keys):.1%} | "
+                f"{np.mean([m[k][2] for k in keys]):.1f} | {np.mean([m[k][3] for k in keys]):.1f} |"
+            )
+        print()
+        if dataset == "smd":
+            print("| machine | " + " | ".join(results) + " |")
+            print("|---" * (len(results) + 1) + "|")
+            for k in keys:
+                cells = [np.mean(results[loop][k], axis=0) for loop in results]
+                print(f"| {k[1]} | " + " | ".join(f"{c[0]:.3f} ({c[1]:.0%})" for c in cells) + " |")
+            print()
+
+
+if __name__ == "__main__":
+    main()
