@@ -19,6 +19,7 @@ Usage: .venv/bin/python benchmarks/drift_loop.py [--data-dir ../shared/data] [--
 
 import argparse
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,7 +48,12 @@ def main():
     series = _load(Path(opts.data_dir), ("smd", "nab"), 0)
     # results[loop][(dataset, series)] -> per seed [f1, flagged share, deployed, refused]
     results: dict = {}
-    for seed in seeds:
+    for n, seed in enumerate(seeds, 1):
+        print(
+            f"seed {seed} ({n} of {len(seeds)}): {len(series)} series x {len(LOOPS) + 1} loops",
+            file=sys.stderr,
+            flush=True,
+        )
         params = TrainParams(seed=seed)
         window, smoothing = params.windows_for(client_built_features=False)
         params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
