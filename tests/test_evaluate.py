@@ -424,6 +424,11 @@ def test_backtest_retrains_on_a_sliding_window_and_follows_a_new_normal(tmp_path
     assert result["mean_backtest"]["smd"]["f1"] == backtest["f1"]
     with pytest.raises(ConfigError, match="needs --train-window"):
         evaluate(tmp_path, ("smd",), params, retrain_every_s=3600)
+    # a window too short to hold complete 120-minute feature windows: refused, saying how long
+    with pytest.raises(ConfigError, match=r"--train-window \(10 min\) is too short: .* at least 4h"):
+        evaluate(tmp_path, ("smd",), params, retrain_every_s=3600, train_window_s=600)
+    with pytest.raises(ConfigError, match="at least 6h"):  # a drift run fits 70% of what it fetches
+        evaluate(tmp_path, ("smd",), params, retrain_on_drift=True, train_window_s=5 * 3600)
 
 
 def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):

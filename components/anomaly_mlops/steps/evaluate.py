@@ -16,6 +16,7 @@ import gzip
 import itertools
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -359,6 +360,19 @@ def _backtest(
     }
 
 
+def _check_train_window(train_window_s: float, window_minutes: int, drift_runs: bool) -> None:
+    """The rows a retraining fits (a drift run: all but its holdout) must span at least two
+    feature windows, so that most of them have a complete window, as train requires."""
+    fitted = 1 - DRIFT_HOLDOUT_FRACTION if drift_runs else 1.0
+    least_s = 2 * window_minutes * 60 / fitted
+    if window_minutes and train_window_s < least_s:
+        hours = math.ceil(least_s / 3600)
+        raise ConfigError(
+            f"--train-window ({train_window_s / 60:g} min) is too short: a retraining fits rows with a complete "
+            f"{window_minutes}-minute feature window; give at least {hours}h"
+        )
+
+
 def _row(series: Series, measured: dict, **extra) -> dict:
     return {
         "dataset": series.dataset,
@@ -438,6 +452,8 @@ def evaluate(
     series = _load(Path(data_dir), datasets, resample_minutes, params.sample_interval_s)
     window, smoothing = params.windows_for(client_built_features=False)
     params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    if backtest:
+        _check_train_window(train_window_s, window, retrain_on_drift)
     if not tune:
         rows = []
         for one in series:
