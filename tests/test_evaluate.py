@@ -497,6 +497,30 @@ def test_a_refused_drift_run_may_be_retried_while_the_alert_still_fires(tmp_path
     assert retried["flagged_share"] < once["flagged_share"] - 0.3
 
 
+def test_a_drift_run_that_fails_to_train_counts_as_refused(tmp_path, monkeypatch):
+    """A run whose train step fails (here: a DataError for the drift run's rows) leaves the
+    version serving, as a refused run does; it does not end the backtest."""
+    import anomaly_mlops.steps.train as train_step
+    from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+
+    real = train_step.fit_scores
+
+    def failing_for_drift_runs(X, *args, train_rows=None, **kwargs):
+        if train_rows is not None and train_rows < 1000:  # the drift run fits 70% of 720 rows
+            raise DataError("too few rows")
+        return real(X, *args, train_rows=train_rows, **kwargs)
+
+    monkeypatch.setattr(train_step, "fit_scores", failing_for_drift_runs)
+    _new_normal_machine(tmp_path)
+    params = TrainParams(n_estimators=30)
+    window, smoothing = params.windows_for(client_built_features=False)
+    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    (series,) = _load(tmp_path, ("smd",), 0)
+    loop = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns(retry_s=6 * 3600))
+    assert loop["retrainings"] == 0 and loop["drift_retrainings_refused"] >= 2
+    assert loop["flagged_share"] > 0.8
+
+
 def test_backtest_does_not_retrain_a_machine_that_stays_normal(tmp_path):
     """A machine that keeps its level, with a brief, mild incident: no alert, no retraining.
     (A sharp one fires it on one machine: the window columns keep the rows after it flagged

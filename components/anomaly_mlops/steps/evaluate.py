@@ -311,6 +311,8 @@ def _backtest(
                 X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo, labelled_anomalous=left_out
             )
         except DataError:  # too few unflagged rows to fit or calibrate on: all of them, counted
+            if left_out is None:
+                raise
             counts["retrainings_on_flagged_rows"] += 1
             _, _, raw, held, _ = fit_scores(X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo)
         smoothed, threshold, _ = calibrate(raw, held, params, k)
@@ -337,11 +339,17 @@ def _backtest(
             ready = version.start + fired + alert.delay
             serve(version, ready)
             lo = max(ready - lookback, 0)
-            challenger = fit(ready, lookback, fit_until=lo + int(round((ready - lo) * (1 - DRIFT_HOLDOUT_FRACTION))))
-            if challenger.holdout_flagged_share is not None and challenger.holdout_flagged_share <= gate:
+            try:
+                challenger = fit(
+                    ready, lookback, fit_until=lo + int(round((ready - lo) * (1 - DRIFT_HOLDOUT_FRACTION)))
+                )
+            except DataError:  # the run fails at train: as refused
+                challenger = None
+            share = None if challenger is None else challenger.holdout_flagged_share
+            if share is not None and share <= gate:
                 counts["retrainings_on_drift"] += 1
                 version = challenger
-            else:  # validate refuses it: the version keeps serving
+            else:  # validate refuses it (or train fails): the version keeps serving
                 counts["drift_retrainings_refused"] += 1
                 version.alert_from = None if retry is None else fired + retry
             continue
