@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -61,15 +62,24 @@ class Receiver(JsonFakeServer):
     def __init__(self):
         self.listener = DriftListener({("anomaly-mlops-alerts", "authorization"): f"Bearer {TOKEN}"})
         self.posts = []
+        # A post counts once the listener has acted on it, and the test reads the posts and
+        # the listener's outcome together: Alertmanager's repeats arrive on their own thread.
+        self.lock = threading.Lock()
         super().__init__()
 
     def handle(self, method, path, headers, body):
-        self.posts.append(body)
-        try:
-            self.listener.receive(body, dict(headers.items()))
-        except Refused:
-            pass
+        with self.lock:
+            try:
+                self.listener.receive(body, dict(headers.items()))
+            except Refused:
+                pass
+            self.posts.append(body)
         return 202, {"eventListener": "anomaly-mlops-drift"}
+
+    def outcome(self) -> tuple[int, dict, list]:
+        """(posts, runs created, refusals), read at one moment."""
+        with self.lock:
+            return len(self.posts), dict(self.listener.created), list(self.listener.refusals)
 
 
 def alertmanager_config(url: str) -> dict:
@@ -223,9 +233,10 @@ def test_drift_in_served_traffic_starts_one_validated_retraining_that_heals_the_
                 wait_for(lambda: len(receiver.posts) >= 3, "Alertmanager's notifications, repeated", tmp_path)
                 firing = {r["metric"]["alertname"] for r in query(prometheus, 'ALERTS{alertstate="firing"}')}
                 assert firing == {"AnomalyDetectorFlaggingAboveCalibration"}
-                (run,) = receiver.listener.created.values()  # one retraining for the episode
-                assert all("already exists" in r for r in receiver.listener.refusals)
-                assert len(receiver.listener.refusals) == len(receiver.posts) - 1
+                posts, created, refusals = receiver.outcome()
+                (run,) = created.values()  # one retraining for the episode
+                assert all("already exists" in r for r in refusals)
+                assert len(refusals) == posts - 1
                 params = {p["name"]: p["value"] for p in run["spec"]["params"]}
                 assert params["champion"] == f"serving:models/{MODEL}" and params["namespace"] == "models"
                 assert run["metadata"]["labels"]["anomaly-mlops/drifted-version"] == served_version
