@@ -20,18 +20,19 @@ Labels are never used to set a rule. Printed per dataset: mean F1, the worst ser
 series the rule loses on against static, the PR-AUC of its scores, the share of rows flagged.
 Usage: .venv/bin/python benchmarks/alarm_candidates.py [--data-dir ../shared/data] [--seeds 42,7,1]"""
 
-import argparse
-import logging
-from dataclasses import replace
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from anomaly_mlops.model.features import smooth_scores, smoothing_rows
-from anomaly_mlops.params import TrainParams
-from anomaly_mlops.steps.evaluate import _figures, _load
-from anomaly_mlops.steps.train import calibrate, fit_scores
+sys.path.insert(0, str(Path(__file__).parent))
+from common import evaluated_detector, shared_series  # noqa: E402
+
+from anomaly_mlops.model.features import smooth_scores, smoothing_rows  # noqa: E402
+from anomaly_mlops.params import TrainParams  # noqa: E402
+from anomaly_mlops.steps.evaluate import _figures  # noqa: E402
+from anomaly_mlops.steps.train import calibrate, fit_scores  # noqa: E402
 
 HALF_LIVES_H = (6, 24, 72)
 
@@ -104,18 +105,10 @@ def rules_for(series, params: TrainParams, window: int, smoothing: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--seeds", default="42,7,1")
-    opts = parser.parse_args()
-    logging.disable(logging.WARNING)
-    seeds = [int(s) for s in opts.seeds.split(",")]
-    series = _load(Path(opts.data_dir), ("smd", "nab"), 0)
+    series, seeds = shared_series()
     results: dict = {}
     for seed in seeds:
-        params = TrainParams(seed=seed)
-        window, smoothing = params.windows_for(client_built_features=False)
-        params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+        params, window, smoothing = evaluated_detector(seed)
         for one in series:
             for rule, figures in rules_for(one, params, window, smoothing).items():
                 results.setdefault(rule, {}).setdefault((one.dataset, one.name), []).append(

@@ -34,3 +34,31 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
+
+
+def shared_series(default_seeds: str = "42,7,1") -> tuple[list, list[int]]:
+    """The command line of the scripts that score every shared SMD machine and NAB series
+    (--data-dir, --seeds): (the labelled series as evaluate loads them, the forest seeds)."""
+    import argparse
+    import logging
+
+    from anomaly_mlops.steps.evaluate import _load
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--seeds", default=default_seeds)
+    opts = parser.parse_args()
+    logging.disable(logging.WARNING)
+    return _load(Path(opts.data_dir), ("smd", "nab"), 0), [int(s) for s in opts.seeds.split(",")]
+
+
+def evaluated_detector(seed: int):
+    """The default detector as evaluate fits it, with this forest seed: (params, feature
+    window minutes, smoothing minutes)."""
+    from dataclasses import replace
+
+    from anomaly_mlops.params import TrainParams
+
+    params = TrainParams(seed=seed)
+    window, smoothing = params.windows_for(client_built_features=False)
+    return replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window)), window, smoothing

@@ -17,16 +17,15 @@ against static, mean and largest flagged share, and the drift runs deployed and 
 series (seed means); then each SMD machine's F1 and flagged share.
 Usage: .venv/bin/python benchmarks/drift_loop.py [--data-dir ../shared/data] [--seeds 42,7,1]"""
 
-import argparse
-import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from anomaly_mlops.params import TrainParams
-from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+sys.path.insert(0, str(Path(__file__).parent))
+from common import evaluated_detector, shared_series  # noqa: E402
+
+from anomaly_mlops.steps.evaluate import DriftRuns, _backtest  # noqa: E402
 
 DAY, HOUR = 86400.0, 3600.0
 LOOPS = {
@@ -39,13 +38,7 @@ TRAIN_WINDOW_S = 7 * DAY  # the Prometheus source's lookback
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--seeds", default="42,7,1")
-    opts = parser.parse_args()
-    logging.disable(logging.WARNING)
-    seeds = [int(s) for s in opts.seeds.split(",")]
-    series = _load(Path(opts.data_dir), ("smd", "nab"), 0)
+    series, seeds = shared_series()
     # results[loop][(dataset, series)] -> per seed [f1, flagged share, deployed, refused]
     results: dict = {}
     for n, seed in enumerate(seeds, 1):
@@ -54,9 +47,7 @@ def main():
             file=sys.stderr,
             flush=True,
         )
-        params = TrainParams(seed=seed)
-        window, smoothing = params.windows_for(client_built_features=False)
-        params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+        params, window, smoothing = evaluated_detector(seed)
         for one in series:
             key = (one.dataset, one.name)
             for loop, drift in {"static": None, **LOOPS}.items():

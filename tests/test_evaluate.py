@@ -459,21 +459,27 @@ def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
     assert both["flagged_share"] < one["flagged_share"] / 2
 
 
+def _drift_loop_on_new_normal(root):
+    """The backtest of _new_normal_machine (30 trees, a 12-hour window, no schedule) under
+    the drift runs it is given: ``run(DriftRuns(...)) -> figures``."""
+    from anomaly_mlops.steps.evaluate import _backtest, _load
+
+    _new_normal_machine(root)
+    params = TrainParams(n_estimators=30)
+    window, smoothing = params.windows_for(client_built_features=False)
+    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    (series,) = _load(root, ("smd",), 0)
+    return lambda drift: _backtest(series, params, window, smoothing, None, 12 * 3600, drift)
+
+
 def test_a_drift_run_that_passes_validate_replaces_the_version(tmp_path):
     """With a flagged-rate gate that lets it through, each drift run replaces the version that
     alerted, which leaves the alarm storm sooner than the static model."""
     from anomaly_mlops.params import Gates
-    from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+    from anomaly_mlops.steps.evaluate import DriftRuns
 
-    _new_normal_machine(tmp_path)
-    params = TrainParams(n_estimators=30)
-    window, smoothing = params.windows_for(client_built_features=False)
-    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
-    (series,) = _load(tmp_path, ("smd",), 0)
-    refused = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns())
-    lenient = _backtest(
-        series, params, window, smoothing, None, 12 * 3600, DriftRuns(gates=Gates(max_flagged_rate_ratio=50))
-    )
+    run = _drift_loop_on_new_normal(tmp_path)
+    refused, lenient = run(DriftRuns()), run(DriftRuns(gates=Gates(max_flagged_rate_ratio=50)))
     assert refused["drift_retrainings_refused"] == 1 and lenient["drift_retrainings_refused"] == 0
     assert lenient["retrainings"] == lenient["retrainings_on_drift"] >= 1
     assert lenient["flagged_share"] < refused["flagged_share"] - 0.3
@@ -483,15 +489,10 @@ def test_a_refused_drift_run_may_be_retried_while_the_alert_still_fires(tmp_path
     """DriftRuns(retry_s=...): the variant benchmarks/drift_loop.py measures. The first run is
     refused as shipped; one started 6 hours after the alert, while it still fires, holds
     enough of the new normal to pass, and the alarm storm ends."""
-    from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+    from anomaly_mlops.steps.evaluate import DriftRuns
 
-    _new_normal_machine(tmp_path)
-    params = TrainParams(n_estimators=30)
-    window, smoothing = params.windows_for(client_built_features=False)
-    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
-    (series,) = _load(tmp_path, ("smd",), 0)
-    once = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns())
-    retried = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns(retry_s=6 * 3600))
+    run = _drift_loop_on_new_normal(tmp_path)
+    once, retried = run(DriftRuns()), run(DriftRuns(retry_s=6 * 3600))
     assert once["drift_retrainings_refused"] == 1 and once["retrainings"] == 0
     assert retried["drift_retrainings_refused"] >= 2 and retried["retrainings_on_drift"] >= 1
     assert retried["flagged_share"] < once["flagged_share"] - 0.3
@@ -501,7 +502,7 @@ def test_a_drift_run_that_fails_to_train_counts_as_refused(tmp_path, monkeypatch
     """A run whose train step fails (here: a DataError for the drift run's rows) leaves the
     version serving, as a refused run does; it does not end the backtest."""
     import anomaly_mlops.steps.train as train_step
-    from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load
+    from anomaly_mlops.steps.evaluate import DriftRuns
 
     real = train_step.fit_scores
 
@@ -511,12 +512,7 @@ def test_a_drift_run_that_fails_to_train_counts_as_refused(tmp_path, monkeypatch
         return real(X, *args, train_rows=train_rows, **kwargs)
 
     monkeypatch.setattr(train_step, "fit_scores", failing_for_drift_runs)
-    _new_normal_machine(tmp_path)
-    params = TrainParams(n_estimators=30)
-    window, smoothing = params.windows_for(client_built_features=False)
-    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
-    (series,) = _load(tmp_path, ("smd",), 0)
-    loop = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns(retry_s=6 * 3600))
+    loop = _drift_loop_on_new_normal(tmp_path)(DriftRuns(retry_s=6 * 3600))
     assert loop["retrainings"] == 0 and loop["drift_retrainings_refused"] >= 2
     assert loop["flagged_share"] > 0.8
 
