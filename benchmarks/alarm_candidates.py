@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import evaluated_detector, shared_series  # noqa: E402
+from common import evaluated_detector, shared_series, versus_static  # noqa: E402
 
 from anomaly_mlops.model.features import smooth_scores, smoothing_rows  # noqa: E402
 from anomaly_mlops.params import TrainParams  # noqa: E402
@@ -120,18 +120,13 @@ def main():
         print(f"## {dataset} ({len(keys)} series)")
         print("| rule | mean F1 | worst (series) | series lost to static | PR-AUC | flagged |")
         print("|---|---|---|---|---|---|")
-        static = {k: np.mean(results["static"][k], axis=0) for k in keys}
         for rule, per in results.items():
             if not all(k in per for k in keys):
                 print(f"| {rule} | (univariate series: not applicable) | | | | |")
                 continue
-            figures = {k: np.mean(per[k], axis=0) for k in keys}
-            f1 = np.array([figures[k][0] for k in keys])
-            worst = keys[int(np.argmin(f1))][1]
-            lost = sum(figures[k][0] < static[k][0] - 1e-9 for k in keys)
+            figures, cells = versus_static(results, rule, keys)
             print(
-                f"| {rule} | {f1.mean():.3f} | {f1.min():.3f} ({worst}) | {lost if rule != 'static' else '-'} | "
-                f"{np.mean([figures[k][1] for k in keys]):.3f} | {np.mean([figures[k][2] for k in keys]):.1%} |"
+                f"{cells} {np.mean([figures[k][1] for k in keys]):.3f} | {np.mean([figures[k][2] for k in keys]):.1%} |"
             )
         print()
 

@@ -62,3 +62,14 @@ def evaluated_detector(seed: int):
     params = TrainParams(seed=seed)
     window, smoothing = params.windows_for(client_built_features=False)
     return replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window)), window, smoothing
+
+
+def versus_static(results: dict, name: str, keys: list) -> tuple[dict, str]:
+    """One rule's seed means per series (``results[name][series]``: per seed, F1 first) and
+    the cells a comparison table starts with: the rule, its mean F1, its worst series, and
+    the series it loses on against ``results["static"]``."""
+    means = {k: np.mean(results[name][k], axis=0) for k in keys}
+    static = {k: np.mean(results["static"][k], axis=0) for k in keys}
+    f1 = np.array([means[k][0] for k in keys])
+    lost = "-" if name == "static" else sum(means[k][0] < static[k][0] - 1e-9 for k in keys)
+    return means, f"| {name} | {f1.mean():.3f} | {f1.min():.3f} ({keys[int(np.argmin(f1))][1]}) | {lost} |"

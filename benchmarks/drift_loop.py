@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import evaluated_detector, shared_series  # noqa: E402
+from common import evaluated_detector, shared_series, versus_static  # noqa: E402
 
 from anomaly_mlops.steps.evaluate import DriftRuns, _backtest  # noqa: E402
 
@@ -63,15 +63,10 @@ def main():
             "| loop | mean F1 | worst (series) | series lost to static | flagged: mean | largest | drift runs deployed | refused |"
         )
         print("|---|---|---|---|---|---|---|---|")
-        static = {k: np.mean(results["static"][k], axis=0) for k in keys}
-        for loop, per in results.items():
-            m = {k: np.mean(per[k], axis=0) for k in keys}
-            f1 = np.array([m[k][0] for k in keys])
-            worst = keys[int(np.argmin(f1))][1]
-            lost = sum(m[k][0] < static[k][0] - 1e-9 for k in keys)
+        for loop in results:
+            m, cells = versus_static(results, loop, keys)
             print(
-                f"| {loop} | {f1.mean():.3f} | {f1.min():.3f} ({worst}) | {lost if loop != 'static' else '-'} | "
-                f"{np.mean([m[k][1] for k in keys]):.1%} | {max(m[k][1] for k in keys):.1%} | "
+                f"{cells} {np.mean([m[k][1] for k in keys]):.1%} | {max(m[k][1] for k in keys):.1%} | "
                 f"{np.mean([m[k][2] for k in keys]):.1f} | {np.mean([m[k][3] for k in keys]):.1f} |"
             )
         print()

@@ -297,15 +297,16 @@ def _backtest(
     def next_schedule(row: int) -> int:
         return len(X) if every is None else min(first + ((row - first) // every + 1) * every, len(X))
 
-    def fit(start: int, rows: int | None = None, fit_until: int | None = None) -> _Version:
-        """A model of the ``rows`` (default: the training window) before ``start`` (the
-        training part for the first), fitted on those before ``fit_until`` (default ``start``),
-        serving until the next scheduled run. A drift run (``fit_until``) fits every row it
-        fetched: the drift template passes no alert regex, so its rows carry no labels."""
-        lo = 0 if start == first else max(start - (rows or window_rows), 0)
-        cut = start if fit_until is None else fit_until
+    def fit(start: int, drift_run: bool = False) -> _Version:
+        """A model of the rows before ``start`` (the training part for the first, then the
+        training window), serving from ``start`` until the next scheduled run. A drift run
+        fetches its lookback instead, holds the latest DRIFT_HOLDOUT_FRACTION out for validate
+        and fits every other row: the drift template passes no alert regex, so its rows carry
+        no labels."""
+        lo = 0 if start == first else max(start - (lookback if drift_run else window_rows), 0)
+        cut = lo + int(round((start - lo) * (1 - DRIFT_HOLDOUT_FRACTION))) if drift_run else start
         end = next_schedule(start)
-        left_out = flagged[lo:cut] if start > first and fit_until is None else None
+        left_out = flagged[lo:cut] if start > first and not drift_run else None
         try:
             _, _, raw, held, _ = fit_scores(
                 X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo, labelled_anomalous=left_out
@@ -338,11 +339,8 @@ def _backtest(
         if fired is not None and version.start + fired + alert.delay < version.end:
             ready = version.start + fired + alert.delay
             serve(version, ready)
-            lo = max(ready - lookback, 0)
             try:
-                challenger = fit(
-                    ready, lookback, fit_until=lo + int(round((ready - lo) * (1 - DRIFT_HOLDOUT_FRACTION)))
-                )
+                challenger = fit(ready, drift_run=True)
             except DataError:  # the run fails at train: as refused
                 challenger = None
             share = None if challenger is None else challenger.holdout_flagged_share
