@@ -85,3 +85,45 @@ def test_window_columns_in_c_are_numpys_figures_bit_for_bit():
         features.window_stats_c.window_columns(np.zeros((10, 4)), 10, 4, 7, 10, 5, out, 8, 6, -1)
     with pytest.raises(ValueError, match="out of range"):
         features.window_stats_c.window_columns(np.zeros((10, 4)), 10, 4, 7, 11, 5, out, 8, 4, -1)
+
+
+def test_a_tick_of_series_stacked_in_c_is_each_series_alone_bit_for_bit():
+    """The lean server's tick: several series of any lengths, their last rows' features in one
+    C call (FeatureTransform.apply_stacked), each the figures numpy gives that series alone.
+    Arrays it cannot read as float64 rows x metrics are refused, never read past."""
+    import pytest
+
+    from anomaly_mlops.model import features
+
+    if features.window_stats_c is None:
+        pytest.skip("the C window columns were not built (no C compiler at install): numpy computes them")
+    rng = np.random.default_rng(9)
+    for window in (2, 9, 120, 129):
+        for columns in (("deviation", "std"), ("std", "deviation"), ("deviation",), ("std",)):
+            transform = FeatureTransform(window, columns)
+            for last in (1, 2, 5):
+                lengths = rng.integers(last, window + last + 5, size=7)
+                series = [rng.normal(size=(n, 4)) * rng.uniform(1e-3, 1e4) for n in lengths]
+                stacked = transform.apply_stacked(series, last)
+                features.window_stats_c, saved = None, features.window_stats_c
+                try:
+                    alone = np.vstack([transform.apply(X, last) for X in series])
+                finally:
+                    features.window_stats_c = saved
+                assert np.array_equal(stacked.view(np.uint64), alone.view(np.uint64)), (window, columns, last)
+    float32 = [rng.normal(size=(130, 4)).astype(np.float32)]  # converted, as apply converts
+    assert np.array_equal(
+        FeatureTransform(120).apply_stacked(float32, 1), FeatureTransform(120).apply(float32[0].astype(np.float64), 1)
+    )
+    stacked_c = features.window_stats_c.stacked_window_features
+    out = np.empty((1, 12))
+    with pytest.raises(ValueError, match="not a float64 matrix of 4 metrics and at least 1 rows"):
+        stacked_c([np.zeros((0, 4))], 1, 4, 5, out, 12, 4, 8)
+    with pytest.raises(ValueError, match="not a float64 matrix"):
+        stacked_c([np.zeros((9, 4), dtype=np.float32)], 1, 4, 5, out, 12, 4, 8)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        stacked_c([np.zeros((9, 8))[:, ::2]], 1, 4, 5, out, 12, 4, 8)
+    with pytest.raises(ValueError, match="out does not hold"):
+        stacked_c([np.zeros((9, 4)), np.zeros((9, 4))], 1, 4, 5, out, 12, 4, 8)
+    with pytest.raises(ValueError, match="out of range"):
+        stacked_c([np.zeros((9, 4))], 1, 4, 5, out, 12, 10, 8)

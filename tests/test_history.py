@@ -69,7 +69,8 @@ def test_a_large_request_leaves_only_the_bounded_history_behind(windowed):
     keep = model.transform.window - 1
     assert state.rows.shape == (keep + APPEND_ROWS, X.shape[1]) and state.rows.base is None
     np.testing.assert_array_equal(state.rows[: state.filled], X[2000 - keep : 2000])
-    assert state.raw.shape == (model.smoothing - 1,) and state.raw.base is None
+    raw = model.raw_scores(model.transform.apply(X[:2000]))
+    assert state.raw == raw[2000 - (model.smoothing - 1) :].tolist()  # the smoothing's raw scores, no more
 
 
 def test_rows_handed_out_stay_intact_while_later_requests_are_appended(windowed):

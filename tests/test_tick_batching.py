@@ -2,8 +2,10 @@
 event loop together are scored in one forest walk, with the same answers as one by one."""
 
 import asyncio
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from anomaly_mlops.serving.history import EntityHistory
 from anomaly_mlops.serving.lean_server import Metrics, TickBatcher
@@ -59,12 +61,35 @@ def test_requests_of_one_tick_share_one_walk_and_score_as_alone(windowed):
     assert batcher.metrics.requests_per_walk._sum.get() == len(requests)
 
 
-def test_a_tick_of_warm_entities_computes_its_windows_in_one_pass(windowed, monkeypatch):
+@pytest.fixture(scope="module")
+def raw_windowed(tmp_path_factory):
+    """The windowed fixture's model with the metrics as they come (the default basis): its
+    window columns are computed in C in one call per tick (FeatureTransform.apply_stacked)."""
+    from anomaly_mlops.model.artifacts import load_model_dir
+    from anomaly_mlops.params import TrainParams
+    from anomaly_mlops.sources.synthetic import generate_synthetic
+    from anomaly_mlops.steps.train import train
+
+    frame = generate_synthetic(3000, seed=3)
+    path = tmp_path_factory.mktemp("raw-windowed-data") / "train.csv"
+    frame.to_csv(path, index=False)
+    out = tmp_path_factory.mktemp("raw-windowed-model") / "m"
+    train(
+        str(path),
+        out,
+        TrainParams(n_estimators=30, feature_window=15, score_smoothing=4, window_columns="deviation,std"),
+    )
+    return load_model_dir(out), frame.iloc[:, 1:7].to_numpy()
+
+
+@pytest.mark.parametrize("fixture", ["windowed", "raw_windowed"])
+def test_a_tick_of_warm_entities_computes_its_windows_in_one_pass(fixture, request, monkeypatch):
     """One row each from entities with a full window of history (the serving norm): their
     window statistics are computed together, and every figure equals the one-by-one answer."""
+    from anomaly_mlops.model import features
     from anomaly_mlops.model.features import FeatureTransform
 
-    model, X = windowed
+    model, X = request.getfixturevalue(fixture)
     entities = [f"node-{i}" for i in range(6)]
     batched_history, alone_history = EntityHistory(model), EntityHistory(model)
     for i, entity in enumerate(entities):  # warm: more than history_rows rows each
@@ -73,17 +98,29 @@ def test_a_tick_of_warm_entities_computes_its_windows_in_one_pass(windowed, monk
     tick = [(entity, X[i * 100 + 30 : i * 100 + 31]) for i, entity in enumerate(entities)]
     expected = [score_rows(model, alone_history, rows, entity) for entity, rows in tick]
     calls = []
-    windowed_ = FeatureTransform._windowed
-    monkeypatch.setattr(
-        FeatureTransform, "_windowed", lambda self, X, last: calls.append(X.shape) or windowed_(self, X, last)
-    )
+    if model.transform.stacks_in_c:  # one C call over the six series
+        c = features.window_stats_c
+        counted = SimpleNamespace(
+            window_columns=c.window_columns,
+            stacked_window_features=lambda series, *rest: (
+                calls.append(len(series)) or c.stacked_window_features(series, *rest)
+            ),
+        )
+        monkeypatch.setattr(features, "window_stats_c", counted)
+        one_pass = [len(entities)]
+    else:  # numpy: one pass over the six windows side by side
+        windowed_ = FeatureTransform._windowed
+        monkeypatch.setattr(
+            FeatureTransform, "_windowed", lambda self, X, last: calls.append(X.shape) or windowed_(self, X, last)
+        )
+        one_pass = [(model.transform.window, 6 * X.shape[1])]
 
     async def one_tick():
         batcher = batcher_for(model)
         return await asyncio.gather(*[batcher.score(begin_scoring(model, batched_history, r, e)) for e, r in tick])
 
     results = asyncio.run(one_tick())
-    assert calls == [(model.transform.window, 6 * X.shape[1])]  # one pass over the six windows side by side
+    assert calls == one_pass
     for (labels, scores, complete), (want_labels, want_scores, want_complete) in zip(results, expected):
         assert scores.tolist() == want_scores.tolist() and complete.tolist() == want_complete.tolist() == [True]
         assert labels.tolist() == want_labels.tolist()

@@ -160,8 +160,17 @@ class PendingScores:
 def features_of(pending: list[PendingScores]) -> np.ndarray:
     """The features of several requests' rows, stacked in request order. Requests of the
     same shape (one row after a full window of history, the serving norm) have their window
-    statistics computed in one pass (``FeatureTransform.apply_each``), with the very
-    figures each would get alone."""
+    statistics computed in one pass (``FeatureTransform.apply_stacked`` or ``apply_each``),
+    with the very figures each would get alone."""
+    if len(pending) == 1:
+        return pending[0].features
+    transform, last = pending[0].transform, pending[0].last
+    if (
+        last is not None
+        and transform.stacks_in_c
+        and all(one.transform is transform and one.last == last and one.computed is None for one in pending)
+    ):  # the serving norm: one C call for the tick
+        return transform.apply_stacked([one.rows for one in pending], last)
     alike: dict[tuple, list[PendingScores]] = {}
     for one in pending:
         if one.computed is None and one.transform.window:
@@ -170,7 +179,7 @@ def features_of(pending: list[PendingScores]) -> np.ndarray:
         if len(group) > 1:
             for one, features in zip(group, transform.apply_each([one.rows for one in group], last)):
                 one.computed = features
-    return pending[0].features if len(pending) == 1 else np.vstack([one.features for one in pending])
+    return np.vstack([one.features for one in pending])
 
 
 @dataclass

@@ -63,16 +63,17 @@ def smooth_scores(raw: np.ndarray, rows: int) -> np.ndarray:
     return (total[end] - total[start]) / (end - start)
 
 
-def smooth_after(earlier: np.ndarray, raw: np.ndarray, rows: int) -> np.ndarray:
+def smooth_after(earlier: np.ndarray | list[float], raw: np.ndarray, rows: int) -> np.ndarray:
     """The smoothed scores of ``raw``, the series' next raw scores after ``earlier`` (at least
-    the last ``rows - 1`` before them, or all there are): what a server answers while
-    streaming. One score (a single-row request, the serving norm) is the exactly rounded
-    mean of its window (math.fsum), without numpy's per-call cost; several go through
-    smooth_scores. Either agrees with smooth_scores of the whole series to about 1e-16."""
+    the last ``rows - 1`` before them, or all there are; an array or a list of floats): what
+    a server answers while streaming. One score (a single-row request, the serving norm) is
+    the exactly rounded mean of its window (math.fsum), without numpy's per-call cost; several
+    go through smooth_scores. Either agrees with smooth_scores of the whole series to about 1e-16."""
     if rows <= 1:
         return raw
     if len(raw) == 1:
-        window = earlier[max(len(earlier) - rows + 1, 0) :].tolist()
+        window = earlier[max(len(earlier) - rows + 1, 0) :]
+        window = window.tolist() if isinstance(window, np.ndarray) else list(window)
         window.append(float(raw[0]))
         return np.array([math.fsum(window) / len(window)])
     joined = np.concatenate([earlier, raw]) if len(earlier) else raw
@@ -230,6 +231,8 @@ class FeatureTransform:
         """Features of one series (rows oldest first); of its ``last`` rows only when given
         (the earlier rows serve as their history: what the server does per request)."""
         X = np.asarray(X, dtype=np.float64)
+        if last is not None and last <= THREAD_CHUNK_ROWS and self.stacks_in_c:
+            return self.apply_stacked([X], last)
         if self.basis is not None:
             X = self.basis.project(self._reach(X, last))
         return self._windowed(X, last)
@@ -256,6 +259,27 @@ class FeatureTransform:
             map_chunks(
                 lambda start: fill(X, self.window, first, start, min(start + rows, n), out, slot), range(0, n, rows)
             )
+        return out
+
+    @property
+    def stacks_in_c(self) -> bool:
+        """Whether ``apply_stacked`` computes in one C call (the default columns, no basis)."""
+        return window_stats_c is not None and self.window >= 2 and self.basis is None and "delta" not in self.columns
+
+    def apply_stacked(self, series: list[np.ndarray], last: int) -> np.ndarray:
+        """``apply(X, last)`` of each of several series (any lengths of at least ``last`` rows),
+        stacked in one matrix: the features of a tick of requests for one forest walk, with
+        the figures each gets alone."""
+        if not self.stacks_in_c:
+            if len({X.shape for X in series}) == 1:
+                return np.vstack(self.apply_each(series, last))
+            return np.vstack([self.apply(X, last) for X in series])
+        m = series[0].shape[1]
+        out = np.empty((len(series) * last, self.width(m)))
+        dev = m * (1 + self.columns.index("deviation")) if "deviation" in self.columns else -1
+        std = m * (1 + self.columns.index("std")) if "std" in self.columns else -1
+        series = [np.ascontiguousarray(X, dtype=np.float64) for X in series]
+        window_stats_c.stacked_window_features(series, last, m, self.window, out, out.shape[1], dev, std)
         return out
 
     def apply_each(self, series: list[np.ndarray], last: int) -> list[np.ndarray]:

@@ -35,7 +35,7 @@ APPEND_ROWS = 32
 @dataclass
 class _State:
     rows: np.ndarray  # a buffer: its first ``filled`` rows end with the last (window - 1) metric rows
-    raw: np.ndarray  # the last (smoothing - 1) raw scores
+    raw: list[float]  # the last (smoothing - 1) raw scores (Python floats: no numpy call per row)
     seen: int  # rows received so far (since a gap)
     last_seen: float
     newest: float | None = None  # the newest row's timestamp, when requests carry them
@@ -86,7 +86,7 @@ class EntityHistory:
         return len(self._states)
 
     def bytes_per_entity(self) -> int:
-        return 8 * ((self._keep_rows + APPEND_ROWS) * len(self.model.schema) + self._keep_raw) + 200
+        return 8 * (self._keep_rows + APPEND_ROWS) * len(self.model.schema) + 32 * self._keep_raw + 200
 
     def _append(self, state: _State, X: np.ndarray) -> np.ndarray:
         """The entity's kept rows followed by ``X``, as one array, and ``X`` kept after them.
@@ -139,7 +139,7 @@ class EntityHistory:
                 or now - state.last_seen > self.ttl_s
                 or (gap and times[0] - state.newest > self.max_gap_s)
             ):
-                state = _State(np.empty((0, X.shape[1])), np.empty(0), 0, now)
+                state = _State(np.empty((0, X.shape[1])), [], 0, now)
             rows = self._append(state, X) if self._keep_rows else X
             complete = history_marks(state.seen, len(X), model.history_rows, times, self.max_gap_s)
             state.seen = run_after(state.seen, len(X), times, self.max_gap_s)
@@ -155,8 +155,8 @@ class EntityHistory:
                 kept = state.raw
                 if self._keep_raw:
                     scores = smooth_after(kept, raw, model.smoothing)
-                    joined = np.concatenate([kept, raw])
-                    state.raw = joined[max(len(joined) - self._keep_raw, 0) :].copy()
+                    kept.extend(raw.tolist())
+                    del kept[: max(len(kept) - self._keep_raw, 0)]
                 else:
                     scores = raw
             return model.label(scores), scores, complete
