@@ -424,6 +424,71 @@ def test_a_row_still_being_scored_elsewhere_is_recomputed_not_waited_for(windowe
     np.testing.assert_array_equal(np.concatenate([o[1] for o in out]), np.concatenate([e[1] for e in expected]))
 
 
+def test_each_process_gets_only_the_rows_others_appended_since_its_copy(windowed, redis):
+    """A process keeps a copy of the kept rows of the entities it served; the store sends
+    the rows appended after that copy (none when no other process served the entity), and
+    all of them when the copy is of another generation (the record expired) or too old.
+    Alternating processes, several requests of one entity in one tick, an expired record:
+    the scores are one server's, bit for bit, and a process alone receives a fraction of
+    the kept rows' bytes a request."""
+    import asyncio
+
+    from anomaly_mlops.serving.history import EntityHistory
+    from anomaly_mlops.serving.shared_history import SharedHistory
+
+    model, X = windowed
+    redis.command("FLUSHALL")
+    row_bytes, kept_bytes = 8 * X.shape[1], 8 * X.shape[1] * model.history_rows
+    received = {"a": 0}
+
+    async def run():
+        a, b = (SharedHistory(model, redis.url, "m", "v") for _ in range(2))
+        out = []
+
+        async def score(history, rows):
+            pending = await history.begin("e", rows).ready()
+            return pending.score_alone(model)
+
+        out.append(await score(a, X[:40]))
+        await asyncio.sleep(0.05)  # its write-back reaches the store
+        reader = a._connection.data_received
+
+        def counting(data):
+            received["a"] += len(data)
+            reader(data)
+
+        a._connection.data_received = counting
+        for i in range(40, 60):  # A alone: its copy is current
+            out.append(await score(a, X[i : i + 1]))
+        alone = received["a"]
+        for i in range(60, 90):  # A and B in turn, and 3 rows of A's in one tick
+            out.append(await score(b if i % 2 else a, X[i : i + 1]))
+        pendings = [a.begin("e", X[i : i + 1]) for i in range(90, 93)]
+        await asyncio.gather(*(p.ready() for p in pendings))
+        out += [p.score_alone(model) for p in pendings]
+        for i in range(93, 93 + model.history_rows + 3):  # B alone: A's copy falls behind the kept rows
+            out.append(await score(b, X[i : i + 1]))
+        j = 96 + model.history_rows
+        out.append(await score(a, X[j : j + 1]))
+        assert redis.command("DEL", a.prefix + "e") == b":1"
+        out.append(await score(a, X[j + 1 : j + 2]))  # a new record: A's copy is of the old one
+        await a.close()
+        await b.close()
+        return out, alone, j
+
+    out, alone, j = asyncio.run(run())
+    assert alone < 20 * kept_bytes / 4, alone  # 20 requests: a fraction of the kept rows each
+    assert alone > 20 * row_bytes / 8  # (their replies were read)
+    one = EntityHistory(model)
+    expected = [one.score("e", X[:40])]
+    expected += [one.score("e", X[i : i + 1]) for i in range(40, j + 1)]
+    one = EntityHistory(model)  # the deleted record: history starts again
+    expected.append(one.score("e", X[j + 1 : j + 2]))
+    for got, want in zip(out, expected, strict=True):
+        np.testing.assert_array_equal(got[1], want[1])
+        assert got[2].tolist() == want[2].tolist()
+
+
 def _children(pid: int) -> set[int]:
     from pathlib import Path
 

@@ -56,7 +56,7 @@ def history_for(
     if url:
         from anomaly_mlops.serving.shared_history import SharedHistory
 
-        return SharedHistory(model, url, model_name, version)
+        return SharedHistory(model, url, model_name, version, max_entities=max_entities)
     return EntityHistory(model, max_entities)
 
 

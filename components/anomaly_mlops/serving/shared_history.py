@@ -11,6 +11,9 @@ score not written yet (another process is still scoring that row) is recomputed 
 rows. Either way the answer is the one history.py gives for the same order of rows, bit for
 bit (tests/test_shared_history.py).
 
+- Each process keeps a copy of the kept rows of the entities it served last; an append
+  names the copy's generation and row count, and the store sends only the rows appended
+  after it (by other processes), or all of them when the copy is stale.
 - The key holds the model name, version and manifest digest: a canary and the stable
   version, or two rollouts, never read each other's rows.
 - A record expires ``ttl_s`` after its last row (five missed samples, as history.py): a
@@ -30,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
@@ -38,6 +41,7 @@ import numpy as np
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.model.artifacts import LoadedModel, PendingScores
 from anomaly_mlops.model.features import smooth_after
+from anomaly_mlops.params import DEFAULT_MAX_ENTITIES
 from anomaly_mlops.redact import redact
 from anomaly_mlops.serving.series import history_marks, max_gap_s, not_newer, run_after, sample_interval_s
 
@@ -52,10 +56,12 @@ log = logging.getLogger(__name__)
 # KEYS[1]: the record. ARGV: 1 rows to keep, 2 bytes per row, 3 raw scores to keep, 4 TTL ms,
 # 5 rows in this request, 6 its last rows, 7-8 its first and last timestamps (empty without),
 # 9 the largest gap in seconds, 10 the run length after it when the request holds a gap
-# (else empty), 11 an unknown raw score (NaN, 8 bytes).
+# (else empty), 11 an unknown raw score (NaN, 8 bytes), 12-13 the generation and the rows
+# appended in it that the calling process holds a copy of (empty: none).
 # Returns {rows in the run before, generation, rows appended before, kept rows, their raw
-# scores} (after a gap: an empty run), or {-1, newest timestamp} for rows not after the
-# entity's newest: nothing written.
+# scores, 1 when the rows are only those appended after the caller's copy (else 0)} (after a
+# gap: an empty run), or {-1, newest timestamp} for rows not after the entity's newest:
+# nothing written.
 APPEND_SCRIPT = """
 local rowbytes = tonumber(ARGV[2])
 local gen, run, total, stamp, rows, raws = nil, 0, 0, '', '', ''
@@ -90,7 +96,11 @@ scores = string.sub(scores, math.max(#scores - k * 8 + 1, 1))
 redis.call('HSET', KEYS[1], 'h', gen .. '|' .. string.format('%d', after) .. '|' .. string.format('%d', total + n) ..
   '|' .. stamp, 'r', kept, 's', scores)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {run, gen, total, rows, raws}
+local held = tonumber(ARGV[13])
+if held and ARGV[12] == gen and held <= total and (total - held) * rowbytes <= #rows then
+  return {run, gen, total, string.sub(rows, #rows - (total - held) * rowbytes + 1), raws, 1}
+end
+return {run, gen, total, rows, raws, 0}
 """
 
 # KEYS[1]: the record. ARGV: 1 generation, 2 index (rows appended before) of the first score
@@ -205,6 +215,7 @@ class SharedHistory:
         version: str | None,
         timeout_s: float = DEFAULT_HISTORY_TIMEOUT_S,
         ttl_s: float | None = None,
+        max_entities: int = DEFAULT_MAX_ENTITIES,
     ):
         self.model = model
         self.url = check_history_url(url)
@@ -228,6 +239,11 @@ class SharedHistory:
         self._flush_scheduled = False
         self._connecting = False
         self._connection: _Replies | None = None
+        # This process's copy of the kept rows of the entities it served last (at most
+        # max_entities): (generation, rows appended in it, the rows). The store then sends only
+        # the rows other processes appended since, instead of all the kept rows every request.
+        self._copies: OrderedDict[bytes, tuple[bytes, int, np.ndarray]] = OrderedDict()
+        self._max_copies = max_entities
         log.info(
             "entity history in %s under %s*: the last %d rows of each entity, forgotten after %.0f s unseen",
             self.where,
@@ -252,7 +268,8 @@ class SharedHistory:
 
         async def prepare() -> None:
             future = asyncio.get_running_loop().create_future()
-            self._send(self._append_command(key, X, times), future)
+            copy = self._copies.get(key)  # as it is now: the store sends the rows appended after it
+            self._send(self._append_command(key, X, times, copy), future)
             try:
                 answer = await future
             except Exception as exc:  # noqa: BLE001
@@ -263,18 +280,21 @@ class SharedHistory:
                 raise self._unavailable(answer)
             if answer[0] == -1:  # not after the entity's newest row: refused, nothing written
                 raise not_newer(entity, float(times[0]), float(answer[1]))
-            run, generation, total, prior, prior_raw = answer
+            run, generation, total, prior, prior_raw, since_copy = answer
             before = np.frombuffer(prior, dtype="<f8").reshape(-1, self.width)
+            if since_copy:  # the rows other processes appended after this process's copy
+                before = np.concatenate([copy[2], before])[-self._keep_rows :] if len(before) else copy[2]
+            joined = np.concatenate([before, X])
+            self._remember(key, generation, total + len(X), joined)
             known = np.frombuffer(prior_raw, dtype="<f8")
             need = min(self._keep_raw, len(before))  # earlier raw scores the smoothing needs
             complete = history_marks(run, len(X), model.history_rows, times, self.max_gap_s)
             if need and (len(known) < need or np.isnan(known[-need:]).any()):
                 # A raw score not written back yet: recomputed with the rows before it.
-                pending.rows = np.vstack([before, X])
+                pending.rows = joined
                 pending.last, redo = need + len(X), need
-            else:
-                window = before[max(len(before) - self._window_rows, 0) :] if self._window_rows else before[:0]
-                pending.rows = np.vstack([window, X]) if len(window) else X
+            else:  # the window's rows before X, and X (rows of one array: C-contiguous)
+                pending.rows = joined[max(len(before) - self._window_rows, 0) :]
                 pending.last, redo = len(X), 0
             earlier = known[len(known) - need :] if need and not redo else known[:0]
 
@@ -293,7 +313,19 @@ class SharedHistory:
         pending.prepare = prepare
         return pending
 
-    def _append_command(self, key: bytes, X: np.ndarray, times) -> tuple:
+    def _remember(self, key: bytes, generation: bytes, total: int, joined: np.ndarray) -> None:
+        """This process's copy of an entity's kept rows, newest last (replies come in the order
+        the store ran the appends, so the last one remembered is the newest)."""
+        kept = joined[max(len(joined) - self._keep_rows, 0) :]
+        if len(joined) > 2 * self._keep_rows:  # a view would keep a large request alive
+            kept = kept.copy()
+        copies = self._copies
+        copies[key] = (generation, total, kept)
+        copies.move_to_end(key)
+        if len(copies) > self._max_copies:
+            copies.popitem(last=False)
+
+    def _append_command(self, key: bytes, X: np.ndarray, times, copy: tuple | None = None) -> tuple:
         tail = np.ascontiguousarray(X[max(len(X) - self._keep_rows, 0) :], dtype="<f8").tobytes()
         first = last = run = b""
         if times is not None:
@@ -301,8 +333,9 @@ class SharedHistory:
             after = run_after(-(10**9), len(X), times, self.max_gap_s)  # negative: no gap inside
             run = str(after).encode() if after >= 0 else b""
         keep_rows, row_bytes, keep_raw, ttl_ms = self._fixed
+        held_generation, held = (copy[0], str(copy[1]).encode()) if copy is not None else (b"", b"")
         return (b"EVALSHA", SCRIPTS["append"], b"1", key, keep_rows, row_bytes, keep_raw, ttl_ms, str(len(X)).encode(),
-                tail, first, last, self._gap, run, UNKNOWN_RAW)  # fmt: skip
+                tail, first, last, self._gap, run, UNKNOWN_RAW, held_generation, held)  # fmt: skip
 
     def _write_back(self, key: bytes, generation: bytes, total: int, raw: np.ndarray) -> None:
         """The rows' raw scores into the record (no reply awaited): the next request of the
