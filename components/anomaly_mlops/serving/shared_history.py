@@ -289,7 +289,9 @@ class SharedHistory:
             known = np.frombuffer(prior_raw, dtype="<f8")
             need = min(self._keep_raw, len(before))  # earlier raw scores the smoothing needs
             complete = history_marks(run, len(X), model.history_rows, times, self.max_gap_s)
-            if need and (len(known) < need or np.isnan(known[-need:]).any()):
+            # Unknown scores are UNKNOWN_RAW's bytes, and a score written back is never NaN (a
+            # match across two scores would only recompute what is known: the same bits).
+            if need and (len(known) < need or UNKNOWN_RAW in prior_raw[len(prior_raw) - 8 * need :]):
                 # A raw score not written back yet: recomputed with the rows before it.
                 pending.rows = joined
                 pending.last, redo = need + len(X), need
@@ -303,7 +305,9 @@ class SharedHistory:
                 if self._keep_raw:
                     self._write_back(key, generation, total, own)
                     # the earlier scores: written back (earlier) or recomputed (raw[:redo])
-                    scores = smooth_after(np.concatenate([earlier, raw[:redo]]), own, model.smoothing)
+                    scores = smooth_after(
+                        np.concatenate([earlier, raw[:redo]]) if redo else earlier, own, model.smoothing
+                    )
                 else:
                     scores = own
                 return model.label(scores), scores, complete
