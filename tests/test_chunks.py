@@ -119,8 +119,9 @@ def test_a_tick_of_series_stacked_in_c_is_each_series_alone_bit_for_bit():
     out = np.empty((1, 12))
     with pytest.raises(ValueError, match="not a float64 matrix of 4 metrics and at least 1 rows"):
         stacked_c([np.zeros((0, 4))], 1, 4, 5, out, 12, 4, 8)
-    with pytest.raises(ValueError, match="not a float64 matrix"):
-        stacked_c([np.zeros((9, 4), dtype=np.float32)], 1, 4, 5, out, 12, 4, 8)
+    for dtype in (np.float32, ">f8"):  # another width, or float64 in the other byte order
+        with pytest.raises(ValueError, match="not a float64 matrix"):
+            stacked_c([np.zeros((9, 4), dtype=dtype)], 1, 4, 5, out, 12, 4, 8)
     with pytest.raises(ValueError, match="C-contiguous"):
         stacked_c([np.zeros((9, 8))[:, ::2]], 1, 4, 5, out, 12, 4, 8)
     with pytest.raises(ValueError, match="out does not hold"):

@@ -8,6 +8,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,7 +143,9 @@ static PyObject *stacked_window_features(PyObject *self, PyObject *args) {
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, i), v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) goto done;
         held++;
         const char *format = v->format ? v->format : "B";
-        if (format[0] == '<' || format[0] == '@' || format[0] == '=') format++;
+        const uint16_t one = 1;
+        const int little_endian = *(const unsigned char *)&one == 1;
+        if (format[0] == '@' || format[0] == '=' || (format[0] == '<' && little_endian)) format++;
         if (v->ndim != 2 || v->itemsize != (Py_ssize_t)sizeof(double) || strcmp(format, "d") != 0 ||
             v->shape[1] != n_metrics || v->shape[0] < last) {
             PyErr_Format(PyExc_ValueError,
