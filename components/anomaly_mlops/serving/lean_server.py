@@ -49,7 +49,7 @@ from anomaly_mlops.serving.protocol import (
     v1_answer,
     v2_outputs,
 )
-from anomaly_mlops.serving.shared_history import HistoryUnavailable
+from anomaly_mlops.serving.shared_history import HistoryUnavailable, RunningLoop
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,10 @@ class TickBatcher:
         self.metrics = metrics
         self.served = served
         self.pending: list[tuple[PendingScores, asyncio.Future]] = []
-        self._loop = None
+        self._loop = RunningLoop()
 
     def score(self, pending: PendingScores) -> asyncio.Future:
-        loop = self._loop
-        if loop is None or not loop.is_running():  # asyncio's lookup costs a getpid() call
-            loop = self._loop = asyncio.get_running_loop()
+        loop = self._loop()
         if not self.pending:
             loop.call_soon(self.flush)
         future = loop.create_future()

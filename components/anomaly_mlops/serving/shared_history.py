@@ -138,6 +138,22 @@ UNKNOWN_RAW = np.array([np.nan], dtype="<f8").tobytes()
 DEFAULT_HISTORY_TIMEOUT_S = 0.5
 
 
+class RunningLoop:
+    """The running event loop, looked up once per loop: asyncio.get_running_loop() makes a
+    getpid() system call on every call (CPython 3.11's fork check), several a request here."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self):
+        self._loop = None
+
+    def __call__(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+
 class HistoryUnavailable(Exception):
     """The history store did not answer: the request is answered 503, not scored."""
 
@@ -239,6 +255,7 @@ class SharedHistory:
         self._flush_scheduled = False
         self._connecting = False
         self._connection: _Replies | None = None
+        self._loop = RunningLoop()
         # This process's copy of the kept rows of the entities it served last (at most
         # max_entities): (generation, rows appended in it, the rows). The store then sends only
         # the rows other processes appended since, instead of all the kept rows every request.
@@ -267,7 +284,7 @@ class SharedHistory:
         key = (self.prefix + entity).encode()
 
         async def prepare() -> None:
-            future = asyncio.get_running_loop().create_future()
+            future = self._loop().create_future()
             copy = self._copies.get(key)  # as it is now: the store sends the rows appended after it
             self._send(self._append_command(key, X, times, copy), future)
             try:
@@ -355,7 +372,7 @@ class SharedHistory:
         self._queue.append((command, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         import hiredis
@@ -366,14 +383,14 @@ class SharedHistory:
         connection = self._connection
         if connection is None or connection.broken:
             self._connecting = True
-            asyncio.get_running_loop().create_task(self._connect())
+            self._loop().create_task(self._connect())
             return
         batch, self._queue = self._queue, []
         futures = [future for _, future in batch]
         connection.send(b"".join(hiredis.pack_command(command) for command, _ in batch), futures)
         waited = [f for f in futures if f is not None]
         if waited:  # replies late: the connection is dropped, failing every request waiting on it
-            asyncio.get_running_loop().call_later(self.timeout_s, self._expire, connection, waited)
+            self._loop().call_later(self.timeout_s, self._expire, connection, waited)
 
     @staticmethod
     def _expire(connection: _Replies, futures: list) -> None:
