@@ -231,7 +231,7 @@ class FeatureTransform:
         """Features of one series (rows oldest first); of its ``last`` rows only when given
         (the earlier rows serve as their history: what the server does per request)."""
         X = np.asarray(X, dtype=np.float64)
-        if last is not None and last <= THREAD_CHUNK_ROWS and self.stacks_in_c:
+        if last is not None and 0 < last <= THREAD_CHUNK_ROWS and self.stacks_in_c:
             return self.apply_stacked([X], last)
         if self.basis is not None:
             X = self.basis.project(self._reach(X, last))
