@@ -489,6 +489,30 @@ def test_each_process_gets_only_the_rows_others_appended_since_its_copy(windowed
         assert got[2].tolist() == want[2].tolist()
 
 
+def test_the_copies_a_process_keeps_are_bounded_and_own_their_memory(windowed, redis):
+    """The copies of entities' rows a process keeps: at most max_entities of them (the least
+    recently served go first), and a large request's copy holds the kept rows, not the request."""
+    import asyncio
+
+    from anomaly_mlops.serving.shared_history import SharedHistory
+
+    model, X = windowed
+    redis.command("FLUSHALL")
+
+    async def run():
+        history = SharedHistory(model, redis.url, "m", "v", max_entities=2)
+        for entity, rows in (("a", X[:30]), ("b", X[:30]), ("c", X[:2000])):
+            (await history.begin(entity, rows).ready()).score_alone(model)
+        await history.close()
+        return history._copies
+
+    copies = asyncio.run(run())
+    assert [key.decode().rsplit(":", 1)[1] for key in copies] == ["b", "c"]
+    kept = copies[next(reversed(copies))][2]
+    np.testing.assert_array_equal(kept, X[2000 - model.history_rows : 2000])
+    assert kept.base is None or kept.base.nbytes <= 2 * kept.nbytes  # not a view of the 2,000 rows
+
+
 def _children(pid: int) -> set[int]:
     from pathlib import Path
 

@@ -262,11 +262,14 @@ class SharedHistory:
         self._copies: OrderedDict[bytes, tuple[bytes, int, np.ndarray]] = OrderedDict()
         self._max_copies = max_entities
         log.info(
-            "entity history in %s under %s*: the last %d rows of each entity, forgotten after %.0f s unseen",
+            "entity history in %s under %s*: the last %d rows of each entity, forgotten after %.0f s unseen; "
+            "this process keeps a copy of them for up to %d entities (at most %.1f MiB)",
             self.where,
             self.prefix,
             self._keep_rows,
             self.ttl_s,
+            max_entities,
+            max_entities * (2 * 8 * self._keep_rows * self.width + 200) / 2**20,
         )
 
     def __len__(self) -> int:  # entities are the store's to count (its keyspace), not this process's
