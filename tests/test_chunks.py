@@ -112,9 +112,9 @@ def test_a_tick_of_series_stacked_in_c_is_each_series_alone_bit_for_bit():
                     features.window_stats_c = saved
                 assert np.array_equal(stacked.view(np.uint64), alone.view(np.uint64)), (window, columns, last)
     float32 = [rng.normal(size=(130, 4)).astype(np.float32)]  # converted, as apply converts
-    assert np.array_equal(
-        FeatureTransform(120).apply_stacked(float32, 1), FeatureTransform(120).apply(float32[0].astype(np.float64), 1)
-    )
+    transform = FeatureTransform(120, ("deviation", "std"))
+    assert transform.stacks_in_c
+    assert np.array_equal(transform.apply_stacked(float32, 1), transform.apply(float32[0].astype(np.float64), 1))
     stacked_c = features.window_stats_c.stacked_window_features
     out = np.empty((1, 12))
     with pytest.raises(ValueError, match="not a float64 matrix of 4 metrics and at least 1 rows"):
