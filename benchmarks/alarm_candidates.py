@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import evaluated_detector, shared_series, versus_static  # noqa: E402
+from common import shared_series, versus_static  # noqa: E402
 
 from anomaly_mlops.model.features import smooth_scores, smoothing_rows  # noqa: E402
 from anomaly_mlops.params import TrainParams  # noqa: E402
-from anomaly_mlops.steps.evaluate import _figures  # noqa: E402
+from anomaly_mlops.steps.evaluate import _figures, as_evaluated  # noqa: E402
 from anomaly_mlops.steps.train import calibrate, fit_scores  # noqa: E402
 
 HALF_LIVES_H = (6, 24, 72)
@@ -108,7 +108,7 @@ def main():
     series, seeds = shared_series()
     results: dict = {}
     for seed in seeds:
-        params, window, smoothing = evaluated_detector(seed)
+        params, window, smoothing = as_evaluated(TrainParams(seed=seed))
         for one in series:
             for rule, figures in rules_for(one, params, window, smoothing).items():
                 results.setdefault(rule, {}).setdefault((one.dataset, one.name), []).append(

@@ -12,7 +12,6 @@ Usage: .venv/bin/python benchmarks/alert_thresholds.py [--data-dir ../shared/dat
 
 import argparse
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from anomaly_mlops.model.features import smoothing_rows
 from anomaly_mlops.params import DriftAlertParams, TrainParams
 from anomaly_mlops.serving.alert_rules import CALIBRATED_FLOOR
 from anomaly_mlops.sources.prometheus import parse_duration
-from anomaly_mlops.steps.evaluate import _fit, _load
+from anomaly_mlops.steps.evaluate import _fit, _load, as_evaluated
 from anomaly_mlops.steps.train import calibrate
 
 PSI_THRESHOLDS = (0.25, 0.5, 1.0, 2.0)
@@ -58,9 +57,7 @@ def main():
     parser.add_argument("--windows", default="1h,6h,24h")
     opts = parser.parse_args()
     logging.disable(logging.WARNING)
-    params = TrainParams()
-    window, _ = params.windows_for(client_built_features=False)
-    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    params, _, _ = as_evaluated(TrainParams())
     series = _load(Path(opts.data_dir), ("smd", "nab"), 0)
     for text in opts.windows.split(","):
         seconds = parse_duration(text)

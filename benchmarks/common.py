@@ -52,18 +52,6 @@ def shared_series(default_seeds: str = "42,7,1") -> tuple[list, list[int]]:
     return _load(Path(opts.data_dir), ("smd", "nab"), 0), [int(s) for s in opts.seeds.split(",")]
 
 
-def evaluated_detector(seed: int):
-    """The default detector as evaluate fits it, with this forest seed: (params, feature
-    window minutes, smoothing minutes)."""
-    from dataclasses import replace
-
-    from anomaly_mlops.params import TrainParams
-
-    params = TrainParams(seed=seed)
-    window, smoothing = params.windows_for(client_built_features=False)
-    return replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window)), window, smoothing
-
-
 def versus_static(results: dict, name: str, keys: list) -> tuple[dict, str]:
     """One rule's seed means per series (``results[name][series]``: per seed, F1 first) and
     the cells a comparison table starts with: the rule, its mean F1, its worst series, and

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import evaluated_detector, shared_series, versus_static  # noqa: E402
+from common import shared_series, versus_static  # noqa: E402
 
-from anomaly_mlops.steps.evaluate import DriftRuns, _backtest  # noqa: E402
+from anomaly_mlops.params import TrainParams  # noqa: E402
+from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, as_evaluated  # noqa: E402
 
 DAY, HOUR = 86400.0, 3600.0
 LOOPS = {
@@ -47,7 +48,7 @@ def main():
             file=sys.stderr,
             flush=True,
         )
-        params, window, smoothing = evaluated_detector(seed)
+        params, window, smoothing = as_evaluated(TrainParams(seed=seed))
         for one in series:
             key = (one.dataset, one.name)
             for loop, drift in {"static": None, **LOOPS}.items():

@@ -8,7 +8,6 @@ Usage: .venv/bin/python benchmarks/synthetic_draws.py [--feature-window 60 ...] 
 
 import argparse
 import logging
-from dataclasses import replace
 
 import numpy as np
 
@@ -28,9 +27,9 @@ def main():
     logging.disable(logging.WARNING)
     gates = Gates()
     for window_minutes, basis in ((w, b) for w in opts.feature_window for b in opts.metric_basis):
-        params = TrainParams(feature_window=window_minutes, metric_basis=basis, seed=opts.seed)
-        window, smoothing = params.windows_for(client_built_features=False)
-        params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+        params, window, smoothing = ev.as_evaluated(
+            TrainParams(feature_window=window_minutes, metric_basis=basis, seed=opts.seed)
+        )
         flag_limit = gates.max_flagged_rate_ratio * params.contamination
         found = []
         print(f"feature window {window} min, metric basis {params.metric_basis}, seed {params.seed}:")

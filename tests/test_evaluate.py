@@ -1,7 +1,6 @@
 """Detection quality on the real labelled data in ../shared/data (skipped without it)."""
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -462,12 +461,10 @@ def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
 def _drift_loop_on_new_normal(root):
     """The backtest of _new_normal_machine (30 trees, a 12-hour window, no schedule) under
     the drift runs it is given: ``run(DriftRuns(...)) -> figures``."""
-    from anomaly_mlops.steps.evaluate import _backtest, _load
+    from anomaly_mlops.steps.evaluate import _backtest, _load, as_evaluated
 
     _new_normal_machine(root)
-    params = TrainParams(n_estimators=30)
-    window, smoothing = params.windows_for(client_built_features=False)
-    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    params, window, smoothing = as_evaluated(TrainParams(n_estimators=30))
     (series,) = _load(root, ("smd",), 0)
     return lambda drift: _backtest(series, params, window, smoothing, None, 12 * 3600, drift)
 

@@ -280,15 +280,18 @@ def _backtest(
     version's own threshold gave."""
     from anomaly_mlops.steps.train import calibrate, fit_scores
 
+    def rows_in(seconds: float | None) -> int | None:
+        """Rows of the series in ``seconds`` (at least one; None stays None)."""
+        return None if seconds is None else max(int(round(seconds / series.interval_s)), 1)
+
     X = np.vstack([series.train, series.test])
     first = len(series.train)
-    every = None if retrain_every_s is None else max(int(round(retrain_every_s / series.interval_s)), 1)
-    window_rows = max(int(round(train_window_s / series.interval_s)), 1)
+    every, window_rows = rows_in(retrain_every_s), rows_in(train_window_s)
     alert = _DriftAlert.shipped(series.interval_s) if drift else None
     if drift:
         gate = drift.gates.max_flagged_rate_ratio * params.contamination
-        lookback = window_rows if drift.lookback_s is None else max(int(round(drift.lookback_s / series.interval_s)), 1)
-        retry = None if drift.retry_s is None else max(int(round(drift.retry_s / series.interval_s)), 1)
+        lookback = window_rows if drift.lookback_s is None else rows_in(drift.lookback_s)
+        retry = rows_in(drift.retry_s)
     k = smoothing_rows(smoothing_minutes, series.interval_s)
     flagged = np.zeros(len(X), dtype=bool)  # what the serving model flagged, row by row
     scores = np.empty(len(series.test))
@@ -364,6 +367,13 @@ def _backtest(
         # windows with too few unflagged rows to fit and calibrate on: fitted on all of them
         "retrainings_on_flagged_rows": counts["retrainings_on_flagged_rows"],
     }
+
+
+def as_evaluated(params: TrainParams) -> tuple[TrainParams, int, int]:
+    """``params`` as evaluate fits them (the threshold method and metric basis they resolve to
+    spelled out), with their feature window and smoothing in minutes."""
+    window, smoothing = params.windows_for(client_built_features=False)
+    return replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window)), window, smoothing
 
 
 def _check_train_window(train_window_s: float, window_minutes: int, drift_runs: bool) -> None:
@@ -456,8 +466,7 @@ def evaluate(
         )
     # --sample-interval: the rows' spacing for every layout (SMD's has no timestamps).
     series = _load(Path(data_dir), datasets, resample_minutes, params.sample_interval_s)
-    window, smoothing = params.windows_for(client_built_features=False)
-    params = replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window))
+    params, window, smoothing = as_evaluated(params)
     if backtest:
         _check_train_window(train_window_s, window, retrain_on_drift)
     if not tune:
