@@ -78,7 +78,7 @@ def rules_for(series, params: TrainParams, window: int, smoothing: int) -> dict:
     n = len(series.train)
     k = smoothing_rows(smoothing, series.interval_s)
     left_out = None if series.train_labels is None or params.fit_labelled_anomalies else series.train_labels == 1
-    _, transform, raw, held, fitted = fit_scores(
+    _, transform, raw, held, fitted, _ = fit_scores(
         X, params, window, series.interval_s, train_rows=n, labelled_anomalous=left_out
     )
     scores, threshold, _ = calibrate(raw, held, params, k)

@@ -21,6 +21,7 @@ from anomaly_mlops.steps.evaluate import _load, evaluate
 CANDIDATES = {
     "default (raw basis)": {},
     "principal basis": {"metric_basis": "principal"},
+    "reconstruction error (0.9)": {"reconstruction_variance": 0.9},
 }
 FIGURES = ("f1", "pr_auc", "flagged_share")
 

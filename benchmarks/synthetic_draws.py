@@ -4,7 +4,7 @@ out), fitted and calibrated as `train` does. Prints per draw ROC-AUC, PR-AUC, F1
 model's own threshold and the share of holdout rows flagged, then how many draws pass the
 default release gates and how many flag more than the unlabelled flagged-rate gate allows.
 Usage: .venv/bin/python benchmarks/synthetic_draws.py [--feature-window 60 ...] [--metric-basis raw principal]
-[--seed 7]"""
+[--reconstruction-variance 0 0.9] [--seed 7]"""
 
 import argparse
 import logging
@@ -22,17 +22,31 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--feature-window", type=int, nargs="*", default=[None], help="minutes (default: the default)")
     parser.add_argument("--metric-basis", nargs="*", default=[None], help="raw, principal (default: the default)")
+    parser.add_argument(
+        "--reconstruction-variance",
+        type=float,
+        nargs="*",
+        default=[None],
+        help="0: the forest alone (default: the default)",
+    )
     parser.add_argument("--seed", type=int, default=TrainParams().seed, help="the forest's seed")
     opts = parser.parse_args()
     logging.disable(logging.WARNING)
     gates = Gates()
-    for window_minutes, basis in ((w, b) for w in opts.feature_window for b in opts.metric_basis):
+    for window_minutes, basis, variance in (
+        (w, b, v) for w in opts.feature_window for b in opts.metric_basis for v in opts.reconstruction_variance
+    ):
         params, window, smoothing = ev.as_evaluated(
-            TrainParams(feature_window=window_minutes, metric_basis=basis, seed=opts.seed)
+            TrainParams(
+                feature_window=window_minutes, metric_basis=basis, reconstruction_variance=variance, seed=opts.seed
+            )
         )
         flag_limit = gates.max_flagged_rate_ratio * params.contamination
         found = []
-        print(f"feature window {window} min, metric basis {params.metric_basis}, seed {params.seed}:")
+        print(
+            f"feature window {window} min, metric basis {params.metric_basis}, reconstruction variance "
+            f"{params.reconstruction_variance}, seed {params.seed}:"
+        )
         for series in ev._synthetic_series([(seed, rows) for seed in SEEDS for rows in ROWS]):
             if series.labels.sum() == 0:
                 print(f"  {series.name}: no anomaly in the holdout, skipped")

@@ -181,9 +181,10 @@ def prometheus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def windowed(tmp_path_factory):
     """(model, metrics) of a small windowed, smoothed model (15-row features with the default
-    window columns and raw-metric trees, 4-row smoothing, metrics on their principal axes so
-    that these tests cover the basis's projection too; ``model_dir`` is the default) on
-    synthetic data: for the per-entity history, batching and GPU-path tests."""
+    window columns and raw-metric trees, 4-row smoothing, metrics on their principal axes and
+    the reconstruction error added to the forest's score, so that these tests cover the
+    basis's projection and the second score too; ``model_dir`` is the default) on synthetic
+    data: for the per-entity history, batching, shared-history and GPU-path tests."""
     from anomaly_mlops.model.artifacts import load_model_dir
     from anomaly_mlops.sources.synthetic import generate_synthetic
 
@@ -191,5 +192,8 @@ def windowed(tmp_path_factory):
     path = tmp_path_factory.mktemp("windowed-data") / "train.csv"
     frame.to_csv(path, index=False)
     out = tmp_path_factory.mktemp("windowed-model") / "m"
-    train(str(path), out, TrainParams(n_estimators=30, feature_window=15, score_smoothing=4, metric_basis="principal"))
+    params = TrainParams(
+        n_estimators=30, feature_window=15, score_smoothing=4, metric_basis="principal", reconstruction_variance=0.9
+    )
+    train(str(path), out, params)
     return load_model_dir(out), frame.iloc[:, 1:7].to_numpy()

@@ -184,6 +184,12 @@ def test_runtime_check_reads_only_what_the_sklearn_runtime_needs(tmp_path, model
     (tmp_path / "metadata.json").write_text(json.dumps({"feature_transform": {"window": 0, "basis": rotated}}))
     with pytest.raises(ConfigError, match="uses metrics on their principal axes: deploy it with --runtime custom"):
         check_runtime_serves("sklearn", tmp_path)
+    # Row-wise, raw and unsmoothed, but its score adds a reconstruction error the sklearn pipeline lacks.
+    (tmp_path / "metadata.json").write_text(
+        json.dumps({"feature_transform": {"window": 0}, "reconstruction_score": {}})
+    )
+    with pytest.raises(ConfigError, match="uses a reconstruction error added to the forest's score: deploy it with"):
+        check_runtime_serves("sklearn", tmp_path)
     (tmp_path / "metadata.json").write_text(json.dumps({"feature_transform": {"window": 0, "basis": {"kind": "x"}}}))
     with pytest.raises(ConfigError, match="cannot read the model's metadata.json"):
         check_runtime_serves("sklearn", tmp_path)

@@ -268,15 +268,18 @@ def test_smd_quality_of_the_defaults_and_of_time_series_features():
 
 
 @needs_data
-def test_evaluate_measures_exactly_what_train_fits(tmp_path):
-    """`evaluate` with default flags scores the detector `train` writes: the same threshold
-    and, over the series, the same scores."""
+@pytest.mark.parametrize("variance", [0.0, 0.9], ids=["default", "reconstruction"])
+def test_evaluate_measures_exactly_what_train_fits(tmp_path, variance):
+    """`evaluate` with default flags (and with the reconstruction error added to the forest's
+    score) scores the detector `train` writes: the same threshold and, over the series, the
+    same scores."""
     series = next(load_smd(SHARED_DATA))
     names = tuple(f"metric_{i}" for i in range(series.train.shape[1]))
     pd.DataFrame(series.train, columns=list(names)).to_parquet(tmp_path / "train.parquet")
-    params = TrainParams()
+    params = TrainParams(reconstruction_variance=variance)
     trained = train(str(tmp_path / "train.parquet"), tmp_path / "model", params, FeatureSchema(names))
     model = load_model_dir(trained.model_dir)
+    assert (model.reconstruction is not None) == (variance > 0)
     window, smoothing = params.windows_for(client_built_features=False)
     raw, held = _raw_scores(series, params, window)
     scores = smooth_scores(raw, smoothing_rows(smoothing, series.interval_s))

@@ -314,13 +314,14 @@ def test_windowed_model_streamed_row_by_row_matches_offline_scoring(prepared, ho
     """The server keeps each entity's recent rows: a series sent one row at a time (V1 and
     V2 interleaved, two entities interleaved) is scored exactly as offline scoring of the
     whole series; rows with less history than the model needs are marked, and a lone row
-    with no entity is refused with an answer that says what to send."""
+    with no entity is refused with an answer that says what to send. The model adds the
+    reconstruction error to the forest's score: the server adds it as training did."""
     from anomaly_mlops.steps.train import TrainParams, train
 
-    trained = train(
-        str(prepared.train_path), tmp_path / "ts", TrainParams(n_estimators=40, feature_window=20, score_smoothing=5)
-    )
+    params = TrainParams(n_estimators=40, feature_window=20, score_smoothing=5, reconstruction_variance=0.9)
+    trained = train(str(prepared.train_path), tmp_path / "ts", params)
     offline = load_model_dir(trained.model_dir)
+    assert offline.reconstruction is not None
     assert offline.history_rows == 19 + 4
     series_a, series_b = holdout.X[:60], holdout.X[500:560]
     streamed = {"a": [], "b": []}

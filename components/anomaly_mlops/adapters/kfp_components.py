@@ -111,6 +111,7 @@ def train_model(
     window_columns: str = "deviation,std",
     raw_tree_share: float = 0.5,
     metric_basis: str = "",
+    reconstruction_variance: float = 0.0,
     score_smoothing: int = -1,
     threshold: str = "",
     fit_labelled_anomalies: bool = False,
@@ -132,6 +133,9 @@ def train_model(
         raw_tree_share: with a feature window, share of the trees grown on the raw metrics alone, in [0, 1).
         metric_basis: 'principal' (metrics on their principal axes over the training rows), 'raw', or '' (the
             default: raw).
+        reconstruction_variance: add to the forest's score the reconstruction error from the principal axes that
+            explain this share of the training rows' variance, in [0, 1), for example 0.9; 0 (the default): the
+            forest's score alone.
         score_smoothing: minutes the anomaly scores are averaged over; 0: none; -1: the schema's default.
         threshold: 'quantile' (of held-back training scores), 'pot' (extreme-value fit of them), or '' (quantile).
         fit_labelled_anomalies: fit and calibrate on rows labelled anomalous too (default: they are left out).
@@ -151,6 +155,7 @@ def train_model(
         window_columns=window_columns,
         raw_tree_share=raw_tree_share,
         metric_basis=metric_basis or None,
+        reconstruction_variance=reconstruction_variance,
         score_smoothing=None if score_smoothing < 0 else score_smoothing,
         threshold=threshold or None,
         fit_labelled_anomalies=fit_labelled_anomalies,

@@ -36,6 +36,7 @@ from anomaly_mlops.model.drift import ScoreReference
 from anomaly_mlops.model.fastforest import ARRAYS as FOREST_NODE_ARRAYS
 from anomaly_mlops.model.features import FeatureTransform, smooth_by_entity
 from anomaly_mlops.model.platform import is_engine_scoped_row
+from anomaly_mlops.model.reconstruction import ReconstructionScore
 from anomaly_mlops.model.schema import FeatureSchema
 
 MODEL_FILE = "model.joblib"
@@ -192,6 +193,7 @@ class LoadedModel:
     fast: object | None = None  # fastforest.CompiledForest
     transform: FeatureTransform = FeatureTransform()
     smoothing: int = 1  # rows of score smoothing (1: none)
+    reconstruction: ReconstructionScore | None = None  # the second score, added to the forest's
 
     @cached_property
     def manifest_digest(self) -> str:
@@ -210,14 +212,20 @@ class LoadedModel:
         row (node metrics at the engine's defaults): train.engine_scoped_offset."""
         return float(self.metadata.get("engine_scoped_offset") or 0.0)
 
-    def raw_scores(self, features: np.ndarray) -> np.ndarray:
-        """The forest's anomaly scores of transformed rows: the negated sklearn ``score_samples``
-        (a scoped request's rows shifted by ``engine_scoped_offset``)."""
+    def forest_scores(self, features: np.ndarray) -> np.ndarray:
+        """The forest's anomaly scores of transformed rows: the negated sklearn ``score_samples``."""
         fast = self.fast
         if fast is not None and (fast.walks_in_c or len(features) <= FAST_SCORING_MAX_ROWS or self.pipeline is None):
-            scores = fast.anomaly_scores(features)
-        else:
-            scores = -self.pipeline.score_samples(features)
+            return fast.anomaly_scores(features)
+        return -self.pipeline.score_samples(features)
+
+    def raw_scores(self, features: np.ndarray) -> np.ndarray:
+        """Anomaly scores of transformed rows before smoothing: the forest's, plus the
+        reconstruction error of their metrics where the model has one (a scoped request's rows
+        shifted by ``engine_scoped_offset``)."""
+        scores = self.forest_scores(features)
+        if self.reconstruction is not None:
+            scores += self.reconstruction.scores(features[:, : len(self.schema)])
         if self.engine_scoped_offset:
             scores = scores + self.engine_scoped_offset * is_engine_scoped_row(features)
         return scores
@@ -240,8 +248,9 @@ class LoadedModel:
         return self.label(scores), scores
 
 
-def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransform, int, float]:
-    """Verify the directory against its manifest; (metadata, schema, transform, smoothing rows, threshold)."""
+def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransform, int, float, object]:
+    """Verify the directory against its manifest; (metadata, schema, transform, smoothing rows,
+    threshold, reconstruction score or None)."""
     verify_model_dir(model_dir)
     try:
         metadata = json.loads((model_dir / METADATA_FILE).read_text())
@@ -269,11 +278,14 @@ def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransfo
             raise ValueError(
                 f"its metric basis is over {len(transform.basis.center)} metrics, the schema has {len(schema)}"
             )
+        second = metadata.get("reconstruction_score")
+        reconstruction = None if second is None else ReconstructionScore.from_dict(second, len(schema))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(
-            f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform or threshold: {exc}"
+            f"{model_dir / METADATA_FILE} lacks a usable schema, feature_transform, reconstruction_score or "
+            f"threshold: {exc}"
         ) from exc
-    return metadata, schema, transform, smoothing, threshold
+    return metadata, schema, transform, smoothing, threshold, reconstruction
 
 
 # forest.npz: what it holds, and how large a member may be once decompressed (a 4096-row
@@ -312,7 +324,7 @@ def load_serving_model(model_dir: str | Path) -> LoadedModel:
     model_dir = Path(model_dir)
     if not (model_dir / FOREST_FILE).is_file():
         return load_model_dir(model_dir)
-    metadata, schema, transform, smoothing, threshold = _read_metadata(model_dir)
+    metadata, schema, transform, smoothing, threshold, reconstruction = _read_metadata(model_dir)
     try:
         stored = read_forest_arrays(model_dir / FOREST_FILE)
         forest = CompiledForest.from_arrays(stored)
@@ -340,6 +352,7 @@ def load_serving_model(model_dir: str | Path) -> LoadedModel:
         fast=forest,
         transform=transform,
         smoothing=smoothing,
+        reconstruction=reconstruction,
     )
 
 
@@ -352,7 +365,7 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
     import sklearn
 
     model_dir = Path(model_dir)
-    metadata, schema, transform, smoothing, threshold = _read_metadata(model_dir)
+    metadata, schema, transform, smoothing, threshold, reconstruction = _read_metadata(model_dir)
     trained_with = metadata.get("library_versions", {}).get("scikit-learn")
     if trained_with != sklearn.__version__:
         raise ArtifactError(
@@ -372,6 +385,7 @@ def load_model_dir(model_dir: str | Path) -> LoadedModel:
         fast=compile_forest(pipeline),
         transform=transform,
         smoothing=smoothing,
+        reconstruction=reconstruction,
     )
     _check_scores(model)
     return model
@@ -438,33 +452,36 @@ def _check_scores(model: LoadedModel) -> None:
         )
 
 
-def _serving_needs(model_dir: str | Path) -> tuple[FeatureTransform, int, float]:
-    """(transform, smoothing rows, engine scoped offset) from the model's metadata.json only
-    (nothing unpickled): what a server must do beyond scoring each row alone."""
+def _serving_needs(model_dir: str | Path) -> tuple[FeatureTransform, int, float, bool]:
+    """(transform, smoothing rows, engine scoped offset, whether it has a reconstruction score)
+    from the model's metadata.json only (nothing unpickled): what a server must do beyond
+    scoring each row alone with the forest."""
     path = Path(model_dir) / METADATA_FILE
     try:
         metadata = json.loads(path.read_text())
         transform = FeatureTransform.from_dict(metadata.get("feature_transform"))
         smoothing = int((metadata.get("score_smoothing") or {}).get("rows") or 1)
         scoped_offset = float(metadata.get("engine_scoped_offset") or 0.0)
+        second = metadata.get("reconstruction_score") is not None
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ConfigError(f"cannot read the model's {METADATA_FILE} at {path}: {exc}") from exc
-    return transform, smoothing, scoped_offset
+    return transform, smoothing, scoped_offset, second
 
 
 def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
     """Refuse before anything is applied what the upstream sklearn runtime would serve
     wrongly: it scores each row alone on the columns a client sends, so a model with a
     feature window (expecting more columns), the principal metric basis (trees cut rotated
-    metrics) or score smoothing (labels from a moving mean) needs our runtime. Reads the
-    model's metadata.json only (nothing unpickled)."""
+    metrics), score smoothing (labels from a moving mean) or a reconstruction score (not in
+    the pipeline) needs our runtime. Reads the model's metadata.json only (nothing unpickled)."""
     if runtime != "sklearn":
         return
-    transform, smoothing, scoped_offset = _serving_needs(model_dir)
+    transform, smoothing, scoped_offset, second = _serving_needs(model_dir)
     needs = [
         f"a {transform.window}-row feature window" if transform.window else "",
         "metrics on their principal axes" if transform.basis is not None else "",
         f"{smoothing}-row score smoothing" if smoothing > 1 else "",
+        "a reconstruction error added to the forest's score" if second else "",
         "its own threshold for the platform engine's scoped requests" if scoped_offset else "",
     ]
     if any(needs):
@@ -472,7 +489,7 @@ def check_runtime_serves(runtime: str, model_dir: str | Path) -> None:
             f"--runtime sklearn scores each row alone on the metrics as sent, but this model uses "
             f"{', '.join(n for n in needs if n)}: deploy it with --runtime custom (our runtime keeps each "
             "entity's history and applies the model's features), or train a row-wise model for the sklearn "
-            "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw"
+            "runtime (--feature-window 0 --score-smoothing 0 --metric-basis raw --reconstruction-variance 0"
             + (", and --fixed-engine: the upstream runtime has one threshold" if scoped_offset else "")
             + ")"
         )
@@ -484,7 +501,7 @@ def check_replicas(max_replicas: int, model_dir: str | Path, shared_history: boo
     serve --history-url). Behind several replicas each would hold part of an entity's rows
     and answer wrongly (Knative and KServe's raw Service route without affinity): without a
     shared store such a model runs as one replica."""
-    transform, smoothing, _ = _serving_needs(model_dir)
+    transform, smoothing, _, _ = _serving_needs(model_dir)
     if max_replicas > 1 and not shared_history and (transform.window or smoothing > 1):
         uses = [
             f"a {transform.window}-row feature window" if transform.window else "",

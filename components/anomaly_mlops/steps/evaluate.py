@@ -144,7 +144,7 @@ def _fit(series: Series, params: TrainParams, window_minutes: int, smoothing: in
 
     X = np.vstack([series.train, series.test])
     left_out = None if series.train_labels is None or params.fit_labelled_anomalies else series.train_labels == 1
-    _, _, raw, held, fitted = fit_scores(
+    _, _, raw, held, fitted, _ = fit_scores(
         X, params, window_minutes, series.interval_s, train_rows=len(series.train), labelled_anomalous=left_out,
         smoothing=smoothing,
     )  # fmt: skip
@@ -311,14 +311,16 @@ def _backtest(
         end = next_schedule(start)
         left_out = flagged[lo:cut] if start > first and not drift_run else None
         try:
-            _, _, raw, held, _ = fit_scores(
+            _, _, raw, held, _, _ = fit_scores(
                 X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo, labelled_anomalous=left_out
             )
         except DataError:  # too few unflagged rows to fit or calibrate on: all of them, counted
             if left_out is None:
                 raise
             counts["retrainings_on_flagged_rows"] += 1
-            _, _, raw, held, _ = fit_scores(X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo)
+            _, _, raw, held, _, _ = fit_scores(
+                X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo
+            )
         smoothed, threshold, _ = calibrate(raw, held, params, k)
         calibrated = float(np.mean(smoothed[: cut - lo][held] > threshold))
         holdout = smoothed[cut - lo : start - lo]

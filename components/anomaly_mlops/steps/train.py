@@ -10,6 +10,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from anomaly_mlops.model.features import (
     window_rows,
 )
 from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
+from anomaly_mlops.model.reconstruction import ReconstructionScore
 from anomaly_mlops.model.schema import FeatureSchema
 from anomaly_mlops.params import TrainParams
 from anomaly_mlops.sources.files import Dataset, load_dataset
@@ -88,6 +90,7 @@ class FittedDetector:
     training_ranges: dict = field(default_factory=dict, repr=False)  # drift.training_ranges of the fitted rows
     labelled_anomalous_left_out: int | None = None  # None: no labels, or fitted like any row
     after_labelled_left_out_of_fit: int | None = None  # rows whose window holds a labelled one
+    reconstruction: ReconstructionScore | None = None  # the second score in the raw scores
 
     def metadata(self) -> dict:
         return {
@@ -97,6 +100,7 @@ class FittedDetector:
                 "sample_interval_s": self.sample_interval_s,
             },
             "score_smoothing": {"rows": self.smoothing_rows, "minutes": self.smoothing_minutes},
+            "reconstruction_score": None if self.reconstruction is None else self.reconstruction.to_dict(),
             "threshold_method": self.threshold_detail,
             # As grown: raw_tree_share asks for a share, a tiny or row-wise forest may give fewer.
             "forest": {
@@ -228,6 +232,19 @@ def threshold_from(calibration: np.ndarray, params: TrainParams, method: str) ->
     return threshold, detail
 
 
+class FittedScores(NamedTuple):
+    """What fit_scores gives: the forest, the features, every row's raw score, and masks over
+    the training rows (``held``: the calibration rows; ``fitted``: the rows the forest was
+    fitted on); ``reconstruction`` is the second score in ``raw``, when there is one."""
+
+    pipeline: object
+    transform: FeatureTransform
+    raw: np.ndarray
+    held: np.ndarray
+    fitted: np.ndarray
+    reconstruction: ReconstructionScore | None
+
+
 def fit_scores(
     X: np.ndarray,
     params: TrainParams,
@@ -239,16 +256,18 @@ def fit_scores(
     labelled_anomalous: np.ndarray | None = None,
     fit_only: np.ndarray | None = None,
     smoothing: int | None = None,
-) -> tuple[object, FeatureTransform, np.ndarray, np.ndarray, np.ndarray]:
+) -> FittedScores:
     """The forest and its raw scores: features of ``X`` over time (per entity), a forest
     fitted on the earlier rows of each entity among the first ``train_rows`` rows (all by
     default; evaluate scores a test part that continues the series), the metric basis
-    (params.metric_basis) fitted on the same rows, and -score_samples of
-    every row. Rows marked in ``labelled_anomalous`` (over the first ``train_rows``) are
+    (params.metric_basis) and the reconstruction error's axes (params.reconstruction_variance)
+    fitted on the same rows, and the raw score of every row: -score_samples, plus the
+    reconstruction error weighed on the calibration rows (model/reconstruction.py).
+    Rows marked in ``labelled_anomalous`` (over the first ``train_rows``) are
     left out as ``training_masks`` says; they still serve as history for their neighbours'
-    features. Returns (pipeline, transform, raw scores, held, fitted), masks over the first
-    ``train_rows``: ``held`` the calibration rows (held back, not labelled anomalous),
-    ``fitted`` the rows the forest was fitted on. Rows marked in ``fit_only`` are never held back.
+    features. ``held`` and ``fitted`` are masks over the first ``train_rows``: ``held`` the
+    calibration rows (held back, not labelled anomalous), ``fitted`` the rows the forest was
+    fitted on. Rows marked in ``fit_only`` are never held back.
     With ``smoothing`` (the rows calibrate will smooth over), of the first ``train_rows`` only the
     calibration part and the ``smoothing - 1`` rows before it are scored (the rest are 0 and
     unused): scoring every training row cost twice the fit itself."""
@@ -265,18 +284,27 @@ def fit_scores(
         needed[:n] = calibration
         for shift in range(1, smoothing):  # the rows each calibration row's smoothing reaches back to
             needed[: n - shift] |= calibration[shift:]
+    m = X.shape[1]
     with threads():  # window columns and scores on every core; the figures are the same on one
         F = transform.apply_by_entity(X, entities)
         # The fitted rows and the rows to score, each a copy; the whole matrix goes before the fit.
         fit_rows, score_rows = F[:n][fitted], (F if needed.all() else F[needed])
         del F
-        pipeline = fit_forest(fit_rows, params, raw_columns=X.shape[1], overwrite=True)
+        # before the fit scales fit_rows in place: the metrics (or their components) as served
+        reconstruction = ReconstructionScore.fit(fit_rows[:, :m], params.reconstruction_variance)
+        pipeline = fit_forest(fit_rows, params, raw_columns=m, overwrite=True)
         del fit_rows
         raw = np.zeros(len(X))
         # the flattened forest the servers score with (scikit-learn's scores to 1e-16)
         forest = compile_forest(pipeline)
         raw[needed] = forest.anomaly_scores(score_rows) if forest is not None else -pipeline.score_samples(score_rows)
-    return pipeline, transform, raw, held, fitted
+    if reconstruction is not None:
+        errors = np.zeros(len(X))
+        errors[needed] = reconstruction.errors(score_rows[:, :m])
+        reconstruction = reconstruction.calibrated(raw[:n][held], errors[:n][held])
+        if reconstruction is not None:
+            raw[needed] += reconstruction.weight * (errors[needed] - reconstruction.offset)
+    return FittedScores(pipeline, transform, raw, held, fitted, reconstruction)
 
 
 def training_masks(
@@ -350,8 +378,8 @@ def engine_scoped_offset(dataset: Dataset, copies: np.ndarray, fitted: FittedDet
     copy; the offset is the threshold minus the same threshold method on the copies' own
     held-back rows. None for a model that is not row-wise (served rows are then not the
     features the offset is applied to)."""
-    if fitted.transform.window or fitted.transform.basis is not None:
-        log.warning("no scoped-request threshold for a model with a feature window or a metric basis")
+    if fitted.transform.window or fitted.transform.basis is not None or fitted.reconstruction is not None:
+        log.warning("no scoped-request threshold for a model with a feature window, a metric basis or a second score")
         return None
     held = calibration_mask(dataset.n_rows, dataset.entities, params.calibration_fraction) & copies
     if dataset.y is not None and not params.fit_labelled_anomalies:
@@ -410,7 +438,7 @@ def fit_detector(
     k = smoothing_rows(smoothing_minutes, interval)
     check_series_cover_the_window(entities, len(X), window_rows(window_minutes, interval), window_minutes)
     left_out = None if labels is None or params.fit_labelled_anomalies else np.asarray(labels) == 1
-    pipeline, transform, raw, held, fitted = fit_scores(
+    pipeline, transform, raw, held, fitted, reconstruction = fit_scores(
         X, params, window_minutes, interval, entities=entities, labelled_anomalous=left_out, fit_only=fit_only,
         smoothing=k,
     )  # fmt: skip
@@ -423,6 +451,7 @@ def fit_detector(
         pipeline=pipeline,
         threshold=threshold,
         transform=transform,
+        reconstruction=reconstruction,
         smoothing_rows=k,
         sample_interval_s=interval,
         window_minutes=window_minutes,
@@ -561,8 +590,10 @@ def train(
             "threshold": threshold,
             **fitted.metadata(),
             "score_definition": "anomaly_score = moving mean over score_smoothing.rows of "
-            "-pipeline.score_samples(feature_transform(x)), per entity, oldest first; "
-            "anomalous when anomaly_score > threshold",
+            "-pipeline.score_samples(feature_transform(x)) + reconstruction_score.weight * "
+            "(|(m - center) / scale, off the kept axes|^2 - reconstruction_score.offset), m the first "
+            "len(schema) columns of feature_transform(x), the second term 0 when reconstruction_score is null; "
+            "per entity, oldest first; anomalous when anomaly_score > threshold",
             "params": asdict(params),
             **({"engine_features": engine_features} if engine_features else {}),
             **({"engine_scoped_offset": scoped_offset} if scoped_offset is not None else {}),

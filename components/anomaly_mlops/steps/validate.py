@@ -383,7 +383,7 @@ def validate(
     from anomaly_mlops.model.gpu_scoring import measure_gpu_path
 
     features = model.transform.apply_by_entity(dataset.X, dataset.entities)
-    metrics["latency"]["gpu"] = measure_gpu_path(model.fast, features, model.raw_scores(features))
+    metrics["latency"]["gpu"] = measure_gpu_path(model.fast, features, model.forest_scores(features))
     if metrics["latency"]["gpu"]["measured"]:
         log.info("GPU path on %s: %s", metrics["latency"]["gpu"]["device_name"], metrics["latency"]["gpu"]["batches"])
     else:

@@ -10,6 +10,7 @@ from anomaly_mlops.adapters.cli.parsing import SubParsers
 from anomaly_mlops.params import (
     DEFAULT_FEATURE_WINDOW_MIN,
     DEFAULT_METRIC_BASIS,
+    DEFAULT_RECONSTRUCTION_VARIANCE,
     DEFAULT_SCORE_SMOOTHING_MIN,
     DEFAULT_THRESHOLD,
     METRIC_BASES,
@@ -129,6 +130,16 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         "runtime serves only raw row-wise models)",
     )
     parser.add_argument(
+        "--reconstruction-variance",
+        type=_variance_share,
+        default=DEFAULT_RECONSTRUCTION_VARIANCE,
+        metavar="SHARE",
+        help="add to the forest's score the reconstruction error of each row's metrics from the principal axes "
+        "that explain this share of the training rows' variance, in [0, 1), for example 0.9; 0: the forest's "
+        f"score alone (default: {DEFAULT_RECONSTRUCTION_VARIANCE}; the upstream sklearn runtime serves only the "
+        "forest)",
+    )
+    parser.add_argument(
         "--score-smoothing",
         type=_minutes,
         default=d.score_smoothing,
@@ -189,6 +200,17 @@ def _minutes(text: str) -> int | None:
     return int(text)
 
 
+def _variance_share(text: str) -> float:
+    """A share in [0, 1)."""
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text!r}")
+    return share
+
+
 def _window_columns(text: str) -> str:
     from anomaly_mlops.params import parse_window_columns
 
@@ -220,6 +242,7 @@ def _train_params(args):
         score_smoothing=args.score_smoothing,
         threshold=None if args.threshold == "default" else args.threshold,
         metric_basis=None if args.metric_basis == "default" else args.metric_basis,
+        reconstruction_variance=args.reconstruction_variance,
         pot_risk=args.pot_risk,
         fit_labelled_anomalies=args.fit_labelled_anomalies,
         fixed_engine=args.fixed_engine,
