@@ -33,15 +33,19 @@ class ReconstructionScore:
     variance: float  # the share of variance the kept axes were chosen to explain
     offset: float = 0.0
     weight: float = 1.0
-    # error(M) = |(M - center) / scale @ (I - axes axes')|^2, as M @ _project - _shift
+    # error(M) = |(M - center) / scale @ (I - axes axes')|^2, as |M @ _project - _shift|^2; the
+    # score folds the weight into both (sqrt(weight) each): fewer numpy calls per served tick
     _project: np.ndarray = field(init=False, repr=False, compare=False)
     _shift: np.ndarray = field(init=False, repr=False, compare=False)
+    _weighted: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         residual = np.eye(len(self.center)) - self.axes @ self.axes.T
         project = residual / self.scale[:, None]
         object.__setattr__(self, "_project", project)
         object.__setattr__(self, "_shift", self.center @ project)
+        root = np.sqrt(self.weight)
+        object.__setattr__(self, "_weighted", (project * root, self.center @ project * root, self.weight * self.offset))
 
     @classmethod
     def fit(cls, M: np.ndarray, variance: float) -> ReconstructionScore | None:
@@ -79,8 +83,11 @@ class ReconstructionScore:
         )
 
     def scores(self, M: np.ndarray) -> np.ndarray:
-        """What rows ``M`` add to the forest's scores."""
-        return self.weight * (self.errors(M) - self.offset)
+        """What rows ``M`` add to the forest's scores: weight * (error - offset), to rounding."""
+        project, shift, offset = self._weighted
+        residual = M @ project
+        residual -= shift
+        return np.einsum("ij,ij->i", residual, residual) - offset
 
     def to_dict(self) -> dict:
         return {

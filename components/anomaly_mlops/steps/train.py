@@ -302,8 +302,8 @@ def fit_scores(
         errors = np.zeros(len(X))
         errors[needed] = reconstruction.errors(score_rows[:, :m])
         reconstruction = reconstruction.calibrated(raw[:n][held], errors[:n][held])
-        if reconstruction is not None:
-            raw[needed] += reconstruction.weight * (errors[needed] - reconstruction.offset)
+        if reconstruction is not None:  # as the servers add it (LoadedModel.raw_scores)
+            raw[needed] += reconstruction.scores(score_rows[:, :m])
     return FittedScores(pipeline, transform, raw, held, fitted, reconstruction)
 
 
