@@ -1,7 +1,9 @@
 """Model compute (no HTTP): one row and batches, scikit-learn vs the flattened forest, plus
 onnxruntime (skl2onnx) and treelite when they are installed, with parity against
 scikit-learn; then the window columns, C (model/_window_stats.c) vs numpy, for one served row
-and for 700,000 training rows on one thread. Usage: .venv/bin/python benchmarks/scoring.py"""
+and for 700,000 training rows on one thread; then what the reconstruction error
+(--reconstruction-variance 0.9) adds to the raw scores of a served tick.
+Usage: .venv/bin/python benchmarks/scoring.py"""
 
 import sys
 import time
@@ -77,6 +79,28 @@ def main():
     single = time_calls(model.anomaly_scores, [rows[i : i + 1] for i in range(1000)], 2000)
     print(f"\nLoadedModel.anomaly_scores (features and forest, no history), one row: {percentiles(single)}")
     window_columns(model, rows)
+    reconstruction_cost(prepared, rows)
+
+
+def reconstruction_cost(prepared, rows):
+    """LoadedModel.raw_scores of one tick's rows (the forest's input ready) for the default
+    model and the same data trained with the reconstruction error added."""
+    from anomaly_mlops.model.artifacts import load_serving_model
+    from anomaly_mlops.params import TrainParams
+    from anomaly_mlops.steps.train import train
+
+    print("\nraw scores of a served tick (forest walk, plus the reconstruction error where the model has it):")
+    for variance in (0.0, 0.9):
+        out = Path(prepared.train_path).parent.parent / f"model-reconstruction-{variance}"
+        model = load_serving_model(
+            train(str(prepared.train_path), out, TrainParams(reconstruction_variance=variance)).model_dir
+        )
+        features = model.transform.apply(rows)
+        line = f"  reconstruction variance {variance}:"
+        for size in (1, 8, 100):
+            ticks = [features[i : i + size] for i in range(0, 1000, size)]
+            line += f"  {size} rows p50 {np.percentile(time_calls(model.raw_scores, ticks, 5000), 50) * 1000:6.1f} us"
+        print(line)
 
 
 def window_columns(model, rows):

@@ -136,3 +136,11 @@ def test_a_damaged_reconstruction_score_is_refused_at_load(windowed_raw, tmp_pat
     for load in (load_serving_model, load_model_dir):
         with pytest.raises(ArtifactError, match=f"reconstruction_score.*{says}|{says}"):
             load(model_dir)
+
+
+def test_the_model_card_says_which_score_the_model_serves(model_dir, windowed_raw):
+    from anomaly_mlops.steps.model_card import build_card
+
+    assert "| second score | none (the forest's score alone) |" in build_card(model_dir, "v1").markdown
+    card = build_card(windowed_raw[0], "v2").markdown
+    assert "| second score | reconstruction error from the axes of 90% of the variance (" in card

@@ -102,6 +102,15 @@ def card_key(model_name: str, version: str, root_prefix: str = "") -> str:
     return f"{root}{model_name}/{CARDS_FOLDER}/{version}/"
 
 
+def _second_score(reconstruction: dict | None) -> str:
+    if not reconstruction:
+        return "none (the forest's score alone)"
+    return (
+        f"reconstruction error from the axes of {100 * reconstruction['variance']:.0f}% of the variance "
+        f"({len(reconstruction['axes'][0])} of {len(reconstruction['axes'])}), weight {reconstruction['weight']:.4g}"
+    )
+
+
 def build_card(
     model_dir: str | Path, version: str, validation: dict | None = None, approval: str = "not required"
 ) -> ModelCard:
@@ -131,6 +140,7 @@ def build_card(
                     ("features", ", ".join(meta["schema"]["features"])),
                     ("feature window", f"{window} min ({', '.join(transform.get('columns') or [])})" if window else "none"),
                     ("metric basis", (transform.get("basis") or {}).get("kind", "raw metrics")),
+                    ("second score", _second_score(meta.get("reconstruction_score"))),
                     ("score smoothing", f"{smoothing.get('minutes', 0)} min"),
                     ("threshold", f"{meta['threshold']:.5f} ({method.get('method', '?')}, "
                                   f"{100 * float(method.get('calibration_flagged_share', 0)):.1f}% of calibration rows above)"),
