@@ -424,6 +424,55 @@ def test_a_row_still_being_scored_elsewhere_is_recomputed_not_waited_for(windowe
     np.testing.assert_array_equal(np.concatenate([o[1] for o in out]), np.concatenate([e[1] for e in expected]))
 
 
+def test_a_write_back_travels_with_the_next_append_or_alone_soon_after(windowed, redis, monkeypatch):
+    """A process streaming an entity one request at a time, answering each before the next
+    arrives, writes to the store once a request: each request's raw scores go with the next
+    request's append (one write and one wakeup of the store, not two). The last ones, with
+    no request after them, go alone WRITE_BACK_DELAY_S later, and another process then finds
+    every raw score written back: it recomputes nothing."""
+    import asyncio
+
+    from anomaly_mlops.serving import shared_history
+    from anomaly_mlops.serving.history import EntityHistory
+    from anomaly_mlops.serving.shared_history import SharedHistory
+
+    model, X = windowed
+    redis.command("FLUSHALL")
+    monkeypatch.setattr(shared_history, "WRITE_BACK_DELAY_S", 0.2)  # far beyond a loop iteration, even on a slow host
+
+    async def run():
+        a, b = (SharedHistory(model, redis.url, "m", "v") for _ in range(2))
+        out = [(await a.begin("e", X[:20]).ready()).score_alone(model)]
+        await asyncio.sleep(0.5)
+        writes = []
+        send = a._connection.send
+
+        def counting(payload, futures):
+            writes.append(payload.count(b"EVALSHA"))
+            send(payload, futures)
+
+        a._connection.send = counting
+        for i in range(20, 40):
+            out.append((await a.begin("e", X[i : i + 1]).ready()).score_alone(model))
+            for _ in range(3):  # the answer goes out, the next request comes in: the loop runs on
+                await asyncio.sleep(0)
+        # the first request's write-back went during the sleep; then each append with the one before it
+        assert writes == [1] + [2] * 19
+        await asyncio.sleep(0.5)
+        assert writes == [1] + [2] * 19 + [1]  # the last write-back, alone, after the delay
+        later = await b.begin("e", X[40:41]).ready()
+        assert later.last == 1  # no raw score to recompute
+        out.append(later.score_alone(model))
+        await a.close()
+        await b.close()
+        return out
+
+    out = asyncio.run(run())
+    one = EntityHistory(model)
+    expected = [one.score("e", X[:20])] + [one.score("e", X[i : i + 1]) for i in range(20, 41)]
+    np.testing.assert_array_equal(np.concatenate([o[1] for o in out]), np.concatenate([e[1] for e in expected]))
+
+
 def test_each_process_gets_only_the_rows_others_appended_since_its_copy(windowed, redis):
     """A process keeps a copy of the kept rows of the entities it served; the store sends
     the rows appended after that copy (none when no other process served the entity), and

@@ -136,6 +136,10 @@ SCRIPTS = {name: hashlib.sha1(text.encode()).hexdigest().encode() for name, text
 UNKNOWN_RAW = np.array([np.nan], dtype="<f8").tobytes()
 
 DEFAULT_HISTORY_TIMEOUT_S = 0.5
+# A write-back waits this long for the next tick's appends to travel with (one write and one
+# wakeup of the store per tick instead of two); a raw score not written back yet is
+# recomputed by whoever needs it, so the wait costs no answer anything but that.
+WRITE_BACK_DELAY_S = 0.002
 
 
 class RunningLoop:
@@ -253,6 +257,7 @@ class SharedHistory:
         self.prefix = f"anomaly-mlops:history:{model_name}:{version or '-'}:{model.manifest_digest[:16]}:"
         self._queue: list[tuple[tuple, asyncio.Future | None]] = []
         self._flush_scheduled = False
+        self._write_backs_due: asyncio.TimerHandle | None = None
         self._connecting = False
         self._connection: _Replies | None = None
         self._loop = RunningLoop()
@@ -368,7 +373,9 @@ class SharedHistory:
         first = total + len(raw) - len(sent)
         payload = np.ascontiguousarray(sent, dtype="<f8").tobytes()
         command = (b"EVALSHA", SCRIPTS["write_back"], b"1", key, generation, str(first).encode(), payload)
-        self._send(command, None)
+        self._queue.append((command, None))  # with the next appends, or WRITE_BACK_DELAY_S from now
+        if not self._flush_scheduled and self._write_backs_due is None:
+            self._write_backs_due = self._loop().call_later(WRITE_BACK_DELAY_S, self._flush)
 
     def _send(self, command: tuple, future: asyncio.Future | None) -> None:
         """Queue a command; the queue is written at the end of this event-loop tick."""
@@ -381,6 +388,9 @@ class SharedHistory:
         import hiredis
 
         self._flush_scheduled = False
+        if self._write_backs_due is not None:  # they go now, ahead of the appends queued after them
+            self._write_backs_due.cancel()
+            self._write_backs_due = None
         if self._connecting or not self._queue:
             return  # the connection, once made, writes the queue
         connection = self._connection
@@ -454,5 +464,7 @@ class SharedHistory:
         )
 
     async def close(self) -> None:
+        if self._queue and not self._connecting:
+            self._flush()  # the write-backs still waiting; closing the transport sends what it holds
         if self._connection is not None and self._connection.transport is not None:
             self._connection.transport.close()
