@@ -196,4 +196,6 @@ def windowed(tmp_path_factory):
         n_estimators=30, feature_window=15, score_smoothing=4, metric_basis="principal", reconstruction_variance=0.9
     )
     train(str(path), out, params)
-    return load_model_dir(out), frame.iloc[:, 1:7].to_numpy()
+    model = load_model_dir(out)
+    assert model.reconstruction is not None and model.transform.basis is not None  # what these tests cover
+    return model, frame.iloc[:, 1:7].to_numpy()

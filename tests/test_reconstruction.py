@@ -144,3 +144,18 @@ def test_the_model_card_says_which_score_the_model_serves(model_dir, windowed_ra
     assert "| second score | none (the forest's score alone) |" in build_card(model_dir, "v1").markdown
     card = build_card(windowed_raw[0], "v2").markdown
     assert "| second score | reconstruction error from the axes of 90% of the variance (" in card
+
+
+def test_on_the_principal_basis_the_error_is_the_same_distance():
+    """Under the principal basis the columns are the standardized metrics already rotated:
+    fitted without scaling them again, the kept axes are the largest components and the
+    error is the one the metrics themselves give."""
+    from anomaly_mlops.model.features import MetricBasis
+
+    M = correlated(2000)
+    basis = MetricBasis.fit(M)
+    on_axes = ReconstructionScore.fit(basis.project(M), 0.9, standardized=True)
+    assert on_axes is not None and on_axes.axes.shape == (4, 1)
+    np.testing.assert_allclose(on_axes.errors(basis.project(M)), ReconstructionScore.fit(M, 0.9).errors(M), rtol=1e-6)
+    # scaled again, every component has unit spread and no axis explains more than another
+    assert ReconstructionScore.fit(basis.project(M), 0.9) is None

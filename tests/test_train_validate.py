@@ -385,14 +385,19 @@ def test_time_series_feature_model_end_to_end(prepared, tmp_path):
 
 
 def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(prepared, tmp_path):
-    """window_columns and raw_tree_share reach metadata.json; both loaders (scikit-learn from
-    skops, the flattened forest for the lean server) score the model alike; validate names
-    them among the settings that put scores on another scale."""
+    """window_columns, raw_tree_share and the reconstruction error reach metadata.json; both
+    loaders (scikit-learn from skops, the flattened forest for the lean server) score the
+    model alike; validate names them among the settings that put scores on another scale."""
     from anomaly_mlops.model.artifacts import load_serving_model
     from anomaly_mlops.steps.validate import describe_detector, detector_differences
 
     params = TrainParams(
-        n_estimators=40, feature_window=30, window_columns="std,deviation", raw_tree_share=0.5, metric_basis="principal"
+        n_estimators=40,
+        feature_window=30,
+        window_columns="std,deviation",
+        raw_tree_share=0.5,
+        metric_basis="principal",
+        reconstruction_variance=0.9,
     )
     result = train(str(prepared.train_path), tmp_path / "m", params)
     meta = json.loads((result.model_dir / "metadata.json").read_text())
@@ -401,7 +406,8 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
     assert meta["forest"] == {"trees": 40, "raw_metric_trees": 20}
     assert describe_detector(meta) == (
         "40 trees of 4096 rows, metrics on their principal axes, features over 30 min (value, deviation, std), "
-        "50% of the trees on the components alone, scores averaged over 10 min, threshold: quantile, "
+        "50% of the trees on the components alone, plus the reconstruction error off the axes of 90% of the "
+        "variance, scores averaged over 10 min, threshold: quantile, "
         f"{int(load_dataset(str(prepared.train_path)).y.sum())} training rows labelled anomalous left out"
     )
     model, lean = load_model_dir(result.model_dir), load_serving_model(result.model_dir)
@@ -416,6 +422,7 @@ def test_chosen_window_columns_and_raw_trees_are_recorded_served_and_compared(pr
         "window_columns: delta,deviation,std -> deviation,std",
         "raw_tree_share: 0.0 -> 0.5",
         "metric_basis: raw -> principal",
+        "reconstruction_variance: 0.0 -> 0.9",
     ]
     assert "principal axes" not in describe_detector(json.loads((all_columns.model_dir / "metadata.json").read_text()))
 

@@ -48,13 +48,15 @@ class ReconstructionScore:
         object.__setattr__(self, "_weighted", (project * root, self.center @ project * root, self.weight * self.offset))
 
     @classmethod
-    def fit(cls, M: np.ndarray, variance: float) -> ReconstructionScore | None:
+    def fit(cls, M: np.ndarray, variance: float, standardized: bool = False) -> ReconstructionScore | None:
         """The axes of the fitted rows ``M`` (rows x metrics) that explain ``variance`` of
         their standardized variance; None where there is nothing to reconstruct (one column,
-        variance 0, or every axis needed)."""
+        variance 0, or every axis needed). ``standardized``: the columns are already the
+        standardized metrics on their principal axes (features.MetricBasis), whose spreads
+        are what ranks the axes, so they are centred and not scaled again."""
         if variance <= 0 or M.ndim != 2 or M.shape[1] < 2 or len(M) < 2:
             return None
-        center, scale = M.mean(axis=0), M.std(axis=0)
+        center, scale = M.mean(axis=0), np.ones(M.shape[1]) if standardized else M.std(axis=0)
         scale[~(scale > 0)] = 1.0
         values, vectors = np.linalg.eigh(np.cov(((M - center) / scale).T))
         order = np.argsort(values)[::-1]

@@ -291,7 +291,9 @@ def fit_scores(
         fit_rows, score_rows = F[:n][fitted], (F if needed.all() else F[needed])
         del F
         # before the fit scales fit_rows in place: the metrics (or their components) as served
-        reconstruction = ReconstructionScore.fit(fit_rows[:, :m], params.reconstruction_variance)
+        reconstruction = ReconstructionScore.fit(
+            fit_rows[:, :m], params.reconstruction_variance, standardized=transform.basis is not None
+        )
         pipeline = fit_forest(fit_rows, params, raw_columns=m, overwrite=True)
         del fit_rows
         raw = np.zeros(len(X))

@@ -253,7 +253,7 @@ def raw_tree_share(metadata: dict) -> float:
 def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list[str]:
     """Settings that put two models' anomaly scores on different scales (rows per tree,
     features per tree, time-series features and the trees grown on raw metrics alone, the
-    metric basis, score smoothing), as 'name: old -> new'."""
+    metric basis, the reconstruction error added, score smoothing), as 'name: old -> new'."""
 
     def settings(model: LoadedModel) -> dict:
         params = model.metadata.get("params", {})
@@ -264,6 +264,7 @@ def detector_differences(champion: LoadedModel, challenger: LoadedModel) -> list
             "window_columns": ",".join(model.transform.columns) if model.transform.window else None,
             "raw_tree_share": raw_tree_share(model.metadata),
             "metric_basis": "raw" if model.transform.basis is None else "principal",
+            "reconstruction_variance": model.reconstruction.variance if model.reconstruction is not None else 0.0,
             "score_smoothing_rows": model.smoothing,
         }
 
@@ -543,6 +544,9 @@ def describe_detector(metadata: dict) -> str:
             parts.append(f"{share:.0%} of the trees on the {'components' if rotated else 'raw metrics'} alone")
     elif not rotated:
         parts.append("raw metrics")
+    second = metadata.get("reconstruction_score")
+    if second:
+        parts.append(f"plus the reconstruction error off the axes of {second['variance']:.0%} of the variance")
     smoothing = (metadata.get("score_smoothing") or {}).get("minutes")
     if smoothing:
         parts.append(f"scores averaged over {smoothing} min")
