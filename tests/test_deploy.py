@@ -384,7 +384,8 @@ def test_cli_deploys_with_a_kubeconfig(fake, tmp_path, windowed, model_dir):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert (
         "--runtime sklearn scores each row alone on the metrics as sent, but this model uses a 15-row feature "
-        "window, metrics on their principal axes, 4-row score smoothing: deploy it with --runtime custom"
+        "window, metrics on their principal axes, 4-row score smoothing, a reconstruction error added to the "
+        "forest's score: deploy it with --runtime custom"
     ) in " ".join(refused.stderr.split())
     assert stored(fake) == before
     run("deploy", *common, *v3, "--model-dir", str(model_dir), "--canary-percent", "-1", "--timeout", "10")
