@@ -248,7 +248,9 @@ class LoadedModel:
         return self.label(scores), scores
 
 
-def _read_metadata(model_dir: Path) -> tuple[dict, FeatureSchema, FeatureTransform, int, float, object]:
+def _read_metadata(
+    model_dir: Path,
+) -> tuple[dict, FeatureSchema, FeatureTransform, int, float, ReconstructionScore | None]:
     """Verify the directory against its manifest; (metadata, schema, transform, smoothing rows,
     threshold, reconstruction score or None)."""
     verify_model_dir(model_dir)

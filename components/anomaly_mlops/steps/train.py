@@ -300,10 +300,9 @@ def fit_scores(
         # the flattened forest the servers score with (scikit-learn's scores to 1e-16)
         forest = compile_forest(pipeline)
         raw[needed] = forest.anomaly_scores(score_rows) if forest is not None else -pipeline.score_samples(score_rows)
-    if reconstruction is not None:
-        errors = np.zeros(len(X))
-        errors[needed] = reconstruction.errors(score_rows[:, :m])
-        reconstruction = reconstruction.calibrated(raw[:n][held], errors[:n][held])
+    if reconstruction is not None:  # weighed on the held-back rows (each one of the scored rows)
+        held_rows = score_rows[(np.cumsum(needed) - 1)[:n][held], :m]
+        reconstruction = reconstruction.calibrated(raw[:n][held], reconstruction.errors(held_rows))
         if reconstruction is not None:  # as the servers add it (LoadedModel.raw_scores)
             raw[needed] += reconstruction.scores(score_rows[:, :m])
     return FittedScores(pipeline, transform, raw, held, fitted, reconstruction)
