@@ -27,6 +27,24 @@ def test_streaming_in_any_chunking_equals_offline_scoring(windowed):
         assert marks.tolist() == [i >= model.history_rows for i in range(200)]
 
 
+def test_a_rows_raw_score_does_not_depend_on_the_rows_scored_with_it(windowed):
+    """The same bits for a row's raw score (features, the metric basis's projection, the
+    forest, the reconstruction error) whether it is scored alone or among rows of any number,
+    as when a stream's first rows are scored one by one and later recomputed together by
+    another replica (shared_history): a BLAS product's result for a row can change with the
+    matrix's row count (one row against several), and a served score would then depend on
+    which requests shared a tick, or on which replica computed it."""
+    model, X = windowed
+    assert model.transform.basis is not None and model.reconstruction is not None
+    for start in range(0, 600, 20):  # a stream's first rows, each with what history it has
+        rows = X[start : start + 20]
+        whole = model.raw_scores(model.transform.apply(rows))
+        for size in (1, 2, 3, 5):
+            for first in range(0, len(rows) - size, size):
+                part = model.raw_scores(model.transform.apply(rows[: first + size], last=size))
+                np.testing.assert_array_equal(part, whole[first : first + size])
+
+
 def test_entities_do_not_mix_and_memory_is_bounded(windowed):
     model, X = windowed
     history = EntityHistory(model, max_entities=2)

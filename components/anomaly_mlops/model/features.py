@@ -147,6 +147,14 @@ def _fill_window_columns_c(X, w: int, first: int, start: int, stop: int, out: np
 
 # eq=False: compared and hashed by identity, as features_of groups requests by their
 # model's transform and a matrix would make every hash cost a pass over it.
+def row_products(X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``X @ W`` (rows, or series x rows) with each row's result independent of the other
+    rows: a BLAS product can change a row's last bits with the matrix's row count, which
+    would make a served score depend on how requests were batched (or which replica
+    recomputed it); einsum sums every row the same way, and is no slower at these widths."""
+    return np.einsum("...j,jk->...k", X, W)
+
+
 @dataclass(frozen=True, eq=False)
 class MetricBasis:
     """Standardized metrics on their principal axes: ``(X - center) / scale @ axes``. Fitted
@@ -155,7 +163,7 @@ class MetricBasis:
     center: np.ndarray
     scale: np.ndarray
     axes: np.ndarray = field(repr=False)  # metrics x components, strongest first
-    # project() as one product and one subtraction: X @ weights - offset
+    # project() as one product and one subtraction: X @ weights - offset (row_products)
     weights: np.ndarray = field(init=False, repr=False)
     offset: np.ndarray = field(init=False, repr=False)
 
@@ -177,7 +185,7 @@ class MetricBasis:
 
     def project(self, X: np.ndarray) -> np.ndarray:
         """Rows (or series x rows) of metrics -> the same of components."""
-        return X @ self.weights - self.offset
+        return row_products(X, self.weights) - self.offset
 
     def to_dict(self) -> dict:
         return {

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anomaly_mlops.model.features import row_products
+
 SPREAD_QUANTILE = 0.98
 
 
@@ -70,7 +72,7 @@ class ReconstructionScore:
 
     def errors(self, M: np.ndarray) -> np.ndarray:
         """Squared reconstruction error of each row of ``M`` (rows x metrics)."""
-        residual = M @ self._project - self._shift
+        residual = row_products(M, self._project) - self._shift
         return np.einsum("ij,ij->i", residual, residual)
 
     def calibrated(self, forest_held: np.ndarray, errors_held: np.ndarray) -> ReconstructionScore | None:
@@ -87,7 +89,7 @@ class ReconstructionScore:
     def scores(self, M: np.ndarray) -> np.ndarray:
         """What rows ``M`` add to the forest's scores: weight * (error - offset), to rounding."""
         project, shift, offset = self._weighted
-        residual = M @ project
+        residual = row_products(M, project)
         residual -= shift
         return np.einsum("ij,ij->i", residual, residual) - offset
 
