@@ -538,6 +538,47 @@ def test_each_process_gets_only_the_rows_others_appended_since_its_copy(windowed
         assert got[2].tolist() == want[2].tolist()
 
 
+def test_a_record_is_one_string_of_fixed_size_however_long_the_stream(windowed, redis):
+    """One key per entity, a string of the header, the kept raw scores and the kept rows
+    (rings written in place): its size does not grow with the stream nor with a request
+    larger than the kept rows, it carries the TTL, and a record of another type at the key
+    is answered 503 with the store's reason, not misread."""
+    import asyncio
+
+    from anomaly_mlops.serving.history import EntityHistory
+    from anomaly_mlops.serving.shared_history import RECORD_HEADER_BYTES, HistoryUnavailable, SharedHistory
+
+    model, X = windowed
+    redis.command("FLUSHALL")
+    size = RECORD_HEADER_BYTES + 8 * (model.smoothing - 1) + 8 * X.shape[1] * model.history_rows
+    sizes = []
+
+    async def run():
+        a = SharedHistory(model, redis.url, "m", "v")
+        key = a.prefix + "e"
+        out = []
+        for rows in (X[:5], *(X[i : i + 1] for i in range(5, 60)), X[60:100], X[100:101]):
+            out.append((await a.begin("e", rows).ready()).score_alone(model))
+            sizes.append(redis.command("STRLEN", key))
+        assert redis.command("TYPE", key) == b"+string"
+        assert 0 < int(redis.command("PTTL", key)[1:]) <= a.ttl_s * 1000
+        redis.command("DEL", a.prefix + "h")
+        redis.command("HSET", a.prefix + "h", "r", "x")
+        with pytest.raises(HistoryUnavailable, match="WRONGTYPE"):
+            await a.begin("h", X[:1]).ready()
+        await a.close()
+        return out
+
+    out = asyncio.run(run())
+    # grown once, while the first rows filled the ring; the same since, through six wraps
+    assert set(sizes[-40:]) == {f":{size}".encode()} and len(set(sizes)) <= model.history_rows, sizes
+    one = EntityHistory(model)
+    expected = [one.score("e", X[:5])] + [one.score("e", X[i : i + 1]) for i in range(5, 60)]
+    expected += [one.score("e", X[60:100]), one.score("e", X[100:101])]
+    for got, want in zip(out, expected, strict=True):
+        np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_the_copies_a_process_keeps_are_bounded_and_own_their_memory(windowed, redis):
     """The copies of entities' rows a process keeps: at most max_entities of them (the least
     recently served go first), and a large request's copy holds the kept rows, not the request."""

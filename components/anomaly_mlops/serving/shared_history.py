@@ -47,38 +47,71 @@ from anomaly_mlops.serving.series import history_marks, max_gap_s, not_newer, ru
 
 log = logging.getLogger(__name__)
 
-# A record is one hash (one key: an eviction drops an entity whole): "h" = "<generation>|<rows
-# in the current run>|<rows appended in this generation>|<newest row's timestamp, or empty>",
-# "r" = the kept rows (packed float64), "s" = the raw scores of the last of them (float64,
-# NaN until written back). A generation starts with the record and at every gap, so a late
-# write-back never lands in another series.
+# A record is one string key (an eviction drops an entity whole) of fixed layout, so that an
+# append reads and writes only the bytes it needs (SETRANGE/GETRANGE) instead of moving the
+# entity's kept rows through Lua twice, most of the store's CPU per request:
+#   bytes [0, RECORD_HEADER_BYTES): "<generation>|<rows in the current run>|<rows appended in
+#     this generation>|<newest row's timestamp, or empty>", padded with spaces;
+#   then the raw scores of the last rows (float64, NaN until written back) and then the kept
+#   rows (packed float64), each a ring: the row appended i-th in the generation is in slot
+#   i mod (slots).
+# A generation starts with the record and at every gap, so a late write-back never lands in
+# another series.
+RECORD_HEADER_BYTES = 128
+# The record's layout, in the key: servers of another layout never read these records.
+RECORD_LAYOUT = "r2"
+
+# Shared by both scripts: the bytes of the ring slots of indices [lo, hi), oldest first, and
+# the bytes of consecutive slots written from index lo.
+_RING = f"""
+local HEADER = {RECORD_HEADER_BYTES}
+local function ring_read(base, slots, width, lo, hi)
+  if hi <= lo then return '' end
+  local s, count = lo % slots, hi - lo
+  local first = math.min(count, slots - s)
+  local part = redis.call('GETRANGE', KEYS[1], base + s * width, base + (s + first) * width - 1)
+  if count > first then
+    part = part .. redis.call('GETRANGE', KEYS[1], base, base + (count - first) * width - 1)
+  end
+  return part
+end
+local function ring_write(base, slots, width, lo, bytes)
+  local count = #bytes / width
+  if count == 0 then return end
+  local s = lo % slots
+  local first = math.min(count, slots - s)
+  redis.call('SETRANGE', KEYS[1], base + s * width, string.sub(bytes, 1, first * width))
+  if count > first then
+    redis.call('SETRANGE', KEYS[1], base, string.sub(bytes, first * width + 1))
+  end
+end
+"""
 
 # KEYS[1]: the record. ARGV: 1 rows to keep, 2 bytes per row, 3 raw scores to keep, 4 TTL ms,
-# 5 rows in this request, 6 its last rows, 7-8 its first and last timestamps (empty without),
-# 9 the largest gap in seconds, 10 the run length after it when the request holds a gap
-# (else empty), 11 an unknown raw score (NaN, 8 bytes), 12-13 the generation and the rows
-# appended in it that the calling process holds a copy of (empty: none).
+# 5 rows in this request, 6 its last rows (at most the rows to keep), 7-8 its first and last
+# timestamps (empty without), 9 the largest gap in seconds, 10 the run length after it when
+# the request holds a gap (else empty), 11 an unknown raw score (NaN, 8 bytes), 12-13 the
+# generation and the rows appended in it that the calling process holds a copy of (empty:
+# none).
 # Returns {rows in the run before, generation, rows appended before, kept rows, their raw
 # scores, 1 when the rows are only those appended after the caller's copy (else 0)} (after a
 # gap: an empty run), or {-1, newest timestamp} for rows not after the entity's newest:
 # nothing written.
-APPEND_SCRIPT = """
-local rowbytes = tonumber(ARGV[2])
-local gen, run, total, stamp, rows, raws = nil, 0, 0, '', '', ''
-local record = redis.call('HMGET', KEYS[1], 'h', 'r', 's')
-if record[1] then
-  local h = record[1]
-  local a = string.find(h, '|', 1, true)
-  local b = string.find(h, '|', a + 1, true)
-  local c = string.find(h, '|', b + 1, true)
-  gen, run, total, stamp = string.sub(h, 1, a - 1), tonumber(string.sub(h, a + 1, b - 1)),
-    tonumber(string.sub(h, b + 1, c - 1)), string.sub(h, c + 1)
-  rows, raws = record[2] or '', record[3] or ''
+APPEND_SCRIPT = (
+    _RING
+    + """
+local keep, rowbytes, keep_raw = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rows_at = HEADER + keep_raw * 8
+local gen, run, total, stamp = nil, 0, 0, ''
+local head = redis.call('GETRANGE', KEYS[1], 0, rows_at - 1)
+if #head == rows_at then
+  local g, r, t, s = string.match(head, '^([^|]+)|(%d+)|(%d+)|(%S*)')
+  if g then gen, run, total, stamp = g, tonumber(r), tonumber(t), s end
 end
 local newest, first = tonumber(stamp), tonumber(ARGV[7])
 if first and newest then
   if first <= newest then return {-1, stamp} end
-  if first - newest > tonumber(ARGV[9]) then gen, run, total, rows, raws = nil, 0, 0, '', '' end
+  if first - newest > tonumber(ARGV[9]) then gen, run, total = nil, 0, 0 end
 end
 if not gen then
   local now = redis.call('TIME')
@@ -88,47 +121,48 @@ local n = tonumber(ARGV[5])
 local after = run + n
 if ARGV[10] ~= '' then after = tonumber(ARGV[10]) end
 if ARGV[8] ~= '' then stamp = ARGV[8] end
-local joined = rows .. ARGV[6]
-local kept = string.sub(joined, math.max(#joined - tonumber(ARGV[1]) * rowbytes + 1, 1))
-local k = math.min(tonumber(ARGV[3]), #kept / rowbytes)
-local scores = raws .. string.rep(ARGV[11], math.min(n, tonumber(ARGV[3])))
-scores = string.sub(scores, math.max(#scores - k * 8 + 1, 1))
-redis.call('HSET', KEYS[1], 'h', gen .. '|' .. string.format('%d', after) .. '|' .. string.format('%d', total + n) ..
-  '|' .. stamp, 'r', kept, 's', scores)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-local held = tonumber(ARGV[13])
-if held and ARGV[12] == gen and held <= total and (total - held) * rowbytes <= #rows then
-  return {run, gen, total, string.sub(rows, #rows - (total - held) * rowbytes + 1), raws, 1}
+local header = gen .. '|' .. string.format('%d', after) .. '|' .. string.format('%d', total + n) .. '|' .. stamp
+if #header > HEADER then return redis.error_reply('history record header too long') end
+local held, kept = tonumber(ARGV[13]), math.min(total, keep)
+local rows, since = nil, 0
+if held and ARGV[12] == gen and held <= total and total - held <= kept then
+  rows, since = ring_read(rows_at, keep, rowbytes, held, total), 1
+else
+  rows = ring_read(rows_at, keep, rowbytes, total - kept, total)
 end
-return {run, gen, total, rows, raws, 0}
+local raws = ''
+if keep_raw > 0 then
+  local k = math.min(keep_raw, total)
+  local s = (total - k) % keep_raw
+  local first_part = math.min(k, keep_raw - s)
+  raws = string.sub(head, HEADER + s * 8 + 1, HEADER + (s + first_part) * 8) ..
+    string.sub(head, HEADER + 1, HEADER + (k - first_part) * 8)
+  local m = math.min(n, keep_raw)
+  ring_write(HEADER, keep_raw, 8, total + n - m, string.rep(ARGV[11], m))
+end
+ring_write(rows_at, keep, rowbytes, total + n - #ARGV[6] / rowbytes, ARGV[6])
+redis.call('SETRANGE', KEYS[1], 0, header .. string.rep(' ', HEADER - #header))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {run, gen, total, rows, raws, since}
 """
+)
 
 # KEYS[1]: the record. ARGV: 1 generation, 2 index (rows appended before) of the first score
-# sent, 3 the raw scores (float64). Fills those of the kept raw scores it covers; nothing when
-# the record is another generation (expired, or a gap came between).
-WRITE_BACK_SCRIPT = """
-local record = redis.call('HMGET', KEYS[1], 'h', 's')
-if not record[1] then return 0 end
-local h, raws = record[1], record[2] or ''
-local a = string.find(h, '|', 1, true)
-if string.sub(h, 1, a - 1) ~= ARGV[1] then return 0 end
-local b = string.find(h, '|', a + 1, true)
-local c = string.find(h, '|', b + 1, true)
-local total = tonumber(string.sub(h, b + 1, c - 1))
-local first, sent = tonumber(ARGV[2]), ARGV[3]
-local lowest = total - #raws / 8
-local out = {}
-for j = 0, #raws / 8 - 1 do
-  local i = lowest + j - first
-  if i >= 0 and i < #sent / 8 then
-    out[#out + 1] = string.sub(sent, i * 8 + 1, i * 8 + 8)
-  else
-    out[#out + 1] = string.sub(raws, j * 8 + 1, j * 8 + 8)
-  end
-end
-redis.call('HSET', KEYS[1], 's', table.concat(out))
+# sent, 3 the raw scores (float64), 4 raw scores kept. Fills those of the kept raw scores it
+# covers; nothing when the record is another generation (expired, or a gap came between).
+WRITE_BACK_SCRIPT = (
+    _RING
+    + """
+local keep_raw = tonumber(ARGV[4])
+local g, t = string.match(redis.call('GETRANGE', KEYS[1], 0, HEADER - 1), '^([^|]+)|%d+|(%d+)|')
+if g ~= ARGV[1] then return 0 end
+local total, first, sent = tonumber(t), tonumber(ARGV[2]), ARGV[3]
+local lo, hi = math.max(first, total - math.min(keep_raw, total)), math.min(first + #sent / 8, total)
+if hi <= lo then return 0 end
+ring_write(HEADER, keep_raw, 8, lo, string.sub(sent, (lo - first) * 8 + 1, (hi - first) * 8))
 return 1
 """
+)
 
 SCRIPTS = {name: hashlib.sha1(text.encode()).hexdigest().encode() for name, text in
            (("append", APPEND_SCRIPT), ("write_back", WRITE_BACK_SCRIPT))}  # fmt: skip
@@ -254,7 +288,9 @@ class SharedHistory:
             str(max(int(self.ttl_s * 1000), 1)).encode(),
         )
         self._gap = repr(self.max_gap_s).encode()
-        self.prefix = f"anomaly-mlops:history:{model_name}:{version or '-'}:{model.manifest_digest[:16]}:"
+        self.prefix = (
+            f"anomaly-mlops:history:{RECORD_LAYOUT}:{model_name}:{version or '-'}:{model.manifest_digest[:16]}:"
+        )
         self._queue: list[tuple[tuple, asyncio.Future | None]] = []
         self._flush_scheduled = False
         self._write_backs_due: asyncio.TimerHandle | None = None
@@ -372,7 +408,8 @@ class SharedHistory:
         sent = raw[max(len(raw) - self._keep_raw, 0) :]
         first = total + len(raw) - len(sent)
         payload = np.ascontiguousarray(sent, dtype="<f8").tobytes()
-        command = (b"EVALSHA", SCRIPTS["write_back"], b"1", key, generation, str(first).encode(), payload)
+        keep_raw = self._fixed[2]
+        command = (b"EVALSHA", SCRIPTS["write_back"], b"1", key, generation, str(first).encode(), payload, keep_raw)
         self._queue.append((command, None))  # with the next appends, or WRITE_BACK_DELAY_S from now
         if not self._flush_scheduled and self._write_backs_due is None:
             self._write_backs_due = self._loop().call_later(WRITE_BACK_DELAY_S, self._flush)
