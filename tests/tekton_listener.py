@@ -160,7 +160,7 @@ def alertmanager_message(
     labels: dict | None = None,
     *,
     status: str = "firing",
-    alertnames=("AnomalyDetectorFlaggingAboveCalibration",),
+    alertnames=("AnomalyDetectorFlaggingAboveCalibration", "AnomalyDetectorNewNormal"),
     starts_at: str = "2026-12-07T04:00:00.123Z",
 ) -> dict:
     """An Alertmanager v4 webhook message for one group (alertmanager v0.34.0

@@ -17,6 +17,7 @@ from anomaly_mlops.params import DriftAlertParams
 from anomaly_mlops.serving.alert_rules import (
     DRIFT_ALERTS,
     FLAGGING_ALERT,
+    NEW_NORMAL_ALERT,
     SCORE_DRIFT_ALERT,
     prometheus_rule,
     rule_groups,
@@ -57,6 +58,7 @@ def test_the_prometheus_rule_validates_against_the_operators_crd():
     [
         (["--window", "1 hour"], "--window must be a Prometheus duration"),
         (["--for=-5m"], "--for must be a Prometheus duration"),
+        (["--retrain-after", "1.5d"], "--retrain-after must be a Prometheus duration"),
         (["--flagged-ratio", "1"], "--flagged-ratio must be above 1"),
         (["--max-psi", "0"], "--max-psi must be above 0"),
         (["--max-psi", "-1"], "--max-psi must be above 0"),
@@ -76,10 +78,10 @@ def test_prometheus_accepts_the_rule_file(tmp_path):
     assert main(["alert-rules", "--rule-file", "--out", str(path)]) == 0
     checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout  # five recorded series, the flagging alert
+    assert "SUCCESS: 7 rules found" in checked.stdout  # five recorded series, the flagging and new-normal alerts
     path.write_text(yaml.safe_dump(rule_groups(DriftAlertParams(max_psi=2.0))))
     checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
-    assert "SUCCESS: 7 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
 
 
 # The scenario promtool plays, one sample a minute. Model version v1: ordinary traffic (served
@@ -143,7 +145,7 @@ def _drift_psi() -> float:
 
 @needs_promtool
 def test_each_alert_fires_once_per_drift_episode_with_the_version_it_concerns(tmp_path):
-    params = DriftAlertParams(window="1h", hold="15m", flagged_ratio=5, max_psi=0.25)
+    params = DriftAlertParams(window="1h", hold="15m", retrain_after="90m", flagged_ratio=5, max_psi=0.25)
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups(params)))
     v1 = {"namespace": "models", "model": "anomaly-detector", "version": "v1"}
     alert_labels = {**v1, "severity": "warning", "component": "anomaly-detector"}
@@ -165,16 +167,18 @@ def test_each_alert_fires_once_per_drift_episode_with_the_version_it_concerns(tm
         {"exp_labels": alert_labels, "exp_annotations": annotations(FLAGGING_ALERT, "50%")},
     ]
     drift_firing = [{"exp_labels": alert_labels, "exp_annotations": annotations(SCORE_DRIFT_ALERT, f"{psi:.2f}")}]
+    new_normal = [{"exp_labels": alert_labels, "exp_annotations": annotations(NEW_NORMAL_ALERT, "50%")}]
     checks = []
-    for minute, flagging, drift in (
-        (119, [], []),  # ordinary traffic: nothing, for any version
-        (125, [], []),  # the drift has begun; the window still holds mostly ordinary rows
-        (180, firing, drift_firing),  # the episode: each alert once, for v1 only (v3 has too few rows) ...
-        (230, firing, drift_firing),  # ... and still the same one
-        (355, [], []),  # traffic back to ordinary for more than a window: resolved
+    for minute, flagging, drift, retrain in (
+        (119, [], [], []),  # ordinary traffic: nothing, for any version
+        (125, [], [], []),  # the drift has begun; the window still holds mostly ordinary rows
+        (180, firing, drift_firing, []),  # the episode: each alert once, for v1 only (v3 has too few rows) ...
+        (230, firing, drift_firing, new_normal),  # ... and still the same one; held 90 minutes: a new normal
+        (355, [], [], []),  # traffic back to ordinary for more than a window: resolved
     ):
         checks.append({"eval_time": f"{minute}m", "alertname": FLAGGING_ALERT, "exp_alerts": flagging})
         checks.append({"eval_time": f"{minute}m", "alertname": SCORE_DRIFT_ALERT, "exp_alerts": drift})
+        checks.append({"eval_time": f"{minute}m", "alertname": NEW_NORMAL_ALERT, "exp_alerts": retrain})
     test = {
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",

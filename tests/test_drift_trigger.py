@@ -12,7 +12,7 @@ import yaml
 from tekton_listener import ROOT, DriftListener, Refused, alertmanager_message
 
 from anomaly_mlops.params import DriftAlertParams
-from anomaly_mlops.serving.alert_rules import DRIFT_ALERTS, rule_groups
+from anomaly_mlops.serving.alert_rules import DRIFT_ALERTS, FLAGGING_ALERT, rule_groups
 
 import crd_schema
 
@@ -26,7 +26,9 @@ def listener() -> DriftListener:
     return DriftListener(SECRETS)
 
 
-def test_a_drift_alert_starts_a_retraining_of_that_version_on_live_metrics(listener):
+def test_a_new_normal_starts_a_retraining_of_that_version_on_its_latest_metrics(listener):
+    """AnomalyDetectorNewNormal (the flagging alert's condition held --retrain-after) starts
+    the run, which fetches as much: every row it fits is after the move."""
     run = listener.receive(alertmanager_message(), SIGNED)
     assert run["kind"] == "PipelineRun" and run["metadata"]["name"] == "drift-anomaly-detector-v20261207-0342-ab12cd34"
     assert run["metadata"]["labels"]["anomaly-mlops/drifted-version"] == "v20261207-0342-ab12cd34"
@@ -34,11 +36,14 @@ def test_a_drift_alert_starts_a_retraining_of_that_version_on_live_metrics(liste
     assert params["champion"] == "serving:models/anomaly-detector"
     assert params["namespace"] == "models" and params["isvc-name"] == params["model-name"] == "anomaly-detector"
     assert params["prometheus-url"].startswith("https://thanos-querier.openshift-monitoring.svc")
+    assert params["lookback"] == DriftAlertParams().retrain_after == "36h"
     if crd_schema.available():
         assert crd_schema.errors(run) == []
-    # the pipeline it names takes every one of those params
+    # the pipeline it names takes every one of those params, and passes the lookback to the data task
     pipeline = yaml.safe_load((ROOT / "manifests" / "tekton" / "pipeline-retraining.yaml").read_text())
     assert set(params) <= {p["name"] for p in pipeline["spec"]["params"]}
+    (data,) = [t for t in pipeline["spec"]["tasks"] if t["name"] == "data"]
+    assert {"name": "lookback", "value": "$(params.lookback)"} in data["params"]
 
 
 def test_a_storm_or_a_replay_of_one_episode_starts_one_run(listener):
@@ -60,6 +65,7 @@ def test_a_storm_or_a_replay_of_one_episode_starts_one_run(listener):
     [
         (alertmanager_message(status="resolved"), SIGNED, "a resolved notification"),
         (alertmanager_message(alertnames=("KubePodCrashLooping",)), SIGNED, "another alert"),
+        (alertmanager_message(alertnames=(FLAGGING_ALERT,)), SIGNED, "flagging not yet held as a new normal"),
         (alertmanager_message({"namespace": "models", "model": "anomaly-detector"}), SIGNED, "no version label"),
         (alertmanager_message({"model": "anomaly-detector", "version": "v1"}), SIGNED, "no namespace label"),
         (alertmanager_message({"namespace": "models", "model": "", "version": "v1"}), SIGNED, "an empty model"),

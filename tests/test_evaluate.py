@@ -1,6 +1,7 @@
 """Detection quality on the real labelled data in ../shared/data (skipped without it)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -388,20 +389,28 @@ def test_sample_interval_is_honoured_for_the_smd_layout(tmp_path):
         evaluate(tmp_path, ("smd",), params, resample_minutes=7)
 
 
-def _new_normal_machine(root, new_normal_from: int | None = 300, incident_rows: int = 60, incident_lift: float = 40):
-    """One SMD-layout machine at a row a minute: 1,500 training rows, 2,400 test rows that move
-    to a new normal at ``new_normal_from``, and a labelled incident from test row 2,000."""
+def _new_normal_machine(
+    root,
+    new_normal_from: int | None = 300,
+    incident_rows: int = 60,
+    incident_lift: float = 40,
+    test_rows: int = 2400,
+    incident_at: int = 2000,
+):
+    """One SMD-layout machine at a row a minute: 1,500 training rows, ``test_rows`` test rows
+    that move to a new normal at ``new_normal_from``, and a labelled incident from test row
+    ``incident_at``."""
     import gzip
 
     rng = np.random.default_rng(1)
     for part in ("train", "test", "test_label"):
         (root / "smd" / part).mkdir(parents=True)
-    train, test = rng.normal(50, 5, (1500, 3)), rng.normal(50, 5, (2400, 3))
+    train, test = rng.normal(50, 5, (1500, 3)), rng.normal(50, 5, (test_rows, 3))
     if new_normal_from is not None:
         test[new_normal_from:] += 25
-    labels = np.zeros(2400, dtype=np.int8)
-    test[2000 : 2000 + incident_rows] += incident_lift
-    labels[2000 : 2000 + incident_rows] = 1
+    labels = np.zeros(test_rows, dtype=np.int8)
+    test[incident_at : incident_at + incident_rows] += incident_lift
+    labels[incident_at : incident_at + incident_rows] = 1
     for part, X in (("train", train), ("test", test)):
         with gzip.open(root / "smd" / part / "m-1.txt.gz", "wt") as handle:
             np.savetxt(handle, X, delimiter=",")
@@ -429,36 +438,60 @@ def test_backtest_retrains_on_a_sliding_window_and_follows_a_new_normal(tmp_path
     # a window too short to hold complete 120-minute feature windows: refused, saying how long
     with pytest.raises(ConfigError, match=r"--train-window \(10 min\) is too short: .* at least 4h"):
         evaluate(tmp_path, ("smd",), params, retrain_every_s=3600, train_window_s=600)
-    with pytest.raises(ConfigError, match="at least 6h"):  # a drift run fits 70% of what it fetches
-        evaluate(tmp_path, ("smd",), params, retrain_on_drift=True, train_window_s=5 * 3600)
+    # a drift run fits 70% of its 36-hour fetch: too few rows for a 20-hour feature window
+    with pytest.raises(ConfigError, match=r"a drift run's fetch \(--retrain-after\) \(2160 min\) .* at least 58h"):
+        evaluate(
+            tmp_path, ("smd",), replace(params, feature_window=1200), retrain_on_drift=True, train_window_s=5 * 86400
+        )
 
 
 def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
-    """evaluate --retrain-on-drift: the shipped drift alert, judged on the serving model's
-    flags, starts a run once the machine has moved. That run holds the latest 30% of its window
-    out for validate, and the new normal lies there: a model fitted on the rows before flags it,
-    so the flagged-rate gate refuses it, the version keeps serving (the alarm storm goes on) and
-    starts no second drift run. With the recurring run as well, its retrainings are counted
-    apart from the drift runs'."""
+    """evaluate --retrain-on-drift: once the machine has moved and its flags have stayed above
+    the alert's line for DriftAlertParams.retrain_after (AnomalyDetectorNewNormal), a run
+    fetches as much, every row of it after the move; validate's holdout (its latest 30%) is of
+    the new normal too, the run passes, and its version ends the alarm storm and still catches
+    the later incident. With the recurring run as well, its retrainings are counted apart."""
     from anomaly_mlops.steps.evaluate import evaluate
 
-    _new_normal_machine(tmp_path)
+    _new_normal_machine(tmp_path, test_rows=4000, incident_at=3400)
     params = TrainParams(n_estimators=30)
     result = evaluate(tmp_path, ("smd",), params, retrain_on_drift=True, train_window_s=12 * 3600)
     (one,) = result["series"]
     loop = one["backtest"]
     assert one["flagged_share"] > 0.8  # the static model
-    assert (loop["retrainings"], loop["retrainings_on_drift"], loop["drift_retrainings_refused"]) == (0, 0, 1)
-    assert loop["flagged_share"] == one["flagged_share"] and loop["f1"] == one["f1"]
+    assert (loop["retrainings"], loop["retrainings_on_drift"], loop["drift_retrainings_refused"]) == (1, 1, 0)
+    # flagged until the run's version serves (36 hours, then an hour), little after
+    assert loop["flagged_share"] < one["flagged_share"] - 0.25 and loop["recall"] > 0.5
     assert result["backtest"] == {"retrain_every_s": None, "train_window_s": 12 * 3600, "retrain_on_drift": True}
     assert result["mean_backtest"]["smd"]["max_flagged_share"] == loop["flagged_share"]
     both = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600, train_window_s=12 * 3600,
                     retrain_on_drift=True)["series"][0]["backtest"]  # fmt: skip
     scheduled = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600,
                          train_window_s=12 * 3600)["series"][0]["backtest"]  # fmt: skip
-    assert scheduled["retrainings"] == 6 and scheduled["retrainings_on_drift"] == 0
-    assert both["retrainings"] > both["retrainings_on_drift"] >= 1 and both["drift_retrainings_refused"] >= 1
-    assert both["flagged_share"] < one["flagged_share"] / 2
+    assert scheduled["retrainings"] == 11 and scheduled["retrainings_on_drift"] == 0
+    assert both["retrainings"] >= scheduled["retrainings"] and both["flagged_share"] < one["flagged_share"] / 2
+
+
+def test_an_incident_shorter_than_the_hold_never_retrains_the_model_on_itself(tmp_path):
+    """A twelve-hour incident on a machine that keeps its level: a run started at the first
+    alert (held 30 minutes, the loop before AnomalyDetectorNewNormal) fetches the incident,
+    and its version, fitted on it, misses the incident's rows; with the shipped hold no run
+    starts and the static model serves throughout."""
+    from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, _load, as_evaluated
+
+    _new_normal_machine(tmp_path, new_normal_from=None, incident_rows=720, incident_lift=25, incident_at=1000)
+    params, window, smoothing = as_evaluated(TrainParams(n_estimators=30))
+    (series,) = _load(tmp_path, ("smd",), 0)
+    shipped = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns())
+    early = _backtest(series, params, window, smoothing, None, 12 * 3600, DriftRuns(**EARLY_RUNS))
+    assert shipped["retrainings"] == 0 and shipped["drift_retrainings_refused"] == 0
+    assert early["retrainings_on_drift"] + early["drift_retrainings_refused"] >= 1
+    assert shipped["recall"] > 0.9 and shipped["f1"] >= early["f1"]
+
+
+# A run at the first alert (held 30 minutes), fetching 12 hours: the loop before the alert that
+# waits for a new normal; the mechanics below (the gate, retries, a failing run) are its.
+EARLY_RUNS = {"hold_s": 1800.0, "lookback_s": 12 * 3600.0}
 
 
 def _drift_loop_on_new_normal(root):
@@ -473,26 +506,28 @@ def _drift_loop_on_new_normal(root):
 
 
 def test_a_drift_run_that_passes_validate_replaces_the_version(tmp_path):
-    """With a flagged-rate gate that lets it through, each drift run replaces the version that
-    alerted, which leaves the alarm storm sooner than the static model."""
+    """A run at the first alert holds the new normal out for validate and is refused; with a
+    flagged-rate gate that lets it through, each drift run replaces the version that alerted,
+    which leaves the alarm storm sooner than the static model."""
     from anomaly_mlops.params import Gates
     from anomaly_mlops.steps.evaluate import DriftRuns
 
     run = _drift_loop_on_new_normal(tmp_path)
-    refused, lenient = run(DriftRuns()), run(DriftRuns(gates=Gates(max_flagged_rate_ratio=50)))
+    refused = run(DriftRuns(**EARLY_RUNS))
+    lenient = run(DriftRuns(**EARLY_RUNS, gates=Gates(max_flagged_rate_ratio=50)))
     assert refused["drift_retrainings_refused"] == 1 and lenient["drift_retrainings_refused"] == 0
     assert lenient["retrainings"] == lenient["retrainings_on_drift"] >= 1
     assert lenient["flagged_share"] < refused["flagged_share"] - 0.3
 
 
 def test_a_refused_drift_run_may_be_retried_while_the_alert_still_fires(tmp_path):
-    """DriftRuns(retry_s=...): the variant benchmarks/drift_loop.py measures. The first run is
-    refused as shipped; one started 6 hours after the alert, while it still fires, holds
-    enough of the new normal to pass, and the alarm storm ends."""
+    """DriftRuns(retry_s=...): a variant benchmarks/drift_loop.py measures. The first run is
+    refused; one started 6 hours after the alert, while it still fires, holds enough of the
+    new normal to pass, and the alarm storm ends."""
     from anomaly_mlops.steps.evaluate import DriftRuns
 
     run = _drift_loop_on_new_normal(tmp_path)
-    once, retried = run(DriftRuns()), run(DriftRuns(retry_s=6 * 3600))
+    once, retried = run(DriftRuns(**EARLY_RUNS)), run(DriftRuns(**EARLY_RUNS, retry_s=6 * 3600))
     assert once["drift_retrainings_refused"] == 1 and once["retrainings"] == 0
     assert retried["drift_retrainings_refused"] >= 2 and retried["retrainings_on_drift"] >= 1
     assert retried["flagged_share"] < once["flagged_share"] - 0.3
@@ -512,7 +547,7 @@ def test_a_drift_run_that_fails_to_train_counts_as_refused(tmp_path, monkeypatch
         return real(X, *args, train_rows=train_rows, **kwargs)
 
     monkeypatch.setattr(train_step, "fit_scores", failing_for_drift_runs)
-    loop = _drift_loop_on_new_normal(tmp_path)(DriftRuns(retry_s=6 * 3600))
+    loop = _drift_loop_on_new_normal(tmp_path)(DriftRuns(**EARLY_RUNS, retry_s=6 * 3600))
     assert loop["retrainings"] == 0 and loop["drift_retrainings_refused"] >= 2
     assert loop["flagged_share"] > 0.8
 
@@ -531,13 +566,19 @@ def test_backtest_does_not_retrain_a_machine_that_stays_normal(tmp_path):
 
 
 def test_the_backtest_drift_alert_keeps_the_shipped_rule():
-    """The alert as the PrometheusRule has it (alert_rules.py): the flagged share over the
-    window of the version's own rows above 10 times the calibrated share, floored at 1%, held
-    for 30 minutes, here on one machine at a row a minute (a 6-hour window of 360 rows)."""
-    from anomaly_mlops.steps.evaluate import _DriftAlert
+    """The alert that starts a run as the PrometheusRule has it (alert_rules.py,
+    AnomalyDetectorNewNormal): the flagged share over the window of the version's own rows
+    above 10 times the calibrated share, floored at 1%, held for 36 hours, here on one machine
+    at a row a minute (a 6-hour window of 360 rows); the run fetches as long."""
+    from anomaly_mlops.params import DriftAlertParams
+    from anomaly_mlops.serving.alert_rules import NEW_NORMAL_ALERT, rule_groups
+    from anomaly_mlops.steps.evaluate import DriftRuns, _DriftAlert
 
-    alert = _DriftAlert.shipped(60.0)
-    assert (alert.window, alert.hold, alert.ratio, alert.min_rows, alert.delay) == (360, 30, 10.0, 180, 60)
+    (rule,) = [r for r in rule_groups()["groups"][0]["rules"] if r.get("alert") == NEW_NORMAL_ALERT]
+    assert rule["for"] == DriftAlertParams().retrain_after == "36h" and DriftRuns().shipped_hold_s() == 36 * 3600
+    alert = _DriftAlert.shipped(60.0, DriftRuns().shipped_hold_s())
+    assert (alert.window, alert.hold, alert.ratio, alert.min_rows, alert.delay) == (360, 2160, 10.0, 180, 60)
+    alert = _DriftAlert.shipped(60.0, 1800.0)  # the flagging alert's 30 minutes, for short arrays below
     some = np.zeros(2000, dtype=bool)
     some[::8] = True  # 12.5% flagged
     assert alert.first_firing(some, 0.02) is None  # below 10 x 2%

@@ -25,7 +25,7 @@ from anomaly_mlops.adapters.local_services import free_port, model_server
 from anomaly_mlops.model.artifacts import load_model_dir
 from anomaly_mlops.model.schema import DEFAULT_FEATURES
 from anomaly_mlops.params import DriftAlertParams, Gates, LatencyPlan
-from anomaly_mlops.serving.alert_rules import rule_groups
+from anomaly_mlops.serving.alert_rules import FLAGGING_ALERT, NEW_NORMAL_ALERT, rule_groups
 from anomaly_mlops.sources.synthetic import generate_synthetic
 from anomaly_mlops.steps.champion import resolve_champion
 from anomaly_mlops.steps.train import TrainParams, train
@@ -76,10 +76,18 @@ class Receiver(JsonFakeServer):
             self.posts.append(body)
         return 202, {"eventListener": "anomaly-mlops-drift"}
 
-    def outcome(self) -> tuple[int, dict, list]:
-        """(posts, runs created, refusals), read at one moment."""
+    def retraining_posts(self) -> int:
+        """Posts that hold the alert the listener starts a run on."""
         with self.lock:
-            return len(self.posts), dict(self.listener.created), list(self.listener.refusals)
+            return self._retraining_posts()
+
+    def _retraining_posts(self) -> int:
+        return sum(any(a["labels"].get("alertname") == NEW_NORMAL_ALERT for a in b["alerts"]) for b in self.posts)
+
+    def outcome(self) -> tuple[int, int, dict, list]:
+        """(posts, those holding the retraining alert, runs created, refusals), read at one moment."""
+        with self.lock:
+            return len(self.posts), self._retraining_posts(), dict(self.listener.created), list(self.listener.refusals)
 
 
 def alertmanager_config(url: str) -> dict:
@@ -191,8 +199,10 @@ def test_drift_in_served_traffic_starts_one_validated_retraining_that_heals_the_
         lines.append(f"# TYPE node_{feature} gauge")
         lines += [f'node_{feature}{{instance="node-a"}} {v:.6f} {t}' for t, v in zip(stamps, history[feature])]
     rules = tmp_path / "drift-rules.yaml"
-    # the shipped rules (the flagging alert) with a window and hold the test can wait for
-    rules.write_text(yaml.safe_dump(rule_groups(DriftAlertParams(window="1m", hold="2s", min_rows=100))))
+    # the shipped rules (the flagging alert, then the new normal) with a window and holds the test can wait for
+    rules.write_text(
+        yaml.safe_dump(rule_groups(DriftAlertParams(window="1m", hold="2s", retrain_after="3s", min_rows=100)))
+    )
     receiver = Receiver()
     alertmanager, alertmanager_url = start_alertmanager(tmp_path, receiver.url + "/")
     try:
@@ -230,13 +240,16 @@ def test_drift_in_served_traffic_starts_one_validated_retraining_that_heals_the_
 
                 # The machines move to a new normal: the detector flags row after row.
                 assert np.mean(np.array(stream(served, moved)) == -1) > 0.9
-                wait_for(lambda: len(receiver.posts) >= 3, "Alertmanager's notifications, repeated", tmp_path)
+                wait_for(lambda: receiver.retraining_posts() >= 3, "Alertmanager's notifications, repeated", tmp_path)
                 firing = {r["metric"]["alertname"] for r in query(prometheus, 'ALERTS{alertstate="firing"}')}
-                assert firing == {"AnomalyDetectorFlaggingAboveCalibration"}
-                posts, created, refusals = receiver.outcome()
+                assert firing == {FLAGGING_ALERT, NEW_NORMAL_ALERT}
+                posts, retraining, created, refusals = receiver.outcome()
                 (run,) = created.values()  # one retraining for the episode
-                assert all("already exists" in r for r in refusals)
-                assert len(refusals) == posts - 1
+                # a post before the new normal starts nothing (the filter); each repeat after the run names it again
+                filtered = [r for r in refusals if "did not return true" in r]
+                assert len(filtered) == posts - retraining
+                repeats = [r for r in refusals if r not in filtered]
+                assert all("already exists" in r for r in repeats) and len(repeats) == retraining - 1
                 params = {p["name"]: p["value"] for p in run["spec"]["params"]}
                 assert params["champion"] == f"serving:models/{MODEL}" and params["namespace"] == "models"
                 assert run["metadata"]["labels"]["anomaly-mlops/drifted-version"] == served_version

@@ -260,6 +260,11 @@ class DriftAlertParams:
     # a fifth of all rows flagged for six hours; the score PSI is recorded, its alert is opt-in.
     window: str = "6h"
     hold: str = "30m"
+    # The retraining trigger: the same condition held this long is a new normal, not an incident
+    # (incidents end within a day), and the drift run fetches this much of the latest rows
+    # (DRIFT_LOOKBACK), every fitted one after the move and a whole day of them (with the
+    # holdout's 30% beside); backtested in docs/evidence/quality.md (benchmarks/drift_loop.py).
+    retrain_after: str = "36h"
     flagged_ratio: float = 10.0
     max_psi: float | None = None
     min_rows: int = 500
@@ -267,7 +272,7 @@ class DriftAlertParams:
     severity: str = "warning"
 
     def check(self) -> None:
-        for flag, value in (("--window", self.window), ("--for", self.hold)):
+        for flag, value in (("--window", self.window), ("--for", self.hold), ("--retrain-after", self.retrain_after)):
             if not _PROMETHEUS_DURATION.match(value):
                 raise ConfigError(f"{flag} must be a Prometheus duration such as 30m or 1h, got {value!r}")
         if not self.flagged_ratio > 1:

@@ -9,6 +9,12 @@ namespace, model and version; the alerts compare them with the model's own calib
 
 - AnomalyDetectorFlaggingAboveCalibration: the share of rows flagged over the window is more
   than ``flagged_ratio`` times the share the model was calibrated to flag (at least 1%);
+- AnomalyDetectorNewNormal: the same condition, held ``retrain_after`` (36 hours): the
+  machines have not come back, so it is a new normal, not an incident. It is what starts the
+  retraining (the drift EventListener), which then fetches as much (every fitted row is
+  after the move; a run started at the first alert would fit the old normal and hold the
+  new one out, and validate would refuse it), and an incident shorter than that never
+  retrains the model on itself;
 - AnomalyDetectorScoreDrift, only with ``max_psi``: the served scores' PSI against the
   calibration scores is above it (the PSI *validate* gates a challenger on:
   steps/champion.psi). The PSI is recorded either way; on the shared labelled machines it is
@@ -33,8 +39,10 @@ from anomaly_mlops.serving.protocol import (
 )
 
 FLAGGING_ALERT = "AnomalyDetectorFlaggingAboveCalibration"
+NEW_NORMAL_ALERT = "AnomalyDetectorNewNormal"
 SCORE_DRIFT_ALERT = "AnomalyDetectorScoreDrift"
-DRIFT_ALERTS = (FLAGGING_ALERT, SCORE_DRIFT_ALERT)
+DRIFT_ALERTS = (FLAGGING_ALERT, NEW_NORMAL_ALERT, SCORE_DRIFT_ALERT)
+RETRAINING_ALERTS = (NEW_NORMAL_ALERT, SCORE_DRIFT_ALERT)  # those the drift EventListener starts a run on
 BY = "namespace, model, version"  # one series per served model version
 CALIBRATED_FLOOR = 0.01
 
@@ -57,6 +65,7 @@ def rule_groups(params: DriftAlertParams | None = None) -> dict:
         return {"severity": p.severity, "component": "anomaly-detector"}
 
     where = "{{ $labels.model }} version {{ $labels.version }} in {{ $labels.namespace }}"
+    flagging = f"({p.recorded('flagged_share')} > on({BY}) {p.flagged_ratio} * anomaly_detector:calibrated_flagged_share) and {enough}"
     rules = [
         {"record": p.recorded("rows_scored"), "expr": increase(SCORED_ROWS_METRIC)},
         {
@@ -79,16 +88,28 @@ def rule_groups(params: DriftAlertParams | None = None) -> dict:
         },
         {
             "alert": FLAGGING_ALERT,
-            "expr": f"({p.recorded('flagged_share')} > on({BY}) {p.flagged_ratio} * "
-            f"anomaly_detector:calibrated_flagged_share) and {enough}",
+            "expr": flagging,
             "for": p.hold,
             "labels": labels(),
             "annotations": {
                 "summary": f"Anomaly detector {where} flags far more rows than it was calibrated to",
                 "description": f"{{{{ $value | humanizePercentage }}}} of the rows scored in the last {w} were "
                 f"flagged, more than {p.flagged_ratio:g} times the share the model was calibrated to flag. The "
-                "machines it watches have likely moved to a new normal: retrain on recent data (the drift "
-                "trigger starts the retraining pipeline).",
+                f"machines it watches may have moved to a new normal; if it still holds after {p.retrain_after}, "
+                f"{NEW_NORMAL_ALERT} starts the retraining on the latest {p.retrain_after} of data.",
+            },
+        },
+        {
+            "alert": NEW_NORMAL_ALERT,
+            "expr": flagging,
+            "for": p.retrain_after,
+            "labels": labels(),
+            "annotations": {
+                "summary": f"Anomaly detector {where} has flagged far more rows than calibrated for {p.retrain_after}",
+                "description": f"{{{{ $value | humanizePercentage }}}} of the rows scored in the last {w} were "
+                f"flagged, and the share has stayed above {p.flagged_ratio:g} times the calibrated share for "
+                f"{p.retrain_after}: a new normal, not an incident. The drift trigger retrains the model on the "
+                f"latest {p.retrain_after} of data.",
             },
         },
     ]

@@ -180,28 +180,38 @@ def _figures(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dic
     }
 
 
-# The backtest's drift retraining (--retrain-on-drift), as the shipped loop runs it: the drift
-# alert (DriftAlertParams' window, hold and flagged ratio) judged on one machine's served flags;
-# its 500-row floor is for fleets (one machine at a row a minute has 360 rows in 6 hours), so one
-# machine is held to half its window's rows. The run fetches --train-window of rows, holds the
-# latest DRIFT_HOLDOUT_FRACTION out (prepare_data's default), fits the rest, and validate's
-# flagged-rate gate (Gates) decides on the holdout; a version serves an hour after its alert
-# fired (Alertmanager, the run, the rollout). A refused run leaves the version serving, and no
-# second drift run starts for it (one PipelineRun name per version).
+# The backtest's drift retraining (--retrain-on-drift), as the shipped loop runs it: the alert
+# that starts the run (AnomalyDetectorNewNormal: DriftAlertParams' window and flagged ratio,
+# held retrain_after) judged on one machine's served flags; its 500-row floor is for fleets (one
+# machine at a row a minute has 360 rows in 6 hours), so one machine is held to half its
+# window's rows. The run fetches as much as the alert held (the drift template's lookback),
+# holds the latest DRIFT_HOLDOUT_FRACTION out (prepare_data's default), fits the rest, and
+# validate's flagged-rate gate (Gates) decides on the holdout; a version serves an hour after
+# its alert fired (Alertmanager, the run, the rollout). A refused run leaves the version
+# serving, and no second drift run starts for it (one PipelineRun name per version).
 DRIFT_RETRAIN_DELAY_S = 3600
 DRIFT_HOLDOUT_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
 class DriftRuns:
-    """How the backtest's drift runs go: as shipped by default. ``lookback_s``: the rows a run
-    fetches (None: the backtest's --train-window); ``retry_s``: a version whose run was refused
-    may start another this long after the alert that started it, while the alert still fires
-    (None: never, as one PipelineRun name per version allows); ``gates``: validate's."""
+    """How the backtest's drift runs go: as shipped by default. ``hold_s``: how long the
+    alert's condition holds before a run starts (None: DriftAlertParams.retrain_after);
+    ``lookback_s``: the rows a run fetches (None: as long as that hold, as the drift template
+    does); ``retry_s``: a version whose run was refused may start another this long after the
+    alert that started it, while the alert still fires (None: never, as one PipelineRun name
+    per version allows); ``gates``: validate's."""
 
+    hold_s: float | None = None
     lookback_s: float | None = None
     retry_s: float | None = None
     gates: Gates = field(default_factory=Gates)
+
+    def shipped_hold_s(self) -> float:
+        from anomaly_mlops.params import DriftAlertParams
+        from anomaly_mlops.sources.prometheus import parse_duration
+
+        return self.hold_s if self.hold_s is not None else float(parse_duration(DriftAlertParams().retrain_after))
 
 
 @dataclass(frozen=True)
@@ -216,7 +226,8 @@ class _DriftAlert:
     floor: float  # the least calibrated share the alert compares with
 
     @classmethod
-    def shipped(cls, interval_s: float) -> _DriftAlert:
+    def shipped(cls, interval_s: float, hold_s: float) -> _DriftAlert:
+        """The shipped alert's window, ratio and floor, holding ``hold_s``."""
         from anomaly_mlops.params import DriftAlertParams
         from anomaly_mlops.serving.alert_rules import CALIBRATED_FLOOR
         from anomaly_mlops.sources.prometheus import parse_duration
@@ -225,7 +236,7 @@ class _DriftAlert:
         window = max(int(parse_duration(p.window) / interval_s), 1)
         return cls(
             window=window,
-            hold=int(parse_duration(p.hold) / interval_s),
+            hold=int(hold_s / interval_s),
             ratio=p.flagged_ratio,
             min_rows=min(p.min_rows, max(window // 2, 1)),
             delay=int(round(DRIFT_RETRAIN_DELAY_S / interval_s)),
@@ -287,10 +298,10 @@ def _backtest(
     X = np.vstack([series.train, series.test])
     first = len(series.train)
     every, window_rows = rows_in(retrain_every_s), rows_in(train_window_s)
-    alert = _DriftAlert.shipped(series.interval_s) if drift else None
+    alert = _DriftAlert.shipped(series.interval_s, drift.shipped_hold_s()) if drift else None
     if drift:
         gate = drift.gates.max_flagged_rate_ratio * params.contamination
-        lookback = window_rows if drift.lookback_s is None else rows_in(drift.lookback_s)
+        lookback = rows_in(drift.shipped_hold_s() if drift.lookback_s is None else drift.lookback_s)
         retry = rows_in(drift.retry_s)
     k = smoothing_rows(smoothing_minutes, series.interval_s)
     flagged = np.zeros(len(X), dtype=bool)  # what the serving model flagged, row by row
@@ -378,15 +389,17 @@ def as_evaluated(params: TrainParams) -> tuple[TrainParams, int, int]:
     return replace(params, threshold=params.threshold_method, metric_basis=params.basis_for(window)), window, smoothing
 
 
-def _check_train_window(train_window_s: float, window_minutes: int, drift_runs: bool) -> None:
+def _check_train_window(seconds: float, window_minutes: int, drift_runs: bool) -> None:
     """The rows a retraining fits (a drift run: all but its holdout) must span at least two
-    feature windows, so that most of them have a complete window, as train requires."""
+    feature windows, so that most of them have a complete window, as train requires.
+    ``seconds``: the scheduled retraining's --train-window, or a drift run's fetch."""
     fitted = 1 - DRIFT_HOLDOUT_FRACTION if drift_runs else 1.0
     least_s = 2 * window_minutes * 60 / fitted
-    if window_minutes and train_window_s < least_s:
+    if window_minutes and seconds < least_s:
         hours = math.ceil(least_s / 3600)
+        what = "a drift run's fetch (--retrain-after)" if drift_runs else "--train-window"
         raise ConfigError(
-            f"--train-window ({train_window_s / 60:g} min) is too short: a retraining fits rows with a complete "
+            f"{what} ({seconds / 60:g} min) is too short: a retraining fits rows with a complete "
             f"{window_minutes}-minute feature window; give at least {hours}h"
         )
 
@@ -470,7 +483,9 @@ def evaluate(
     series = _load(Path(data_dir), datasets, resample_minutes, params.sample_interval_s)
     params, window, smoothing = as_evaluated(params)
     if backtest:
-        _check_train_window(train_window_s, window, retrain_on_drift)
+        _check_train_window(train_window_s, window, False)
+        if retrain_on_drift:
+            _check_train_window(DriftRuns().shipped_hold_s(), window, True)
     if not tune:
         rows = []
         for one in series:

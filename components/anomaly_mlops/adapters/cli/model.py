@@ -422,8 +422,8 @@ def register(sub: SubParsers) -> None:
     p.add_argument(
         "--retrain-on-drift",
         action="store_true",
-        help="also backtest the self-healing loop: the runs the shipped drift alert starts for the serving model, "
-        "fetching --train-window and gated by validate as the drift run is; with or without --retrain-every",
+        help="also backtest the self-healing loop: the runs the shipped new-normal alert starts for the serving "
+        "model, fetching what it held (36h) and gated by validate as the drift run is; with or without --retrain-every",
     )
     p.add_argument("--train-window", type=duration_s, metavar="DURATION", help="the backtest's training window")
     _add_train_flags(p)

@@ -84,6 +84,7 @@ def cmd_alert_rules(args) -> dict | None:
     params = DriftAlertParams(
         window=args.window,
         hold=args.hold,
+        retrain_after=args.retrain_after,
         flagged_ratio=args.flagged_ratio,
         max_psi=args.max_psi,
         min_rows=args.min_rows,
@@ -199,6 +200,12 @@ def register(sub: SubParsers) -> None:
     )
     p.add_argument("--window", default=rules.window, help="the sliding window the shares and the PSI are taken over")
     p.add_argument("--for", dest="hold", default=rules.hold, help="how long a condition holds before its alert fires")
+    p.add_argument(
+        "--retrain-after",
+        default=rules.retrain_after,
+        help="how long the flagging condition holds before the alert that starts the retraining fires (a new "
+        "normal, not an incident); the drift trigger's fetch is as long (manifests/tekton/triggers/drift-template.yaml)",
+    )
     p.add_argument(
         "--flagged-ratio",
         type=float,
