@@ -1,16 +1,17 @@
 """The self-healing loop as it runs on one machine, and variants of its drift runs: every
 shared SMD machine and NAB series fitted as `anomaly-mlops evaluate` fits it, its test part
-served by the static model, then by the backtest of `evaluate --retrain-on-drift` (the drift
-alert starts a run, validate's flagged-rate gate decides on the latest 30% of the rows it
-fetched; steps/evaluate.py DriftRuns) under each loop:
+served by the static model, then by the backtest of `evaluate --retrain-on-drift` (an alert
+starts a run, validate's flagged-rate gate decides on the latest 30% of the rows it fetched;
+steps/evaluate.py DriftRuns) under each loop:
 
   static                 no retraining
-  shipped                a run per alert, fetching 7 days; a refused run leaves the version
+  shipped                AnomalyDetectorNewNormal: the flagging alert's condition held 36 hours
+                         starts a run that fetches 36 hours; a refused run leaves the version
                          serving, and it starts no second run (one PipelineRun name per version)
-  retry 12 h             a refused version may start another run 12 hours after the alert
+  first alert, 7 days    a run at the flagging alert (held 30 minutes), fetching 7 days
+  24 h, 1 day            held 24 hours, fetching 1 day (the other holds and fetches alike)
+  ... retried 12 h       a refused version may start another run 12 hours after the alert
                          (Alertmanager's repeat interval) while the alert still fires
-  retry 12 h, 2 days     the same, each run fetching 2 days
-  retry 12 h, 1 day      the same, each run fetching 1 day
 
 Labels are never used by a loop. Printed per loop: mean F1, the worst series, the series lost
 against static, mean and largest flagged share, and the drift runs deployed and refused per
@@ -30,12 +31,15 @@ from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, as_evaluated  # n
 
 DAY, HOUR = 86400.0, 3600.0
 LOOPS = {
-    "shipped": DriftRuns(),
-    "retry 12 h": DriftRuns(retry_s=12 * HOUR),
-    "retry 12 h, 2 days": DriftRuns(lookback_s=2 * DAY, retry_s=12 * HOUR),
-    "retry 12 h, 1 day": DriftRuns(lookback_s=DAY, retry_s=12 * HOUR),
+    "shipped: held 36 h, 36 h": DriftRuns(),
+    "first alert (30 min), 7 days": DriftRuns(hold_s=HOUR / 2, lookback_s=7 * DAY),
+    "first alert, 7 days, retried 12 h": DriftRuns(hold_s=HOUR / 2, lookback_s=7 * DAY, retry_s=12 * HOUR),
+    "held 12 h, 1 day": DriftRuns(hold_s=12 * HOUR, lookback_s=DAY),
+    "held 24 h, 1 day": DriftRuns(hold_s=DAY, lookback_s=DAY),
+    "held 24 h, 2 days": DriftRuns(hold_s=DAY, lookback_s=2 * DAY),
+    "held 36 h, 36 h, retried 12 h": DriftRuns(retry_s=12 * HOUR),
 }
-TRAIN_WINDOW_S = 7 * DAY  # the Prometheus source's lookback
+TRAIN_WINDOW_S = 7 * DAY  # the backtest's --train-window (a drift run fetches its DriftRuns' lookback)
 
 
 def main():
