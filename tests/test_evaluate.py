@@ -435,14 +435,14 @@ def test_backtest_retrains_on_a_sliding_window_and_follows_a_new_normal(tmp_path
     assert result["mean_backtest"]["smd"]["f1"] == backtest["f1"]
     with pytest.raises(ConfigError, match="needs --train-window"):
         evaluate(tmp_path, ("smd",), params, retrain_every_s=3600)
+    with pytest.raises(ConfigError, match="--train-window is the recurring run's"):
+        evaluate(tmp_path, ("smd",), params, retrain_on_drift=True, train_window_s=3600)
     # a window too short to hold complete 120-minute feature windows: refused, saying how long
     with pytest.raises(ConfigError, match=r"--train-window \(10 min\) is too short: .* at least 4h"):
         evaluate(tmp_path, ("smd",), params, retrain_every_s=3600, train_window_s=600)
     # a drift run fits 70% of its 36-hour fetch: too few rows for a 20-hour feature window
     with pytest.raises(ConfigError, match=r"a drift run's fetch \(--retrain-after\) \(2160 min\) .* at least 58h"):
-        evaluate(
-            tmp_path, ("smd",), replace(params, feature_window=1200), retrain_on_drift=True, train_window_s=5 * 86400
-        )
+        evaluate(tmp_path, ("smd",), replace(params, feature_window=1200), retrain_on_drift=True)
 
 
 def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
@@ -455,14 +455,14 @@ def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
 
     _new_normal_machine(tmp_path, test_rows=4000, incident_at=3400)
     params = TrainParams(n_estimators=30)
-    result = evaluate(tmp_path, ("smd",), params, retrain_on_drift=True, train_window_s=12 * 3600)
+    result = evaluate(tmp_path, ("smd",), params, retrain_on_drift=True)  # the drift runs fetch 36 hours
     (one,) = result["series"]
     loop = one["backtest"]
     assert one["flagged_share"] > 0.8  # the static model
     assert (loop["retrainings"], loop["retrainings_on_drift"], loop["drift_retrainings_refused"]) == (1, 1, 0)
     # flagged until the run's version serves (36 hours, then an hour), little after
     assert loop["flagged_share"] < one["flagged_share"] - 0.25 and loop["recall"] > 0.5
-    assert result["backtest"] == {"retrain_every_s": None, "train_window_s": 12 * 3600, "retrain_on_drift": True}
+    assert result["backtest"] == {"retrain_every_s": None, "train_window_s": None, "retrain_on_drift": True}
     assert result["mean_backtest"]["smd"]["max_flagged_share"] == loop["flagged_share"]
     both = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600, train_window_s=12 * 3600,
                     retrain_on_drift=True)["series"][0]["backtest"]  # fmt: skip
@@ -559,8 +559,7 @@ def test_backtest_does_not_retrain_a_machine_that_stays_normal(tmp_path):
     from anomaly_mlops.steps.evaluate import evaluate
 
     _new_normal_machine(tmp_path, new_normal_from=None, incident_rows=5, incident_lift=10)
-    (one,) = evaluate(tmp_path, ("smd",), TrainParams(n_estimators=30), retrain_on_drift=True,
-                      train_window_s=12 * 3600)["series"]  # fmt: skip
+    (one,) = evaluate(tmp_path, ("smd",), TrainParams(n_estimators=30), retrain_on_drift=True)["series"]
     assert one["backtest"]["retrainings"] == 0
     assert one["backtest"]["f1"] == one["f1"]  # the static model served throughout
 

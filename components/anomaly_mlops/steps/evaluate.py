@@ -461,16 +461,17 @@ def evaluate(
 ) -> dict:
     """Per-series and mean ROC-AUC, PR-AUC and F1 at the model's own threshold. Without
     ``tune``, of exactly the detector ``params`` describe (defaults: what ``train`` fits).
-    With ``train_window_s`` and ``retrain_every_s`` or ``retrain_on_drift`` (or both), also
-    the backtest (_backtest) beside the static figures."""
+    With ``retrain_every_s`` and ``train_window_s`` (the recurring run), or ``retrain_on_drift``
+    (the drift runs, which fetch what their alert held), or both, also the backtest
+    (_backtest) beside the static figures."""
     backtest = retrain_every_s is not None or retrain_on_drift
-    if backtest != (train_window_s is not None):
+    if (retrain_every_s is not None) != (train_window_s is not None):
         raise ConfigError(
-            "a backtest needs --train-window and --retrain-every or --retrain-on-drift (or both)"
-            if backtest
-            else "--train-window is the backtest's: give --retrain-every or --retrain-on-drift with it"
+            "--retrain-every needs --train-window (the recurring run's window)"
+            if retrain_every_s is not None
+            else "--train-window is the recurring run's: give --retrain-every with it"
         )
-    if backtest and (tune or (retrain_every_s is not None and not retrain_every_s > 0) or not train_window_s > 0):
+    if backtest and (tune or (retrain_every_s is not None and not (retrain_every_s > 0 and train_window_s > 0))):
         raise ConfigError("--retrain-every and --train-window must be above 0, and are not for --tune")
     params = params or TrainParams()
     params.check()
@@ -483,7 +484,8 @@ def evaluate(
     series = _load(Path(data_dir), datasets, resample_minutes, params.sample_interval_s)
     params, window, smoothing = as_evaluated(params)
     if backtest:
-        _check_train_window(train_window_s, window, False)
+        if train_window_s is not None:
+            _check_train_window(train_window_s, window, False)
         if retrain_on_drift:
             _check_train_window(DriftRuns().shipped_hold_s(), window, True)
     if not tune:

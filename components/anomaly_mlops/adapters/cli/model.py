@@ -425,7 +425,9 @@ def register(sub: SubParsers) -> None:
         help="also backtest the self-healing loop: the runs the shipped new-normal alert starts for the serving "
         "model, fetching what it held (36h) and gated by validate as the drift run is; with or without --retrain-every",
     )
-    p.add_argument("--train-window", type=duration_s, metavar="DURATION", help="the backtest's training window")
+    p.add_argument(
+        "--train-window", type=duration_s, metavar="DURATION", help="the recurring run's window (with --retrain-every)"
+    )
     _add_train_flags(p)
     p.add_argument("--out", help="write per-series results as JSON here")
     p.set_defaults(func=cmd_evaluate)
