@@ -12,7 +12,7 @@ import yaml
 from tekton_listener import ROOT, DriftListener, Refused, alertmanager_message
 
 from anomaly_mlops.params import DriftAlertParams
-from anomaly_mlops.serving.alert_rules import DRIFT_ALERTS, FLAGGING_ALERT, rule_groups
+from anomaly_mlops.serving.alert_rules import DRIFT_ALERTS, FLAGGING_ALERT, RETRAINING_ALERTS, rule_groups
 
 import crd_schema
 
@@ -44,6 +44,9 @@ def test_a_new_normal_starts_a_retraining_of_that_version_on_its_latest_metrics(
     assert set(params) <= {p["name"] for p in pipeline["spec"]["params"]}
     (data,) = [t for t in pipeline["spec"]["tasks"] if t["name"] == "data"]
     assert {"name": "lookback", "value": "$(params.lookback)"} in data["params"]
+    # the listener names the alerts alert_rules.py says start a run, and not the flagging alert
+    (filtered,) = [p["value"] for p in listener.trigger["interceptors"][0]["params"] if p["name"] == "filter"]
+    assert all(f"'{name}'" in filtered for name in RETRAINING_ALERTS) and f"'{FLAGGING_ALERT}'" not in filtered
 
 
 def test_a_storm_or_a_replay_of_one_episode_starts_one_run(listener):

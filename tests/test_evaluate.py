@@ -574,8 +574,8 @@ def test_the_backtest_drift_alert_keeps_the_shipped_rule():
     from anomaly_mlops.steps.evaluate import DriftRuns, _DriftAlert
 
     (rule,) = [r for r in rule_groups()["groups"][0]["rules"] if r.get("alert") == NEW_NORMAL_ALERT]
-    assert rule["for"] == DriftAlertParams().retrain_after == "36h" and DriftRuns().shipped_hold_s() == 36 * 3600
-    alert = _DriftAlert.shipped(60.0, DriftRuns().shipped_hold_s())
+    assert rule["for"] == DriftAlertParams().retrain_after == "36h" and DriftRuns().alert_hold_s() == 36 * 3600
+    alert = _DriftAlert.shipped(60.0, DriftRuns().alert_hold_s())
     assert (alert.window, alert.hold, alert.ratio, alert.min_rows, alert.delay) == (360, 2160, 10.0, 180, 60)
     alert = _DriftAlert.shipped(60.0, 1800.0)  # the flagging alert's 30 minutes, for short arrays below
     some = np.zeros(2000, dtype=bool)

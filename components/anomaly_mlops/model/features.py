@@ -145,8 +145,6 @@ def _fill_window_columns_c(X, w: int, first: int, start: int, stop: int, out: np
     )
 
 
-# eq=False: compared and hashed by identity, as features_of groups requests by their
-# model's transform and a matrix would make every hash cost a pass over it.
 def row_products(X: np.ndarray, W: np.ndarray) -> np.ndarray:
     """``X @ W`` (rows, or series x rows) with each row's result independent of the other
     rows: a BLAS product can change a row's last bits with the matrix's row count, which
@@ -155,6 +153,8 @@ def row_products(X: np.ndarray, W: np.ndarray) -> np.ndarray:
     return np.einsum("...j,jk->...k", X, W)
 
 
+# eq=False: compared and hashed by identity, as features_of groups requests by their
+# model's transform and a matrix would make every hash cost a pass over it.
 @dataclass(frozen=True, eq=False)
 class MetricBasis:
     """Standardized metrics on their principal axes: ``(X - center) / scale @ axes``. Fitted

@@ -207,7 +207,7 @@ class DriftRuns:
     retry_s: float | None = None
     gates: Gates = field(default_factory=Gates)
 
-    def shipped_hold_s(self) -> float:
+    def alert_hold_s(self) -> float:
         from anomaly_mlops.params import DriftAlertParams
         from anomaly_mlops.sources.prometheus import parse_duration
 
@@ -298,10 +298,10 @@ def _backtest(
     X = np.vstack([series.train, series.test])
     first = len(series.train)
     every, window_rows = rows_in(retrain_every_s), rows_in(train_window_s)
-    alert = _DriftAlert.shipped(series.interval_s, drift.shipped_hold_s()) if drift else None
+    alert = _DriftAlert.shipped(series.interval_s, drift.alert_hold_s()) if drift else None
     if drift:
         gate = drift.gates.max_flagged_rate_ratio * params.contamination
-        lookback = rows_in(drift.shipped_hold_s() if drift.lookback_s is None else drift.lookback_s)
+        lookback = rows_in(drift.alert_hold_s() if drift.lookback_s is None else drift.lookback_s)
         retry = rows_in(drift.retry_s)
     k = smoothing_rows(smoothing_minutes, series.interval_s)
     flagged = np.zeros(len(X), dtype=bool)  # what the serving model flagged, row by row
@@ -487,7 +487,7 @@ def evaluate(
         if train_window_s is not None:
             _check_train_window(train_window_s, window, False)
         if retrain_on_drift:
-            _check_train_window(DriftRuns().shipped_hold_s(), window, True)
+            _check_train_window(DriftRuns().alert_hold_s(), window, True)
     if not tune:
         rows = []
         for one in series:
