@@ -17,12 +17,12 @@ namespace, model and version; the alerts compare them with the model's own calib
   retrains the model on itself;
 - AnomalyDetectorScoreDrift, only with ``max_psi``: the served scores' PSI against the
   calibration scores is above it (the PSI *validate* gates a challenger on:
-  steps/champion.psi). The PSI is recorded either way; on the shared labelled machines it is
-  above 0.5 in most ordinary windows (time of day, the calibration period), so it is no
-  default alarm.
+  steps/champion.psi), held ``retrain_after``, as it starts a retraining too. The PSI is
+  recorded either way; on the shared labelled machines it is above 0.5 in most ordinary
+  windows (time of day, the calibration period), so it is no default alarm.
 
 Each holds only when the window has ``min_rows`` rows (a PSI over few rows is noise: about
-(bins - 1) / rows by chance), and fires after ``hold`` of holding: one alert per episode, which
+(bins - 1) / rows by chance), and fires after its hold: one alert per episode, which
 resolves when the traffic returns (a retrained model, or the machines' old normal).
 """
 
@@ -118,7 +118,7 @@ def rule_groups(params: DriftAlertParams | None = None) -> dict:
             {
                 "alert": SCORE_DRIFT_ALERT,
                 "expr": f"({p.recorded('score_psi')} > {p.max_psi}) and {enough}",
-                "for": p.hold,
+                "for": p.retrain_after,  # it starts a retraining too: a lasting shift, as the new normal's
                 "labels": labels(),
                 "annotations": {
                     "summary": f"Served scores of {where} have drifted from its calibration scores",
