@@ -59,6 +59,7 @@ def test_the_prometheus_rule_validates_against_the_operators_crd():
         (["--window", "1 hour"], "--window must be a Prometheus duration"),
         (["--for=-5m"], "--for must be a Prometheus duration"),
         (["--retrain-after", "1.5d"], "--retrain-after must be a Prometheus duration"),
+        (["--for", "1h30m", "--retrain-after", "89m"], "--retrain-after (89m) must be at least --for (1h30m)"),
         (["--flagged-ratio", "1"], "--flagged-ratio must be above 1"),
         (["--max-psi", "0"], "--max-psi must be above 0"),
         (["--max-psi", "-1"], "--max-psi must be above 0"),

@@ -250,6 +250,12 @@ def parse_window_columns(text) -> tuple[str, ...]:
 
 
 _PROMETHEUS_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")  # Prometheus' duration syntax
+_DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def prometheus_seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration (checked by _PROMETHEUS_DURATION), e.g. 1h30m."""
+    return sum(int(n) * _DURATION_UNITS_S[unit] for n, unit in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", duration))
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,11 @@ class DriftAlertParams:
         for flag, value in (("--window", self.window), ("--for", self.hold), ("--retrain-after", self.retrain_after)):
             if not _PROMETHEUS_DURATION.match(value):
                 raise ConfigError(f"{flag} must be a Prometheus duration such as 30m or 1h, got {value!r}")
+        if prometheus_seconds(self.retrain_after) < prometheus_seconds(self.hold):
+            raise ConfigError(
+                f"--retrain-after ({self.retrain_after}) must be at least --for ({self.hold}): the retraining "
+                "alert is the flagging alert's condition held longer"
+            )
         if not self.flagged_ratio > 1:
             raise ConfigError(f"--flagged-ratio must be above 1 (times the calibrated share), got {self.flagged_ratio}")
         if self.max_psi is not None and not self.max_psi > 0:
