@@ -267,9 +267,9 @@ class DriftAlertParams:
     window: str = "6h"
     hold: str = "30m"
     # The retraining trigger: the same condition held this long is a new normal, not an incident
-    # (incidents end within a day), and the drift run fetches this much of the latest rows
-    # (DRIFT_LOOKBACK), every fitted one after the move and a whole day of them (with the
-    # holdout's 30% beside); backtested in docs/evidence/quality.md (benchmarks/drift_loop.py).
+    # (incidents end within a day), and the drift run fetches this much of the latest rows (the
+    # drift template's lookback), every fitted one after the move and a whole day of them (with
+    # the holdout's 30% beside); backtested in docs/evidence/quality.md (benchmarks/drift_loop.py).
     retrain_after: str = "36h"
     flagged_ratio: float = 10.0
     max_psi: float | None = None

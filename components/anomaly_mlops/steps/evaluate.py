@@ -208,10 +208,9 @@ class DriftRuns:
     gates: Gates = field(default_factory=Gates)
 
     def alert_hold_s(self) -> float:
-        from anomaly_mlops.params import DriftAlertParams
-        from anomaly_mlops.sources.prometheus import parse_duration
+        from anomaly_mlops.params import DriftAlertParams, prometheus_seconds
 
-        return self.hold_s if self.hold_s is not None else float(parse_duration(DriftAlertParams().retrain_after))
+        return self.hold_s if self.hold_s is not None else prometheus_seconds(DriftAlertParams().retrain_after)
 
 
 @dataclass(frozen=True)
@@ -228,12 +227,11 @@ class _DriftAlert:
     @classmethod
     def shipped(cls, interval_s: float, hold_s: float) -> _DriftAlert:
         """The shipped alert's window, ratio and floor, holding ``hold_s``."""
-        from anomaly_mlops.params import DriftAlertParams
+        from anomaly_mlops.params import DriftAlertParams, prometheus_seconds
         from anomaly_mlops.serving.alert_rules import CALIBRATED_FLOOR
-        from anomaly_mlops.sources.prometheus import parse_duration
 
         p = DriftAlertParams()
-        window = max(int(parse_duration(p.window) / interval_s), 1)
+        window = max(int(prometheus_seconds(p.window) / interval_s), 1)
         return cls(
             window=window,
             hold=int(hold_s / interval_s),
