@@ -11,7 +11,9 @@ steps/evaluate.py DriftRuns) under each loop:
   first alert, 7 days    a run at the flagging alert (held 30 minutes), fetching 7 days
   24 h, 1 day            held 24 hours, fetching 1 day (the other holds and fetches alike)
   ... retried 12 h       a refused version may start another run 12 hours after the alert
-                         (Alertmanager's repeat interval) while the alert still fires
+                         (Alertmanager's repeat interval) while the alert still fires;
+                         "once" or "twice": at most that many more runs (a further alert
+                         held 48 or 60 hours, each naming its own run, would start them)
 
 Labels are never used by a loop. Printed per loop: mean F1, the worst series, the series lost
 against static, mean and largest flagged share, and the drift runs deployed and refused per
@@ -38,6 +40,8 @@ LOOPS = {
     "held 24 h, 1 day": DriftRuns(hold_s=DAY, lookback_s=DAY),
     "held 24 h, 2 days": DriftRuns(hold_s=DAY, lookback_s=2 * DAY),
     "held 36 h, 36 h, retried 12 h": DriftRuns(retry_s=12 * HOUR),
+    "held 36 h, 36 h, retried once 12 h": DriftRuns(retry_s=12 * HOUR, retries=1),
+    "held 36 h, 36 h, retried twice 12 h": DriftRuns(retry_s=12 * HOUR, retries=2),
 }
 
 

@@ -521,9 +521,11 @@ def test_a_drift_run_that_passes_validate_replaces_the_version(tmp_path):
 
 
 def test_a_refused_drift_run_may_be_retried_while_the_alert_still_fires(tmp_path):
-    """DriftRuns(retry_s=...): a variant benchmarks/drift_loop.py measures. The first run is
-    refused; one started 6 hours after the alert, while it still fires, holds enough of the
-    new normal to pass, and the alarm storm ends."""
+    """DriftRuns(retry_s=..., retries=...): variants benchmarks/drift_loop.py measures. The
+    first run is refused; one started 6 hours after the alert, while it still fires, holds
+    enough of the new normal to pass, and the alarm storm ends. Retries are capped where
+    asked: after that many refused retries, the version keeps serving."""
+    from anomaly_mlops.params import Gates
     from anomaly_mlops.steps.evaluate import DriftRuns
 
     run = _drift_loop_on_new_normal(tmp_path)
@@ -531,6 +533,12 @@ def test_a_refused_drift_run_may_be_retried_while_the_alert_still_fires(tmp_path
     assert once["drift_retrainings_refused"] == 1 and once["retrainings"] == 0
     assert retried["drift_retrainings_refused"] >= 2 and retried["retrainings_on_drift"] >= 1
     assert retried["flagged_share"] < once["flagged_share"] - 0.3
+    # a gate no run passes, retried every 30 minutes: capped, one run more per retry, then none
+    refuse_all = Gates(max_flagged_rate_ratio=-1.0)
+    for cap in (0, 1, 2):
+        capped = run(DriftRuns(**EARLY_RUNS, retry_s=1800, retries=cap, gates=refuse_all))
+        assert (capped["drift_retrainings_refused"], capped["retrainings"]) == (cap + 1, 0)
+    assert run(DriftRuns(**EARLY_RUNS, retry_s=1800, gates=refuse_all))["drift_retrainings_refused"] > 3
 
 
 def test_a_drift_run_that_fails_to_train_counts_as_refused(tmp_path, monkeypatch):

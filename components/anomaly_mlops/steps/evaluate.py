@@ -200,11 +200,12 @@ class DriftRuns:
     ``lookback_s``: the rows a run fetches (None: as long as that hold, as the drift template
     does); ``retry_s``: a version whose run was refused may start another this long after the
     alert that started it, while the alert still fires (None: never, as one PipelineRun name
-    per version allows); ``gates``: validate's."""
+    per version allows), at most ``retries`` times (None: no limit); ``gates``: validate's."""
 
     hold_s: float | None = None
     lookback_s: float | None = None
     retry_s: float | None = None
+    retries: int | None = None
     gates: Gates = field(default_factory=Gates)
 
     def alert_hold_s(self) -> float:
@@ -268,6 +269,7 @@ class _Version:
     calibrated_share: float
     holdout_flagged_share: float | None = None  # drift runs: on the rows held out for validate
     alert_from: int | None = 0  # the first of its rows whose alert may start a drift run (None: none)
+    refused: int = 0  # its drift runs that validate refused
 
     @property
     def flags(self) -> np.ndarray:
@@ -363,7 +365,9 @@ def _backtest(
                 version = challenger
             else:  # validate refuses it (or train fails): the version keeps serving
                 counts["drift_retrainings_refused"] += 1
-                version.alert_from = None if retry is None else fired + retry
+                version.refused += 1
+                again = retry is not None and (drift.retries is None or version.refused <= drift.retries)
+                version.alert_from = fired + retry if again else None
             continue
         serve(version, version.end)
         if version.end >= len(X):
