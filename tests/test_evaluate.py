@@ -387,6 +387,8 @@ def test_sample_interval_is_honoured_for_the_smd_layout(tmp_path):
     assert default["interval_s"] == 60.0  # SMD's own spacing when nothing is said
     with pytest.raises(ConfigError, match="not a whole number of 300-second rows"):
         evaluate(tmp_path, ("smd",), params, resample_minutes=7)
+    with pytest.raises(ConfigError, match=r"--resample is in minutes and must be >= 0 \(0: none\), got -10"):
+        evaluate(tmp_path, ("smd",), params, resample_minutes=-10)
 
 
 def _new_normal_machine(

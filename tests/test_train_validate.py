@@ -172,6 +172,19 @@ def test_train_refuses_non_empty_output_and_bad_params(prepared, tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
     with pytest.raises(ConfigError, match="contamination"):
         train(str(prepared.train_path), tmp_path / "x", TrainParams(contamination=0.7))
+    # seeds scikit-learn refuses with a traceback (the raw-metric trees take seed + 1)
+    for seed in (-1, 2**32 - 1, 1.5, True):
+        with pytest.raises(ConfigError, match=r"seed must be an integer from 0 to 4294967294"):
+            train(str(prepared.train_path), tmp_path / "x", TrainParams(seed=seed))
+    assert not (tmp_path / "x").exists()
+
+
+def test_data_refuses_a_seed_numpy_cannot_take(tmp_path):
+    from anomaly_mlops.steps.data import prepare_data
+
+    with pytest.raises(ConfigError, match=r"seed must be an integer from 0 to 4294967294, got -1"):
+        prepare_data(tmp_path / "data", rows=2000, seed=-1)
+    assert not (tmp_path / "data").exists()
 
 
 def test_tampered_model_is_refused_before_unpickling(copy_model):

@@ -13,6 +13,7 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 DEFAULT_MAX_ROWS = 20_000_000
 DEFAULT_MAX_INSTANCES = 10_000
 DEFAULT_MAX_ENTITIES = 10_000  # series whose history a server keeps (history.py)
+MAX_SEED = 2**32 - 1  # exclusive: seed + 1 must stay below scikit-learn's 2**32
 # The lean server's guard against careless and hostile clients (serving/http_guard.py).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_HEAD_TIMEOUT_S = 10.0
@@ -82,6 +83,12 @@ def read_token(path: str | None) -> str | None:
     if not token:
         raise ConfigError(f"token file {path} is empty")
     return token
+
+
+def check_seed(seed) -> None:
+    """A seed numpy and scikit-learn take, with room for the raw-metric trees' seed + 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED - 1}, got {seed!r}")
 
 
 @dataclass
@@ -158,6 +165,7 @@ class TrainParams:
         return DEFAULT_METRIC_BASIS if window_minutes else "raw"
 
     def check(self) -> None:
+        check_seed(self.seed)
         if self.n_estimators < 1:
             raise ConfigError(f"n_estimators must be >= 1, got {self.n_estimators}")
         if not 0.0 < self.contamination < 0.5:

@@ -16,7 +16,7 @@ import pandas as pd
 from anomaly_mlops.errors import DataError
 from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
 from anomaly_mlops.model.schema import DEFAULT_FEATURES, ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
-from anomaly_mlops.params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
+from anomaly_mlops.params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, check_seed
 from anomaly_mlops.redact import redact
 from anomaly_mlops.sources.files import frame_to_dataset, read_table
 from anomaly_mlops.sources.synthetic import generate_synthetic
@@ -61,6 +61,7 @@ def prepare_data(
     """
     if not 0.0 < holdout_fraction < 1.0:
         raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    check_seed(seed)
     schema = schema or FeatureSchema()
     if prometheus is not None:  # a prometheus.PrometheusSource: live metrics, labels from alert history
         frame, schema, labels_report = fetch_live(prometheus, schema)

@@ -101,6 +101,8 @@ def _resample_factor(resample_minutes: int, interval_s: float) -> int:
     """Rows averaged into one for ``resample_minutes`` of ``interval_s`` rows (1: none)."""
     if not resample_minutes:
         return 1
+    if resample_minutes < 0:
+        raise ConfigError(f"--resample is in minutes and must be >= 0 (0: none), got {resample_minutes}")
     rows = resample_minutes * 60 / interval_s
     if rows < 1 or abs(rows - round(rows)) > 1e-9:
         raise ConfigError(f"--resample {resample_minutes} minutes is not a whole number of {interval_s:g}-second rows")
