@@ -3,6 +3,7 @@ builds its parser (and --help) from these without loading numpy, pandas, kfp or 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -289,15 +290,20 @@ class DriftAlertParams:
         for flag, value in (("--window", self.window), ("--for", self.hold), ("--retrain-after", self.retrain_after)):
             if not _PROMETHEUS_DURATION.match(value):
                 raise ConfigError(f"{flag} must be a Prometheus duration such as 30m or 1h, got {value!r}")
+        for flag, value in (("--window", self.window), ("--retrain-after", self.retrain_after)):
+            if not prometheus_seconds(value) > 0:  # a range of 0 is a PromQL parse error; a 0 fetch has no rows
+                raise ConfigError(f"{flag} must be longer than 0, got {value!r}")
         if prometheus_seconds(self.retrain_after) < prometheus_seconds(self.hold):
             raise ConfigError(
                 f"--retrain-after ({self.retrain_after}) must be at least --for ({self.hold}): the retraining "
                 "alert is the flagging alert's condition held longer"
             )
-        if not self.flagged_ratio > 1:
-            raise ConfigError(f"--flagged-ratio must be above 1 (times the calibrated share), got {self.flagged_ratio}")
-        if self.max_psi is not None and not self.max_psi > 0:
-            raise ConfigError(f"--max-psi must be above 0, got {self.max_psi}")
+        if not 1 < self.flagged_ratio < math.inf:
+            raise ConfigError(
+                f"--flagged-ratio must be a finite number above 1 (times the calibrated share), got {self.flagged_ratio}"
+            )
+        if self.max_psi is not None and not 0 < self.max_psi < math.inf:
+            raise ConfigError(f"--max-psi must be a finite number above 0, got {self.max_psi}")
         if self.min_rows < 1:
             raise ConfigError(f"--min-rows must be at least 1, got {self.min_rows}")
         if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", self.name) or len(self.name) > 253:
