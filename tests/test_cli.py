@@ -239,6 +239,9 @@ def test_a_busy_port_is_its_own_exit_code_and_nothing_says_serving(model_dir, se
         ("--max-instances", "0", "--max-instances must be at least 1, got 0"),
         ("--max-body-bytes", "-5", "--max-body-bytes must be at least 1, got -5"),
         ("--max-entities", "0", "--max-entities must be at least 1, got 0"),
+        # no timeout would leave idle and trickling connections open forever
+        ("--request-head-timeout", "inf", "--request-head-timeout must be a finite number of seconds above 0, got inf"),
+        ("--request-head-timeout", "0", "--request-head-timeout must be a finite number of seconds above 0, got 0.0"),
     ],
 )
 def test_serve_flags_out_of_range_are_refused_before_anything_loads(flag, value, message):

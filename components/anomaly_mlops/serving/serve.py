@@ -4,6 +4,7 @@ serve it with the lean server (default) or the KServe model server. Only the CLI
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 
@@ -61,8 +62,8 @@ def serve(
     ):
         if isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
-    if not head_timeout_s > 0:
-        raise ConfigError(f"--request-head-timeout must be above 0 seconds, got {head_timeout_s}")
+    if not 0 < head_timeout_s < math.inf:
+        raise ConfigError(f"--request-head-timeout must be a finite number of seconds above 0, got {head_timeout_s}")
     if server == "kserve" and workers > 1:
         # kserve's own --workers pickles the model class into spawned processes and binds 0.0.0.0.
         raise ConfigError(
