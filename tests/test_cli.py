@@ -249,6 +249,17 @@ def test_serve_flags_out_of_range_are_refused_before_anything_loads(flag, value,
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"error: {message}"]
 
 
+def test_deploy_settings_are_checked_before_credentials_are_looked_for(tmp_path):
+    """A wrong flag is named even where no kubeconfig is found (the credentials error came first)."""
+    result = run(
+        "deploy", "--namespace", "ns", "--storage-uri", "s3://bucket/model", "--canary-percent", "150",
+        env={"KUBECONFIG": str(tmp_path / "missing")}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: canary_traffic_percent must be 0-100, got 150"
+    ]
+
+
 def test_an_unreachable_api_server_is_one_line(tmp_path):
     """urllib3's retry warnings are not printed; the step's one-line error says it all."""
     import socket

@@ -807,6 +807,7 @@ def deploy(
     spec: DeploySpec, client: InferenceServiceClient | None = None, timeout_s: float = 600, poll_s: float = 2.0
 ) -> DeployResult:
     """Apply, wait for Ready; on a failed rollout of a live service, roll back and raise."""
+    spec.check()
     client = client or InferenceServiceClient()
     applied = client.apply(spec)
     try:

@@ -72,6 +72,7 @@ def cmd_deploy(args) -> dict:
         logger_url=args.logger_url,
         labels=labels,
     )
+    spec.check()  # before the API server is contacted
     return asdict(deploy(spec, _isvc_client(args), timeout_s=args.timeout))
 
 
