@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import itertools
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
 from anomaly_mlops.adapters.local_services import model_server
+from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.model.artifacts import load_model_dir
 from anomaly_mlops.params import VerifyPlan
 from anomaly_mlops.sources.files import load_dataset
@@ -161,6 +163,20 @@ def test_a_good_canary_checked_at_its_own_url_is_promoted(canary, rollout, prepa
     client.get(NAME, NS)  # the controller reconciles: all traffic to the new revision
     assert fake.controller.split(NS, NAME, fake.objects[(NS, NAME)]) == [(f"{NAME}-predictor-00003", 100)]
     assert proxy.hits == {}  # nothing went through the split URL
+
+
+def test_a_canary_whose_checks_cannot_run_is_rolled_back(canary, rollout, prepared):
+    """A verify plan that would pass whatever the server does (no requests) is refused before
+    any request, and the canary does not keep its traffic unverified."""
+    fake, proxy, client, result = canary
+    new_dir = rollout["new"][0]
+    with pytest.raises(ConfigError, match=r"verify requests must be a whole number >= 1, got 0"):
+        verify_rollout(
+            result.candidate_url, NAME, NS, rows(prepared, new_dir), load_model_dir(new_dir),
+            canary=True, client=client, plan=replace(PLAN, requests=0),
+        )  # fmt: skip
+    assert fake.objects[(NS, NAME)]["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert proxy.hits == {}
 
 
 def test_a_bad_canary_checked_at_its_own_url_is_rolled_back(canary, rollout, prepared):

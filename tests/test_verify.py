@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from anomaly_mlops.adapters.local_services import free_port
-from anomaly_mlops.errors import VerificationError
+from anomaly_mlops.errors import ConfigError, VerificationError
 from anomaly_mlops.model.artifacts import load_model_dir
 from anomaly_mlops.sources.files import load_dataset
 from anomaly_mlops.steps.train import TrainParams, train
@@ -61,6 +61,23 @@ def test_slo_failure_is_reported(served, rows):
     url, name = served
     result = verify(url, name, rows, plan=VerifyPlan(requests=10, slo_p99_ms=0.001, readiness_timeout_s=5))
     assert {c["check"] for c in result.checks if not c["passed"]} == {"latency_slo"}
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"requests": 0}, "verify requests must be a whole number >= 1, got 0"),
+        ({"slo_p99_ms": float("nan")}, "verify slo_p99_ms must be a finite number above 0, got nan"),
+        ({"max_error_rate": 1.0}, r"verify max_error_rate must be in \[0, 1\), got 1.0"),
+        ({"readiness_timeout_s": float("inf")}, "verify readiness_timeout_s must be a finite number above 0"),
+        ({"parity_tolerance": -1e-6}, "verify parity_tolerance must be a finite number >= 0"),
+    ],
+)
+def test_a_plan_whose_checks_could_not_fail_is_refused_before_any_request(rows, setting, message):
+    """No requests, a NaN SLO or an error rate of 1 would pass any server; an infinite
+    readiness timeout would wait for ever on a dead one (none is listening here)."""
+    with pytest.raises(ConfigError, match=message):
+        verify(f"http://127.0.0.1:{free_port()}", "m", rows, plan=VerifyPlan(**setting))
 
 
 def test_unreachable_server_fails_readiness_quickly(rows):

@@ -245,6 +245,21 @@ class VerifyPlan:
     request_timeout_s: float = 10.0
     parity_rows: int = 64
 
+    def check(self) -> None:
+        """Settings that would make a check pass whatever the server does (no requests, a NaN
+        SLO, an error rate of 1) or wait for ever are refused."""
+        for name in ("requests", "parity_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"verify {name} must be a whole number >= 1, got {value!r}")
+        for name in ("slo_p99_ms", "readiness_timeout_s", "request_timeout_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"verify {name} must be a finite number above 0, got {getattr(self, name)!r}")
+        if not 0 <= self.max_error_rate < 1:
+            raise ConfigError(f"verify max_error_rate must be in [0, 1), got {self.max_error_rate!r}")
+        if not 0 <= self.parity_tolerance < math.inf:
+            raise ConfigError(f"verify parity_tolerance must be a finite number >= 0, got {self.parity_tolerance!r}")
+
 
 def parse_window_columns(text) -> tuple[str, ...]:
     """Window columns from "delta,deviation,std" (any order, any non-empty subset) or a

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_mlops.errors import VerificationError
+from anomaly_mlops.errors import ConfigError, VerificationError
 from anomaly_mlops.model.artifacts import LoadedModel
 from anomaly_mlops.params import VerifyPlan
 
@@ -93,6 +93,7 @@ def verify(
     import requests
 
     plan = plan or VerifyPlan()
+    plan.check()
     client = _Client(base_url, token, plan.request_timeout_s, ca_bundle)
     checks: list[dict] = []
 
@@ -290,7 +291,12 @@ def verify_rollout(
     from anomaly_mlops.steps import rollout
     from anomaly_mlops.steps.deploy import InferenceServiceClient
 
-    result = verify(url, model_name or isvc_name, rows, reference, **verify_kwargs)
+    try:
+        result = verify(url, model_name or isvc_name, rows, reference, **verify_kwargs)
+    except ConfigError:  # nothing was checked: the revision must not keep its traffic unverified
+        if rollback_on_failure:
+            rollout.rollback(client or InferenceServiceClient(), isvc_name, namespace, registry)
+        raise
     client = client or InferenceServiceClient()
     if not result.passed and rollback_on_failure:
         rollout.rollback(client, isvc_name, namespace, registry)
