@@ -244,11 +244,11 @@ class _DriftAlert:
             floor=CALIBRATED_FLOOR,
         )
 
-    def first_firing(self, flagged: np.ndarray, calibrated_share: float, after: int = 0) -> int | None:
-        """The first row from ``after`` on at which the alert is firing for a version that
-        served ``flagged``: the share flagged over the trailing window of its own rows above
-        ``ratio`` times the calibrated share (at least ``floor``), with ``min_rows`` rows in the
-        window, having held for ``hold`` rows."""
+    def firing(self, flagged: np.ndarray, calibrated_share: float) -> np.ndarray:
+        """Per row, whether the alert is firing for a version that served ``flagged``: the
+        share flagged over the trailing window of its own rows above ``ratio`` times the
+        calibrated share (at least ``floor``), with ``min_rows`` rows in the window, having
+        held for ``hold`` rows."""
         counts = np.concatenate([[0], np.cumsum(flagged)])
         ends = np.arange(1, len(flagged) + 1)
         starts = np.maximum(ends - self.window, 0)
@@ -256,7 +256,11 @@ class _DriftAlert:
         holds = (share > self.ratio * max(calibrated_share, self.floor)) & (ends - starts >= self.min_rows)
         # rows since the condition last failed; the alert fires once that passes the hold
         since = np.arange(len(holds)) - np.maximum.accumulate(np.where(holds, -1, np.arange(len(holds))))
-        firing = np.flatnonzero(since[after:] > self.hold)
+        return since > self.hold
+
+    def first_firing(self, flagged: np.ndarray, calibrated_share: float, after: int = 0) -> int | None:
+        """The first row from ``after`` on at which the alert is firing (``firing``)."""
+        firing = np.flatnonzero(self.firing(flagged, calibrated_share)[after:])
         return after + int(firing[0]) if len(firing) else None
 
 
