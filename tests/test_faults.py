@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from anomaly_mlops.errors import ArtifactError, StorageError
+from anomaly_mlops.errors import ArtifactError, ConfigError, StorageError
+from anomaly_mlops.params import TrainParams, VerifyPlan
 from anomaly_mlops.store import releases as publish_module
 from anomaly_mlops.store.releases import download_model, publish
 from anomaly_mlops.store.s3 import S3Settings
@@ -219,6 +220,22 @@ def test_no_secret_in_logs_outputs_compiled_pipelines_or_manifests(tmp_path, s3_
     for label, text in texts.items():
         assert not re.search(r"AKIA[0-9A-Z]{16}", text.replace(SECRET_ID, "")), label
         assert "BEGIN PRIVATE KEY" not in text and "BEGIN RSA PRIVATE KEY" not in text, label
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"seed": -1}, "seed must be an integer"),
+        ({"train_params": TrainParams(contamination=0.9)}, "contamination must be in"),
+        ({"verify_plan": VerifyPlan(requests=0)}, "verify requests must be"),
+    ],
+)
+def test_a_local_run_with_a_wrong_setting_leaves_no_run_directory(tmp_path, setting, message):
+    from anomaly_mlops.adapters.local_run import LocalRunConfig, run_local
+
+    with pytest.raises(ConfigError, match=message):
+        run_local(LocalRunConfig(workdir=tmp_path / "runs", **setting))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_no_secret_in_reports(tmp_path, s3_env, monkeypatch):

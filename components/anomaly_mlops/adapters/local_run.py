@@ -14,6 +14,7 @@ from pathlib import Path
 from anomaly_mlops.adapters.local_services import embedded_s3, model_server
 from anomaly_mlops.errors import GateFailedError
 from anomaly_mlops.model.artifacts import load_model_dir
+from anomaly_mlops.params import check_seed
 from anomaly_mlops.sources.files import load_dataset
 from anomaly_mlops.steps.data import prepare_data
 from anomaly_mlops.steps.model_card import build_card, publish_card
@@ -43,6 +44,10 @@ class LocalRunConfig:
 
 def run_local(config: LocalRunConfig | None = None) -> dict:
     config = config or LocalRunConfig()
+    # settings refused before a run directory is made, so a wrong flag leaves nothing behind
+    check_seed(config.seed)
+    config.train_params.check()
+    config.verify_plan.check()
     run_started = time.perf_counter()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     root = Path(config.workdir) / run_id
