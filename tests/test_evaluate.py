@@ -574,6 +574,23 @@ def test_backtest_does_not_retrain_a_machine_that_stays_normal(tmp_path):
     assert one["backtest"]["f1"] == one["f1"]  # the static model served throughout
 
 
+def test_a_long_backtest_says_where_it_is(tmp_path, monkeypatch, caplog):
+    """Thousands of retrainings (a short --retrain-every) take minutes a series: the backtest
+    logs its row and retrainings as it goes (here after every version: no wait)."""
+    import logging
+
+    import anomaly_mlops.steps.evaluate as evaluate_step
+
+    monkeypatch.setattr(evaluate_step, "PROGRESS_EVERY_S", -1.0)
+    _new_normal_machine(tmp_path, new_normal_from=None, incident_rows=5, incident_lift=10)
+    with caplog.at_level(logging.INFO, logger="anomaly_mlops.steps.evaluate"):
+        evaluate_step.evaluate(tmp_path, ("smd",), TrainParams(n_estimators=10), retrain_every_s=6 * 3600,
+                               train_window_s=12 * 3600)  # fmt: skip
+    progress = [r.getMessage() for r in caplog.records if "backtest at test row" in r.getMessage()]
+    assert progress[0].endswith("backtest at test row 0 of 2400, 0 retrainings so far")
+    assert progress[-1].endswith(f"of 2400, {len(progress) - 1} retrainings so far")
+
+
 def test_the_backtest_drift_alert_keeps_the_shipped_rule():
     """The alert that starts a run as the PrometheusRule has it (alert_rules.py,
     AnomalyDetectorNewNormal): the flagged share over the window of the version's own rows

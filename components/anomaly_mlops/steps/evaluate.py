@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import math
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -192,6 +193,7 @@ def _figures(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dic
 # its alert fired (Alertmanager, the run, the rollout). A refused run leaves the version
 # serving, and no second drift run starts for it (one PipelineRun name per version).
 DRIFT_RETRAIN_DELAY_S = 3600
+PROGRESS_EVERY_S = 30.0  # a long backtest logs where it is at most this often
 DRIFT_HOLDOUT_FRACTION = 0.3
 
 
@@ -352,7 +354,14 @@ def _backtest(
         flagged[version.start : until] = version.flags[: until - version.start]
 
     version = fit(first)
+    reported = time.monotonic()
     while True:
+        if time.monotonic() - reported > PROGRESS_EVERY_S:  # a short --retrain-every fits thousands of models
+            reported = time.monotonic()
+            log.info(
+                "%s %s: backtest at test row %d of %d, %d retrainings so far", series.dataset, series.name,
+                version.start - first, len(series.test), counts["retrainings"] + counts["retrainings_on_drift"],
+            )  # fmt: skip
         fired = (
             None
             if alert is None or version.alert_from is None
