@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomaly_mlops.adapters.submit import check_cron, make_client, schedule, submit_run
+from anomaly_mlops.adapters.submit import check_arguments, check_cron, make_client, schedule, submit_run
 from anomaly_mlops.errors import ConfigError
 from anomaly_mlops.pipelines.compile import COMPONENTS_OUT, PIPELINES_OUT, stale_files
 from anomaly_mlops.pipelines.definitions import PIPELINES, PipelineOptions, build_training_pipeline
@@ -363,7 +363,7 @@ def test_the_kfp_fake_refuses_what_the_api_refuses(dsp):
     from kfp_server_api.exceptions import ApiException
 
     client = make_client(dsp.url, dsp.token, "anomaly")
-    with mock.patch("anomaly_mlops.adapters.submit.check_arguments"):
+    with mock.patch("anomaly_mlops.adapters.submit.check_arguments", side_effect=lambda package, arguments: arguments):
         with pytest.raises(ApiException) as info:
             submit_run(client, TRAINING, {"data_connection": "x"}, "r", "anomaly-detector", "anomaly")
     assert info.value.status == 400 and "unrecognized input parameter(s) ['data_connection']" in info.value.body
@@ -397,6 +397,36 @@ def test_good_cron_forms_pass():
         assert check_cron(cron) == cron
 
 
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"n_estimators": "many"}, "parameter n_estimators must be a whole number, got 'many'"),
+        ({"seed": 1.5}, "parameter seed must be a whole number, got 1.5"),
+        ({"deploy": "yes"}, "parameter deploy must be true or false, got 'yes'"),
+        ({"contamination": True}, "parameter contamination must be a number, got True"),
+        # values the train step, verify and deploy refuse, at run time or every week
+        ({"seed": -1}, "seed must be an integer from 0 to 4294967294, got -1"),
+        ({"contamination": 0.7}, r"contamination must be in \(0, 0.5\), got 0.7"),
+        ({"max_samples": "lots"}, "max_samples must be 'auto' or a positive row count, got 'lots'"),
+        ({"metric_basis": "pca"}, "metric_basis must be one of"),
+        ({"verify_requests": 0}, "verify requests must be a whole number >= 1, got 0"),
+        ({"canary_traffic_percent": 150}, "canary_traffic_percent must be 0-100"),
+    ],
+)
+def test_run_values_the_steps_would_refuse_are_refused_before_submitting(params, message):
+    with pytest.raises(ConfigError, match=message):
+        check_arguments(TRAINING, params)
+
+
+def test_a_number_for_a_string_parameter_is_sent_as_its_text(dsp):
+    """--param max_samples=4096 parses as a number; the pipeline declares a string."""
+    assert check_arguments(TRAINING, {"max_samples": 4096, "rows": 5000}) == {"max_samples": "4096", "rows": 5000}
+    client = make_client(dsp.url, dsp.token, "anomaly")
+    submit_run(client, TRAINING, {"max_samples": 1024}, "r", "anomaly-detector", "anomaly")
+    (created,) = dsp.calls("POST", "/apis/v2beta1/runs")
+    assert created["body"]["runtime_config"]["parameters"] == {"max_samples": "1024"}
+
+
 def test_cli_schedule_checks_cron_and_parameters_before_contacting_the_server(tmp_path):
     from anomaly_mlops.adapters import cli
     from anomaly_mlops.adapters.local_services import free_port
@@ -405,6 +435,7 @@ def test_cli_schedule_checks_cron_and_parameters_before_contacting_the_server(tm
     assert cli.main(["schedule", "--host", host, "--package", str(TRAINING), "--cron", "0 3 * * *"]) == 2
     assert cli.main(["schedule", "--host", host, "--package", str(TRAINING), "--param", "nope=1"]) == 2
     assert cli.main(["submit", "--host", host, "--package", str(TRAINING), "--param", "data_connection=x"]) == 2
+    assert cli.main(["schedule", "--host", host, "--package", str(TRAINING), "--param", "seed=-1"]) == 2
 
 
 def test_every_component_input_is_described_for_the_dashboard():

@@ -165,6 +165,35 @@ class TrainParams:
             return self.metric_basis
         return DEFAULT_METRIC_BASIS if window_minutes else "raw"
 
+    @classmethod
+    def from_pipeline(
+        cls, *, n_estimators: int, max_samples: str, contamination: float, seed: int, feature_window: int,
+        window_columns: str, raw_tree_share: float, metric_basis: str, reconstruction_variance: float,
+        score_smoothing: int, threshold: str, fit_labelled_anomalies: bool, fixed_engine: bool,
+    ) -> TrainParams:  # fmt: skip
+        """The parameters from the training pipeline's run parameters, whose types KFP fixes:
+        -1 for a default window or smoothing, '' for a default basis or threshold, max_samples
+        a row count or 'auto' in a string."""
+        try:
+            samples = max_samples if max_samples == "auto" else int(max_samples)
+        except (TypeError, ValueError):
+            raise ConfigError(f"max_samples must be 'auto' or a positive row count, got {max_samples!r}") from None
+        return cls(
+            n_estimators=n_estimators,
+            contamination=contamination,
+            seed=seed,
+            max_samples=samples,
+            feature_window=None if feature_window < 0 else feature_window,
+            window_columns=window_columns,
+            raw_tree_share=raw_tree_share,
+            metric_basis=metric_basis or None,
+            reconstruction_variance=reconstruction_variance,
+            score_smoothing=None if score_smoothing < 0 else score_smoothing,
+            threshold=threshold or None,
+            fit_labelled_anomalies=fit_labelled_anomalies,
+            fixed_engine=fixed_engine,
+        )
+
     def check(self) -> None:
         check_seed(self.seed)
         if self.n_estimators < 1:

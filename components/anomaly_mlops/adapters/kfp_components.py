@@ -146,18 +146,18 @@ def train_model(
     from anomaly_mlops.model.schema import FeatureSchema
     from anomaly_mlops.steps.train import TrainParams, provenance, train
 
-    params = TrainParams(
+    params = TrainParams.from_pipeline(
         n_estimators=n_estimators,
+        max_samples=max_samples,
         contamination=contamination,
         seed=seed,
-        max_samples=max_samples if max_samples == "auto" else int(max_samples),
-        feature_window=None if feature_window < 0 else feature_window,
+        feature_window=feature_window,
         window_columns=window_columns,
         raw_tree_share=raw_tree_share,
-        metric_basis=metric_basis or None,
+        metric_basis=metric_basis,
         reconstruction_variance=reconstruction_variance,
-        score_smoothing=None if score_smoothing < 0 else score_smoothing,
-        threshold=threshold or None,
+        score_smoothing=score_smoothing,
+        threshold=threshold,
         fit_labelled_anomalies=fit_labelled_anomalies,
         fixed_engine=fixed_engine,
     )

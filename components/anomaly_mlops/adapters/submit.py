@@ -67,17 +67,67 @@ def _check_cron_part(part: str, name: str, low: int, high: int, names: tuple, ex
         raise ConfigError(f"cron {expression!r}: {name} range {span!r} runs backwards")
 
 
-def check_arguments(package: str | Path, arguments: dict) -> None:
-    """Refuse run parameters the pipeline does not declare, naming the ones it does."""
+# KFP's parameter types and the JSON values a run parameter of each may hold.
+_KFP_TYPES = {
+    "NUMBER_INTEGER": ("a whole number", (int,)),
+    "NUMBER_DOUBLE": ("a number", (int, float)),
+    "STRING": ("a string", (str,)),
+    "BOOLEAN": ("true or false", (bool,)),
+    "LIST": ("a JSON list", (list,)),
+    "STRUCT": ("a JSON object", (dict,)),
+}
+
+
+def check_arguments(package: str | Path, arguments: dict) -> dict:
+    """Refuse run parameters the pipeline does not declare (naming the ones it does), values
+    not of their declared type, and values its steps would refuse (the train step's settings,
+    verify's plan, the canary's share), so that a wrong value fails here, not as a failed run
+    or every week in a recurring one. Returns the arguments to send: a number given for a
+    string parameter (max_samples=4096) as its text."""
     import yaml
 
     spec = yaml.safe_load(Path(_package(package)).read_text().split("\n---\n")[0])
-    declared = set((spec.get("root", {}).get("inputDefinitions", {}) or {}).get("parameters", {}) or {})
-    unknown = sorted(set(arguments) - declared)
+    declared = (spec.get("root", {}).get("inputDefinitions", {}) or {}).get("parameters", {}) or {}
+    unknown = sorted(set(arguments) - set(declared))
     if unknown:
         raise ConfigError(
             f"the pipeline in {package} has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(declared))}"
         )
+    sent = {}
+    for name, value in arguments.items():
+        kind = declared[name].get("parameterType")
+        if kind == "STRING" and isinstance(value, int | float) and not isinstance(value, bool):
+            value = json.dumps(value)
+        words, types = _KFP_TYPES.get(kind, (None, (object,)))
+        if not isinstance(value, types) or (isinstance(value, bool) and kind != "BOOLEAN"):
+            raise ConfigError(f"parameter {name} must be {words}, got {value!r}")
+        sent[name] = value
+    defaults = {name: _typed(d.get("parameterType"), d.get("defaultValue")) for name, d in declared.items()}
+    _check_values(defaults | sent)
+    return sent
+
+
+def _typed(kind: str | None, value):
+    """A default as the compiled spec holds it (whole numbers as 42.0) in its declared type."""
+    return int(value) if kind == "NUMBER_INTEGER" and isinstance(value, float) and value.is_integer() else value
+
+
+def _check_values(values: dict) -> None:
+    """What the steps check of a run's values, for the ones this pipeline takes."""
+    from anomaly_mlops.params import TrainParams, VerifyPlan
+
+    train_fields = [
+        "n_estimators", "max_samples", "contamination", "seed", "feature_window", "window_columns", "raw_tree_share",
+        "metric_basis", "reconstruction_variance", "score_smoothing", "threshold", "fit_labelled_anomalies",
+        "fixed_engine",
+    ]  # fmt: skip
+    if all(name in values for name in train_fields):
+        TrainParams.from_pipeline(**{name: values[name] for name in train_fields}).check()
+    if "verify_requests" in values and "slo_p99_ms" in values:
+        VerifyPlan(requests=values["verify_requests"], slo_p99_ms=values["slo_p99_ms"]).check()
+    canary = values.get("canary_traffic_percent")
+    if isinstance(canary, int) and canary > 100:  # negative: no canary
+        raise ConfigError(f"canary_traffic_percent must be 0-100 (or negative: no canary), got {canary}")
 
 
 def make_client(host: str, token: str | None = None, namespace: str | None = None, ssl_ca_cert: str | None = None):
@@ -98,7 +148,7 @@ def _package(path: str | Path) -> Path:
 def submit_run(
     client, package: str | Path, arguments: dict, run_name: str, experiment: str, namespace: str | None = None
 ) -> str:
-    check_arguments(package, arguments)
+    arguments = check_arguments(package, arguments)
     result = client.create_run_from_pipeline_package(
         pipeline_file=str(_package(package)),
         arguments=arguments,
@@ -138,7 +188,7 @@ def schedule(
 ) -> ScheduleResult:
     package = _package(package)
     cron = check_cron(cron)
-    check_arguments(package, arguments)
+    arguments = check_arguments(package, arguments)
     wanted = fingerprint(package, arguments, cron, max_concurrency, enabled)
     exp = client.create_experiment(name=experiment, namespace=namespace)  # returns the existing one if present
     name_filter = json.dumps({"predicates": [{"key": "display_name", "operation": "EQUALS", "string_value": name}]})
