@@ -420,7 +420,7 @@ def test_run_values_the_steps_would_refuse_are_refused_before_submitting(params,
 
 def test_a_number_for_a_string_parameter_is_sent_as_its_text(dsp):
     """--param max_samples=4096 parses as a number; the pipeline declares a string."""
-    assert check_arguments(TRAINING, {"max_samples": 4096, "rows": 5000}) == {"max_samples": "4096", "rows": 5000}
+    assert check_arguments(TRAINING, {"max_samples": 4096, "rows": 5000.0}) == {"max_samples": "4096", "rows": 5000}
     client = make_client(dsp.url, dsp.token, "anomaly")
     submit_run(client, TRAINING, {"max_samples": 1024}, "r", "anomaly-detector", "anomaly")
     (created,) = dsp.calls("POST", "/apis/v2beta1/runs")

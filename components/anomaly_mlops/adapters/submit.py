@@ -83,7 +83,7 @@ def check_arguments(package: str | Path, arguments: dict) -> dict:
     not of their declared type, and values its steps would refuse (the train step's settings,
     verify's plan, the canary's share), so that a wrong value fails here, not as a failed run
     or every week in a recurring one. Returns the arguments to send: a number given for a
-    string parameter (max_samples=4096) as its text."""
+    string parameter (max_samples=4096) as its text, a whole float for an integer as an int."""
     import yaml
 
     spec = yaml.safe_load(Path(_package(package)).read_text().split("\n---\n")[0])
@@ -98,6 +98,7 @@ def check_arguments(package: str | Path, arguments: dict) -> dict:
         kind = declared[name].get("parameterType")
         if kind == "STRING" and isinstance(value, int | float) and not isinstance(value, bool):
             value = json.dumps(value)
+        value = _typed(kind, value)  # 5000.0 for a whole number: 5000
         words, types = _KFP_TYPES.get(kind, (None, (object,)))
         if not isinstance(value, types) or (isinstance(value, bool) and kind != "BOOLEAN"):
             raise ConfigError(f"parameter {name} must be {words}, got {value!r}")
