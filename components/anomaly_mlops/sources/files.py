@@ -3,6 +3,8 @@ schema (columns, NaN/inf, sizes) into a Dataset; labels from alert history or in
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import logging
 import tempfile
@@ -85,9 +87,11 @@ def _parse_file(path: Path, source: str) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")) or magic == b"PAR1":  # extension-less: e.g. KFP artifacts
             return pd.read_parquet(path)
         if name.endswith((".csv", ".txt")):
-            return pd.read_csv(path, compression=None)
+            return _csv(path, source, gzipped=False)
         if name.endswith(".csv.gz") or magic[:2] == b"\x1f\x8b":
-            return pd.read_csv(path, compression="gzip")
+            return _csv(path, source, gzipped=True)
+    except DataError:
+        raise
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"data file has no columns or rows: {source}") from exc
     except MemoryError as exc:
@@ -95,6 +99,19 @@ def _parse_file(path: Path, source: str) -> pd.DataFrame:
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt input
         raise DataError(f"could not parse {source}: {type(exc).__name__}: {exc}"[:500]) from exc
     raise DataError(f"unknown data format for {source}: use .csv, .csv.gz or .parquet")
+
+
+def _csv(path: Path, source: str, gzipped: bool) -> pd.DataFrame:
+    """A CSV file; a header naming a column twice is refused (pandas would rename the second
+    'name.1' and read the first as the metric, whichever was meant)."""
+    frame = pd.read_csv(path, compression="gzip" if gzipped else None)
+    opener = gzip.open if gzipped else open
+    with opener(path, "rt", newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{source} names columns more than once: {repeated}; which one holds the metric is ambiguous")
+    return frame
 
 
 def _download_s3(uri: str, local: Path, max_bytes: int, s3_env: dict | None) -> None:
