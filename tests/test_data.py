@@ -130,20 +130,25 @@ def test_custom_schema_orders_columns(tmp_path):
     np.testing.assert_array_equal(ds.X, [[3.0, 1.0], [4.0, 2.0]])
 
 
-@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz"])
-def test_a_csv_naming_a_column_twice_is_refused(tmp_path, name):
-    """pandas reads the second as 'cpu_usage_pct.1': with every schema column present the
-    first would be taken as the metric, silently, whichever was meant."""
-    frame = _frame(120)
-    frame.insert(1, "cpu_usage_pct.copy", frame["cpu_usage_pct"] * 2)
-    text = frame.to_csv(index=False).replace("cpu_usage_pct.copy", "cpu_usage_pct", 1)
-    path = tmp_path / name
-    if name.endswith(".gz"):
-        import gzip
+@pytest.mark.parametrize("name", ["m.csv", "m.csv.gz", "m.parquet"])
+def test_a_file_naming_a_column_twice_is_refused(tmp_path, name):
+    """pandas reads a CSV's second as 'cpu_usage_pct.1': with every schema column present the
+    first would be taken as the metric, silently, whichever was meant; pyarrow refused a
+    Parquet file's with a message of many lines."""
+    import gzip
 
-        path.write_bytes(gzip.compress(text.encode()))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = _frame(120)
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        columns = [*frame.to_dict("series").values(), frame["cpu_usage_pct"] * 2]
+        pq.write_table(pa.table(columns, names=[*frame.columns, "cpu_usage_pct"]), path)
     else:
-        path.write_text(text)
+        frame.insert(1, "copy", frame["cpu_usage_pct"] * 2)
+        text = frame.to_csv(index=False).replace("copy", "cpu_usage_pct", 1)
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     with pytest.raises(DataError, match=r"names columns more than once: \['cpu_usage_pct'\]; which one holds"):
         load_dataset(str(path))
 

@@ -85,6 +85,9 @@ def _parse_file(path: Path, source: str) -> pd.DataFrame:
         raise DataError(f"cannot read {source}: {exc.strerror}") from exc
     try:
         if name.endswith((".parquet", ".pq")) or magic == b"PAR1":  # extension-less: e.g. KFP artifacts
+            import pyarrow.parquet as pq
+
+            _check_unique_columns(pq.read_schema(path).names, source)
             return pd.read_parquet(path)
         if name.endswith((".csv", ".txt")):
             return _csv(path, source, gzipped=False)
@@ -97,21 +100,25 @@ def _parse_file(path: Path, source: str) -> pd.DataFrame:
     except MemoryError as exc:
         raise DataError(f"{source} does not fit in memory; lower --max-bytes or split the file") from exc
     except Exception as exc:  # pandas/pyarrow raise many types for corrupt input
-        raise DataError(f"could not parse {source}: {type(exc).__name__}: {exc}"[:500]) from exc
+        reason = " ".join(str(exc).split())  # pyarrow's messages span lines; the error is one
+        raise DataError(f"could not parse {source}: {type(exc).__name__}: {reason}"[:500]) from exc
     raise DataError(f"unknown data format for {source}: use .csv, .csv.gz or .parquet")
 
 
 def _csv(path: Path, source: str, gzipped: bool) -> pd.DataFrame:
     """A CSV file; a header naming a column twice is refused (pandas would rename the second
-    'name.1' and read the first as the metric, whichever was meant)."""
+    'name.1' and read the first as the metric, whichever was meant; Parquet alike)."""
     frame = pd.read_csv(path, compression="gzip" if gzipped else None)
     opener = gzip.open if gzipped else open
     with opener(path, "rt", newline="", encoding="utf-8-sig", errors="replace") as handle:
-        header = next(csv.reader(handle), [])
-    repeated = sorted({name for name in header if header.count(name) > 1})
+        _check_unique_columns(next(csv.reader(handle), []), source)
+    return frame
+
+
+def _check_unique_columns(names: list[str], source: str) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise DataError(f"{source} names columns more than once: {repeated}; which one holds the metric is ambiguous")
-    return frame
 
 
 def _download_s3(uri: str, local: Path, max_bytes: int, s3_env: dict | None) -> None:
