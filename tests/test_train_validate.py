@@ -1,10 +1,11 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import sklearn
 
-from anomaly_mlops.errors import ArtifactError, ConfigError
+from anomaly_mlops.errors import ArtifactError, ConfigError, DataError
 from anomaly_mlops.model.artifacts import MANIFEST_FILE, load_model_dir, verify_model_dir, write_manifest
 from anomaly_mlops.sources.files import load_dataset
 from anomaly_mlops.steps.train import TrainParams, train
@@ -280,6 +281,15 @@ def test_training_data_shorter_than_the_window_is_refused(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         check_series_cover_the_window(entities, 250, 120, 120)
     assert "1 of 2 series have no more rows than the 120-row feature window" in caplog.text
+
+
+def test_validate_refuses_a_holdout_too_small_to_gate_on(model_dir, prepared, tmp_path):
+    """A row or two: a flagged rate of 0 or 1 would decide the release."""
+    rows = pd.read_parquet(prepared.holdout_path)
+    rows.head(9).to_parquet(tmp_path / "nine.parquet")
+    with pytest.raises(DataError, match="validate needs at least 10 holdout rows, got 9"):
+        validate(model_dir, str(tmp_path / "nine.parquet"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_validate_refuses_a_model_the_named_runtime_cannot_serve(model_dir, prepared, tmp_path):

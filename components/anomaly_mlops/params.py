@@ -14,6 +14,7 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 DEFAULT_MAX_ROWS = 20_000_000
 DEFAULT_MAX_INSTANCES = 10_000
 DEFAULT_MAX_ENTITIES = 10_000  # series whose history a server keeps (history.py)
+MIN_SPLIT_ROWS = 10  # rows each side of the train/holdout split, and in a holdout validate takes
 MAX_SEED = 2**32 - 1  # exclusive: seed + 1 must stay below scikit-learn's 2**32
 # The lean server's guard against careless and hostile clients (serving/http_guard.py).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024

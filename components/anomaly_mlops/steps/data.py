@@ -16,7 +16,7 @@ import pandas as pd
 from anomaly_mlops.errors import DataError
 from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
 from anomaly_mlops.model.schema import DEFAULT_FEATURES, ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
-from anomaly_mlops.params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, check_seed
+from anomaly_mlops.params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, MIN_SPLIT_ROWS, check_seed
 from anomaly_mlops.redact import redact
 from anomaly_mlops.sources.files import frame_to_dataset, read_table
 from anomaly_mlops.sources.synthetic import generate_synthetic
@@ -91,9 +91,10 @@ def prepare_data(
         train_part = frame
     else:
         cut = int(round(len(frame) * (1 - holdout_fraction)))
-        if cut < 10 or len(frame) - cut < 10:
+        if cut < MIN_SPLIT_ROWS or len(frame) - cut < MIN_SPLIT_ROWS:
             raise DataError(
-                f"{len(frame)} rows are too few to split {holdout_fraction:.0%} into a holdout; need 10+ on each side"
+                f"{len(frame)} rows are too few to split {holdout_fraction:.0%} into a holdout; "
+                f"need {MIN_SPLIT_ROWS}+ on each side"
             )
         train_part, holdout = frame.iloc[:cut], frame.iloc[cut:]
     out = Path(out_dir)

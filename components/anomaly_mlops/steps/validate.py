@@ -27,7 +27,7 @@ from anomaly_mlops.errors import DataError
 from anomaly_mlops.model.artifacts import ANOMALY, LoadedModel, load_model_dir
 from anomaly_mlops.model.drift import TOP_METRICS, describe_outside, outside_training_range
 from anomaly_mlops.model.features import FeatureTransform
-from anomaly_mlops.params import Gates, LatencyPlan
+from anomaly_mlops.params import MIN_SPLIT_ROWS, Gates, LatencyPlan
 from anomaly_mlops.sources.files import Dataset, load_dataset
 
 log = logging.getLogger(__name__)
@@ -341,6 +341,8 @@ def validate(
         raise DataError(
             f"holdout columns {list(dataset.schema.features)} differ from the model's schema {list(model.schema.features)}"
         )
+    if dataset.n_rows < MIN_SPLIT_ROWS:  # a flagged rate or an accuracy of a row or two gates nothing
+        raise DataError(f"validate needs at least {MIN_SPLIT_ROWS} holdout rows, got {dataset.n_rows}")
     if model.metadata.get("engine_features") == "engine fallbacks":
         from anomaly_mlops.sources.self_healing import engine_view
 
