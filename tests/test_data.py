@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,6 +61,34 @@ def test_non_finite_values_are_located(bad):
     frame.loc[7, "memory_usage_pct"] = bad
     with pytest.raises(DataError, match=r"memory_usage_pct: 1 .* \(first at row 8\)"):
         frame_to_dataset(frame, FeatureSchema(), source="x.csv")
+
+
+@pytest.mark.parametrize("huge", [1e200, -1e151])
+def test_values_whose_squares_overflow_are_located(huge):
+    """train's scaler and window columns square the metrics: 1e200 was a scikit-learn traceback."""
+    frame = _frame()
+    frame.loc[11, "network_rx_mbps"] = huge
+    with pytest.raises(
+        DataError, match=re.escape(f"'network_rx_mbps' holds {huge:g} at row 12; metrics must lie within")
+    ):
+        frame_to_dataset(frame, FeatureSchema(), source="x.csv")
+    frame.loc[11, "network_rx_mbps"] = 1e150  # the largest allowed: its square is finite
+    assert frame_to_dataset(frame, FeatureSchema(), source="x.csv").X[11, 3] == 1e150
+
+
+def test_columns_outside_the_schema_are_named_and_a_label_like_one_warned_of(caplog):
+    """A 'label' column is not the labels (is_anomaly): said, not silently dropped."""
+    import logging
+
+    frame = _frame().drop(columns=["is_anomaly"], errors="ignore").assign(label=0, host_name="a")
+    with caplog.at_level(logging.INFO, logger="anomaly_mlops.sources.files"):
+        dataset = frame_to_dataset(frame, FeatureSchema(), source="x.csv")
+    assert dataset.y is None
+    (record,) = [r for r in caplog.records if "ignoring" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        "x.csv: ignoring 2 column(s) not in the schema: label, host_name; labels are read from 'is_anomaly' only"
+    )
 
 
 def test_non_numeric_values_are_located():

@@ -26,6 +26,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 NAMED_SCHEMAS = ("default", "self-healing-platform")
 LABEL_COLUMN = "is_anomaly"
 TIMESTAMP_COLUMN = "timestamp"
+ANOMALY_KIND_COLUMN = "anomaly_kind"  # synthetic data: the kind of each injected anomaly, kept beside the label
 ENTITY_COLUMN = "entity"  # which series a row belongs to (a pod, a node); rows of one entity are in time order
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$")

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from anomaly_mlops.errors import DataError
-from anomaly_mlops.model.schema import ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+from anomaly_mlops.model.schema import ANOMALY_KIND_COLUMN, ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
 from anomaly_mlops.params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS
+
+MAX_METRIC_MAGNITUDE = 1e150  # squares of larger values (variance, window spread) overflow float64
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,14 @@ def frame_to_dataset(
             f"{source} is missing feature columns {missing}; it has {list(map(str, frame.columns))}; "
             f"the schema expects {list(schema.features)}"
         )
+    known = {*schema.features, TIMESTAMP_COLUMN, ENTITY_COLUMN, LABEL_COLUMN, ANOMALY_KIND_COLUMN}
+    ignored = [str(c) for c in frame.columns if c not in known]
+    if ignored:
+        label_like = [c for c in ignored if "label" in c.lower() or "anomal" in c.lower()]
+        (log.warning if label_like else log.info)(
+            "%s: ignoring %d column(s) not in the schema: %s%s", source, len(ignored), ", ".join(ignored[:20]),
+            f"; labels are read from {LABEL_COLUMN!r} only" if label_like else "",
+        )  # fmt: skip
     columns = []
     for name in schema.features:
         column = frame[name]
@@ -190,6 +200,13 @@ def frame_to_dataset(
                 kinds = "NaN/missing" if np.isnan(X[bad_rows, j]).all() else "NaN or inf"
                 problems.append(f"{name}: {bad_rows.size} {kinds} (first at row {bad_rows[0] + 1})")
         raise DataError(f"{source} has non-finite values: " + "; ".join(problems))
+    huge = np.abs(X) > MAX_METRIC_MAGNITUDE
+    if huge.any():
+        row, j = (int(i) for i in np.argwhere(huge)[0])
+        raise DataError(
+            f"{source}: column {schema.features[j]!r} holds {X[row, j]:g} at row {row + 1}; metrics must lie within "
+            f"±{MAX_METRIC_MAGNITUDE:g} (the scaler and the window columns square them, and beyond that they overflow)"
+        )
 
     y = None
     if LABEL_COLUMN in frame.columns:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_mlops.errors import DataError
-from anomaly_mlops.model.schema import LABEL_COLUMN, TIMESTAMP_COLUMN
+from anomaly_mlops.model.schema import ANOMALY_KIND_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN
 
 ANOMALY_KINDS = ("spike", "dip", "level_shift", "slow_leak", "stuck", "contention")
 
@@ -84,7 +84,7 @@ def generate_synthetic(
     df = pd.DataFrame(frame)
     df.insert(0, TIMESTAMP_COLUMN, pd.date_range(start=start, periods=rows, freq="min"))
     df[LABEL_COLUMN] = labels
-    df["anomaly_kind"] = kinds.astype(str)
+    df[ANOMALY_KIND_COLUMN] = kinds.astype(str)
     return df
 
 

@@ -15,7 +15,14 @@ import pandas as pd
 
 from anomaly_mlops.errors import DataError
 from anomaly_mlops.model.platform import SCHEMA_NAME as SELF_HEALING_SCHEMA
-from anomaly_mlops.model.schema import DEFAULT_FEATURES, ENTITY_COLUMN, LABEL_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
+from anomaly_mlops.model.schema import (
+    ANOMALY_KIND_COLUMN,
+    DEFAULT_FEATURES,
+    ENTITY_COLUMN,
+    LABEL_COLUMN,
+    TIMESTAMP_COLUMN,
+    FeatureSchema,
+)
 from anomaly_mlops.params import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, MIN_SPLIT_ROWS, check_seed
 from anomaly_mlops.redact import redact
 from anomaly_mlops.sources.files import frame_to_dataset, read_table
@@ -141,7 +148,7 @@ def fetch_live(source, schema: FeatureSchema):
 def _kept_columns(frame: pd.DataFrame, schema: FeatureSchema) -> list[str]:
     return [
         c
-        for c in (TIMESTAMP_COLUMN, ENTITY_COLUMN, *schema.features, LABEL_COLUMN, "anomaly_kind")
+        for c in (TIMESTAMP_COLUMN, ENTITY_COLUMN, *schema.features, LABEL_COLUMN, ANOMALY_KIND_COLUMN)
         if c in frame.columns
     ]
 
