@@ -115,13 +115,11 @@ def _typed(kind: str | None, value):
 
 def _check_values(values: dict) -> None:
     """What the steps check of a run's values, for the ones this pipeline takes."""
+    import inspect
+
     from anomaly_mlops.params import TrainParams, VerifyPlan
 
-    train_fields = [
-        "n_estimators", "max_samples", "contamination", "seed", "feature_window", "window_columns", "raw_tree_share",
-        "metric_basis", "reconstruction_variance", "score_smoothing", "threshold", "fit_labelled_anomalies",
-        "fixed_engine",
-    ]  # fmt: skip
+    train_fields = list(inspect.signature(TrainParams.from_pipeline).parameters)  # the train component's names
     if all(name in values for name in train_fields):
         TrainParams.from_pipeline(**{name: values[name] for name in train_fields}).check()
     if "verify_requests" in values and "slo_p99_ms" in values:

@@ -110,11 +110,10 @@ def _parse_file(path: Path, source: str) -> pd.DataFrame:
 def _csv(path: Path, source: str, gzipped: bool) -> pd.DataFrame:
     """A CSV file; a header naming a column twice is refused (pandas would rename the second
     'name.1' and read the first as the metric, whichever was meant; Parquet alike)."""
-    frame = pd.read_csv(path, compression="gzip" if gzipped else None)
     opener = gzip.open if gzipped else open
     with opener(path, "rt", newline="", encoding="utf-8-sig", errors="replace") as handle:
         _check_unique_columns(next(csv.reader(handle), []), source)
-    return frame
+    return pd.read_csv(path, compression="gzip" if gzipped else None)
 
 
 def _check_unique_columns(names: list[str], source: str) -> None:
