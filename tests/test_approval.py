@@ -177,6 +177,11 @@ def test_decisions_are_refused_when_they_cannot_be_taken(registry, model_dir):
                      approval=pending_approval(1, datetime(2026, 1, 1, tzinfo=UTC)))  # fmt: skip
     with pytest.raises(ConfigError, match="must name one person"):
         decide(registry.url, MODEL, "v2", approve=True, by="alice,bob")
+    # refused by name, not as a version the registry does not hold
+    with pytest.raises(ConfigError, match="--version must name the model version to decide on, got ''"):
+        decide(registry.url, MODEL, "", approve=True, by="alice")
+    with pytest.raises(ConfigError, match="--model-name must name the model version to decide on, got ' '"):
+        decide(registry.url, " ", "v2", approve=True, by="alice")
     with pytest.raises(ApprovalError, match="timed out at 2026-01-01T01:00:00Z"):
         decide(registry.url, MODEL, "v2", approve=True, by="alice")
     with pytest.raises(ConfigError, match="at most 2160"):

@@ -143,6 +143,9 @@ def decide(
 
     if not by.strip() or "," in by:
         raise ConfigError(f"--by must name one person (no commas), got {by!r}")
+    for flag, value in (("--model-name", model_name), ("--version", version)):
+        if not value.strip():  # asked of the registry, an empty name reads as "no such version"
+            raise ConfigError(f"{flag} must name the model version to decide on, got {value!r}")
     wanted = APPROVED if approve else REJECTED
     current, _ = read_approval(url, model_name, version, token)
     if current is None:
