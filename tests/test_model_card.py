@@ -56,6 +56,9 @@ def test_html_is_escaped_and_credentials_redacted(copy_model):
     write_manifest(model)
     card = build_card(model, "v1")
     assert "<script>" not in card.html and "&lt;script&gt;" in card.html
+    assert "<script>" not in card.markdown and "&lt;script>" in card.markdown  # renderers may pass HTML
+    with pytest.raises(ConfigError, match=r"version 'v<1>' is not allowed"):
+        build_card(model, "v<1>")  # cards are of released versions, named as a release is
     assert "secret" not in card.markdown + card.html
     assert "Not given: build the card with validate's metrics.json." in card.markdown
     with pytest.raises(ConfigError, match="--approval must be one of"):

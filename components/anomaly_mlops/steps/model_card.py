@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,9 @@ def build_card(
     metrics.json when given."""
     import hashlib
 
+    from anomaly_mlops.store.releases import check_name_segment
+
+    check_name_segment("version", version)  # a released version's name, as the card says it is
     if approval not in APPROVAL_STATES:
         raise ConfigError(f"--approval must be one of {', '.join(APPROVAL_STATES)}, got {approval!r}")
     validation = summarize_validation(validation)
@@ -219,6 +223,11 @@ def _gate_outcome(gate: dict) -> str:
 
 
 def _markdown(title: str, sections) -> str:
+    def text(value) -> str:
+        """A value as Markdown text: a renderer that passes HTML through gets no tag from a
+        value (a '<' opening one is escaped; '<=' stays as it reads)."""
+        return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", str(value))
+
     out = [f"# {title}", ""]
     for heading, blocks in sections:
         out += [f"## {heading}", ""]
@@ -226,9 +235,9 @@ def _markdown(title: str, sections) -> str:
             if isinstance(block, str):
                 out += [block, ""]
             elif block and isinstance(block[0], tuple):
-                out += ["| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in block] + [""]
+                out += ["| | |", "|---|---|"] + [f"| {k} | {text(v).replace('|', '/')} |" for k, v in block] + [""]
             else:
-                out += [f"- {item}" for item in block] + [""]
+                out += [f"- {text(item)}" for item in block] + [""]
     return "\n".join(out)
 
 

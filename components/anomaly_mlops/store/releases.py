@@ -63,7 +63,8 @@ def default_version(model_dir: Path) -> str:
     return f"v{stamp}-{digest[:8]}"
 
 
-def _check_segment(kind: str, value: str) -> None:
+def check_name_segment(kind: str, value: str) -> None:
+    """A model name or version as a release may carry it (one S3 key segment)."""
     if not _SEGMENT.match(value or ""):
         raise ConfigError(
             f"{kind} {value!r} is not allowed: use 1-64 lowercase letters, digits, '.', '_' or '-', "
@@ -73,8 +74,8 @@ def _check_segment(kind: str, value: str) -> None:
 
 def version_prefix(model_name: str, version: str, root_prefix: str = "") -> str:
     """``[<root>/]<model>/<version>/``: the immutable key prefix of one released version."""
-    _check_segment("model name", model_name)
-    _check_segment("version", version)
+    check_name_segment("model name", model_name)
+    check_name_segment("version", version)
     root = root_prefix.strip("/")
     return f"{root}/{model_name}/{version}/" if root else f"{model_name}/{version}/"
 
