@@ -370,7 +370,7 @@ def deploy_model(
 
     from anomaly_mlops.errors import ConfigError
     from anomaly_mlops.model.artifacts import check_replicas, check_runtime_serves
-    from anomaly_mlops.steps.deploy import DeploySpec, current_namespace, deploy
+    from anomaly_mlops.steps.deploy import DeploySpec, canary_percent, current_namespace, deploy
     from anomaly_mlops.steps.registry import registry_labels
 
     if hold_for_approval and not registry_url:
@@ -386,7 +386,7 @@ def deploy_model(
         storage_path=storage_path,
         model_version=model_version,
         deployment_mode=deployment_mode,
-        canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
+        canary_traffic_percent=canary_percent(canary_traffic_percent),
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         history_secret=history_secret or None,

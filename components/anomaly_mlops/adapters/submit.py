@@ -124,9 +124,10 @@ def _check_values(values: dict) -> None:
         TrainParams.from_pipeline(**{name: values[name] for name in train_fields}).check()
     if "verify_requests" in values and "slo_p99_ms" in values:
         VerifyPlan(requests=values["verify_requests"], slo_p99_ms=values["slo_p99_ms"]).check()
-    canary = values.get("canary_traffic_percent")
-    if isinstance(canary, int) and canary > 100:  # negative: no canary
-        raise ConfigError(f"canary_traffic_percent must be 0-100 (or negative: no canary), got {canary}")
+    if "canary_traffic_percent" in values:
+        from anomaly_mlops.steps.deploy import canary_percent, check_canary_percent
+
+        check_canary_percent(canary_percent(values["canary_traffic_percent"]))
 
 
 def make_client(host: str, token: str | None = None, namespace: str | None = None, ssl_ca_cert: str | None = None):

@@ -131,6 +131,16 @@ def mode_of(isvc: dict) -> str | None:
     return MODE_NAMES.get(name, name) if name else None
 
 
+def canary_percent(value: int) -> int | None:
+    """A canary's traffic share as flags and run parameters give it: a negative for none."""
+    return None if value < 0 else value
+
+
+def check_canary_percent(value: int | None) -> None:
+    if value is not None and not 0 <= value <= 100:
+        raise ConfigError(f"canary_traffic_percent must be 0-100, got {value}")
+
+
 @dataclass
 class DeploySpec:
     name: str
@@ -183,8 +193,7 @@ class DeploySpec:
             raise ConfigError(
                 f"storage_uri must be s3://<bucket>/<path> or pvc://<claim>/<path>, got {self.storage_uri!r}"
             )
-        if self.canary_traffic_percent is not None and not 0 <= self.canary_traffic_percent <= 100:
-            raise ConfigError(f"canary_traffic_percent must be 0-100, got {self.canary_traffic_percent}")
+        check_canary_percent(self.canary_traffic_percent)
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(
                 f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas} and {self.max_replicas}"

@@ -25,7 +25,7 @@ def cmd_deploy(args) -> dict:
     from dataclasses import asdict
 
     from anomaly_mlops.model.artifacts import check_replicas, check_runtime_serves
-    from anomaly_mlops.steps.deploy import PROFILES, DeploySpec, deploy
+    from anomaly_mlops.steps.deploy import PROFILES, DeploySpec, canary_percent, deploy
 
     profile = PROFILES[args.profile] if args.profile else {}
     runtime = args.runtime or profile.get("runtime", "custom")
@@ -59,7 +59,7 @@ def cmd_deploy(args) -> dict:
         model_version=args.model_version,
         deployment_mode=args.mode or profile.get("deployment_mode", "RawDeployment"),
         take_over=args.take_over,
-        canary_traffic_percent=None if args.canary_percent < 0 else args.canary_percent,
+        canary_traffic_percent=canary_percent(args.canary_percent),
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
         history_secret=args.history_secret,
