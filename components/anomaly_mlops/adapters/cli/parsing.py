@@ -46,13 +46,15 @@ class Parser(argparse.ArgumentParser):
 
 
 class Help(argparse.HelpFormatter):
-    """Every flag's default in --help, with or without a help text."""
+    """Every flag's default in --help, with or without a help text (once: a text that says
+    its default, in words the stored value would not give, keeps its own)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         if (
             action.default not in (None, argparse.SUPPRESS, False, [], "")
             and "%(default)" not in text
+            and "default:" not in text
             and action.option_strings
             and action.nargs != 0
         ):
