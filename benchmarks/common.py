@@ -36,20 +36,27 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def shared_series(default_seeds: str = "42,7,1") -> tuple[list, list[int]]:
-    """The command line of the scripts that score every shared SMD machine and NAB series
-    (--data-dir, --seeds): (the labelled series as evaluate loads them, the forest seeds)."""
+def shared_options(default_seeds: str = "42,7,1") -> tuple[Path, list[int]]:
+    """The command line of the scripts that score the shared labelled data (--data-dir,
+    --seeds): (the data directory, the forest seeds)."""
     import argparse
     import logging
-
-    from anomaly_mlops.steps.evaluate import _load
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--seeds", default=default_seeds)
     opts = parser.parse_args()
     logging.disable(logging.WARNING)
-    return _load(Path(opts.data_dir), ("smd", "nab"), 0), [int(s) for s in opts.seeds.split(",")]
+    return Path(opts.data_dir), [int(s) for s in opts.seeds.split(",")]
+
+
+def shared_series(default_seeds: str = "42,7,1") -> tuple[list, list[int]]:
+    """Every shared SMD machine and NAB series as evaluate loads them, and the forest seeds
+    (shared_options)."""
+    from anomaly_mlops.steps.evaluate import _load
+
+    data_dir, seeds = shared_options(default_seeds)
+    return _load(data_dir, ("smd", "nab"), 0), seeds
 
 
 def versus_static(results: dict, name: str, keys: list) -> tuple[dict, str]:

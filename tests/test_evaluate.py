@@ -430,21 +430,42 @@ def test_backtest_retrains_on_a_sliding_window_and_follows_a_new_normal(tmp_path
     result = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600, train_window_s=12 * 3600)
     (one,) = result["series"]
     backtest = one["backtest"]
-    assert backtest["retrainings"] == 6  # 2,400 rows, a model every 360
+    # 2,400 rows, a run every 360; a run whose holdout holds the move is refused by validate
+    assert backtest["retrainings"] + backtest["retrainings_refused"] == 6 and backtest["retrainings_refused"] >= 1
     assert one["flagged_share"] > 0.8  # the static model: an alarm storm
     assert backtest["flagged_share"] < one["flagged_share"] / 2 and backtest["recall"] > 0.5
-    assert backtest["retrainings_on_flagged_rows"] >= 1  # the window the old model had all flagged
+    assert "retrainings_on_flagged_rows" not in backtest  # the pipeline never sees the served flags
     assert result["mean_backtest"]["smd"]["f1"] == backtest["f1"]
     with pytest.raises(ConfigError, match="needs --train-window"):
         evaluate(tmp_path, ("smd",), params, retrain_every_s=3600)
     with pytest.raises(ConfigError, match="--train-window is the recurring run's"):
         evaluate(tmp_path, ("smd",), params, retrain_on_drift=True, train_window_s=3600)
     # a window too short to hold complete 120-minute feature windows: refused, saying how long
-    with pytest.raises(ConfigError, match=r"--train-window \(10 min\) is too short: .* at least 4h"):
+    # (a retraining fits 70% of its window: validate holds the latest 30% out)
+    with pytest.raises(ConfigError, match=r"--train-window \(10 min\) is too short: .* at least 6h"):
         evaluate(tmp_path, ("smd",), params, retrain_every_s=3600, train_window_s=600)
     # a drift run fits 70% of its 36-hour fetch: too few rows for a 20-hour feature window
     with pytest.raises(ConfigError, match=r"a drift run's fetch \(--retrain-after\) \(2160 min\) .* at least 58h"):
         evaluate(tmp_path, ("smd",), replace(params, feature_window=1200), retrain_on_drift=True)
+
+
+def test_the_recurring_run_is_fitted_and_gated_as_the_pipeline_runs_it(tmp_path):
+    """The recurring run fetches its window without labels or served flags, holds the latest
+    30% out, fits the rest, and validate's flagged-rate gate decides: a refused run leaves the
+    serving version serving until the next run, and its flags go on as that version's. Leaving
+    out the served flags, or deploying every run, are variants (RecurringRuns)."""
+    from anomaly_mlops.steps.evaluate import RecurringRuns, _backtest, _load, as_evaluated
+
+    _new_normal_machine(tmp_path)
+    params, window, smoothing = as_evaluated(TrainParams(n_estimators=30))
+    (series,) = _load(tmp_path, ("smd",), 0)
+    run = lambda recurring: _backtest(series, params, window, smoothing, 6 * 3600, 12 * 3600, None, recurring)  # noqa: E731
+    shipped, every_run = run(RecurringRuns()), run(RecurringRuns(gated=False))
+    assert (every_run["retrainings"], every_run["retrainings_refused"]) == (6, 0)
+    assert shipped["retrainings_refused"] >= 1 and shipped["f1"] != every_run["f1"]
+    left_out = run(RecurringRuns(leave_out_flagged=True, gated=False))
+    # the windows the static model flagged whole: too few rows left, fitted on all of them
+    assert left_out["retrainings_on_flagged_rows"] >= 1
 
 
 def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
@@ -470,7 +491,7 @@ def test_backtest_runs_the_drift_loop_as_the_cluster_would(tmp_path):
                     retrain_on_drift=True)["series"][0]["backtest"]  # fmt: skip
     scheduled = evaluate(tmp_path, ("smd",), params, retrain_every_s=6 * 3600,
                          train_window_s=12 * 3600)["series"][0]["backtest"]  # fmt: skip
-    assert scheduled["retrainings"] == 11 and scheduled["retrainings_on_drift"] == 0
+    assert scheduled["retrainings"] + scheduled["retrainings_refused"] == 11 and scheduled["retrainings_on_drift"] == 0
     assert both["retrainings"] >= scheduled["retrainings"] and both["flagged_share"] < one["flagged_share"] / 2
 
 
@@ -576,7 +597,7 @@ def test_backtest_does_not_retrain_a_machine_that_stays_normal(tmp_path):
 
 def test_a_long_backtest_says_where_it_is(tmp_path, monkeypatch, caplog):
     """Thousands of retrainings (a short --retrain-every) take minutes a series: the backtest
-    logs its row and retrainings as it goes (here after every version: no wait)."""
+    logs its row and retrainings (deployed or refused) as it goes (here after every run: no wait)."""
     import logging
 
     import anomaly_mlops.steps.evaluate as evaluate_step

@@ -183,18 +183,20 @@ def _figures(labels: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -> dic
     }
 
 
-# The backtest's drift retraining (--retrain-on-drift), as the shipped loop runs it: the alert
-# that starts the run (AnomalyDetectorNewNormal: DriftAlertParams' window and flagged ratio,
-# held retrain_after) judged on one machine's served flags; its 500-row floor is for fleets (one
-# machine at a row a minute has 360 rows in 6 hours), so one machine is held to half its
-# window's rows. The run fetches as much as the alert held (the drift template's lookback),
-# holds the latest DRIFT_HOLDOUT_FRACTION out (prepare_data's default), fits the rest, and
-# validate's flagged-rate gate (Gates) decides on the holdout; a version serves an hour after
-# its alert fired (Alertmanager, the run, the rollout). A refused run leaves the version
-# serving, and no second drift run starts for it (one PipelineRun name per version).
+# The backtest's retrainings run as the training pipeline runs them: a run fetches its rows
+# without labels (the schedule and the drift template pass no alert regex), holds the latest
+# HOLDOUT_FRACTION out for validate (prepare_data's default split), fits the rest, and
+# validate's flagged-rate gate (Gates) decides on the holdout; a refused run leaves the version
+# serving. The recurring run (--retrain-every) fetches --train-window. A drift run
+# (--retrain-on-drift) starts on the shipped alert (AnomalyDetectorNewNormal: DriftAlertParams'
+# window and flagged ratio, held retrain_after) judged on one machine's served flags; its
+# 500-row floor is for fleets (one machine at a row a minute has 360 rows in 6 hours), so one
+# machine is held to half its window's rows. It fetches as much as the alert held (the drift
+# template's lookback) and serves an hour after its alert fired (Alertmanager, the run, the
+# rollout); a refused one starts no second run for its version (one PipelineRun name each).
 DRIFT_RETRAIN_DELAY_S = 3600
 PROGRESS_EVERY_S = 30.0  # a long backtest logs where it is at most this often
-DRIFT_HOLDOUT_FRACTION = 0.3
+HOLDOUT_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,18 @@ class DriftRuns:
         from anomaly_mlops.params import DriftAlertParams, prometheus_seconds
 
         return self.hold_s if self.hold_s is not None else prometheus_seconds(DriftAlertParams().retrain_after)
+
+
+@dataclass(frozen=True)
+class RecurringRuns:
+    """How the backtest's recurring runs go, beside the schedule and window: as the training
+    pipeline runs them by default. ``leave_out_flagged``: fit without the rows the serving
+    version flagged (the pipeline cannot: it never sees the served flags; where too few rows
+    are left, all are fitted, counted); ``gated``: validate's flagged-rate gate decides (False:
+    every run serves)."""
+
+    leave_out_flagged: bool = False
+    gated: bool = True
 
 
 @dataclass(frozen=True)
@@ -278,6 +292,7 @@ class _Version:
     holdout_flagged_share: float | None = None  # drift runs: on the rows held out for validate
     alert_from: int | None = 0  # the first of its rows whose alert may start a drift run (None: none)
     refused: int = 0  # its drift runs that validate refused
+    drift_run: bool = False  # a drift run's version (fitted on a drift run's fetch)
 
     @property
     def flags(self) -> np.ndarray:
@@ -286,17 +301,14 @@ class _Version:
 
 def _backtest(
     series: Series, params: TrainParams, window_minutes: int, smoothing_minutes: int, retrain_every_s: float | None,
-    train_window_s: float, drift: DriftRuns | None = None,
+    train_window_s: float, drift: DriftRuns | None = None, recurring: RecurringRuns = RecurringRuns(),
 ) -> dict:  # fmt: skip
     """The system as it runs: the test part scored first by the model fitted on the training
-    part, then by models fitted on the ``train_window_s`` of rows before each scheduled
-    retraining (every ``retrain_every_s``: the recurring run), leaving out the rows the model
-    serving then flagged (labels are never used: the retraining has none); where too few rows
-    are left to fit and calibrate on, on all its rows (a model that flags everything would
-    otherwise never be replaced), counted. With ``drift``, also the runs the drift alert
-    starts for the serving version, fetched and gated as the drift run is
-    (DRIFT_RETRAIN_DELAY_S and above). Measured as _measure measures, on the flags each
-    version's own threshold gave."""
+    part, then by the versions the retrainings deploy: the recurring run's every
+    ``retrain_every_s`` on the ``train_window_s`` of rows before it, and, with ``drift``, the
+    runs the drift alert starts for the serving version; each fetched, fitted and gated as the
+    pipeline does (HOLDOUT_FRACTION and above; ``recurring`` for variants). Labels are never
+    used. Measured as _measure measures, on the flags each version's own threshold gave."""
     from anomaly_mlops.steps.train import calibrate, fit_scores
 
     def rows_in(seconds: float | None) -> int | None:
@@ -307,8 +319,9 @@ def _backtest(
     first = len(series.train)
     every, window_rows = rows_in(retrain_every_s), rows_in(train_window_s)
     alert = _DriftAlert.shipped(series.interval_s, drift.alert_hold_s()) if drift else None
+    recurring_gate = Gates().max_flagged_rate_ratio * params.contamination
     if drift:
-        gate = drift.gates.max_flagged_rate_ratio * params.contamination
+        drift_gate = drift.gates.max_flagged_rate_ratio * params.contamination
         lookback = rows_in(drift.alert_hold_s() if drift.lookback_s is None else drift.lookback_s)
         retry = rows_in(drift.retry_s)
     k = smoothing_rows(smoothing_minutes, series.interval_s)
@@ -319,16 +332,16 @@ def _backtest(
     def next_schedule(row: int) -> int:
         return len(X) if every is None else min(first + ((row - first) // every + 1) * every, len(X))
 
-    def fit(start: int, drift_run: bool = False) -> _Version:
+    def fit(start: int, drift_run: bool = False, end: int | None = None) -> _Version:
         """A model of the rows before ``start`` (the training part for the first, then the
-        training window), serving from ``start`` until the next scheduled run. A drift run
-        fetches its lookback instead, holds the latest DRIFT_HOLDOUT_FRACTION out for validate
-        and fits every other row: the drift template passes no alert regex, so its rows carry
-        no labels."""
-        lo = 0 if start == first else max(start - (lookback if drift_run else window_rows), 0)
-        cut = lo + int(round((start - lo) * (1 - DRIFT_HOLDOUT_FRACTION))) if drift_run else start
-        end = next_schedule(start)
-        left_out = flagged[lo:cut] if start > first and not drift_run else None
+        run's fetch: the training window, or a drift run's lookback), serving from ``start``
+        until ``end`` (the next scheduled run). A retraining holds its latest
+        HOLDOUT_FRACTION out for validate and fits every other row."""
+        retraining = start > first
+        lo = max(start - (lookback if drift_run else window_rows), 0) if retraining else 0
+        cut = lo + int(round((start - lo) * (1 - HOLDOUT_FRACTION))) if retraining else start
+        end = end or next_schedule(start)
+        left_out = flagged[lo:cut] if retraining and not drift_run and recurring.leave_out_flagged else None
         try:
             _, _, raw, held, _, _ = fit_scores(
                 X[lo:end], params, window_minutes, series.interval_s, train_rows=cut - lo, labelled_anomalous=left_out
@@ -345,13 +358,24 @@ def _backtest(
         holdout = smoothed[cut - lo : start - lo]
         return _Version(
             start, end, smoothed[start - lo :], threshold, calibrated,
-            float(np.mean(holdout > threshold)) if len(holdout) else None,
+            float(np.mean(holdout > threshold)) if len(holdout) else None, drift_run=drift_run,
         )  # fmt: skip
 
+    def passes(run: _Version | None, gate: float | None) -> bool:
+        """validate's flagged-rate gate (None: none) on the run's holdout; a run that failed to
+        train does not pass."""
+        if run is None:
+            return False
+        return gate is None or (run.holdout_flagged_share is not None and run.holdout_flagged_share <= gate)
+
+    served = first  # the rows before it are scored
+
     def serve(version: _Version, until: int) -> None:
+        nonlocal served
         rows = slice(version.start - first, until - first)
         scores[rows] = version.scores[: until - version.start]
         flagged[version.start : until] = version.flags[: until - version.start]
+        served = until
 
     version = fit(first)
     reported = time.monotonic()
@@ -360,7 +384,7 @@ def _backtest(
             reported = time.monotonic()
             log.info(
                 "%s %s: backtest at test row %d of %d, %d retrainings so far", series.dataset, series.name,
-                version.start - first, len(series.test), counts["retrainings"] + counts["retrainings_on_drift"],
+                served - first, len(series.test), sum(counts.values()) - counts["retrainings_on_flagged_rows"],
             )  # fmt: skip
         fired = (
             None
@@ -374,8 +398,7 @@ def _backtest(
                 challenger = fit(ready, drift_run=True)
             except DataError:  # the run fails at train: as refused
                 challenger = None
-            share = None if challenger is None else challenger.holdout_flagged_share
-            if share is not None and share <= gate:
+            if passes(challenger, drift_gate):
                 counts["retrainings_on_drift"] += 1
                 version = challenger
             else:  # validate refuses it (or train fails): the version keeps serving
@@ -387,15 +410,31 @@ def _backtest(
         serve(version, version.end)
         if version.end >= len(X):
             break
-        counts["retrainings"] += 1
-        version = fit(version.end)
+        try:
+            challenger = fit(version.end)
+        except DataError:
+            challenger = None
+        if passes(challenger, recurring_gate if recurring.gated else None):
+            counts["retrainings"] += 1
+            version = challenger
+        else:  # refused: the version serves on until the next schedule (refitted alike: the same model)
+            counts["retrainings_refused"] += 1
+            longer = fit(version.start, version.drift_run, end=next_schedule(version.end))
+            longer.alert_from, longer.refused = version.alert_from, version.refused
+            version = longer
     return _figures(series.labels, scores, flagged[len(series.train) :]) | {
         "retrainings": counts["retrainings"] + counts["retrainings_on_drift"],
         "retrainings_on_drift": counts["retrainings_on_drift"],
+        # recurring runs validate refused at the flagged-rate gate on their holdout
+        "retrainings_refused": counts["retrainings_refused"],
         # drift runs validate refused at the flagged-rate gate on their holdout
         "drift_retrainings_refused": counts["drift_retrainings_refused"],
-        # windows with too few unflagged rows to fit and calibrate on: fitted on all of them
-        "retrainings_on_flagged_rows": counts["retrainings_on_flagged_rows"],
+        # recurring.leave_out_flagged: windows with too few unflagged rows: fitted on all of them
+        **(
+            {"retrainings_on_flagged_rows": counts["retrainings_on_flagged_rows"]}
+            if recurring.leave_out_flagged
+            else {}
+        ),
     }
 
 
@@ -407,10 +446,10 @@ def as_evaluated(params: TrainParams) -> tuple[TrainParams, int, int]:
 
 
 def _check_train_window(seconds: float, window_minutes: int, drift_runs: bool) -> None:
-    """The rows a retraining fits (a drift run: all but its holdout) must span at least two
+    """The rows a retraining fits (all but its holdout) must span at least two
     feature windows, so that most of them have a complete window, as train requires.
     ``seconds``: the scheduled retraining's --train-window, or a drift run's fetch."""
-    fitted = 1 - DRIFT_HOLDOUT_FRACTION if drift_runs else 1.0
+    fitted = 1 - HOLDOUT_FRACTION
     least_s = 2 * window_minutes * 60 / fitted
     if window_minutes and seconds < least_s:
         hours = math.ceil(least_s / 3600)

@@ -417,7 +417,8 @@ def register(sub: SubParsers) -> None:
         type=duration_s,
         metavar="DURATION",
         help="also backtest the system as it runs: retrain this often (e.g. 7d, 24h, 90m) on --train-window of "
-        "past rows, leaving out the rows the serving model flagged, and score the next period with each model",
+        "past unlabelled rows, the latest 30%% held out for validate's flagged-rate gate, which decides whether the "
+        "run's model scores the next period or the serving one goes on",
     )
     p.add_argument(
         "--retrain-on-drift",
@@ -426,7 +427,10 @@ def register(sub: SubParsers) -> None:
         "model, fetching what it held (36h) and gated by validate as the drift run is; with or without --retrain-every",
     )
     p.add_argument(
-        "--train-window", type=duration_s, metavar="DURATION", help="the recurring run's window (with --retrain-every)"
+        "--train-window",
+        type=duration_s,
+        metavar="DURATION",
+        help="the recurring run's window, its data step's lookback (with --retrain-every; the pipelines fetch 14d)",
     )
     _add_train_flags(p)
     p.add_argument("--out", help="write per-series results as JSON here")
