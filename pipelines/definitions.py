@@ -33,6 +33,7 @@ from kfp import dsl, kubernetes
 
 from anomaly_mlops.adapters.kfp_components import DEFAULT_IMAGE, make_components
 from anomaly_mlops.errors import ConfigError
+from anomaly_mlops.params import RETRAINING_LOOKBACK
 from anomaly_mlops.store.s3 import ENV_KEYS
 
 DATA_CONNECTION = "aws-connection-models"
@@ -171,7 +172,7 @@ def build_training_pipeline(options: PipelineOptions = PipelineOptions()):
         source: str = "synthetic",
         features: str = "",
         prometheus_url: str = "",
-        lookback: str = "7d",
+        lookback: str = RETRAINING_LOOKBACK,
         step: str = "60s",
         alerts: str = "",
         incidents: str = "",

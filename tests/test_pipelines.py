@@ -468,6 +468,31 @@ def test_training_defaults_in_the_compiled_pipeline_follow_the_train_step():
         assert inputs["metric_basis"]["defaultValue"] == "" and defaults.metric_basis is None  # "": the default
 
 
+def test_every_retraining_fetches_the_same_lookback_by_default():
+    """What a retraining on live metrics fetches unless told: the data step, the KFP component
+    (a literal: KFP embeds the function source), the training pipelines and the Tekton
+    retraining all say params.RETRAINING_LOOKBACK (a weekly run on 7 days lost F1 in the
+    backtest: docs/evidence/quality.md)."""
+    import inspect
+
+    from anomaly_mlops.adapters.cli import build_parser
+    from anomaly_mlops.params import RETRAINING_LOOKBACK
+    from anomaly_mlops.sources.prometheus import PrometheusSource
+
+    assert RETRAINING_LOOKBACK == "14d"
+    assert inspect.signature(PrometheusSource).parameters["lookback"].default == RETRAINING_LOOKBACK
+    assert build_parser().parse_args(["data", "--out", "d"]).lookback == RETRAINING_LOOKBACK
+    spec = yaml.safe_load((COMPONENTS_OUT / "prepare_data.yaml").read_text())
+    assert spec["root"]["inputDefinitions"]["parameters"]["lookback"]["defaultValue"] == RETRAINING_LOOKBACK
+    for name in ("training.yaml", "training-final-status.yaml"):
+        parameters = load(PIPELINES_OUT / name)[0]["root"]["inputDefinitions"]["parameters"]
+        assert parameters["lookback"]["defaultValue"] == RETRAINING_LOOKBACK, name
+    manifests = Path(__file__).parents[1] / "manifests" / "tekton"
+    for path in (manifests / "pipeline-retraining.yaml", manifests / "tasks" / "data.yaml"):
+        (param,) = [q for q in yaml.safe_load(path.read_text())["spec"]["params"] if q["name"] == "lookback"]
+        assert param["default"] == RETRAINING_LOOKBACK, path
+
+
 def test_gate_defaults_in_the_compiled_pipeline_follow_validate():
     """The gate parameters are literals too: they must be what `anomaly-mlops validate` gates on."""
     from anomaly_mlops.params import Gates

@@ -27,6 +27,11 @@ HISTORY_URL_ENV = "ANOMALY_MLOPS_HISTORY_URL"
 # the champion's deciles reached 2.2 for a healthy retraining (over half above the textbook
 # 0.25); broken challengers (metrics scaled, columns swapped, rows shuffled) gave 8.3.
 DEFAULT_MAX_SCORE_PSI = 4.0
+# What a retraining on live metrics fetches when not told (data --lookback, the pipelines'
+# lookback). Backtested as the weekly run (benchmarks/recurring_run.py): on 7 unlabelled days,
+# the latest 30% of them validate's, it lost F1 to the static model on three of the five SMD
+# machines; each machine left out, the other four chose 14 days for four of them.
+RETRAINING_LOOKBACK = "14d"
 # Detector defaults, chosen by `anomaly-mlops evaluate --tune` (docs/evidence/quality.md):
 # among the candidates that pass the default release gates on the project's synthetic data
 # with each of four seeds, the best F1 on NAB averaged over them, reported on SMD machines
@@ -35,10 +40,8 @@ DEFAULT_MAX_SCORE_PSI = 4.0
 # every column, the window columns drown the synthetic level shifts the raw metrics show);
 # trees of 4096 rows (scikit-learn's "auto" is 256); anomaly scores averaged over the last 10
 # minutes; the threshold at the (1 - contamination) quantile of held-back training scores
-# (NAB cannot tell it from "pot", the synthetic draws prefer it). The metric basis is the one
-# default NAB cannot judge at all (one metric per series): "principal" was chosen by leaving
-# SMD machines out, each scored with the basis better on the other four
-# (benchmarks/basis_choice.py; docs/evidence/quality.md).
+# (NAB cannot tell it from "pot", the synthetic draws prefer it). NAB cannot judge the metric
+# basis (one metric per series): see DEFAULT_METRIC_BASIS.
 DEFAULT_FEATURE_WINDOW_MIN = 120
 DEFAULT_SCORE_SMOOTHING_MIN = 10
 DEFAULT_MAX_SAMPLES = 4096

@@ -26,7 +26,7 @@ def prepare_data(
     holdout_fraction: float = 0.3,
     prometheus_url: str = "",
     queries_file: str = "",
-    lookback: str = "7d",
+    lookback: str = "14d",
     step: str = "60s",
     max_gap_steps: int = 5,
     alerts: str = "",
@@ -47,7 +47,7 @@ def prepare_data(
         holdout_fraction: latest share of the rows held out.
         prometheus_url: Prometheus or Thanos Querier (https://thanos-querier.openshift-monitoring.svc:9091).
         queries_file: feature -> PromQL file in the image; empty: the schema's built-in queries.
-        lookback: the window ending now, e.g. 7d (fetched in pieces when long).
+        lookback: the window ending now, e.g. 14d (fetched in pieces when long).
         step: the resolution, e.g. 60s.
         max_gap_steps: longest gap (in steps) filled forward; longer gaps fail the step.
         alerts: alertname regex; rows inside their firing intervals (ALERTS) are labelled anomalous.

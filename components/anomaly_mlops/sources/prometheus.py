@@ -29,7 +29,7 @@ import pandas as pd
 
 from anomaly_mlops.errors import ConfigError, DataError
 from anomaly_mlops.model.schema import ENTITY_COLUMN, TIMESTAMP_COLUMN, FeatureSchema
-from anomaly_mlops.params import read_token
+from anomaly_mlops.params import RETRAINING_LOOKBACK, read_token
 from anomaly_mlops.redact import redact
 
 log = logging.getLogger(__name__)
@@ -386,7 +386,7 @@ class PrometheusSource:
 
     url: str
     queries: str | None = None  # a YAML/JSON file; None: the schema's built-in queries
-    lookback: str = "7d"
+    lookback: str = RETRAINING_LOOKBACK
     step: str = "60s"
     end: float | None = None
     max_gap_steps: int = 0

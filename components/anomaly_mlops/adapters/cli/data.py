@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from anomaly_mlops.adapters.cli.parsing import SubParsers
+from anomaly_mlops.params import RETRAINING_LOOKBACK
 
 
 def cmd_data(args) -> dict:
@@ -89,7 +90,7 @@ def register(sub: SubParsers) -> None:
         help="YAML/JSON file: feature name -> PromQL (default: the schema's built-in "
         "queries; self-healing-platform: the engine's own PromQL, one entity per pod)",
     )
-    g.add_argument("--lookback", default="7d", help="window ending now (or at --end), e.g. 6h, 7d")
+    g.add_argument("--lookback", default=RETRAINING_LOOKBACK, help="window ending now (or at --end), e.g. 36h, 14d")
     g.add_argument("--step", default="60s", help="resolution, e.g. 60s")
     g.add_argument("--end", type=float, help="window end as a Unix time (default: now)")
     g.add_argument("--max-gap-steps", type=int, default=0, help="fill gaps up to this many steps, refuse longer")
