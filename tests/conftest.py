@@ -148,7 +148,8 @@ def running_prometheus(
 def prometheus(tmp_path_factory):
     """A real Prometheus with 6 hours of back-filled history ending 3 hours ago: node
     metrics from the synthetic generator, plus series made to fail (two instances, a
-    30-minute gap, NaN samples). Yields (url, end, expected frame)."""
+    30-minute gap, NaN samples) and a fleet whose nodes joined and left inside the window.
+    Yields (url, end, expected frame)."""
     import math
     import time
 
@@ -172,6 +173,11 @@ def prometheus(tmp_path_factory):
     lines += [f'mlops_gappy{{instance="node-1"}} 1 {s}' for i, s in enumerate(stamps) if not 100 <= i < 130]
     lines.append("# TYPE mlops_nan gauge")
     lines += [f'mlops_nan{{instance="node-1"}} {"NaN" if i == 50 else 1} {s}' for i, s in enumerate(stamps)]
+    # node-1 throughout; node-2 joined at step 300 of 361; node-3 left after step 199
+    lines.append("# TYPE mlops_fleet gauge")
+    lines += [f'mlops_fleet{{instance="node-1"}} 1 {s}' for s in stamps]
+    lines += [f'mlops_fleet{{instance="node-2"}} 2 {s}' for s in stamps[300:]]
+    lines += [f'mlops_fleet{{instance="node-3"}} 3 {s}' for s in stamps[:200]]
     with running_prometheus(tmp_path_factory.mktemp("prometheus"), lines) as url:
         expected = frame[list(DEFAULT_FEATURES)].copy()
         expected.index = stamps

@@ -52,6 +52,41 @@ def test_bad_series_are_clear_errors(prometheus, query, message):
         fetch_range(url, {**QUERIES, "cpu_usage_pct": query}, lookback_s=6 * 3600, step_s=60, end=end)
 
 
+def test_nodes_that_join_or_leave_inside_the_window_keep_the_steps_they_have(prometheus, caplog):
+    """A node that joined or left inside the window, or a window reaching before the metrics
+    begin (a lookback longer than the cluster's history), is not a gap: each entity's rows are
+    the steps where every feature has a sample, and what is left out is logged. A gap between
+    samples is still refused (above); an entity none of whose steps has every feature is
+    refused by name."""
+    import logging
+
+    url, end, _ = prometheus
+    with caplog.at_level(logging.WARNING, logger="anomaly_mlops.sources.prometheus"):
+        frame = fetch_range(url, {**QUERIES, "cpu_usage_pct": "mlops_fleet"}, lookback_s=6 * 3600, step_s=60, end=end)
+    rows = frame.groupby("entity").timestamp.agg(["count", "min", "max"])
+    # node-3's last sample answers 5 more steps: Prometheus' 5-minute lookback (back-filled
+    # history has no staleness marker)
+    assert rows["count"].to_dict() == {"node-1": 361, "node-2": 61, "node-3": 205}
+    assert rows.loc["node-2", "max"].timestamp() == end and rows.loc["node-3", "min"] == rows.loc["node-1", "min"]
+    assert frame.cpu_usage_pct.notna().all() and set(frame[frame.entity == "node-2"].cpu_usage_pct) == {2.0}
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "entity node-2 has samples of every feature from" in warned and "300 of 361 steps left out" in warned
+    assert "entity node-3" in warned and "156 of 361 steps left out" in warned
+    # the window reaching 6 hours before the history: the history's 361 steps, from its start
+    longer = fetch_range(url, QUERIES, lookback_s=12 * 3600, step_s=60, end=end)
+    assert len(longer) == 361 and longer.timestamp.iloc[0] == rows.loc["node-1", "min"]
+    # node-3's metric ended before node-2's began: no step has both
+    late_and_gone = {
+        **QUERIES,
+        "cpu_usage_pct": 'mlops_fleet{instance="node-2"}',
+        "disk_io_mbps": 'mlops_fleet{instance="node-3"}',
+    }
+    with pytest.raises(DataError, match="entity 'all' has no step at which every feature has a sample"):
+        fetch_range(url, late_and_gone, lookback_s=6 * 3600, step_s=60, end=end)
+    with pytest.raises(DataError, match="returned no data between"):
+        fetch_range(url, QUERIES, lookback_s=3600, step_s=60, end=end + 5 * 3600)  # past the history
+
+
 def test_short_gaps_can_be_filled(prometheus):
     url, end, _ = prometheus
     frame = fetch_range(

@@ -275,11 +275,33 @@ def fetch_range(
         frame = pd.DataFrame({f: columns.get(f, shared.get(f)) for f in queries})
         frame.insert(0, ENTITY_COLUMN, entity or "all")
         frame.insert(0, TIMESTAMP_COLUMN, pd.to_datetime(grid, unit="s", utc=True))
-        frames.append(frame)
+        frames.append(_within_samples(frame, list(queries), entity or "all"))
     result = pd.concat(frames).sort_values([TIMESTAMP_COLUMN, ENTITY_COLUMN], kind="stable").reset_index(drop=True)
     if len(entities) > 1:
         log.info("prometheus: %d entities (%s)", len(entities), ", ".join(entities[:10]))
     return result
+
+
+def _within_samples(frame: pd.DataFrame, features: list[str], entity: str) -> pd.DataFrame:
+    """The entity's rows from the step where every feature has begun to the step where the
+    first has ended (_align leaves the steps outside a feature's samples NaN); what is left
+    out is logged, and an entity with no such step is refused."""
+    complete = frame[features].notna().all(axis=1).to_numpy()
+    if complete.all():
+        return frame
+    if not complete.any():
+        raise DataError(
+            f"entity {entity!r} has no step at which every feature has a sample (one begins after another "
+            "ends); a longer --lookback, or queries that cover the same time"
+        )
+    kept = frame[complete]
+    log.warning(
+        "prometheus: entity %s has samples of every feature from %s to %s only: %d of %d steps left out "
+        "(the window reaches before its metrics begin or after they end)",
+        entity, kept[TIMESTAMP_COLUMN].iloc[0].isoformat(), kept[TIMESTAMP_COLUMN].iloc[-1].isoformat(),
+        len(frame) - len(kept), len(frame),
+    )  # fmt: skip
+    return kept
 
 
 def _distinguishing_label(series: list[dict], feature: str, promql: str) -> str:
@@ -351,18 +373,28 @@ def _align(feature, promql, values, grid, step_s, max_gap_steps) -> np.ndarray:
             f"the query for {feature!r} returned {int(bad.sum())} NaN/Inf samples, first at "
             f"{_iso(stamps[bad][0])}: {promql}"
         )
-    series = pd.Series(samples, index=stamps).reindex(grid)
-    missing = series.isna().to_numpy()
+    values = pd.Series(samples, index=stamps).reindex(grid).to_numpy()
+    present = np.flatnonzero(~np.isnan(values))
+    if not present.size:
+        raise DataError(
+            f"the query for {feature!r} has no sample between {_iso(grid[0])} and {_iso(grid[-1])}: {promql}"
+        )
+    # Steps before the first sample or after the last stay NaN (the window reaches before the
+    # metric begins, or past a node that left): the caller leaves those rows out. A gap between
+    # samples is refused unless short enough to fill.
+    first, last = present[0], present[-1]
+    inside = values[first : last + 1]
+    missing = np.isnan(inside)
     if missing.any():
         runs = _longest_run(missing)
         if runs > max_gap_steps:
             raise DataError(
                 f"the query for {feature!r} has {int(missing.sum())} missing steps of {len(grid)} "
-                f"(longest gap {runs} steps of {step_s}s, first at {_iso(grid[missing][0])}); "
+                f"(longest gap {runs} steps of {step_s}s, first at {_iso(grid[first:][missing][0])}); "
                 f"allowed gap: {max_gap_steps} steps: {promql}"
             )
-        series = series.ffill().bfill()
-    return series.to_numpy()
+        values[first : last + 1] = pd.Series(inside).ffill().to_numpy()
+    return values
 
 
 def _longest_run(mask: np.ndarray) -> int:

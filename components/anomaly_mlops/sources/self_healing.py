@@ -339,7 +339,7 @@ def fetch_platform_frame(client, *, grid: np.ndarray, step_s: int, max_gap_steps
             continue
         if not complete.all():
             log.info(
-                "prometheus: pod %s: %d of %d steps lack a metric (pod not running or no limit); left out",
+                "prometheus: pod %s: %d of %d steps lack a metric (pod not running, no limit, or before the metrics begin); left out",
                 pod,
                 int((~complete).sum()),
                 len(grid),
