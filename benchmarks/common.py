@@ -68,3 +68,14 @@ def versus_static(results: dict, name: str, keys: list) -> tuple[dict, str]:
     f1 = np.array([means[k][0] for k in keys])
     lost = "-" if name == "static" else sum(means[k][0] < static[k][0] - 1e-9 for k in keys)
     return means, f"| {name} | {f1.mean():.3f} | {f1.min():.3f} ({keys[int(np.argmin(f1))][1]}) | {lost} |"
+
+
+def print_per_series(results: dict, keys: list) -> None:
+    """A Markdown table of each series' seed-mean F1 (flagged share) under every rule of
+    ``results`` (``results[rule][series]``: per seed, F1 and flagged share first)."""
+    print("| machine | " + " | ".join(results) + " |")
+    print("|---" * (len(results) + 1) + "|")
+    for k in keys:
+        cells = [np.mean(results[rule][k], axis=0) for rule in results]
+        print(f"| {k[1]} | " + " | ".join(f"{c[0]:.3f} ({c[1]:.0%})" for c in cells) + " |")
+    print()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import shared_series, versus_static  # noqa: E402
+from common import print_per_series, shared_series, versus_static  # noqa: E402
 
 from anomaly_mlops.params import TrainParams  # noqa: E402
 from anomaly_mlops.steps.evaluate import DriftRuns, _backtest, as_evaluated  # noqa: E402
@@ -79,12 +79,7 @@ def main():
             )
         print()
         if dataset == "smd":
-            print("| machine | " + " | ".join(results) + " |")
-            print("|---" * (len(results) + 1) + "|")
-            for k in keys:
-                cells = [np.mean(results[loop][k], axis=0) for loop in results]
-                print(f"| {k[1]} | " + " | ".join(f"{c[0]:.3f} ({c[1]:.0%})" for c in cells) + " |")
-            print()
+            print_per_series(results, keys)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import shared_options, versus_static  # noqa: E402
+from common import print_per_series, shared_options, versus_static  # noqa: E402
 
 from anomaly_mlops.params import TrainParams  # noqa: E402
 from anomaly_mlops.steps.evaluate import DriftRuns, RecurringRuns, _backtest, _load, as_evaluated  # noqa: E402
@@ -76,12 +76,7 @@ def main():
             )
         print()
         if dataset.startswith("smd"):
-            print("| machine | " + " | ".join(results) + " |")
-            print("|---" * (len(results) + 1) + "|")
-            for k in keys:
-                cells = [np.mean(results[loop][k], axis=0) for loop in results]
-                print(f"| {k[1]} | " + " | ".join(f"{c[0]:.3f} ({c[1]:.0%})" for c in cells) + " |")
-            print()
+            print_per_series(results, keys)
             # each machine gets the lookback with the best mean F1 on the other machines
             f1 = {name: {k: np.mean(results[name][k], axis=0)[0] for k in keys} for name in LOOKBACKS}
             held_out = []
