@@ -289,7 +289,7 @@ class _Version:
     scores: np.ndarray
     threshold: float
     calibrated_share: float
-    holdout_flagged_share: float | None = None  # drift runs: on the rows held out for validate
+    holdout_flagged_share: float | None = None  # a retraining's: on the rows held out for validate
     alert_from: int | None = 0  # the first of its rows whose alert may start a drift run (None: none)
     refused: int = 0  # its drift runs that validate refused
     drift_run: bool = False  # a drift run's version (fitted on a drift run's fetch)
