@@ -87,6 +87,30 @@ def test_nodes_that_join_or_leave_inside_the_window_keep_the_steps_they_have(pro
         fetch_range(url, QUERIES, lookback_s=3600, step_s=60, end=end + 5 * 3600)  # past the history
 
 
+def test_an_answer_over_the_size_bound_is_fetched_again_as_halves(prometheus, monkeypatch, caplog):
+    """A fleet answering more than the bound for one piece: each piece too large is fetched
+    again as two halves (a few hundred nodes at 60 s answer more than 64 MiB for 11,000
+    steps); the frame is the one fetched whole. Too large still after MAX_ANSWER_SPLITS
+    halvings: refused with advice (test_prometheus_faults)."""
+    import logging
+
+    import anomaly_mlops.sources.prometheus as source
+
+    url, end, _ = prometheus
+    queries = {**QUERIES, "cpu_usage_pct": "mlops_fleet"}  # three nodes, about 10 kB for 6 hours
+    whole = fetch_range(url, queries, lookback_s=6 * 3600, step_s=60, end=end)
+    monkeypatch.setattr(source, "MAX_ANSWER_BYTES", 4096)
+    with caplog.at_level(logging.INFO, logger="anomaly_mlops.sources.prometheus"):
+        halves = fetch_range(url, queries, lookback_s=6 * 3600, step_s=60, end=end)
+    assert "'cpu_usage_pct': the answer for 361 steps is too large; fetching them as halves" in caplog.text
+    assert halves.equals(whole)
+    monkeypatch.setattr(source, "MAX_ANSWER_BYTES", 256)
+    with pytest.raises(
+        DataError, match=r"more than 0.000244141 MiB for 'cpu_usage_pct', fetched in pieces of 22 steps"
+    ):
+        fetch_range(url, queries, lookback_s=6 * 3600, step_s=60, end=end)
+
+
 def test_short_gaps_can_be_filled(prometheus):
     url, end, _ = prometheus
     frame = fetch_range(

@@ -26,6 +26,7 @@ class BadPrometheus:
 
     def __init__(self):
         self.mode = "ok"
+        self.requests = 0
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -54,6 +55,7 @@ class BadPrometheus:
     def _answer(self, conn):
         with conn:
             conn.recv(65536)
+            self.requests += 1
             start = END - 3600
             ok = [[t, "1"] for t in range(start, END + 1, 60)]
             status, body, trickle = 200, None, False
@@ -156,7 +158,12 @@ def test_a_trickled_answer_is_cut_off_at_the_deadline(bad):
 
 
 def test_an_answer_over_the_size_bound_is_refused_with_advice(bad, monkeypatch):
-    bad.mode = "huge"  # about 3.6 MB of samples
+    """Halving the piece does not shrink this answer: after MAX_ANSWER_SPLITS halvings (one
+    request each, depth first) the query is refused with advice."""
+    bad.mode = "huge"  # about 3.6 MB of samples, whatever the range asked
     monkeypatch.setattr(source, "MAX_ANSWER_BYTES", 1 << 20)
-    with pytest.raises(DataError, match=r"more than 1 MiB for 'cpu_usage_pct': aggregate the query"):
+    with pytest.raises(
+        DataError, match=r"more than 1 MiB for 'cpu_usage_pct', fetched in pieces of 3 steps: aggregate"
+    ):
         fetch_range(bad.url, QUERIES, lookback_s=3600, end=END, timeout_s=10)
+    assert bad.requests == source.MAX_ANSWER_SPLITS + 1

@@ -38,7 +38,10 @@ MAX_POINTS = 11_000  # Prometheus refuses more points per series in one query_ra
 MAX_ROWS_PER_SERIES = 2_000_000  # ~3.8 years at 60 s: beyond this, a config mistake
 # One answer (one piece of one query) is read whole before it is parsed: bounded, so that a
 # query matching thousands of series fails with advice instead of exhausting the step's memory.
+# A piece answered larger is fetched again as halves, at most MAX_ANSWER_SPLITS times over (a
+# fleet of a few hundred nodes at 60 s answers more than the bound for 11,000 steps).
 MAX_ANSWER_BYTES = 64 * 2**20
+MAX_ANSWER_SPLITS = 4
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -92,13 +95,27 @@ class PrometheusClient:
         pieces of at most MAX_POINTS steps and joined per series."""
         merged: dict[tuple, dict] = {}
         span = (MAX_POINTS - 1) * step_s
+        pieces = []  # (start, end, halvings), fetched in time order
         piece_start = start
         while piece_start <= end:
-            piece_end = min(end, piece_start + span)
-            for one in self._range_once(promql, piece_start, piece_end, step_s, what):
+            pieces.append((piece_start, min(end, piece_start + span), 0))
+            piece_start = pieces[-1][1] + step_s
+        pieces.reverse()
+        while pieces:
+            piece_start, piece_end, halvings = pieces.pop()
+            try:
+                answer = self._range_once(promql, piece_start, piece_end, step_s, what)
+            except _AnswerTooLarge:
+                steps = (piece_end - piece_start) // step_s + 1
+                if halvings >= MAX_ANSWER_SPLITS or steps < 2:
+                    raise
+                middle = piece_start + (steps // 2) * step_s
+                log.info("prometheus: %s: the answer for %d steps is too large; fetching them as halves", what, steps)
+                pieces += [(middle, piece_end, halvings + 1), (piece_start, middle - step_s, halvings + 1)]
+                continue
+            for one in answer:
                 key = tuple(sorted(one.get("metric", {}).items()))
                 merged.setdefault(key, {"metric": one.get("metric", {}), "values": []})["values"] += one["values"]
-            piece_start = piece_end + step_s
         if not merged and not allow_empty:
             raise DataError(f"the query for {what} returned no data between {_iso(start)} and {_iso(end)}: {promql}")
         return list(merged.values())
@@ -163,10 +180,10 @@ class PrometheusClient:
                 for chunk in response.iter_content(1 << 16):
                     size += len(chunk)
                     if size > MAX_ANSWER_BYTES:
-                        raise DataError(
-                            f"Prometheus answered more than {MAX_ANSWER_BYTES >> 20} MiB for {what}: aggregate the "
-                            "query to fewer series (sum by the entity label), or fetch a shorter lookback or a "
-                            "longer step"
+                        raise _AnswerTooLarge(
+                            f"Prometheus answered more than {MAX_ANSWER_BYTES / 2**20:g} MiB for {what}, fetched in "
+                            f"pieces of {int(params['end'] - params['start']) // int(params['step']) + 1} steps: "
+                            "aggregate the query to fewer series (sum by the entity label), or a longer step"
                         )
                     chunks.append(chunk)
                 return response.status_code, b"".join(chunks)
@@ -185,6 +202,10 @@ class PrometheusClient:
             timer.cancel()
             if response is not None:
                 response.close()
+
+
+class _AnswerTooLarge(DataError):
+    """An answer over MAX_ANSWER_BYTES: PrometheusClient.range fetches its piece as halves."""
 
 
 def _series_of(body: dict, what: str, promql: str) -> list[dict]:
