@@ -142,8 +142,10 @@ def test_long_windows_are_fetched_in_pieces(prometheus):
     original = client._range_once
     client._range_once = lambda *a, **k: calls.append(a[1:3]) or original(*a, **k)
     (series,) = client.range('mlops_memory_usage_pct{instance="node-1"}', end - 6 * 3600, end, 1, "memory")
-    assert len(calls) == 2 and len(series["values"]) == 6 * 3600 + 1
-    values = {int(t): float(v) for t, v in series["values"]}
+    stamps, samples = series["values"]  # arrays, joined over the pieces
+    assert len(calls) == 2 and len(stamps) == len(samples) == 6 * 3600 + 1
+    assert stamps.dtype == np.int64 and samples.dtype == np.float64 and (np.diff(stamps) == 1).all()
+    values = dict(zip(stamps.tolist(), samples.tolist()))
     stamps = expected.index[::30]
     np.testing.assert_allclose([values[int(t)] for t in stamps], expected.memory_usage_pct.loc[stamps], atol=1e-9)
 

@@ -91,8 +91,10 @@ class PrometheusClient:
         return text.replace(self._token, "[redacted]") if self._token else text
 
     def range(self, promql: str, start: int, end: int, step_s: int, what: str, allow_empty: bool = False) -> list[dict]:
-        """Every series the query returns (``metric`` labels and ``values``), fetched in
-        pieces of at most MAX_POINTS steps and joined per series."""
+        """Every series the query returns: its ``metric`` labels and ``values``, a pair of
+        arrays (times in seconds, samples), fetched in pieces of at most MAX_POINTS steps and
+        joined per series. Each piece's samples become arrays as it arrives: 16 bytes a sample
+        instead of some 190 as parsed JSON, so a fleet's fortnight fits the data step."""
         merged: dict[tuple, dict] = {}
         span = (MAX_POINTS - 1) * step_s
         pieces = []  # (start, end, halvings), fetched in time order
@@ -115,9 +117,12 @@ class PrometheusClient:
                 continue
             for one in answer:
                 key = tuple(sorted(one.get("metric", {}).items()))
-                merged.setdefault(key, {"metric": one.get("metric", {}), "values": []})["values"] += one["values"]
+                pieces_of = merged.setdefault(key, {"metric": one.get("metric", {}), "values": []})["values"]
+                pieces_of.append(_samples_of(one["values"], what, promql))
         if not merged and not allow_empty:
             raise DataError(f"the query for {what} returned no data between {_iso(start)} and {_iso(end)}: {promql}")
+        for one in merged.values():
+            one["values"] = tuple(np.concatenate(part) for part in zip(*one["values"]))
         return list(merged.values())
 
     def _range_once(self, promql: str, start: int, end: int, step_s: int, what: str) -> list[dict]:
@@ -202,6 +207,16 @@ class PrometheusClient:
             timer.cancel()
             if response is not None:
                 response.close()
+
+
+def _samples_of(values: list, what: str, promql: str) -> tuple[np.ndarray, np.ndarray]:
+    """One series' [time, "value"] pairs (shape checked by _series_of) as arrays."""
+    try:
+        stamps = np.array([int(round(float(t))) for t, _ in values], dtype=np.int64)
+        samples = np.array([float(v) for _, v in values], dtype=np.float64)  # "NaN", "+Inf" parse too
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"the query for {what} returned a sample that is not a number ({exc}): {promql}") from exc
+    return stamps, samples
 
 
 class _AnswerTooLarge(DataError):
@@ -354,8 +369,7 @@ def alert_labels(
     for one in series:
         metric = one.get("metric", {})
         seen.add(metric.get("alertname", "?"))
-        stamps = {int(round(float(t))) for t, _ in one["values"]}
-        mask = np.isin(grid, list(stamps))
+        mask = np.isin(grid, one["values"][0])
         intervals += int(np.sum(np.diff(np.concatenate([[0], mask.astype(int)])) == 1))
         key = next(
             (
@@ -377,11 +391,8 @@ def alert_labels(
 
 
 def _align(feature, promql, values, grid, step_s, max_gap_steps) -> np.ndarray:
-    try:
-        stamps = np.array([int(round(float(t))) for t, _ in values], dtype=np.int64)
-        samples = np.array([float(v) for _, v in values], dtype=np.float64)  # "NaN", "+Inf" parse too
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise DataError(f"the query for {feature!r} returned a sample that is not a number ({exc}): {promql}") from exc
+    """One series' samples (``values``: PrometheusClient.range's arrays) on the grid."""
+    stamps, samples = values
     repeated = np.flatnonzero(np.diff(np.sort(stamps)) == 0)
     if repeated.size:
         raise DataError(

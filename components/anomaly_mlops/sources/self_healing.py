@@ -319,7 +319,9 @@ def fetch_platform_frame(client, *, grid: np.ndarray, step_s: int, max_gap_steps
                         f"the query for {column!r} returned a series without a pod label "
                         f"({one.get('metric')}): {promql}"
                     )
-                values = pd.Series({int(round(float(ts))): float(v) for ts, v in one["values"]}).reindex(grid)
+                stamps, samples = one["values"]
+                values = pd.Series(samples, index=stamps)
+                values = values[~values.index.duplicated(keep="last")].reindex(grid)
                 pods.setdefault(pod, {})[column] = values.to_numpy(dtype=np.float64)
     pod_columns = [f"{m}_{s}" for m in BASE_METRICS if m not in NODE_METRICS for s in stat_queries(m)]
     frames, left_out = [], []
